@@ -1,0 +1,33 @@
+/* SPDX-License-Identifier: MIT */
+/* buf.h: a growable byte buffer with a hard size limit (curl's dynbuf). */
+#ifndef SM_BUF_H
+#define SM_BUF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct buf {
+	char *data;     /* owned; always NUL-terminated when non-NULL */
+	size_t len;
+	size_t cap;
+	size_t max;     /* appending past this fails with -E2BIG */
+};
+
+void buf_init(struct buf *b, size_t max);
+void buf_free(struct buf *b);        /* accepts a zeroed struct */
+void buf_reset(struct buf *b);       /* len = 0, keeps memory */
+/* Each returns 0, -ENOMEM or -E2BIG (the limit); on error b is unchanged. */
+int buf_append(struct buf *b, const void *p, size_t n);
+int buf_puts(struct buf *b, const char *s);
+int buf_putc(struct buf *b, char c);
+int buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Appends s as a JSON string literal with quotes; invalid UTF-8 bytes are
+ * written as U+FFFD so the output is always valid JSON. */
+int buf_json_str(struct buf *b, const char *s, size_t n);
+/* Appends base64 (RFC 4648, padded). */
+int buf_base64(struct buf *b, const void *p, size_t n);
+/* Detaches the data: the caller owns it; b is reset to empty. */
+char *buf_steal(struct buf *b, size_t *ret_len);
+
+#endif

@@ -1,0 +1,22 @@
+/* SPDX-License-Identifier: MIT */
+/* clock.h: wall and monotonic time in milliseconds/nanoseconds. */
+#ifndef SM_CLOCK_H
+#define SM_CLOCK_H
+
+#include <stdint.h>
+
+/*
+** The daemon's modules never read the clock themselves where a decision
+** depends on time (apply, staleness, alerts): they take `now_ms` as an
+** argument, so unit tests drive time explicitly without sleeping.  Only the
+** threads at the edges (the core loop, the MQTT session, HTTP) call these.
+*/
+int64_t clock_wall_ms(void);  /* CLOCK_REALTIME, epoch ms */
+int64_t clock_wall_ns(void);  /* CLOCK_REALTIME, epoch ns */
+int64_t clock_mono_ms(void);  /* CLOCK_MONOTONIC, ms */
+
+/* Format epoch ms as RFC 3339 UTC with millisecond precision,
+ * "2026-11-22T02:10:02.123Z". buf must hold 32 bytes. Returns buf. */
+char *clock_format_rfc3339(int64_t ms, char buf[32]);
+
+#endif

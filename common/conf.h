@@ -1,0 +1,138 @@
+/* SPDX-License-Identifier: MIT */
+/* conf.h: the configuration: INI file, defaults, command-line overrides. */
+#ifndef SM_CONF_H
+#define SM_CONF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "log.h"
+
+#define CONF_MAX_URLS 16
+#define CONF_MAX_FILTERS 256
+#define CONF_MAX_RULES 4096
+
+enum conf_format { CONF_FORMAT_AUTO, CONF_FORMAT_JSON, CONF_FORMAT_MAX };
+enum conf_session { CONF_SESSION_CLEAN, CONF_SESSION_PERSISTENT, CONF_SESSION_MAX };
+
+/* A cadence: 0 = never (a key that is never stale), else milliseconds. */
+struct conf_rule {
+	char *filter;
+	int64_t cadence_ms; /* 0 = never */
+};
+
+enum conf_default_cadence { CONF_DEFAULT_LEARN, CONF_DEFAULT_NEVER, CONF_DEFAULT_FIXED, CONF_DEFAULT_MAX };
+
+struct conf {
+	/* [broker] */
+	char *urls[CONF_MAX_URLS];    /* "mqtt://host:port" / "mqtts://host:port" */
+	size_t nurls;
+	char *client_id;              /* with %h already expanded */
+	int protocol;                 /* 5 or 311 */
+	int qos;                      /* 0 or 1 */
+	enum conf_session session;
+	int64_t keepalive_ms;
+	char *username;               /* NULL when unset */
+	char *password_file;          /* NULL when unset; read at connect */
+	char *tls_ca_file, *tls_cert_file, *tls_key_file;
+	int64_t session_expiry_ms;    /* MQTT 5 persistent sessions; default 1h */
+	int64_t reconnect_min_ms;     /* default 250ms */
+	int64_t reconnect_max_ms;     /* default 30s */
+	int64_t sync_quiet_ms;        /* the retained burst is over after this
+	                                 much silence; default 200ms */
+
+	/* [subscribe] */
+	char *filters[CONF_MAX_FILTERS];
+	size_t nfilters;
+
+	/* [store] */
+	char *db_path;
+	int64_t max_keys;
+	int64_t max_payload;          /* bytes */
+	int64_t max_topic_len;        /* bytes, default 1024 */
+	int64_t commit_interval_ms;   /* default 250ms; never above 1000 */
+	int64_t max_rejects;          /* entries kept for /v1/rejects, default 100 */
+	int64_t queue_size;           /* ingest queue messages, default 65536 */
+
+	/* [payload] */
+	enum conf_format format;
+	char *timestamp_field;
+	int64_t future_skew_ms;
+
+	/* [staleness] */
+	double grace;
+	enum conf_default_cadence default_kind;
+	int64_t default_cadence_ms;   /* for CONF_DEFAULT_FIXED */
+	struct conf_rule rules[CONF_MAX_RULES];
+	size_t nrules;
+	int64_t group_wait_ms;        /* alert grouping window, default 2s */
+	int64_t min_hold_ms;          /* hysteresis: stale/fresh must hold this long
+	                                 before it is alerted, default 0 */
+
+	/* [alerts] */
+	char *alert_topic;            /* NULL or "" = off */
+	char *alert_exec;             /* NULL = off */
+	int64_t alert_exec_timeout_ms;/* default 10s */
+
+	/* [http] */
+	char *http_listen;            /* "HOST:PORT" or "unix:/path" */
+	int socket_mode;              /* default 0660 */
+	char *token_file;
+	int64_t http_max_conns;       /* default 512 */
+	int64_t http_per_ip_conns;    /* default 64 */
+	int64_t http_timeout_ms;      /* idle timeout, default 30s */
+	int64_t http_threads;         /* default 2 */
+	int64_t watch_max_clients;    /* default 512 */
+	int64_t watch_buffer;         /* bytes buffered per watcher before it is cut off, default 1MiB */
+	int64_t watch_log_size;       /* changes kept for resume, default 65536 */
+
+	/* [log] */
+	enum log_level log_level;
+};
+
+/* Fills c with every default (including the contract's "#" filter and URL).
+ * Returns 0 or -ENOMEM. The caller frees with conf_free(). */
+int conf_defaults(struct conf *c);
+
+/*
+** Parse an INI file into c, which must hold defaults (conf_defaults).
+** Values from the file replace defaults; a repeated key of a repeatable
+** item (url list, filter, rule) adds a value, and the first occurrence in the
+** file replaces the default list. On error returns -EINVAL (or -errno for
+** I/O) and writes "FILE:LINE: reason" into err (errlen bytes); c is then in
+** an unspecified but freeable state. Parse into a fresh struct and swap
+** only on success.
+*/
+int conf_load_file(struct conf *c, const char *path, char *err, size_t errlen);
+
+/* Parse "250ms", "10s", "5m", "2h", "1d" (a bare number is seconds).
+ * Returns 0 or -EINVAL. */
+int conf_parse_duration(const char *s, int64_t *ret_ms);
+/* Parse "256KiB", "1MiB", "512", "1GiB", "10KB". Returns 0 or -EINVAL. */
+int conf_parse_size(const char *s, int64_t *ret_bytes);
+
+/* Cross-field validation after the file and flags are applied (filters and
+ * rules are valid MQTT filters, URLs parse, TLS files readable, etc.).
+ * Returns 0 or -EINVAL with the reason in err. */
+int conf_validate(const struct conf *c, char *err, size_t errlen);
+
+/* Replace a string-valued field: frees the old value. Returns 0 or -ENOMEM. */
+int conf_set_str(char **field, const char *value);
+
+void conf_free(struct conf *c);
+
+/* A parsed broker URL. */
+struct conf_url {
+	bool tls;
+	char host[256];
+	int port;
+};
+int conf_parse_url(const char *url, struct conf_url *ret);
+
+/* Read a secret file (password, token): its first line without the newline.
+ * Returns 0 or -errno; *ret is malloc'd, the caller frees (and should
+ * explicit_bzero it). */
+int conf_read_secret(const char *path, char **ret);
+
+#endif

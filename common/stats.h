@@ -1,0 +1,59 @@
+/* SPDX-License-Identifier: MIT */
+/* stats.h: process-wide counters and gauges behind /metrics and STATUS=. */
+#ifndef SM_STATS_H
+#define SM_STATS_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "../mirror/apply.h"
+
+#define STATS_COMMIT_BUCKETS 12  /* commit latency histogram, see stats.c */
+#define STATS_HTTP_CODES 8       /* 200 204 400 401 404 405 413 414 431 503 other... see api */
+
+/*
+** Everything here is written by exactly one thread (noted per field) or with
+** relaxed atomic increments, and read racily by /metrics; a scrape may see
+** counters a few messages apart, never torn values.
+*/
+struct stats {
+	/* core thread */
+	_Atomic uint64_t messages[APPLY_RESULT_MAX];   /* by apply_result */
+	_Atomic uint64_t rejects[REJECT_REASON_MAX];   /* by reject_reason */
+	_Atomic uint64_t keys;                         /* live keys */
+	_Atomic uint64_t stale_keys;
+	_Atomic uint64_t stale_transitions;            /* fresh->stale */
+	_Atomic uint64_t fresh_transitions;            /* stale->fresh */
+	_Atomic uint64_t alerts_sent;
+	_Atomic uint64_t alert_exec_failures;
+	_Atomic int64_t rev;
+	/* store (core thread) */
+	_Atomic uint64_t commits;
+	_Atomic uint64_t commit_errors;
+	_Atomic uint64_t rows_written;
+	_Atomic uint64_t commit_hist[STATS_COMMIT_BUCKETS + 1]; /* cumulative at render */
+	_Atomic uint64_t commit_sum_us;
+	/* mqtt (network thread) */
+	_Atomic uint64_t received;
+	_Atomic uint64_t reconnects;
+	_Atomic int broker_connected;
+	_Atomic int synced;        /* subscriptions acked and retained burst done */
+	_Atomic uint64_t queue_full_waits;
+	/* http */
+	_Atomic uint64_t http_requests[STATS_HTTP_CODES];
+	_Atomic uint64_t watchers;
+	_Atomic uint64_t watchers_dropped;
+};
+
+extern struct stats g_stats;
+
+/* Upper bounds (microseconds) of the commit latency buckets; +Inf is last. */
+extern const uint64_t stats_commit_bounds_us[STATS_COMMIT_BUCKETS];
+void stats_commit_observe(uint64_t us);
+
+#define STAT_INC(f) atomic_fetch_add_explicit(&g_stats.f, 1, memory_order_relaxed)
+#define STAT_ADD(f, n) atomic_fetch_add_explicit(&g_stats.f, (n), memory_order_relaxed)
+#define STAT_SET(f, v) atomic_store_explicit(&g_stats.f, (v), memory_order_relaxed)
+#define STAT_GET(f) atomic_load_explicit(&g_stats.f, memory_order_relaxed)
+
+#endif

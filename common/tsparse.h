@@ -1,0 +1,56 @@
+/* SPDX-License-Identifier: MIT */
+/* tsparse.h: finding and decoding a payload's observation timestamp. */
+#ifndef SM_TSPARSE_H
+#define SM_TSPARSE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/*
+** Decode an epoch number given as text ("1795313402", "1795313402.123",
+** "1795313402123", "1795313402123456", "1795313402123456789") into epoch
+** nanoseconds. The unit is told by magnitude of the integer part:
+**   < 1e11 seconds, < 1e14 milliseconds, < 1e17 microseconds, else nanoseconds.
+** Fractions are honoured down to the nanosecond; exponents ("1.7e9") too.
+** Negative numbers, NaN and values that overflow are -EINVAL.
+*/
+int ts_parse_epoch(const char *s, size_t len, int64_t *ret_ns);
+
+/* Decode an RFC 3339 date-time ("2026-11-22T02:10:02.123Z",
+ * "2026-11-22T03:10:02+01:00", 't'/'z' lower case and ' ' separator accepted)
+ * into epoch nanoseconds. Returns 0 or -EINVAL. */
+int ts_parse_rfc3339(const char *s, size_t len, int64_t *ret_ns);
+
+/*
+** One pass over a payload: is it valid JSON (RFC 8259, any top-level value),
+** and if it is an object, the raw value of the first top-level member whose
+** name is one of `names` (tried in order of preference: a member named
+** names[0] wins over names[1] wherever it appears).
+**
+** Results in *ret:
+**   is_json   : the whole payload is one valid JSON text (whitespace around
+**               it allowed)
+**   ts_found  : a member was found and decoded into ts_ns (a number via
+**               ts_parse_epoch, a string via ts_parse_rfc3339, or a string
+**               holding an epoch number)
+**   ts_bad    : a member was found but could not be decoded
+** Never allocates; depth of nesting is limited to JSCAN_MAX_DEPTH (deeper
+** is treated as not JSON). Safe on any bytes (fuzzed).
+*/
+#define JSCAN_MAX_DEPTH 64
+
+struct jscan_result {
+	bool is_json;
+	bool ts_found;
+	bool ts_bad;
+	int64_t ts_ns;
+};
+
+void jscan_payload(const char *payload, size_t len, const char *const *names,
+		   size_t nnames, struct jscan_result *ret);
+
+/* Is buf valid UTF-8 (no overlongs, no surrogates, <= U+10FFFF)? */
+bool utf8_valid(const char *buf, size_t len);
+
+#endif

@@ -1,0 +1,70 @@
+/* SPDX-License-Identifier: MIT */
+/* apply.h: the apply decision for one message against a key's current record. */
+#ifndef SM_APPLY_H
+#define SM_APPLY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "index.h"
+
+enum apply_result {
+	APPLY_APPLIED,      /* became the current value (new key or newer ts or tie won) */
+	APPLY_DELETED,      /* an empty payload deleted the key (tombstone written) */
+	APPLY_DUPLICATE,    /* same ts, same bytes: only last_seen may move */
+	APPLY_OUT_OF_ORDER, /* older than the current value (or lost the tie): ignored */
+	APPLY_REJECTED,     /* see enum reject_reason */
+	APPLY_RESULT_MAX
+};
+
+enum reject_reason {
+	REJECT_NONE,
+	REJECT_FUTURE_TS,   /* ts further ahead than future_skew */
+	REJECT_TOO_LARGE,   /* payload over max_payload */
+	REJECT_TOPIC_LEN,   /* topic over max_topic_len */
+	REJECT_MAX_KEYS,    /* a new key while max_keys are held */
+	REJECT_NOT_JSON,    /* format = json and the payload is not */
+	REJECT_BAD_TS,      /* a timestamp member that cannot be decoded */
+	REJECT_NOMEM,       /* allocation failed */
+	REJECT_REASON_MAX
+};
+
+const char *apply_result_name(enum apply_result r);   /* "applied", ... */
+const char *reject_reason_name(enum reject_reason r); /* "future_timestamp", ... */
+
+/* A decoded message, as the core thread sees it. Borrowed pointers. */
+struct msg {
+	const char *topic;
+	size_t topic_len;
+	const void *payload;
+	size_t payload_len;
+	int64_t ts_ns;       /* observation time (payload's, or receive time) */
+	int64_t recv_ms;     /* wall time the message was received */
+	bool retained;       /* delivered with the retain flag */
+	bool ts_from_payload;
+	bool is_json;
+};
+
+struct apply_limits {
+	int64_t future_skew_ms;
+	int64_t max_keys;    /* records held, tombstones included (memory bound) */
+};
+
+/*
+** Apply m to the index at wall time now_ms, following the contract's apply
+** rules exactly. On APPLIED/DELETED the record's value, flags, received_ms,
+** updates and rev (= ++*rev_counter) change and REC_DIRTY is set; *ret_rec
+** points at the (possibly reallocated) record. On DUPLICATE and on APPLIED
+** the last_seen rule is applied (live: now_ms; retained: the observation
+** time, never later than now_ms and never earlier than the previous
+** last_seen). *ret_live_seen is set true when a live delivery confirmed
+** the key (the staleness engine's sign of life).
+** Rejections set *ret_reason and touch nothing. Caller holds the write lock.
+*/
+enum apply_result apply_message(struct index *ix, const struct msg *m, int64_t now_ms,
+				const struct apply_limits *lim, int64_t *rev_counter,
+				struct rec **ret_rec, bool *ret_live_seen,
+				enum reject_reason *ret_reason);
+
+#endif

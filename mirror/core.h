@@ -1,0 +1,44 @@
+/* SPDX-License-Identifier: MIT */
+/* core.h: the core thread: drains the queue, applies, tracks staleness, writes the store. */
+#ifndef SM_CORE_H
+#define SM_CORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../common/conf.h"
+#include "../store/store.h"
+#include "index.h"
+#include "mqtt.h"
+#include "queue.h"
+#include "rejects.h"
+#include "stale.h"
+
+struct core;
+
+/* What the core works with; it owns none of it. */
+struct core_deps {
+	const struct conf *conf;
+	struct index *ix;
+	struct store *store;
+	struct stale *stale;
+	struct queue *queue;
+	struct mqtt *mqtt;        /* may be NULL in tests */
+	struct rejects *rejects;
+	int64_t rev;              /* highest rev loaded from the store */
+};
+
+int core_start(const struct core_deps *d, struct core **ret);
+/* Drain what is queued, write it to the store, stop the thread. */
+void core_stop(struct core *c);
+
+/* ready: synced with the broker, the store writable, the queue applied.
+ * When not ready a short reason is copied into buf. Thread-safe. */
+bool core_ready(struct core *c, char *buf, size_t n);
+/* Synced with the broker (the Statemirror-Synced header). Thread-safe. */
+bool core_synced(struct core *c);
+/* Monotonic ms of the core loop's last turn (the watchdog feeds on it). */
+int64_t core_heartbeat(struct core *c);
+
+#endif

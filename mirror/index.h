@@ -1,0 +1,113 @@
+/* SPDX-License-Identifier: MIT */
+/* index.h: the in-memory key index: every key's current record, ordered by topic. */
+#ifndef SM_INDEX_H
+#define SM_INDEX_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum rec_flags {
+	REC_RETAINED   = 1u << 0, /* current value arrived as a retained delivery */
+	REC_DELETED    = 1u << 1, /* a tombstone: the key was deleted at ts_ns */
+	REC_TS_PAYLOAD = 1u << 2, /* ts came from the payload (else receive time) */
+	REC_STALE      = 1u << 3, /* judged stale right now */
+	REC_IS_JSON    = 1u << 4, /* payload is valid JSON */
+	REC_DIRTY      = 1u << 5, /* changed since the store last wrote it */
+	REC_NO_STALE   = 1u << 6, /* never judged (our own alert topics) */
+};
+
+enum cadence_source {
+	CADENCE_NONE,    /* unknown: never stale */
+	CADENCE_RULE,
+	CADENCE_LEARNED,
+	CADENCE_DEFAULT,
+	CADENCE_SOURCE_MAX
+};
+
+#define REC_LEARN_SLOTS 7 /* intervals kept for the learned-cadence median */
+
+/*
+** One key. Allocated in one block with its topic (data[], NUL-terminated);
+** the payload is a separate allocation so that a record's address never
+** changes: the staleness heap, the store's dirty list and the watch change
+** log hold plain pointers to records.  Records are owned by the index and
+** live until index_free(); only the core thread mutates them, always with
+** the index write lock held; readers (HTTP) hold the read lock while they
+** look.  A deleted key stays as a tombstone (REC_DELETED, payload NULL,
+** payload_len 0) so that an older message can never bring it back;
+** tombstones are not counted as keys and are not served.
+*/
+struct rec {
+	int64_t ts_ns;          /* observation time of the current value */
+	int64_t received_ms;    /* wall time the current value was applied */
+	int64_t last_seen_ms;   /* last confirmation (see contract) */
+	int64_t rev;            /* revision of the last change to this record */
+	int64_t stale_since_ms; /* 0 while fresh */
+	int64_t last_live_ms;   /* last live message time, for learning; 0 none */
+	uint32_t updates;
+	uint32_t cadence_ms;    /* 0 when unknown or never */
+	uint32_t payload_len;
+	uint32_t heap_idx;      /* position in the staleness heap, UINT32_MAX if none */
+	uint32_t learn[REC_LEARN_SLOTS]; /* recent live intervals (ms), ring */
+	uint8_t nlearn;         /* intervals recorded so far (saturates at 255) */
+	uint8_t cadence_source; /* enum cadence_source */
+	uint16_t flags;         /* enum rec_flags */
+	uint16_t topic_len;
+	uint8_t alert_state;    /* private to the staleness engine */
+	uint8_t pad_;
+	char *payload;          /* malloc'd, payload_len bytes (+ a NUL); NULL if empty */
+	char data[];            /* topic '\0' */
+};
+
+static inline const char *rec_topic(const struct rec *r) { return r->data; }
+
+/* Allocate a record for topic (copied) with no payload. Other fields are
+ * zero, heap_idx = UINT32_MAX. Returns NULL on ENOMEM. Caller owns it until
+ * index_insert(); free an uninserted one with rec_free(). */
+struct rec *rec_new(const char *topic, size_t topic_len);
+void rec_free(struct rec *r);
+/* Replace r's payload with a copy of p (n bytes; n = 0 frees it).
+ * Returns 0 or -ENOMEM (r unchanged). */
+int rec_set_payload(struct rec *r, const void *p, size_t n);
+
+struct index;
+
+struct index *index_new(void);
+/* Frees every record. Accepts NULL. */
+void index_free(struct index *ix);
+
+/* Number of records including tombstones, and of live (non-deleted) keys. */
+size_t index_size(const struct index *ix);
+size_t index_live(const struct index *ix);
+/* Keep the live count right when a record becomes / stops being a tombstone. */
+void index_adjust_live(struct index *ix, long delta);
+
+/* Exact lookup. Returns NULL when absent. */
+struct rec *index_get(const struct index *ix, const char *topic, size_t len);
+
+/* Insert r (the index takes ownership). Returns 0, -EEXIST (r not taken),
+ * or -ENOMEM (r not taken). Counts r as live unless REC_DELETED. */
+int index_insert(struct index *ix, struct rec *r);
+
+/*
+** The index's reader-writer lock: the core thread takes it for writing
+** around each applied batch (short), HTTP handlers for reading. Writers
+** are preferred so that a stream of readers cannot starve ingest.
+*/
+void index_rdlock(struct index *ix);
+void index_wrlock(struct index *ix);
+void index_unlock(struct index *ix);
+
+/*
+** Ordered iteration: calls fn for each record whose topic is strictly
+** greater than `after` (NULL = from the start) and starts with `prefix`
+** (prefix_len bytes, 0 = all), in byte order of topic, until fn returns
+** non-zero (that value is returned) or the records are exhausted (0).
+** Cost: O(len(topic)) to seek, then O(1) amortised per record visited.
+*/
+typedef int (*index_visit_fn)(struct rec *r, void *ctx);
+int index_walk(const struct index *ix, const char *prefix, size_t prefix_len,
+	       const char *after, size_t after_len, index_visit_fn fn, void *ctx);
+
+#endif

@@ -1,0 +1,60 @@
+/* SPDX-License-Identifier: MIT */
+/* queue.h: the bounded hand-off from the MQTT network thread to the core thread. */
+#ifndef SM_QUEUE_H
+#define SM_QUEUE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "apply.h"
+
+/*
+** A queued message: one allocation holding the struct msg and, after it,
+** the topic (NUL-terminated) and payload it points into.  When `reject` is
+** not REJECT_NONE the network thread already refused the message (too large,
+** not JSON, ...) and only the first bytes of the payload are kept, for the
+** rejects list.
+*/
+struct qmsg {
+	struct msg m;
+	enum reject_reason reject;
+	char data[];
+};
+
+/* Build a qmsg copying topic and payload (payload truncated to keep bytes).
+ * Returns NULL on ENOMEM. Free with free(). */
+struct qmsg *qmsg_new(const char *topic, size_t topic_len, const void *payload,
+		      size_t payload_len, size_t keep);
+
+struct queue;
+
+/* A queue of at most cap messages. Returns NULL on ENOMEM. */
+struct queue *queue_new(size_t cap);
+void queue_free(struct queue *q);   /* frees queued messages; accepts NULL */
+
+/*
+** Producer side (one thread). Blocks while the queue is full (the network
+** thread then stops reading the socket: TCP backpressure, nothing dropped),
+** but at most max_wait_ms per call so the caller can keep its session alive;
+** returns 0 when queued, -EAGAIN when still full after max_wait_ms (the
+** caller retries), -ESHUTDOWN after queue_close(). Takes ownership on 0.
+** The consumer is woken only when the queue goes from empty to non-empty,
+** so a busy stream costs no syscall per message.
+*/
+int queue_push(struct queue *q, struct qmsg *m, int64_t max_wait_ms);
+
+/*
+** Consumer side (one thread). Moves up to max messages into out[] (the
+** caller owns them), waiting up to timeout_ms for the first one. Returns
+** the count (0 on timeout) or -ESHUTDOWN when closed and empty.
+*/
+int queue_pop_batch(struct queue *q, struct qmsg **out, size_t max, int64_t timeout_ms);
+
+/* Wake the consumer early (e.g. a config reload or shutdown). */
+void queue_kick(struct queue *q);
+void queue_close(struct queue *q);
+size_t queue_depth(struct queue *q);   /* racy snapshot, for metrics */
+size_t queue_capacity(const struct queue *q);
+
+#endif

@@ -1,0 +1,83 @@
+/* SPDX-License-Identifier: MIT */
+/* stale.h: per-key cadence, staleness deadlines and the alerts they raise. */
+#ifndef SM_STALE_H
+#define SM_STALE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "../common/conf.h"
+#include "index.h"
+
+struct stale;
+
+/*
+** Called for each fresh<->stale transition of a key (r's REC_STALE and
+** stale_since_ms are already updated). The core uses it to bump rev, mark
+** the record dirty and feed watchers.
+*/
+typedef void (*stale_transition_fn)(struct rec *r, bool became_stale, void *ctx);
+
+/*
+** Where alerts go. `publish` sends a retained MQTT message (may be NULL);
+** it must not block (libmosquitto queues it). Exec and logging are done by
+** the engine itself.
+*/
+struct stale_outlet {
+	void (*publish)(void *ctx, const char *topic, const char *payload, size_t len);
+	void *ctx;
+};
+
+/* Returns NULL on ENOMEM. Copies what it needs from c. */
+struct stale *stale_new(const struct conf *c, const struct stale_outlet *out);
+void stale_free(struct stale *s);   /* accepts NULL */
+
+/* Take new rules, grace, default, alert settings (SIGHUP). Cadences of
+ * existing keys are re-derived lazily on their next message or tick.
+ * Returns 0 or -ENOMEM (old settings kept). */
+int stale_reconfigure(struct stale *s, const struct conf *c);
+
+/* A record loaded from the store at startup: schedule its deadline; a key
+ * whose deadline passed while we were down is marked stale at once
+ * (REC_STALE set, no callback, no alert: see stale_on_broker). */
+void stale_on_load(struct stale *s, struct rec *r, int64_t now_ms);
+
+/*
+** A message was applied or confirmed r (APPLIED or DUPLICATE, or a retained
+** delivery). live_seen: a live delivery refreshed last_seen (learn from it,
+** push the deadline, and turn a stale key fresh). is_new: first sight of
+** the key (derive its cadence). Write lock held.
+*/
+void stale_on_message(struct stale *s, struct rec *r, bool live_seen, bool is_new, int64_t now_ms,
+		      stale_transition_fn cb, void *ctx);
+
+/* The key was deleted: stop tracking it (and clear its stale state). */
+void stale_on_delete(struct stale *s, struct rec *r, int64_t now_ms, stale_transition_fn cb, void *ctx);
+
+/*
+** The mirror's own link: connected && synced or not. While not synced
+** one "mirror disconnected" alert is raised (after the group wait) and key
+** transitions are not alerted; after re-sync each key gets grace x cadence
+** to be heard from before its staleness is alerted.
+*/
+void stale_on_broker(struct stale *s, bool synced, int64_t now_ms);
+
+/*
+** Advance to now_ms: fire the transitions whose deadlines passed (cb for
+** each), flush alert groups whose wait elapsed. Cost: O(log n) per due
+** deadline, O(1) otherwise. Returns the ms until the next thing is due
+** (at most 100). Write lock held.
+*/
+int64_t stale_tick(struct stale *s, int64_t now_ms, stale_transition_fn cb, void *ctx);
+
+/* Group counts of stale keys for GET /v1/stale: calls fn(prefix, count, ctx)
+ * for each group. Read lock held by the caller. */
+void stale_groups(struct stale *s, struct index *ix,
+		  void (*fn)(const char *prefix, uint64_t count, void *ctx), void *ctx);
+
+/* The grouping prefix of a topic (used for alerts and /v1/stale):
+ * the topic without its last level ("dc1/hall2/rack17/temp" ->
+ * "dc1/hall2/rack17"). Writes at most n bytes; returns the length. */
+size_t stale_group_prefix(const char *topic, size_t len, char *out, size_t n);
+
+#endif
