@@ -1,9 +1,399 @@
 /* SPDX-License-Identifier: MIT */
 /* statemirrord.c: the process: arguments, config, wiring, signals, shutdown. */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
 
-int main(void)
+#include "api/http.h"
+#include "common/clock.h"
+#include "common/conf.h"
+#include "common/log.h"
+#include "common/notify.h"
+#include "common/stats.h"
+#include "mirror/core.h"
+#include "mirror/index.h"
+#include "mirror/mqtt.h"
+#include "mirror/queue.h"
+#include "mirror/rejects.h"
+#include "mirror/stale.h"
+#include "store/store.h"
+
+enum { EXIT_CONFIG = 1, EXIT_RUNTIME = 2 };
+
+/* Command-line values; they override the file, at start and at every reload. */
+struct options {
+	const char *config;
+	const char *broker;
+	const char *filters[CONF_MAX_FILTERS];
+	size_t nfilters;
+	const char *db;
+	const char *http;
+	const char *log_level;
+	bool check_config;
+};
+
+static void usage(FILE *f)
 {
-	printf("statemirrord %s (skeleton)\n", SM_VERSION);
+	fprintf(f,
+		"usage: statemirrord [-c FILE] [--broker URL] [--subscribe FILTER]... [--db PATH]\n"
+		"                    [--http ADDR] [--log-level LEVEL] [--check-config] [--version] [--help]\n"
+		"\n"
+		"Mirror the current state published on an MQTT broker into a local SQLite\n"
+		"file and serve it over HTTP. See statemirrord(8).\n"
+		"\n"
+		"  -c, --config FILE     configuration file (flags override it)\n"
+		"      --broker URL      mqtt://HOST:PORT or mqtts://HOST:PORT (default mqtt://127.0.0.1:1883)\n"
+		"      --subscribe FILTER  MQTT topic filter, repeatable (default #)\n"
+		"      --db PATH         SQLite file (default statemirror.db)\n"
+		"      --http ADDR       HOST:PORT or unix:/path (default 127.0.0.1:8080; port 0 = any)\n"
+		"      --log-level LEVEL error, warn, info or debug (default info)\n"
+		"      --check-config    validate the configuration and exit (0 valid, 1 not)\n"
+		"      --version         print the version and exit\n"
+		"  -h, --help            this help\n");
+}
+
+static int parse_args(int argc, char **argv, struct options *o)
+{
+	enum { OPT_BROKER = 256, OPT_SUBSCRIBE, OPT_DB, OPT_HTTP, OPT_LOG, OPT_CHECK, OPT_VERSION };
+	static const struct option longopts[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "broker", required_argument, NULL, OPT_BROKER },
+		{ "subscribe", required_argument, NULL, OPT_SUBSCRIBE },
+		{ "db", required_argument, NULL, OPT_DB },
+		{ "http", required_argument, NULL, OPT_HTTP },
+		{ "log-level", required_argument, NULL, OPT_LOG },
+		{ "check-config", no_argument, NULL, OPT_CHECK },
+		{ "version", no_argument, NULL, OPT_VERSION },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	int ch;
+
+	while ((ch = getopt_long(argc, argv, "c:h", longopts, NULL)) != -1) {
+		switch (ch) {
+		case 'c': o->config = optarg; break;
+		case OPT_BROKER: o->broker = optarg; break;
+		case OPT_SUBSCRIBE:
+			if (o->nfilters == CONF_MAX_FILTERS) {
+				fprintf(stderr, "statemirrord: at most %d --subscribe filters\n",
+					CONF_MAX_FILTERS);
+				return -1;
+			}
+			o->filters[o->nfilters++] = optarg;
+			break;
+		case OPT_DB: o->db = optarg; break;
+		case OPT_HTTP: o->http = optarg; break;
+		case OPT_LOG: o->log_level = optarg; break;
+		case OPT_CHECK: o->check_config = true; break;
+		case OPT_VERSION:
+			printf("statemirrord %s\n", SM_VERSION);
+			exit(0);
+		case 'h':
+			usage(stdout);
+			exit(0);
+		default:
+			usage(stderr);
+			return -1;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "statemirrord: unexpected argument '%s'\n", argv[optind]);
+		usage(stderr);
+		return -1;
+	}
 	return 0;
+}
+
+/* Build a configuration: defaults, then the file, then the flags; validate.
+ * Returns 0 or -EINVAL with the reason in err. */
+static int load_config(const struct options *o, struct conf *c, char *err, size_t errlen)
+{
+	int rc = conf_defaults(c);
+
+	if (rc < 0) {
+		snprintf(err, errlen, "out of memory");
+		return rc;
+	}
+	if (o->config && (rc = conf_load_file(c, o->config, err, errlen)) < 0)
+		return rc;
+	if (o->broker) {
+		for (size_t i = 0; i < c->nurls; i++) {
+			free(c->urls[i]);
+			c->urls[i] = NULL;
+		}
+		c->nurls = 0;
+		if (conf_set_str(&c->urls[0], o->broker) < 0)
+			goto nomem;
+		c->nurls = 1;
+	}
+	if (o->nfilters) {
+		for (size_t i = 0; i < c->nfilters; i++) {
+			free(c->filters[i]);
+			c->filters[i] = NULL;
+		}
+		c->nfilters = 0;
+		for (size_t i = 0; i < o->nfilters; i++) {
+			if (conf_set_str(&c->filters[i], o->filters[i]) < 0)
+				goto nomem;
+			c->nfilters = i + 1;
+		}
+	}
+	if (o->db && conf_set_str(&c->db_path, o->db) < 0)
+		goto nomem;
+	if (o->http && conf_set_str(&c->http_listen, o->http) < 0)
+		goto nomem;
+	if (o->log_level && log_level_parse(o->log_level, &c->log_level) < 0) {
+		snprintf(err, errlen, "--log-level: unknown level '%s' (error, warn, info, debug)",
+			 o->log_level);
+		return -EINVAL;
+	}
+	return conf_validate(c, err, errlen);
+nomem:
+	snprintf(err, errlen, "out of memory");
+	return -ENOMEM;
+}
+
+static bool str_differs(const char *a, const char *b)
+{
+	return strcmp(a ? a : "", b ? b : "") != 0;
+}
+
+/* Tell the operator which changed settings a reload cannot take. */
+static void report_restart_needed(const struct conf *old, const struct conf *nc)
+{
+	bool broker = old->nurls != nc->nurls || old->protocol != nc->protocol ||
+		      old->qos != nc->qos || old->session != nc->session ||
+		      old->keepalive_ms != nc->keepalive_ms ||
+		      str_differs(old->client_id, nc->client_id) ||
+		      str_differs(old->username, nc->username) ||
+		      str_differs(old->password_file, nc->password_file) ||
+		      str_differs(old->tls_ca_file, nc->tls_ca_file) ||
+		      str_differs(old->tls_cert_file, nc->tls_cert_file) ||
+		      str_differs(old->tls_key_file, nc->tls_key_file);
+	bool subs = old->nfilters != nc->nfilters;
+	bool store = str_differs(old->db_path, nc->db_path) || old->max_keys != nc->max_keys ||
+		     old->max_payload != nc->max_payload || old->format != nc->format ||
+		     str_differs(old->timestamp_field, nc->timestamp_field) ||
+		     old->future_skew_ms != nc->future_skew_ms;
+	bool http = str_differs(old->http_listen, nc->http_listen) ||
+		    str_differs(old->token_file, nc->token_file);
+
+	for (size_t i = 0; !broker && i < nc->nurls; i++)
+		broker = str_differs(old->urls[i], nc->urls[i]);
+	for (size_t i = 0; !subs && i < nc->nfilters; i++)
+		subs = str_differs(old->filters[i], nc->filters[i]);
+	if (broker || subs || store || http)
+		log_warnx("reload: changes to%s%s%s%s take effect only after a restart",
+			  broker ? " [broker]" : "", subs ? " [subscribe]" : "",
+			  store ? " [store]/[payload]" : "", http ? " [http]" : "");
+}
+
+static void stale_publish(void *ctx, const char *topic, const char *payload, size_t len)
+{
+	struct mqtt *m = ctx;
+	int rc = mqtt_publish_retained(m, topic, payload, len);
+
+	if (rc < 0)
+		log_warnx("alerts: cannot publish to %s: %s", topic, strerror(-rc));
+}
+
+static void notify_status(struct core *core, struct mqtt *m)
+{
+	static char last[256];
+	char status[256];
+
+	snprintf(status, sizeof(status), "STATUS=%s, %s, %llu keys, %llu stale",
+		 mqtt_connected(m) ? "connected" : "disconnected",
+		 core_synced(core) ? "synced" : "not synced",
+		 (unsigned long long)STAT_GET(keys), (unsigned long long)STAT_GET(stale_keys));
+	if (strcmp(status, last) != 0) {
+		notify_send(status);
+		snprintf(last, sizeof(last), "%s", status);
+	}
+}
+
+struct load_ctx {
+	struct stale *stale;
+	int64_t now_ms;
+};
+
+static int load_visit(struct rec *r, void *ctx)
+{
+	struct load_ctx *lc = ctx;
+
+	if (!(r->flags & REC_DELETED))
+		stale_on_load(lc->stale, r, lc->now_ms);
+	return 0;
+}
+
+/* Load the stored keys and schedule every deadline; keys whose deadline
+ * passed while we were down turn stale now (without an alert: startup
+ * counts as not synced, see stale_on_broker). */
+static int load_index(struct store *st, struct stale *stale, struct index *ix, int64_t *ret_rev)
+{
+	struct load_ctx lc = { stale, clock_wall_ms() };
+	int64_t t0 = clock_mono_ms();
+	char err[256];
+	int rc = store_load(st, ix, ret_rev, err, sizeof(err));
+
+	if (rc < 0) {
+		log_error("store: cannot load: %s", err);
+		return rc;
+	}
+	index_wrlock(ix);
+	index_walk(ix, NULL, 0, NULL, 0, load_visit, &lc);
+	index_unlock(ix);
+	log_info("store: %zu keys loaded in %lld ms (rev %lld)", index_live(ix),
+		 (long long)(clock_mono_ms() - t0), (long long)*ret_rev);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	struct options opt = { 0 };
+	struct conf conf = { 0 }, *reloaded = NULL;
+	struct store *store = NULL;
+	struct index *ix = NULL;
+	struct queue *queue = NULL;
+	struct rejects *rejects = NULL;
+	struct mqtt *mqtt = NULL;
+	struct stale *stale = NULL;
+	struct core *core = NULL;
+	struct api *api = NULL;
+	char err[512];
+	int status = EXIT_RUNTIME, rc;
+	int64_t rev = 0;
+	sigset_t sigs;
+
+	if (parse_args(argc, argv, &opt) < 0)
+		return EXIT_CONFIG;
+	if (load_config(&opt, &conf, err, sizeof(err)) < 0) {
+		fprintf(stderr, "%s\n", err);
+		conf_free(&conf);
+		return EXIT_CONFIG;
+	}
+	if (opt.check_config) {
+		printf("configuration ok\n");
+		conf_free(&conf);
+		return 0;
+	}
+	log_set_level(conf.log_level);
+
+	/* Signals are taken synchronously by the main thread; every other
+	 * thread inherits the blocked mask. */
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	log_info("statemirrord %s starting", SM_VERSION);
+	if ((rc = store_open(conf.db_path, &store, err, sizeof(err))) < 0) {
+		log_error("store: cannot open %s: %s", conf.db_path, err);
+		goto out;
+	}
+	ix = index_new();
+	queue = queue_new((size_t)conf.queue_size);
+	rejects = rejects_new((size_t)conf.max_rejects);
+	if (!ix || !queue || !rejects) {
+		log_error("out of memory at startup");
+		goto out;
+	}
+	if ((rc = mqtt_new(&conf, queue, &mqtt, err, sizeof(err))) < 0) {
+		log_error("mqtt: %s", err);
+		goto out;
+	}
+	stale = stale_new(&conf, &(struct stale_outlet){ .publish = stale_publish, .ctx = mqtt });
+	if (!stale) {
+		log_error("out of memory at startup");
+		goto out;
+	}
+	if (load_index(store, stale, ix, &rev) < 0)
+		goto out;
+
+	struct core_deps cd = { .conf = &conf, .ix = ix, .store = store, .stale = stale,
+				.queue = queue, .mqtt = mqtt, .rejects = rejects, .rev = rev };
+	if ((rc = core_start(&cd, &core)) < 0) {
+		log_error("cannot start the core thread: %s", strerror(-rc));
+		goto out;
+	}
+	struct api_deps ad = { .conf = &conf, .ix = ix, .core = core, .rejects = rejects,
+			       .stale = stale };
+	if ((rc = api_start(&ad, &api, err, sizeof(err))) < 0) {
+		log_error("http: %s", err);
+		goto out;
+	}
+	if ((rc = mqtt_start(mqtt)) < 0) {
+		log_error("mqtt: cannot start: %s", strerror(-rc));
+		goto out;
+	}
+	/* Serving from here on, whatever the broker does: systemd may go on. */
+	notify_send("READY=1");
+
+	uint64_t wd_usec = notify_watchdog_usec();
+	int64_t tick_ms = wd_usec ? (int64_t)(wd_usec / 1000 / 3) : 1000;
+	if (tick_ms > 1000)
+		tick_ms = 1000;
+	if (tick_ms < 50)
+		tick_ms = 50;
+	for (;;) {
+		struct timespec ts = { tick_ms / 1000, (tick_ms % 1000) * 1000000L };
+		int sig = sigtimedwait(&sigs, NULL, &ts);
+
+		if (sig == SIGTERM || sig == SIGINT) {
+			log_info("received %s, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+			notify_send("STOPPING=1");
+			break;
+		}
+		if (sig == SIGHUP) {
+			struct conf *nc = calloc(1, sizeof(*nc));
+
+			notify_send("RELOADING=1");
+			if (!nc) {
+				log_warnx("reload: out of memory, configuration unchanged");
+			} else if (load_config(&opt, nc, err, sizeof(err)) < 0) {
+				log_warnx("reload: %s; configuration unchanged", err);
+				conf_free(nc);
+				free(nc);
+			} else {
+				report_restart_needed(&conf, nc);
+				log_set_level(nc->log_level);
+				core_reload(core, nc);
+				if (reloaded) {
+					conf_free(reloaded);
+					free(reloaded);
+				}
+				reloaded = nc;
+				log_info("reload: staleness rules, alert settings and log level applied");
+			}
+			notify_send("READY=1");
+		}
+		/* Feed the watchdog only while the core loop turns. */
+		if (wd_usec && clock_mono_ms() - core_heartbeat(core) < (int64_t)(wd_usec / 1000))
+			notify_send("WATCHDOG=1");
+		notify_status(core, mqtt);
+	}
+	status = 0;
+out:
+	mqtt_stop(mqtt);
+	core_stop(core);
+	api_stop(api);
+	mqtt_free(mqtt);
+	stale_free(stale);
+	rejects_free(rejects);
+	queue_free(queue);
+	index_free(ix);
+	store_close(store);
+	if (reloaded) {
+		conf_free(reloaded);
+		free(reloaded);
+	}
+	conf_free(&conf);
+	log_info("statemirrord stopped");
+	return status;
 }

@@ -41,4 +41,9 @@ bool core_synced(struct core *c);
 /* Monotonic ms of the core loop's last turn (the watchdog feeds on it). */
 int64_t core_heartbeat(struct core *c);
 
+/* Take the reloadable settings of conf (staleness rules, grace, default,
+ * alert settings) under the write lock. Thread-safe; conf must stay
+ * valid until the next reload or core_stop. */
+void core_reload(struct core *c, const struct conf *conf);
+
 #endif
