@@ -14,6 +14,7 @@ struct buf {
 	size_t max;     /* appending past this fails with -E2BIG */
 };
 
+/* max 0 means no limit (a zeroed struct buf is a valid, unlimited empty buffer). */
 void buf_init(struct buf *b, size_t max);
 void buf_free(struct buf *b);        /* accepts a zeroed struct */
 void buf_reset(struct buf *b);       /* len = 0, keeps memory */
@@ -27,7 +28,8 @@ int buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf
 int buf_json_str(struct buf *b, const char *s, size_t n);
 /* Appends base64 (RFC 4648, padded). */
 int buf_base64(struct buf *b, const void *p, size_t n);
-/* Detaches the data: the caller owns it; b is reset to empty. */
+/* Detaches the data: the caller owns it (free()); b is reset to empty. Never
+ * NULL for an empty buffer (an allocated ""), NULL only if that malloc fails. */
 char *buf_steal(struct buf *b, size_t *ret_len);
 
 #endif

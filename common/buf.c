@@ -1,0 +1,294 @@
+/* SPDX-License-Identifier: MIT */
+/* buf.c: a growable, size-limited byte buffer with JSON and base64 writers. */
+#include "buf.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void buf_init(struct buf *b, size_t max)
+{
+	b->data = NULL;
+	b->len = 0;
+	b->cap = 0;
+	b->max = max ? max : SIZE_MAX - 1;
+}
+
+void buf_free(struct buf *b)
+{
+	if (!b)
+		return;
+	free(b->data);
+	b->data = NULL;
+	b->len = 0;
+	b->cap = 0;
+}
+
+void buf_reset(struct buf *b)
+{
+	b->len = 0;
+	if (b->data)
+		b->data[0] = '\0';
+}
+
+/* Makes room for n more bytes plus the terminating NUL. */
+static int buf_reserve(struct buf *b, size_t n)
+{
+	size_t max = b->max ? b->max : SIZE_MAX - 1;
+	size_t need, cap;
+	char *p;
+
+	if (n > max || b->len > max - n)
+		return -E2BIG;
+	need = b->len + n + 1;
+	if (need <= b->cap)
+		return 0;
+	cap = b->cap ? b->cap : 64;
+	while (cap < need)
+		cap = cap > SIZE_MAX / 2 ? need : cap * 2;
+	if (cap > max + 1)
+		cap = max + 1;
+	p = realloc(b->data, cap);
+	if (!p)
+		return -ENOMEM;
+	b->data = p;
+	b->cap = cap;
+	return 0;
+}
+
+int buf_append(struct buf *b, const void *p, size_t n)
+{
+	int r = buf_reserve(b, n);
+
+	if (r < 0)
+		return r;
+	if (n)
+		memcpy(b->data + b->len, p, n);
+	b->len += n;
+	b->data[b->len] = '\0';
+	return 0;
+}
+
+int buf_puts(struct buf *b, const char *s)
+{
+	return buf_append(b, s, strlen(s));
+}
+
+int buf_putc(struct buf *b, char c)
+{
+	return buf_append(b, &c, 1);
+}
+
+int buf_printf(struct buf *b, const char *fmt, ...)
+{
+	va_list ap;
+	size_t avail;
+	int n, r;
+
+	/* Try in the space we have first; most calls fit. */
+	if ((r = buf_reserve(b, 0)) < 0)
+		return r;
+	avail = b->cap - b->len;
+	va_start(ap, fmt);
+	n = vsnprintf(b->data + b->len, avail, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		goto fail_fmt;
+	if ((size_t)n >= avail) {
+		if ((r = buf_reserve(b, (size_t)n)) < 0) {
+			b->data[b->len] = '\0';
+			return r;
+		}
+		va_start(ap, fmt);
+		n = vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+		va_end(ap);
+		if (n < 0)
+			goto fail_fmt;
+	}
+	if ((size_t)n > (b->max ? b->max : SIZE_MAX - 1) - b->len) {
+		b->data[b->len] = '\0';
+		return -E2BIG;
+	}
+	b->len += (size_t)n;
+	return 0;
+
+fail_fmt:
+	b->data[b->len] = '\0';
+	return -EINVAL;
+}
+
+/*
+** Length of the valid UTF-8 sequence at s (1..4), or 0 if it is invalid;
+** *ret_skip then holds the length of the maximal ill-formed subpart, which
+** becomes one U+FFFD (Unicode's "substitution of maximal subparts").
+*/
+static size_t utf8_seq(const unsigned char *s, size_t n, size_t *ret_skip)
+{
+	unsigned char c = s[0];
+	size_t need, i;
+	unsigned char lo = 0x80, hi = 0xbf;
+
+	if (c < 0x80)
+		return 1;
+	if (c >= 0xc2 && c <= 0xdf)
+		need = 1;
+	else if (c >= 0xe0 && c <= 0xef) {
+		need = 2;
+		if (c == 0xe0)
+			lo = 0xa0;
+		else if (c == 0xed)
+			hi = 0x9f;
+	} else if (c >= 0xf0 && c <= 0xf4) {
+		need = 3;
+		if (c == 0xf0)
+			lo = 0x90;
+		else if (c == 0xf4)
+			hi = 0x8f;
+	} else {
+		*ret_skip = 1;
+		return 0;
+	}
+	for (i = 1; i <= need; i++) {
+		if (i >= n || s[i] < lo || s[i] > hi) {
+			*ret_skip = i;
+			return 0;
+		}
+		lo = 0x80;
+		hi = 0xbf;
+	}
+	return need + 1;
+}
+
+/* Bytes that need attention in a JSON string: controls, '"', '\\', non-ASCII. */
+static inline int json_special(unsigned char c)
+{
+	return c < 0x20 || c == '"' || c == '\\' || c >= 0x7f;
+}
+
+int buf_json_str(struct buf *b, const char *s, size_t n)
+{
+	static const char hex[] = "0123456789abcdef";
+	const unsigned char *p = (const unsigned char *)s;
+	size_t old = b->len, i = 0, run;
+	int r;
+
+	/* Common case: short ASCII; reserve once for the unescaped size. */
+	if ((r = buf_reserve(b, n + 2)) < 0)
+		return r;
+	b->data[b->len++] = '"';
+	while (i < n) {
+		run = i;
+		while (run < n && !json_special(p[run]))
+			run++;
+		if (run > i) {
+			if ((r = buf_append(b, p + i, run - i)) < 0)
+				goto fail;
+			i = run;
+			if (i == n)
+				break;
+		}
+		unsigned char c = p[i];
+		char esc[6];
+		size_t elen = 2, seq, skip = 1;
+
+		esc[0] = '\\';
+		switch (c) {
+		case '"': esc[1] = '"'; break;
+		case '\\': esc[1] = '\\'; break;
+		case '\b': esc[1] = 'b'; break;
+		case '\f': esc[1] = 'f'; break;
+		case '\n': esc[1] = 'n'; break;
+		case '\r': esc[1] = 'r'; break;
+		case '\t': esc[1] = 't'; break;
+		default:
+			if (c < 0x20 || c == 0x7f) {
+				esc[1] = 'u';
+				esc[2] = '0';
+				esc[3] = '0';
+				esc[4] = hex[c >> 4];
+				esc[5] = hex[c & 15];
+				elen = 6;
+				break;
+			}
+			seq = utf8_seq(p + i, n - i, &skip);
+			if (seq) {
+				r = buf_append(b, p + i, seq);
+				i += seq;
+			} else {
+				r = buf_append(b, "\xef\xbf\xbd", 3);
+				i += skip;
+			}
+			if (r < 0)
+				goto fail;
+			continue;
+		}
+		if ((r = buf_append(b, esc, elen)) < 0)
+			goto fail;
+		i++;
+	}
+	if ((r = buf_putc(b, '"')) < 0)
+		goto fail;
+	return 0;
+
+fail:
+	b->len = old;
+	b->data[old] = '\0';
+	return r;
+}
+
+int buf_base64(struct buf *b, const void *p, size_t n)
+{
+	static const char tbl[] =
+		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	const unsigned char *s = p;
+	size_t out, i;
+	char *d;
+	int r;
+
+	if (n > (SIZE_MAX / 4) * 3 - 3)
+		return -E2BIG;
+	out = (n + 2) / 3 * 4;
+	if ((r = buf_reserve(b, out)) < 0)
+		return r;
+	d = b->data + b->len;
+	for (i = 0; i + 3 <= n; i += 3) {
+		uint32_t v = (uint32_t)s[i] << 16 | (uint32_t)s[i + 1] << 8 | s[i + 2];
+		*d++ = tbl[v >> 18];
+		*d++ = tbl[(v >> 12) & 63];
+		*d++ = tbl[(v >> 6) & 63];
+		*d++ = tbl[v & 63];
+	}
+	if (i < n) {
+		uint32_t v = (uint32_t)s[i] << 16;
+		if (i + 1 < n)
+			v |= (uint32_t)s[i + 1] << 8;
+		*d++ = tbl[v >> 18];
+		*d++ = tbl[(v >> 12) & 63];
+		*d++ = i + 1 < n ? tbl[(v >> 6) & 63] : '=';
+		*d++ = '=';
+	}
+	b->len += out;
+	b->data[b->len] = '\0';
+	return 0;
+}
+
+char *buf_steal(struct buf *b, size_t *ret_len)
+{
+	char *p = b->data;
+	size_t len = b->len;
+
+	if (!p) {
+		p = malloc(1);
+		if (!p)
+			return NULL;
+		p[0] = '\0';
+	}
+	b->data = NULL;
+	b->len = 0;
+	b->cap = 0;
+	if (ret_len)
+		*ret_len = len;
+	return p;
+}

@@ -1,0 +1,93 @@
+/* SPDX-License-Identifier: MIT */
+/* clock.c: wall and monotonic clocks and RFC 3339 formatting of epoch ms. */
+#include "clock.h"
+
+#include <time.h>
+
+static int64_t read_ns(clockid_t id)
+{
+	struct timespec ts;
+
+	if (clock_gettime(id, &ts) != 0)
+		return 0;
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int64_t clock_wall_ms(void)
+{
+	return read_ns(CLOCK_REALTIME) / 1000000;
+}
+
+int64_t clock_wall_ns(void)
+{
+	return read_ns(CLOCK_REALTIME);
+}
+
+int64_t clock_mono_ms(void)
+{
+	return read_ns(CLOCK_MONOTONIC) / 1000000;
+}
+
+/* Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm): no
+ * gmtime_r, no locale, valid for any int64 day count we can be given. */
+static void civil_from_days(int64_t z, int64_t *y, unsigned *m, unsigned *d)
+{
+	z += 719468;
+	int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+	unsigned doe = (unsigned)(z - era * 146097);
+	unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+	unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+	unsigned mp = (5 * doy + 2) / 153;
+
+	*d = doy - (153 * mp + 2) / 5 + 1;
+	*m = mp < 10 ? mp + 3 : mp - 9;
+	*y = (int64_t)yoe + era * 400 + (*m <= 2);
+}
+
+static char *put_num(char *p, unsigned v, int width)
+{
+	for (int i = width - 1; i >= 0; i--) {
+		p[i] = (char)('0' + v % 10);
+		v /= 10;
+	}
+	return p + width;
+}
+
+/* RFC 3339 has four-digit years: times outside 0000..9999 are clamped. */
+#define RFC3339_MIN_MS (-62167219200000LL)  /* 0000-01-01T00:00:00.000Z */
+#define RFC3339_MAX_MS (253402300799999LL)  /* 9999-12-31T23:59:59.999Z */
+
+char *clock_format_rfc3339(int64_t ms, char buf[32])
+{
+	int64_t days, rem, y;
+	unsigned mon, day;
+	char *p = buf;
+
+	if (ms < RFC3339_MIN_MS)
+		ms = RFC3339_MIN_MS;
+	if (ms > RFC3339_MAX_MS)
+		ms = RFC3339_MAX_MS;
+	days = ms / 86400000;
+	rem = ms % 86400000;
+	if (rem < 0) {
+		rem += 86400000;
+		days--;
+	}
+	civil_from_days(days, &y, &mon, &day);
+	p = put_num(p, (unsigned)y, 4);
+	*p++ = '-';
+	p = put_num(p, mon, 2);
+	*p++ = '-';
+	p = put_num(p, day, 2);
+	*p++ = 'T';
+	p = put_num(p, (unsigned)(rem / 3600000), 2);
+	*p++ = ':';
+	p = put_num(p, (unsigned)(rem / 60000 % 60), 2);
+	*p++ = ':';
+	p = put_num(p, (unsigned)(rem / 1000 % 60), 2);
+	*p++ = '.';
+	p = put_num(p, (unsigned)(rem % 1000), 3);
+	*p++ = 'Z';
+	*p = '\0';
+	return buf;
+}

@@ -1,0 +1,219 @@
+/* SPDX-License-Identifier: MIT */
+/* log.c: leveled one-line logging to stderr, each line a single write(2). */
+#include "log.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "clock.h"
+
+#define LOG_LINE_MAX 2048
+
+static _Atomic int log_level_cur = LOG_LEVEL_INFO;
+
+/* -1 unknown, 0 plain stderr (timestamps), 1 journald adds its own. */
+static _Atomic int log_to_journal = -1;
+
+static const char *const level_names[LOG_LEVEL_MAX] = {
+	[LOG_LEVEL_ERROR] = "error",
+	[LOG_LEVEL_WARN] = "warn",
+	[LOG_LEVEL_INFO] = "info",
+	[LOG_LEVEL_DEBUG] = "debug",
+};
+
+static const char *const level_tags[LOG_LEVEL_MAX] = {
+	[LOG_LEVEL_ERROR] = "ERROR",
+	[LOG_LEVEL_WARN] = "WARN",
+	[LOG_LEVEL_INFO] = "INFO",
+	[LOG_LEVEL_DEBUG] = "DEBUG",
+};
+
+int log_level_parse(const char *s, enum log_level *ret_level)
+{
+	if (!s)
+		return -EINVAL;
+	for (int i = 0; i < LOG_LEVEL_MAX; i++) {
+		if (strcasecmp(s, level_names[i]) == 0) {
+			*ret_level = (enum log_level)i;
+			return 0;
+		}
+	}
+	if (strcasecmp(s, "warning") == 0) {
+		*ret_level = LOG_LEVEL_WARN;
+		return 0;
+	}
+	return -EINVAL;
+}
+
+const char *log_level_name(enum log_level level)
+{
+	if ((int)level < 0 || level >= LOG_LEVEL_MAX)
+		return "unknown";
+	return level_names[level];
+}
+
+void log_set_level(enum log_level level)
+{
+	if ((int)level < 0 || level >= LOG_LEVEL_MAX)
+		return;
+	atomic_store_explicit(&log_level_cur, (int)level, memory_order_relaxed);
+}
+
+enum log_level log_get_level(void)
+{
+	return (enum log_level)atomic_load_explicit(&log_level_cur, memory_order_relaxed);
+}
+
+static bool journal_stderr(void)
+{
+	int j = atomic_load_explicit(&log_to_journal, memory_order_relaxed);
+
+	if (j < 0) {
+		/* systemd sets JOURNAL_STREAM when stderr is the journal, which
+		 * stamps lines itself: a second timestamp would only be noise. */
+		j = getenv("JOURNAL_STREAM") != NULL;
+		atomic_store_explicit(&log_to_journal, j, memory_order_relaxed);
+	}
+	return j != 0;
+}
+
+/* Appends at most what fits; returns the new length (never past cap - 1). */
+static size_t line_add(char *line, size_t len, size_t cap, const char *s)
+{
+	size_t n = strlen(s);
+
+	if (len >= cap - 1)
+		return len;
+	if (n > cap - 1 - len)
+		n = cap - 1 - len;
+	memcpy(line + len, s, n);
+	return len + n;
+}
+
+static void log_vemit(enum log_level level, const char *errstr, const char *fmt, va_list ap)
+{
+	char line[LOG_LINE_MAX];
+	size_t len = 0;
+	int n;
+
+	if (!journal_stderr()) {
+		char ts[32];
+
+		clock_format_rfc3339(clock_wall_ms(), ts);
+		len = line_add(line, len, sizeof(line), ts);
+		len = line_add(line, len, sizeof(line), " ");
+	}
+	len = line_add(line, len, sizeof(line), level_tags[level]);
+	len = line_add(line, len, sizeof(line), ": ");
+	n = vsnprintf(line + len, sizeof(line) - len, fmt, ap);
+	if (n > 0)
+		len += (size_t)n < sizeof(line) - len ? (size_t)n : sizeof(line) - len - 1;
+	if (errstr) {
+		len = line_add(line, len, sizeof(line), ": ");
+		len = line_add(line, len, sizeof(line), errstr);
+	}
+	/* A message must not forge extra log lines. */
+	for (size_t i = 0; i < len; i++)
+		if (line[i] == '\n' || line[i] == '\r')
+			line[i] = ' ';
+	if (len > sizeof(line) - 2)
+		len = sizeof(line) - 2;
+	line[len++] = '\n';
+
+	const char *p = line;
+	while (len > 0) {
+		ssize_t w = write(STDERR_FILENO, p, len);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			break;
+		p += w;
+		len -= (size_t)w;
+	}
+}
+
+static bool enabled(enum log_level level)
+{
+	return (int)level <= atomic_load_explicit(&log_level_cur, memory_order_relaxed);
+}
+
+void log_warn(const char *fmt, ...)
+{
+	int saved = errno;
+	char ebuf[128];
+	const char *es;
+	va_list ap;
+
+	if (!enabled(LOG_LEVEL_WARN))
+		goto out;
+	es = strerror_r(saved, ebuf, sizeof(ebuf));
+	va_start(ap, fmt);
+	log_vemit(LOG_LEVEL_WARN, es, fmt, ap);
+	va_end(ap);
+out:
+	errno = saved;
+}
+
+#define LOG_FN(name, level)                                   \
+	void name(const char *fmt, ...)                       \
+	{                                                     \
+		int saved = errno;                            \
+		va_list ap;                                   \
+		if (enabled(level)) {                         \
+			va_start(ap, fmt);                    \
+			log_vemit(level, NULL, fmt, ap);      \
+			va_end(ap);                           \
+		}                                             \
+		errno = saved;                                \
+	}
+
+LOG_FN(log_warnx, LOG_LEVEL_WARN)
+LOG_FN(log_error, LOG_LEVEL_ERROR)
+LOG_FN(log_info, LOG_LEVEL_INFO)
+LOG_FN(log_debug, LOG_LEVEL_DEBUG)
+
+void fatalx(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	log_vemit(LOG_LEVEL_ERROR, NULL, fmt, ap);
+	va_end(ap);
+	exit(2);
+}
+
+int log_ratelimit_ok(struct log_ratelimit *rl, int64_t now_ms, uint32_t *ret_suppressed)
+{
+	uint32_t dropped = 0;
+	int ok;
+
+	while (__atomic_exchange_n(&rl->lock, 1, __ATOMIC_ACQUIRE))
+		;
+	if (rl->printed == 0 || now_ms - rl->window_start_ms >= (int64_t)rl->interval_ms ||
+	    now_ms < rl->window_start_ms) {
+		/* A new window: report what the previous one swallowed. */
+		dropped = rl->suppressed;
+		rl->suppressed = 0;
+		rl->window_start_ms = now_ms;
+		rl->printed = 1;
+		ok = 1;
+	} else if (rl->printed < rl->burst) {
+		rl->printed++;
+		ok = 1;
+	} else {
+		rl->suppressed++;
+		ok = 0;
+	}
+	__atomic_store_n(&rl->lock, 0, __ATOMIC_RELEASE);
+	if (ok && ret_suppressed)
+		*ret_suppressed = dropped;
+	return ok;
+}
