@@ -19,7 +19,10 @@ int ts_parse_epoch(const char *s, size_t len, int64_t *ret_ns);
 
 /* Decode an RFC 3339 date-time ("2026-11-22T02:10:02.123Z",
  * "2026-11-22T03:10:02+01:00", 't'/'z' lower case and ' ' separator accepted)
- * into epoch nanoseconds. Returns 0 or -EINVAL. */
+ * into epoch nanoseconds. Fraction digits past the ninth are dropped. A leap
+ * second (":60", only at minute 59) is clamped to the minute's last
+ * nanosecond. Times before 1970 or after 2262 (int64 ns) are -EINVAL.
+ * Returns 0 or -EINVAL. */
 int ts_parse_rfc3339(const char *s, size_t len, int64_t *ret_ns);
 
 /*
@@ -34,7 +37,12 @@ int ts_parse_rfc3339(const char *s, size_t len, int64_t *ret_ns);
 **   ts_found  : a member was found and decoded into ts_ns (a number via
 **               ts_parse_epoch, a string via ts_parse_rfc3339, or a string
 **               holding an epoch number)
-**   ts_bad    : a member was found but could not be decoded
+**   ts_bad    : a member was found but could not be decoded (a bool,
+**               object, array, a string with escapes, a negative number...)
+** A member whose value is null counts as absent: the next name is tried.
+** Strings are checked as jansson does: valid UTF-8, no lone surrogate
+** escapes; "\u0000" is valid JSON (load with JSON_ALLOW_NUL). is_json does
+** not promise that every number fits an int64 or a double.
 ** Never allocates; depth of nesting is limited to JSCAN_MAX_DEPTH (deeper
 ** is treated as not JSON). Safe on any bytes (fuzzed).
 */
