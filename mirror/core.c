@@ -56,6 +56,7 @@ struct core {
 	bool link_synced;         /* what the staleness engine was last told */
 	uint64_t link_epoch;
 	bool store_failed;
+	bool changed;             /* this turn appended to the change log */
 
 	pthread_mutex_t status_lock; /* guards reason */
 	char reason[256];         /* why not ready, "" when ready */
@@ -90,6 +91,14 @@ static void core_mark_dirty(struct core *c, struct rec *r)
 		c->first_dirty_ms = clock_mono_ms();
 }
 
+static void core_log_change(struct core *c, struct rec *r, enum change_type t)
+{
+	if (c->d.changes) {
+		changes_append(c->d.changes, r, t);
+		c->changed = true;
+	}
+}
+
 /* Staleness transitions change the record (its stale flag) and so get a
  * revision of their own, like any other change a watcher can see. */
 static void core_on_transition(struct rec *r, bool became_stale, void *ctx)
@@ -98,6 +107,7 @@ static void core_on_transition(struct rec *r, bool became_stale, void *ctx)
 
 	r->rev = ++c->rev;
 	core_mark_dirty(c, r);
+	core_log_change(c, r, became_stale ? CHANGE_STALE : CHANGE_FRESH);
 }
 
 static void core_apply_one(struct core *c, struct qmsg *q, int64_t now_ms)
@@ -120,11 +130,13 @@ static void core_apply_one(struct core *c, struct qmsg *q, int64_t now_ms)
 		return;
 	case APPLY_APPLIED:
 		core_mark_dirty(c, r);
+		core_log_change(c, r, CHANGE_UPDATE);
 		stale_on_message(c->d.stale, r, live_seen, r->updates == 1, now_ms,
 				 core_on_transition, c);
 		break;
 	case APPLY_DELETED:
 		core_mark_dirty(c, r);
+		core_log_change(c, r, CHANGE_DELETE);
 		stale_on_delete(c->d.stale, r, now_ms, core_on_transition, c);
 		break;
 	case APPLY_DUPLICATE:
@@ -305,6 +317,9 @@ static void *core_main(void *arg)
 		STAT_SET(keys, index_live(c->d.ix));
 		STAT_SET(rev, c->rev);
 		index_unlock(c->d.ix);
+		if (c->changed && c->d.on_changes)
+			c->d.on_changes(c->d.on_changes_ctx);
+		c->changed = false;
 
 		core_flush(c, false);
 		if (c->store_failed && (c->retry_at_ms == 0 || clock_mono_ms() >= c->retry_at_ms))

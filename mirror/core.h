@@ -9,6 +9,7 @@
 
 #include "../common/conf.h"
 #include "../store/store.h"
+#include "changes.h"
 #include "index.h"
 #include "mqtt.h"
 #include "queue.h"
@@ -26,6 +27,11 @@ struct core_deps {
 	struct queue *queue;
 	struct mqtt *mqtt;        /* may be NULL in tests */
 	struct rejects *rejects;
+	struct changes *changes;  /* may be NULL: no watch streams */
+	/* Called from the core thread, without the lock, after a turn that
+	 * appended changes (wakes watch streams). May be NULL. */
+	void (*on_changes)(void *ctx);
+	void *on_changes_ctx;
 	int64_t rev;              /* highest rev loaded from the store */
 };
 
