@@ -63,12 +63,14 @@ struct rec {
 static inline const char *rec_topic(const struct rec *r) { return r->data; }
 
 /* Allocate a record for topic (copied) with no payload. Other fields are
- * zero, heap_idx = UINT32_MAX. Returns NULL on ENOMEM. Caller owns it until
- * index_insert(); free an uninserted one with rec_free(). */
+ * zero, heap_idx = UINT32_MAX. Returns NULL with errno ENOMEM, or EINVAL
+ * when topic_len > UINT16_MAX. Caller owns it until index_insert(); free an
+ * uninserted one with rec_free(). */
 struct rec *rec_new(const char *topic, size_t topic_len);
 void rec_free(struct rec *r);
-/* Replace r's payload with a copy of p (n bytes; n = 0 frees it).
- * Returns 0 or -ENOMEM (r unchanged). */
+/* Replace r's payload with a copy of p (n bytes; n = 0 frees it). Reuses the
+ * buffer when the new payload fits and the buffer is not much too large.
+ * Returns 0, -ENOMEM or -E2BIG (n >= 4 GiB) with r unchanged. */
 int rec_set_payload(struct rec *r, const void *p, size_t n);
 
 struct index;
@@ -87,13 +89,16 @@ void index_adjust_live(struct index *ix, long delta);
 struct rec *index_get(const struct index *ix, const char *topic, size_t len);
 
 /* Insert r (the index takes ownership). Returns 0, -EEXIST (r not taken),
- * or -ENOMEM (r not taken). Counts r as live unless REC_DELETED. */
+ * -EINVAL (the topic holds a NUL byte; r not taken) or -ENOMEM (r not
+ * taken). Counts r as live unless REC_DELETED. There is no removal: a
+ * deleted key stays as a tombstone, so record pointers stay valid. */
 int index_insert(struct index *ix, struct rec *r);
 
 /*
 ** The index's reader-writer lock: the core thread takes it for writing
 ** around each applied batch (short), HTTP handlers for reading. Writers
-** are preferred so that a stream of readers cannot starve ingest.
+** are preferred so that a stream of readers cannot starve ingest; hence
+** the read lock is not recursive: a reader must not take it twice.
 */
 void index_rdlock(struct index *ix);
 void index_wrlock(struct index *ix);
@@ -104,6 +109,9 @@ void index_unlock(struct index *ix);
 ** greater than `after` (NULL = from the start) and starts with `prefix`
 ** (prefix_len bytes, 0 = all), in byte order of topic, until fn returns
 ** non-zero (that value is returned) or the records are exhausted (0).
+** Returns -ENOMEM if the walk's stack cannot grow (only for trees deeper
+** than 64, i.e. pathological topic sets). Tombstones are visited too.
+** fn must not insert into the index. Hold the read (or write) lock.
 ** Cost: O(len(topic)) to seek, then O(1) amortised per record visited.
 */
 typedef int (*index_visit_fn)(struct rec *r, void *ctx);

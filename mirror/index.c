@@ -1,0 +1,407 @@
+/* SPDX-License-Identifier: MIT */
+/* index.c: the key index, a crit-bit tree over topic bytes (djb, agl) behind a rwlock. */
+#include <errno.h>
+#include <malloc.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "index.h"
+
+/*
+** The tree holds tagged pointers: a leaf is a struct rec * (8-aligned, low
+** bit 0), an internal node has the low bit set.  An internal node splits on
+** one bit: `byte` is the index of the first byte where its two subtrees
+** differ and `otherbits` has every bit set except that critical one, so
+** that (1 + (otherbits | c)) >> 8 is the direction for byte c.  Bytes past
+** a topic's end read as 0; topics hold no NUL, so a prefix sorts before
+** its extensions and an in-order walk is byte order.
+**
+** Keys are never removed (a delete leaves a tombstone record), so internal
+** nodes come from a bump arena: 24 bytes each, no malloc header, freed all
+** at once by index_free().  Every record hangs below exactly one internal
+** node (or is the root), which is how index_free() finds them without a
+** stack.
+*/
+struct cb_node {
+	void *child[2];
+	uint32_t byte;
+	uint8_t otherbits;
+};
+
+struct cb_chunk {
+	struct cb_chunk *next;
+	size_t used, cap;
+	struct cb_node nodes[];
+};
+
+#define CB_CHUNK_MIN 32
+#define CB_CHUNK_MAX 65536
+
+struct index {
+	void *root;
+	struct cb_chunk *chunks;     /* newest first */
+	size_t nrec, nlive;
+	pthread_rwlock_t lock;
+};
+
+static inline int is_node(const void *p) { return (int)((uintptr_t)p & 1); }
+static inline struct cb_node *to_node(void *p) { return (struct cb_node *)((uintptr_t)p - 1); }
+static inline void *tag_node(struct cb_node *n) { return (void *)((uintptr_t)n + 1); }
+
+static inline uint8_t key_byte(const char *k, size_t len, uint32_t i)
+{
+	return i < len ? (uint8_t)k[i] : 0;
+}
+
+static inline int direction(const struct cb_node *n, const char *k, size_t len)
+{
+	return (1 + (n->otherbits | key_byte(k, len, n->byte))) >> 8;
+}
+
+struct rec *rec_new(const char *topic, size_t topic_len)
+{
+	struct rec *r;
+
+	if (topic_len > UINT16_MAX) {
+		errno = EINVAL;
+		return NULL;
+	}
+	r = malloc(sizeof(*r) + topic_len + 1);
+	if (!r)
+		return NULL;
+	memset(r, 0, sizeof(*r));
+	r->heap_idx = UINT32_MAX;
+	r->topic_len = (uint16_t)topic_len;
+	memcpy(r->data, topic, topic_len);
+	r->data[topic_len] = '\0';
+	return r;
+}
+
+void rec_free(struct rec *r)
+{
+	if (!r)
+		return;
+	free(r->payload);
+	free(r);
+}
+
+/* Keep a buffer that fits unless it is much larger than needed, so that a
+ * value changing by a few bytes never reallocates (malloc rounds up to 16
+ * anyway) while one huge payload does not pin its memory forever. */
+static bool payload_fits(const struct rec *r, size_t need)
+{
+	size_t have;
+
+	if (!r->payload)
+		return false;
+	have = malloc_usable_size(r->payload);
+	return need <= have && have <= 2 * need + 64;
+}
+
+int rec_set_payload(struct rec *r, const void *p, size_t n)
+{
+	char *np;
+
+	if (n == 0) {
+		free(r->payload);
+		r->payload = NULL;
+		r->payload_len = 0;
+		return 0;
+	}
+	if (n >= UINT32_MAX)
+		return -E2BIG;
+	if (payload_fits(r, n + 1)) {
+		memmove(r->payload, p, n);
+		r->payload[n] = '\0';
+		r->payload_len = (uint32_t)n;
+		return 0;
+	}
+	np = malloc(n + 1);
+	if (!np)
+		return -ENOMEM;
+	memcpy(np, p, n);
+	np[n] = '\0';
+	free(r->payload);
+	r->payload = np;
+	r->payload_len = (uint32_t)n;
+	return 0;
+}
+
+struct index *index_new(void)
+{
+	struct index *ix = calloc(1, sizeof(*ix));
+	pthread_rwlockattr_t attr;
+
+	if (!ix)
+		return NULL;
+	if (pthread_rwlockattr_init(&attr) != 0)
+		goto fail;
+	pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	if (pthread_rwlock_init(&ix->lock, &attr) != 0) {
+		pthread_rwlockattr_destroy(&attr);
+		goto fail;
+	}
+	pthread_rwlockattr_destroy(&attr);
+	return ix;
+fail:
+	free(ix);
+	return NULL;
+}
+
+void index_free(struct index *ix)
+{
+	struct cb_chunk *c, *next;
+
+	if (!ix)
+		return;
+	if (ix->root && !is_node(ix->root))
+		rec_free(ix->root);
+	for (c = ix->chunks; c; c = next) {
+		next = c->next;
+		for (size_t i = 0; i < c->used; i++)
+			for (int d = 0; d < 2; d++)
+				if (!is_node(c->nodes[i].child[d]))
+					rec_free(c->nodes[i].child[d]);
+		free(c);
+	}
+	pthread_rwlock_destroy(&ix->lock);
+	free(ix);
+}
+
+size_t index_size(const struct index *ix) { return ix->nrec; }
+size_t index_live(const struct index *ix) { return ix->nlive; }
+
+void index_adjust_live(struct index *ix, long delta)
+{
+	ix->nlive = (size_t)((long)ix->nlive + delta);
+}
+
+/* Walk down by k's bits to the leaf that shares the longest prefix with it. */
+static struct rec *best_leaf(void *p, const char *k, size_t len)
+{
+	while (is_node(p)) {
+		struct cb_node *n = to_node(p);
+		p = n->child[direction(n, k, len)];
+	}
+	return p;
+}
+
+struct rec *index_get(const struct index *ix, const char *topic, size_t len)
+{
+	struct rec *r;
+
+	if (!ix->root)
+		return NULL;
+	r = best_leaf(ix->root, topic, len);
+	if (r->topic_len != len || memcmp(r->data, topic, len) != 0)
+		return NULL;
+	return r;
+}
+
+static struct cb_node *node_alloc(struct index *ix)
+{
+	struct cb_chunk *c = ix->chunks;
+
+	if (!c || c->used == c->cap) {
+		size_t cap = c ? c->cap * 2 : CB_CHUNK_MIN;
+
+		if (cap > CB_CHUNK_MAX)
+			cap = CB_CHUNK_MAX;
+		c = malloc(sizeof(*c) + cap * sizeof(struct cb_node));
+		if (!c)
+			return NULL;
+		c->next = ix->chunks;
+		c->used = 0;
+		c->cap = cap;
+		ix->chunks = c;
+	}
+	return &c->nodes[c->used++];
+}
+
+/*
+** Find where k first differs from leaf q: *ret_byte and *ret_otherbits in
+** the node encoding. Returns false when k equals q's topic.
+*/
+static bool crit_bit(const struct rec *q, const char *k, size_t len,
+		     uint32_t *ret_byte, uint8_t *ret_otherbits)
+{
+	size_t n = len > q->topic_len ? len : q->topic_len;
+	uint32_t i;
+	uint32_t diff;
+
+	for (i = 0; i < n; i++) {
+		diff = key_byte(k, len, i) ^ key_byte(q->data, q->topic_len, i);
+		if (diff) {
+			while (diff & (diff - 1))
+				diff &= diff - 1;     /* keep the highest set bit */
+			*ret_byte = i;
+			*ret_otherbits = (uint8_t)(diff ^ 255);
+			return true;
+		}
+	}
+	return false;
+}
+
+/* Is node n's critical bit after (deeper than) the bit (byte, otherbits)? */
+static inline bool node_after(const struct cb_node *n, uint32_t byte, uint8_t otherbits)
+{
+	return n->byte > byte || (n->byte == byte && n->otherbits > otherbits);
+}
+
+int index_insert(struct index *ix, struct rec *r)
+{
+	const char *k = r->data;
+	size_t len = r->topic_len;
+	uint32_t nbyte;
+	uint8_t nother;
+	struct cb_node *nn;
+	void **where;
+	int dir;
+
+	if (memchr(k, '\0', len))
+		return -EINVAL;
+	if (!ix->root) {
+		ix->root = r;
+		goto done;
+	}
+	if (!crit_bit(best_leaf(ix->root, k, len), k, len, &nbyte, &nother))
+		return -EEXIST;
+	nn = node_alloc(ix);
+	if (!nn)
+		return -ENOMEM;
+	dir = (1 + (nother | key_byte(k, len, nbyte))) >> 8;
+	nn->byte = nbyte;
+	nn->otherbits = nother;
+	nn->child[dir] = r;
+
+	where = &ix->root;
+	while (is_node(*where)) {
+		struct cb_node *n = to_node(*where);
+
+		if (node_after(n, nbyte, nother))
+			break;
+		where = &n->child[direction(n, k, len)];
+	}
+	nn->child[1 - dir] = *where;
+	*where = tag_node(nn);
+done:
+	ix->nrec++;
+	if (!(r->flags & REC_DELETED))
+		ix->nlive++;
+	return 0;
+}
+
+void index_rdlock(struct index *ix) { pthread_rwlock_rdlock(&ix->lock); }
+void index_wrlock(struct index *ix) { pthread_rwlock_wrlock(&ix->lock); }
+void index_unlock(struct index *ix) { pthread_rwlock_unlock(&ix->lock); }
+
+/*
+** The walk's stack of subtrees still to visit, top = next in order. Its
+** depth is bounded by the tree's height (at most 8 x the longest topic),
+** mostly a few dozen: the first slots live on the C stack.
+*/
+struct walk_stack {
+	void **v;
+	size_t n, cap;
+	void *inline_v[64];
+};
+
+static int ws_push(struct walk_stack *s, void *p)
+{
+	if (s->n == s->cap) {
+		size_t ncap = s->cap * 2;
+		void **nv;
+
+		if (s->v == s->inline_v) {
+			nv = malloc(ncap * sizeof(*nv));
+			if (nv)
+				memcpy(nv, s->v, s->n * sizeof(*nv));
+		} else {
+			nv = realloc(s->v, ncap * sizeof(*nv));
+		}
+		if (!nv)
+			return -ENOMEM;
+		s->v = nv;
+		s->cap = ncap;
+	}
+	s->v[s->n++] = p;
+	return 0;
+}
+
+static bool has_prefix(const struct rec *r, const char *prefix, size_t plen)
+{
+	return r->topic_len >= plen && memcmp(r->data, prefix, plen) == 0;
+}
+
+/*
+** Push onto s what remains of subtree top after skipping every key <= k,
+** in visiting order.  Follows k's bits: going left leaves the right
+** sibling to visit later; at the point where k leaves the tree (its
+** critical bit against the best leaf), k is either below the whole
+** subtree there (visit it all) or above it (skip it).
+*/
+static int seek_after(struct walk_stack *s, void *top, const char *k, size_t len)
+{
+	uint32_t nbyte;
+	uint8_t nother;
+	bool differs = crit_bit(best_leaf(top, k, len), k, len, &nbyte, &nother);
+	void *p = top;
+	int rc;
+
+	while (is_node(p)) {
+		struct cb_node *n = to_node(p);
+		int dir;
+
+		if (differs && node_after(n, nbyte, nother))
+			break;
+		dir = direction(n, k, len);
+		if (dir == 0 && (rc = ws_push(s, n->child[1])) < 0)
+			return rc;
+		p = n->child[dir];
+	}
+	if (!differs)
+		return 0;                    /* p is k itself: skip it */
+	if (((1 + (nother | key_byte(k, len, nbyte))) >> 8) == 0)
+		return ws_push(s, p);        /* k sorts before all of p */
+	return 0;                            /* k sorts after all of p */
+}
+
+int index_walk(const struct index *ix, const char *prefix, size_t prefix_len,
+	       const char *after, size_t after_len, index_visit_fn fn, void *ctx)
+{
+	struct walk_stack s = { .n = 0, .cap = 64 };
+	void *top = ix->root;
+	int rc = 0;
+
+	s.v = s.inline_v;
+	if (!top)
+		return 0;
+	/* The subtree holding every key that starts with the prefix, if any. */
+	while (is_node(top) && to_node(top)->byte < prefix_len)
+		top = to_node(top)->child[direction(to_node(top), prefix, prefix_len)];
+	if (!has_prefix(best_leaf(top, prefix, prefix_len), prefix, prefix_len))
+		return 0;
+
+	rc = after ? seek_after(&s, top, after, after_len) : ws_push(&s, top);
+	if (rc < 0)
+		goto out;
+	while (s.n > 0) {
+		void *p = s.v[--s.n];
+
+		while (is_node(p)) {
+			struct cb_node *n = to_node(p);
+
+			if ((rc = ws_push(&s, n->child[1])) < 0)
+				goto out;
+			p = n->child[0];
+		}
+		rc = fn(p, ctx);
+		if (rc != 0)
+			goto out;
+	}
+out:
+	if (s.v != s.inline_v)
+		free(s.v);
+	return rc;
+}

@@ -1,0 +1,397 @@
+/* SPDX-License-Identifier: MIT */
+/* test_index.c: the crit-bit key index: lookup, byte order, after/prefix walks, counts. */
+#include <check.h>
+#include <errno.h>
+#include <malloc.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mirror/index.h"
+
+static struct rec *mk(const char *t)
+{
+	struct rec *r = rec_new(t, strlen(t));
+
+	ck_assert_ptr_nonnull(r);
+	return r;
+}
+
+static void add(struct index *ix, const char *t)
+{
+	struct rec *r = mk(t);
+
+	ck_assert_int_eq(index_insert(ix, r), 0);
+}
+
+/* Collects visited topics joined by '|' (topics here hold no '|'). */
+struct collect {
+	char out[4096];
+	size_t n;
+	int stop_after;     /* return 7 after this many visits, 0 = never */
+};
+
+static int collect_fn(struct rec *r, void *ctx)
+{
+	struct collect *c = ctx;
+	size_t len = strlen(c->out);
+
+	snprintf(c->out + len, sizeof(c->out) - len, "%s%s", c->n ? "|" : "", rec_topic(r));
+	c->n++;
+	return c->stop_after && (int)c->n == c->stop_after ? 7 : 0;
+}
+
+static const char *walk(struct index *ix, const char *prefix, const char *after)
+{
+	static struct collect c;
+	int rc;
+
+	memset(&c, 0, sizeof(c));
+	rc = index_walk(ix, prefix, prefix ? strlen(prefix) : 0, after, after ? strlen(after) : 0,
+			collect_fn, &c);
+	ck_assert_int_eq(rc, 0);
+	return c.out;
+}
+
+static struct index *sample(void)
+{
+	static const char *const t[] = {
+		"b/x", "a", "a/b", "a/b/c", "ab", "a/a", "b", "a/b/d", "c/d/e", "a//b", "/x", "",
+	};
+	struct index *ix = index_new();
+
+	ck_assert_ptr_nonnull(ix);
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+		add(ix, t[i]);
+	return ix;
+}
+
+#define ALL "|/x|a|a//b|a/a|a/b|a/b/c|a/b/d|ab|b|b/x|c/d/e"
+
+START_TEST(empty_index)
+{
+	struct index *ix = index_new();
+
+	ck_assert_ptr_null(index_get(ix, "a", 1));
+	ck_assert_str_eq(walk(ix, NULL, NULL), "");
+	ck_assert_str_eq(walk(ix, "a", "b"), "");
+	ck_assert_uint_eq(index_size(ix), 0);
+	ck_assert_uint_eq(index_live(ix), 0);
+	index_free(ix);
+	index_free(NULL);
+}
+END_TEST
+
+START_TEST(insert_get_order)
+{
+	struct index *ix = sample();
+	struct rec *r;
+
+	ck_assert_uint_eq(index_size(ix), 12);
+	ck_assert_uint_eq(index_live(ix), 12);
+	/* The empty topic sorts first: a visit prints it as an empty field. */
+	ck_assert_str_eq(walk(ix, NULL, NULL), ALL);
+	r = index_get(ix, "a/b", 3);
+	ck_assert_ptr_nonnull(r);
+	ck_assert_str_eq(rec_topic(r), "a/b");
+	ck_assert_uint_eq(r->topic_len, 3);
+	ck_assert_uint_eq(r->heap_idx, UINT32_MAX);
+	ck_assert_ptr_null(index_get(ix, "a/", 2));
+	ck_assert_ptr_null(index_get(ix, "a/b/", 4));
+	ck_assert_ptr_null(index_get(ix, "zz", 2));
+	/* Length, not NUL, bounds the key: "a/bX" with len 3 is "a/b". */
+	ck_assert_ptr_eq(index_get(ix, "a/bX", 3), r);
+	ck_assert_ptr_nonnull(index_get(ix, "", 0));
+	ck_assert_ptr_nonnull(index_get(ix, "a//b", 4));
+	ck_assert_ptr_nonnull(index_get(ix, "/x", 2));
+	index_free(ix);
+}
+END_TEST
+
+START_TEST(insert_duplicate_and_nul)
+{
+	struct index *ix = sample();
+	struct rec *r = mk("a/b");
+	struct rec *n = rec_new("a\0b", 3);
+
+	ck_assert_int_eq(index_insert(ix, r), -EEXIST);
+	rec_free(r);
+	ck_assert_ptr_nonnull(n);
+	ck_assert_int_eq(index_insert(ix, n), -EINVAL);
+	rec_free(n);
+	ck_assert_uint_eq(index_size(ix), 12);
+	index_free(ix);
+}
+END_TEST
+
+START_TEST(walk_after)
+{
+	struct index *ix = sample();
+
+	/* Strictly after an existing key. */
+	ck_assert_str_eq(walk(ix, NULL, "a/b"), "a/b/c|a/b/d|ab|b|b/x|c/d/e");
+	/* After a key not held: between, before everything, after everything. */
+	ck_assert_str_eq(walk(ix, NULL, "a/b/cc"), "a/b/d|ab|b|b/x|c/d/e");
+	ck_assert_str_eq(walk(ix, NULL, "a/"), "a//b|a/a|a/b|a/b/c|a/b/d|ab|b|b/x|c/d/e");
+	ck_assert_str_eq(walk(ix, NULL, ""), "/x|a|a//b|a/a|a/b|a/b/c|a/b/d|ab|b|b/x|c/d/e");
+	ck_assert_str_eq(walk(ix, NULL, "c/d/e"), "");
+	ck_assert_str_eq(walk(ix, NULL, "zzz"), "");
+	ck_assert_str_eq(walk(ix, NULL, "c"), "c/d/e");
+	ck_assert_str_eq(walk(ix, NULL, "b/x"), "c/d/e");
+	ck_assert_str_eq(walk(ix, NULL, "aa"), "ab|b|b/x|c/d/e");
+	ck_assert_str_eq(walk(ix, NULL, "\x01"), "/x|a|a//b|a/a|a/b|a/b/c|a/b/d|ab|b|b/x|c/d/e");
+	index_free(ix);
+}
+END_TEST
+
+START_TEST(walk_prefix)
+{
+	struct index *ix = sample();
+
+	ck_assert_str_eq(walk(ix, "a/b", NULL), "a/b|a/b/c|a/b/d");
+	ck_assert_str_eq(walk(ix, "a/b/", NULL), "a/b/c|a/b/d");
+	ck_assert_str_eq(walk(ix, "a/", NULL), "a//b|a/a|a/b|a/b/c|a/b/d");
+	ck_assert_str_eq(walk(ix, "a", NULL), "a|a//b|a/a|a/b|a/b/c|a/b/d|ab");
+	ck_assert_str_eq(walk(ix, "/", NULL), "/x");
+	ck_assert_str_eq(walk(ix, "a/b/c", NULL), "a/b/c");
+	ck_assert_str_eq(walk(ix, "a/b/c/", NULL), "");
+	ck_assert_str_eq(walk(ix, "a/c", NULL), "");
+	ck_assert_str_eq(walk(ix, "d", NULL), "");
+	ck_assert_str_eq(walk(ix, "c/d/e/f", NULL), "");
+	/* prefix and after together, after inside, before and beyond the range */
+	ck_assert_str_eq(walk(ix, "a/", "a/a"), "a/b|a/b/c|a/b/d");
+	ck_assert_str_eq(walk(ix, "a/", "a/b/c"), "a/b/d");
+	ck_assert_str_eq(walk(ix, "a/", "a/b/d"), "");
+	ck_assert_str_eq(walk(ix, "a/", "a"), "a//b|a/a|a/b|a/b/c|a/b/d");
+	ck_assert_str_eq(walk(ix, "a/", ""), "a//b|a/a|a/b|a/b/c|a/b/d");
+	ck_assert_str_eq(walk(ix, "a/", "a0"), "");
+	ck_assert_str_eq(walk(ix, "a/", "b"), "");
+	ck_assert_str_eq(walk(ix, "b", "a/zzz"), "b|b/x");
+	index_free(ix);
+}
+END_TEST
+
+START_TEST(walk_stops)
+{
+	struct index *ix = sample();
+	struct collect c = { .stop_after = 3 };
+
+	ck_assert_int_eq(index_walk(ix, NULL, 0, NULL, 0, collect_fn, &c), 7);
+	ck_assert_str_eq(c.out, "|/x|a");
+	index_free(ix);
+}
+END_TEST
+
+START_TEST(live_counts)
+{
+	struct index *ix = index_new();
+	struct rec *t = mk("tomb");
+
+	t->flags = REC_DELETED;
+	ck_assert_int_eq(index_insert(ix, t), 0);
+	add(ix, "live");
+	ck_assert_uint_eq(index_size(ix), 2);
+	ck_assert_uint_eq(index_live(ix), 1);
+	index_adjust_live(ix, -1);
+	ck_assert_uint_eq(index_live(ix), 0);
+	index_adjust_live(ix, 2);
+	ck_assert_uint_eq(index_live(ix), 2);
+	index_free(ix);
+}
+END_TEST
+
+START_TEST(payload_reuse)
+{
+	struct rec *r = mk("p");
+	char big[4096];
+	char *first;
+
+	memset(big, 'x', sizeof(big));
+	ck_assert_int_eq(rec_set_payload(r, "hello", 5), 0);
+	ck_assert_uint_eq(r->payload_len, 5);
+	ck_assert_str_eq(r->payload, "hello");
+	first = r->payload;
+	/* A payload that fits reuses the buffer. */
+	ck_assert_int_eq(rec_set_payload(r, "hi!", 3), 0);
+	ck_assert_ptr_eq(r->payload, first);
+	ck_assert_str_eq(r->payload, "hi!");
+	ck_assert_int_eq(rec_set_payload(r, big, sizeof(big)), 0);
+	ck_assert_uint_eq(r->payload_len, sizeof(big));
+	ck_assert_int_eq(memcmp(r->payload, big, sizeof(big)), 0);
+	ck_assert_int_eq(r->payload[sizeof(big)], '\0');
+	/* A small payload does not keep a huge buffer. */
+	ck_assert_int_eq(rec_set_payload(r, "v", 1), 0);
+	ck_assert_str_eq(r->payload, "v");
+	ck_assert_uint_lt(malloc_usable_size(r->payload), 1024);
+	ck_assert_int_eq(rec_set_payload(r, NULL, 0), 0);
+	ck_assert_ptr_null(r->payload);
+	ck_assert_uint_eq(r->payload_len, 0);
+	rec_free(r);
+	rec_free(NULL);
+}
+END_TEST
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+struct check_order {
+	char **want;
+	size_t i, n;
+	size_t stop;      /* stop (return 1) when i reaches this, 0 = never */
+};
+
+static int order_fn(struct rec *r, void *ctx)
+{
+	struct check_order *c = ctx;
+
+	ck_assert_uint_lt(c->i, c->n);
+	if (strcmp(rec_topic(r), c->want[c->i]) != 0)
+		ck_abort_msg("walk at %zu: got %s want %s", c->i, rec_topic(r), c->want[c->i]);
+	c->i++;
+	return c->stop && c->i == c->stop;
+}
+
+/* Random topics, including non-ASCII bytes (UTF-8 and otherwise), agree
+ * with qsort(strcmp) order; after-walks from random points agree too. */
+START_TEST(random_vs_qsort)
+{
+	enum { N = 100000 };
+	unsigned seed = (unsigned)_i * 7919u + 12345u;
+	struct index *ix = index_new();
+	char **keys = calloc(N, sizeof(*keys));
+	size_t n = 0;
+
+	ck_assert_ptr_nonnull(keys);
+	srand(seed);
+	for (size_t i = 0; i < N; i++) {
+		char t[40];
+		size_t len = 1 + (size_t)rand() % 30;
+		struct rec *r;
+		int rc;
+
+		for (size_t j = 0; j < len; j++) {
+			int k = rand() % 8;
+			/* a small alphabet makes shared prefixes; high bytes test
+			 * unsigned order */
+			t[j] = k < 5 ? "ab/c+"[k] : k == 5 ? (char)(0x80 + rand() % 0x7f) : (char)(1 + rand() % 255);
+		}
+		t[len] = '\0';
+		r = mk(t);
+		rc = index_insert(ix, r);
+		if (rc == -EEXIST) {
+			rec_free(r);
+			continue;
+		}
+		ck_assert_int_eq(rc, 0);
+		keys[n++] = strdup(t);
+	}
+	ck_assert_uint_eq(index_size(ix), n);
+	qsort(keys, n, sizeof(*keys), cmp_str);
+	{
+		struct check_order c = { keys, 0, n, 0 };
+
+		ck_assert_int_eq(index_walk(ix, NULL, 0, NULL, 0, order_fn, &c), 0);
+		ck_assert_uint_eq(c.i, n);
+	}
+	for (int k = 0; k < 200; k++) {
+		size_t at = (size_t)rand() % n;
+		size_t stop = at + 1 + 100 < n ? at + 1 + 100 : 0;
+		struct check_order c = { keys, at + 1, n, stop };
+		struct rec *r = index_get(ix, keys[at], strlen(keys[at]));
+
+		ck_assert_ptr_nonnull(r);
+		ck_assert_str_eq(rec_topic(r), keys[at]);
+		ck_assert_int_eq(index_walk(ix, NULL, 0, keys[at], strlen(keys[at]), order_fn, &c),
+				 stop ? 1 : 0);
+		ck_assert_uint_eq(c.i, stop ? stop : n);
+	}
+	/* prefix walks: every key with the prefix, in order */
+	for (int k = 0; k < 50; k++) {
+		const char *base = keys[(size_t)rand() % n];
+		size_t plen = 1 + (size_t)rand() % strlen(base);
+		size_t lo = 0, cnt = 0;
+		struct check_order c;
+
+		while (lo < n && strncmp(keys[lo], base, plen) < 0)
+			lo++;
+		while (lo + cnt < n && strncmp(keys[lo + cnt], base, plen) == 0)
+			cnt++;
+		c = (struct check_order){ keys, lo, lo + cnt, 0 };
+		ck_assert_uint_ge(cnt, 1);
+		ck_assert_int_eq(index_walk(ix, base, plen, NULL, 0, order_fn, &c), 0);
+		ck_assert_uint_eq(c.i, lo + cnt);
+	}
+	for (size_t i = 0; i < n; i++)
+		free(keys[i]);
+	free(keys);
+	index_free(ix);
+}
+END_TEST
+
+/* A deep, degenerate tree ("a", "aa", "aaa", ...) walks beyond the
+ * on-stack part of the walk stack. */
+START_TEST(deep_tree)
+{
+	struct index *ix = index_new();
+	char t[301];
+	size_t visited = 0;
+
+	memset(t, 'a', sizeof(t));
+	for (size_t len = 300; len >= 1; len--) {
+		t[len] = '\0';
+		add(ix, t);
+	}
+	{
+		struct check_order co;
+		char *keys[300];
+
+		for (size_t i = 0; i < 300; i++) {
+			keys[i] = malloc(i + 2);
+			memset(keys[i], 'a', i + 1);
+			keys[i][i + 1] = '\0';
+		}
+		co = (struct check_order){ keys, 0, 300, 0 };
+		ck_assert_int_eq(index_walk(ix, NULL, 0, NULL, 0, order_fn, &co), 0);
+		visited = co.i;
+		co = (struct check_order){ keys, 150, 300, 0 };
+		ck_assert_int_eq(index_walk(ix, "aaa", 3, keys[149], 150, order_fn, &co), 0);
+		ck_assert_uint_eq(co.i, 300);
+		for (size_t i = 0; i < 300; i++)
+			free(keys[i]);
+	}
+	ck_assert_uint_eq(visited, 300);
+	index_free(ix);
+}
+END_TEST
+
+static Suite *index_suite(void)
+{
+	Suite *s = suite_create("index");
+	TCase *tc = tcase_create("core");
+
+	tcase_add_test(tc, empty_index);
+	tcase_add_test(tc, insert_get_order);
+	tcase_add_test(tc, insert_duplicate_and_nul);
+	tcase_add_test(tc, walk_after);
+	tcase_add_test(tc, walk_prefix);
+	tcase_add_test(tc, walk_stops);
+	tcase_add_test(tc, live_counts);
+	tcase_add_test(tc, payload_reuse);
+	tcase_add_loop_test(tc, random_vs_qsort, 0, 2);
+	tcase_add_test(tc, deep_tree);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	SRunner *sr = srunner_create(index_suite());
+	int failed;
+
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
