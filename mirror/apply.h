@@ -53,14 +53,27 @@ struct apply_limits {
 
 /*
 ** Apply m to the index at wall time now_ms, following the contract's apply
-** rules exactly. On APPLIED/DELETED the record's value, flags, received_ms,
-** updates and rev (= ++*rev_counter) change and REC_DIRTY is set; *ret_rec
-** points at the (possibly reallocated) record. On DUPLICATE and on APPLIED
-** the last_seen rule is applied (live: now_ms; retained: the observation
-** time, never later than now_ms and never earlier than the previous
-** last_seen). *ret_live_seen is set true when a live delivery confirmed
-** the key (the staleness engine's sign of life).
-** Rejections set *ret_reason and touch nothing. Caller holds the write lock.
+** rules exactly: the order is (ts, payload bytes), a delete being the empty
+** payload; the greater one is the current value, equal is a duplicate.
+** On APPLIED/DELETED the record's value, flags, received_ms, updates and
+** rev (= ++*rev_counter) change and REC_DIRTY is set. A delete of a key
+** not held yet inserts a tombstone (DELETED), so that an older message
+** arriving later cannot create the key. updates counts applied messages
+** (deletes too) and restarts at 1 when a key comes back from a tombstone,
+** so updates == 1 after APPLIED means "new key" (for the staleness engine).
+** On DUPLICATE and on APPLIED/DELETED the last_seen rule is applied (live:
+** now_ms; retained: the observation time, never later than now_ms and
+** never earlier than the previous last_seen; a retained duplicate leaves
+** it). A DUPLICATE never sets REC_DIRTY: the caller marks it if it
+** persists last_seen. *ret_live_seen is set true when a live delivery
+** confirmed a live key (APPLIED or DUPLICATE, not a tombstone): the
+** staleness engine's sign of life.
+** Rejections (future ts; a new key while lim->max_keys records are held,
+** tombstones included, max_keys <= 0 = no limit; out of memory) set
+** *ret_reason and touch nothing. Every ret_* (each may be NULL) is written
+** on every return: *ret_rec is the key's record (NULL on REJECTED, never
+** moves), *ret_reason REJECT_NONE unless rejected. Pure logic: no logging,
+** no clock. Caller holds the write lock.
 */
 enum apply_result apply_message(struct index *ix, const struct msg *m, int64_t now_ms,
 				const struct apply_limits *lim, int64_t *rev_counter,
