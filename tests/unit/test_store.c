@@ -1,0 +1,710 @@
+/* SPDX-License-Identifier: MIT */
+/* test_store.c: the SQLite store on real files: migrations, round trips, views, faults. */
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include "mirror/index.h"
+#include "store/store.h"
+
+/* ---- a temporary directory per test ---------------------------------- */
+
+static char tmpdir[64];
+static char dbpath[128];
+
+static void setup(void)
+{
+	snprintf(tmpdir, sizeof(tmpdir), "/tmp/sm-store-XXXXXX");
+	ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+	snprintf(dbpath, sizeof(dbpath), "%s/state.db", tmpdir);
+}
+
+static void teardown(void)
+{
+	static const char *const sfx[] = { "", "-wal", "-shm", "-journal" };
+	char p[160];
+
+	for (size_t i = 0; i < sizeof(sfx) / sizeof(sfx[0]); i++) {
+		snprintf(p, sizeof(p), "%s%s", dbpath, sfx[i]);
+		unlink(p);
+	}
+	rmdir(tmpdir);
+}
+
+/* ---- the store's own connection, caught as SQLite opens it ------------ */
+
+static sqlite3 *caught;
+
+static int catch_db(sqlite3 *db, char **errmsg, const struct sqlite3_api_routines *api)
+{
+	(void)errmsg;
+	(void)api;
+	if (!caught)
+		caught = db;
+	return SQLITE_OK;
+}
+
+/* Open the store and keep a handle on its connection (to set limits that
+ * are per connection and to see whether a transaction is open). */
+static struct store *open_caught(void)
+{
+	struct store *st = NULL;
+	char err[256] = "";
+
+	caught = NULL;
+	ck_assert_int_eq(sqlite3_auto_extension((void (*)(void))catch_db), SQLITE_OK);
+	ck_assert_msg(store_open(dbpath, &st, err, sizeof(err)) == 0, "%s", err);
+	sqlite3_reset_auto_extension();
+	ck_assert_ptr_nonnull(caught);
+	return st;
+}
+
+static struct store *open_store(void)
+{
+	struct store *st = NULL;
+	char err[256] = "";
+
+	ck_assert_msg(store_open(dbpath, &st, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_ptr_nonnull(st);
+	return st;
+}
+
+/* A second, foreign connection to the file, as an analysis job has it. */
+static sqlite3 *open_foreign(int flags)
+{
+	sqlite3 *db = NULL;
+
+	ck_assert_int_eq(sqlite3_open_v2(dbpath, &db, flags, NULL), SQLITE_OK);
+	return db;
+}
+
+static int64_t foreign_int(sqlite3 *db, const char *sql)
+{
+	sqlite3_stmt *s = NULL;
+	int64_t v;
+
+	ck_assert_msg(sqlite3_prepare_v2(db, sql, -1, &s, NULL) == SQLITE_OK, "%s: %s",
+		      sql, sqlite3_errmsg(db));
+	ck_assert_int_eq(sqlite3_step(s), SQLITE_ROW);
+	v = sqlite3_column_int64(s, 0);
+	sqlite3_finalize(s);
+	return v;
+}
+
+static int64_t file_int(const char *sql)
+{
+	sqlite3 *db = open_foreign(SQLITE_OPEN_READONLY);
+	int64_t v = foreign_int(db, sql);
+
+	sqlite3_close(db);
+	return v;
+}
+
+/* ---- records --------------------------------------------------------- */
+
+static struct rec *mkrec(const char *topic, const void *payload, size_t len, int64_t rev)
+{
+	struct rec *r = rec_new(topic, strlen(topic));
+
+	ck_assert_ptr_nonnull(r);
+	if (len)
+		ck_assert_int_eq(rec_set_payload(r, payload, len), 0);
+	r->ts_ns = 1795313402123456789LL + rev;
+	r->received_ms = 1795313402130LL + rev;
+	r->last_seen_ms = 1795313412131LL + rev;
+	r->rev = rev;
+	r->updates = 1;
+	return r;
+}
+
+static void free_recs(struct rec **v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		rec_free(v[i]);
+}
+
+static void write_ok(struct store *st, struct rec **v, size_t n)
+{
+	char err[256] = "";
+
+	ck_assert_msg(store_write(st, v, n, err, sizeof(err)) == 0, "%s", err);
+}
+
+/* Load the file into a fresh index through a fresh store. */
+static struct index *load_all(int64_t *ret_rev)
+{
+	struct store *st = open_store();
+	struct index *ix = index_new();
+	char err[256] = "";
+	int64_t rev = -1;
+
+	ck_assert_ptr_nonnull(ix);
+	ck_assert_msg(store_load(st, ix, &rev, err, sizeof(err)) == 0, "%s", err);
+	store_close(st);
+	if (ret_rev)
+		*ret_rev = rev;
+	return ix;
+}
+
+static void assert_same(const struct rec *a, const struct rec *b)
+{
+	ck_assert_str_eq(rec_topic(a), rec_topic(b));
+	ck_assert_uint_eq(a->topic_len, b->topic_len);
+	ck_assert_int_eq(a->ts_ns, b->ts_ns);
+	ck_assert_int_eq(a->received_ms, b->received_ms);
+	ck_assert_int_eq(a->last_seen_ms, b->last_seen_ms);
+	ck_assert_int_eq(a->rev, b->rev);
+	ck_assert_int_eq(a->stale_since_ms, b->stale_since_ms);
+	ck_assert_int_eq(a->last_live_ms, b->last_live_ms);
+	ck_assert_uint_eq(a->updates, b->updates);
+	ck_assert_uint_eq(a->cadence_ms, b->cadence_ms);
+	ck_assert_uint_eq(a->cadence_source, b->cadence_source);
+	ck_assert_uint_eq(a->flags & ~REC_DIRTY, b->flags);
+	ck_assert_uint_eq(a->nlearn, b->nlearn);
+	for (int i = 0; i < REC_LEARN_SLOTS; i++)
+		ck_assert_uint_eq(a->learn[i], b->learn[i]);
+	ck_assert_uint_eq(a->payload_len, b->payload_len);
+	if (a->payload_len)
+		ck_assert_mem_eq(a->payload, b->payload, a->payload_len);
+	else
+		ck_assert_ptr_null(b->payload);
+	ck_assert_uint_eq(b->heap_idx, UINT32_MAX);
+}
+
+/* ---- tests ----------------------------------------------------------- */
+
+START_TEST(test_create_migrates)
+{
+	struct store *st = open_store();
+	sqlite3 *db;
+
+	ck_assert_int_ge(store_schema_version(), 1);
+	ck_assert_int_eq(file_int("PRAGMA user_version"), store_schema_version());
+	db = open_foreign(SQLITE_OPEN_READONLY);
+	ck_assert_int_eq(foreign_int(db, "SELECT count(*) FROM sqlite_schema "
+				     "WHERE type = 'view' AND name IN ('keys', 'stale_keys')"), 2);
+	ck_assert_int_eq(foreign_int(db, "SELECT count(*) FROM keys"), 0);
+	sqlite3_close(db);
+	store_close(st);
+
+	/* WAL is a property of the file, so foreign readers see it too. */
+	db = open_foreign(SQLITE_OPEN_READONLY);
+	{
+		sqlite3_stmt *s = NULL;
+
+		ck_assert_int_eq(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &s, NULL),
+				 SQLITE_OK);
+		ck_assert_int_eq(sqlite3_step(s), SQLITE_ROW);
+		ck_assert_str_eq((const char *)sqlite3_column_text(s, 0), "wal");
+		sqlite3_finalize(s);
+	}
+	sqlite3_close(db);
+
+	/* Reopening an up-to-date file migrates nothing and loses nothing. */
+	st = open_store();
+	{
+		struct rec *r = mkrec("a/b", "1", 1, 5);
+
+		write_ok(st, &r, 1);
+		rec_free(r);
+	}
+	store_close(st);
+	st = open_store();
+	store_close(st);
+	ck_assert_int_eq(file_int("PRAGMA user_version"), store_schema_version());
+	ck_assert_int_eq(file_int("SELECT count(*) FROM keys"), 1);
+}
+END_TEST
+
+START_TEST(test_round_trip)
+{
+	static const unsigned char binary[] = { 0x00, 0xff, 0xfe, 'a', 0x00, 0x80, 0xc3, 0x28 };
+	const char *json = "{\"value\": 24.5, \"ts\": 1795313402123}";
+	size_t biglen = 256 * 1024;
+	unsigned char *big = malloc(biglen);
+	struct rec *v[6];
+	struct store *st;
+	struct index *ix;
+	int64_t rev;
+
+	ck_assert_ptr_nonnull(big);
+	for (size_t i = 0; i < biglen; i++)
+		big[i] = (unsigned char)(i * 7919u >> 3);
+
+	v[0] = mkrec("dc1/hall2/rack17/temp", json, strlen(json), 11);
+	v[0]->flags = REC_TS_PAYLOAD | REC_IS_JSON | REC_STALE | REC_DIRTY;
+	v[0]->stale_since_ms = 1795313999000LL;
+	v[0]->last_live_ms = 1795313412000LL;
+	v[0]->updates = 4000000000u;
+	v[0]->cadence_ms = 10000;
+	v[0]->cadence_source = CADENCE_LEARNED;
+	v[0]->nlearn = 255;
+	for (int i = 0; i < REC_LEARN_SLOTS; i++)
+		v[0]->learn[i] = 9990u + (uint32_t)i;
+	v[0]->learn[3] = UINT32_MAX;
+
+	v[1] = mkrec("bin/\xc3\xa9t\xc3\xa9", binary, sizeof(binary), 12);
+	v[1]->flags = REC_RETAINED;
+	v[1]->cadence_ms = 60000;
+	v[1]->cadence_source = CADENCE_RULE;
+	v[1]->nlearn = 2;
+	v[1]->learn[0] = 1;
+	v[1]->learn[1] = 127;
+
+	v[2] = mkrec("big", big, biglen, 13);
+	v[2]->cadence_source = CADENCE_DEFAULT;
+	v[2]->cadence_ms = 1;
+
+	v[3] = mkrec("gone", NULL, 0, 99);  /* a tombstone */
+	v[3]->flags = REC_DELETED;
+	v[3]->updates = 3;
+
+	v[4] = mkrec("$SYS/x", "x", 1, 14);
+	v[4]->flags = REC_NO_STALE;
+	v[4]->learn[6] = 128;  /* a ring with holes */
+	v[4]->nlearn = 0;
+
+	v[5] = mkrec("n", "not json \xff", 10, 15);
+	v[5]->ts_ns = -5;  /* nothing stops a negative time from round-tripping */
+
+	st = open_store();
+	write_ok(st, v, 6);
+	store_close(st);
+
+	ix = load_all(&rev);
+	ck_assert_int_eq(rev, 99);
+	ck_assert_uint_eq(index_size(ix), 6);
+	ck_assert_uint_eq(index_live(ix), 5);
+	for (int i = 0; i < 6; i++) {
+		struct rec *got = index_get(ix, rec_topic(v[i]), v[i]->topic_len);
+
+		ck_assert_msg(got != NULL, "%s not loaded", rec_topic(v[i]));
+		assert_same(v[i], got);
+	}
+	index_free(ix);
+
+	/* An update overwrites in place: a key comes back once, as written last. */
+	v[0]->rev = 100;
+	v[0]->flags = REC_RETAINED;
+	v[0]->stale_since_ms = 0;
+	v[0]->nlearn = 0;
+	memset(v[0]->learn, 0, sizeof(v[0]->learn));
+	ck_assert_int_eq(rec_set_payload(v[0], "2", 1), 0);
+	v[3]->flags = 0;  /* the deleted key comes back */
+	ck_assert_int_eq(rec_set_payload(v[3], "back", 4), 0);
+	v[3]->rev = 101;
+	v[1]->flags = REC_DELETED;  /* and this one goes */
+	ck_assert_int_eq(rec_set_payload(v[1], NULL, 0), 0);
+	v[1]->rev = 102;
+	st = open_store();
+	write_ok(st, v, 2);
+	write_ok(st, v + 3, 1);
+	store_close(st);
+
+	ix = load_all(&rev);
+	ck_assert_int_eq(rev, 102);
+	ck_assert_uint_eq(index_size(ix), 6);
+	ck_assert_uint_eq(index_live(ix), 5);
+	for (int i = 0; i < 6; i++)
+		assert_same(v[i], index_get(ix, rec_topic(v[i]), v[i]->topic_len));
+	index_free(ix);
+	ck_assert_int_eq(file_int("SELECT count(*) FROM rec"), 6);
+
+	free_recs(v, 6);
+	free(big);
+}
+END_TEST
+
+START_TEST(test_empty_file_loads_nothing)
+{
+	int64_t rev = -1;
+	struct index *ix = load_all(&rev);
+
+	ck_assert_int_eq(rev, 0);
+	ck_assert_uint_eq(index_size(ix), 0);
+	index_free(ix);
+}
+END_TEST
+
+/* The revision counter never goes back, even if the highest row is
+ * rewritten with a lower rev (it cannot today; a purge could). */
+START_TEST(test_rev_high_water_mark)
+{
+	struct store *st = open_store();
+	struct rec *r = mkrec("k", "v", 1, 500);
+	int64_t rev;
+	struct index *ix;
+
+	write_ok(st, &r, 1);
+	r->rev = 7;
+	write_ok(st, &r, 1);
+	store_close(st);
+	ix = load_all(&rev);
+	ck_assert_int_eq(rev, 500);
+	ck_assert_int_eq(index_get(ix, "k", 1)->rev, 7);
+	index_free(ix);
+	rec_free(r);
+}
+END_TEST
+
+START_TEST(test_views)
+{
+	const char *json = "{\"value\":21.5,\"ts\":1795313402}";
+	static const unsigned char binary[] = { 0x01, 0x00, 0xff };
+	struct store *st = open_store();
+	struct rec *v[4];
+	sqlite3_stmt *s = NULL;
+	sqlite3 *db;
+	static const char *const cols[] = { "topic", "payload", "ts_ms", "received_ms",
+		"last_seen_ms", "retained", "updates", "cadence_ms", "stale" };
+
+	v[0] = mkrec("a/fresh", json, strlen(json), 1);
+	v[0]->flags = REC_RETAINED | REC_IS_JSON | REC_TS_PAYLOAD;
+	v[0]->cadence_ms = 10000;
+	v[0]->cadence_source = CADENCE_RULE;
+	v[0]->updates = 17;
+	v[1] = mkrec("a/stale", binary, sizeof(binary), 2);
+	v[1]->flags = REC_STALE;
+	v[1]->stale_since_ms = 1795313500000LL;
+	v[2] = mkrec("a/deleted", NULL, 0, 3);
+	v[2]->flags = REC_DELETED | REC_STALE;
+	v[3] = mkrec("b/deleted-was-retained", NULL, 0, 4);
+	v[3]->flags = REC_DELETED | REC_RETAINED;
+	write_ok(st, v, 4);
+
+	db = open_foreign(SQLITE_OPEN_READONLY);
+	ck_assert_int_eq(sqlite3_prepare_v2(db, "SELECT * FROM keys ORDER BY topic", -1, &s,
+					    NULL), SQLITE_OK);
+	ck_assert_int_eq(sqlite3_column_count(s), 9);
+	for (int i = 0; i < 9; i++)
+		ck_assert_str_eq(sqlite3_column_name(s, i), cols[i]);
+
+	ck_assert_int_eq(sqlite3_step(s), SQLITE_ROW);
+	ck_assert_str_eq((const char *)sqlite3_column_text(s, 0), "a/fresh");
+	ck_assert_int_eq(sqlite3_column_type(s, 1), SQLITE_TEXT);
+	ck_assert_str_eq((const char *)sqlite3_column_text(s, 1), json);
+	ck_assert_int_eq(sqlite3_column_int64(s, 2), 1795313402123LL);
+	ck_assert_int_eq(sqlite3_column_int64(s, 3), 1795313402131LL);
+	ck_assert_int_eq(sqlite3_column_int64(s, 4), 1795313412132LL);
+	ck_assert_int_eq(sqlite3_column_int64(s, 5), 1);
+	ck_assert_int_eq(sqlite3_column_int64(s, 6), 17);
+	ck_assert_int_eq(sqlite3_column_int64(s, 7), 10000);
+	ck_assert_int_eq(sqlite3_column_int64(s, 8), 0);
+
+	ck_assert_int_eq(sqlite3_step(s), SQLITE_ROW);
+	ck_assert_str_eq((const char *)sqlite3_column_text(s, 0), "a/stale");
+	ck_assert_int_eq(sqlite3_column_type(s, 1), SQLITE_BLOB);
+	ck_assert_int_eq(sqlite3_column_bytes(s, 1), sizeof(binary));
+	ck_assert_mem_eq(sqlite3_column_blob(s, 1), binary, sizeof(binary));
+	ck_assert_int_eq(sqlite3_column_int64(s, 5), 0);
+	ck_assert_int_eq(sqlite3_column_type(s, 7), SQLITE_NULL); /* cadence unknown */
+	ck_assert_int_eq(sqlite3_column_int64(s, 8), 1);
+
+	ck_assert_int_eq(sqlite3_step(s), SQLITE_DONE); /* tombstones are not keys */
+	sqlite3_finalize(s);
+
+	ck_assert_int_eq(foreign_int(db, "SELECT count(*) FROM stale_keys"), 1);
+	ck_assert_int_eq(foreign_int(db, "SELECT count(*) FROM stale_keys "
+				     "WHERE topic = 'a/stale' AND stale = 1"), 1);
+	/* JSON payloads are TEXT so that SQLite's json functions work on them. */
+	ck_assert_int_eq(foreign_int(db, "SELECT json_extract(payload, '$.value') * 10 "
+				     "FROM keys WHERE topic = 'a/fresh'"), 215);
+	sqlite3_close(db);
+
+	/* The stale flag follows the record when it is written again. */
+	v[1]->flags = 0;
+	v[0]->flags |= REC_STALE;
+	write_ok(st, v, 2);
+	ck_assert_int_eq(file_int("SELECT count(*) FROM stale_keys WHERE topic = 'a/fresh'"), 1);
+	ck_assert_int_eq(file_int("SELECT count(*) FROM stale_keys"), 1);
+	store_close(st);
+	free_recs(v, 4);
+}
+END_TEST
+
+START_TEST(test_reader_during_writes)
+{
+	struct store *st = open_store();
+	struct rec *v[100];
+	char topic[32];
+	sqlite3_stmt *s = NULL;
+	sqlite3 *db;
+	char err[256] = "";
+
+	for (int i = 0; i < 100; i++) {
+		snprintf(topic, sizeof(topic), "t/%03d", i);
+		v[i] = mkrec(topic, "1", 1, i + 1);
+	}
+	write_ok(st, v, 50);
+
+	/* A reader in the middle of a long read transaction, as `sqlite3
+	 * -readonly` holds one while it prints. */
+	db = open_foreign(SQLITE_OPEN_READONLY);
+	ck_assert_int_eq(sqlite3_exec(db, "BEGIN", NULL, NULL, NULL), SQLITE_OK);
+	ck_assert_int_eq(foreign_int(db, "SELECT count(*) FROM keys"), 50);
+	ck_assert_int_eq(sqlite3_prepare_v2(db, "SELECT topic FROM keys", -1, &s, NULL),
+			 SQLITE_OK);
+	ck_assert_int_eq(sqlite3_step(s), SQLITE_ROW);
+
+	ck_assert_msg(store_write(st, v + 50, 50, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_int_eq(store_checkpoint(st), 0);  /* passive: does not wait */
+	for (int i = 0; i < 50; i++)
+		v[i]->rev += 1000;
+	ck_assert_msg(store_write(st, v, 50, err, sizeof(err)) == 0, "%s", err);
+
+	/* Its snapshot is stable ... */
+	ck_assert_int_eq(foreign_int(db, "SELECT count(*) FROM keys"), 50);
+	sqlite3_finalize(s);
+	ck_assert_int_eq(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+	/* ... and the next one sees everything committed. */
+	ck_assert_int_eq(foreign_int(db, "SELECT count(*) FROM keys"), 100);
+	ck_assert_int_eq(foreign_int(db, "SELECT max(rev) FROM rec"), 1050);
+	sqlite3_close(db);
+
+	ck_assert_int_eq(store_checkpoint(st), 0);
+	store_close(st);
+	free_recs(v, 100);
+}
+END_TEST
+
+START_TEST(test_newer_version_refused)
+{
+	struct store *st = open_store();
+	struct store *st2 = (struct store *)&st;  /* a sentinel that must stay */
+	char err[256] = "";
+	sqlite3 *db;
+	int rc;
+
+	store_close(st);
+	db = open_foreign(SQLITE_OPEN_READWRITE);
+	ck_assert_int_eq(sqlite3_exec(db, "PRAGMA user_version = 999", NULL, NULL, NULL),
+			 SQLITE_OK);
+	sqlite3_close(db);
+
+	rc = store_open(dbpath, &st2, err, sizeof(err));
+	ck_assert_int_eq(rc, -ENOTSUP);
+	ck_assert_ptr_eq(st2, (struct store *)&st);
+	ck_assert_msg(strstr(err, "newer") && strstr(err, "999"), "err: %s", err);
+	ck_assert_int_eq(file_int("PRAGMA user_version"), 999);
+}
+END_TEST
+
+START_TEST(test_garbage_file_refused)
+{
+	unsigned char junk[8192], back[sizeof(junk)];
+	struct store *st = NULL;
+	char err[256] = "";
+	int fd, rc;
+
+	for (size_t i = 0; i < sizeof(junk); i++)
+		junk[i] = (unsigned char)(i * 31 + 7);
+	fd = open(dbpath, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(write(fd, junk, sizeof(junk)), (ssize_t)sizeof(junk));
+	close(fd);
+
+	rc = store_open(dbpath, &st, err, sizeof(err));
+	ck_assert_int_eq(rc, -EINVAL);
+	ck_assert_ptr_null(st);
+	ck_assert_msg(strstr(err, "not a statemirror database") != NULL, "err: %s", err);
+
+	/* The file is left as it was. */
+	fd = open(dbpath, O_RDONLY);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(read(fd, back, sizeof(back)), (ssize_t)sizeof(back));
+	close(fd);
+	ck_assert_mem_eq(junk, back, sizeof(junk));
+}
+END_TEST
+
+START_TEST(test_unopenable_path)
+{
+	struct store *st = NULL;
+	char err[256] = "";
+	char path[200];
+
+	snprintf(path, sizeof(path), "%s/no/such/dir/state.db", tmpdir);
+	ck_assert_int_lt(store_open(path, &st, err, sizeof(err)), 0);
+	ck_assert_ptr_null(st);
+	ck_assert_msg(strstr(err, path) != NULL, "err: %s", err);
+}
+END_TEST
+
+START_TEST(test_disk_full)
+{
+	struct store *st = open_caught();
+	unsigned char payload[4000];
+	struct rec *v[100];
+	char topic[32], err[256] = "";
+	int64_t pages, rev;
+	struct index *ix;
+	int rc;
+
+	memset(payload, 'p', sizeof(payload));
+	for (int i = 0; i < 100; i++) {
+		snprintf(topic, sizeof(topic), "full/%03d", i);
+		v[i] = mkrec(topic, payload, sizeof(payload), i + 1);
+	}
+	write_ok(st, v, 1);
+	pages = foreign_int(caught, "PRAGMA page_count");
+	/* No room for the next 99 payloads of 4 kB: SQLITE_FULL. */
+	ck_assert_int_eq(foreign_int(caught, "PRAGMA max_page_count = 1"), pages);
+
+	rc = store_write(st, v + 1, 99, err, sizeof(err));
+	ck_assert_int_eq(rc, -ENOSPC);
+	ck_assert_msg(strstr(err, "full") != NULL, "err: %s", err);
+	ck_assert_int_eq(sqlite3_get_autocommit(caught), 1);  /* no transaction left open */
+	ck_assert_int_eq(file_int("SELECT count(*) FROM keys"), 1);
+	/* Failing again is just as clean. */
+	ck_assert_int_eq(store_write(st, v + 1, 99, err, sizeof(err)), -ENOSPC);
+	ck_assert_int_eq(sqlite3_get_autocommit(caught), 1);
+
+	/* Space comes back: the same call succeeds. */
+	ck_assert_int_gt(foreign_int(caught, "PRAGMA max_page_count = 1000000"), pages);
+	write_ok(st, v + 1, 99);
+	ck_assert_int_eq(sqlite3_get_autocommit(caught), 1);
+	store_close(st);
+
+	ix = load_all(&rev);
+	ck_assert_uint_eq(index_size(ix), 100);
+	ck_assert_int_eq(rev, 100);
+	assert_same(v[99], index_get(ix, "full/099", 8));
+	index_free(ix);
+	free_recs(v, 100);
+}
+END_TEST
+
+/* A record SQLite refuses in the middle of a batch: nothing of the batch
+ * is committed, no transaction stays open, and the retry writes it all. */
+START_TEST(test_failed_batch_is_atomic)
+{
+	struct store *st = open_caught();
+	char big[2000], err[256] = "";
+	struct rec *v[3];
+
+	memset(big, 'b', sizeof(big));
+	v[0] = mkrec("x/1", "1", 1, 1);
+	v[1] = mkrec("x/2", big, sizeof(big), 2);
+	v[2] = mkrec("x/3", "3", 1, 3);
+	sqlite3_limit(caught, SQLITE_LIMIT_LENGTH, 1000);
+	ck_assert_int_eq(store_write(st, v, 3, err, sizeof(err)), -EIO);
+	ck_assert_msg(strstr(err, "too big") != NULL, "err: %s", err);
+	ck_assert_int_eq(sqlite3_get_autocommit(caught), 1);
+	ck_assert_int_eq(file_int("SELECT count(*) FROM rec"), 0);
+
+	sqlite3_limit(caught, SQLITE_LIMIT_LENGTH, 1000000000);
+	write_ok(st, v, 3);
+	ck_assert_int_eq(file_int("SELECT count(*) FROM keys"), 3);
+	store_close(st);
+	free_recs(v, 3);
+}
+END_TEST
+
+START_TEST(test_busy_fails_fast)
+{
+	struct store *st = open_caught();
+	struct rec *r = mkrec("k", "v", 1, 1);
+	char err[256] = "";
+	struct timespec t0, t1;
+	sqlite3 *db;
+	double ms;
+	int rc;
+
+	write_ok(st, &r, 1);
+	/* A foreign writer (not a reader: those never block us) holds the lock. */
+	db = open_foreign(SQLITE_OPEN_READWRITE);
+	ck_assert_int_eq(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+	r->rev = 2;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	rc = store_write(st, &r, 1, err, sizeof(err));
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+	ck_assert_int_eq(rc, -EBUSY);
+	ck_assert_msg(ms < 1000, "store_write waited %.0f ms for a lock", ms);
+	ck_assert_int_eq(sqlite3_get_autocommit(caught), 1);
+
+	ck_assert_int_eq(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(db);
+	write_ok(st, &r, 1);
+	ck_assert_int_eq(file_int("SELECT rev FROM rec WHERE topic = 'k'"), 2);
+	store_close(st);
+	rec_free(r);
+}
+END_TEST
+
+/* The ingest target needs a 10,000-row batch well under 100 ms; the bound
+ * here is loose so that sanitizer builds and busy machines pass, and still
+ * catches a per-row commit or a missing prepared statement (seconds). */
+START_TEST(test_batch_is_fast)
+{
+	enum { N = 10000 };
+	struct store *st = open_store();
+	struct rec **v = calloc(N, sizeof(*v));
+	char topic[64];
+	char payload[64];
+	struct timespec t0, t1;
+	double ms;
+
+	ck_assert_ptr_nonnull(v);
+	for (int i = 0; i < N; i++) {
+		snprintf(topic, sizeof(topic), "dc1/hall%d/rack%03d/temp", i % 7, i);
+		snprintf(payload, sizeof(payload), "{\"value\":%d.5,\"ts\":1795313402}", i);
+		v[i] = mkrec(topic, payload, strlen(payload), i + 1);
+		v[i]->flags = REC_IS_JSON;
+	}
+	write_ok(st, v, N);  /* inserts */
+	for (int i = 0; i < N; i++)
+		v[i]->rev += N;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	write_ok(st, v, N);  /* updates, the steady state */
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+	ck_assert_msg(ms < 1000, "10,000 rows took %.0f ms", ms);
+	ck_assert_int_eq(file_int("SELECT count(*) FROM keys"), N);
+	ck_assert_int_eq(file_int("SELECT min(rev) FROM rec"), N + 1);
+	store_close(st);
+	free_recs(v, N);
+	free(v);
+}
+END_TEST
+
+static Suite *store_suite(void)
+{
+	Suite *s = suite_create("store");
+	TCase *tc = tcase_create("store");
+
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, test_create_migrates);
+	tcase_add_test(tc, test_round_trip);
+	tcase_add_test(tc, test_empty_file_loads_nothing);
+	tcase_add_test(tc, test_rev_high_water_mark);
+	tcase_add_test(tc, test_views);
+	tcase_add_test(tc, test_reader_during_writes);
+	tcase_add_test(tc, test_newer_version_refused);
+	tcase_add_test(tc, test_garbage_file_refused);
+	tcase_add_test(tc, test_unopenable_path);
+	tcase_add_test(tc, test_disk_full);
+	tcase_add_test(tc, test_failed_batch_is_atomic);
+	tcase_add_test(tc, test_busy_fails_fast);
+	tcase_add_test(tc, test_batch_is_fast);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	SRunner *sr = srunner_create(store_suite());
+	int failed;
+
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
