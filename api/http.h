@@ -8,24 +8,45 @@
 #include "../common/conf.h"
 #include "../mirror/core.h"
 #include "../mirror/index.h"
+#include "../mirror/queue.h"
 #include "../mirror/rejects.h"
+#include "../mirror/stale.h"
 
 struct api;
 
+/*
+** What the API reads; it owns none of it and everything must outlive
+** api_stop(). core, rejects, stale and queue may be NULL (unit and
+** integration harnesses): the endpoints that need them then answer as if
+** not ready / empty, and /metrics leaves the queue gauges out.
+*/
 struct api_deps {
 	const struct conf *conf;
 	struct index *ix;
 	struct core *core;
 	struct rejects *rejects;
 	struct stale *stale;
+	struct queue *queue;      /* for statemirror_ingest_queue_depth */
 };
 
 /*
-** Listen on conf->http_listen (TCP HOST:PORT, port 0 = any free port, or
-** unix:/path) and serve. Logs "http listening on HOST:PORT" (or the
-** socket path). Returns 0 or -errno with the reason in err.
+** Listen on conf->http_listen (TCP HOST:PORT, "[v6addr]:PORT", port 0 = any
+** free port, or unix:/path) and serve on conf->http_threads threads.
+** Logs "http listening on HOST:PORT" with the real port (or
+** "http listening on unix:/path"). A stale unix socket file is replaced; a
+** socket a live process answers on is not (-EADDRINUSE). When
+** conf->token_file is set the token is read once, here.
+**
+** Limits (see http.c): conf->http_max_conns, http_per_ip_conns (TCP only),
+** http_timeout_ms (idle), and a per-connection memory bound derived from
+** store.max_topic_len that caps request line + headers: a longer request
+** line gets 414, longer headers 431 (both answered by libmicrohttpd).
+**
+** Returns 0 and *ret, or -errno with the reason in err (errlen bytes).
+** Call from one thread; the handlers run on libmicrohttpd's threads.
 */
 int api_start(const struct api_deps *d, struct api **ret, char *err, size_t errlen);
-void api_stop(struct api *a);   /* accepts NULL */
+/* Stop serving, close connections, remove a unix socket. Accepts NULL. */
+void api_stop(struct api *a);
 
 #endif

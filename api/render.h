@@ -11,13 +11,29 @@
 /*
 ** Append r as the contract's key record (one line, no trailing newline):
 ** topic, payload | payload_text | payload_base64, ts, ts_source, received,
-** last_seen, age_ms (now_ms - last_seen), retained, updates, cadence_ms,
-** cadence_source, stale, stale_since, rev. Caller holds the index read lock.
-** Returns 0 or a buf error.
+** last_seen, age_ms (now_ms - last_seen, never negative), retained, updates,
+** cadence_ms, cadence_source, stale, stale_since, rev.
+**
+** - payload: inline when REC_IS_JSON; surrounding JSON whitespace is
+**   trimmed and CR/LF bytes (which valid JSON can only hold as insignificant
+**   whitespace) become spaces, so a record is always one line (watch
+**   streams depend on it). Else payload_text when the bytes are valid UTF-8
+**   (NUL and control bytes are escaped), else payload_base64.
+** - cadence_ms is null when it is 0 (unknown, or a "never" cadence);
+**   cadence_source is null for CADENCE_NONE, else "rule", "learned",
+**   "default". stale_since is null while 0.
+**
+** Caller holds the index read lock. Returns 0, -ENOMEM or -E2BIG (the
+** buffer's limit); on error b may hold part of the record: the caller
+** truncates back to its previous length if it wants to keep b.
 */
 int render_record(struct buf *b, const struct rec *r, int64_t now_ms);
 
-/* For a tombstone: {"topic":...,"deleted":true,"ts":...,"rev":N}. */
+/* For a tombstone: {"topic":...,"deleted":true,"ts":...,"rev":N}.
+ * Same locking and return codes as render_record(). */
 int render_tombstone(struct buf *b, const struct rec *r);
+
+/* Append {"error":"<reason>"} (reason is escaped). Returns 0 or a buf error. */
+int render_error(struct buf *b, const char *reason);
 
 #endif

@@ -1,0 +1,162 @@
+/* SPDX-License-Identifier: MIT */
+/* metrics.c: Prometheus text rendering of the process counters (g_stats). */
+#include "metrics.h"
+
+#include <inttypes.h>
+
+#include "../common/stats.h"
+#include "../mirror/apply.h"
+
+static const unsigned http_codes[STATS_HTTP_CODES - 1] = { 200, 400, 401, 404, 405, 500, 503 };
+
+size_t metrics_http_bucket(unsigned code)
+{
+	for (size_t i = 0; i < STATS_HTTP_CODES - 1; i++)
+		if (http_codes[i] == code)
+			return i;
+	return STATS_HTTP_CODES - 1;
+}
+
+/* Our labels, not apply_result_name(): the metric's label set is an
+ * interface of its own (dashboards and alert rules depend on it). */
+static const char *const result_labels[APPLY_RESULT_MAX] = {
+	[APPLY_APPLIED] = "applied",
+	[APPLY_DELETED] = "deleted",
+	[APPLY_DUPLICATE] = "duplicate",
+	[APPLY_OUT_OF_ORDER] = "out_of_order",
+	[APPLY_REJECTED] = "rejected",
+};
+
+static int head(struct buf *b, const char *name, const char *type, const char *help)
+{
+	return buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static int scalar(struct buf *b, const char *name, const char *type, const char *help, uint64_t v)
+{
+	int r;
+
+	if ((r = head(b, name, type, help)) < 0)
+		return r;
+	return buf_printf(b, "%s %" PRIu64 "\n", name, v);
+}
+
+static int commit_histogram(struct buf *b)
+{
+	const char *name = "statemirror_store_commit_seconds";
+	uint64_t cum = 0;
+	int r;
+
+	if ((r = head(b, name, "histogram", "Latency of SQLite batch commits.")) < 0)
+		return r;
+	for (size_t i = 0; i < STATS_COMMIT_BUCKETS; i++) {
+		uint64_t us = stats_commit_bounds_us[i];
+
+		cum += STAT_GET(commit_hist[i]);
+		r = buf_printf(b, "%s_bucket{le=\"%" PRIu64 ".%06" PRIu64 "\"} %" PRIu64 "\n",
+			       name, us / 1000000, us % 1000000, cum);
+		if (r < 0)
+			return r;
+	}
+	cum += STAT_GET(commit_hist[STATS_COMMIT_BUCKETS]);
+	uint64_t sum_us = STAT_GET(commit_sum_us);
+	return buf_printf(b, "%s_bucket{le=\"+Inf\"} %" PRIu64 "\n%s_sum %" PRIu64 ".%06" PRIu64
+			  "\n%s_count %" PRIu64 "\n",
+			  name, cum, name, sum_us / 1000000, sum_us % 1000000, name, cum);
+}
+
+int metrics_render(struct buf *b, const struct metrics_extra *x)
+{
+	int r;
+
+	if ((r = head(b, "statemirror_messages_total", "counter",
+		      "Messages by outcome of the apply decision.")) < 0)
+		return r;
+	for (size_t i = 0; i < APPLY_RESULT_MAX; i++)
+		if ((r = buf_printf(b, "statemirror_messages_total{result=\"%s\"} %" PRIu64 "\n",
+				    result_labels[i], STAT_GET(messages[i]))) < 0)
+			return r;
+
+	if ((r = head(b, "statemirror_rejects_total", "counter", "Rejected messages by reason.")) < 0)
+		return r;
+	for (size_t i = 0; i < REJECT_REASON_MAX; i++) {
+		if (i == REJECT_NONE)
+			continue;
+		if ((r = buf_printf(b, "statemirror_rejects_total{reason=\"%s\"} %" PRIu64 "\n",
+				    reject_reason_name((enum reject_reason)i), STAT_GET(rejects[i]))) < 0)
+			return r;
+	}
+
+	if ((r = scalar(b, "statemirror_received_total", "counter",
+			"Messages received from the broker.", STAT_GET(received))) < 0 ||
+	    (r = scalar(b, "statemirror_keys", "gauge", "Live keys held.", STAT_GET(keys))) < 0 ||
+	    (r = scalar(b, "statemirror_stale_keys", "gauge", "Keys judged stale now.",
+			STAT_GET(stale_keys))) < 0 ||
+	    (r = scalar(b, "statemirror_rev", "gauge", "Current revision counter.",
+			(uint64_t)STAT_GET(rev))) < 0)
+		return r;
+
+	if ((r = head(b, "statemirror_stale_transitions_total", "counter",
+		      "Staleness transitions of keys.")) < 0 ||
+	    (r = buf_printf(b, "statemirror_stale_transitions_total{to=\"stale\"} %" PRIu64 "\n"
+			    "statemirror_stale_transitions_total{to=\"fresh\"} %" PRIu64 "\n",
+			    STAT_GET(stale_transitions), STAT_GET(fresh_transitions))) < 0)
+		return r;
+
+	if ((r = scalar(b, "statemirror_alerts_sent_total", "counter", "Alerts raised.",
+			STAT_GET(alerts_sent))) < 0 ||
+	    (r = scalar(b, "statemirror_alert_exec_failures_total", "counter",
+			"Alert programs that failed or timed out.", STAT_GET(alert_exec_failures))) < 0 ||
+	    (r = scalar(b, "statemirror_broker_connected", "gauge",
+			"1 while connected to a broker.", STAT_GET(broker_connected) ? 1 : 0)) < 0 ||
+	    (r = scalar(b, "statemirror_synced", "gauge",
+			"1 while subscribed and past the retained burst.", STAT_GET(synced) ? 1 : 0)) < 0 ||
+	    (r = scalar(b, "statemirror_ready", "gauge", "1 while /readyz answers 200.",
+			x->ready ? 1 : 0)) < 0 ||
+	    (r = scalar(b, "statemirror_reconnects_total", "counter", "Broker reconnections.",
+			STAT_GET(reconnects))) < 0)
+		return r;
+
+	if (x->queue_depth >= 0 &&
+	    (r = scalar(b, "statemirror_ingest_queue_depth", "gauge",
+			"Messages waiting to be applied.", (uint64_t)x->queue_depth)) < 0)
+		return r;
+	if (x->queue_capacity >= 0 &&
+	    (r = scalar(b, "statemirror_ingest_queue_capacity", "gauge",
+			"Size of the ingest queue.", (uint64_t)x->queue_capacity)) < 0)
+		return r;
+	if ((r = scalar(b, "statemirror_ingest_queue_full_waits_total", "counter",
+			"Times the network thread waited on a full ingest queue.",
+			STAT_GET(queue_full_waits))) < 0)
+		return r;
+
+	if ((r = scalar(b, "statemirror_store_commits_total", "counter", "SQLite batch commits.",
+			STAT_GET(commits))) < 0 ||
+	    (r = scalar(b, "statemirror_store_commit_errors_total", "counter",
+			"SQLite batch commits that failed.", STAT_GET(commit_errors))) < 0 ||
+	    (r = scalar(b, "statemirror_store_rows_written_total", "counter",
+			"Rows written to SQLite.", STAT_GET(rows_written))) < 0 ||
+	    (r = commit_histogram(b)) < 0)
+		return r;
+
+	if ((r = head(b, "statemirror_http_requests_total", "counter",
+		      "HTTP requests answered by status code.")) < 0)
+		return r;
+	for (size_t i = 0; i < STATS_HTTP_CODES; i++) {
+		if (i < STATS_HTTP_CODES - 1)
+			r = buf_printf(b, "statemirror_http_requests_total{code=\"%u\"} %" PRIu64 "\n",
+				       http_codes[i], STAT_GET(http_requests[i]));
+		else
+			r = buf_printf(b, "statemirror_http_requests_total{code=\"other\"} %" PRIu64 "\n",
+				       STAT_GET(http_requests[i]));
+		if (r < 0)
+			return r;
+	}
+
+	if ((r = scalar(b, "statemirror_watchers", "gauge", "Open /v1/watch streams.",
+			STAT_GET(watchers))) < 0 ||
+	    (r = scalar(b, "statemirror_watchers_dropped_total", "counter",
+			"Watch streams cut off for being too slow.", STAT_GET(watchers_dropped))) < 0)
+		return r;
+	return 0;
+}

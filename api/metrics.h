@@ -1,0 +1,35 @@
+/* SPDX-License-Identifier: MIT */
+/* metrics.h: the Prometheus text exposition of g_stats for GET /metrics. */
+#ifndef SM_METRICS_H
+#define SM_METRICS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../common/buf.h"
+
+/*
+** HTTP status codes are counted in g_stats.http_requests[STATS_HTTP_CODES]
+** by bucket: 200, 400, 401, 404, 405, 500, 503 and "other" (the label
+** code="other"). 413/414/431 are mostly answered by libmicrohttpd itself,
+** before our handler runs, so they could not be counted anyway.
+** Returns the bucket index for code (always < STATS_HTTP_CODES).
+*/
+size_t metrics_http_bucket(unsigned code);
+
+/* What /metrics needs that g_stats does not hold; sampled by the caller. */
+struct metrics_extra {
+	bool ready;              /* core_ready() */
+	int64_t queue_depth;     /* ingest queue depth, -1 = unknown (not exported) */
+	int64_t queue_capacity;  /* -1 = unknown */
+};
+
+/*
+** Append the whole exposition (text/plain; version=0.0.4): HELP and TYPE
+** lines, counters, gauges and the store commit histogram (seconds).
+** Reads g_stats racily (see stats.h). Returns 0 or a buf error.
+*/
+int metrics_render(struct buf *b, const struct metrics_extra *x);
+
+#endif
