@@ -12,6 +12,7 @@
 #define CONF_MAX_URLS 16
 #define CONF_MAX_FILTERS 256
 #define CONF_MAX_RULES 4096
+#define CONF_NKEYS 64 /* table rows in conf.c (a static assertion checks) */
 
 enum conf_format { CONF_FORMAT_AUTO, CONF_FORMAT_JSON, CONF_FORMAT_MAX };
 enum conf_session { CONF_SESSION_CLEAN, CONF_SESSION_PERSISTENT, CONF_SESSION_MAX };
@@ -89,14 +90,32 @@ struct conf {
 
 	/* [log] */
 	enum log_level log_level;
+
+	/* Where each key was last set by the file, so that conf_validate can
+	 * say "FILE:LINE: reason"; conf.c's business only. */
+	char *src_path;
+	uint32_t src_line[CONF_NKEYS];
 };
 
 /* Fills c with every default (including the contract's "#" filter and URL).
- * Returns 0 or -ENOMEM. The caller frees with conf_free(). */
+ * c's previous contents are overwritten, not freed. Returns 0 or -ENOMEM.
+ * The caller frees with conf_free(). */
 int conf_defaults(struct conf *c);
 
 /*
 ** Parse an INI file into c, which must hold defaults (conf_defaults).
+** Syntax: "[section]", "key = value", full-line comments starting with ';'
+** or '#', and trailing comments: a ';' or '#' at the start of a value or
+** after whitespace begins a comment, except that a filter-valued key
+** (filter, rule) may start with the '#' wildcard ("filter = #  ; all").
+** Unknown sections and keys are errors; a non-repeatable key given twice is
+** an error. Section and key names are those of the contract's example plus:
+**   [broker] session_expiry reconnect_min reconnect_max sync_quiet
+**   [store] max_topic_len commit_interval max_rejects queue_size
+**   [staleness] group_wait min_hold      [alerts] exec_timeout
+**   [http] max_connections per_ip_connections timeout threads
+**          watch_max_clients watch_buffer watch_log_size
+**   [log] level
 ** Values from the file replace defaults; a repeated key of a repeatable
 ** item (url list, filter, rule) adds a value, and the first occurrence in the
 ** file replaces the default list. On error returns -EINVAL (or -errno for
@@ -106,15 +125,19 @@ int conf_defaults(struct conf *c);
 */
 int conf_load_file(struct conf *c, const char *path, char *err, size_t errlen);
 
-/* Parse "250ms", "10s", "5m", "2h", "1d" (a bare number is seconds).
- * Returns 0 or -EINVAL. */
+/* Parse "250ms", "10s", "5m", "2h", "1d" (a bare number is seconds); a
+ * decimal fraction ("1.5s") and sums ("1h30m") are accepted; the result is
+ * truncated to whole milliseconds. Returns 0 or -EINVAL (also on overflow). */
 int conf_parse_duration(const char *s, int64_t *ret_ms);
-/* Parse "256KiB", "1MiB", "512", "1GiB", "10KB". Returns 0 or -EINVAL. */
+/* Parse "256KiB", "1MiB", "512", "1GiB", "10KB": KiB/MiB/GiB/TiB (and K/M/G/T)
+ * are powers of 1024, KB/MB/GB/TB powers of 1000, "B" or nothing bytes;
+ * units are case-insensitive. Returns 0 or -EINVAL (also on overflow). */
 int conf_parse_size(const char *s, int64_t *ret_bytes);
 
 /* Cross-field validation after the file and flags are applied (filters and
  * rules are valid MQTT filters, URLs parse, TLS files readable, etc.).
- * Returns 0 or -EINVAL with the reason in err. */
+ * Returns 0 or -EINVAL with the reason in err: "FILE:LINE: reason" when the
+ * offending key came from the file, else just the reason. */
 int conf_validate(const struct conf *c, char *err, size_t errlen);
 
 /* Replace a string-valued field: frees the old value. Returns 0 or -ENOMEM. */
@@ -125,14 +148,17 @@ void conf_free(struct conf *c);
 /* A parsed broker URL. */
 struct conf_url {
 	bool tls;
-	char host[256];
-	int port;
+	char host[256];  /* an IPv6 address without its brackets */
+	int port;        /* default 1883, or 8883 for mqtts */
 };
+/* Parse "mqtt://HOST[:PORT][/]" or "mqtts://...". Credentials in the URL are
+ * refused (they would end up in logs and argv). Returns 0 or -EINVAL. */
 int conf_parse_url(const char *url, struct conf_url *ret);
 
-/* Read a secret file (password, token): its first line without the newline.
- * Returns 0 or -errno; *ret is malloc'd, the caller frees (and should
- * explicit_bzero it). */
+/* Read a secret file (password, token): its first line without the newline
+ * (and without a trailing '\r'). An empty first line is -EINVAL, a file
+ * over 64 KiB -EFBIG. Returns 0 or -errno; *ret is malloc'd, the caller
+ * frees (and should explicit_bzero it). */
 int conf_read_secret(const char *path, char **ret);
 
 #endif

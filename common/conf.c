@@ -1,0 +1,1103 @@
+/* SPDX-License-Identifier: MIT */
+/* conf.c: the table-driven INI parser, defaults, value parsers and validation. */
+#include "conf.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "topic.h"
+
+#define CONF_LINE_MAX 65536
+#define WHY_MAX 512
+
+/* ---- value parsers ------------------------------------------------------ */
+
+/*
+** Parse "DIGITS[.DIGITS]" at *s scaled by `unit` (truncating), advancing *s.
+** Returns 0 or -EINVAL (no digits, overflow).
+*/
+static int parse_scaled(const char **s, int64_t unit, int64_t *ret)
+{
+	const char *p = *s;
+	int64_t ip = 0, v, frac = 0, den = 1;
+
+	if (!isdigit((unsigned char)*p))
+		return -EINVAL;
+	while (isdigit((unsigned char)*p)) {
+		if (__builtin_mul_overflow(ip, 10, &ip) || __builtin_add_overflow(ip, *p - '0', &ip))
+			return -EINVAL;
+		p++;
+	}
+	if (*p == '.') {
+		p++;
+		if (!isdigit((unsigned char)*p))
+			return -EINVAL;
+		while (isdigit((unsigned char)*p)) {
+			if (den < 1000000) { /* six digits: frac * unit stays in int64 */
+				frac = frac * 10 + (*p - '0');
+				den *= 10;
+			}
+			p++;
+		}
+	}
+	if (__builtin_mul_overflow(ip, unit, &v))
+		return -EINVAL;
+	/* frac < 1e6 and unit <= 2^40: the product fits. */
+	if (__builtin_add_overflow(v, frac * unit / den, &v))
+		return -EINVAL;
+	*s = p;
+	*ret = v;
+	return 0;
+}
+
+int conf_parse_duration(const char *s, int64_t *ret_ms)
+{
+	static const struct {
+		const char *name;
+		int64_t ms;
+	} units[] = {
+		{ "ms", 1 }, { "s", 1000 }, { "m", 60000 }, { "h", 3600000 }, { "d", 86400000 },
+	};
+	const char *p = s;
+	int64_t total = 0;
+	bool any = false;
+
+	if (!s || !*s)
+		return -EINVAL;
+	while (*p) {
+		const char *num = p, *u;
+		int64_t part;
+		size_t ulen, i;
+
+		while (isdigit((unsigned char)*p) || *p == '.')
+			p++;
+		if (p == num)
+			return -EINVAL;
+		u = p;
+		while (isalpha((unsigned char)*p))
+			p++;
+		ulen = (size_t)(p - u);
+		if (ulen == 0) {
+			/* A bare number is seconds, and only alone. */
+			if (any || *p)
+				return -EINVAL;
+			i = 1;
+		} else {
+			for (i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+				if (strlen(units[i].name) == ulen && strncmp(u, units[i].name, ulen) == 0)
+					break;
+			if (i == sizeof(units) / sizeof(units[0]))
+				return -EINVAL;
+		}
+		const char *q = num;
+		if (parse_scaled(&q, units[i].ms, &part) < 0 || q != u)
+			return -EINVAL;
+		if (__builtin_add_overflow(total, part, &total))
+			return -EINVAL;
+		any = true;
+	}
+	*ret_ms = total;
+	return 0;
+}
+
+int conf_parse_size(const char *s, int64_t *ret_bytes)
+{
+	static const struct {
+		const char *name;
+		int64_t mult;
+	} units[] = {
+		{ "", 1 }, { "b", 1 },
+		{ "k", INT64_C(1) << 10 }, { "kib", INT64_C(1) << 10 }, { "kb", 1000 },
+		{ "m", INT64_C(1) << 20 }, { "mib", INT64_C(1) << 20 }, { "mb", 1000000 },
+		{ "g", INT64_C(1) << 30 }, { "gib", INT64_C(1) << 30 }, { "gb", 1000000000 },
+		{ "t", INT64_C(1) << 40 }, { "tib", INT64_C(1) << 40 }, { "tb", INT64_C(1000000000000) },
+	};
+	const char *p = s, *u;
+	int64_t v;
+
+	if (!s || !*s)
+		return -EINVAL;
+	while (isdigit((unsigned char)*p) || *p == '.')
+		p++;
+	u = p;
+	for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+		if (strcasecmp(u, units[i].name) != 0)
+			continue;
+		p = s;
+		if (parse_scaled(&p, units[i].mult, &v) < 0 || p != u)
+			return -EINVAL;
+		*ret_bytes = v;
+		return 0;
+	}
+	return -EINVAL;
+}
+
+/* Why a URL is refused, or NULL when it parses into *ret. */
+static const char *url_parse(const char *url, struct conf_url *ret)
+{
+	struct conf_url u = { 0 };
+	const char *p, *host, *hend;
+	size_t hlen;
+
+	if (strncasecmp(url, "mqtt://", 7) == 0) {
+		p = url + 7;
+		u.port = 1883;
+	} else if (strncasecmp(url, "mqtts://", 8) == 0) {
+		p = url + 8;
+		u.tls = true;
+		u.port = 8883;
+	} else {
+		return "must start with mqtt:// or mqtts://";
+	}
+	if (strpbrk(p, "@"))
+		return "credentials do not belong in the URL (use username and password_file)";
+	if (*p == '[') {
+		host = p + 1;
+		hend = strchr(host, ']');
+		if (!hend)
+			return "missing ']' after the IPv6 address";
+		p = hend + 1;
+	} else {
+		host = p;
+		while (*p && *p != ':' && *p != '/')
+			p++;
+		hend = p;
+	}
+	hlen = (size_t)(hend - host);
+	if (hlen == 0)
+		return "no host";
+	if (hlen >= sizeof(u.host))
+		return "host name too long";
+	for (const char *h = host; h < hend; h++)
+		if ((unsigned char)*h <= ' ' || *h == '/' || *h == '?' || *h == '#')
+			return "invalid character in host";
+	memcpy(u.host, host, hlen);
+	u.host[hlen] = '\0';
+	if (*p == ':') {
+		long port = 0;
+		const char *d = ++p;
+
+		while (isdigit((unsigned char)*p) && port <= 65535)
+			port = port * 10 + (*p++ - '0');
+		if (p == d || isdigit((unsigned char)*p) || port < 1 || port > 65535)
+			return "invalid port (1..65535)";
+		u.port = (int)port;
+	}
+	if (*p == '/')
+		p++;
+	if (*p)
+		return "unexpected text after host and port";
+	*ret = u;
+	return NULL;
+}
+
+int conf_parse_url(const char *url, struct conf_url *ret)
+{
+	if (!url)
+		return -EINVAL;
+	return url_parse(url, ret) ? -EINVAL : 0;
+}
+
+/* Why an HTTP listen address is refused, or NULL. */
+static const char *listen_check(const char *s)
+{
+	const char *colon;
+	long port = 0;
+
+	if (strncmp(s, "unix:", 5) == 0) {
+		size_t n = strlen(s + 5);
+		if (n == 0)
+			return "no socket path after unix:";
+		if (n >= 108)
+			return "unix socket path too long (107 bytes at most)";
+		return NULL;
+	}
+	colon = strrchr(s, ':');
+	if (!colon || colon == s)
+		return "expected HOST:PORT or unix:/path";
+	if (s[0] == '[' && colon[-1] != ']')
+		return "an IPv6 address must be written [ADDR]:PORT";
+	if (s[0] != '[' && memchr(s, ':', (size_t)(colon - s)))
+		return "an IPv6 address must be written [ADDR]:PORT";
+	if (!colon[1])
+		return "no port";
+	for (const char *d = colon + 1; *d; d++) {
+		if (!isdigit((unsigned char)*d) || port > 65535)
+			return "invalid port (0..65535)";
+		port = port * 10 + (*d - '0');
+	}
+	if (port > 65535)
+		return "invalid port (0..65535)";
+	return NULL;
+}
+
+/* Formats ms in the largest unit that divides it ("250ms", "30s", "1h"). */
+static const char *fmt_duration(int64_t ms, char *buf, size_t len)
+{
+	if (ms != 0 && ms % 86400000 == 0)
+		snprintf(buf, len, "%lldd", (long long)(ms / 86400000));
+	else if (ms != 0 && ms % 3600000 == 0)
+		snprintf(buf, len, "%lldh", (long long)(ms / 3600000));
+	else if (ms != 0 && ms % 60000 == 0)
+		snprintf(buf, len, "%lldm", (long long)(ms / 60000));
+	else if (ms % 1000 == 0)
+		snprintf(buf, len, "%llds", (long long)(ms / 1000));
+	else
+		snprintf(buf, len, "%lldms", (long long)ms);
+	return buf;
+}
+
+/* ---- the table ---------------------------------------------------------- */
+
+enum item_type {
+	T_STR,        /* non-empty string */
+	T_STR_OPT,    /* empty = NULL */
+	T_CLIENT_ID,  /* %h = hostname */
+	T_TOPIC,      /* empty or a valid topic name (no wildcards) */
+	T_LISTEN,     /* HOST:PORT or unix:/path */
+	T_INT,        /* int, min..max */
+	T_INT64,      /* int64, min..max */
+	T_DURATION,   /* int64 ms, min..max */
+	T_SIZE,       /* int64 bytes, min..max */
+	T_DOUBLE,     /* double, > min, <= max */
+	T_ENUM,       /* int, one of names[] */
+	T_PROTOCOL,   /* "5" | "3.1.1" -> 5 | 311 */
+	T_MODE,       /* octal file mode */
+	T_LOGLEVEL,
+	T_URLS,       /* repeatable, comma-separated */
+	T_FILTERS,    /* repeatable */
+	T_RULES,      /* repeatable "FILTER CADENCE|never" */
+	T_CADENCE,    /* learn | never | DURATION */
+	T_MAX
+};
+
+struct item {
+	const char *section;
+	const char *name;
+	enum item_type type;
+	const char *def;         /* the default, parsed like file text; NULL = none */
+	int64_t min, max;
+	size_t off;
+	const char *const *names; /* T_ENUM */
+};
+
+static const char *const format_names[] = { "auto", "json", NULL };
+static const char *const session_names[] = { "clean", "persistent", NULL };
+
+#define O(f) offsetof(struct conf, f)
+#define SEC(n) ((int64_t)(n) * 1000)
+#define MIN(n) ((int64_t)(n) * 60000)
+#define HOUR(n) ((int64_t)(n) * 3600000)
+#define KIB(n) ((int64_t)(n) << 10)
+#define MIB(n) ((int64_t)(n) << 20)
+
+/* One row per key; the defaults are the contract's and conf.h's. */
+static const struct item items[] = {
+	{ "broker", "url", T_URLS, "mqtt://127.0.0.1:1883", 0, 0, O(urls), NULL },
+	{ "broker", "client_id", T_CLIENT_ID, "statemirror-%h", 0, 0, O(client_id), NULL },
+	{ "broker", "protocol", T_PROTOCOL, "5", 0, 0, O(protocol), NULL },
+	{ "broker", "qos", T_INT, "1", 0, 1, O(qos), NULL },
+	{ "broker", "session", T_ENUM, "clean", 0, 0, O(session), session_names },
+	{ "broker", "keepalive", T_DURATION, "30s", SEC(1), SEC(65535), O(keepalive_ms), NULL },
+	{ "broker", "username", T_STR_OPT, NULL, 0, 0, O(username), NULL },
+	{ "broker", "password_file", T_STR_OPT, NULL, 0, 0, O(password_file), NULL },
+	{ "broker", "tls_ca_file", T_STR_OPT, NULL, 0, 0, O(tls_ca_file), NULL },
+	{ "broker", "tls_cert_file", T_STR_OPT, NULL, 0, 0, O(tls_cert_file), NULL },
+	{ "broker", "tls_key_file", T_STR_OPT, NULL, 0, 0, O(tls_key_file), NULL },
+	{ "broker", "session_expiry", T_DURATION, "1h", 0, SEC(INT64_C(4294967295)), O(session_expiry_ms), NULL },
+	{ "broker", "reconnect_min", T_DURATION, "250ms", 10, HOUR(1), O(reconnect_min_ms), NULL },
+	{ "broker", "reconnect_max", T_DURATION, "30s", 10, HOUR(1), O(reconnect_max_ms), NULL },
+	{ "broker", "sync_quiet", T_DURATION, "200ms", 10, MIN(1), O(sync_quiet_ms), NULL },
+
+	{ "subscribe", "filter", T_FILTERS, "#", 0, 0, O(filters), NULL },
+
+	{ "store", "path", T_STR, "statemirror.db", 0, 0, O(db_path), NULL },
+	{ "store", "max_keys", T_INT64, "1000000", 1, INT64_C(1000000000), O(max_keys), NULL },
+	{ "store", "max_payload", T_SIZE, "256KiB", 1, 268435455, O(max_payload), NULL },
+	{ "store", "max_topic_len", T_INT64, "1024", 1, 65535, O(max_topic_len), NULL },
+	{ "store", "commit_interval", T_DURATION, "250ms", 1, SEC(1), O(commit_interval_ms), NULL },
+	{ "store", "max_rejects", T_INT64, "100", 0, 100000, O(max_rejects), NULL },
+	{ "store", "queue_size", T_INT64, "65536", 16, INT64_C(16777216), O(queue_size), NULL },
+
+	{ "payload", "format", T_ENUM, "auto", 0, 0, O(format), format_names },
+	{ "payload", "timestamp_field", T_STR, "ts", 0, 0, O(timestamp_field), NULL },
+	{ "payload", "future_skew", T_DURATION, "5m", 0, HOUR(24) * 365, O(future_skew_ms), NULL },
+
+	{ "staleness", "grace", T_DOUBLE, "3", 0, 1000, O(grace), NULL },
+	{ "staleness", "default", T_CADENCE, "learn", 1, HOUR(24) * 365, O(default_kind), NULL },
+	{ "staleness", "rule", T_RULES, NULL, 1, HOUR(24) * 365, O(rules), NULL },
+	{ "staleness", "group_wait", T_DURATION, "2s", 0, MIN(10), O(group_wait_ms), NULL },
+	{ "staleness", "min_hold", T_DURATION, "0", 0, HOUR(1), O(min_hold_ms), NULL },
+
+	{ "alerts", "topic", T_TOPIC, "statemirror/alerts", 0, 0, O(alert_topic), NULL },
+	{ "alerts", "exec", T_STR_OPT, NULL, 0, 0, O(alert_exec), NULL },
+	{ "alerts", "exec_timeout", T_DURATION, "10s", 100, HOUR(1), O(alert_exec_timeout_ms), NULL },
+
+	{ "http", "listen", T_LISTEN, "127.0.0.1:8080", 0, 0, O(http_listen), NULL },
+	{ "http", "socket_mode", T_MODE, "0660", 0, 0777, O(socket_mode), NULL },
+	{ "http", "token_file", T_STR_OPT, NULL, 0, 0, O(token_file), NULL },
+	{ "http", "max_connections", T_INT64, "512", 1, 65536, O(http_max_conns), NULL },
+	{ "http", "per_ip_connections", T_INT64, "64", 1, 65536, O(http_per_ip_conns), NULL },
+	{ "http", "timeout", T_DURATION, "30s", SEC(1), HOUR(1), O(http_timeout_ms), NULL },
+	{ "http", "threads", T_INT64, "2", 1, 64, O(http_threads), NULL },
+	{ "http", "watch_max_clients", T_INT64, "512", 0, 65536, O(watch_max_clients), NULL },
+	{ "http", "watch_buffer", T_SIZE, "1MiB", KIB(4), MIB(1024), O(watch_buffer), NULL },
+	{ "http", "watch_log_size", T_INT64, "65536", 0, INT64_C(16777216), O(watch_log_size), NULL },
+
+	{ "log", "level", T_LOGLEVEL, "info", 0, 0, O(log_level), NULL },
+};
+
+#define NITEMS (sizeof(items) / sizeof(items[0]))
+_Static_assert(sizeof(items) / sizeof(items[0]) <= CONF_NKEYS, "raise CONF_NKEYS");
+
+static const char *const sections[] = {
+	"broker", "subscribe", "store", "payload", "staleness", "alerts", "http", "log",
+};
+
+static inline void *field(struct conf *c, const struct item *it)
+{
+	return (char *)c + it->off;
+}
+
+static int item_index(const char *name)
+{
+	for (size_t i = 0; i < NITEMS; i++)
+		if (strcmp(items[i].name, name) == 0)
+			return (int)i;
+	return -1;
+}
+
+/* ---- setters ------------------------------------------------------------ */
+
+int conf_set_str(char **fieldp, const char *value)
+{
+	char *s = NULL;
+
+	if (value && !(s = strdup(value)))
+		return -ENOMEM;
+	free(*fieldp);
+	*fieldp = s;
+	return 0;
+}
+
+static int expand_client_id(const char *v, char **ret)
+{
+	char host[256];
+	size_t n = 0, cap = strlen(v) + 1, hlen;
+	char *out;
+
+	if (gethostname(host, sizeof(host)) < 0)
+		snprintf(host, sizeof(host), "localhost");
+	host[sizeof(host) - 1] = '\0';
+	hlen = strlen(host);
+	for (const char *p = v; *p; p++)
+		if (p[0] == '%' && p[1] == 'h')
+			cap += hlen;
+	out = malloc(cap);
+	if (!out)
+		return -ENOMEM;
+	for (const char *p = v; *p; p++) {
+		if (p[0] == '%' && p[1] == 'h') {
+			memcpy(out + n, host, hlen);
+			n += hlen;
+			p++;
+		} else {
+			out[n++] = *p;
+		}
+	}
+	out[n] = '\0';
+	*ret = out;
+	return 0;
+}
+
+/* Why a rule is refused, or NULL; *ret is filled on success (filter owned). */
+static const char *rule_parse(const struct item *it, const char *v, struct conf_rule *ret,
+			      char *why, size_t whylen)
+{
+	const char *sp = v, *cad;
+	int64_t ms;
+	char *filter;
+
+	while (*sp && !isspace((unsigned char)*sp))
+		sp++;
+	cad = sp;
+	while (isspace((unsigned char)*cad))
+		cad++;
+	if (sp == v || !*cad)
+		return "expected 'FILTER CADENCE' (a duration or never)";
+	filter = strndup(v, (size_t)(sp - v));
+	if (!filter)
+		return "out of memory";
+	if (topic_filter_check(filter) < 0) {
+		snprintf(why, whylen, "'%s' is not a valid MQTT topic filter", filter);
+		free(filter);
+		return why;
+	}
+	if (strcmp(cad, "never") == 0) {
+		ms = 0;
+	} else if (conf_parse_duration(cad, &ms) < 0) {
+		snprintf(why, whylen, "invalid cadence '%s' (a duration such as 10s, or never)", cad);
+		free(filter);
+		return why;
+	} else if (ms < it->min || ms > it->max) {
+		char a[32], b[32];
+		snprintf(why, whylen, "cadence '%s' out of range (%s..%s, or never)", cad,
+			 fmt_duration(it->min, a, sizeof(a)), fmt_duration(it->max, b, sizeof(b)));
+		free(filter);
+		return why;
+	}
+	ret->filter = filter;
+	ret->cadence_ms = ms;
+	return NULL;
+}
+
+static void clear_list(struct conf *c, const struct item *it)
+{
+	switch (it->type) {
+	case T_URLS:
+		for (size_t i = 0; i < c->nurls; i++) {
+			free(c->urls[i]);
+			c->urls[i] = NULL;
+		}
+		c->nurls = 0;
+		break;
+	case T_FILTERS:
+		for (size_t i = 0; i < c->nfilters; i++) {
+			free(c->filters[i]);
+			c->filters[i] = NULL;
+		}
+		c->nfilters = 0;
+		break;
+	case T_RULES:
+		for (size_t i = 0; i < c->nrules; i++) {
+			free(c->rules[i].filter);
+			c->rules[i].filter = NULL;
+		}
+		c->nrules = 0;
+		break;
+	default:
+		break;
+	}
+}
+
+static int why_ret(char *why, size_t whylen, int rc, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static int why_ret(char *why, size_t whylen, int rc, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(why, whylen, fmt, ap);
+	va_end(ap);
+	return rc;
+}
+
+static int range_error(const struct item *it, const char *v, char *why, size_t whylen)
+{
+	char a[32], b[32];
+
+	if (it->type == T_DURATION)
+		return why_ret(why, whylen, -EINVAL, "'%s' out of range (%s..%s)", v,
+			       fmt_duration(it->min, a, sizeof(a)), fmt_duration(it->max, b, sizeof(b)));
+	return why_ret(why, whylen, -EINVAL, "'%s' out of range (%lld..%lld)", v,
+		       (long long)it->min, (long long)it->max);
+}
+
+/* Set one value of item `it` from text v. Returns 0, -EINVAL or -ENOMEM
+ * with the reason (without file, line or key) in why. */
+static int item_set(struct conf *c, const struct item *it, const char *v, char *why, size_t whylen)
+{
+	void *f = field(c, it);
+	const char *reason;
+	int64_t n;
+	char *end;
+	int rc;
+
+	switch (it->type) {
+	case T_STR:
+		if (!*v)
+			return why_ret(why, whylen, -EINVAL, "must not be empty");
+		goto set_str;
+	case T_STR_OPT:
+		if (!*v)
+			v = NULL;
+		goto set_str;
+	case T_TOPIC:
+		if (*v && topic_name_check(v, strlen(v)) < 0)
+			return why_ret(why, whylen, -EINVAL,
+				       "'%s' is not a valid MQTT topic name (no + or #)", v);
+		goto set_str;
+	case T_LISTEN:
+		if ((reason = listen_check(v)))
+			return why_ret(why, whylen, -EINVAL, "'%s': %s", v, reason);
+		goto set_str;
+	case T_CLIENT_ID: {
+		char *s;
+		if ((rc = expand_client_id(v, &s)) < 0)
+			return why_ret(why, whylen, rc, "out of memory");
+		free(*(char **)f);
+		*(char **)f = s;
+		return 0;
+	}
+	case T_INT:
+	case T_INT64:
+		errno = 0;
+		n = strtoll(v, &end, 10);
+		if (!*v || *end || errno || !(isdigit((unsigned char)*v) || *v == '-'))
+			return why_ret(why, whylen, -EINVAL, "'%s' is not an integer", v);
+		if (n < it->min || n > it->max)
+			return range_error(it, v, why, whylen);
+		if (it->type == T_INT)
+			*(int *)f = (int)n;
+		else
+			*(int64_t *)f = n;
+		return 0;
+	case T_DURATION:
+		if (conf_parse_duration(v, &n) < 0)
+			return why_ret(why, whylen, -EINVAL,
+				       "invalid duration '%s' (e.g. 250ms, 10s, 5m, 2h, 1d)", v);
+		if (n < it->min || n > it->max)
+			return range_error(it, v, why, whylen);
+		*(int64_t *)f = n;
+		return 0;
+	case T_SIZE:
+		if (conf_parse_size(v, &n) < 0)
+			return why_ret(why, whylen, -EINVAL,
+				       "invalid size '%s' (e.g. 512, 256KiB, 1MiB)", v);
+		if (n < it->min || n > it->max)
+			return range_error(it, v, why, whylen);
+		*(int64_t *)f = n;
+		return 0;
+	case T_DOUBLE: {
+		double d;
+		errno = 0;
+		d = strtod(v, &end);
+		if (!*v || *end || errno || !(isdigit((unsigned char)*v) || *v == '.'))
+			return why_ret(why, whylen, -EINVAL, "'%s' is not a number", v);
+		if (!(d > (double)it->min && d <= (double)it->max))
+			return why_ret(why, whylen, -EINVAL, "'%s' out of range (above %lld, at most %lld)",
+				       v, (long long)it->min, (long long)it->max);
+		*(double *)f = d;
+		return 0;
+	}
+	case T_ENUM:
+		for (int i = 0; it->names[i]; i++) {
+			if (strcmp(v, it->names[i]) == 0) {
+				*(int *)f = i;
+				return 0;
+			}
+		}
+		return why_ret(why, whylen, -EINVAL, "'%s' is not one of %s%s%s", v, it->names[0],
+			       it->names[1] ? " | " : "", it->names[1] ? it->names[1] : "");
+	case T_PROTOCOL:
+		if (strcmp(v, "5") == 0 || strcmp(v, "5.0") == 0)
+			*(int *)f = 5;
+		else if (strcmp(v, "3.1.1") == 0 || strcmp(v, "311") == 0)
+			*(int *)f = 311;
+		else
+			return why_ret(why, whylen, -EINVAL, "'%s' is not 5 or 3.1.1", v);
+		return 0;
+	case T_MODE:
+		errno = 0;
+		n = strtoll(v, &end, 8);
+		if (!*v || *end || errno || !isdigit((unsigned char)*v) || n < it->min || n > it->max)
+			return why_ret(why, whylen, -EINVAL, "'%s' is not an octal mode (0000..0777)", v);
+		*(int *)f = (int)n;
+		return 0;
+	case T_LOGLEVEL:
+		if (log_level_parse(v, (enum log_level *)f) < 0)
+			return why_ret(why, whylen, -EINVAL,
+				       "'%s' is not a level (error, warn, info, debug)", v);
+		return 0;
+	case T_URLS: {
+		const char *p = v;
+		for (;;) {
+			const char *comma = strchr(p, ','), *e = comma ? comma : p + strlen(p);
+			struct conf_url u;
+			char *one;
+
+			while (p < e && isspace((unsigned char)*p))
+				p++;
+			while (e > p && isspace((unsigned char)e[-1]))
+				e--;
+			if (p == e)
+				return why_ret(why, whylen, -EINVAL, "empty URL in the list");
+			if (!(one = strndup(p, (size_t)(e - p))))
+				return why_ret(why, whylen, -ENOMEM, "out of memory");
+			if ((reason = url_parse(one, &u))) {
+				rc = why_ret(why, whylen, -EINVAL, "'%s': %s", one, reason);
+				free(one);
+				return rc;
+			}
+			if (c->nurls >= CONF_MAX_URLS) {
+				free(one);
+				return why_ret(why, whylen, -EINVAL, "more than %d URLs", CONF_MAX_URLS);
+			}
+			c->urls[c->nurls++] = one;
+			if (!comma)
+				return 0;
+			p = comma + 1;
+		}
+	}
+	case T_FILTERS:
+		if (topic_filter_check(v) < 0)
+			return why_ret(why, whylen, -EINVAL, "'%s' is not a valid MQTT topic filter", v);
+		if (c->nfilters >= CONF_MAX_FILTERS)
+			return why_ret(why, whylen, -EINVAL, "more than %d filters", CONF_MAX_FILTERS);
+		if (!(c->filters[c->nfilters] = strdup(v)))
+			return why_ret(why, whylen, -ENOMEM, "out of memory");
+		c->nfilters++;
+		return 0;
+	case T_RULES: {
+		struct conf_rule r;
+		if (c->nrules >= CONF_MAX_RULES)
+			return why_ret(why, whylen, -EINVAL, "more than %d rules", CONF_MAX_RULES);
+		if ((reason = rule_parse(it, v, &r, why, whylen))) {
+			if (reason != why)
+				snprintf(why, whylen, "%s", reason);
+			return -EINVAL;
+		}
+		c->rules[c->nrules++] = r;
+		return 0;
+	}
+	case T_CADENCE:
+		if (strcmp(v, "learn") == 0) {
+			c->default_kind = CONF_DEFAULT_LEARN;
+			c->default_cadence_ms = 0;
+		} else if (strcmp(v, "never") == 0) {
+			c->default_kind = CONF_DEFAULT_NEVER;
+			c->default_cadence_ms = 0;
+		} else if (conf_parse_duration(v, &n) == 0) {
+			if (n < it->min || n > it->max)
+				return range_error(it, v, why, whylen);
+			c->default_kind = CONF_DEFAULT_FIXED;
+			c->default_cadence_ms = n;
+		} else {
+			return why_ret(why, whylen, -EINVAL,
+				       "'%s' is not learn, never or a duration", v);
+		}
+		return 0;
+	case T_MAX:
+		break;
+	}
+	return why_ret(why, whylen, -EINVAL, "internal: bad item type");
+
+set_str:
+	if (conf_set_str((char **)f, v) < 0)
+		return why_ret(why, whylen, -ENOMEM, "out of memory");
+	return 0;
+}
+
+/* ---- defaults, free ----------------------------------------------------- */
+
+void conf_free(struct conf *c)
+{
+	if (!c)
+		return;
+	for (size_t i = 0; i < NITEMS; i++) {
+		const struct item *it = &items[i];
+		switch (it->type) {
+		case T_STR:
+		case T_STR_OPT:
+		case T_CLIENT_ID:
+		case T_TOPIC:
+		case T_LISTEN:
+			free(*(char **)field(c, it));
+			*(char **)field(c, it) = NULL;
+			break;
+		case T_URLS:
+		case T_FILTERS:
+		case T_RULES:
+			clear_list(c, it);
+			break;
+		default:
+			break;
+		}
+	}
+	free(c->src_path);
+	c->src_path = NULL;
+}
+
+int conf_defaults(struct conf *c)
+{
+	char why[WHY_MAX];
+
+	memset(c, 0, sizeof(*c));
+	for (size_t i = 0; i < NITEMS; i++) {
+		if (!items[i].def)
+			continue;
+		if (item_set(c, &items[i], items[i].def, why, sizeof(why)) < 0) {
+			conf_free(c);
+			return -ENOMEM;
+		}
+	}
+	return 0;
+}
+
+/* ---- the file ----------------------------------------------------------- */
+
+static char *trim(char *s)
+{
+	char *e;
+
+	while (*s == ' ' || *s == '\t')
+		s++;
+	e = s + strlen(s);
+	while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r' || e[-1] == '\n'))
+		e--;
+	*e = '\0';
+	return s;
+}
+
+/* Cut a trailing comment off a value: a ';' or '#' at the value's start or
+ * after whitespace, except a leading '#' where the value is a filter. */
+static void cut_comment(char *v, bool hash_ok_first)
+{
+	for (char *p = v; *p; p++) {
+		bool at_start = p == v, after_ws = !at_start && (p[-1] == ' ' || p[-1] == '\t');
+
+		if (*p == ';' && (at_start || after_ws)) {
+			*p = '\0';
+			return;
+		}
+		if (*p == '#' && after_ws) {
+			*p = '\0';
+			return;
+		}
+		if (*p == '#' && at_start && !hash_ok_first) {
+			*p = '\0';
+			return;
+		}
+	}
+}
+
+static int fail_at(char *err, size_t errlen, const char *path, unsigned line, int rc,
+		   const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+static int fail_at(char *err, size_t errlen, const char *path, unsigned line, int rc,
+		   const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	if (!err || !errlen)
+		return rc;
+	n = line ? snprintf(err, errlen, "%s:%u: ", path, line) : snprintf(err, errlen, "%s: ", path);
+	if (n < 0 || (size_t)n >= errlen)
+		return rc;
+	va_start(ap, fmt);
+	vsnprintf(err + n, errlen - (size_t)n, fmt, ap);
+	va_end(ap);
+	return rc;
+}
+
+int conf_load_file(struct conf *c, const char *path, char *err, size_t errlen)
+{
+	uint32_t seen[NITEMS] = { 0 };
+	const char *section = NULL;
+	char *line = NULL, *why = NULL;
+	size_t cap = 0;
+	unsigned lineno = 0;
+	ssize_t n;
+	FILE *fp;
+	int rc = 0;
+
+	if (err && errlen)
+		err[0] = '\0';
+	fp = fopen(path, "re");
+	if (!fp) {
+		rc = -errno;
+		return fail_at(err, errlen, path, 0, rc, "cannot open: %s", strerror(-rc));
+	}
+	why = malloc(WHY_MAX);
+	if (!why || conf_set_str(&c->src_path, path) < 0) {
+		rc = fail_at(err, errlen, path, 0, -ENOMEM, "out of memory");
+		goto out;
+	}
+	memset(c->src_line, 0, sizeof(c->src_line));
+
+	while ((n = getline(&line, &cap, fp)) >= 0) {
+		char *s, *eq, *key, *val;
+		const struct item *it = NULL;
+		int idx = -1;
+
+		lineno++;
+		if ((size_t)n > CONF_LINE_MAX) {
+			rc = fail_at(err, errlen, path, lineno, -EINVAL, "line too long");
+			goto out;
+		}
+		if (strlen(line) != (size_t)n) {
+			rc = fail_at(err, errlen, path, lineno, -EINVAL, "NUL byte in line");
+			goto out;
+		}
+		s = line;
+		if (lineno == 1 && memcmp(s, "\xef\xbb\xbf", 3) == 0)
+			s += 3; /* a UTF-8 byte order mark */
+		s = trim(s);
+		if (!*s || *s == ';' || *s == '#')
+			continue;
+		if (*s == '[') {
+			char *close = strchr(s, ']'), *rest;
+			if (!close) {
+				rc = fail_at(err, errlen, path, lineno, -EINVAL,
+					     "missing ']' in section header");
+				goto out;
+			}
+			*close = '\0';
+			rest = close + 1;
+			cut_comment(rest, false);
+			if (*trim(rest)) {
+				rc = fail_at(err, errlen, path, lineno, -EINVAL,
+					     "unexpected text after section header");
+				goto out;
+			}
+			s = trim(s + 1);
+			section = NULL;
+			for (size_t i = 0; i < sizeof(sections) / sizeof(sections[0]); i++)
+				if (strcmp(s, sections[i]) == 0)
+					section = sections[i];
+			if (!section) {
+				rc = fail_at(err, errlen, path, lineno, -EINVAL, "unknown section [%s]", s);
+				goto out;
+			}
+			continue;
+		}
+		eq = strchr(s, '=');
+		if (!eq) {
+			rc = fail_at(err, errlen, path, lineno, -EINVAL, "expected 'key = value'");
+			goto out;
+		}
+		*eq = '\0';
+		key = trim(s);
+		val = eq + 1;
+		if (!*key) {
+			rc = fail_at(err, errlen, path, lineno, -EINVAL, "missing key before '='");
+			goto out;
+		}
+		if (!section) {
+			rc = fail_at(err, errlen, path, lineno, -EINVAL,
+				     "'%s' outside of any [section]", key);
+			goto out;
+		}
+		for (size_t i = 0; i < NITEMS; i++) {
+			if (items[i].section == section && strcmp(items[i].name, key) == 0) {
+				it = &items[i];
+				idx = (int)i;
+				break;
+			}
+		}
+		if (!it) {
+			rc = fail_at(err, errlen, path, lineno, -EINVAL, "unknown key '%s' in [%s]",
+				     key, section);
+			goto out;
+		}
+		val = trim(val);
+		cut_comment(val, it->type == T_FILTERS || it->type == T_RULES);
+		val = trim(val);
+		if (it->type == T_URLS || it->type == T_FILTERS || it->type == T_RULES) {
+			/* The file's first value replaces the default list. */
+			if (!seen[idx])
+				clear_list(c, it);
+		} else if (seen[idx]) {
+			rc = fail_at(err, errlen, path, lineno, -EINVAL,
+				     "'%s' in [%s] given twice (first on line %u)", key, section,
+				     seen[idx]);
+			goto out;
+		}
+		if (!seen[idx])
+			seen[idx] = lineno;
+		c->src_line[idx] = lineno;
+		if ((rc = item_set(c, it, val, why, WHY_MAX)) < 0) {
+			fail_at(err, errlen, path, lineno, rc, "[%s] %s: %s", section, key, why);
+			goto out;
+		}
+	}
+	if (ferror(fp)) {
+		rc = fail_at(err, errlen, path, lineno, -EIO, "read error");
+		goto out;
+	}
+	/* A repeatable list the file emptied entirely cannot happen: every
+	 * occurrence adds a value. */
+
+out:
+	free(line);
+	free(why);
+	fclose(fp);
+	return rc;
+}
+
+/* ---- validation --------------------------------------------------------- */
+
+/* Writes "FILE:LINE: " for the key when the file set it, else nothing. */
+static int vfail(const struct conf *c, char *err, size_t errlen, const char *key,
+		 const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+static int vfail(const struct conf *c, char *err, size_t errlen, const char *key,
+		 const char *fmt, ...)
+{
+	int idx = key ? item_index(key) : -1;
+	size_t n = 0;
+	va_list ap;
+	int w;
+
+	if (!err || !errlen)
+		return -EINVAL;
+	err[0] = '\0';
+	if (idx >= 0 && c->src_path && c->src_line[idx]) {
+		w = snprintf(err, errlen, "%s:%u: ", c->src_path, (unsigned)c->src_line[idx]);
+		if (w > 0)
+			n = (size_t)w < errlen ? (size_t)w : errlen - 1;
+	}
+	va_start(ap, fmt);
+	vsnprintf(err + n, errlen - n, fmt, ap);
+	va_end(ap);
+	return -EINVAL;
+}
+
+static int check_readable(const struct conf *c, const char *key, const char *path, char *err,
+			  size_t errlen)
+{
+	if (path && access(path, R_OK) < 0)
+		return vfail(c, err, errlen, key, "%s '%s': %s", key, path, strerror(errno));
+	return 0;
+}
+
+int conf_validate(const struct conf *c, char *err, size_t errlen)
+{
+	const char *reason;
+	struct conf_url u;
+	int rc;
+
+	if (c->nurls == 0)
+		return vfail(c, err, errlen, "url", "no broker URL");
+	for (size_t i = 0; i < c->nurls; i++)
+		if (!c->urls[i] || (reason = url_parse(c->urls[i], &u)))
+			return vfail(c, err, errlen, NULL, "invalid broker URL '%s': %s",
+				     c->urls[i] ? c->urls[i] : "", c->urls[i] ? reason : "missing");
+	if (c->nfilters == 0)
+		return vfail(c, err, errlen, "filter", "no subscription filter");
+	for (size_t i = 0; i < c->nfilters; i++)
+		if (topic_filter_check(c->filters[i]) < 0)
+			return vfail(c, err, errlen, NULL, "invalid subscription filter '%s'",
+				     c->filters[i] ? c->filters[i] : "");
+	for (size_t i = 0; i < c->nrules; i++)
+		if (topic_filter_check(c->rules[i].filter) < 0 || c->rules[i].cadence_ms < 0)
+			return vfail(c, err, errlen, "rule", "invalid rule filter '%s'",
+				     c->rules[i].filter ? c->rules[i].filter : "");
+	if (c->protocol != 5 && c->protocol != 311)
+		return vfail(c, err, errlen, "protocol", "protocol must be 5 or 3.1.1");
+	if (c->qos != 0 && c->qos != 1)
+		return vfail(c, err, errlen, "qos", "qos must be 0 or 1");
+	if (c->session == CONF_SESSION_PERSISTENT && (!c->client_id || !*c->client_id))
+		return vfail(c, err, errlen, "session",
+			     "a persistent session needs a client_id");
+	if (c->client_id && strlen(c->client_id) > 65535)
+		return vfail(c, err, errlen, "client_id", "client_id is longer than 65535 bytes");
+	if (c->password_file && !c->username && c->protocol == 311)
+		return vfail(c, err, errlen, "password_file",
+			     "password_file needs a username with protocol 3.1.1");
+	if (!c->tls_cert_file != !c->tls_key_file)
+		return vfail(c, err, errlen, c->tls_cert_file ? "tls_cert_file" : "tls_key_file",
+			     "tls_cert_file and tls_key_file go together");
+	if (c->reconnect_min_ms > c->reconnect_max_ms)
+		return vfail(c, err, errlen, "reconnect_min",
+			     "reconnect_min is above reconnect_max");
+	if (c->commit_interval_ms <= 0 || c->commit_interval_ms > 1000)
+		return vfail(c, err, errlen, "commit_interval",
+			     "commit_interval must be above 0 and at most 1s (the durability bound)");
+	if (!(c->grace > 0))
+		return vfail(c, err, errlen, "grace", "grace must be above 0");
+	if (!c->db_path || !*c->db_path)
+		return vfail(c, err, errlen, "path", "no database path");
+	if (!c->timestamp_field || !*c->timestamp_field)
+		return vfail(c, err, errlen, "timestamp_field", "timestamp_field must not be empty");
+	if (c->default_kind == CONF_DEFAULT_FIXED && c->default_cadence_ms <= 0)
+		return vfail(c, err, errlen, "default", "default cadence must be above 0");
+	if (c->alert_topic && *c->alert_topic &&
+	    topic_name_check(c->alert_topic, strlen(c->alert_topic)) < 0)
+		return vfail(c, err, errlen, "topic", "alert topic '%s' is not a valid topic name",
+			     c->alert_topic);
+	if (!c->http_listen || (reason = listen_check(c->http_listen)))
+		return vfail(c, err, errlen, NULL, "invalid http listen address '%s': %s",
+			     c->http_listen ? c->http_listen : "", c->http_listen ? reason : "missing");
+	if (c->max_keys < 1 || c->max_payload < 1 || c->max_topic_len < 1 || c->queue_size < 1)
+		return vfail(c, err, errlen, NULL, "store limits must be positive");
+	if ((rc = check_readable(c, "password_file", c->password_file, err, errlen)) < 0 ||
+	    (rc = check_readable(c, "tls_ca_file", c->tls_ca_file, err, errlen)) < 0 ||
+	    (rc = check_readable(c, "tls_cert_file", c->tls_cert_file, err, errlen)) < 0 ||
+	    (rc = check_readable(c, "tls_key_file", c->tls_key_file, err, errlen)) < 0 ||
+	    (rc = check_readable(c, "token_file", c->token_file, err, errlen)) < 0)
+		return rc;
+	return 0;
+}
+
+/* ---- secrets ------------------------------------------------------------ */
+
+#define SECRET_MAX (64 * 1024)
+
+int conf_read_secret(const char *path, char **ret)
+{
+	char *buf = NULL, *nl, *out;
+	size_t len = 0;
+	int fd, rc = 0;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	if (fd < 0)
+		return -errno;
+	buf = malloc(SECRET_MAX + 1);
+	if (!buf) {
+		rc = -ENOMEM;
+		goto fail;
+	}
+	for (;;) {
+		ssize_t r = read(fd, buf + len, SECRET_MAX + 1 - len);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			rc = -errno;
+			goto fail;
+		}
+		if (r == 0)
+			break;
+		len += (size_t)r;
+		if (len > SECRET_MAX) {
+			rc = -EFBIG;
+			goto fail;
+		}
+	}
+	buf[len] = '\0';
+	nl = memchr(buf, '\n', len);
+	if (nl)
+		len = (size_t)(nl - buf);
+	if (len && buf[len - 1] == '\r')
+		len--;
+	if (len == 0 || memchr(buf, '\0', len)) {
+		rc = -EINVAL;
+		goto fail;
+	}
+	out = strndup(buf, len);
+	if (!out) {
+		rc = -ENOMEM;
+		goto fail;
+	}
+	explicit_bzero(buf, SECRET_MAX + 1);
+	free(buf);
+	close(fd);
+	*ret = out;
+	return 0;
+
+fail:
+	if (buf) {
+		explicit_bzero(buf, SECRET_MAX + 1);
+		free(buf);
+	}
+	close(fd);
+	return rc;
+}
