@@ -1,0 +1,362 @@
+/* SPDX-License-Identifier: MIT */
+/* test_render.c: key records and tombstones as JSON, parsed back and checked field by field. */
+#include <check.h>
+#include <errno.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/render.h"
+#include "clock_fake.h"
+#include "mirror/index.h"
+
+/* The contract's example record. */
+#define T0_MS 1795313402123LL /* 2026-11-22T02:10:02.123Z */
+
+static struct rec *mk(const char *topic, const void *payload, size_t n, uint16_t flags)
+{
+	struct rec *r = rec_new(topic, strlen(topic));
+
+	ck_assert_ptr_nonnull(r);
+	if (n)
+		ck_assert_int_eq(rec_set_payload(r, payload, n), 0);
+	r->flags = flags;
+	r->ts_ns = T0_MS * 1000000 + 456789; /* sub-ms part is cut, not rounded */
+	r->received_ms = T0_MS + 7;
+	r->last_seen_ms = T0_MS + 10008;
+	r->updates = 17;
+	r->cadence_ms = 10000;
+	r->cadence_source = CADENCE_RULE;
+	r->rev = 90211;
+	return r;
+}
+
+/* Render r, check it is one line, parse it back. Caller json_decref()s. */
+static json_t *render(const struct rec *r, int64_t now_ms, struct buf *keep)
+{
+	struct buf b;
+	json_error_t err;
+	json_t *j;
+
+	buf_init(&b, 0);
+	ck_assert_int_eq(render_record(&b, r, now_ms), 0);
+	ck_assert_ptr_nonnull(b.data);
+	ck_assert_ptr_null(memchr(b.data, '\n', b.len));
+	ck_assert_ptr_null(memchr(b.data, '\r', b.len));
+	j = json_loadb(b.data, b.len, JSON_ALLOW_NUL, &err);
+	if (!j)
+		ck_abort_msg("not JSON (%s): %s", err.text, b.data);
+	ck_assert(json_is_object(j));
+	if (keep)
+		*keep = b;
+	else
+		buf_free(&b);
+	return j;
+}
+
+static const char *str(json_t *o, const char *k)
+{
+	json_t *v = json_object_get(o, k);
+
+	ck_assert_msg(json_is_string(v), "%s is not a string", k);
+	return json_string_value(v);
+}
+
+static json_int_t num(json_t *o, const char *k)
+{
+	json_t *v = json_object_get(o, k);
+
+	ck_assert_msg(json_is_integer(v), "%s is not an integer", k);
+	return json_integer_value(v);
+}
+
+static void is_null(json_t *o, const char *k)
+{
+	json_t *v = json_object_get(o, k);
+
+	ck_assert_msg(v && json_is_null(v), "%s is not null", k);
+}
+
+static void absent(json_t *o, const char *k)
+{
+	ck_assert_msg(json_object_get(o, k) == NULL, "%s should be absent", k);
+}
+
+START_TEST(json_record)
+{
+	const char *p = "{\"value\": 24.5, \"ts\": 1795313402123}";
+	struct rec *r = mk("dc1/hall2/rack17/temp", p, strlen(p), REC_IS_JSON | REC_TS_PAYLOAD);
+	struct buf b;
+	json_t *j = render(r, T0_MS + 10008 + 840, &b), *pl;
+
+	ck_assert_str_eq(str(j, "topic"), "dc1/hall2/rack17/temp");
+	pl = json_object_get(j, "payload");
+	ck_assert(json_is_object(pl));
+	ck_assert(json_real_value(json_object_get(pl, "value")) == 24.5);
+	ck_assert(json_integer_value(json_object_get(pl, "ts")) == 1795313402123LL);
+	absent(j, "payload_text");
+	absent(j, "payload_base64");
+	ck_assert_str_eq(str(j, "ts"), "2026-11-22T02:10:02.123Z");
+	ck_assert_str_eq(str(j, "ts_source"), "payload");
+	ck_assert_str_eq(str(j, "received"), "2026-11-22T02:10:02.130Z");
+	ck_assert_str_eq(str(j, "last_seen"), "2026-11-22T02:10:12.131Z");
+	ck_assert_int_eq(num(j, "age_ms"), 840);
+	ck_assert(json_is_false(json_object_get(j, "retained")));
+	ck_assert_int_eq(num(j, "updates"), 17);
+	ck_assert_int_eq(num(j, "cadence_ms"), 10000);
+	ck_assert_str_eq(str(j, "cadence_source"), "rule");
+	ck_assert(json_is_false(json_object_get(j, "stale")));
+	is_null(j, "stale_since");
+	ck_assert_int_eq(num(j, "rev"), 90211);
+	ck_assert_uint_eq(json_object_size(j), 14);
+
+	/* The payload is inlined byte for byte and the key order is the contract's. */
+	ck_assert_str_eq(b.data,
+		"{\"topic\":\"dc1/hall2/rack17/temp\","
+		"\"payload\":{\"value\": 24.5, \"ts\": 1795313402123},"
+		"\"ts\":\"2026-11-22T02:10:02.123Z\",\"ts_source\":\"payload\","
+		"\"received\":\"2026-11-22T02:10:02.130Z\",\"last_seen\":\"2026-11-22T02:10:12.131Z\","
+		"\"age_ms\":840,\"retained\":false,\"updates\":17,\"cadence_ms\":10000,"
+		"\"cadence_source\":\"rule\",\"stale\":false,\"stale_since\":null,\"rev\":90211}");
+	buf_free(&b);
+	json_decref(j);
+	rec_free(r);
+}
+END_TEST
+
+START_TEST(json_multiline_and_scalars)
+{
+	const char *p = "\n  {\"a\":\r\n [1,\n2],\t\"s\":\"x\\ny\"}\n\n";
+	struct rec *r = mk("t", p, strlen(p), REC_IS_JSON);
+	json_t *j = render(r, fake_now_ms, NULL), *pl;
+
+	pl = json_object_get(j, "payload");
+	ck_assert(json_is_object(pl));
+	ck_assert_uint_eq(json_array_size(json_object_get(pl, "a")), 2);
+	ck_assert_str_eq(json_string_value(json_object_get(pl, "s")), "x\ny");
+	json_decref(j);
+	rec_free(r);
+
+	/* A bare JSON number and string are payloads too. */
+	r = mk("t", "42", 2, REC_IS_JSON);
+	j = render(r, fake_now_ms, NULL);
+	ck_assert_int_eq(num(j, "payload"), 42);
+	json_decref(j);
+	rec_free(r);
+	r = mk("t", "\"on\"", 4, REC_IS_JSON);
+	j = render(r, fake_now_ms, NULL);
+	ck_assert_str_eq(str(j, "payload"), "on");
+	json_decref(j);
+	rec_free(r);
+}
+END_TEST
+
+START_TEST(text_record)
+{
+	const char *p = "21.5 \"C\"\n\\ caf\xc3\xa9";
+	struct rec *r = mk("sensors/x", p, strlen(p), REC_RETAINED);
+	json_t *j = render(r, fake_now_ms, NULL);
+
+	absent(j, "payload");
+	absent(j, "payload_base64");
+	ck_assert_str_eq(str(j, "payload_text"), p);
+	ck_assert_str_eq(str(j, "ts_source"), "received");
+	ck_assert(json_is_true(json_object_get(j, "retained")));
+	json_decref(j);
+	rec_free(r);
+
+	/* NUL and control bytes are valid UTF-8: escaped, length kept. */
+	r = mk("sensors/y", "a\0\x01", 3, 0);
+	j = render(r, fake_now_ms, NULL);
+	ck_assert_uint_eq(json_string_length(json_object_get(j, "payload_text")), 3);
+	ck_assert_int_eq(memcmp(json_string_value(json_object_get(j, "payload_text")), "a\0\x01", 3), 0);
+	json_decref(j);
+	rec_free(r);
+}
+END_TEST
+
+START_TEST(binary_record)
+{
+	const unsigned char p[] = { 0xff, 0x00, 0x01, 0xc3 };
+	struct rec *r = mk("bin/raw", p, sizeof(p), REC_TS_PAYLOAD);
+	json_t *j = render(r, fake_now_ms, NULL);
+
+	absent(j, "payload");
+	absent(j, "payload_text");
+	ck_assert_str_eq(str(j, "payload_base64"), "/wABww==");
+	json_decref(j);
+	rec_free(r);
+
+	/* A truncated UTF-8 sequence is binary too, and a JSON flag is honoured
+	 * only for what it says: here it is clear. */
+	r = mk("bin/trunc", "ok\xe2\x82", 4, 0);
+	j = render(r, fake_now_ms, NULL);
+	ck_assert_str_eq(str(j, "payload_base64"), "b2vigg==");
+	json_decref(j);
+	rec_free(r);
+}
+END_TEST
+
+START_TEST(stale_record)
+{
+	struct rec *r = mk("dc1/a", "1", 1, REC_IS_JSON | REC_STALE);
+	json_t *j;
+
+	r->stale_since_ms = T0_MS + 30008;
+	j = render(r, T0_MS + 40008, NULL);
+	ck_assert(json_is_true(json_object_get(j, "stale")));
+	ck_assert_str_eq(str(j, "stale_since"), "2026-11-22T02:10:32.131Z");
+	ck_assert_int_eq(num(j, "age_ms"), 30000);
+	json_decref(j);
+	rec_free(r);
+}
+END_TEST
+
+START_TEST(null_cadence)
+{
+	struct rec *r = mk("k", "1", 1, REC_IS_JSON);
+	json_t *j;
+
+	r->cadence_ms = 0;
+	r->cadence_source = CADENCE_NONE;
+	j = render(r, fake_now_ms, NULL);
+	is_null(j, "cadence_ms");
+	is_null(j, "cadence_source");
+	json_decref(j);
+
+	r->cadence_ms = 1500;
+	r->cadence_source = CADENCE_LEARNED;
+	j = render(r, fake_now_ms, NULL);
+	ck_assert_int_eq(num(j, "cadence_ms"), 1500);
+	ck_assert_str_eq(str(j, "cadence_source"), "learned");
+	json_decref(j);
+
+	r->cadence_ms = 60000;
+	r->cadence_source = CADENCE_DEFAULT;
+	j = render(r, fake_now_ms, NULL);
+	ck_assert_str_eq(str(j, "cadence_source"), "default");
+	json_decref(j);
+
+	/* A "never" rule: the source is known, there is no cadence. */
+	r->cadence_ms = 0;
+	r->cadence_source = CADENCE_RULE;
+	j = render(r, fake_now_ms, NULL);
+	is_null(j, "cadence_ms");
+	ck_assert_str_eq(str(j, "cadence_source"), "rule");
+	json_decref(j);
+	rec_free(r);
+}
+END_TEST
+
+START_TEST(age_never_negative)
+{
+	struct rec *r = mk("k", "1", 1, REC_IS_JSON);
+	json_t *j = render(r, r->last_seen_ms - 5000, NULL);
+
+	ck_assert_int_eq(num(j, "age_ms"), 0);
+	json_decref(j);
+	rec_free(r);
+}
+END_TEST
+
+START_TEST(escaped_topic)
+{
+	const char *t = "we\"ird/\\/\x01/caf\xc3\xa9";
+	struct rec *r = mk(t, "1", 1, REC_IS_JSON);
+	json_t *j = render(r, fake_now_ms, NULL);
+
+	ck_assert_str_eq(str(j, "topic"), t);
+	json_decref(j);
+	rec_free(r);
+}
+END_TEST
+
+START_TEST(tombstone)
+{
+	struct rec *r = mk("dc1/gone", NULL, 0, REC_DELETED);
+	struct buf b;
+	json_error_t err;
+	json_t *j;
+
+	buf_init(&b, 0);
+	ck_assert_int_eq(render_tombstone(&b, r), 0);
+	j = json_loadb(b.data, b.len, 0, &err);
+	ck_assert_ptr_nonnull(j);
+	ck_assert_str_eq(str(j, "topic"), "dc1/gone");
+	ck_assert(json_is_true(json_object_get(j, "deleted")));
+	ck_assert_str_eq(str(j, "ts"), "2026-11-22T02:10:02.123Z");
+	ck_assert_int_eq(num(j, "rev"), 90211);
+	ck_assert_uint_eq(json_object_size(j), 4);
+	json_decref(j);
+	buf_free(&b);
+	rec_free(r);
+}
+END_TEST
+
+START_TEST(error_body)
+{
+	struct buf b;
+	json_t *j;
+
+	buf_init(&b, 0);
+	ck_assert_int_eq(render_error(&b, "bad \"filter\"\n"), 0);
+	j = json_loadb(b.data, b.len, 0, NULL);
+	ck_assert_ptr_nonnull(j);
+	ck_assert_str_eq(str(j, "error"), "bad \"filter\"\n");
+	json_decref(j);
+	buf_free(&b);
+}
+END_TEST
+
+START_TEST(buffer_limit)
+{
+	char big[600];
+	struct rec *r;
+	struct buf b;
+
+	memset(big, 'x', sizeof(big));
+	r = mk("k", big, sizeof(big), 0);
+	buf_init(&b, 256);
+	ck_assert_int_eq(render_record(&b, r, fake_now_ms), -E2BIG);
+	ck_assert_uint_le(b.len, 256);
+	buf_free(&b);
+	/* The tail alone does not fit either. */
+	buf_init(&b, 64);
+	rec_free(r);
+	r = mk("k", "1", 1, REC_IS_JSON);
+	ck_assert_int_eq(render_record(&b, r, fake_now_ms), -E2BIG);
+	buf_free(&b);
+	rec_free(r);
+}
+END_TEST
+
+static Suite *render_suite(void)
+{
+	Suite *s = suite_create("render");
+	TCase *tc = tcase_create("core");
+
+	tcase_add_test(tc, json_record);
+	tcase_add_test(tc, json_multiline_and_scalars);
+	tcase_add_test(tc, text_record);
+	tcase_add_test(tc, binary_record);
+	tcase_add_test(tc, stale_record);
+	tcase_add_test(tc, null_cadence);
+	tcase_add_test(tc, age_never_negative);
+	tcase_add_test(tc, escaped_topic);
+	tcase_add_test(tc, tombstone);
+	tcase_add_test(tc, error_body);
+	tcase_add_test(tc, buffer_limit);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	SRunner *sr = srunner_create(render_suite());
+	int failed;
+
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
