@@ -194,6 +194,22 @@ def run_checks(work, version, arch):
         missing = [k for k in keys if k not in shown.get(section, set())]
         check(not missing, 'the configuration shows every [%s] key' % section,
               'missing %s' % missing)
+    # ... and every key the parser knows (its table in common/conf.c), and
+    # no key it does not.
+    with open(os.path.join(SRCDIR, 'common', 'conf.c')) as f:
+        table = set(re.findall(r'\{\s*"(\w+)",\s*"(\w+)",\s*T_\w+', f.read()))
+    listed = {(sec, k) for sec, keys in shown.items() for k in keys}
+    check(len(table) >= 30 and table == listed,
+          'the configuration shows exactly the keys of common/conf.c',
+          'read %d keys from conf.c; not shown: %s; unknown: %s' % (
+              len(table), sorted(table - listed), sorted(listed - table)))
+    # Every key uncommented, with the default it shows, is still valid.
+    defaults = os.path.join(work, 'defaults.conf')
+    with open(defaults, 'w') as f:
+        f.write(re.sub(r'^#(\w+ =)', r'\1', conf_text, flags=re.M))
+    r = run([daemon, '--check-config', '-c', defaults])
+    check(r.returncode == 0, 'the configuration with every default uncommented passes --check-config',
+          'exit %d: %s' % (r.returncode, r.stdout.strip()))
 
     unit_path = os.path.join(root, 'lib/systemd/system/statemirror.service')
     with open(unit_path) as f:
