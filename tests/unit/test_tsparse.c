@@ -1,0 +1,516 @@
+/* SPDX-License-Identifier: MIT */
+/* test_tsparse.c: unit tests of timestamp decoding, the JSON scanner and UTF-8 checks. */
+#include <check.h>
+#include <errno.h>
+#include <jansson.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/clock.h"
+#include "common/tsparse.h"
+#include "tests/unit/clock_fake.h"
+
+#define NOW_NS (INT64_C(1795313402123) * 1000000) /* fake_now_ms: 2026-11-22T02:10:02.123Z */
+
+static int epoch(const char *s, int64_t *ns)
+{
+	return ts_parse_epoch(s, strlen(s), ns);
+}
+
+static int rfc(const char *s, int64_t *ns)
+{
+	return ts_parse_rfc3339(s, strlen(s), ns);
+}
+
+/* ---- ts_parse_epoch ----------------------------------------------------- */
+
+static const struct {
+	const char *in;
+	int64_t ns;
+} epoch_good[] = {
+	{ "1795313402", INT64_C(1795313402000000000) },                 /* seconds */
+	{ "1795313402.123", INT64_C(1795313402123000000) },
+	{ "1795313402.5", INT64_C(1795313402500000000) },
+	{ "1795313402.123456789", INT64_C(1795313402123456789) },
+	{ "1795313402.1234567899", INT64_C(1795313402123456789) },      /* past ns: dropped */
+	{ "1795313402123", INT64_C(1795313402123000000) },              /* milliseconds */
+	{ "1795313402123.5", INT64_C(1795313402123500000) },
+	{ "1795313402123456", INT64_C(1795313402123456000) },           /* microseconds */
+	{ "1795313402123456789", INT64_C(1795313402123456789) },        /* nanoseconds */
+	{ "1.795313402e9", INT64_C(1795313402000000000) },              /* exponents */
+	{ "1.795313402123E12", INT64_C(1795313402123000000) },
+	{ "17953134021234e-1", INT64_C(1795313402123400000) },          /* 13 int digits: ms */
+	{ "1795313402123e+3", INT64_C(1795313402123000000) },           /* 16 digits: us */
+	{ "0", 0 },
+	{ "0.5", 500000000 },
+	{ "00001", 1000000000 },                                        /* leading zeros */
+	{ "1e-400", 0 },
+	{ "99999999999e-2", INT64_C(999999999990000000) },              /* 9 int digits: s */
+	{ "100000000000", INT64_C(100000000000000000) },                /* 1e11: ms */
+	{ "17953134021234e-4", INT64_C(1795313402123400000) },          /* 10 int digits: s */
+	{ "100000000000000", INT64_C(100000000000000000) },             /* 1e14: us */
+	{ "100000000000000000", INT64_C(100000000000000000) },          /* 1e17: ns */
+	{ "9223372036854775807", INT64_MAX },
+	{ "9223372036.854775807", INT64_MAX },                          /* seconds, max */
+};
+
+static const char *const epoch_bad[] = {
+	"", "-1", "+1", "-0", "1.", ".5", "1e", "1e+", "1e-", "NaN", "nan", "Infinity", "inf",
+	"1 ", " 1", "0x10", "1,5", "1e400", "12a", "1..2", "1.2.3", "9223372036854775808",
+	"9300000000",          /* seconds that overflow int64 ns (year 2264) */
+	"99999999999",         /* the largest "seconds" magnitude, overflows */
+	"99999999999999",      /* the largest "milliseconds" magnitude, overflows */
+	"18446744073709551616",
+	"99999999999999999999999999999",
+};
+
+START_TEST(test_epoch_good)
+{
+	for (size_t i = 0; i < sizeof(epoch_good) / sizeof(epoch_good[0]); i++) {
+		int64_t ns = -1;
+		ck_assert_msg(epoch(epoch_good[i].in, &ns) == 0, "'%s' should parse", epoch_good[i].in);
+		ck_assert_msg(ns == epoch_good[i].ns, "'%s' -> %lld, expected %lld", epoch_good[i].in,
+			      (long long)ns, (long long)epoch_good[i].ns);
+	}
+}
+END_TEST
+
+START_TEST(test_epoch_bad)
+{
+	for (size_t i = 0; i < sizeof(epoch_bad) / sizeof(epoch_bad[0]); i++) {
+		int64_t ns = 42;
+		ck_assert_msg(epoch(epoch_bad[i], &ns) == -EINVAL, "'%s' should fail", epoch_bad[i]);
+		ck_assert_msg(ns == 42, "'%s' wrote the output on failure", epoch_bad[i]);
+	}
+	ck_assert_int_eq(ts_parse_epoch(NULL, 0, &(int64_t){ 0 }), -EINVAL);
+}
+END_TEST
+
+START_TEST(test_epoch_len_bounded)
+{
+	int64_t ns;
+
+	/* Only len bytes count: "17953134029" must be read as "1795313402". */
+	ck_assert_int_eq(ts_parse_epoch("17953134029", 10, &ns), 0);
+	ck_assert_int_eq(ns, INT64_C(1795313402000000000));
+}
+END_TEST
+
+/* ---- ts_parse_rfc3339 --------------------------------------------------- */
+
+static const struct {
+	const char *in;
+	int64_t ns;
+} rfc_good[] = {
+	{ "2026-11-22T02:10:02.123Z", NOW_NS },
+	{ "2026-11-22T03:10:02.123+01:00", NOW_NS },
+	{ "2026-11-21T21:10:02.123-05:00", NOW_NS },
+	{ "2026-11-22T07:40:02.123+05:30", NOW_NS },
+	{ "2026-11-22t02:10:02.123z", NOW_NS },
+	{ "2026-11-22 02:10:02.123Z", NOW_NS },
+	{ "2026-11-22T02:10:02.123000000Z", NOW_NS },
+	{ "2026-11-22T02:10:02.123+00:00", NOW_NS },
+	{ "2026-11-22T02:10:02.123-00:00", NOW_NS },
+	{ "2026-11-22T02:10:02Z", NOW_NS - 123000000 },
+	{ "2026-11-22T02:10:02.1Z", NOW_NS - 23000000 },
+	{ "2026-11-22T02:10:02.123456789Z", NOW_NS + 456789 },
+	{ "2026-11-22T02:10:02.1234567891Z", NOW_NS + 456789 },       /* past ns: dropped */
+	{ "1970-01-01T00:00:00Z", 0 },
+	{ "1970-01-01T01:00:00+01:00", 0 },
+	{ "2000-02-29T00:00:00Z", INT64_C(951782400) * 1000000000 },  /* leap year */
+	{ "2024-02-29T12:00:00Z", INT64_C(1709208000) * 1000000000 },
+	{ "2016-12-31T23:59:60Z", INT64_C(1483228799999999999) },     /* leap second: clamped */
+	{ "2016-12-31T23:59:60.5Z", INT64_C(1483228799999999999) },
+	{ "2262-04-11T23:47:16.854775807Z", INT64_MAX },
+};
+
+static const char *const rfc_bad[] = {
+	"", "2026-11-22", "2026-11-22T02:10:02", "2026-11-22T02:10:02.123",
+	"2026-11-22T02:10Z", "2026-11-22X02:10:02Z", "2026/11/22T02:10:02Z",
+	"2026-13-01T00:00:00Z", "2026-00-01T00:00:00Z", "2026-11-31T00:00:00Z",
+	"2026-11-00T00:00:00Z", "2023-02-29T00:00:00Z", "2100-02-29T00:00:00Z",
+	"2026-11-22T24:00:00Z", "2026-11-22T23:60:00Z", "2026-11-22T23:58:60Z",
+	"2026-11-22T23:59:61Z", "2026-11-22T02:10:02.Z", "2026-11-22T02:10:02+01",
+	"2026-11-22T02:10:02+0100", "2026-11-22T02:10:02+01:60", "2026-11-22T02:10:02+24:00",
+	"2026-11-22T02:10:02ZZ", "2026-11-22T02:10:02Z ", " 2026-11-22T02:10:02Z",
+	"2026-11-22T02:10:02.123 Z", "1969-12-31T23:59:59Z", "1970-01-01T00:00:00+00:01",
+	"2262-04-11T23:47:16.854775808Z", "9999-12-31T23:59:59Z", "2026-1-22T02:10:02Z",
+	"+2026-11-22T02:10:02Z", "2026-11-22T02:10:02,123Z", "2026-11-22T2:10:02Z",
+};
+
+START_TEST(test_rfc3339_good)
+{
+	for (size_t i = 0; i < sizeof(rfc_good) / sizeof(rfc_good[0]); i++) {
+		int64_t ns = -1;
+		ck_assert_msg(rfc(rfc_good[i].in, &ns) == 0, "'%s' should parse", rfc_good[i].in);
+		ck_assert_msg(ns == rfc_good[i].ns, "'%s' -> %lld, expected %lld", rfc_good[i].in,
+			      (long long)ns, (long long)rfc_good[i].ns);
+	}
+}
+END_TEST
+
+START_TEST(test_rfc3339_bad)
+{
+	for (size_t i = 0; i < sizeof(rfc_bad) / sizeof(rfc_bad[0]); i++) {
+		int64_t ns = 42;
+		ck_assert_msg(rfc(rfc_bad[i], &ns) == -EINVAL, "'%s' should fail", rfc_bad[i]);
+		ck_assert_int_eq(ns, 42);
+	}
+}
+END_TEST
+
+/* What clock_format_rfc3339 writes, ts_parse_rfc3339 reads back exactly. */
+START_TEST(test_rfc3339_roundtrip)
+{
+	int64_t ms = 0;
+	char buf[32];
+
+	for (int i = 0; i < 20000; i++) {
+		int64_t ns;
+		ck_assert_int_eq(rfc(clock_format_rfc3339(ms, buf), &ns), 0);
+		ck_assert_msg(ns == ms * 1000000, "%s -> %lld", buf, (long long)ns);
+		/* a spread of times from 1970 to 2262 */
+		ms = (int64_t)(((uint64_t)ms * 6364136223846793005ULL + 1442695040888963407ULL) %
+			       UINT64_C(9223372036854));
+	}
+	ck_assert_str_eq(clock_format_rfc3339(fake_now_ms, buf), "2026-11-22T02:10:02.123Z");
+	ck_assert_str_eq(clock_format_rfc3339(-1, buf), "1969-12-31T23:59:59.999Z");
+	ck_assert_str_eq(clock_format_rfc3339(951782400000, buf), "2000-02-29T00:00:00.000Z");
+}
+END_TEST
+
+/* ---- utf8_valid ------------------------------------------------------------ */
+
+static const struct {
+	const char *s;
+	bool ok;
+} utf8_cases[] = {
+	{ "", true },
+	{ "plain ascii", true },
+	{ "caf\xc3\xa9", true },
+	{ "\xe2\x82\xac", true },
+	{ "\xf0\x9f\x98\x80", true },
+	{ "\xf4\x8f\xbf\xbf", true },          /* U+10FFFF */
+	{ "\xef\xbf\xbd", true },
+	{ "\xc0\x80", false },                 /* overlong NUL */
+	{ "\xc1\xbf", false },
+	{ "\xe0\x80\xaf", false },             /* overlong */
+	{ "\xe0\x9f\xbf", false },
+	{ "\xf0\x8f\xbf\xbf", false },
+	{ "\xed\xa0\x80", false },             /* surrogate */
+	{ "\xed\xbf\xbf", false },
+	{ "\xf4\x90\x80\x80", false },         /* > U+10FFFF */
+	{ "\xf5\x80\x80\x80", false },
+	{ "\xff", false },
+	{ "\x80", false },
+	{ "\xe2\x82", false },                 /* truncated */
+	{ "\xe2\x82x", false },
+	{ "0123456789abcdef\xc3", false },     /* after the 8-byte fast path */
+	{ "0123456789abcdef\xc3\xa9xyz", true },
+	{ "01234567\x80" "89abcdef", false },
+};
+
+START_TEST(test_utf8)
+{
+	for (size_t i = 0; i < sizeof(utf8_cases) / sizeof(utf8_cases[0]); i++)
+		ck_assert_msg(utf8_valid(utf8_cases[i].s, strlen(utf8_cases[i].s)) == utf8_cases[i].ok,
+			      "case %zu", i);
+	ck_assert(!utf8_valid("a\0\xff", 3));
+	ck_assert(utf8_valid("a\0b", 3)); /* NUL is valid UTF-8; topics check it apart */
+}
+END_TEST
+
+/* ---- jscan_payload ------------------------------------------------------ */
+
+static const char *const ts_names[] = { "ts", "timestamp", "time" };
+
+static struct jscan_result scan(const char *s)
+{
+	struct jscan_result r;
+
+	memset(&r, 0x5a, sizeof(r));
+	jscan_payload(s, strlen(s), ts_names, 3, &r);
+	return r;
+}
+
+static const char *const json_good[] = {
+	"{}", "[]", "\"\"", "0", "-0", "1.5e+10", "-1E-2", "0.0", "123", "true", "false", "null",
+	" \t\n\r[1] \t\n\r", "{\"a\":[1,{\"b\":null}],\"c\":\"\\u00e9\\ud83d\\ude00\\n\\\"\\\\\\/\\b\\f\\r\\t\"}",
+	"\"\\u0000\"", "[1,2,3]", "{\"\":0}", "{\"a\":1,\"a\":2}", "\"caf\xc3\xa9\"",
+	"\"\xf0\x9f\x98\x80\"", "[[]]", "[{}]", "{\"a\":{}}", "[ 1 , 2 ]", "{ \"a\" : 1 }",
+	"\"\\uD834\\uDD1E\"", "[-1.0e-0]", "1E+2", "[\"\x7f\"]", "\"/\"", "{\"a\":\"}\"}",
+	"[\"]\"]", "{\"a\\\"b\":1}", "1e999", "123456789012345678901234567890",
+};
+
+static const char *const json_bad[] = {
+	"", " ", "{", "}", "[", "]", "[1,]", "[,1]", "{\"a\":1,}", "{\"a\"}", "{\"a\" 1}",
+	"{a:1}", "{'a':1}", "['a']", "01", "-01", "-", "1.", ".1", "1e", "1e+", "+1", "0x1", "NaN",
+	"Infinity", "-Infinity", "tru", "nul", "True", "NULL", "[1 2]", "\"abc", "\"\\x\"",
+	"\"\\u12\"", "\"\\u12G4\"", "\"\\ud800\"", "\"\\udc00\"", "\"\\ud800\\u0041\"",
+	"\"\\ud800x\"", "\"\\udc00\\ud800\"", "\"tab\there\"", "\"\x01\"", "\"\xff\"",
+	"\"\xc0\xaf\"", "\"\xed\xa0\x80\"", "\"\xe2\x82\"", "1 2", "{} {}", "[1]x",
+	"\xef\xbb\xbf{}", "{\"a\":1}}", "[1]]", "{\"a\":1]", "[1}", "{,}", "{\"a\":}", "{:1}",
+	"{\"a\"::1}", "[\"a\",]", "\"\\\"", "\"\\'\"", "[1,,2]", "{\"a\":1 \"b\":2}", "\x01",
+	"[\n1\n,\n]", "\"\\u00\"", "-.5", "2.e3", "1e2.5", "[true false]", "[nulll]", "[truee]",
+	"\f[]", "[]\v",
+};
+
+START_TEST(test_jscan_valid)
+{
+	for (size_t i = 0; i < sizeof(json_good) / sizeof(json_good[0]); i++) {
+		struct jscan_result r = scan(json_good[i]);
+		ck_assert_msg(r.is_json, "'%s' should be JSON", json_good[i]);
+		ck_assert_msg(!r.ts_found && !r.ts_bad, "'%s' has no timestamp", json_good[i]);
+	}
+}
+END_TEST
+
+START_TEST(test_jscan_invalid)
+{
+	for (size_t i = 0; i < sizeof(json_bad) / sizeof(json_bad[0]); i++) {
+		struct jscan_result r = scan(json_bad[i]);
+		ck_assert_msg(!r.is_json, "'%s' should not be JSON", json_bad[i]);
+		ck_assert(!r.ts_found && !r.ts_bad);
+	}
+	/* A NUL inside or after the text. */
+	struct jscan_result r;
+	jscan_payload("{}\0", 3, ts_names, 3, &r);
+	ck_assert(!r.is_json);
+	jscan_payload("\"a\0b\"", 5, ts_names, 3, &r);
+	ck_assert(!r.is_json);
+	/* Only len bytes are looked at. */
+	jscan_payload("[1]garbage", 3, ts_names, 3, &r);
+	ck_assert(r.is_json);
+	jscan_payload("[1]", 2, ts_names, 3, &r);
+	ck_assert(!r.is_json);
+	jscan_payload(NULL, 0, ts_names, 3, &r);
+	ck_assert(!r.is_json);
+}
+END_TEST
+
+START_TEST(test_jscan_depth)
+{
+	char buf[2 * (JSCAN_MAX_DEPTH + 1) + 1];
+	struct jscan_result r;
+	size_t n;
+
+	for (n = 0; n < JSCAN_MAX_DEPTH; n++)
+		buf[n] = '[';
+	for (size_t i = 0; i < JSCAN_MAX_DEPTH; i++)
+		buf[n++] = ']';
+	jscan_payload(buf, n, ts_names, 3, &r);
+	ck_assert(r.is_json);
+
+	n = 0;
+	for (size_t i = 0; i <= JSCAN_MAX_DEPTH; i++)
+		buf[n++] = '[';
+	for (size_t i = 0; i <= JSCAN_MAX_DEPTH; i++)
+		buf[n++] = ']';
+	jscan_payload(buf, n, ts_names, 3, &r);
+	ck_assert(!r.is_json);
+
+	/* Objects count as well: {"a":{"a":...}} */
+	char obj[8 * (JSCAN_MAX_DEPTH + 1) + 8];
+	n = 0;
+	for (size_t i = 0; i <= JSCAN_MAX_DEPTH; i++)
+		n += (size_t)snprintf(obj + n, sizeof(obj) - n, "{\"a\":");
+	obj[n++] = '1';
+	for (size_t i = 0; i <= JSCAN_MAX_DEPTH; i++)
+		obj[n++] = '}';
+	jscan_payload(obj, n, ts_names, 3, &r);
+	ck_assert(!r.is_json);
+	jscan_payload(obj + 5, n - 6, ts_names, 3, &r);  /* one level less: fine */
+	ck_assert(r.is_json);
+
+	/* Very deep input is refused, not overflowed. */
+	size_t big = 1 << 20;
+	char *deep = malloc(big);
+	ck_assert_ptr_nonnull(deep);
+	memset(deep, '[', big);
+	jscan_payload(deep, big, ts_names, 3, &r);
+	ck_assert(!r.is_json);
+	free(deep);
+}
+END_TEST
+
+static const struct {
+	const char *in;
+	bool found, bad;
+	int64_t ns;
+} member_cases[] = {
+	{ "{\"ts\":1795313402123}", true, false, NOW_NS },
+	{ "{\"ts\":1795313402.123}", true, false, NOW_NS },
+	{ "{\"ts\":\"2026-11-22T02:10:02.123Z\"}", true, false, NOW_NS },
+	{ "{\"ts\":\"1795313402123\"}", true, false, NOW_NS },                 /* epoch in a string */
+	{ "{\"time\":1,\"timestamp\":2,\"ts\":1795313402123}", true, false, NOW_NS }, /* preference */
+	{ "{\"time\":1795313402123,\"x\":{\"ts\":5}}", true, false, NOW_NS },   /* nested ignored */
+	{ "{\"time\":1,\"timestamp\":1795313402123}", true, false, NOW_NS },
+	{ "{\"ts\":1795313402123,\"ts\":5}", true, false, NOW_NS },            /* first wins */
+	{ "{\"ts\":null,\"time\":1795313402123}", true, false, NOW_NS },       /* null = absent */
+	{ "{\"ts\":null}", false, false, 0 },
+	{ "{\"t\\u0073\":1795313402123}", true, false, NOW_NS },               /* escaped name */
+	{ "{\"a\":[{\"ts\":1}],\"b\":{\"c\":[]},\"ts\":1795313402123}", true, false, NOW_NS },
+	{ " { \"ts\" : 1795313402123 } ", true, false, NOW_NS },
+	{ "{\"ts\":\"abc\"}", false, true, 0 },
+	{ "{\"ts\":-5}", false, true, 0 },
+	{ "{\"ts\":{\"a\":1}}", false, true, 0 },
+	{ "{\"ts\":[1795313402]}", false, true, 0 },
+	{ "{\"ts\":true}", false, true, 0 },
+	{ "{\"ts\":\"\\u0032026-11-22T02:10:02.123Z\"}", false, true, 0 },    /* escapes: refused */
+	{ "{\"ts\":\"\"}", false, true, 0 },
+	{ "{\"ts\":1e400}", false, true, 0 },
+	{ "{\"ts\":\"abc\",\"time\":1795313402123}", false, true, 0 },         /* preferred decides */
+	{ "{\"tsx\":1,\"t\":2,\"Ts\":3}", false, false, 0 },
+	{ "[{\"ts\":1795313402123}]", false, false, 0 },
+	{ "\"ts\"", false, false, 0 },
+	{ "{\"x\":\"ts\",\"y\":\"time\"}", false, false, 0 },                  /* values, not names */
+};
+
+START_TEST(test_jscan_member)
+{
+	for (size_t i = 0; i < sizeof(member_cases) / sizeof(member_cases[0]); i++) {
+		struct jscan_result r = scan(member_cases[i].in);
+		ck_assert_msg(r.is_json, "'%s' is JSON", member_cases[i].in);
+		ck_assert_msg(r.ts_found == member_cases[i].found && r.ts_bad == member_cases[i].bad,
+			      "'%s': found %d bad %d", member_cases[i].in, r.ts_found, r.ts_bad);
+		if (member_cases[i].found)
+			ck_assert_msg(r.ts_ns == member_cases[i].ns, "'%s': %lld", member_cases[i].in,
+				      (long long)r.ts_ns);
+	}
+}
+END_TEST
+
+START_TEST(test_jscan_member_invalid_json)
+{
+	/* Nothing is reported from a payload that is not JSON. */
+	struct jscan_result r = scan("{\"ts\":1795313402123,");
+	ck_assert(!r.is_json && !r.ts_found && !r.ts_bad);
+	r = scan("{\"ts\":\"abc\"");
+	ck_assert(!r.is_json && !r.ts_found && !r.ts_bad);
+}
+END_TEST
+
+START_TEST(test_jscan_names)
+{
+	static const char *const custom[] = { "observed_at", "timestamp" };
+	static const char *const many[] = { "a", "b", "c", "d", "e", "f", "g", "h", "i", "j" };
+	const char *p = "{\"timestamp\":1,\"observed_at\":1795313402123}";
+	struct jscan_result r;
+
+	jscan_payload(p, strlen(p), custom, 2, &r);
+	ck_assert(r.ts_found);
+	ck_assert_int_eq(r.ts_ns, NOW_NS);
+	jscan_payload(p, strlen(p), custom + 1, 1, &r);
+	ck_assert(r.ts_found);
+	ck_assert_int_eq(r.ts_ns, 1000000000);
+	jscan_payload(p, strlen(p), NULL, 0, &r);
+	ck_assert(r.is_json && !r.ts_found && !r.ts_bad);
+	/* More names than the scanner caches lengths for. */
+	p = "{\"i\":5,\"j\":1795313402123}";
+	jscan_payload(p, strlen(p), many, 10, &r);
+	ck_assert(r.ts_found);
+	ck_assert_int_eq(r.ts_ns, INT64_C(5000000000));
+	jscan_payload(p, strlen(p), many + 9, 1, &r);
+	ck_assert_int_eq(r.ts_ns, NOW_NS);
+}
+END_TEST
+
+/*
+** Differential check against jansson on every short string over a JSON-ish
+** alphabet (no 'e' or long digit runs, where jansson refuses numbers it
+** cannot represent although they are valid JSON).
+*/
+START_TEST(test_jscan_vs_jansson)
+{
+	static const char alpha[] = "{}[]\",:01-. nul\\\xc3\xa9";
+	const size_t na = sizeof(alpha) - 1;
+	char s[8];
+	unsigned valid = 0;
+	uint64_t x = 88172645463325252ULL;
+
+	for (int iter = 0; iter < 300000; iter++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		size_t n = 1 + x % 7;
+		uint64_t y = x >> 3;
+		for (size_t i = 0; i < n; i++, y /= na)
+			s[i] = alpha[y % na];
+		struct jscan_result r;
+		jscan_payload(s, n, ts_names, 3, &r);
+		json_error_t e;
+		json_t *j = json_loadb(s, n, JSON_DECODE_ANY | JSON_ALLOW_NUL, &e);
+		ck_assert_msg(r.is_json == (j != NULL), "'%.*s': jscan %d jansson %d", (int)n, s,
+			      r.is_json, j != NULL);
+		valid += j != NULL;
+		json_decref(j);
+	}
+	ck_assert_uint_gt(valid, 100);
+}
+END_TEST
+
+/* Any bytes: never crashes, never reads past len (ASan checks that). */
+START_TEST(test_jscan_random_bytes)
+{
+	uint64_t x = 0x9e3779b97f4a7c15ULL;
+	unsigned char buf[64];
+
+	for (int iter = 0; iter < 200000; iter++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		size_t n = x % sizeof(buf);
+		for (size_t i = 0; i < n; i++) {
+			x ^= x << 13;
+			x ^= x >> 7;
+			x ^= x << 17;
+			buf[i] = (unsigned char)"{}[]\":,0123456789.eE+-tsimeanulfr \\u\xc3\xa9\xff"[x % 43];
+		}
+		char *heap = malloc(n ? n : 1);
+		ck_assert_ptr_nonnull(heap);
+		memcpy(heap, buf, n);
+		struct jscan_result r;
+		jscan_payload(heap, n, ts_names, 3, &r);
+		ck_assert(!(r.ts_found && r.ts_bad));
+		ck_assert(r.is_json || (!r.ts_found && !r.ts_bad));
+		free(heap);
+	}
+}
+END_TEST
+
+static Suite *tsparse_suite(void)
+{
+	Suite *s = suite_create("tsparse");
+	TCase *tc = tcase_create("core");
+
+	tcase_add_test(tc, test_epoch_good);
+	tcase_add_test(tc, test_epoch_bad);
+	tcase_add_test(tc, test_epoch_len_bounded);
+	tcase_add_test(tc, test_rfc3339_good);
+	tcase_add_test(tc, test_rfc3339_bad);
+	tcase_add_test(tc, test_rfc3339_roundtrip);
+	tcase_add_test(tc, test_utf8);
+	tcase_add_test(tc, test_jscan_valid);
+	tcase_add_test(tc, test_jscan_invalid);
+	tcase_add_test(tc, test_jscan_depth);
+	tcase_add_test(tc, test_jscan_member);
+	tcase_add_test(tc, test_jscan_member_invalid_json);
+	tcase_add_test(tc, test_jscan_names);
+	tcase_add_test(tc, test_jscan_vs_jansson);
+	tcase_add_test(tc, test_jscan_random_bytes);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	SRunner *sr = srunner_create(tsparse_suite());
+	int failed;
+
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
