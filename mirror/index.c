@@ -73,7 +73,8 @@ struct rec *rec_new(const char *topic, size_t topic_len)
 	memset(r, 0, sizeof(*r));
 	r->heap_idx = UINT32_MAX;
 	r->topic_len = (uint16_t)topic_len;
-	memcpy(r->data, topic, topic_len);
+	if (topic_len)
+		memcpy(r->data, topic, topic_len);
 	r->data[topic_len] = '\0';
 	return r;
 }
@@ -331,7 +332,7 @@ static int ws_push(struct walk_stack *s, void *p)
 
 static bool has_prefix(const struct rec *r, const char *prefix, size_t plen)
 {
-	return r->topic_len >= plen && memcmp(r->data, prefix, plen) == 0;
+	return plen == 0 || (r->topic_len >= plen && memcmp(r->data, prefix, plen) == 0);
 }
 
 /*

@@ -110,7 +110,8 @@ void rejects_add(struct rejects *r, const char *topic, size_t topic_len,
 	e->payload_size = full_len;
 	e->topic_cut = topic_len > REJECTS_KEEP_TOPIC;
 	e->topic_len = (uint16_t)(e->topic_cut ? REJECTS_KEEP_TOPIC : topic_len);
-	memcpy(e->topic, topic, e->topic_len);
+	if (e->topic_len)
+		memcpy(e->topic, topic, e->topic_len);
 	e->kept = (uint8_t)(payload_len < REJECTS_KEEP_BYTES ? payload_len : REJECTS_KEEP_BYTES);
 	if (e->kept)
 		memcpy(e->payload, payload, e->kept);
