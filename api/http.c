@@ -47,6 +47,7 @@
 #define API_CONN_MEMORY_HEADERS (16u << 10)
 #define API_MAX_CONN_MEMORY (1u << 20)
 #define API_SOFT_BODY (8u << 20)
+#define API_MAX_GET_BODY 4096
 #define API_LIST_DEFAULT 100
 #define API_LIST_MAX 10000
 /* Records rendered per hold of the index read lock: the core thread's
@@ -72,6 +73,8 @@ struct api {
  * which would break the filter "a/+/b"). We decode it ourselves, once. */
 struct req {
 	size_t len;             /* SIZE_MAX: longer than max_uri */
+	size_t body;            /* request body bytes seen (and dropped) */
+	bool headers_done;      /* the first handler call happened */
 	char uri[];
 };
 
@@ -639,6 +642,27 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
 		return send_error_hdr(&k, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed",
 				      MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
+	/*
+	** libmicrohttpd 0.9.75 closes the connection after a response queued
+	** on the first call (before it knows the request has no body), which
+	** would cost every keep-alive client a TCP handshake per request: so
+	** answer on the second call, after the (empty) body. A GET that does
+	** send a body gets at most API_MAX_GET_BODY bytes read, then 413
+	** (and the connection is closed).
+	*/
+	if (!q->headers_done) {
+		q->headers_done = true;
+		return MHD_YES;
+	}
+	if (*upload_data_size) {
+		q->body += *upload_data_size;
+		*upload_data_size = 0;
+		if (q->body > API_MAX_GET_BODY)
+			return send_error(&k, MHD_HTTP_CONTENT_TOO_LARGE, "request body too large");
+		return MHD_YES;
+	}
+	if (q->body)
+		return send_error(&k, MHD_HTTP_BAD_REQUEST, "GET requests take no body");
 	if (path_is(path, path_len, "/healthz"))
 		return send_literal(&k, MHD_HTTP_OK, "{\"ok\":true}");
 	if (a->token &&
@@ -674,6 +698,8 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c)
 	if (n > a->max_uri) {
 		if ((q = malloc(sizeof(*q) + 1))) {
 			q->len = SIZE_MAX;
+			q->body = 0;
+			q->headers_done = false;
 			q->uri[0] = '\0';
 		}
 		return q;
@@ -681,6 +707,8 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c)
 	if (!(q = malloc(sizeof(*q) + n + 1)))
 		return NULL;
 	q->len = n;
+	q->body = 0;
+	q->headers_done = false;
 	if (n)
 		memcpy(q->uri, uri, n);
 	q->uri[n] = '\0';

@@ -44,7 +44,7 @@ static int scalar(struct buf *b, const char *name, const char *type, const char 
 static int commit_histogram(struct buf *b)
 {
 	const char *name = "statemirror_store_commit_seconds";
-	uint64_t cum = 0;
+	uint64_t cum = 0, sum_us;
 	int r;
 
 	if ((r = head(b, name, "histogram", "Latency of SQLite batch commits.")) < 0)
@@ -53,13 +53,12 @@ static int commit_histogram(struct buf *b)
 		uint64_t us = stats_commit_bounds_us[i];
 
 		cum += STAT_GET(commit_hist[i]);
-		r = buf_printf(b, "%s_bucket{le=\"%" PRIu64 ".%06" PRIu64 "\"} %" PRIu64 "\n",
-			       name, us / 1000000, us % 1000000, cum);
+		r = buf_printf(b, "%s_bucket{le=\"%g\"} %" PRIu64 "\n", name, (double)us / 1e6, cum);
 		if (r < 0)
 			return r;
 	}
 	cum += STAT_GET(commit_hist[STATS_COMMIT_BUCKETS]);
-	uint64_t sum_us = STAT_GET(commit_sum_us);
+	sum_us = STAT_GET(commit_sum_us);
 	return buf_printf(b, "%s_bucket{le=\"+Inf\"} %" PRIu64 "\n%s_sum %" PRIu64 ".%06" PRIu64
 			  "\n%s_count %" PRIu64 "\n",
 			  name, cum, name, sum_us / 1000000, sum_us % 1000000, name, cum);
