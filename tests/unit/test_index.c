@@ -3,6 +3,7 @@
 #include <check.h>
 #include <errno.h>
 #include <malloc.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -366,6 +367,69 @@ START_TEST(deep_tree)
 }
 END_TEST
 
+struct rw_ctx {
+	struct index *ix;
+	_Atomic int done;
+	_Atomic long walks;
+};
+
+static int sorted_fn(struct rec *r, void *ctx)
+{
+	const char **prev = ctx;
+
+	if (*prev && strcmp(*prev, rec_topic(r)) >= 0)
+		return -1;
+	*prev = rec_topic(r);
+	return 0;
+}
+
+static void *reader(void *arg)
+{
+	struct rw_ctx *c = arg;
+
+	while (!c->done) {
+		const char *prev = NULL;
+		int rc;
+
+		index_rdlock(c->ix);
+		rc = index_walk(c->ix, NULL, 0, NULL, 0, sorted_fn, &prev);
+		index_unlock(c->ix);
+		if (rc != 0)
+			return (void *)1;
+		c->walks++;
+	}
+	return NULL;
+}
+
+/* Readers walking under the read lock while the writer inserts in batches
+ * under the write lock always see a consistent, sorted tree. */
+START_TEST(rwlock_readers_and_writer)
+{
+	struct rw_ctx c = { .ix = index_new() };
+	pthread_t th[2];
+	void *ret;
+	char t[32];
+
+	for (int i = 0; i < 2; i++)
+		ck_assert_int_eq(pthread_create(&th[i], NULL, reader, &c), 0);
+	for (int b = 0; b < 200; b++) {
+		index_wrlock(c.ix);
+		for (int i = 0; i < 50; i++) {
+			snprintf(t, sizeof(t), "k/%d/%d", (b * 37 + i * 11) % 97, b * 50 + i);
+			add(c.ix, t);
+		}
+		index_unlock(c.ix);
+	}
+	c.done = 1;
+	for (int i = 0; i < 2; i++) {
+		ck_assert_int_eq(pthread_join(th[i], &ret), 0);
+		ck_assert_ptr_null(ret);
+	}
+	ck_assert_uint_eq(index_size(c.ix), 10000);
+	index_free(c.ix);
+}
+END_TEST
+
 static Suite *index_suite(void)
 {
 	Suite *s = suite_create("index");
@@ -381,6 +445,7 @@ static Suite *index_suite(void)
 	tcase_add_test(tc, payload_reuse);
 	tcase_add_loop_test(tc, random_vs_qsort, 0, 2);
 	tcase_add_test(tc, deep_tree);
+	tcase_add_test(tc, rwlock_readers_and_writer);
 	suite_add_tcase(s, tc);
 	return s;
 }
