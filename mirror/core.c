@@ -259,8 +259,8 @@ static void core_flush(struct core *c, bool force)
 			  "retrying every %lld ms", n, err, (long long)CORE_RETRY_MAX_MS);
 	c->store_failed = true;
 	{
-		char reason[300];
-		snprintf(reason, sizeof(reason), "store: %s", err);
+		char reason[sizeof(c->reason)];
+		snprintf(reason, sizeof(reason), "store: %.200s", err);
 		core_set_reason(c, reason);
 	}
 }
