@@ -14,6 +14,7 @@
 #include "common/log.h"
 #include "common/notify.h"
 #include "common/stats.h"
+#include "mirror/changes.h"
 #include "mirror/core.h"
 #include "mirror/index.h"
 #include "mirror/mqtt.h"
@@ -260,6 +261,7 @@ int main(int argc, char **argv)
 	struct index *ix = NULL;
 	struct queue *queue = NULL;
 	struct rejects *rejects = NULL;
+	struct changes *changes = NULL;
 	struct mqtt *mqtt = NULL;
 	struct stale *stale = NULL;
 	struct core *core = NULL;
@@ -316,8 +318,14 @@ int main(int argc, char **argv)
 	if (load_index(store, stale, ix, &rev) < 0)
 		goto out;
 
+	changes = changes_new((size_t)conf.watch_log_size, rev);
+	if (!changes) {
+		log_error("out of memory at startup");
+		goto out;
+	}
 	struct core_deps cd = { .conf = &conf, .ix = ix, .store = store, .stale = stale,
-				.queue = queue, .mqtt = mqtt, .rejects = rejects, .rev = rev };
+				.queue = queue, .mqtt = mqtt, .rejects = rejects,
+				.changes = changes, .rev = rev };
 	if ((rc = core_start(&cd, &core)) < 0) {
 		log_error("cannot start the core thread: %s", strerror(-rc));
 		goto out;
@@ -386,6 +394,7 @@ out:
 	mqtt_free(mqtt);
 	stale_free(stale);
 	rejects_free(rejects);
+	changes_free(changes);
 	queue_free(queue);
 	index_free(ix);
 	store_close(store);
