@@ -646,23 +646,30 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	** libmicrohttpd 0.9.75 closes the connection after a response queued
 	** on the first call (before it knows the request has no body), which
 	** would cost every keep-alive client a TCP handshake per request: so
-	** answer on the second call, after the (empty) body. A GET that does
-	** send a body gets at most API_MAX_GET_BODY bytes read, then 413
-	** (and the connection is closed).
+	** answer on the second call, after the (empty) body. A request that
+	** announces a body is refused at once with 413 (libmicrohttpd then
+	** closes the connection instead of reading the body); 0.9.75 cannot
+	** queue a response while a body is being read, so a body that arrives
+	** unannounced is dropped up to API_MAX_GET_BODY, then the connection
+	** is closed.
 	*/
 	if (!q->headers_done) {
+		const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+							     MHD_HTTP_HEADER_CONTENT_LENGTH);
+
+		if ((cl && strcmp(cl, "0") != 0) ||
+		    MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING))
+			return send_error(&k, MHD_HTTP_CONTENT_TOO_LARGE, "GET requests take no body");
 		q->headers_done = true;
 		return MHD_YES;
 	}
 	if (*upload_data_size) {
 		q->body += *upload_data_size;
 		*upload_data_size = 0;
-		if (q->body > API_MAX_GET_BODY)
-			return send_error(&k, MHD_HTTP_CONTENT_TOO_LARGE, "request body too large");
-		return MHD_YES;
+		return q->body > API_MAX_GET_BODY ? MHD_NO : MHD_YES;
 	}
 	if (q->body)
-		return send_error(&k, MHD_HTTP_BAD_REQUEST, "GET requests take no body");
+		return send_error(&k, MHD_HTTP_CONTENT_TOO_LARGE, "GET requests take no body");
 	if (path_is(path, path_len, "/healthz"))
 		return send_literal(&k, MHD_HTTP_OK, "{\"ok\":true}");
 	if (a->token &&
@@ -772,7 +779,7 @@ static int parse_tcp(const char *spec, struct sockaddr_storage *ret_ss, char *er
 		if (!(colon = strrchr(spec, ':')))
 			goto fail_syntax;
 		if (memchr(spec, ':', (size_t)(colon - spec))) {
-			snprintf(err, errlen, "http listen %s: put IPv6 addresses in brackets", spec);
+			snprintf(err, errlen, "listen %s: put IPv6 addresses in brackets", spec);
 			return -EINVAL;
 		}
 		h = spec;
@@ -794,7 +801,7 @@ static int parse_tcp(const char *spec, struct sockaddr_storage *ret_ss, char *er
 	hints.ai_socktype = SOCK_STREAM;
 	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
 	if ((r = getaddrinfo(host, port, &hints, &res)) != 0) {
-		snprintf(err, errlen, "http listen %s: %s", spec, gai_strerror(r));
+		snprintf(err, errlen, "listen %s: %s", spec, gai_strerror(r));
 		return -EADDRNOTAVAIL;
 	}
 	memset(ret_ss, 0, sizeof(*ret_ss));
@@ -803,7 +810,7 @@ static int parse_tcp(const char *spec, struct sockaddr_storage *ret_ss, char *er
 	return 0;
 
 fail_syntax:
-	snprintf(err, errlen, "http listen %s: expected HOST:PORT, [V6ADDR]:PORT or unix:/path", spec);
+	snprintf(err, errlen, "listen %s: expected HOST:PORT, [V6ADDR]:PORT or unix:/path", spec);
 	return -EINVAL;
 }
 
@@ -819,7 +826,7 @@ static int listen_unix(const char *path, int mode, int *ret_fd, char *err, size_
 	int fd = -1, r;
 
 	if (path[0] == '\0' || strlen(path) >= sizeof(sun.sun_path)) {
-		snprintf(err, errlen, "http listen unix:%s: path empty or too long", path);
+		snprintf(err, errlen, "listen unix:%s: path empty or too long", path);
 		return -ENAMETOOLONG;
 	}
 	memcpy(sun.sun_path, path, strlen(path) + 1);
@@ -827,14 +834,14 @@ static int listen_unix(const char *path, int mode, int *ret_fd, char *err, size_
 		int probe;
 
 		if (!S_ISSOCK(st.st_mode)) {
-			snprintf(err, errlen, "http listen unix:%s: exists and is not a socket", path);
+			snprintf(err, errlen, "listen unix:%s: exists and is not a socket", path);
 			return -EEXIST;
 		}
 		if ((probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
 			goto fail_errno;
 		if (connect(probe, (struct sockaddr *)&sun, sizeof(sun)) == 0) {
 			close(probe);
-			snprintf(err, errlen, "http listen unix:%s: another process is listening", path);
+			snprintf(err, errlen, "listen unix:%s: another process is listening", path);
 			return -EADDRINUSE;
 		}
 		close(probe);
@@ -856,7 +863,7 @@ static int listen_unix(const char *path, int mode, int *ret_fd, char *err, size_
 
 fail_errno:
 	r = -errno;
-	snprintf(err, errlen, "http listen unix:%s: %s", path, strerror(errno));
+	snprintf(err, errlen, "listen unix:%s: %s", path, strerror(errno));
 	if (fd >= 0)
 		close(fd);
 	return r;
@@ -904,7 +911,7 @@ int api_start(const struct api_deps *d, struct api **ret, char *err, size_t errl
 	int fd = -1, r;
 
 	if (!(a = calloc(1, sizeof(*a)))) {
-		snprintf(err, errlen, "http: out of memory");
+		snprintf(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
 	a->d = *d;
@@ -917,12 +924,12 @@ int api_start(const struct api_deps *d, struct api **ret, char *err, size_t errl
 
 	if (conf->token_file && conf->token_file[0]) {
 		if ((r = conf_read_secret(conf->token_file, &a->token)) < 0) {
-			snprintf(err, errlen, "http token_file %s: %s", conf->token_file, strerror(-r));
+			snprintf(err, errlen, "token_file %s: %s", conf->token_file, strerror(-r));
 			goto fail;
 		}
 		a->token_len = strlen(a->token);
 		if (a->token_len == 0) {
-			snprintf(err, errlen, "http token_file %s: empty token", conf->token_file);
+			snprintf(err, errlen, "token_file %s: empty token", conf->token_file);
 			r = -EINVAL;
 			goto fail;
 		}
@@ -931,7 +938,7 @@ int api_start(const struct api_deps *d, struct api **ret, char *err, size_t errl
 	if (strncmp(listen_spec, "unix:", 5) == 0) {
 		if (!(a->unix_path = strdup(listen_spec + 5))) {
 			r = -ENOMEM;
-			snprintf(err, errlen, "http: out of memory");
+			snprintf(err, errlen, "out of memory");
 			goto fail;
 		}
 		if ((r = listen_unix(a->unix_path, conf->socket_mode, &fd, err, errlen)) < 0) {
@@ -970,7 +977,7 @@ int api_start(const struct api_deps *d, struct api **ret, char *err, size_t errl
 				  MHD_OPTION_END);
 	if (!a->mhd) {
 		r = errno ? -errno : -EIO;
-		snprintf(err, errlen, "http listen %s: cannot start the server: %s", listen_spec,
+		snprintf(err, errlen, "listen %s: cannot start the server: %s", listen_spec,
 			 strerror(-r));
 		goto fail;
 	}
@@ -983,7 +990,7 @@ int api_start(const struct api_deps *d, struct api **ret, char *err, size_t errl
 
 		if (!info || info->port == 0) {
 			r = -EIO;
-			snprintf(err, errlen, "http listen %s: cannot tell the bound port", listen_spec);
+			snprintf(err, errlen, "listen %s: cannot tell the bound port", listen_spec);
 			goto fail;
 		}
 		format_addr(&ss, info->port, where, sizeof(where));

@@ -38,11 +38,14 @@ struct api_deps {
 ** conf->token_file is set the token is read once, here.
 **
 ** Limits (see http.c): conf->http_max_conns, http_per_ip_conns (TCP only),
-** http_timeout_ms (idle), and a per-connection memory bound derived from
-** store.max_topic_len that caps request line + headers: a longer request
-** line gets 414, longer headers 431 (both answered by libmicrohttpd).
+** http_timeout_ms (idle), and bounds derived from store.max_topic_len:
+** a request-target longer than max(8 KiB, 6 x max_topic_len + 1 KiB) gets
+** 414 with a JSON body; request line + headers beyond the per-connection
+** memory (twice that + 16 KiB, 32 KiB..1 MiB) get libmicrohttpd's own 414
+** or 431. A request announcing a body gets 413.
 **
-** Returns 0 and *ret, or -errno with the reason in err (errlen bytes).
+** Returns 0 and *ret, or -errno with the reason in err (errlen bytes,
+** without an "http:" prefix: the caller adds its context).
 ** Call from one thread; the handlers run on libmicrohttpd's threads.
 */
 int api_start(const struct api_deps *d, struct api **ret, char *err, size_t errlen);

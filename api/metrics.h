@@ -12,8 +12,9 @@
 /*
 ** HTTP status codes are counted in g_stats.http_requests[STATS_HTTP_CODES]
 ** by bucket: 200, 400, 401, 404, 405, 500, 503 and "other" (the label
-** code="other"). 413/414/431 are mostly answered by libmicrohttpd itself,
-** before our handler runs, so they could not be counted anyway.
+** code="other"; our own 413 and 414 land there). The 414/431 answers that
+** libmicrohttpd gives itself, for a request line or headers that do not
+** fit the connection's memory, never reach our handler and are not counted.
 ** Returns the bucket index for code (always < STATS_HTTP_CODES).
 */
 size_t metrics_http_bucket(unsigned code);
