@@ -454,6 +454,7 @@ END_TEST
 /* Any bytes: never crashes, never reads past len (ASan checks that). */
 START_TEST(test_jscan_random_bytes)
 {
+	static const char alpha[] = "{}[]\":,0123456789.eE+-tsimeanulfr \\u\xc3\xa9\xff";
 	uint64_t x = 0x9e3779b97f4a7c15ULL;
 	unsigned char buf[64];
 
@@ -466,7 +467,7 @@ START_TEST(test_jscan_random_bytes)
 			x ^= x << 13;
 			x ^= x >> 7;
 			x ^= x << 17;
-			buf[i] = (unsigned char)"{}[]\":,0123456789.eE+-tsimeanulfr \\u\xc3\xa9\xff"[x % 43];
+			buf[i] = (unsigned char)alpha[x % (sizeof(alpha) - 1)];
 		}
 		char *heap = malloc(n ? n : 1);
 		ck_assert_ptr_nonnull(heap);
