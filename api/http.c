@@ -53,6 +53,7 @@
 /* Records rendered per hold of the index read lock: the core thread's
  * write lock never waits behind a whole 10000-record page. */
 #define API_CHUNK_RECORDS 256
+#define API_CHUNK_VISITS 4096
 
 #define CT_JSON "application/json"
 #define CT_METRICS "text/plain; version=0.0.4; charset=utf-8"
@@ -255,12 +256,16 @@ struct walk {
 	struct buf *b;
 	const char *filter;
 	int stale;              /* -1 any, 0 fresh only, 1 stale only */
-	size_t limit, n, chunk_left;
+	size_t limit, n;
+	size_t chunk_left;      /* records still to render under this lock hold */
+	size_t visit_left;      /* records still to look at under this lock hold */
 	int64_t now_ms;
 	int err;
 	bool more;              /* a further match exists: `next` is set */
-	bool paused;            /* chunk done: drop the lock, resume after cursor */
+	bool paused;            /* budget spent: drop the lock, resume after `resume` */
+	const struct rec *prev; /* the last record fully dealt with (lock held) */
 	struct buf cursor;      /* topic of the last record rendered */
+	struct buf resume;      /* topic to resume after */
 };
 
 static int walk_visit(struct rec *r, void *ctx)
@@ -269,6 +274,16 @@ static int walk_visit(struct rec *r, void *ctx)
 	size_t mark;
 	int ret;
 
+	if (w->chunk_left == 0 || w->visit_left == 0) {
+		/* prev is set: both budgets are positive when a hold starts. */
+		buf_reset(&w->resume);
+		if ((ret = buf_append(&w->resume, rec_topic(w->prev), w->prev->topic_len)) < 0)
+			w->err = ret;
+		w->paused = true;
+		return 1;
+	}
+	w->visit_left--;
+	w->prev = r;
 	if (r->flags & REC_DELETED)
 		return 0;
 	if (w->stale >= 0 && ((r->flags & REC_STALE) != 0) != (w->stale != 0))
@@ -277,10 +292,6 @@ static int walk_visit(struct rec *r, void *ctx)
 		return 0;
 	if (w->n == w->limit || (w->n && w->b->len >= API_SOFT_BODY)) {
 		w->more = true;
-		return 1;
-	}
-	if (w->chunk_left == 0) {
-		w->paused = true;
 		return 1;
 	}
 	mark = w->b->len;
@@ -306,7 +317,13 @@ static int walk_visit(struct rec *r, void *ctx)
 	return 0;
 }
 
-/* Render the items array's contents (no brackets) and decide `next`. */
+/*
+** Render the items array's contents (no brackets) and decide `next`. The
+** read lock is dropped every API_CHUNK_RECORDS records rendered or
+** API_CHUNK_VISITS records looked at (a sparse filter such as "+/x" over a
+** million keys), so the core thread's write lock never waits long; the
+** page then reflects the index as it was at each hold, like any paging.
+*/
 static int walk_run(struct api *a, struct walk *w, const char *after, size_t after_len)
 {
 	size_t plen = topic_filter_prefix_len(w->filter);
@@ -316,11 +333,13 @@ static int walk_run(struct api *a, struct walk *w, const char *after, size_t aft
 	do {
 		w->paused = false;
 		w->chunk_left = API_CHUNK_RECORDS;
+		w->visit_left = API_CHUNK_VISITS;
+		w->prev = NULL;
 		index_rdlock(a->d.ix);
 		index_walk(a->d.ix, w->filter, plen, cur, cur_len, walk_visit, w);
 		index_unlock(a->d.ix);
-		cur = w->cursor.data;
-		cur_len = w->cursor.len;
+		cur = w->resume.data;
+		cur_len = w->resume.len;
 	} while (w->paused && !w->err);
 	return w->err;
 }
@@ -400,6 +419,13 @@ static void walk_init(struct walk *w, struct buf *b, const struct list_args *la)
 	w->limit = la->limit;
 	w->now_ms = clock_wall_ms();
 	buf_init(&w->cursor, 0);
+	buf_init(&w->resume, 0);
+}
+
+static void walk_done(struct walk *w)
+{
+	buf_free(&w->cursor);
+	buf_free(&w->resume);
 }
 
 /* ---- endpoints -------------------------------------------------------- */
@@ -453,10 +479,10 @@ static enum MHD_Result ep_keys(struct call *k, char *query, size_t query_len)
 	if ((r = buf_puts(&b, "{\"items\":[")) < 0 ||
 	    (r = walk_run(k->a, &w, la.after, la.after_len)) < 0 ||
 	    (r = put_next(&w)) < 0 || (r = buf_putc(&b, '}')) < 0) {
-		buf_free(&w.cursor);
+		walk_done(&w);
 		return send_render_error(k, &b, r);
 	}
-	buf_free(&w.cursor);
+	walk_done(&w);
 	return send_buf(k, MHD_HTTP_OK, &b, CT_JSON);
 }
 
@@ -522,11 +548,11 @@ static enum MHD_Result ep_stale(struct call *k, char *query, size_t query_len)
 	    (r = walk_run(a, &w, la.after, la.after_len)) < 0 ||
 	    (r = put_next(&w)) < 0 || (r = buf_putc(&b, '}')) < 0) {
 		buf_free(&gb);
-		buf_free(&w.cursor);
+		walk_done(&w);
 		return send_render_error(k, &b, r);
 	}
 	buf_free(&gb);
-	buf_free(&w.cursor);
+	walk_done(&w);
 	return send_buf(k, MHD_HTTP_OK, &b, CT_JSON);
 }
 
