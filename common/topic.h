@@ -26,7 +26,10 @@ bool topic_matches(const char *filter, const char *topic, size_t len);
 
 /* Length of the filter's literal prefix: the bytes before its first
  * wildcard level.  Every topic that matches starts with these bytes, which
- * lets an ordered index seek instead of scanning ("a/b/+" -> 4, "#" -> 0). */
+ * lets an ordered index seek instead of scanning ("a/b/+" -> 4, "#" -> 0).
+ * A trailing "/#" is not part of it, since "a/#" also matches "a": "a/#" -> 1.
+ * The prefix still matches more than the filter ("a" prefixes "ab"): filter
+ * the candidates with topic_matches(). */
 size_t topic_filter_prefix_len(const char *filter);
 
 #endif
