@@ -930,6 +930,7 @@ int api_start(const struct api_deps *d, struct api **ret, char *err, size_t errl
 	unsigned threads = (unsigned)clamp_sz(conf->http_threads, 1, 64);
 	unsigned conns = (unsigned)clamp_sz(conf->http_max_conns, 1, 1u << 20);
 	size_t nops = 0, mem;
+	uint16_t port = 0;
 	int64_t topic_max = conf->max_topic_len > 0 ? conf->max_topic_len : 1024;
 	int64_t payload_max = conf->max_payload > 0 ? conf->max_payload : 256 * 1024;
 	char where[300];
@@ -976,10 +977,17 @@ int api_start(const struct api_deps *d, struct api **ret, char *err, size_t errl
 	} else {
 		if ((r = parse_tcp(listen_spec, &ss, err, errlen)) < 0)
 			goto fail;
-		if (ss.ss_family == AF_INET6)
+		if (ss.ss_family == AF_INET6) {
 			flags |= MHD_USE_IPv6;
+			port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+		} else {
+			port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+		}
 		ops[nops++] = (struct MHD_OptionItem){ MHD_OPTION_SOCK_ADDR, 0, &ss };
-		ops[nops++] = (struct MHD_OptionItem){ MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, NULL };
+		/* 0: no SO_REUSEPORT, so a second daemon on the same port fails
+		 * loudly instead of silently taking half the requests. (A restart
+		 * over TIME_WAIT still binds: libmicrohttpd sets SO_REUSEADDR.) */
+		ops[nops++] = (struct MHD_OptionItem){ MHD_OPTION_LISTENING_ADDRESS_REUSE, 0, NULL };
 		ops[nops++] = (struct MHD_OptionItem){ MHD_OPTION_PER_IP_CONNECTION_LIMIT,
 						       (intptr_t)clamp_sz(conf->http_per_ip_conns, 1, conns), NULL };
 	}
@@ -994,7 +1002,8 @@ int api_start(const struct api_deps *d, struct api **ret, char *err, size_t errl
 	ops[nops++] = (struct MHD_OptionItem){ MHD_OPTION_END, 0, NULL };
 
 	errno = 0;
-	a->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, a,
+	/* The port argument only shows in libmicrohttpd's own messages. */
+	a->mhd = MHD_start_daemon(flags, port, NULL, NULL, on_request, a,
 				  MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, a,
 				  MHD_OPTION_URI_LOG_CALLBACK, on_uri, a,
 				  MHD_OPTION_NOTIFY_COMPLETED, on_completed, a,
