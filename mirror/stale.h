@@ -32,15 +32,25 @@ struct stale_outlet {
 struct stale *stale_new(const struct conf *c, const struct stale_outlet *out);
 void stale_free(struct stale *s);   /* accepts NULL */
 
-/* Take new rules, grace, default, alert settings (SIGHUP). Cadences of
- * existing keys are re-derived lazily on their next message or tick.
- * Returns 0 or -ENOMEM (old settings kept). */
+/*
+** Take new rules, grace, default, alert settings (SIGHUP). Every tracked key
+** is re-derived and re-keyed at once (O(keys x rules), then an O(keys)
+** heapify); transitions this causes are made (with the callback) by the
+** next stale_tick. Keys under a moved alerts topic change status at their
+** next message. Write lock held. Returns 0 or -ENOMEM (old settings kept).
+*/
 int stale_reconfigure(struct stale *s, const struct conf *c);
 
-/* A record loaded from the store at startup: schedule its deadline; a key
- * whose deadline passed while we were down is marked stale at once
- * (REC_STALE set, no callback, no alert: see stale_on_broker). */
-void stale_on_load(struct stale *s, struct rec *r, int64_t now_ms);
+/*
+** A record loaded from the store at startup (not a tombstone): derive its
+** cadence (rules may have changed), schedule its deadline; a key whose
+** deadline passed while we were down is marked stale at once (REC_STALE
+** set, no callback, no transition counted, no alert: see stale_on_broker).
+** A record under the alerts topic is an alert of ours from an earlier run:
+** it is remembered so that it gets resolved. Returns true when the record
+** changed (stale flag, cadence): the caller should write it back.
+*/
+bool stale_on_load(struct stale *s, struct rec *r, int64_t now_ms);
 
 /*
 ** A message was applied or confirmed r (APPLIED or DUPLICATE, or a retained
@@ -51,33 +61,47 @@ void stale_on_load(struct stale *s, struct rec *r, int64_t now_ms);
 void stale_on_message(struct stale *s, struct rec *r, bool live_seen, bool is_new, int64_t now_ms,
 		      stale_transition_fn cb, void *ctx);
 
-/* The key was deleted: stop tracking it (and clear its stale state). */
+/* The key was deleted: stop tracking it (and clear its stale state; no
+ * callback: a deleted key is not served, the delete is its change). If it
+ * was alerted, it counts as recovered in its alert. */
 void stale_on_delete(struct stale *s, struct rec *r, int64_t now_ms, stale_transition_fn cb, void *ctx);
 
 /*
 ** The mirror's own link: connected && synced or not. While not synced
-** one "mirror disconnected" alert is raised (after the group wait) and key
-** transitions are not alerted; after re-sync each key gets grace x cadence
-** to be heard from before its staleness is alerted.
+** one "mirror disconnected" alert is raised (after the mirror wait:
+** 15 x group_wait, at least min_hold, so that a deploy or a blip pages
+** nobody) and no key alert is sent; after re-sync each key gets
+** grace x cadence to be heard from before its staleness is alerted.
+** Call it with false at startup. Core thread.
 */
 void stale_on_broker(struct stale *s, bool synced, int64_t now_ms);
 
 /*
 ** Advance to now_ms: fire the transitions whose deadlines passed (cb for
 ** each), flush alert groups whose wait elapsed. Cost: O(log n) per due
-** deadline, O(1) otherwise. Returns the ms until the next thing is due
-** (at most 100). Write lock held.
+** deadline, O(1) otherwise; at most 65536 due keys per call (then it
+** returns 1 to come back at once). Also reaps finished exec children.
+** Returns the ms until the next thing is due, 1..100. Write lock held.
 */
 int64_t stale_tick(struct stale *s, int64_t now_ms, stale_transition_fn cb, void *ctx);
 
 /* Group counts of stale keys for GET /v1/stale: calls fn(prefix, count, ctx)
- * for each group. Read lock held by the caller. */
+ * for each group (stale_group_prefix of the keys), in byte order of prefix.
+ * Counters are kept per transition, so this costs O(groups), not O(keys).
+ * ix is unused. Read lock held by the caller. */
 void stale_groups(struct stale *s, struct index *ix,
 		  void (*fn)(const char *prefix, uint64_t count, void *ctx), void *ctx);
 
 /* The grouping prefix of a topic (used for alerts and /v1/stale):
  * the topic without its last level ("dc1/hall2/rack17/temp" ->
- * "dc1/hall2/rack17"). Writes at most n bytes; returns the length. */
+ * "dc1/hall2/rack17"; a one-level topic -> ""). Writes at most n bytes
+ * (NUL-terminated, truncated if need be); returns the prefix's length. */
 size_t stale_group_prefix(const char *topic, size_t len, char *out, size_t n);
+
+/* Introspection for tests: keys tracked in the deadline heap, whether the
+ * heap is consistent (O(n)), the earliest due time (INT64_MAX if none). */
+size_t stale_tracked(const struct stale *s);
+bool stale_heap_check(const struct stale *s);
+int64_t stale_next_due(const struct stale *s);
 
 #endif

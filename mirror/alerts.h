@@ -1,0 +1,108 @@
+/* SPDX-License-Identifier: MIT */
+/* alerts.h: staleness alerts: grouping, hysteresis, the mirror's own alert, MQTT and exec delivery. */
+#ifndef SM_ALERTS_H
+#define SM_ALERTS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "../common/conf.h"
+#include "index.h"
+#include "stale.h"
+
+/*
+** This is the staleness engine's back half (stale.c is the front half and
+** its only caller); it is not used by anything else. All of it runs on the
+** core thread. It never reads the clock: time is passed in, except that
+** exec children are reaped with waitpid(WNOHANG).
+**
+** The model (see README "Staleness and alerts"):
+**
+**  - A key's alert-worthy change (it turned stale and is eligible, or it is
+**    fresh or deleted again after being alerted) is reported with
+**    alerts_key_changed(). It waits in a pending set; a change that does
+**    not hold until the set is flushed (the group wait, and min_hold) is
+**    forgotten. That is the flap filter.
+**  - A flush turns the pending changes into incidents. An incident is an
+**    alert for a topic prefix: a key joins the deepest open incident whose
+**    prefix contains it, else a new one is opened for its group (the topic
+**    without its last level); sibling groups opened in the same flush roll
+**    up into their common parent, level by level, never above the first
+**    level. Each incident is one retained MQTT message under
+**    "<alerts topic>/group/<prefix>" and one exec run per publication.
+**  - An open incident publishes updates at most once per group interval
+**    (5 x group wait) and is resolved when its last key recovers.
+**  - The mirror's own link: one "mirror" alert when not synced for the
+**    mirror wait (15 x group wait, at least min_hold); no key alert is
+**    flushed while not synced.
+*/
+
+/* Per-record alert bits in rec->alert_state. ALERTED and PENDING belong to
+ * alerts.c; HELD and LISTED to stale.c. */
+enum alert_state_bits {
+	AS_ALERTED = 1u << 0, /* counted in an open incident (on-call was told it is stale) */
+	AS_PENDING = 1u << 1, /* in the pending set */
+	AS_HELD    = 1u << 2, /* stale, but its alert waits for the hold-back after a re-sync */
+	AS_LISTED  = 1u << 3, /* in stale.c's list of keys held while not synced */
+};
+
+#define ALERTS_EXAMPLES 5          /* example keys per alert message */
+#define ALERTS_EXEC_MAX_CHILDREN 4 /* exec programs running at once */
+#define ALERTS_EXEC_QUEUE 64       /* alerts waiting for an exec slot */
+#define ALERTS_JSON_MAX 16384      /* alert JSON size bound (fits a pipe buffer) */
+
+struct alerts;
+
+/*
+** Is the stale key r allowed to be alerted now? stale.c's answer to the
+** hold-back rule; when it says no it has scheduled r's re-examination
+** itself (and r leaves the pending set).
+*/
+typedef bool (*alerts_eligible_fn)(struct rec *r, int64_t now_ms, void *ctx);
+
+/* Returns NULL on ENOMEM. Copies what it needs from c; out is copied. */
+struct alerts *alerts_new(const struct conf *c, const struct stale_outlet *out);
+/* Accepts NULL. Running exec children are left to finish on their own. */
+void alerts_free(struct alerts *a);
+/* New group wait, hold, topic, exec. Returns 0 or -ENOMEM (old kept). */
+int alerts_reconfigure(struct alerts *a, const struct conf *c);
+
+/* Is topic under the alerts topic (never judged)? False when alerts are off. */
+bool alerts_own_topic(const struct alerts *a, const char *topic, size_t len);
+
+/*
+** r's alert-relevant state changed: it turned stale (and was eligible), or
+** it turned fresh or was deleted while AS_ALERTED or AS_PENDING. Sets
+** AS_PENDING and remembers now_ms as the time of the change.
+*/
+void alerts_key_changed(struct alerts *a, struct rec *r, int64_t now_ms);
+
+/* The mirror's link changed (synced or not). */
+void alerts_link(struct alerts *a, bool synced, int64_t now_ms);
+
+/*
+** A retained alert message of ours from an earlier run (r is a record under
+** the alerts topic, loaded from the store or replayed by the broker): if it
+** holds an open alert we do not know, adopt it, so that it is resolved
+** (and its retained copy cleared) once the keys under it turn out fresh.
+*/
+void alerts_adopt(struct alerts *a, const struct rec *r, int64_t now_ms);
+
+/*
+** Flush what is due: pending changes whose group wait passed, incident
+** updates, the mirror alert; reap and time out exec children, start queued
+** ones. settle_ms: the longest grace x cadence of any key (adopted alerts
+** are resolved when still empty that long after a re-sync). Returns the ms
+** until something is next due, INT64_MAX when nothing is.
+*/
+int64_t alerts_tick(struct alerts *a, int64_t now_ms, int64_t settle_ms,
+		    alerts_eligible_fn eligible, void *ctx);
+
+/* For tests and /metrics-like introspection: open incidents, pending
+ * changes, running and queued exec jobs. */
+size_t alerts_open_incidents(const struct alerts *a);
+size_t alerts_pending(const struct alerts *a);
+size_t alerts_exec_running(const struct alerts *a);
+size_t alerts_exec_queued(const struct alerts *a);
+
+#endif

@@ -1,0 +1,894 @@
+/* SPDX-License-Identifier: MIT */
+/* stale.c: per-key cadence (rules, learning), the deadline heap, stale/fresh transitions, hold-back. */
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/log.h"
+#include "../common/stats.h"
+#include "../common/topic.h"
+#include "alerts.h"
+#include "stale.h"
+
+/*
+** The heap holds every tracked key (live, not REC_NO_STALE), keyed by the
+** time it next needs attention ("due"):
+**   fresh key with a cadence: the first ms at which it is stale
+**                             (last_seen + window + 1); a lower bound only:
+**                             a live message does not touch the heap unless
+**                             it brings the deadline earlier, so a message
+**                             costs O(1) and a key is re-sifted at most once
+**                             per window (the due handler re-checks);
+**   stale key held back:      when its hold-back ends (re-sync + window);
+**   otherwise:                STALE_NEVER (sinks to the bottom).
+** Keeping the keys without a deadline in the heap too lets a reload re-key
+** everything without walking the index.
+*/
+#define STALE_NEVER INT64_MAX
+#define STALE_NO_IDX UINT32_MAX
+#define STALE_TICK_BATCH 65536   /* due keys handled per tick; the rest next turn */
+#define STALE_TICK_MAX_MS 100    /* the contract's detection bound */
+#define LEARN_MIN_MS 10          /* a second copy within this is one message */
+#define LEARN_NEED 3             /* intervals before a cadence is learned */
+
+struct hent {
+	int64_t due;
+	struct rec *r;
+};
+
+struct rule {
+	char *filter;
+	int64_t cadence_ms; /* 0 = never */
+};
+
+/* Stale keys per group prefix, for GET /v1/stale. */
+struct gcount {
+	struct gcount *next;
+	uint64_t hash;
+	uint64_t n;
+	size_t len;
+	char prefix[];
+};
+
+struct stale {
+	double grace;
+	enum conf_default_cadence default_kind;
+	int64_t default_ms;
+	struct rule *rules;
+	size_t nrules;
+
+	struct hent *heap;
+	uint32_t n, cap;
+
+	bool synced, link_known;
+	int64_t synced_since_ms;
+	struct rec **held;     /* stale keys held while not synced (AS_LISTED) */
+	size_t nheld, capheld;
+
+	struct gcount **gtab;  /* chained hash of group counters */
+	size_t gcap, ngroups;
+	uint64_t nstale;
+
+	int64_t max_window_ms; /* longest window of any key seen (never shrinks but at reload) */
+	struct alerts *alerts;
+	struct log_ratelimit rl_trans;
+	struct log_ratelimit rl_err;
+};
+
+/* ---------------------------------------------------------------- heap */
+
+static void heap_place(struct stale *s, uint32_t i, struct hent e)
+{
+	s->heap[i] = e;
+	e.r->heap_idx = i;
+}
+
+static void sift_up(struct stale *s, uint32_t i)
+{
+	struct hent e = s->heap[i];
+
+	while (i > 0) {
+		uint32_t p = (i - 1) / 2;
+		if (s->heap[p].due <= e.due)
+			break;
+		heap_place(s, i, s->heap[p]);
+		i = p;
+	}
+	heap_place(s, i, e);
+}
+
+static void sift_down(struct stale *s, uint32_t i)
+{
+	struct hent e = s->heap[i];
+
+	for (;;) {
+		uint32_t c = 2 * i + 1;
+		if (c >= s->n)
+			break;
+		if (c + 1 < s->n && s->heap[c + 1].due < s->heap[c].due)
+			c++;
+		if (e.due <= s->heap[c].due)
+			break;
+		heap_place(s, i, s->heap[c]);
+		i = c;
+	}
+	heap_place(s, i, e);
+}
+
+static int heap_push(struct stale *s, struct rec *r, int64_t due)
+{
+	if (s->n == s->cap) {
+		uint32_t ncap = s->cap ? s->cap * 2 : 1024;
+		struct hent *nh;
+
+		if (s->cap >= UINT32_MAX / 2)
+			return -ENOSPC;
+		nh = realloc(s->heap, (size_t)ncap * sizeof(*nh));
+		if (!nh)
+			return -ENOMEM;
+		s->heap = nh;
+		s->cap = ncap;
+	}
+	s->heap[s->n] = (struct hent){ due, r };
+	r->heap_idx = s->n++;
+	sift_up(s, r->heap_idx);
+	return 0;
+}
+
+static void heap_remove(struct stale *s, struct rec *r)
+{
+	uint32_t i = r->heap_idx;
+
+	if (i == STALE_NO_IDX || i >= s->n || s->heap[i].r != r)
+		return;
+	r->heap_idx = STALE_NO_IDX;
+	if (--s->n == i)
+		return;
+	heap_place(s, i, s->heap[s->n]);
+	sift_up(s, i);
+	sift_down(s, s->heap[i].r == r ? i : s->heap[i].r->heap_idx);
+}
+
+static void heap_set_due(struct stale *s, struct rec *r, int64_t due)
+{
+	uint32_t i = r->heap_idx;
+	int64_t old;
+
+	if (i == STALE_NO_IDX || i >= s->n)
+		return;
+	old = s->heap[i].due;
+	s->heap[i].due = due;
+	if (due < old)
+		sift_up(s, i);
+	else if (due > old)
+		sift_down(s, i);
+}
+
+static void heapify(struct stale *s)
+{
+	for (uint32_t i = s->n / 2; i-- > 0;)
+		sift_down(s, i);
+}
+
+/* ----------------------------------------------------- group counters */
+
+static uint64_t hash_bytes(const char *p, size_t n)
+{
+	uint64_t h = 1469598103934665603ull;
+
+	for (size_t i = 0; i < n; i++) {
+		h ^= (unsigned char)p[i];
+		h *= 1099511628211ull;
+	}
+	return h;
+}
+
+size_t stale_group_prefix(const char *topic, size_t len, char *out, size_t n)
+{
+	const char *slash = len ? memrchr(topic, '/', len) : NULL;
+	size_t plen = slash ? (size_t)(slash - topic) : 0;
+
+	if (n > 0) {
+		size_t k = plen < n - 1 ? plen : n - 1;
+		memcpy(out, topic, k);
+		out[k] = '\0';
+	}
+	return plen;
+}
+
+static size_t group_len(const struct rec *r)
+{
+	const char *slash = memrchr(r->data, '/', r->topic_len);
+
+	return slash ? (size_t)(slash - r->data) : 0;
+}
+
+static struct gcount **group_slot(struct stale *s, const char *p, size_t len, uint64_t h)
+{
+	struct gcount **g = &s->gtab[h & (s->gcap - 1)];
+
+	while (*g && !((*g)->hash == h && (*g)->len == len && memcmp((*g)->prefix, p, len) == 0))
+		g = &(*g)->next;
+	return g;
+}
+
+static void group_grow(struct stale *s)
+{
+	size_t ncap = s->gcap ? s->gcap * 2 : 64;
+	struct gcount **nt = calloc(ncap, sizeof(*nt));
+
+	if (!nt)
+		return; /* chains just get longer */
+	for (size_t i = 0; i < s->gcap; i++) {
+		struct gcount *g = s->gtab[i], *next;
+		for (; g; g = next) {
+			next = g->next;
+			g->next = nt[g->hash & (ncap - 1)];
+			nt[g->hash & (ncap - 1)] = g;
+		}
+	}
+	free(s->gtab);
+	s->gtab = nt;
+	s->gcap = ncap;
+}
+
+static void group_add(struct stale *s, const struct rec *r, int delta)
+{
+	size_t len = group_len(r);
+	uint64_t h = hash_bytes(r->data, len);
+	struct gcount **slot, *g;
+
+	if (s->ngroups >= s->gcap)
+		group_grow(s);
+	if (!s->gcap)
+		return;
+	slot = group_slot(s, r->data, len, h);
+	g = *slot;
+	if (!g) {
+		if (delta < 0)
+			return;
+		g = malloc(sizeof(*g) + len + 1);
+		if (!g)
+			return; /* /v1/stale misses this group; the flag is still right */
+		g->next = NULL;
+		g->hash = h;
+		g->n = 0;
+		g->len = len;
+		memcpy(g->prefix, r->data, len);
+		g->prefix[len] = '\0';
+		*slot = g;
+		s->ngroups++;
+	}
+	if (delta > 0) {
+		g->n++;
+	} else if (g->n <= 1) {
+		*slot = g->next;
+		free(g);
+		s->ngroups--;
+	} else {
+		g->n--;
+	}
+}
+
+/* ----------------------------------------------------------- cadence */
+
+static int64_t window_of(const struct stale *s, const struct rec *r)
+{
+	double w;
+
+	if (!r->cadence_ms)
+		return 0;
+	w = ceil(s->grace * (double)r->cadence_ms);
+	return w < 1 ? 1 : w > 1e15 ? (int64_t)1e15 : (int64_t)w;
+}
+
+static uint32_t clamp_ms(int64_t v)
+{
+	return v <= 0 ? 0 : v >= UINT32_MAX ? UINT32_MAX : (uint32_t)v;
+}
+
+/* The median of the recorded intervals (the upper one of an even count):
+ * a single late, early or doubled message cannot move it. */
+static uint32_t learned_ms(const struct rec *r)
+{
+	uint32_t v[REC_LEARN_SLOTS];
+	unsigned k = r->nlearn < REC_LEARN_SLOTS ? r->nlearn : REC_LEARN_SLOTS;
+
+	if (k < LEARN_NEED)
+		return 0;
+	memcpy(v, r->learn, sizeof(v));
+	for (unsigned i = 1; i < k; i++) {
+		uint32_t x = v[i];
+		unsigned j = i;
+		for (; j > 0 && v[j - 1] > x; j--)
+			v[j] = v[j - 1];
+		v[j] = x;
+	}
+	return v[k / 2];
+}
+
+/* Derive r's cadence: the first matching rule, else the default. Returns
+ * true when cadence_ms or cadence_source changed. */
+static bool derive(struct stale *s, struct rec *r)
+{
+	uint32_t ms = 0;
+	uint8_t src = CADENCE_NONE;
+	bool changed;
+
+	for (size_t i = 0; i < s->nrules; i++) {
+		if (topic_matches(s->rules[i].filter, r->data, r->topic_len)) {
+			ms = clamp_ms(s->rules[i].cadence_ms);
+			src = CADENCE_RULE;
+			goto done;
+		}
+	}
+	switch (s->default_kind) {
+	case CONF_DEFAULT_FIXED:
+		ms = clamp_ms(s->default_ms);
+		src = CADENCE_DEFAULT;
+		break;
+	case CONF_DEFAULT_NEVER:
+		src = CADENCE_DEFAULT;
+		break;
+	case CONF_DEFAULT_LEARN:
+	case CONF_DEFAULT_MAX:
+		ms = learned_ms(r);
+		if (ms) {
+			src = CADENCE_LEARNED;
+		} else if (r->cadence_source == CADENCE_LEARNED && r->cadence_ms) {
+			/* Learned before (stored), the ring not yet refilled. */
+			ms = r->cadence_ms;
+			src = CADENCE_LEARNED;
+		}
+		break;
+	}
+done:
+	changed = ms != r->cadence_ms || src != r->cadence_source;
+	r->cadence_ms = ms;
+	r->cadence_source = src;
+	if (window_of(s, r) > s->max_window_ms)
+		s->max_window_ms = window_of(s, r);
+	return changed;
+}
+
+static bool learns(const struct stale *s, const struct rec *r)
+{
+	return r->cadence_source != CADENCE_RULE &&
+	       (s->default_kind == CONF_DEFAULT_LEARN || s->default_kind == CONF_DEFAULT_MAX);
+}
+
+/*
+** Learn from a live message at now_ms. Intervals are measured only between
+** live messages both heard while synced in the current session: an interval
+** that spans our own absence (or a restart) is not the producer's cadence.
+** A message closer to the previous one than a quarter of the learned cadence
+** (or LEARN_MIN_MS) is another copy of it: it neither counts as an interval
+** nor moves the anchor, so a producer that always publishes twice is learned
+** right; one that really speeds up is still followed, a few steps at a time.
+*/
+static void learn(struct stale *s, struct rec *r, int64_t now_ms)
+{
+	int64_t prev = r->last_live_ms;
+
+	if (prev > 0 && s->synced && prev >= s->synced_since_ms && now_ms > prev) {
+		int64_t iv = now_ms - prev;
+		int64_t floor_ms = LEARN_MIN_MS;
+
+		if (r->cadence_source == CADENCE_LEARNED && r->cadence_ms / 4 > floor_ms)
+			floor_ms = r->cadence_ms / 4;
+		if (iv < floor_ms)
+			return;
+		r->learn[r->nlearn % REC_LEARN_SLOTS] = clamp_ms(iv);
+		/* nlearn counts intervals; past 2 x slots it steps back by the
+		 * ring size so that nlearn % slots stays the write position. */
+		if (++r->nlearn >= 2 * REC_LEARN_SLOTS)
+			r->nlearn -= REC_LEARN_SLOTS;
+	}
+	r->last_live_ms = now_ms;
+	if (learns(s, r)) {
+		uint32_t ms = learned_ms(r);
+		if (ms) {
+			r->cadence_ms = ms;
+			r->cadence_source = CADENCE_LEARNED;
+			if (window_of(s, r) > s->max_window_ms)
+				s->max_window_ms = window_of(s, r);
+		}
+	}
+}
+
+/* ------------------------------------------------------- transitions */
+
+static bool stale_by_truth(const struct stale *s, const struct rec *r, int64_t now_ms)
+{
+	int64_t w = window_of(s, r);
+
+	return w > 0 && now_ms > r->last_seen_ms + w;
+}
+
+static int64_t deadline_due(const struct stale *s, const struct rec *r)
+{
+	int64_t w = window_of(s, r);
+
+	return w > 0 ? r->last_seen_ms + w + 1 : STALE_NEVER;
+}
+
+static void log_transition(struct stale *s, const struct rec *r, bool to_stale, int64_t now_ms)
+{
+	uint32_t dropped = 0;
+
+	if (!log_ratelimit_ok(&s->rl_trans, now_ms, &dropped))
+		return;
+	if (dropped)
+		log_info("staleness: %" PRIu32 " more transitions not logged", dropped);
+	if (to_stale)
+		log_info("stale: %s, unheard for %" PRId64 " ms (cadence %" PRIu32 " ms, grace %g)",
+			 r->data, now_ms - r->last_seen_ms, r->cadence_ms, s->grace);
+	else
+		log_info("fresh: %s, heard again", r->data);
+}
+
+static void mark_stale(struct stale *s, struct rec *r, int64_t now_ms, bool count)
+{
+	int64_t since = r->last_seen_ms + window_of(s, r);
+
+	r->flags |= REC_STALE;
+	r->stale_since_ms = since > now_ms || since <= 0 ? now_ms : since;
+	group_add(s, r, +1);
+	s->nstale++;
+	STAT_SET(stale_keys, s->nstale);
+	if (count) {
+		STAT_INC(stale_transitions);
+		log_transition(s, r, true, now_ms);
+	}
+}
+
+static void mark_fresh(struct stale *s, struct rec *r, int64_t now_ms, bool count)
+{
+	r->flags &= (uint16_t)~REC_STALE;
+	r->stale_since_ms = 0;
+	group_add(s, r, -1);
+	if (s->nstale)
+		s->nstale--;
+	STAT_SET(stale_keys, s->nstale);
+	if (count) {
+		STAT_INC(fresh_transitions);
+		log_transition(s, r, false, now_ms);
+	}
+}
+
+/*
+** The hold-back rule: a stale key may be alerted only while synced and once
+** it has had its window since the re-sync to be heard from. When not, r is
+** parked: listed (not synced: released at the re-sync) or scheduled on the
+** heap for the end of its hold-back.
+*/
+static bool eligible(struct rec *r, int64_t now_ms, void *ctx)
+{
+	struct stale *s = ctx;
+	int64_t release;
+
+	if (!s->synced) {
+		r->alert_state |= AS_HELD;
+		heap_set_due(s, r, STALE_NEVER);
+		if (!(r->alert_state & AS_LISTED)) {
+			if (s->nheld == s->capheld) {
+				size_t ncap = s->capheld ? s->capheld * 2 : 256;
+				struct rec **nl = realloc(s->held, ncap * sizeof(*nl));
+				if (!nl) {
+					/* Without the list it cannot be released at the
+					 * re-sync: give it a generous fixed hold instead. */
+					heap_set_due(s, r, now_ms + 2 * s->max_window_ms + 1);
+					return false;
+				}
+				s->held = nl;
+				s->capheld = ncap;
+			}
+			s->held[s->nheld++] = r;
+			r->alert_state |= AS_LISTED;
+		}
+		return false;
+	}
+	release = s->synced_since_ms + window_of(s, r);
+	if (now_ms < release) {
+		r->alert_state |= AS_HELD;
+		heap_set_due(s, r, release);
+		return false;
+	}
+	r->alert_state &= (uint8_t)~AS_HELD;
+	heap_set_due(s, r, STALE_NEVER);
+	return true;
+}
+
+/* r is stale (just turned, or its hold-back ended): hand it to alerting. */
+static void consider(struct stale *s, struct rec *r, int64_t now_ms)
+{
+	if (r->alert_state & (AS_ALERTED | AS_PENDING)) {
+		heap_set_due(s, r, STALE_NEVER);
+		alerts_key_changed(s->alerts, r, now_ms);
+		return;
+	}
+	if (eligible(r, now_ms, s))
+		alerts_key_changed(s->alerts, r, now_ms);
+}
+
+static void to_stale(struct stale *s, struct rec *r, int64_t now_ms, stale_transition_fn cb, void *ctx)
+{
+	mark_stale(s, r, now_ms, true);
+	if (cb)
+		cb(r, true, ctx);
+	consider(s, r, now_ms);
+}
+
+static void to_fresh(struct stale *s, struct rec *r, int64_t now_ms, stale_transition_fn cb, void *ctx)
+{
+	mark_fresh(s, r, now_ms, true);
+	r->alert_state &= (uint8_t)~AS_HELD;
+	heap_set_due(s, r, deadline_due(s, r));
+	if (cb)
+		cb(r, false, ctx);
+	if (r->alert_state & (AS_ALERTED | AS_PENDING))
+		alerts_key_changed(s->alerts, r, now_ms);
+}
+
+/* Stop judging r (deleted, or now under our alerts topic). */
+static void untrack(struct stale *s, struct rec *r, int64_t now_ms)
+{
+	heap_remove(s, r);
+	r->alert_state &= (uint8_t)~AS_HELD;
+	if (r->flags & REC_STALE)
+		mark_fresh(s, r, now_ms, false);
+	if (r->alert_state & (AS_ALERTED | AS_PENDING))
+		alerts_key_changed(s->alerts, r, now_ms);
+}
+
+static void track(struct stale *s, struct rec *r, int64_t now_ms)
+{
+	uint32_t dropped;
+	int rc = heap_push(s, r, deadline_due(s, r));
+
+	if (rc < 0 && log_ratelimit_ok(&s->rl_err, now_ms, &dropped))
+		log_warnx("staleness: cannot track %s: %s, key never judged stale",
+			  r->data, strerror(-rc));
+}
+
+/* ----------------------------------------------------------- the API */
+
+static void free_rules(struct rule *rules, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(rules[i].filter);
+	free(rules);
+}
+
+static int copy_rules(const struct conf *c, struct rule **ret)
+{
+	struct rule *rules = c->nrules ? calloc(c->nrules, sizeof(*rules)) : NULL;
+
+	if (c->nrules && !rules)
+		return -ENOMEM;
+	for (size_t i = 0; i < c->nrules; i++) {
+		rules[i].filter = strdup(c->rules[i].filter);
+		rules[i].cadence_ms = c->rules[i].cadence_ms;
+		if (!rules[i].filter) {
+			free_rules(rules, i);
+			return -ENOMEM;
+		}
+	}
+	*ret = rules;
+	return 0;
+}
+
+static void take_settings(struct stale *s, const struct conf *c, struct rule *rules)
+{
+	free_rules(s->rules, s->nrules);
+	s->rules = rules;
+	s->nrules = c->nrules;
+	s->grace = c->grace >= 1 ? c->grace : c->grace > 0 ? c->grace : 1;
+	s->default_kind = c->default_kind;
+	s->default_ms = c->default_cadence_ms;
+}
+
+struct stale *stale_new(const struct conf *c, const struct stale_outlet *out)
+{
+	struct stale *s = calloc(1, sizeof(*s));
+	struct rule *rules = NULL;
+
+	if (!s)
+		return NULL;
+	s->rl_trans = (struct log_ratelimit)LOG_RATELIMIT_INIT(1000, 50);
+	s->rl_err = (struct log_ratelimit)LOG_RATELIMIT_INIT(10000, 5);
+	if (copy_rules(c, &rules) < 0)
+		goto fail;
+	take_settings(s, c, rules);
+	s->alerts = alerts_new(c, out);
+	if (!s->alerts)
+		goto fail;
+	group_grow(s);
+	if (!s->gcap)
+		goto fail;
+	return s;
+fail:
+	stale_free(s);
+	return NULL;
+}
+
+void stale_free(struct stale *s)
+{
+	if (!s)
+		return;
+	for (uint32_t i = 0; i < s->n; i++)
+		s->heap[i].r->heap_idx = STALE_NO_IDX;
+	free(s->heap);
+	free(s->held);
+	for (size_t i = 0; i < s->gcap; i++) {
+		struct gcount *g = s->gtab[i], *next;
+		for (; g; g = next) {
+			next = g->next;
+			free(g);
+		}
+	}
+	free(s->gtab);
+	free_rules(s->rules, s->nrules);
+	alerts_free(s->alerts);
+	free(s);
+}
+
+int stale_reconfigure(struct stale *s, const struct conf *c)
+{
+	struct rule *rules = NULL;
+	int rc;
+
+	if ((rc = copy_rules(c, &rules)) < 0)
+		return rc;
+	if ((rc = alerts_reconfigure(s->alerts, c)) < 0) {
+		free_rules(rules, c->nrules);
+		return rc;
+	}
+	take_settings(s, c, rules);
+	/* Re-key every tracked key in place, then restore the heap in O(n).
+	 * What turns stale or fresh by it is done by the next tick, with the
+	 * callback: fresh keys past their new deadline are due at once, and
+	 * stale keys that are no longer stale are made due at once. */
+	s->max_window_ms = 0;
+	for (uint32_t i = 0; i < s->n; i++) {
+		struct hent *e = &s->heap[i];
+		struct rec *r = e->r;
+
+		if (alerts_own_topic(s->alerts, r->data, r->topic_len)) {
+			e->due = INT64_MIN; /* the due handler stops judging it */
+			continue;
+		}
+		derive(s, r);
+		/* A stale key is re-examined by the next tick: it may be fresh
+		 * now, or its hold-back may end at another time. */
+		e->due = r->flags & REC_STALE ? INT64_MIN : deadline_due(s, r);
+	}
+	heapify(s);
+	return 0;
+}
+
+bool stale_on_load(struct stale *s, struct rec *r, int64_t now_ms)
+{
+	bool was = r->flags & REC_STALE, changed;
+
+	r->alert_state = 0;
+	r->heap_idx = STALE_NO_IDX;
+	if (r->flags & REC_DELETED) {
+		r->flags &= (uint16_t)~REC_STALE;
+		return was;
+	}
+	if (alerts_own_topic(s->alerts, r->data, r->topic_len)) {
+		changed = was || !(r->flags & REC_NO_STALE);
+		r->flags = (uint16_t)((r->flags | REC_NO_STALE) & ~REC_STALE);
+		r->stale_since_ms = 0;
+		alerts_adopt(s->alerts, r, now_ms);
+		return changed;
+	}
+	changed = r->flags & REC_NO_STALE;
+	r->flags &= (uint16_t)~(REC_NO_STALE | REC_STALE);
+	changed |= derive(s, r);
+	track(s, r, now_ms);
+	if (stale_by_truth(s, r, now_ms)) {
+		int64_t since = r->stale_since_ms;
+
+		mark_stale(s, r, now_ms, false);
+		if (was && since > 0 && since <= now_ms)
+			r->stale_since_ms = since; /* it has been stale since before */
+		consider(s, r, now_ms);
+		return changed || !was;
+	}
+	r->stale_since_ms = 0;
+	return changed || was;
+}
+
+void stale_on_message(struct stale *s, struct rec *r, bool live_seen, bool is_new, int64_t now_ms,
+		      stale_transition_fn cb, void *ctx)
+{
+	bool stale;
+
+	if (r->flags & REC_DELETED)
+		return;
+	/* Our own alerts (and only those) are never judged. The check is a
+	 * prefix compare, so a reload that moves the alerts topic takes
+	 * effect for a key at its next message. */
+	if (alerts_own_topic(s->alerts, r->data, r->topic_len)) {
+		if (!(r->flags & REC_NO_STALE)) {
+			bool was = r->flags & REC_STALE;
+			untrack(s, r, now_ms);
+			r->flags |= REC_NO_STALE;
+			if (was && cb)
+				cb(r, false, ctx);
+		}
+		if (!live_seen)
+			alerts_adopt(s->alerts, r, now_ms);
+		return;
+	}
+	if (r->flags & REC_NO_STALE) {
+		r->flags &= (uint16_t)~REC_NO_STALE;
+		is_new = true;
+	}
+	if (r->heap_idx == STALE_NO_IDX) {
+		is_new = true;
+		if (r->flags & REC_STALE) /* revived tombstone: start clean */
+			mark_fresh(s, r, now_ms, false);
+	}
+	if (is_new) {
+		derive(s, r);
+		if (r->heap_idx == STALE_NO_IDX)
+			track(s, r, now_ms);
+	}
+	if (live_seen)
+		learn(s, r, now_ms);
+
+	stale = stale_by_truth(s, r, now_ms);
+	if (r->flags & REC_STALE) {
+		/* A retained copy is no sign of life: without the producer's own
+		 * timestamp its last_seen says nothing about the producer. */
+		if (!stale && (live_seen || (r->flags & REC_TS_PAYLOAD)))
+			to_fresh(s, r, now_ms, cb, ctx);
+	} else if (stale) {
+		to_stale(s, r, now_ms, cb, ctx);
+	} else if (r->heap_idx != STALE_NO_IDX) {
+		int64_t due = deadline_due(s, r);
+		/* Lazy: the heap only ever holds a lower bound of the deadline. */
+		if (due < s->heap[r->heap_idx].due)
+			heap_set_due(s, r, due);
+	}
+}
+
+void stale_on_delete(struct stale *s, struct rec *r, int64_t now_ms, stale_transition_fn cb, void *ctx)
+{
+	(void)cb;
+	(void)ctx;
+	untrack(s, r, now_ms);
+}
+
+void stale_on_broker(struct stale *s, bool synced, int64_t now_ms)
+{
+	if (s->link_known && synced == s->synced)
+		return;
+	s->link_known = true;
+	s->synced = synced;
+	alerts_link(s->alerts, synced, now_ms);
+	if (!synced)
+		return;
+	/* Re-synced: every key held meanwhile gets its window from now. */
+	s->synced_since_ms = now_ms;
+	for (size_t i = 0; i < s->nheld; i++) {
+		struct rec *r = s->held[i];
+
+		r->alert_state &= (uint8_t)~AS_LISTED;
+		if ((r->alert_state & AS_HELD) && (r->flags & REC_STALE) && !(r->flags & REC_DELETED))
+			heap_set_due(s, r, now_ms + window_of(s, r));
+	}
+	s->nheld = 0;
+	if (s->capheld > 4096) {
+		free(s->held);
+		s->held = NULL;
+		s->capheld = 0;
+	}
+}
+
+/* A key's due time came: decide what it is now. */
+static void on_due(struct stale *s, struct rec *r, int64_t now_ms, stale_transition_fn cb, void *ctx)
+{
+	bool stale;
+
+	if (alerts_own_topic(s->alerts, r->data, r->topic_len)) {
+		bool was = r->flags & REC_STALE;
+		untrack(s, r, now_ms);
+		r->flags |= REC_NO_STALE;
+		if (was && cb)
+			cb(r, false, ctx);
+		return;
+	}
+	stale = stale_by_truth(s, r, now_ms);
+	if (!(r->flags & REC_STALE)) {
+		if (stale)
+			to_stale(s, r, now_ms, cb, ctx);
+		else
+			heap_set_due(s, r, deadline_due(s, r)); /* heard meanwhile */
+		return;
+	}
+	if (!stale) {
+		/* Only a reload gets here: a new cadence or grace cleared it. */
+		to_fresh(s, r, now_ms, cb, ctx);
+		return;
+	}
+	heap_set_due(s, r, STALE_NEVER);
+	if (!(r->alert_state & (AS_ALERTED | AS_PENDING)))
+		consider(s, r, now_ms); /* a hold-back ended */
+}
+
+int64_t stale_tick(struct stale *s, int64_t now_ms, stale_transition_fn cb, void *ctx)
+{
+	int64_t next = STALE_TICK_MAX_MS, a;
+	unsigned done = 0;
+
+	while (s->n && s->heap[0].due <= now_ms && done < STALE_TICK_BATCH) {
+		on_due(s, s->heap[0].r, now_ms, cb, ctx);
+		done++;
+	}
+	a = alerts_tick(s->alerts, now_ms, s->max_window_ms, eligible, s);
+	if (a < next)
+		next = a;
+	if (s->n && s->heap[0].due - now_ms < next)
+		next = s->heap[0].due - now_ms;
+	return next < 1 ? 1 : next;
+}
+
+struct gsort {
+	const char *prefix;
+	uint64_t n;
+};
+
+static int gsort_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct gsort *)a)->prefix, ((const struct gsort *)b)->prefix);
+}
+
+void stale_groups(struct stale *s, struct index *ix,
+		  void (*fn)(const char *prefix, uint64_t count, void *ctx), void *ctx)
+{
+	struct gsort *v = s->ngroups ? malloc(s->ngroups * sizeof(*v)) : NULL;
+	size_t k = 0;
+
+	(void)ix;
+	for (size_t i = 0; i < s->gcap; i++) {
+		for (struct gcount *g = s->gtab[i]; g; g = g->next) {
+			if (!v)
+				fn(g->prefix, g->n, ctx); /* out of memory: unsorted */
+			else if (k < s->ngroups)
+				v[k++] = (struct gsort){ g->prefix, g->n };
+		}
+	}
+	if (!v)
+		return;
+	qsort(v, k, sizeof(*v), gsort_cmp);
+	for (size_t i = 0; i < k; i++)
+		fn(v[i].prefix, v[i].n, ctx);
+	free(v);
+}
+
+size_t stale_tracked(const struct stale *s)
+{
+	return s->n;
+}
+
+bool stale_heap_check(const struct stale *s)
+{
+	for (uint32_t i = 0; i < s->n; i++) {
+		if (s->heap[i].r->heap_idx != i)
+			return false;
+		if (i > 0 && s->heap[(i - 1) / 2].due > s->heap[i].due)
+			return false;
+	}
+	return true;
+}
+
+int64_t stale_next_due(const struct stale *s)
+{
+	return s->n ? s->heap[0].due : STALE_NEVER;
+}
