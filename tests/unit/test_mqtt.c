@@ -1,0 +1,691 @@
+/* SPDX-License-Identifier: MIT */
+/* test_mqtt.c: the MQTT session against a real mosquitto broker started on a free port. */
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/conf.h"
+#include "common/stats.h"
+#include "mirror/mqtt.h"
+#include "mirror/queue.h"
+#include "mirror/rejects.h"
+
+#define MOSQUITTO_BIN "/usr/sbin/mosquitto"
+#define DEADLINE_MS 15000
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Poll a condition until it holds or the deadline passes (never a bare sleep). */
+#define WAIT_FOR(cond, ms)                                                         \
+	do {                                                                       \
+		int64_t dl_ = mono_ms() + (ms);                                    \
+		while (!(cond) && mono_ms() < dl_)                                 \
+			poll(NULL, 0, 5);                                          \
+		ck_assert_msg((cond), "timed out waiting for: %s", #cond);         \
+	} while (0)
+
+static int free_port(void)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t len = sizeof(a);
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+	close(fd);
+	return ntohs(a.sin_port);
+}
+
+static bool port_open(int port)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	bool ok = connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+
+	close(fd);
+	return ok;
+}
+
+struct broker {
+	char dir[64];
+	int port;
+	pid_t pid;
+};
+
+/* Run as root, mosquitto drops to its own user: it must be able to read here. */
+static void broker_dir(struct broker *b)
+{
+	snprintf(b->dir, sizeof(b->dir), "/tmp/sm-test-mqtt-XXXXXX");
+	ck_assert_ptr_nonnull(mkdtemp(b->dir));
+	ck_assert_int_eq(chmod(b->dir, 0755), 0);
+}
+
+static void broker_start(struct broker *b, const char *extra)
+{
+	char path[128];
+	FILE *f;
+
+	if (!b->dir[0])
+		broker_dir(b);
+	if (!b->port)
+		b->port = free_port();
+	snprintf(path, sizeof(path), "%s/mosquitto.conf", b->dir);
+	f = fopen(path, "w");
+	ck_assert_ptr_nonnull(f);
+	fprintf(f, "listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n%s", b->port,
+		extra ? extra : "");
+	fclose(f);
+	b->pid = fork();
+	ck_assert_int_ge(b->pid, 0);
+	if (b->pid == 0) {
+		char logp[128];
+		int fd;
+
+		snprintf(logp, sizeof(logp), "%s/broker.log", b->dir);
+		fd = open(logp, O_WRONLY | O_CREAT | O_APPEND, 0600);
+		if (fd >= 0) {
+			dup2(fd, 1);
+			dup2(fd, 2);
+		}
+		execl(MOSQUITTO_BIN, "mosquitto", "-c", path, (char *)NULL);
+		_exit(127);
+	}
+	WAIT_FOR(port_open(b->port), DEADLINE_MS);
+}
+
+static void broker_kill(struct broker *b)
+{
+	if (b->pid > 0) {
+		kill(b->pid, SIGKILL);
+		waitpid(b->pid, NULL, 0);
+		b->pid = 0;
+	}
+}
+
+static void broker_cleanup(struct broker *b)
+{
+	char cmd[160];
+
+	broker_kill(b);
+	if (b->dir[0]) {
+		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", b->dir);
+		ck_assert_int_eq(system(cmd), 0);
+	}
+}
+
+/* Publish with the real mosquitto_pub client. */
+static void pub(const struct broker *b, const char *topic, const char *payload, bool retain)
+{
+	char port[16];
+	pid_t pid;
+	int st;
+
+	snprintf(port, sizeof(port), "%d", b->port);
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		if (retain)
+			execlp("mosquitto_pub", "mosquitto_pub", "-h", "127.0.0.1", "-p", port, "-q", "1",
+			       "-t", topic, "-m", payload, "-r", (char *)NULL);
+		else
+			execlp("mosquitto_pub", "mosquitto_pub", "-h", "127.0.0.1", "-p", port, "-q", "1",
+			       "-t", topic, "-m", payload, (char *)NULL);
+		_exit(127);
+	}
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "mosquitto_pub failed");
+}
+
+/* Messages taken off the queue so far. */
+struct got {
+	struct qmsg *m[4096];
+	size_t n;
+};
+
+static void drain(struct queue *q, struct got *g)
+{
+	int n;
+
+	while (g->n < 4096 && (n = queue_pop_batch(q, g->m + g->n, 4096 - g->n, 0)) > 0)
+		g->n += (size_t)n;
+}
+
+static struct qmsg *find(struct queue *q, struct got *g, const char *topic)
+{
+	drain(q, g);
+	for (size_t i = 0; i < g->n; i++)
+		if (strcmp(g->m[i]->m.topic, topic) == 0)
+			return g->m[i];
+	return NULL;
+}
+
+static void got_free(struct got *g)
+{
+	for (size_t i = 0; i < g->n; i++)
+		free(g->m[i]);
+	g->n = 0;
+}
+
+static void make_conf(struct conf *c, int port)
+{
+	char url[64];
+
+	ck_assert_int_eq(conf_defaults(c), 0);
+	snprintf(url, sizeof(url), "mqtt://127.0.0.1:%d", port);
+	ck_assert_int_eq(conf_set_str(&c->urls[0], url), 0);
+	c->nurls = 1;
+	c->reconnect_min_ms = 20;
+	c->reconnect_max_ms = 200;
+	c->sync_quiet_ms = 300;
+	c->max_payload = 1000;
+	c->keepalive_ms = 5000;
+}
+
+static bool synced_epoch(struct mqtt *m, uint64_t want)
+{
+	uint64_t e = 0;
+
+	return mqtt_synced(m, &e) && e == want;
+}
+
+static bool status_has(struct mqtt *m, const char *needle)
+{
+	char buf[320];
+
+	mqtt_status(m, buf, sizeof(buf));
+	return strstr(buf, needle) != NULL;
+}
+
+/* The retained burst arrives before synced; timestamps, flags and limits. */
+START_TEST(test_sync_and_decode)
+{
+	struct broker b = { 0 };
+	struct conf c;
+	struct queue *q = queue_new(8192);
+	struct got g = { 0 };
+	struct mqtt *m;
+	char err[256], topic[64], payload[128], big[2001];
+	struct qmsg *x;
+	size_t nretained = 0;
+
+	broker_start(&b, NULL);
+	for (int i = 0; i < 40; i++) {
+		snprintf(topic, sizeof(topic), "dc1/r%d/temp", i);
+		snprintf(payload, sizeof(payload), "{\"value\": %d, \"ts\": %lld}", i,
+			 1795313402000LL + i);
+		pub(&b, topic, payload, true);
+	}
+	pub(&b, "dc1/plain", "not json at all", true);
+	pub(&b, "dc1/rfc", "{\"time\":\"2026-11-22T02:10:02.123Z\"}", true);
+
+	make_conf(&c, b.port);
+	ck_assert_int_eq(mqtt_new(&c, q, &m, err, sizeof(err)), 0);
+	conf_free(&c); /* the session keeps its own copy */
+	ck_assert(!mqtt_connected(m));
+	ck_assert(!mqtt_synced(m, NULL));
+	ck_assert_int_eq(mqtt_start(m), 0);
+	ck_assert_int_eq(mqtt_start(m), -EALREADY);
+
+	WAIT_FOR(mqtt_synced(m, NULL), DEADLINE_MS);
+	ck_assert(synced_epoch(m, 1));
+	ck_assert(mqtt_connected(m));
+	ck_assert(status_has(m, "synced with"));
+	ck_assert_int_eq(STAT_GET(broker_connected), 1);
+	ck_assert_int_eq(STAT_GET(synced), 1);
+
+	/* Every retained message was queued before synced became true. */
+	drain(q, &g);
+	for (size_t i = 0; i < g.n; i++)
+		nretained += g.m[i]->m.retained;
+	ck_assert_uint_eq(nretained, 42);
+	ck_assert_uint_eq(g.n, 42);
+
+	x = find(q, &g, "dc1/r7/temp");
+	ck_assert_ptr_nonnull(x);
+	ck_assert(x->m.ts_from_payload && x->m.is_json && x->m.retained);
+	ck_assert_int_eq(x->m.ts_ns, (1795313402000LL + 7) * 1000000LL);
+	ck_assert_int_eq(x->reject, REJECT_NONE);
+	ck_assert_int_gt(x->m.recv_ms, 1700000000000LL);
+
+	x = find(q, &g, "dc1/plain");
+	ck_assert_ptr_nonnull(x);
+	ck_assert(!x->m.ts_from_payload && !x->m.is_json);
+	ck_assert_int_eq(x->reject, REJECT_NONE); /* format = auto mirrors any bytes */
+	ck_assert_int_eq(x->m.ts_ns / 1000000, x->m.recv_ms);
+	ck_assert_uint_eq(x->m.payload_len, strlen("not json at all"));
+
+	x = find(q, &g, "dc1/rfc");
+	ck_assert_ptr_nonnull(x);
+	ck_assert(x->m.ts_from_payload);
+	ck_assert_int_eq(x->m.ts_ns, 1795313402123LL * 1000000LL);
+
+	/* Live messages after sync: no retain flag; an oversize one is refused
+	 * with its reason and only its first bytes. */
+	pub(&b, "dc1/live", "{\"ts\": 1795313402.5}", false);
+	memset(big, 'a', 2000);
+	big[2000] = '\0';
+	pub(&b, "dc1/big", big, false);
+	WAIT_FOR(find(q, &g, "dc1/big") != NULL, DEADLINE_MS);
+	x = find(q, &g, "dc1/live");
+	ck_assert_ptr_nonnull(x);
+	ck_assert(!x->m.retained && x->m.ts_from_payload);
+	ck_assert_int_eq(x->m.ts_ns, 1795313402500000000LL);
+	x = find(q, &g, "dc1/big");
+	ck_assert_int_eq(x->reject, REJECT_TOO_LARGE);
+	ck_assert_uint_eq(x->full_len, 2000);
+	ck_assert_uint_eq(x->m.payload_len, REJECTS_KEEP_BYTES);
+
+	/* Our own retained publication reaches the broker (and comes back
+	 * through the '#' subscription). */
+	ck_assert_int_eq(mqtt_publish_retained(m, "statemirror/alerts/x", "{\"a\":1}", 7), 0);
+	ck_assert_int_eq(mqtt_publish_retained(m, "bad/+/topic", "x", 1), -EINVAL);
+	ck_assert_int_eq(mqtt_publish_retained(m, "", "x", 1), -EINVAL);
+	WAIT_FOR(find(q, &g, "statemirror/alerts/x") != NULL, DEADLINE_MS);
+
+	mqtt_stop(m);
+	ck_assert(!mqtt_connected(m));
+	ck_assert(!mqtt_synced(m, NULL));
+	ck_assert(status_has(m, "stopped"));
+	mqtt_free(m);
+	got_free(&g);
+	queue_free(q);
+	broker_cleanup(&b);
+}
+END_TEST
+
+/* format = json, the configured timestamp field, undecodable timestamps. */
+START_TEST(test_json_format_and_ts_fields)
+{
+	struct broker b = { 0 };
+	struct conf c;
+	struct queue *q = queue_new(1024);
+	struct got g = { 0 };
+	struct mqtt *m;
+	char err[256], longtopic[200];
+	struct qmsg *x;
+
+	broker_start(&b, NULL);
+	make_conf(&c, b.port);
+	c.format = CONF_FORMAT_JSON;
+	c.max_topic_len = 100;
+	ck_assert_int_eq(conf_set_str(&c.timestamp_field, "obs"), 0);
+	ck_assert_int_eq(mqtt_new(&c, q, &m, err, sizeof(err)), 0);
+	conf_free(&c);
+	ck_assert_int_eq(mqtt_start(m), 0);
+	WAIT_FOR(mqtt_synced(m, NULL), DEADLINE_MS);
+
+	pub(&b, "j/notjson", "hello", false);
+	pub(&b, "j/obs", "{\"time\": 1, \"obs\": 1795313402123}", false);
+	pub(&b, "j/badts", "{\"obs\": \"yesterday\"}", false);
+	memset(longtopic, 'x', 150);
+	memcpy(longtopic, "j/", 2);
+	longtopic[150] = '\0';
+	pub(&b, longtopic, "{}", false);
+	pub(&b, "j/end", "{}", false);
+	WAIT_FOR(find(q, &g, "j/end") != NULL, DEADLINE_MS);
+
+	x = find(q, &g, "j/notjson");
+	ck_assert_ptr_nonnull(x);
+	ck_assert_int_eq(x->reject, REJECT_NOT_JSON);
+	x = find(q, &g, "j/obs");
+	ck_assert_ptr_nonnull(x);
+	ck_assert_int_eq(x->reject, REJECT_NONE);
+	ck_assert_int_eq(x->m.ts_ns, 1795313402123LL * 1000000LL); /* obs wins over time */
+	x = find(q, &g, "j/badts");
+	ck_assert_ptr_nonnull(x);
+	ck_assert_int_eq(x->reject, REJECT_BAD_TS);
+	/* The long topic is refused and kept truncated to max_topic_len. */
+	drain(q, &g);
+	x = NULL;
+	for (size_t i = 0; i < g.n; i++)
+		if (g.m[i]->reject == REJECT_TOPIC_LEN)
+			x = g.m[i];
+	ck_assert_ptr_nonnull(x);
+	ck_assert_uint_eq(x->m.topic_len, 100);
+	ck_assert_int_eq(strncmp(x->m.topic, longtopic, 100), 0);
+
+	mqtt_free(m);
+	got_free(&g);
+	queue_free(q);
+	broker_cleanup(&b);
+}
+END_TEST
+
+/* Broker killed: not connected, not synced; restarted: re-synced, epoch + 1. */
+START_TEST(test_broker_restart)
+{
+	struct broker b = { 0 };
+	struct conf c;
+	struct queue *q = queue_new(1024);
+	struct got g = { 0 };
+	struct mqtt *m;
+	char err[256];
+	uint64_t reconnects0 = STAT_GET(reconnects);
+
+	broker_start(&b, NULL);
+	pub(&b, "r/one", "{\"ts\": 1795313402}", true);
+	make_conf(&c, b.port);
+	ck_assert_int_eq(mqtt_new(&c, q, &m, err, sizeof(err)), 0);
+	conf_free(&c);
+	ck_assert_int_eq(mqtt_start(m), 0);
+	WAIT_FOR(synced_epoch(m, 1), DEADLINE_MS);
+	ck_assert_ptr_nonnull(find(q, &g, "r/one"));
+
+	broker_kill(&b);
+	WAIT_FOR(!mqtt_connected(m), DEADLINE_MS);
+	ck_assert(!mqtt_synced(m, NULL));
+	ck_assert_int_eq(STAT_GET(broker_connected), 0);
+	ck_assert_int_eq(STAT_GET(synced), 0);
+	WAIT_FOR(status_has(m, "lost") || status_has(m, "cannot connect"), DEADLINE_MS);
+
+	/* The new broker has no persistence: publish the retained value again
+	 * before the session gets back. */
+	broker_start(&b, NULL);
+	pub(&b, "r/two", "{\"ts\": 1795313403}", true);
+	WAIT_FOR(synced_epoch(m, 2), DEADLINE_MS);
+	ck_assert(mqtt_connected(m));
+	ck_assert_uint_eq(STAT_GET(reconnects), reconnects0 + 1);
+	ck_assert_ptr_nonnull(find(q, &g, "r/two"));
+
+	mqtt_free(m);
+	got_free(&g);
+	queue_free(q);
+	broker_cleanup(&b);
+}
+END_TEST
+
+/* While disconnected, publications wait (latest value per topic wins). */
+START_TEST(test_publish_while_disconnected)
+{
+	struct broker b = { 0 };
+	struct conf c;
+	struct queue *q = queue_new(1024);
+	struct got g = { 0 };
+	struct mqtt *m;
+	char err[256];
+	struct qmsg *x;
+
+	b.port = free_port();
+	make_conf(&c, b.port);
+	ck_assert_int_eq(mqtt_new(&c, q, &m, err, sizeof(err)), 0);
+	conf_free(&c);
+	ck_assert_int_eq(mqtt_publish_retained(m, "a/state", "old", 3), 0);
+	ck_assert_int_eq(mqtt_start(m), 0);
+	ck_assert_int_eq(mqtt_publish_retained(m, "a/state", "new", 3), 0);
+	WAIT_FOR(status_has(m, "cannot connect"), DEADLINE_MS);
+	broker_start(&b, NULL);
+	WAIT_FOR(mqtt_synced(m, NULL), DEADLINE_MS);
+	WAIT_FOR(find(q, &g, "a/state") != NULL, DEADLINE_MS);
+	x = find(q, &g, "a/state");
+	ck_assert_uint_eq(x->m.payload_len, 3);
+	ck_assert_int_eq(memcmp(x->m.payload, "new", 3), 0);
+
+	mqtt_free(m);
+	got_free(&g);
+	queue_free(q);
+	broker_cleanup(&b);
+}
+END_TEST
+
+/*
+** A fake MQTT 3.1.1 broker, just enough to answer CONNECT and SUBSCRIBE:
+** stock mosquitto 2.0 grants every well-formed subscription (its ACLs act
+** at delivery), so a refusing SUBACK needs a broker of our own.
+*/
+struct fake {
+	int lfd;
+	pthread_t th;
+	const char *refuse; /* the filter answered with 0x80 */
+};
+
+static bool read_full(int fd, unsigned char *p, size_t n)
+{
+	while (n) {
+		ssize_t r = read(fd, p, n);
+
+		if (r <= 0)
+			return false;
+		p += r;
+		n -= (size_t)r;
+	}
+	return true;
+}
+
+static void *fake_broker(void *arg)
+{
+	struct fake *f = arg;
+	int fd = accept(f->lfd, NULL, NULL);
+	unsigned char h, body[1024];
+
+	while (fd >= 0 && read_full(fd, &h, 1)) {
+		size_t len = 0, mul = 1;
+		unsigned char b;
+
+		do {
+			if (!read_full(fd, &b, 1))
+				goto out;
+			len += (b & 0x7f) * mul;
+			mul *= 128;
+		} while (b & 0x80);
+		if (len > sizeof(body) || !read_full(fd, body, len))
+			break;
+		if ((h & 0xf0) == 0x10) { /* CONNECT */
+			static const unsigned char connack[] = { 0x20, 2, 0, 0 };
+
+			if (write(fd, connack, 4) != 4)
+				break;
+		} else if ((h & 0xf0) == 0x80 && len >= 5) { /* SUBSCRIBE, one filter */
+			size_t tl = (size_t)body[2] << 8 | body[3];
+			bool refuse = tl == strlen(f->refuse) && memcmp(body + 4, f->refuse, tl) == 0;
+			unsigned char suback[] = { 0x90, 3, body[0], body[1], refuse ? 0x80 : 0x01 };
+
+			if (write(fd, suback, 5) != 5)
+				break;
+		} else if ((h & 0xf0) == 0xc0) { /* PINGREQ */
+			static const unsigned char pingresp[] = { 0xd0, 0 };
+
+			if (write(fd, pingresp, 2) != 2)
+				break;
+		} else if ((h & 0xf0) == 0xe0) { /* DISCONNECT */
+			break;
+		}
+	}
+out:
+	if (fd >= 0)
+		close(fd);
+	return NULL;
+}
+
+/* A refused subscription counts as acknowledged: synced, and the status says so. */
+START_TEST(test_refused_subscription)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t alen = sizeof(a);
+	struct fake f = { .refuse = "secret/#" };
+	struct queue *q = queue_new(16);
+	struct mqtt *m;
+	struct conf c;
+	char err[256];
+
+	f.lfd = socket(AF_INET, SOCK_STREAM, 0);
+	ck_assert_int_eq(bind(f.lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+	ck_assert_int_eq(listen(f.lfd, 4), 0);
+	ck_assert_int_eq(getsockname(f.lfd, (struct sockaddr *)&a, &alen), 0);
+	ck_assert_int_eq(pthread_create(&f.th, NULL, fake_broker, &f), 0);
+
+	make_conf(&c, ntohs(a.sin_port));
+	c.protocol = 311;
+	ck_assert_int_eq(conf_set_str(&c.filters[0], "ok/#"), 0);
+	c.filters[1] = strdup("secret/#");
+	ck_assert_ptr_nonnull(c.filters[1]);
+	c.nfilters = 2;
+	ck_assert_int_eq(mqtt_new(&c, q, &m, err, sizeof(err)), 0);
+	conf_free(&c);
+	ck_assert_int_eq(mqtt_start(m), 0);
+	WAIT_FOR(mqtt_synced(m, NULL), DEADLINE_MS);
+	ck_assert_uint_eq(mqtt_subscribe_failures(m), 1);
+	ck_assert(status_has(m, "1 subscription(s) refused"));
+	ck_assert(status_has(m, "'secret/#'"));
+	ck_assert(!status_has(m, "'ok/#'"));
+
+	mqtt_free(m); /* sends DISCONNECT: the fake broker's thread ends */
+	pthread_join(f.th, NULL);
+	close(f.lfd);
+	queue_free(q);
+}
+END_TEST
+
+/*
+** A dead broker does not flood the log: a listener that accepts and closes
+** at once sees the retries, and stderr holds one line about them.
+*/
+START_TEST(test_retry_log_rate_limited)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t len = sizeof(a);
+	char logpath[] = "/tmp/sm-test-mqtt-log-XXXXXX";
+	struct queue *q = queue_new(16);
+	int lfd = socket(AF_INET, SOCK_STREAM, 0), logfd, saved, accepted = 0;
+	struct mqtt *m;
+	struct conf c;
+	char err[256], buf[8192];
+	int64_t t0;
+	ssize_t n;
+	int lines = 0;
+
+	ck_assert_int_eq(bind(lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+	ck_assert_int_eq(listen(lfd, 16), 0);
+	ck_assert_int_eq(getsockname(lfd, (struct sockaddr *)&a, &len), 0);
+	make_conf(&c, ntohs(a.sin_port));
+	c.reconnect_min_ms = 10;
+	c.reconnect_max_ms = 20;
+	ck_assert_int_eq(mqtt_new(&c, q, &m, err, sizeof(err)), 0);
+	conf_free(&c);
+
+	logfd = mkstemp(logpath);
+	ck_assert_int_ge(logfd, 0);
+	saved = dup(2);
+	dup2(logfd, 2);
+	ck_assert_int_eq(mqtt_start(m), 0);
+	t0 = mono_ms();
+	while (accepted < 20 && mono_ms() - t0 < DEADLINE_MS) {
+		struct pollfd p = { .fd = lfd, .events = POLLIN };
+
+		if (poll(&p, 1, 100) > 0) {
+			int cfd = accept(lfd, NULL, NULL);
+
+			if (cfd >= 0) {
+				close(cfd);
+				accepted++;
+			}
+		}
+	}
+	t0 = mono_ms();
+	mqtt_stop(m);
+	ck_assert_int_lt(mono_ms() - t0, 2000); /* stop is prompt while retrying */
+	dup2(saved, 2);
+	close(saved);
+	ck_assert_int_ge(accepted, 20);
+	ck_assert(!mqtt_connected(m));
+
+	lseek(logfd, 0, SEEK_SET);
+	n = read(logfd, buf, sizeof(buf) - 1);
+	ck_assert_int_ge(n, 0);
+	buf[n] = '\0';
+	for (char *p = buf; (p = strstr(p, "cannot connect")) != NULL; p++)
+		lines++;
+	ck_assert_msg(lines == 1, "%d connect-failure lines for %d attempts:\n%s", lines, accepted, buf);
+	close(logfd);
+	unlink(logpath);
+	close(lfd);
+	mqtt_free(m);
+	queue_free(q);
+}
+END_TEST
+
+/* Backpressure: a full queue is waited on, nothing is lost, waits are counted. */
+START_TEST(test_full_queue_backpressure)
+{
+	struct broker b = { 0 };
+	struct conf c;
+	struct queue *q = queue_new(16);
+	struct got g = { 0 };
+	struct mqtt *m;
+	char err[256], topic[32];
+	uint64_t waits0 = STAT_GET(queue_full_waits);
+
+	broker_start(&b, NULL);
+	for (int i = 0; i < 40; i++) {
+		snprintf(topic, sizeof(topic), "bp/%d", i);
+		pub(&b, topic, "{}", true);
+	}
+	make_conf(&c, b.port);
+	ck_assert_int_eq(mqtt_new(&c, q, &m, err, sizeof(err)), 0);
+	conf_free(&c);
+	ck_assert_int_eq(mqtt_start(m), 0);
+	/* Nobody drains until the session has had to wait at least once. */
+	WAIT_FOR(STAT_GET(queue_full_waits) > waits0, DEADLINE_MS);
+	ck_assert(!mqtt_synced(m, NULL));
+	WAIT_FOR((drain(q, &g), g.n == 40), DEADLINE_MS);
+	WAIT_FOR(mqtt_synced(m, NULL), DEADLINE_MS);
+	mqtt_free(m);
+	got_free(&g);
+	queue_free(q);
+	broker_cleanup(&b);
+}
+END_TEST
+
+static Suite *mqtt_suite(void)
+{
+	Suite *s = suite_create("mqtt");
+	TCase *tc = tcase_create("broker");
+
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, test_sync_and_decode);
+	tcase_add_test(tc, test_json_format_and_ts_fields);
+	tcase_add_test(tc, test_broker_restart);
+	tcase_add_test(tc, test_publish_while_disconnected);
+	tcase_add_test(tc, test_refused_subscription);
+	tcase_add_test(tc, test_retry_log_rate_limited);
+	tcase_add_test(tc, test_full_queue_backpressure);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	SRunner *sr;
+	int failed;
+
+	if (access(MOSQUITTO_BIN, X_OK) != 0) {
+		fprintf(stderr, "test_mqtt: %s not installed, skipping\n", MOSQUITTO_BIN);
+		return 77;
+	}
+	signal(SIGPIPE, SIG_IGN);
+	sr = srunner_create(mqtt_suite());
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
