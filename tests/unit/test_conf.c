@@ -192,10 +192,12 @@ START_TEST(test_packaged_conf_matches_defaults)
 	out = calloc(1, 1 << 20);
 	ck_assert_ptr_nonnull(out);
 	while (getline(&text, &cap, f) >= 0) {
-		const char *l = text;
+		const char *l = text, *eq = strstr(text, " =");
+		size_t k = 1;
 		/* "#key = value" -> "key = value"; prose comments stay. */
-		if (l[0] == '#' && l[1] >= 'a' && l[1] <= 'z' && strstr(l, " =") &&
-		    strspn(l + 1, "abcdefghijklmnopqrstuvwxyz_") == (size_t)(strstr(l, " =") - l - 1))
+		while (l[k] == '_' || (l[k] >= 'a' && l[k] <= 'z'))
+			k++;
+		if (l[0] == '#' && k > 1 && eq == l + k)
 			l++;
 		n += (size_t)snprintf(out + n, (1 << 20) - n, "%s", l);
 	}
@@ -205,6 +207,7 @@ START_TEST(test_packaged_conf_matches_defaults)
 	ck_assert_msg(conf_validate(&c, err, sizeof(err)) == 0, "%s", err);
 	/* The example rules are uncommented too; everything else is default. */
 	assert_defaults(&c);
+	ck_assert_uint_eq(c.nrules, 2); /* proves the uncommenting took place */
 	ck_assert_str_eq(c.db_path, "/var/lib/statemirror/state.db");
 	conf_free(&c);
 	free(out);
