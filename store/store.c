@@ -3,6 +3,9 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +21,13 @@ extern const size_t schema_nmigrations;
 
 /* The learn column: one byte nlearn, then up to REC_LEARN_SLOTS varints. */
 #define LEARN_BLOB_MAX (1 + REC_LEARN_SLOTS * 5)
+
+/* The -wal file size (pages) past which a commit wakes the checkpointer,
+ * and past which the writer waits for a checkpoint to finish: only then can
+ * the next write transaction restart the WAL from its beginning, so under
+ * sustained overload the -wal file stays bounded (about 64 MiB). */
+#define CKPT_WAL_PAGES 1000
+#define CKPT_WAL_HARD_PAGES 16384
 
 /* Bits of rec.flags that describe the record rather than our bookkeeping. */
 #define PERSISTED_FLAGS ((uint16_t)~REC_DIRTY)
@@ -49,8 +59,30 @@ static const char sql_load[] =
 	" last_live_ms, updates, cadence_ms, cadence_source, flags, learn, payload"
 	" FROM rec";
 
+/*
+** Checkpoints copy the WAL back into the database and fsync it; on a busy
+** disk that takes seconds. They run on a thread of their own, with their
+** own connection, so that the core thread's commits never wait for a disk
+** flush (in WAL mode with synchronous=NORMAL a commit does not fsync).
+** SQLite's automatic checkpoint is replaced by a WAL hook that wakes it.
+*/
+struct ckpt {
+	sqlite3 *db;
+	pthread_t thread;
+	pthread_mutex_t lock;
+	pthread_cond_t wake;
+	pthread_cond_t done;
+	uint64_t req_gen;    /* under lock: requests made */
+	uint64_t done_gen;   /* under lock: requests served by a finished checkpoint */
+	bool stop;           /* under lock */
+	bool running;        /* the thread was started */
+	atomic_int result;   /* of the last checkpoint: 0 or -errno */
+};
+
 struct store {
 	sqlite3 *db;
+	struct ckpt ck;
+	int wal_pages;        /* -wal size after the last commit, from the WAL hook */
 	sqlite3_stmt *begin;
 	sqlite3_stmt *commit;
 	sqlite3_stmt *rollback;
@@ -191,6 +223,109 @@ out:
 	return r;
 }
 
+static void ckpt_request(struct ckpt *ck)
+{
+	pthread_mutex_lock(&ck->lock);
+	ck->req_gen++;
+	pthread_cond_signal(&ck->wake);
+	pthread_mutex_unlock(&ck->lock);
+}
+
+/* Request a checkpoint and wait until one that began after the request
+ * has finished. */
+static void ckpt_wait(struct ckpt *ck)
+{
+	uint64_t mine;
+
+	pthread_mutex_lock(&ck->lock);
+	mine = ++ck->req_gen;
+	pthread_cond_signal(&ck->wake);
+	while (ck->done_gen < mine && !ck->stop)
+		pthread_cond_wait(&ck->done, &ck->lock);
+	pthread_mutex_unlock(&ck->lock);
+}
+
+static void *ckpt_main(void *arg)
+{
+	struct ckpt *ck = arg;
+
+	pthread_mutex_lock(&ck->lock);
+	for (;;) {
+		uint64_t gen;
+		int rc;
+
+		while (ck->done_gen == ck->req_gen && !ck->stop)
+			pthread_cond_wait(&ck->wake, &ck->lock);
+		if (ck->stop)
+			break;
+		gen = ck->req_gen;
+		pthread_mutex_unlock(&ck->lock);
+		/* PASSIVE: copies what no reader still needs, never waits for
+		 * readers or the writer. */
+		rc = sqlite3_wal_checkpoint_v2(ck->db, NULL, SQLITE_CHECKPOINT_PASSIVE,
+					       NULL, NULL);
+		atomic_store_explicit(&ck->result, rc == SQLITE_OK ? 0 : sql_errno(rc),
+				      memory_order_relaxed);
+		pthread_mutex_lock(&ck->lock);
+		ck->done_gen = gen;
+		pthread_cond_broadcast(&ck->done);
+	}
+	pthread_mutex_unlock(&ck->lock);
+	return NULL;
+}
+
+static int ckpt_start(struct ckpt *ck, const char *path, char *err, size_t errlen)
+{
+	int rc, e;
+
+	rc = sqlite3_open_v2(path, &ck->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+	if (rc != SQLITE_OK)
+		return sql_fail(ck->db, rc, "checkpointer: open", err, errlen);
+	/* Its own commits (none) must not checkpoint, nor its close. */
+	sqlite3_wal_autocheckpoint(ck->db, 0);
+	/* A connection finds the file in WAL mode at its first read; until
+	 * then a checkpoint is a no-op. */
+	rc = sqlite3_exec(ck->db, "SELECT count(*) FROM sqlite_schema", NULL, NULL, NULL);
+	if (rc != SQLITE_OK)
+		return sql_fail(ck->db, rc, "checkpointer: read", err, errlen);
+	sqlite3_db_config(ck->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL);
+	e = pthread_create(&ck->thread, NULL, ckpt_main, ck);
+	if (e) {
+		seterr(err, errlen, "checkpointer: %s", strerror(e));
+		return -e;
+	}
+	ck->running = true;
+	return 0;
+}
+
+static void ckpt_stop(struct ckpt *ck)
+{
+	if (ck->running) {
+		pthread_mutex_lock(&ck->lock);
+		ck->stop = true;
+		pthread_cond_signal(&ck->wake);
+		pthread_mutex_unlock(&ck->lock);
+		pthread_join(ck->thread, NULL);
+		ck->running = false;
+	}
+	sqlite3_close(ck->db);
+	ck->db = NULL;
+}
+
+/* Runs in the core thread after each commit: wake the checkpointer once
+ * the WAL has grown enough (a mutex and a signal, no I/O). */
+static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
+{
+	struct store *st = arg;
+
+	(void)db;
+	(void)name;
+	st->wal_pages = pages;
+	if (pages >= CKPT_WAL_PAGES)
+		ckpt_request(&st->ck);
+	return SQLITE_OK;
+}
+
 static int prepare(sqlite3 *db, const char *sql, sqlite3_stmt **ret, char *err, size_t errlen)
 {
 	int rc = sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, ret, NULL);
@@ -211,6 +346,9 @@ int store_open(const char *path, struct store **ret_st, char *err, size_t errlen
 		seterr(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
+	pthread_mutex_init(&st->ck.lock, NULL);
+	pthread_cond_init(&st->ck.wake, NULL);
+	pthread_cond_init(&st->ck.done, NULL);
 	rc = sqlite3_open_v2(path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
 			     SQLITE_OPEN_NOMUTEX, NULL);
 	if (rc != SQLITE_OK) {
@@ -219,6 +357,13 @@ int store_open(const char *path, struct store **ret_st, char *err, size_t errlen
 		seterr(err, errlen, "%s: %s", path,
 		       st->db ? sqlite3_errmsg(st->db) : sqlite3_errstr(rc));
 		r = e > 0 ? -e : sql_errno(rc);
+		goto fail;
+	}
+	/* SQLite falls back to read-only when it may not write the file;
+	 * every store_write would then fail: refuse now, with the reason. */
+	if (sqlite3_db_readonly(st->db, "main") == 1) {
+		seterr(err, errlen, "%s: not writable", path);
+		r = -EACCES;
 		goto fail;
 	}
 	sqlite3_extended_result_codes(st->db, 1);
@@ -254,7 +399,6 @@ int store_open(const char *path, struct store **ret_st, char *err, size_t errlen
 		 "PRAGMA synchronous = NORMAL;"
 		 "PRAGMA cache_size = -65536;"          /* 64 MiB */
 		 "PRAGMA journal_size_limit = 67108864;" /* -wal trimmed to 64 MiB */
-		 "PRAGMA wal_autocheckpoint = 4000;"    /* pages, about 16 MiB */
 		 "PRAGMA temp_store = MEMORY;",
 		 "pragmas", err, errlen);
 	if (r < 0)
@@ -270,6 +414,11 @@ int store_open(const char *path, struct store **ret_st, char *err, size_t errlen
 	    (r = prepare(st->db, sql_rev_mark, &st->rev_mark, err, errlen)) < 0)
 		goto fail;
 
+	r = ckpt_start(&st->ck, path, err, errlen);
+	if (r < 0)
+		goto fail;
+	sqlite3_wal_hook(st->db, wal_hook, st);
+
 	*ret_st = st;
 	return 0;
 fail:
@@ -281,12 +430,16 @@ void store_close(struct store *st)
 {
 	if (!st)
 		return;
+	ckpt_stop(&st->ck);
 	sqlite3_finalize(st->begin);
 	sqlite3_finalize(st->commit);
 	sqlite3_finalize(st->rollback);
 	sqlite3_finalize(st->upsert);
 	sqlite3_finalize(st->rev_mark);
 	sqlite3_close(st->db);
+	pthread_mutex_destroy(&st->ck.lock);
+	pthread_cond_destroy(&st->ck.wake);
+	pthread_cond_destroy(&st->ck.done);
 	free(st);
 }
 
@@ -425,6 +578,11 @@ int store_write(struct store *st, struct rec *const *recs, size_t n, char *err, 
 	if (maxrev > st->rev_written)
 		st->rev_written = maxrev;
 	sqlite3_clear_bindings(st->upsert);
+	if (st->wal_pages >= CKPT_WAL_HARD_PAGES) {
+		/* Overload: writes outpace the checkpointer. */
+		ckpt_wait(&st->ck);
+		st->wal_pages = 0;
+	}
 	return 0;
 fail:
 	/* The errcode is read before the rollback can overwrite it. */
@@ -514,9 +672,8 @@ fail:
 
 int store_checkpoint(struct store *st)
 {
-	int rc = sqlite3_wal_checkpoint_v2(st->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-
-	return rc == SQLITE_OK ? 0 : sql_errno(rc);
+	ckpt_request(&st->ck);
+	return atomic_load_explicit(&st->ck.result, memory_order_relaxed);
 }
 
 int store_schema_version(void)

@@ -18,15 +18,20 @@ struct store;
 ** -ENOTSUP (written by a newer daemon: its user_version is above
 ** store_schema_version(); the file is left untouched), -EBUSY (another
 ** process holds the write lock), the OS's -errno when the file cannot be
-** opened (-EACCES, -ENOENT for a missing directory...), -ENOMEM or -EIO.
+** opened (-EACCES also when it is read-only, -ENOENT for a missing
+** directory...), -ENOMEM or -EIO.
 ** *ret_st is written only on success. The store belongs to one thread (the
 ** core thread) after startup; SQLite is opened with SQLITE_OPEN_NOMUTEX.
 ** Foreign readers (`sqlite3 -readonly`) may hold the file open at any
-** time: WAL mode means they never block store_write, nor it them.
+** time: WAL mode means they never block store_write, nor it them. Starts
+** one thread (the checkpointer, see store_checkpoint) with a second
+** connection; store_close stops it. A path must name a file (":memory:"
+** has no WAL and is refused with -EIO).
 */
 int store_open(const char *path, struct store **ret_st, char *err, size_t errlen);
 
-/* Close, committing nothing pending (store_write commits itself). Accepts NULL. */
+/* Close, committing nothing pending (store_write commits itself): stops the
+ * checkpointer, then the last close checkpoints the WAL. Accepts NULL. */
 void store_close(struct store *st);
 
 /*
@@ -55,10 +60,15 @@ int store_load(struct store *st, struct index *ix, int64_t *ret_rev, char *err, 
 */
 int store_write(struct store *st, struct rec *const *recs, size_t n, char *err, size_t errlen);
 
-/* Run a WAL checkpoint (PASSIVE: never waits for readers) so the -wal file
- * does not grow without bound while readers come and go; SQLite also
- * checkpoints by itself every ~16 MiB of WAL. Returns 0, -EBUSY (another
- * checkpoint is running) or -EIO. */
+/*
+** Ask for a WAL checkpoint (PASSIVE: never waits for readers) and return at
+** once. Checkpoints (which fsync) run on the store's own thread with its
+** own connection, so the caller never waits for the disk; that thread is
+** also woken by every commit that leaves the -wal file over ~4 MiB.
+** Only when writes outpace it (a WAL over 64 MiB) does store_write wait
+** for one checkpoint, which bounds the -wal file. Returns the result of
+** the last finished checkpoint: 0, -EBUSY or -EIO.
+*/
 int store_checkpoint(struct store *st);
 
 /* The schema version this build writes (the number of migrations). */

@@ -3,9 +3,11 @@
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -531,7 +533,7 @@ START_TEST(test_unopenable_path)
 	char path[200];
 
 	snprintf(path, sizeof(path), "%s/no/such/dir/state.db", tmpdir);
-	ck_assert_int_lt(store_open(path, &st, err, sizeof(err)), 0);
+	ck_assert_int_eq(store_open(path, &st, err, sizeof(err)), -ENOENT);
 	ck_assert_ptr_null(st);
 	ck_assert_msg(strstr(err, path) != NULL, "err: %s", err);
 }
@@ -675,6 +677,63 @@ START_TEST(test_batch_is_fast)
 }
 END_TEST
 
+static off_t file_size(const char *path)
+{
+	struct stat sb;
+
+	return stat(path, &sb) == 0 ? sb.st_size : -1;
+}
+
+/* Poll (never a bare sleep) until the database file holds at least `want`
+ * bytes, i.e. a checkpoint has copied the WAL back; false after 10 s. */
+static bool wait_db_size(off_t want)
+{
+	for (int i = 0; i < 1000; i++) {
+		if (file_size(dbpath) >= want)
+			return true;
+		usleep(10 * 1000);
+	}
+	return false;
+}
+
+/* Commits go to the -wal file; the checkpointer thread copies them into
+ * the database file, woken by a growing WAL or by store_checkpoint(). */
+START_TEST(test_checkpoints)
+{
+	struct store *st = open_store();
+	size_t biglen = 200 * 1024;
+	char *big = malloc(biglen);
+	struct rec *v[40];
+	char topic[32];
+	off_t base;
+
+	ck_assert_ptr_nonnull(big);
+	memset(big, 'z', biglen);
+	for (int i = 0; i < 40; i++) {
+		snprintf(topic, sizeof(topic), "ck/%02d", i);
+		v[i] = mkrec(topic, big, biglen, i + 1);
+	}
+	base = file_size(dbpath);
+	ck_assert_int_gt(base, 0);
+
+	/* Small: stays in the WAL until asked. */
+	write_ok(st, v, 1);
+	ck_assert_int_lt(file_size(dbpath), base + (off_t)biglen);
+	ck_assert_int_eq(store_checkpoint(st), 0);
+	ck_assert_msg(wait_db_size(base + (off_t)biglen), "store_checkpoint copied nothing");
+
+	/* Large (8 MB, past the WAL threshold): checkpointed unasked. */
+	base = file_size(dbpath);
+	write_ok(st, v + 1, 39);
+	ck_assert_msg(wait_db_size(base + 39 * (off_t)biglen), "no checkpoint after 8 MB");
+	ck_assert_int_eq(file_int("SELECT count(*) FROM keys"), 40);
+
+	store_close(st);
+	free_recs(v, 40);
+	free(big);
+}
+END_TEST
+
 static Suite *store_suite(void)
 {
 	Suite *s = suite_create("store");
@@ -694,6 +753,7 @@ static Suite *store_suite(void)
 	tcase_add_test(tc, test_failed_batch_is_atomic);
 	tcase_add_test(tc, test_busy_fails_fast);
 	tcase_add_test(tc, test_batch_is_fast);
+	tcase_add_test(tc, test_checkpoints);
 	suite_add_tcase(s, tc);
 	return s;
 }
