@@ -331,7 +331,7 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	struct api_deps ad = { .conf = &conf, .ix = ix, .core = core, .rejects = rejects,
-			       .stale = stale };
+			       .stale = stale, .queue = queue };
 	if ((rc = api_start(&ad, &api, err, sizeof(err))) < 0) {
 		log_error("http: %s", err);
 		goto out;

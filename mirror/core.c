@@ -30,7 +30,11 @@
 */
 
 #define CORE_BATCH 1024
-#define CORE_FLUSH_ROWS 20000          /* commit early past this many changes */
+/* The dirty list holds one entry per applied change (a hot key repeats);
+ * past this many the core commits early to bound the list's memory. A
+ * commit per commit_interval is cheaper than several smaller ones: SQLite
+ * rewrites about a page per changed row whatever the batch size. */
+#define CORE_FLUSH_ROWS 262144
 #define CORE_RETRY_MIN_MS 250
 #define CORE_RETRY_MAX_MS 5000
 #define CORE_CHECKPOINT_MS 10000
