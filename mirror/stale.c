@@ -892,3 +892,8 @@ int64_t stale_next_due(const struct stale *s)
 {
 	return s->n ? s->heap[0].due : STALE_NEVER;
 }
+
+struct alerts *stale_alerts(struct stale *s)
+{
+	return s->alerts;
+}

@@ -103,5 +103,7 @@ size_t stale_group_prefix(const char *topic, size_t len, char *out, size_t n);
 size_t stale_tracked(const struct stale *s);
 bool stale_heap_check(const struct stale *s);
 int64_t stale_next_due(const struct stale *s);
+/* The alerting half (mirror/alerts.h), for tests. */
+struct alerts *stale_alerts(struct stale *s);
 
 #endif

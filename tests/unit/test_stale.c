@@ -1,0 +1,787 @@
+/* SPDX-License-Identifier: MIT */
+/* test_stale.c: cadence rules, learning, the deadline heap at scale, transitions, load, reload. */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/conf.h"
+#include "common/stats.h"
+#include "mirror/alerts.h"
+#include "mirror/stale.h"
+#include "tests/unit/clock_fake.h"
+
+#define SEC 1000
+
+static struct conf conf;
+static struct stale *st;
+static int64_t T;                 /* the test's "now" */
+
+/* Transitions seen through the callback. */
+static struct {
+	unsigned to_stale, to_fresh;
+	struct rec *last;
+	bool last_stale;
+	int64_t at;       /* T when the last transition was made */
+} seen;
+
+static void on_transition(struct rec *r, bool became_stale, void *ctx)
+{
+	(void)ctx;
+	ck_assert_int_eq(!!(r->flags & REC_STALE), became_stale); /* flag already updated */
+	if (became_stale) {
+		seen.to_stale++;
+		ck_assert_int_gt(r->stale_since_ms, 0);
+	} else {
+		seen.to_fresh++;
+		ck_assert_int_eq(r->stale_since_ms, 0);
+	}
+	seen.last = r;
+	seen.last_stale = became_stale;
+	seen.at = T;
+}
+
+static unsigned published;
+static void count_publish(void *ctx, const char *topic, const char *payload, size_t len)
+{
+	(void)ctx;
+	(void)topic;
+	(void)payload;
+	(void)len;
+	published++;
+}
+
+static void add_rule(const char *filter, int64_t cadence_ms)
+{
+	conf.rules[conf.nrules].filter = strdup(filter);
+	ck_assert_ptr_nonnull(conf.rules[conf.nrules].filter);
+	conf.rules[conf.nrules++].cadence_ms = cadence_ms;
+}
+
+static void setup(void)
+{
+	ck_assert_int_eq(conf_defaults(&conf), 0);
+	memset(&g_stats, 0, sizeof(g_stats));
+	memset(&seen, 0, sizeof(seen));
+	published = 0;
+	T = fake_now_ms;
+	st = NULL;
+	log_set_level(LOG_LEVEL_ERROR); /* a million transitions are logged otherwise */
+}
+
+static void teardown(void)
+{
+	stale_free(st);
+	st = NULL;
+	conf_free(&conf);
+}
+
+static void start(bool synced)
+{
+	st = stale_new(&conf, &(struct stale_outlet){ count_publish, NULL });
+	ck_assert_ptr_nonnull(st);
+	stale_on_broker(st, false, T);
+	if (synced)
+		stale_on_broker(st, true, T);
+}
+
+/* A fresh record, as apply would leave it (not in any index: the engine only
+ * needs stable record pointers). */
+static struct rec *mk(const char *topic)
+{
+	struct rec *r = rec_new(topic, strlen(topic));
+
+	ck_assert_ptr_nonnull(r);
+	return r;
+}
+
+/* A live message at T: apply moved last_seen to now. */
+static void live(struct rec *r)
+{
+	bool is_new = r->updates == 0;
+
+	r->updates++;
+	r->last_seen_ms = T;
+	stale_on_message(st, r, true, is_new, T, on_transition, NULL);
+}
+
+/* A retained delivery observed at obs_ms (apply's last_seen rule). */
+static void retained(struct rec *r, int64_t obs_ms, bool ts_from_payload)
+{
+	bool is_new = r->updates == 0;
+
+	r->updates++;
+	if (obs_ms > r->last_seen_ms)
+		r->last_seen_ms = obs_ms > T ? T : obs_ms;
+	if (ts_from_payload)
+		r->flags |= REC_TS_PAYLOAD;
+	else
+		r->flags &= (uint16_t)~REC_TS_PAYLOAD;
+	stale_on_message(st, r, false, is_new, T, on_transition, NULL);
+}
+
+static int64_t tick(void)
+{
+	int64_t w = stale_tick(st, T, on_transition, NULL);
+
+	ck_assert_int_ge(w, 1);
+	ck_assert_int_le(w, 100);
+	return w;
+}
+
+/* Advance the clock to `until`, ticking as the core loop does. */
+static void run_until(int64_t until)
+{
+	while (T < until) {
+		int64_t w = tick();
+		T = T + w < until ? T + w : until;
+	}
+	tick();
+}
+
+/* ------------------------------------------------------------- rules */
+
+START_TEST(rule_precedence)
+{
+	struct rec *a, *b, *c, *d, *e;
+
+	add_rule("dc1/+/temp", 10 * SEC);
+	add_rule("dc1/#", 0);               /* never */
+	add_rule("dc1/hall2/temp", 1 * SEC); /* shadowed by the first */
+	conf.default_kind = CONF_DEFAULT_FIXED;
+	conf.default_cadence_ms = 5 * SEC;
+	start(true);
+	live(a = mk("dc1/hall2/temp"));
+	live(b = mk("dc1/hall2/hum"));
+	live(c = mk("other/x"));
+	live(d = mk("dc1"));                /* "dc1/#" matches its parent level */
+	live(e = mk("$SYS/x/temp"));        /* wildcards never match $ topics */
+	ck_assert_uint_eq(a->cadence_ms, 10000);
+	ck_assert_uint_eq(a->cadence_source, CADENCE_RULE);
+	ck_assert_uint_eq(b->cadence_ms, 0);
+	ck_assert_uint_eq(b->cadence_source, CADENCE_RULE);
+	ck_assert_uint_eq(c->cadence_ms, 5000);
+	ck_assert_uint_eq(c->cadence_source, CADENCE_DEFAULT);
+	ck_assert_uint_eq(d->cadence_ms, 0);
+	ck_assert_uint_eq(d->cadence_source, CADENCE_RULE);
+	ck_assert_uint_eq(e->cadence_source, CADENCE_DEFAULT);
+
+	/* "never" is never stale, even after a day. */
+	run_until(T + 31 * SEC);
+	ck_assert(a->flags & REC_STALE);
+	ck_assert(c->flags & REC_STALE);
+	ck_assert(!(b->flags & REC_STALE));
+	T += 86400 * SEC;
+	tick();
+	ck_assert(!(b->flags & REC_STALE));
+	stale_free(st);
+	st = NULL;
+	rec_free(a), rec_free(b), rec_free(c), rec_free(d), rec_free(e);
+}
+END_TEST
+
+START_TEST(default_kinds)
+{
+	struct rec *a = mk("x/y");
+
+	conf.default_kind = CONF_DEFAULT_NEVER;
+	start(true);
+	live(a);
+	ck_assert_uint_eq(a->cadence_ms, 0);
+	ck_assert_uint_eq(a->cadence_source, CADENCE_DEFAULT);
+	for (int i = 0; i < 10; i++) {
+		T += SEC;
+		live(a);
+	}
+	ck_assert_uint_eq(a->cadence_ms, 0); /* never: nothing is learned */
+	stale_free(st);
+	st = NULL;
+
+	conf.default_kind = CONF_DEFAULT_LEARN;
+	rec_free(a);
+	a = mk("x/y");
+	start(true);
+	live(a);
+	ck_assert_uint_eq(a->cadence_source, CADENCE_NONE);
+	ck_assert_uint_eq(a->cadence_ms, 0);
+	stale_free(st);
+	st = NULL;
+	rec_free(a);
+}
+END_TEST
+
+/* ---------------------------------------------------------- learning */
+
+static void feed(struct rec *r, int64_t interval, int n)
+{
+	for (int i = 0; i < n; i++) {
+		T += interval;
+		live(r);
+	}
+}
+
+START_TEST(learn_steady)
+{
+	struct rec *r = mk("p/steady");
+
+	start(true);
+	live(r);
+	feed(r, 10 * SEC, 2);
+	ck_assert_uint_eq(r->cadence_source, CADENCE_NONE); /* two intervals: not yet */
+	ck_assert_uint_eq(r->cadence_ms, 0);
+	feed(r, 10 * SEC, 1);
+	ck_assert_uint_eq(r->cadence_source, CADENCE_LEARNED);
+	ck_assert_uint_eq(r->cadence_ms, 10000);
+	/* And it is judged by it: stale after grace (3) x 10 s. */
+	run_until(T + 30 * SEC);
+	ck_assert(!(r->flags & REC_STALE));
+	run_until(T + 100);
+	ck_assert(r->flags & REC_STALE);
+	ck_assert_int_eq(r->stale_since_ms, r->last_seen_ms + 30 * SEC);
+	/* Many more messages: the ring wraps, the cadence stays. */
+	feed(r, 10 * SEC, 100);
+	ck_assert_uint_eq(r->cadence_ms, 10000);
+	ck_assert_uint_lt(r->nlearn, 2 * REC_LEARN_SLOTS);
+	stale_free(st);
+	st = NULL;
+	rec_free(r);
+}
+END_TEST
+
+START_TEST(learn_jitter)
+{
+	struct rec *r = mk("p/jitter");
+
+	srandom(7);
+	start(true);
+	live(r);
+	for (int i = 0; i < 200; i++) {
+		T += 10 * SEC - 1500 + random() % 3001; /* 10 s +- 15 % */
+		live(r);
+		if (i >= 3) {
+			ck_assert_uint_ge(r->cadence_ms, 8500);
+			ck_assert_uint_le(r->cadence_ms, 11500);
+		}
+	}
+	ck_assert_uint_eq(seen.to_stale, 0);
+	stale_free(st);
+	st = NULL;
+	rec_free(r);
+}
+END_TEST
+
+START_TEST(learn_outliers)
+{
+	struct rec *r = mk("p/outlier");
+
+	start(true);
+	live(r);
+	feed(r, 10 * SEC, 8);
+	ck_assert_uint_eq(r->cadence_ms, 10000);
+	/* One late message (the producer hiccuped for 25 s). */
+	feed(r, 25 * SEC, 1);
+	ck_assert_uint_eq(r->cadence_ms, 10000);
+	/* One early message. */
+	feed(r, 2 * SEC, 1);
+	feed(r, 8 * SEC, 1);
+	ck_assert_uint_eq(r->cadence_ms, 10000);
+	/* One doubled message (QoS 1 redelivery, 3 ms apart). */
+	feed(r, 10 * SEC, 1);
+	feed(r, 3, 1);
+	feed(r, 10 * SEC - 3, 1);
+	ck_assert_uint_eq(r->cadence_ms, 10000);
+	stale_free(st);
+	st = NULL;
+	rec_free(r);
+}
+END_TEST
+
+START_TEST(learn_always_doubled)
+{
+	struct rec *r = mk("p/twice");
+
+	start(true);
+	live(r);
+	for (int i = 0; i < 20; i++) {
+		feed(r, 5, 1);           /* every message arrives twice */
+		feed(r, 10 * SEC - 5, 1);
+	}
+	ck_assert_uint_eq(r->cadence_source, CADENCE_LEARNED);
+	ck_assert_uint_ge(r->cadence_ms, 9990);
+	ck_assert_uint_le(r->cadence_ms, 10000);
+	/* Copies 1 s apart are real messages once nothing is learned... */
+	stale_free(st);
+	st = NULL;
+	rec_free(r);
+}
+END_TEST
+
+START_TEST(learn_changed_cadence)
+{
+	struct rec *r = mk("p/change");
+	int n;
+
+	start(true);
+	live(r);
+	feed(r, 10 * SEC, 10);
+	ck_assert_uint_eq(r->cadence_ms, 10000);
+	/* Slower: 60 s. A majority of the ring (4 of 7) moves the median. */
+	feed(r, 60 * SEC, 3);
+	ck_assert_uint_eq(r->cadence_ms, 10000);
+	feed(r, 60 * SEC, 1);
+	ck_assert_uint_eq(r->cadence_ms, 60000);
+	feed(r, 60 * SEC, 10);
+	ck_assert_uint_eq(r->cadence_ms, 60000);
+	/* Faster: 1 s. Copies within a quarter cadence are merged, so it
+	 * converges in a few steps, not at once, and then follows exactly. */
+	for (n = 0; n < 400 && r->cadence_ms != 1000; n++)
+		feed(r, SEC, 1);
+	ck_assert_uint_eq(r->cadence_ms, 1000);
+	ck_assert_int_lt(n, 200);
+	stale_free(st);
+	st = NULL;
+	rec_free(r);
+}
+END_TEST
+
+START_TEST(learn_not_across_absence)
+{
+	struct rec *r = mk("p/absence");
+
+	start(true);
+	live(r);
+	feed(r, 10 * SEC, 2);            /* two intervals */
+	stale_on_broker(st, false, T);
+	T += 10 * SEC;
+	live(r);                          /* during the re-sync: anchor only */
+	T += 5 * 60 * SEC;
+	stale_on_broker(st, true, T);
+	T += 10 * SEC;
+	live(r);                          /* spans the absence: not an interval */
+	ck_assert_uint_eq(r->cadence_source, CADENCE_NONE);
+	feed(r, 10 * SEC, 1);             /* the third real interval */
+	ck_assert_uint_eq(r->cadence_source, CADENCE_LEARNED);
+	ck_assert_uint_eq(r->cadence_ms, 10000);
+	stale_free(st);
+	st = NULL;
+	rec_free(r);
+}
+END_TEST
+
+/* ------------------------------------------------------- transitions */
+
+START_TEST(transition_on_time)
+{
+	struct rec *r = mk("dc1/rack1/temp");
+	int64_t deadline;
+
+	add_rule("dc1/#", 10 * SEC);
+	start(true);
+	live(r);
+	deadline = T + 30 * SEC;
+	/* Drive the clock only by what stale_tick asks for. */
+	while (!(r->flags & REC_STALE)) {
+		int64_t w = tick();
+		ck_assert_int_le(T, deadline + 100);
+		T += w;
+	}
+	ck_assert_int_gt(seen.at, deadline);
+	ck_assert_int_le(seen.at, deadline + 100);
+	ck_assert_uint_eq(seen.to_stale, 1);
+	ck_assert_ptr_eq(seen.last, r);
+	ck_assert_int_eq(r->stale_since_ms, deadline);
+	ck_assert_uint_eq(STAT_GET(stale_keys), 1);
+	ck_assert_uint_eq(STAT_GET(stale_transitions), 1);
+	/* Exactly at the deadline it is not stale yet ("longer than"). */
+	stale_free(st);
+	st = NULL;
+	memset(&g_stats, 0, sizeof(g_stats));
+	start(true);
+	r->flags &= (uint16_t)~REC_STALE;
+	r->heap_idx = UINT32_MAX;
+	r->updates = 0;
+	live(r);
+	T += 30 * SEC;
+	tick();
+	ck_assert(!(r->flags & REC_STALE));
+	T += 1;
+	tick();
+	ck_assert(r->flags & REC_STALE);
+
+	/* Back to fresh on the next live message, at once. */
+	T += 5 * SEC;
+	live(r);
+	ck_assert(!(r->flags & REC_STALE));
+	ck_assert_uint_eq(STAT_GET(stale_keys), 0);
+	ck_assert_uint_eq(STAT_GET(fresh_transitions), 1);
+	ck_assert(!seen.last_stale);
+	stale_free(st);
+	st = NULL;
+	rec_free(r);
+}
+END_TEST
+
+START_TEST(retained_is_no_sign_of_life)
+{
+	struct rec *r = mk("dc1/rack1/temp");
+	struct rec *n = mk("dc1/rack2/temp");
+
+	add_rule("dc1/#", 10 * SEC);
+	start(true);
+	live(r);
+	run_until(T + 31 * SEC);
+	ck_assert(r->flags & REC_STALE);
+	/* The broker replays the stored copy: same old observation time. */
+	retained(r, r->last_seen_ms, true);
+	ck_assert(r->flags & REC_STALE);
+	/* A copy without the producer's timestamp (ts = receive time) says
+	 * nothing about the producer either. */
+	retained(r, T, false);
+	ck_assert(r->flags & REC_STALE);
+	/* A copy whose own timestamp is recent: the data held is recent. */
+	retained(r, T - SEC, true);
+	ck_assert(!(r->flags & REC_STALE));
+
+	/* A new key seen first as a dead producer's retained value: stale at
+	 * once, not after another grace period. */
+	retained(n, T - 60 * SEC, true);
+	ck_assert(n->flags & REC_STALE);
+	ck_assert_int_eq(n->stale_since_ms, T - 30 * SEC);
+	stale_free(st);
+	st = NULL;
+	rec_free(r);
+	rec_free(n);
+}
+END_TEST
+
+START_TEST(lazy_deadline_is_exact)
+{
+	/* Live messages do not touch the heap while they move the deadline
+	 * later; the due handler re-schedules. The key must still go stale
+	 * exactly one window after its last message. */
+	struct rec *r = mk("a/b");
+
+	add_rule("a/#", SEC);
+	start(true);
+	live(r);
+	for (int i = 0; i < 50; i++) {
+		T += 700;
+		live(r);
+		tick();
+		ck_assert(!(r->flags & REC_STALE));
+	}
+	run_until(T + 3 * SEC);
+	ck_assert(!(r->flags & REC_STALE));
+	T += 1;
+	tick();
+	ck_assert(r->flags & REC_STALE);
+	ck_assert_uint_eq(seen.to_stale, 1);
+	stale_free(st);
+	st = NULL;
+	rec_free(r);
+}
+END_TEST
+
+START_TEST(delete_untracks)
+{
+	struct rec *r = mk("a/b");
+
+	add_rule("a/#", SEC);
+	start(true);
+	live(r);
+	run_until(T + 4 * SEC);
+	ck_assert(r->flags & REC_STALE);
+	ck_assert_uint_eq(STAT_GET(stale_keys), 1);
+	r->flags |= REC_DELETED;
+	stale_on_delete(st, r, T, on_transition, NULL);
+	ck_assert(!(r->flags & REC_STALE));
+	ck_assert_uint_eq(STAT_GET(stale_keys), 0);
+	ck_assert_uint_eq(stale_tracked(st), 0);
+	/* Revived: a new life, tracked again. */
+	r->flags &= (uint16_t)~REC_DELETED;
+	r->updates = 0;
+	live(r);
+	ck_assert_uint_eq(stale_tracked(st), 1);
+	ck_assert(!(r->flags & REC_STALE));
+	stale_free(st);
+	st = NULL;
+	rec_free(r);
+}
+END_TEST
+
+START_TEST(own_alert_topics_never_judged)
+{
+	struct rec *a = mk("statemirror/alerts/group/x");
+	struct rec *b = mk("statemirror/alerts");
+	struct rec *c = mk("statemirror/alertsX/y");
+
+	conf.default_kind = CONF_DEFAULT_FIXED;
+	conf.default_cadence_ms = SEC;
+	start(true);
+	live(a);
+	live(b);
+	live(c);
+	ck_assert(a->flags & REC_NO_STALE);
+	ck_assert(b->flags & REC_NO_STALE);
+	ck_assert(!(c->flags & REC_NO_STALE));
+	ck_assert_uint_eq(stale_tracked(st), 1);
+	run_until(T + 10 * SEC);
+	ck_assert(!(a->flags & REC_STALE));
+	ck_assert(c->flags & REC_STALE);
+	stale_free(st);
+	st = NULL;
+	rec_free(a), rec_free(b), rec_free(c);
+}
+END_TEST
+
+struct gseen {
+	char prefix[8][32];
+	uint64_t n[8];
+	int k;
+};
+
+static void group_fn(const char *prefix, uint64_t count, void *ctx)
+{
+	struct gseen *g = ctx;
+
+	ck_assert_int_lt(g->k, 8);
+	snprintf(g->prefix[g->k], sizeof(g->prefix[0]), "%s", prefix);
+	g->n[g->k++] = count;
+}
+
+START_TEST(groups_for_v1_stale)
+{
+	const char *topics[] = { "b/r1/t", "b/r1/h", "a/x", "a/y", "a/z", "top", "b/r2/t" };
+	struct rec *r[7];
+	struct gseen g = { 0 };
+	char buf[8];
+
+	ck_assert_uint_eq(stale_group_prefix("dc1/hall2/rack17/temp", 21, buf, sizeof(buf)), 16);
+	ck_assert_str_eq(buf, "dc1/hal");
+	ck_assert_uint_eq(stale_group_prefix("top", 3, buf, sizeof(buf)), 0);
+	ck_assert_str_eq(buf, "");
+
+	conf.default_kind = CONF_DEFAULT_FIXED;
+	conf.default_cadence_ms = SEC;
+	start(true);
+	for (int i = 0; i < 7; i++)
+		live(r[i] = mk(topics[i]));
+	T += 2 * SEC;
+	live(r[6]); /* b/r2/t stays fresh */
+	run_until(T + 2 * SEC);
+	stale_groups(st, NULL, group_fn, &g);
+	ck_assert_int_eq(g.k, 3);
+	ck_assert_str_eq(g.prefix[0], "");
+	ck_assert_uint_eq(g.n[0], 1);
+	ck_assert_str_eq(g.prefix[1], "a");
+	ck_assert_uint_eq(g.n[1], 3);
+	ck_assert_str_eq(g.prefix[2], "b/r1");
+	ck_assert_uint_eq(g.n[2], 2);
+	/* Fresh again: its group goes away. */
+	live(r[0]);
+	live(r[1]);
+	memset(&g, 0, sizeof(g));
+	stale_groups(st, NULL, group_fn, &g);
+	ck_assert_int_eq(g.k, 2);
+	stale_free(st);
+	st = NULL;
+	for (int i = 0; i < 7; i++)
+		rec_free(r[i]);
+}
+END_TEST
+
+/* --------------------------------------------------------- at scale */
+
+#define SCALE_KEYS 1000000
+
+static int64_t last_deadline;
+static unsigned fired;
+
+static void ordered(struct rec *r, bool became_stale, void *ctx)
+{
+	int64_t *now = ctx;
+	int64_t deadline = r->last_seen_ms + 1000;
+
+	ck_assert(became_stale);
+	ck_assert_int_ge(deadline, last_deadline); /* in deadline order */
+	ck_assert_int_gt(*now, deadline);
+	ck_assert_int_le(*now, deadline + 100);     /* within 100 ms */
+	last_deadline = deadline;
+	fired++;
+}
+
+START_TEST(heap_at_scale)
+{
+	struct rec **r = malloc(SCALE_KEYS * sizeof(*r));
+	char topic[32];
+	int64_t t0 = T;
+
+	ck_assert_ptr_nonnull(r);
+	conf.default_kind = CONF_DEFAULT_FIXED;
+	conf.default_cadence_ms = 1000;
+	conf.grace = 1;
+	start(true);
+	srandom(42);
+	for (int i = 0; i < SCALE_KEYS; i++) {
+		snprintf(topic, sizeof(topic), "site%d/dev%d/v", i % 97, i);
+		r[i] = mk(topic);
+		/* last_seen spread over the next 100 s (loaded from the store) */
+		r[i]->last_seen_ms = t0 + random() % 100000;
+		stale_on_load(st, r[i], T);
+	}
+	ck_assert_uint_eq(stale_tracked(st), SCALE_KEYS);
+	ck_assert(stale_heap_check(st));
+	ck_assert_uint_eq(STAT_GET(stale_keys), 0);
+	/* A message per key moves a tenth of the deadlines (lazily). */
+	for (int i = 0; i < SCALE_KEYS; i += 10) {
+		r[i]->last_seen_ms += 500;
+		stale_on_message(st, r[i], true, false, T, on_transition, NULL);
+	}
+	ck_assert(stale_heap_check(st));
+	last_deadline = 0;
+	fired = 0;
+	while (T < t0 + 102000) {
+		int64_t w = stale_tick(st, T, ordered, &T);
+		ck_assert_int_ge(w, 1);
+		ck_assert_int_le(w, 100);
+		T += w;
+	}
+	ck_assert_uint_eq(fired, SCALE_KEYS);
+	ck_assert_uint_eq(STAT_GET(stale_keys), SCALE_KEYS);
+	ck_assert(stale_heap_check(st));
+	/* Removing keys keeps the heap sound. */
+	for (int i = 0; i < SCALE_KEYS; i += 3) {
+		r[i]->flags |= REC_DELETED;
+		stale_on_delete(st, r[i], T, NULL, NULL);
+	}
+	ck_assert(stale_heap_check(st));
+	stale_free(st);
+	st = NULL;
+	for (int i = 0; i < SCALE_KEYS; i++)
+		rec_free(r[i]);
+	free(r);
+}
+END_TEST
+
+/* ---------------------------------------------------- load and reload */
+
+START_TEST(load_marks_dead_keys_stale)
+{
+	struct rec *dead = mk("dc1/a/temp"), *alive = mk("dc1/b/temp"), *was = mk("dc1/c/temp");
+
+	add_rule("dc1/#", 10 * SEC);
+	start(false);
+	dead->last_seen_ms = T - 60 * SEC;
+	alive->last_seen_ms = T - 5 * SEC;
+	was->last_seen_ms = T - 3600 * SEC;
+	was->flags = REC_STALE;
+	was->stale_since_ms = T - 3500 * SEC;
+	was->cadence_ms = 10000;
+	was->cadence_source = CADENCE_RULE;
+	ck_assert(stale_on_load(st, dead, T));
+	ck_assert(stale_on_load(st, alive, T)); /* cadence derived */
+	ck_assert(!stale_on_load(st, was, T));  /* nothing changed */
+	ck_assert(dead->flags & REC_STALE);
+	ck_assert_int_eq(dead->stale_since_ms, T - 30 * SEC);
+	ck_assert(!(alive->flags & REC_STALE));
+	ck_assert(was->flags & REC_STALE);
+	ck_assert_int_eq(was->stale_since_ms, T - 3500 * SEC);
+	ck_assert_uint_eq(seen.to_stale, 0);     /* no callback at load */
+	ck_assert_uint_eq(STAT_GET(stale_keys), 2);
+	/* A stored learned cadence survives until the ring refills. */
+	stale_free(st);
+	st = NULL;
+	rec_free(dead), rec_free(alive), rec_free(was);
+
+	conf_free(&conf);
+	ck_assert_int_eq(conf_defaults(&conf), 0);
+	start(false);
+	was = mk("p/q");
+	was->last_seen_ms = T - 100 * SEC;
+	was->cadence_ms = 20000;
+	was->cadence_source = CADENCE_LEARNED;
+	stale_on_load(st, was, T);
+	ck_assert_uint_eq(was->cadence_ms, 20000);
+	ck_assert(was->flags & REC_STALE);
+	stale_free(st);
+	st = NULL;
+	rec_free(was);
+}
+END_TEST
+
+START_TEST(reload_rederives)
+{
+	struct rec *a = mk("dc1/a/temp"), *b = mk("dc1/b/hum");
+
+	add_rule("dc1/+/temp", 10 * SEC);
+	conf.default_kind = CONF_DEFAULT_NEVER;
+	start(true);
+	live(a);
+	live(b);
+	run_until(T + 31 * SEC);
+	ck_assert(a->flags & REC_STALE);
+	ck_assert(!(b->flags & REC_STALE));
+
+	/* New rules: temp is never judged, hum every 5 s. */
+	free(conf.rules[0].filter);
+	conf.nrules = 0;
+	add_rule("dc1/+/temp", 0);
+	add_rule("dc1/+/hum", 5 * SEC);
+	ck_assert_int_eq(stale_reconfigure(st, &conf), 0);
+	ck_assert(stale_heap_check(st));
+	tick();
+	ck_assert(!(a->flags & REC_STALE)); /* never: fresh, with a callback */
+	ck_assert(b->flags & REC_STALE);    /* unheard for 31 s > 15 s */
+	ck_assert_uint_eq(seen.to_fresh, 1);
+	ck_assert_uint_eq(seen.to_stale, 2);
+
+	/* A larger grace brings b back. */
+	conf.grace = 10;
+	ck_assert_int_eq(stale_reconfigure(st, &conf), 0);
+	tick();
+	ck_assert(!(b->flags & REC_STALE));
+	ck_assert_uint_eq(b->cadence_ms, 5000);
+	stale_free(st);
+	st = NULL;
+	rec_free(a), rec_free(b);
+}
+END_TEST
+
+static Suite *suite(void)
+{
+	Suite *s = suite_create("stale");
+	TCase *tc = tcase_create("core");
+
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, rule_precedence);
+	tcase_add_test(tc, default_kinds);
+	tcase_add_test(tc, learn_steady);
+	tcase_add_test(tc, learn_jitter);
+	tcase_add_test(tc, learn_outliers);
+	tcase_add_test(tc, learn_always_doubled);
+	tcase_add_test(tc, learn_changed_cadence);
+	tcase_add_test(tc, learn_not_across_absence);
+	tcase_add_test(tc, transition_on_time);
+	tcase_add_test(tc, retained_is_no_sign_of_life);
+	tcase_add_test(tc, lazy_deadline_is_exact);
+	tcase_add_test(tc, delete_untracks);
+	tcase_add_test(tc, own_alert_topics_never_judged);
+	tcase_add_test(tc, groups_for_v1_stale);
+	tcase_add_test(tc, heap_at_scale);
+	tcase_add_test(tc, load_marks_dead_keys_stale);
+	tcase_add_test(tc, reload_rederives);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	SRunner *sr = srunner_create(suite());
+	int failed;
+
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
