@@ -120,7 +120,7 @@ static void setup(void)
 	T = fake_now_ms;
 	st = NULL;
 	nkeys = 0;
-	nmsgs = 0;
+	clear_msgs();
 	/* 1 s cadence, grace 3, group wait 2 s (the default) */
 	add_rule("#", SEC);
 }
@@ -168,7 +168,7 @@ static void start_synced(void)
 	start();
 	stale_on_broker(st, true, T);
 	run_until(T + 60 * SEC);
-	nmsgs = 0;
+	clear_msgs();
 }
 
 /* Every key in [from, to) publishes at T, each producer period. */
@@ -209,7 +209,7 @@ START_TEST(thousand_keys_one_alert)
 	ck_assert_uint_eq(STAT_GET(alerts_sent), 1);
 
 	/* It comes back: one resolution, then the retained copy is cleared. */
-	nmsgs = 0;
+	clear_msgs();
 	keep_alive(0, 1010, T + 30 * SEC);
 	ck_assert_uint_eq(STAT_GET(stale_keys), 0);
 	ck_assert_uint_eq(nmsgs, 2);
@@ -280,7 +280,7 @@ START_TEST(rollup_to_common_parent)
 	}
 
 	/* A later stale key under gw1 joins the open alert (an update). */
-	nmsgs = 0;
+	clear_msgs();
 	live(mk("gw1/dev999/p%d", 0));
 	run_until(T + 30 * SEC);
 	ck_assert_uint_eq(nmsgs, 1);
@@ -359,7 +359,7 @@ START_TEST(min_hold)
 	run_until(T + 3 * SEC);
 	ck_assert_uint_eq(alerts_under("statemirror/alerts/group/f"), 1);
 	/* A short recovery (under min_hold) does not resolve it. */
-	nmsgs = 0;
+	clear_msgs();
 	live(r);
 	run_until(T + 2 * SEC);
 	ck_assert(!(r->flags & REC_STALE));
@@ -465,7 +465,7 @@ START_TEST(producer_died_during_outage_pages)
 	run_until(T + 60 * SEC);
 	ck_assert_uint_eq(STAT_GET(stale_keys), 100);
 	ck_assert_uint_eq(alerts_under("statemirror/alerts/group"), 0);
-	nmsgs = 0;
+	clear_msgs();
 	stale_on_broker(st, true, T);
 	resync = T;
 	/* The alive producer is next heard 8 s after the re-sync; the dead one
