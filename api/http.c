@@ -26,6 +26,7 @@
 #include "metrics.h"
 #include "pathdec.h"
 #include "render.h"
+#include "watch.h"
 
 /*
 ** Limits.
@@ -610,6 +611,25 @@ static enum MHD_Result ep_metrics(struct call *k)
 	return send_buf(k, MHD_HTTP_OK, &b, CT_METRICS);
 }
 
+static enum MHD_Result ep_watch(struct call *k, char *query, size_t query_len)
+{
+	struct MHD_Response *resp = NULL;
+	const char *why = "watch streams are off";
+	int r = -EBUSY;
+
+	if (k->a->d.watch)
+		r = watch_open(k->a->d.watch, k->c, query, query_len,
+			       MHD_lookup_connection_value(k->c, MHD_HEADER_KIND, "Last-Event-ID"),
+			       &resp, &why);
+	if (r == -EINVAL)
+		return send_error(k, MHD_HTTP_BAD_REQUEST, why);
+	if (r == -EBUSY)
+		return send_error(k, MHD_HTTP_SERVICE_UNAVAILABLE, why);
+	if (r < 0)
+		return send_oom(k);
+	return queue(k, MHD_HTTP_OK, resp, "text/event-stream", NULL, NULL);
+}
+
 /* ---- routing ---------------------------------------------------------- */
 
 static bool path_is(const char *p, size_t n, const char *lit)
@@ -709,6 +729,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 		return ep_keys(&k, query, query_len);
 	if (path_is(path, path_len, "/v1/stale"))
 		return ep_stale(&k, query, query_len);
+	if (path_is(path, path_len, "/v1/watch"))
+		return ep_watch(&k, query, query_len);
 	if (path_is(path, path_len, "/v1/rejects"))
 		return ep_rejects(&k);
 	if (path_is(path, path_len, "/readyz"))
@@ -1047,6 +1069,8 @@ void api_stop(struct api *a)
 {
 	if (!a)
 		return;
+	/* libmicrohttpd must not be stopped with suspended connections. */
+	watch_shutdown(a->d.watch);
 	if (a->mhd)
 		MHD_stop_daemon(a->mhd);
 	if (a->unix_path) {

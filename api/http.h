@@ -27,6 +27,7 @@ struct api_deps {
 	struct rejects *rejects;
 	struct stale *stale;
 	struct queue *queue;      /* for statemirror_ingest_queue_depth */
+	struct watch *watch;      /* /v1/watch streams; NULL: answered 503 */
 };
 
 /*

@@ -1,0 +1,801 @@
+/* SPDX-License-Identifier: MIT */
+/* watch.c: /v1/watch: Server-Sent Event streams of changes, with snapshot and resume. */
+#include "watch.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <microhttpd.h>
+
+#include "../common/buf.h"
+#include "../common/clock.h"
+#include "../common/log.h"
+#include "../common/stats.h"
+#include "../common/topic.h"
+#include "pathdec.h"
+#include "render.h"
+
+/*
+** Budgets. A connection thread renders snapshot and catch-up a chunk at a
+** time, dropping the index read lock in between, so the core's write lock
+** never waits long behind a big snapshot. The hub reads the change log in
+** batches for the same reason.
+*/
+#define WATCH_CHUNK_BYTES (64u << 10)  /* render until this much is pending */
+#define WATCH_SNAP_VISITS 4096         /* records looked at per lock hold */
+#define WATCH_SNAP_RENDERS 256         /* records rendered per lock hold */
+#define WATCH_BATCH 64                 /* changes per lock hold */
+#define WATCH_BLOCK_SIZE (32u << 10)   /* libmicrohttpd's read block hint */
+
+/* Where a listener is. Only its connection thread moves it forward, and
+ * into W_LIVE only under the hub mutex; from then on the hub feeds it. */
+enum wphase {
+	W_RESUME,       /* check that `cursor` is still in the change log */
+	W_SNAPSHOT,     /* walking the index */
+	W_CATCHUP,      /* reading the change log after `cursor` */
+	W_LIVE,         /* fed by the hub */
+	W_PHASE_MAX
+};
+
+struct watcher {
+	struct watcher *prev, *next;    /* the hub's list (mu) */
+	struct watch *hub;
+	struct MHD_Connection *conn;
+	char *filter;
+	size_t plen;                    /* literal prefix of the filter */
+	bool literal;                   /* no wildcard: the filter is a topic */
+	enum wphase phase;
+	bool started;                   /* past W_RESUME: a gap now means "too slow" */
+	bool suspended;                 /* mu: suspended by us, not yet resumed */
+	bool dead;                      /* mu: cut off; the reader ends the stream */
+	int64_t cursor;                 /* catch-up: the last revision dealt with */
+	int64_t skip_to;                /* live: the hub skips revisions <= this */
+	int64_t snap_rev;               /* the change-log head the snapshot is cut at */
+	bool snap_begun;
+	const struct rec *snap_last;    /* the last record the snapshot walk visited */
+	uint64_t snap_count;
+	/* Output: bytes [off, len) are still to be sent. Before W_LIVE only
+	 * the connection thread touches it; once live, only under mu. */
+	struct buf out;
+	size_t off;
+};
+
+struct watch {
+	const struct conf *conf;
+	struct index *ix;
+	struct changes *cl;
+	size_t max_clients;
+	size_t buffer;                  /* per-listener limit of pending bytes */
+
+	pthread_mutex_t mu;             /* the list, live listeners' output, pos */
+	struct watcher *head;
+	size_t nwatchers;
+	size_t nlive;
+	int64_t pos;                    /* every change <= pos went to live listeners */
+	bool closing;
+
+	/* Held by whoever collects suspended listeners and resumes them, so
+	 * that watch_shutdown() knows no resume is still in flight. */
+	pthread_mutex_t resume_mu;
+
+	int efd;                        /* eventfd: wake the hub */
+	atomic_bool kicked;
+	atomic_bool stop;
+	pthread_t thread;
+	bool thread_started;
+
+	struct buf ev;                  /* the hub's render buffer */
+	struct MHD_Connection **resume; /* the hub's list of connections to resume */
+	size_t nresume, capresume;
+	struct log_ratelimit rl;
+};
+
+static const char hello[] = ": statemirror watch\n\n";
+static const char heartbeat[] = ": heartbeat\n\n";
+
+/* ---- matching and rendering ------------------------------------------- */
+
+/* Cheap first: most listeners' literal prefixes rule most topics out
+ * with one memcmp; topic_matches() only runs on what is left. */
+static bool w_match(const struct watcher *w, const struct rec *r)
+{
+	if (r->topic_len < w->plen || memcmp(rec_topic(r), w->filter, w->plen) != 0)
+		return false;
+	if (w->literal)
+		return r->topic_len == w->plen;
+	return topic_matches(w->filter, rec_topic(r), r->topic_len);
+}
+
+/* One change as an event, index read lock held. */
+static int render_event(struct buf *b, const char *type, int64_t id, const struct rec *r,
+			int64_t now_ms)
+{
+	size_t mark = b->len;
+	int ret;
+
+	if (id >= 0)
+		ret = buf_printf(b, "event: %s\nid: %lld\ndata: ", type, (long long)id);
+	else
+		ret = buf_printf(b, "event: %s\ndata: ", type);
+	if (ret == 0)
+		ret = (r->flags & REC_DELETED) ? render_tombstone(b, r) : render_record(b, r, now_ms);
+	if (ret == 0)
+		ret = buf_puts(b, "\n\n");
+	if (ret < 0 && b->data) {
+		b->len = mark;
+		b->data[mark] = '\0';
+	}
+	return ret;
+}
+
+static size_t w_pending(const struct watcher *w)
+{
+	return w->out.len - w->off;
+}
+
+/* Copy pending output to libmicrohttpd's buffer. */
+static size_t w_take(struct watcher *w, char *dst, size_t max)
+{
+	size_t n = w_pending(w);
+
+	if (n > max)
+		n = max;
+	if (n) {
+		memcpy(dst, w->out.data + w->off, n);
+		w->off += n;
+	}
+	if (w->off == w->out.len) {
+		buf_reset(&w->out);
+		w->off = 0;
+	}
+	return n;
+}
+
+/* Append a rendered event to a live listener, within its limit: an event
+ * always fits into an empty buffer, whatever its size. mu held.
+ * Returns 0, -ENOBUFS (over the limit) or -ENOMEM. */
+static int w_push(struct watcher *w, const char *p, size_t n, size_t limit)
+{
+	size_t pend = w_pending(w);
+
+	if (pend && pend + n > limit)
+		return -ENOBUFS;
+	if (w->off && (w->off >= w->out.len / 2 || w->out.len + n > w->out.cap)) {
+		memmove(w->out.data, w->out.data + w->off, pend);
+		w->out.len = pend;
+		w->out.data[pend] = '\0';
+		w->off = 0;
+	}
+	return buf_append(&w->out, p, n);
+}
+
+/* ---- cutting a listener off ------------------------------------------- */
+
+static void log_drop(struct watch *h, const struct watcher *w, const char *why)
+{
+	uint32_t suppressed = 0;
+
+	STAT_INC(watchers_dropped);
+	if (!log_ratelimit_ok(&h->rl, clock_mono_ms(), &suppressed))
+		return;
+	if (suppressed)
+		log_warnx("watch: listener on %s disconnected: %s (%u similar lines suppressed)",
+			  w->filter, why, suppressed);
+	else
+		log_warnx("watch: listener on %s disconnected: %s", w->filter, why);
+}
+
+/* Queue c to be resumed once mu is dropped (hub thread only). */
+static void hub_queue_resume(struct watch *h, struct MHD_Connection *c)
+{
+	if (h->nresume == h->capresume) {
+		size_t ncap = h->capresume ? 2 * h->capresume : 64;
+		struct MHD_Connection **nr = realloc(h->resume, ncap * sizeof(*nr));
+
+		if (!nr) {
+			/* Resume now, under mu: libmicrohttpd never calls our
+			 * callbacks while it holds the lock MHD_resume_connection
+			 * takes, so this is only slower, not unsafe. */
+			MHD_resume_connection(c);
+			return;
+		}
+		h->resume = nr;
+		h->capresume = ncap;
+	}
+	h->resume[h->nresume++] = c;
+}
+
+static void hub_flush_resumes(struct watch *h)
+{
+	for (size_t i = 0; i < h->nresume; i++)
+		MHD_resume_connection(h->resume[i]);
+	h->nresume = 0;
+}
+
+/*
+** Disconnect w (mu held, hub thread). A suspended connection is resumed and
+** its reader ends the stream. One that is not suspended is usually stuck
+** on a full socket buffer (the client does not read): libmicrohttpd would
+** only notice at its idle timeout, so the socket is shut down now. w is on
+** the list, so its response (and with it the socket, which libmicrohttpd
+** closes only after destroying the response) is still there.
+*/
+static void hub_kill(struct watch *h, struct watcher *w, const char *why)
+{
+	const union MHD_ConnectionInfo *ci;
+
+	if (w->dead)
+		return;
+	w->dead = true;
+	log_drop(h, w, why);
+	if (w->suspended) {
+		w->suspended = false;
+		hub_queue_resume(h, w->conn);
+		return;
+	}
+	ci = MHD_get_connection_info(w->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+	if (ci && ci->connect_fd >= 0)
+		shutdown(ci->connect_fd, SHUT_RDWR);
+}
+
+/* ---- the hub: live listeners ------------------------------------------ */
+
+/* Hand one batch of new changes to every live listener. Returns the
+ * number of changes read (0: nothing new). */
+static size_t hub_pump_batch(struct watch *h, int64_t now_ms)
+{
+	struct change batch[WATCH_BATCH];
+	bool gap;
+	size_t n;
+
+	index_rdlock(h->ix);
+	n = changes_read(h->cl, h->pos, batch, WATCH_BATCH, &gap);
+	pthread_mutex_lock(&h->mu);
+	if (gap) {
+		/* The hub fell further behind than the log holds (it should
+		 * not: it is woken after every core turn). Live listeners
+		 * missed changes; they must reconnect and resume. */
+		for (struct watcher *w = h->head; w; w = w->next)
+			if (w->phase == W_LIVE)
+				hub_kill(h, w, "the change log overflowed");
+		h->pos = changes_head(h->cl);
+		n = 1;
+		goto out;
+	}
+	if (n == 0 || h->nlive == 0 || h->closing)
+		goto advance;
+	for (size_t i = 0; i < n; i++) {
+		const struct change *c = &batch[i];
+		bool rendered = false;
+
+		if (c->rec->rev != c->rev)
+			continue; /* superseded: a later entry carries its state */
+		for (struct watcher *w = h->head; w; w = w->next) {
+			int r;
+
+			if (w->phase != W_LIVE || w->dead || c->rev <= w->skip_to || !w_match(w, c->rec))
+				continue;
+			if (!rendered) {
+				buf_reset(&h->ev);
+				if (render_event(&h->ev, change_type_name(c->type), c->rev, c->rec,
+						 now_ms) < 0) {
+					hub_kill(h, w, "out of memory");
+					continue;
+				}
+				rendered = true;
+			}
+			r = w_push(w, h->ev.data, h->ev.len, h->buffer);
+			if (r == -ENOBUFS) {
+				hub_kill(h, w, "too slow, its buffer is full");
+				continue;
+			}
+			if (r < 0) {
+				hub_kill(h, w, "out of memory");
+				continue;
+			}
+			if (w->suspended) {
+				w->suspended = false;
+				hub_queue_resume(h, w->conn);
+			}
+		}
+	}
+advance:
+	if (n)
+		h->pos = batch[n - 1].rev;
+out:
+	pthread_mutex_unlock(&h->mu);
+	index_unlock(h->ix);
+	return n;
+}
+
+static void hub_heartbeat(struct watch *h)
+{
+	pthread_mutex_lock(&h->mu);
+	for (struct watcher *w = h->head; w && !h->closing; w = w->next) {
+		if (w->phase != W_LIVE || w->dead || w_pending(w))
+			continue;
+		if (w_push(w, heartbeat, sizeof(heartbeat) - 1, h->buffer) < 0)
+			continue;
+		if (w->suspended) {
+			w->suspended = false;
+			hub_queue_resume(h, w->conn);
+		}
+	}
+	pthread_mutex_unlock(&h->mu);
+}
+
+static void *hub_main(void *arg)
+{
+	struct watch *h = arg;
+	int64_t next_beat = clock_mono_ms() + WATCH_HEARTBEAT_MS;
+
+	while (!atomic_load(&h->stop)) {
+		int64_t now = clock_mono_ms();
+		struct pollfd pfd = { .fd = h->efd, .events = POLLIN };
+		uint64_t v;
+
+		if (now >= next_beat) {
+			pthread_mutex_lock(&h->resume_mu);
+			hub_heartbeat(h);
+			hub_flush_resumes(h);
+			pthread_mutex_unlock(&h->resume_mu);
+			next_beat = now + WATCH_HEARTBEAT_MS;
+			continue;
+		}
+		if (poll(&pfd, 1, (int)(next_beat - now)) <= 0)
+			continue;
+		if (read(h->efd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+			log_warn("watch: eventfd read");
+		/* Clear before reading the log: a wake that comes after this
+		 * writes the eventfd again, so no change waits for the next one. */
+		atomic_store(&h->kicked, false);
+		for (;;) {
+			size_t n;
+
+			pthread_mutex_lock(&h->resume_mu);
+			n = hub_pump_batch(h, clock_wall_ms());
+			hub_flush_resumes(h);
+			pthread_mutex_unlock(&h->resume_mu);
+			if (n == 0 || atomic_load(&h->stop))
+				break;
+		}
+	}
+	return NULL;
+}
+
+void watch_wake(void *ctx)
+{
+	struct watch *h = ctx;
+	uint64_t one = 1;
+
+	if (!h || atomic_exchange(&h->kicked, true))
+		return;
+	/* Non-blocking; it can only fail when the counter would overflow,
+	 * and then the hub has a wake pending anyway. */
+	if (write(h->efd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+		log_warn("watch: eventfd write");
+}
+
+/* ---- a listener's own connection thread: snapshot and catch-up -------- */
+
+struct snap_ctx {
+	struct watcher *w;
+	int64_t now_ms;
+	size_t visits, renders;
+	bool paused;
+	int err;
+};
+
+static int snap_visit(struct rec *r, void *arg)
+{
+	struct snap_ctx *s = arg;
+	struct watcher *w = s->w;
+	int ret;
+
+	if (s->visits >= WATCH_SNAP_VISITS || s->renders >= WATCH_SNAP_RENDERS ||
+	    w_pending(w) >= WATCH_CHUNK_BYTES) {
+		s->paused = true;
+		return 1;
+	}
+	s->visits++;
+	w->snap_last = r;
+	/* A record changed since the cut comes from the change log after
+	 * `synced`, with its id: sending it here too would be a duplicate. */
+	if ((r->flags & REC_DELETED) || r->rev > w->snap_rev || !w_match(w, r))
+		return 0;
+	if ((ret = render_event(&w->out, "update", -1, r, s->now_ms)) < 0) {
+		s->err = ret;
+		return 1;
+	}
+	s->renders++;
+	w->snap_count++;
+	return 0;
+}
+
+/*
+** One chunk of the snapshot. The walk goes by topic, dropping the read
+** lock between chunks; records never move or die (index.h), so the last
+** visited record's topic is where the next chunk starts. Every record
+** that existed at the cut is visited; those unchanged since (rev <=
+** snap_rev) are sent here, the others by the change log after `synced`.
+*/
+static int snapshot_step(struct watch *h, struct watcher *w)
+{
+	struct snap_ctx s = { .w = w, .now_ms = clock_wall_ms() };
+	int ret;
+
+	index_rdlock(h->ix);
+	if (!w->snap_begun) {
+		w->snap_rev = changes_head(h->cl);
+		w->snap_begun = true;
+		w->snap_last = NULL;
+		w->snap_count = 0;
+	}
+	ret = index_walk(h->ix, w->filter, w->plen,
+			 w->snap_last ? rec_topic(w->snap_last) : NULL,
+			 w->snap_last ? w->snap_last->topic_len : 0, snap_visit, &s);
+	index_unlock(h->ix);
+	if (s.err)
+		return s.err;
+	if (ret < 0)
+		return ret;
+	if (s.paused)
+		return 0;
+	if ((ret = buf_printf(&w->out, "event: synced\nid: %lld\ndata: {\"rev\":%lld,\"count\":%llu}\n\n",
+			      (long long)w->snap_rev, (long long)w->snap_rev,
+			      (unsigned long long)w->snap_count)) < 0)
+		return ret;
+	w->phase = W_CATCHUP;
+	w->cursor = w->snap_rev;
+	w->snap_begun = false;
+	return 0;
+}
+
+/*
+** One batch of catch-up from the change log, or the step into W_LIVE. The
+** hub only moves `pos` under mu, so checking cursor >= pos and joining
+** under one hold of mu leaves neither a gap nor a duplicate: the hub hands
+** this listener exactly the changes after max(pos, cursor).
+** Returns 0, -ESPIPE (fell out of the log: too slow) or -ENOMEM.
+*/
+static int catchup_step(struct watch *h, struct watcher *w)
+{
+	struct change batch[WATCH_BATCH];
+	int64_t now_ms = clock_wall_ms(), pos;
+	size_t n, want;
+	bool gap;
+	int ret = 0;
+
+	index_rdlock(h->ix);
+	pthread_mutex_lock(&h->mu);
+	pos = h->pos;
+	if (w->cursor >= pos) {
+		w->phase = W_LIVE;
+		w->skip_to = w->cursor;
+		h->nlive++;
+	}
+	pthread_mutex_unlock(&h->mu);
+	if (w->phase == W_LIVE) {
+		index_unlock(h->ix);
+		return 0;
+	}
+	want = (uint64_t)(pos - w->cursor) < WATCH_BATCH ? (size_t)(pos - w->cursor) : WATCH_BATCH;
+	n = changes_read(h->cl, w->cursor, batch, want, &gap);
+	for (size_t i = 0; i < n && ret == 0; i++) {
+		const struct change *c = &batch[i];
+
+		if (c->rec->rev == c->rev && w_match(w, c->rec))
+			ret = render_event(&w->out, change_type_name(c->type), c->rev, c->rec, now_ms);
+		if (ret == 0)
+			w->cursor = c->rev;
+	}
+	index_unlock(h->ix);
+	if (gap)
+		return -ESPIPE;
+	return ret;
+}
+
+/* Make progress before W_LIVE: render something, or move to the next phase. */
+static int w_produce(struct watch *h, struct watcher *w)
+{
+	bool gap;
+
+	switch (w->phase) {
+	case W_RESUME:
+		index_rdlock(h->ix);
+		changes_read(h->cl, w->cursor, NULL, 0, &gap);
+		index_unlock(h->ix);
+		w->phase = gap ? W_SNAPSHOT : W_CATCHUP;
+		if (gap)
+			log_debug("watch: revision %lld is no longer in the change log, sending a snapshot",
+				  (long long)w->cursor);
+		return 0;
+	case W_SNAPSHOT:
+		w->started = true;
+		return snapshot_step(h, w);
+	case W_CATCHUP:
+		w->started = true;
+		return catchup_step(h, w);
+	default:
+		return 0;
+	}
+}
+
+/* libmicrohttpd's content reader: runs on the connection's thread. */
+static ssize_t w_reader(void *cls, uint64_t pos, char *dst, size_t max)
+{
+	struct watcher *w = cls;
+	struct watch *h = w->hub;
+	int r;
+
+	(void)pos;
+	for (;;) {
+		size_t n;
+
+		pthread_mutex_lock(&h->mu);
+		if (w->dead || h->closing) {
+			bool dead = w->dead;
+
+			pthread_mutex_unlock(&h->mu);
+			return dead ? MHD_CONTENT_READER_END_WITH_ERROR : MHD_CONTENT_READER_END_OF_STREAM;
+		}
+		n = w_take(w, dst, max);
+		if (n == 0 && w->phase == W_LIVE) {
+			/* Nothing to send: sleep until the hub has something
+			 * (returning 0 without suspending would busy-loop). */
+			w->suspended = true;
+			MHD_suspend_connection(w->conn);
+		}
+		pthread_mutex_unlock(&h->mu);
+		if (n || w->phase == W_LIVE)
+			return (ssize_t)n;
+		if ((r = w_produce(h, w)) < 0) {
+			log_drop(h, w, r == -ESPIPE ? "too slow, it fell out of the change log"
+						    : "out of memory");
+			return MHD_CONTENT_READER_END_WITH_ERROR;
+		}
+	}
+}
+
+/* libmicrohttpd destroyed the response: the connection is done with it. */
+static void w_free(void *cls)
+{
+	struct watcher *w = cls;
+	struct watch *h = w->hub;
+
+	pthread_mutex_lock(&h->mu);
+	if (w->prev)
+		w->prev->next = w->next;
+	else
+		h->head = w->next;
+	if (w->next)
+		w->next->prev = w->prev;
+	h->nwatchers--;
+	if (w->phase == W_LIVE)
+		h->nlive--;
+	STAT_SET(watchers, h->nwatchers);
+	pthread_mutex_unlock(&h->mu);
+	buf_free(&w->out);
+	free(w->filter);
+	free(w);
+}
+
+/* ---- opening a stream ------------------------------------------------- */
+
+/* A revision: decimal digits only, at most 18 of them. */
+static int parse_rev(const char *s, size_t n, int64_t *ret)
+{
+	int64_t v = 0;
+
+	if (n == 0 || n > 18)
+		return -EINVAL;
+	for (size_t i = 0; i < n; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return -EINVAL;
+		v = v * 10 + (s[i] - '0');
+	}
+	*ret = v;
+	return 0;
+}
+
+int watch_open(struct watch *h, struct MHD_Connection *c, char *query, size_t query_len,
+	       const char *last_event_id, struct MHD_Response **ret_resp,
+	       const char **ret_reason)
+{
+	struct pathdec_param params[PATHDEC_MAX_PARAMS];
+	const struct pathdec_param *p;
+	const char *filter = "#";
+	struct MHD_Response *resp;
+	struct watcher *w;
+	size_t np = 0;
+	int64_t since = -1;
+	bool snapshot = false;
+	int r;
+
+	if (query && (r = pathdec_query(query, query_len, params, PATHDEC_MAX_PARAMS, &np)) < 0) {
+		*ret_reason = r == -E2BIG ? "too many query parameters"
+					  : "bad percent-encoding in the query";
+		return -EINVAL;
+	}
+	if ((r = pathdec_get(params, np, "filter", &p)) != -ENOENT) {
+		if (r < 0 || memchr(p->val, '\0', p->val_len) || topic_filter_check(p->val) < 0) {
+			*ret_reason = "invalid filter";
+			return -EINVAL;
+		}
+		filter = p->val;
+	}
+	if ((r = pathdec_get(params, np, "snapshot", &p)) != -ENOENT) {
+		if (r == 0 && p->val_len == 4 && memcmp(p->val, "true", 4) == 0) {
+			snapshot = true;
+		} else if (!(r == 0 && p->val_len == 5 && memcmp(p->val, "false", 5) == 0)) {
+			*ret_reason = "invalid snapshot (true or false)";
+			return -EINVAL;
+		}
+	}
+	if ((r = pathdec_get(params, np, "since", &p)) != -ENOENT) {
+		if (r < 0 || parse_rev(p->val, p->val_len, &since) < 0) {
+			*ret_reason = "invalid since (a revision)";
+			return -EINVAL;
+		}
+	}
+	/* EventSource sends Last-Event-ID on reconnect while the URL still
+	 * holds the first since=: the header is newer. */
+	if (last_event_id && last_event_id[0] &&
+	    parse_rev(last_event_id, strlen(last_event_id), &since) < 0) {
+		*ret_reason = "invalid Last-Event-ID (a revision)";
+		return -EINVAL;
+	}
+
+	if (!(w = calloc(1, sizeof(*w))) || !(w->filter = strdup(filter))) {
+		free(w);
+		*ret_reason = "out of memory";
+		return -ENOMEM;
+	}
+	w->hub = h;
+	w->conn = c;
+	w->plen = topic_filter_prefix_len(filter);
+	w->literal = w->plen == strlen(filter);
+	buf_init(&w->out, 0);
+	if (buf_puts(&w->out, hello) < 0)
+		goto fail_nomem;
+	if (since >= 0) {
+		w->phase = W_RESUME;
+		w->cursor = since;
+	} else if (snapshot) {
+		w->phase = W_SNAPSHOT;
+	} else {
+		w->phase = W_CATCHUP;
+		index_rdlock(h->ix);
+		w->cursor = changes_head(h->cl);
+		index_unlock(h->ix);
+	}
+
+	pthread_mutex_lock(&h->mu);
+	if (h->closing || h->nwatchers >= h->max_clients) {
+		pthread_mutex_unlock(&h->mu);
+		*ret_reason = h->closing ? "shutting down" : "too many watch listeners";
+		buf_free(&w->out);
+		free(w->filter);
+		free(w);
+		return -EBUSY;
+	}
+	w->next = h->head;
+	if (h->head)
+		h->head->prev = w;
+	h->head = w;
+	h->nwatchers++;
+	STAT_SET(watchers, h->nwatchers);
+	pthread_mutex_unlock(&h->mu);
+
+	resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, WATCH_BLOCK_SIZE, w_reader, w,
+						 w_free);
+	if (!resp) {
+		w_free(w);
+		*ret_reason = "out of memory";
+		return -ENOMEM;
+	}
+	if (MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache") != MHD_YES) {
+		MHD_destroy_response(resp);
+		*ret_reason = "out of memory";
+		return -ENOMEM;
+	}
+	*ret_resp = resp;
+	return 0;
+
+fail_nomem:
+	buf_free(&w->out);
+	free(w->filter);
+	free(w);
+	*ret_reason = "out of memory";
+	return -ENOMEM;
+}
+
+/* ---- life cycle ------------------------------------------------------- */
+
+int watch_new(const struct conf *conf, struct index *ix, struct changes *cl, struct watch **ret)
+{
+	struct watch *h = calloc(1, sizeof(*h));
+	int r;
+
+	if (!h)
+		return -ENOMEM;
+	h->conf = conf;
+	h->ix = ix;
+	h->cl = cl;
+	h->max_clients = conf->watch_max_clients > 0 ? (size_t)conf->watch_max_clients : 0;
+	h->buffer = conf->watch_buffer > 0 ? (size_t)conf->watch_buffer : (1u << 20);
+	h->rl = (struct log_ratelimit)LOG_RATELIMIT_INIT(10000, 10);
+	h->efd = -1;
+	buf_init(&h->ev, 0);
+	atomic_init(&h->kicked, false);
+	atomic_init(&h->stop, false);
+	pthread_mutex_init(&h->mu, NULL);
+	pthread_mutex_init(&h->resume_mu, NULL);
+	index_rdlock(ix);
+	h->pos = changes_head(cl);
+	index_unlock(ix);
+	if ((h->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) {
+		r = -errno;
+		goto fail;
+	}
+	if ((r = pthread_create(&h->thread, NULL, hub_main, h)) != 0) {
+		r = -r;
+		goto fail;
+	}
+	h->thread_started = true;
+	*ret = h;
+	return 0;
+
+fail:
+	watch_free(h);
+	return r;
+}
+
+void watch_shutdown(struct watch *h)
+{
+	if (!h)
+		return;
+	pthread_mutex_lock(&h->resume_mu);
+	pthread_mutex_lock(&h->mu);
+	h->closing = true;
+	for (struct watcher *w = h->head; w; w = w->next) {
+		if (w->suspended) {
+			w->suspended = false;
+			hub_queue_resume(h, w->conn);
+		}
+	}
+	pthread_mutex_unlock(&h->mu);
+	hub_flush_resumes(h);
+	pthread_mutex_unlock(&h->resume_mu);
+}
+
+void watch_free(struct watch *h)
+{
+	uint64_t one = 1;
+
+	if (!h)
+		return;
+	if (h->thread_started) {
+		atomic_store(&h->stop, true);
+		if (write(h->efd, &one, sizeof(one)) < 0)
+			log_warn("watch: eventfd write");
+		pthread_join(h->thread, NULL);
+	}
+	if (h->efd >= 0)
+		close(h->efd);
+	pthread_mutex_destroy(&h->mu);
+	pthread_mutex_destroy(&h->resume_mu);
+	buf_free(&h->ev);
+	free(h->resume);
+	free(h);
+}

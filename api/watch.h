@@ -1,0 +1,84 @@
+/* SPDX-License-Identifier: MIT */
+/* watch.h: /v1/watch: Server-Sent Event streams of changes, with snapshot and resume. */
+#ifndef SM_WATCH_H
+#define SM_WATCH_H
+
+#include <stddef.h>
+
+#include "../common/conf.h"
+#include "../mirror/changes.h"
+#include "../mirror/index.h"
+
+struct MHD_Connection;
+struct MHD_Response;
+struct watch;
+
+/*
+** How a stream is fed. Each listener starts in one of three ways:
+** a snapshot (every matching live record as an `update` event without an
+** `id:`, then `synced` with id = the change-log head the snapshot was cut
+** at), a resume (every change after the revision from Last-Event-ID or
+** since=, each with its `id:`), or now (snapshot=false, nothing to
+** resume). A resume from further back than the change log holds gets a
+** snapshot instead, so no change is ever silently missed. Snapshot events
+** carry no `id:`, so a client cut off in the middle of a snapshot resumes
+** with the revision it had before, never from the middle of the snapshot.
+**
+** Snapshot and catch-up are rendered by the listener's own connection
+** thread, a chunk at a time, as the client reads. Once a listener has
+** caught up with the change log it is live: one thread (the hub) reads
+** each new change once, renders it once, and appends it to the output
+** buffer of every live listener whose filter matches. A listener whose
+** buffer would grow past conf->watch_buffer is disconnected (counted in
+** g_stats.watchers_dropped, logged rate-limited); it never slows ingest
+** or other listeners. An idle live listener's connection is suspended in
+** libmicrohttpd (no CPU) and resumed when it has something to send; a
+** comment line goes out every WATCH_HEARTBEAT_MS.
+*/
+#define WATCH_HEARTBEAT_MS 15000
+
+/*
+** Start the hub thread. conf (watch_max_clients, watch_buffer), ix and cl
+** must outlive watch_free(); the watch owns none of them.
+** Returns 0 and *ret, or -ENOMEM / -errno (thread or eventfd creation).
+*/
+int watch_new(const struct conf *conf, struct index *ix, struct changes *cl,
+	      struct watch **ret);
+
+/*
+** The core's core_deps.on_changes (ctx = the struct watch *): new changes
+** were appended. Called from the core thread without locks; O(1): sets a
+** flag and, if it was clear, writes to an eventfd. Never blocks on a
+** listener. NULL ctx is ignored.
+*/
+void watch_wake(void *ctx);
+
+/*
+** Open a stream for an HTTP request on connection c. query (query_len
+** bytes, without '?', NUL-terminated and writable: it is clobbered) holds
+** filter=F (default "#"), snapshot=true|false (default false) and since=REV;
+** last_event_id is the Last-Event-ID header or NULL (it wins over since).
+** Returns 0 with *ret_resp, a response the caller queues with status 200
+** and Content-Type text/event-stream and then destroys (the stream owns
+** itself from there; destroying an unqueued response closes it too);
+** -EINVAL with a reason for a 400; -EBUSY with a reason for a 503 (too
+** many listeners, or shutting down); -ENOMEM. *ret_reason is a static
+** string. Called on libmicrohttpd's threads; thread-safe.
+*/
+int watch_open(struct watch *w, struct MHD_Connection *c, char *query, size_t query_len,
+	       const char *last_event_id, struct MHD_Response **ret_resp,
+	       const char **ret_reason);
+
+/*
+** End every stream and resume every suspended connection, so that
+** MHD_stop_daemon() may run next (libmicrohttpd forbids stopping with
+** suspended connections). New streams are refused (-EBUSY) from here on.
+** Call before MHD_stop_daemon(). Accepts NULL.
+*/
+void watch_shutdown(struct watch *w);
+
+/* Stop the hub thread and free. Only after the HTTP server is stopped (no
+ * stream left) and the core no longer calls watch_wake. Accepts NULL. */
+void watch_free(struct watch *w);
+
+#endif
