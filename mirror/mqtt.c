@@ -698,6 +698,8 @@ static void session_turn(struct mqtt *m)
 	if (mosquitto_want_write(m->mosq))
 		pfd[0].events |= POLLOUT;
 	pfd[1] = (struct pollfd){ .fd = m->wakefd, .events = POLLIN };
+	/* The burst is over: hand its tail to the core before sleeping. */
+	queue_flush(m->q);
 	if (poll(pfd, 2, (int)timeout) < 0 && errno != EINTR) {
 		log_warn("mqtt: poll");
 		pfd[0].revents = pfd[1].revents = 0;

@@ -17,6 +17,7 @@ struct queue {
 	size_t cap;
 	size_t head;               /* next to pop */
 	size_t count;
+	size_t wake_at;            /* min(QUEUE_WAKE_BATCH, cap) */
 	_Atomic size_t depth;      /* mirror of count for lock-free metrics reads */
 	/*
 	** The waiting flags let each side signal only when the other is
@@ -73,6 +74,7 @@ struct queue *queue_new(size_t cap)
 	if (!q->ring)
 		goto fail_ring;
 	q->cap = cap;
+	q->wake_at = cap < QUEUE_WAKE_BATCH ? cap : QUEUE_WAKE_BATCH;
 	if (pthread_mutex_init(&q->mu, NULL) != 0)
 		goto fail_mutex;
 	if (pthread_condattr_init(&ca) != 0)
@@ -166,10 +168,11 @@ int queue_push(struct queue *q, struct qmsg *m, int64_t max_wait_ms)
 	q->ring[(q->head + q->count) % q->cap] = m;
 	q->count++;
 	atomic_store_explicit(&q->depth, q->count, memory_order_relaxed);
-	/* The consumer only sleeps on an empty queue, so a waiting consumer
-	 * means this push was the empty -> non-empty transition. */
-	wake = q->consumer_waiting;
-	q->consumer_waiting = false;
+	/* Wake a waiting consumer once a batch is worth its futex; the
+	 * producer's queue_flush() delivers a smaller tail. */
+	wake = q->consumer_waiting && (q->count >= q->wake_at);
+	if (wake)
+		q->consumer_waiting = false;
 	pthread_mutex_unlock(&q->mu);
 	if (wake)
 		pthread_cond_signal(&q->not_empty);
@@ -245,6 +248,19 @@ void queue_close(struct queue *q)
 	pthread_mutex_unlock(&q->mu);
 	pthread_cond_broadcast(&q->not_empty);
 	pthread_cond_broadcast(&q->not_full);
+}
+
+void queue_flush(struct queue *q)
+{
+	bool wake;
+
+	pthread_mutex_lock(&q->mu);
+	wake = q->consumer_waiting && q->count > 0;
+	if (wake)
+		q->consumer_waiting = false;
+	pthread_mutex_unlock(&q->mu);
+	if (wake)
+		pthread_cond_signal(&q->not_empty);
 }
 
 size_t queue_depth(struct queue *q)

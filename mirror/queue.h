@@ -47,10 +47,19 @@ void queue_free(struct queue *q);   /* frees queued messages; accepts NULL */
 ** returns 0 when queued, -EAGAIN when still full after max_wait_ms (the
 ** caller retries; 0 = do not wait, negative = wait until space or close),
 ** -ESHUTDOWN after queue_close(). Takes ownership on 0 only.
-** The consumer is woken only when the queue goes from empty to non-empty,
-** so a busy stream costs no syscall per message.
+**
+** A waiting consumer is woken once QUEUE_WAKE_BATCH messages wait (or the
+** queue is full), not at every push: a consumer that keeps up would
+** otherwise cost a futex wake per message. The producer must therefore
+** call queue_flush() whenever it stops pushing for a while (the MQTT
+** thread does before every poll), so the tail of a burst is not left
+** waiting for the consumer's timeout.
 */
+#define QUEUE_WAKE_BATCH 64
 int queue_push(struct queue *q, struct qmsg *m, int64_t max_wait_ms);
+
+/* Producer side: wake the consumer if it waits and anything is queued. */
+void queue_flush(struct queue *q);
 
 /*
 ** Consumer side (one thread). Moves up to max messages into out[] (the

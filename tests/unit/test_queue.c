@@ -83,6 +83,7 @@ static void *producer(void *arg)
 			atomic_fetch_add(&r->eagain, 1);
 		ck_assert_int_eq(rc, 0);
 	}
+	queue_flush(r->q); /* the tail of the burst */
 	return NULL;
 }
 
@@ -252,17 +253,58 @@ START_TEST(test_close_releases_consumer)
 }
 END_TEST
 
-/* A consumer waiting forever is woken by the first push. */
-START_TEST(test_push_wakes_consumer)
+/* A consumer waiting forever is woken by the producer's flush... */
+START_TEST(test_flush_wakes_consumer)
 {
-	struct queue *q = queue_new(4);
+	struct queue *q = queue_new(256);
+	pthread_t th;
+	void *rc;
+
+	queue_flush(q); /* nothing queued: a no-op */
+	ck_assert_int_eq(pthread_create(&th, NULL, blocked_pop, q), 0);
+	ck_assert_int_eq(queue_push(q, mk(5), 0), 0);
+	queue_flush(q);
+	pthread_join(th, &rc);
+	ck_assert_int_eq((int)(intptr_t)rc, 105);
+	queue_free(q);
+}
+END_TEST
+
+/* ...or once a batch is waiting, without a flush. */
+START_TEST(test_batch_wakes_consumer)
+{
+	struct queue *q = queue_new(256);
+	struct qmsg *out[QUEUE_WAKE_BATCH];
 	pthread_t th;
 	void *rc;
 
 	ck_assert_int_eq(pthread_create(&th, NULL, blocked_pop, q), 0);
-	ck_assert_int_eq(queue_push(q, mk(5), 0), 0);
+	for (int i = 0; i < QUEUE_WAKE_BATCH; i++)
+		ck_assert_int_eq(queue_push(q, mk(i), 0), 0);
 	pthread_join(th, &rc);
-	ck_assert_int_eq((int)(intptr_t)rc, 105);
+	ck_assert_int_eq((int)(intptr_t)rc, 100); /* the first one, in order */
+	ck_assert_int_eq(queue_pop_batch(q, out, QUEUE_WAKE_BATCH, 0), QUEUE_WAKE_BATCH - 1);
+	for (int i = 0; i < QUEUE_WAKE_BATCH - 1; i++)
+		free(out[i]);
+	queue_free(q);
+}
+END_TEST
+
+/* A queue smaller than the batch wakes its consumer when full. */
+START_TEST(test_small_queue_wakes_when_full)
+{
+	struct queue *q = queue_new(2);
+	struct qmsg *out[2];
+	pthread_t th;
+	void *rc;
+
+	ck_assert_int_eq(pthread_create(&th, NULL, blocked_pop, q), 0);
+	ck_assert_int_eq(queue_push(q, mk(1), 0), 0);
+	ck_assert_int_eq(queue_push(q, mk(2), -1), 0);
+	pthread_join(th, &rc);
+	ck_assert_int_eq((int)(intptr_t)rc, 101);
+	ck_assert_int_eq(queue_pop_batch(q, out, 2, 0), 1);
+	free(out[0]);
 	queue_free(q);
 }
 END_TEST
@@ -343,7 +385,9 @@ static Suite *queue_suite(void)
 	tcase_add_test(tc, test_close_semantics);
 	tcase_add_test(tc, test_close_releases_producer);
 	tcase_add_test(tc, test_close_releases_consumer);
-	tcase_add_test(tc, test_push_wakes_consumer);
+	tcase_add_test(tc, test_flush_wakes_consumer);
+	tcase_add_test(tc, test_batch_wakes_consumer);
+	tcase_add_test(tc, test_small_queue_wakes_when_full);
 	tcase_add_test(tc, test_kick);
 	tcase_add_test(tc, test_timeout_empty);
 	tcase_add_test(tc, test_batch_pop_wraps);
