@@ -124,14 +124,14 @@ static void core_apply_one(struct core *c, struct qmsg *q, int64_t now_ms)
 
 	if (why != REJECT_NONE) {
 		rejects_add(c->d.rejects, q->m.topic, q->m.topic_len, q->m.payload,
-			    q->m.payload_len, q->m.payload_len, why, now_ms);
+			    q->m.payload_len, q->full_len, why, now_ms);
 		return;
 	}
 	res = apply_message(c->d.ix, &q->m, now_ms, &c->lim, &c->rev, &r, &live_seen, &why);
 	switch (res) {
 	case APPLY_REJECTED:
 		rejects_add(c->d.rejects, q->m.topic, q->m.topic_len, q->m.payload,
-			    q->m.payload_len, q->m.payload_len, why, now_ms);
+			    q->m.payload_len, q->full_len, why, now_ms);
 		return;
 	case APPLY_APPLIED:
 		core_mark_dirty(c, r);
