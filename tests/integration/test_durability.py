@@ -96,5 +96,33 @@ def test_kill9_during_heavy_ingest(env):
     d.wait_ready()
 
 
+def test_locked_database_recovers(env):
+    d = env.daemon(config='[store]\ncommit_interval = 50ms\n')
+    d.wait_ready()
+    c = env.broker.client()
+    # A foreign writer takes the write lock and keeps it.
+    locker = sqlite3.connect(d.db, timeout=5, isolation_level=None)
+    locker.execute('begin immediate')
+    try:
+        t = ts_ms()
+        for i in range(20):
+            c.publish('lock/k%02d' % i, json.dumps({'v': i, 'ts': t + i}), qos=1)
+        # Still served from memory, but not ready, and the reason says why.
+        wait_for(lambda: d.key('lock/k19'), what='applied while locked')
+        status, _, body = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(d.get('/readyz')),
+                                   what='not ready while the database is locked')
+        assert 'store' in json.loads(body)['reason'], body
+        assert d.metric('statemirror_store_commit_errors_total') >= 1
+    finally:
+        locker.execute('rollback')
+        locker.close()
+    # Resumes by itself and writes what it held.
+    d.wait_ready(timeout=20)
+    wait_for(lambda: ro(d.db).execute(
+        "select count(*) from keys where topic like 'lock/%'").fetchone()[0] == 20,
+        what='the held changes written after the lock went away')
+
+
 if __name__ == '__main__':
-    run([test_restart_over_existing_file, test_kill9_during_heavy_ingest])
+    run([test_restart_over_existing_file, test_kill9_during_heavy_ingest,
+         test_locked_database_recovers])
