@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""Staleness against a real broker: rule keys, learned keys, restarts over
+dead producers, /v1/stale, the stale_keys view, /metrics."""
+import json
+import sqlite3
+import time
+
+from smtest import run, ts_ms, wait_for
+
+CONF = """
+[staleness]
+grace = 2
+default = learn
+rule = it/rule/# 1s
+rule = it/never/# never
+group_wait = 200ms
+[alerts]
+topic = it-alerts
+"""
+
+
+def pub(c, topic, v=1, retain=False, ts=None):
+    c.publish(topic, json.dumps({'v': v, 'ts': ts if ts is not None else ts_ms()}),
+              qos=1, retain=retain)
+
+
+def stale(d, topic):
+    k = d.key(topic)
+    return k is not None and k['stale']
+
+
+def fresh(d, topic):
+    k = d.key(topic)
+    return k is not None and not k['stale']
+
+
+def test_rule_key_goes_stale_on_time_and_fresh_again(env):
+    d = env.daemon(config=CONF)
+    d.wait_ready()
+    c = env.broker.client()
+    pub(c, 'it/rule/a')
+    pub(c, 'it/never/a')
+    k = wait_for(lambda: d.key('it/rule/a'), what='it/rule/a')
+    assert k['cadence_ms'] == 1000 and k['cadence_source'] == 'rule', k
+    assert k['stale'] is False and k['stale_since'] is None
+    # Alive: a message every 500 ms keeps it fresh well past its window.
+    for i in range(8):
+        pub(c, 'it/rule/a', i)
+        time.sleep(0.5)
+        assert fresh(d, 'it/rule/a')
+    last = time.monotonic()
+    pub(c, 'it/rule/a', 99)
+    wait_for(lambda: stale(d, 'it/rule/a'), timeout=6, interval=0.02, what='stale')
+    took = time.monotonic() - last
+    # grace 2 x 1 s: not before 2 s, and detected promptly after.
+    assert 1.9 <= took <= 2.8, took
+    k = d.key('it/rule/a')
+    assert k['stale_since'] is not None and k['age_ms'] >= 2000
+    got = d.get_json('/v1/stale')
+    assert got['count'] == 1, got
+    assert got['groups'] == [{'prefix': 'it/rule', 'count': 1}], got
+    assert [i['topic'] for i in got['items']] == ['it/rule/a']
+    assert d.metric('statemirror_stale_keys') == 1
+    # Back to fresh with the next live message, at once.
+    pub(c, 'it/rule/a', 100)
+    wait_for(lambda: fresh(d, 'it/rule/a'), timeout=2, what='fresh again')
+    assert d.get_json('/v1/stale')['count'] == 0
+    # "never" is never stale.
+    k = d.key('it/never/a')
+    assert k['stale'] is False and k['cadence_ms'] is None, k
+    c.close()
+
+
+def test_learned_key(env):
+    d = env.daemon(config=CONF)
+    d.wait_ready()
+    c = env.broker.client()
+    for i in range(6):
+        pub(c, 'it/learn/x', i)
+        time.sleep(0.3)
+    k = d.key('it/learn/x')
+    assert k['cadence_source'] == 'learned', k
+    assert 250 <= k['cadence_ms'] <= 400, k
+    assert k['stale'] is False
+    t0 = time.monotonic()
+    wait_for(lambda: stale(d, 'it/learn/x'), timeout=5, what='learned key stale')
+    assert time.monotonic() - t0 >= 0.3  # grace 2 x ~300 ms after the last one
+    pub(c, 'it/learn/x', 7)
+    wait_for(lambda: fresh(d, 'it/learn/x'), timeout=2, what='fresh again')
+    c.close()
+
+
+def test_restart_over_dead_retained_value(env):
+    c = env.broker.client()
+    # A producer that died a minute ago left its retained value.
+    pub(c, 'it/rule/dead', retain=True, ts=ts_ms() - 60000)
+    # One that is alive publishes retained values too.
+    pub(c, 'it/rule/alive', retain=True)
+    d = env.daemon(config=CONF)
+    d.wait_ready()
+    k = wait_for(lambda: d.key('it/rule/dead'), what='dead key')
+    assert k['stale'] is True, 'a replayed retained value is no sign of life: %r' % k
+    assert k['retained'] is True
+    # The replay on every reconnect/restart must not refresh it either.
+    d.stop()
+    d.start()
+    d.wait_ready()
+    assert d.key('it/rule/dead')['stale'] is True
+    c.close()
+
+
+def test_staleness_survives_restart(env):
+    d = env.daemon(config=CONF)
+    d.wait_ready()
+    c = env.broker.client()
+    pub(c, 'it/rule/gone')
+    wait_for(lambda: fresh(d, 'it/rule/gone'), what='fresh key')
+    d.stop()
+    time.sleep(2.5)  # the daemon is down: its deadline passes meanwhile
+    d.start()
+    # Stale as soon as it serves, before (and whether or not) it re-syncs.
+    assert d.key('it/rule/gone')['stale'] is True
+    d.wait_ready()
+    assert d.key('it/rule/gone')['stale'] is True
+    c.close()
+
+
+def test_stale_keys_view(env):
+    d = env.daemon(config=CONF)
+    d.wait_ready()
+    c = env.broker.client()
+    pub(c, 'it/rule/v1')
+    pub(c, 'it/rule/v2')
+    wait_for(lambda: stale(d, 'it/rule/v1') and stale(d, 'it/rule/v2'), what='both stale')
+    pub(c, 'it/rule/v2')
+
+    def view():
+        pub(c, 'it/rule/v2')  # kept alive while we look
+        db = sqlite3.connect('file:%s?mode=ro' % d.db, uri=True)
+        try:
+            return [r[0] for r in db.execute('SELECT topic FROM stale_keys ORDER BY topic')]
+        finally:
+            db.close()
+    wait_for(lambda: view() == ['it/rule/v1'], timeout=5, what='stale_keys view')
+    c.close()
+
+
+if __name__ == '__main__':
+    run([test_rule_key_goes_stale_on_time_and_fresh_again, test_learned_key,
+         test_restart_over_dead_retained_value, test_staleness_survives_restart,
+         test_stale_keys_view])
