@@ -259,8 +259,8 @@ static void core_flush(struct core *c, bool force)
 		c->retry_delay_ms = CORE_RETRY_MAX_MS;
 	c->retry_at_ms = t1 + c->retry_delay_ms;
 	if (!c->store_failed)
-		log_error("store: write of %zu records failed: %s; serving from memory, "
-			  "retrying every %lld ms", n, err, (long long)CORE_RETRY_MAX_MS);
+		log_error("store: %s; serving from memory, retrying with backoff up to %d s",
+			  err, CORE_RETRY_MAX_MS / 1000);
 	c->store_failed = true;
 	{
 		char reason[sizeof(c->reason)];

@@ -4,7 +4,10 @@
 (integrity_check, no key moves backwards, at most the last second lost),
 and the public SQLite views read by a foreign read-only connection."""
 import json
+import os
+import shutil
 import sqlite3
+import subprocess
 import threading
 import time
 
@@ -123,6 +126,48 @@ def test_locked_database_recovers(env):
         what='the held changes written after the lock went away')
 
 
+def test_full_disk_recovers(env):
+    if os.geteuid() != 0 or not shutil.which('mount'):
+        print('skipped test_full_disk_recovers: needs root to mount a small tmpfs')
+        return
+    mnt = os.path.join(env.dir, 'small')
+    os.mkdir(mnt)
+    if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', mnt]).returncode:
+        print('skipped test_full_disk_recovers: cannot mount a tmpfs here')
+        return
+    try:
+        d = env.daemon(db=os.path.join(mnt, 'full.db'), config='[store]\ncommit_interval = 50ms\n')
+        d.wait_ready()
+        filler = os.path.join(mnt, 'filler')
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:                              # take every byte that is left
+            while os.write(fd, b'\0' * 4096) > 0:
+                pass
+        except OSError:
+            pass
+        os.close(fd)
+        c = env.broker.client()
+        big = 'x' * 3000
+        for i in range(200):
+            c.publish('full/k%03d' % i, json.dumps({'v': big, 'i': i}), qos=1)
+        status, _, body = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(d.get('/readyz')),
+                                   what='not ready on a full disk')
+        assert 'store' in json.loads(body)['reason'], body
+        wait_for(lambda: d.key('full/k199'), what='still applied and served from memory')
+        assert d.get('/healthz')[0] == 200
+        os.unlink(filler)
+        d.wait_ready(timeout=20)
+        wait_for(lambda: ro(d.db).execute(
+            "select count(*) from keys where topic like 'full/%'").fetchone()[0] == 200,
+            what='everything written once space is back')
+        assert d.stop() == 0
+    finally:
+        for dm in env.daemons:
+            if dm.proc:
+                dm.stop()
+        subprocess.run(['umount', '-l', mnt])
+
+
 if __name__ == '__main__':
     run([test_restart_over_existing_file, test_kill9_during_heavy_ingest,
-         test_locked_database_recovers])
+         test_locked_database_recovers, test_full_disk_recovers])
