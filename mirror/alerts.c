@@ -430,7 +430,10 @@ static int64_t exec_reap(struct alerts *a, int64_t now_ms)
 					 a->exec_timeout_ms);
 				exec_failed(a, now_ms, k->key, why);
 			}
-			next = 1; /* poll again soon */
+			if (!k->killed && k->deadline_ms - now_ms < next)
+				next = k->deadline_ms - now_ms;
+			if (ALERTS_REAP_MS < next)
+				next = ALERTS_REAP_MS; /* poll again, without spinning */
 			i++;
 			continue;
 		}

@@ -44,12 +44,14 @@ enum alert_state_bits {
 	AS_PENDING = 1u << 1, /* in the pending set */
 	AS_HELD    = 1u << 2, /* stale, but its alert waits for the hold-back after a re-sync */
 	AS_LISTED  = 1u << 3, /* in stale.c's list of keys held while not synced */
+	AS_ANNOUNCE = 1u << 4, /* stale flag changed at load: the first tick calls back */
 };
 
 #define ALERTS_EXAMPLES 5          /* example keys per alert message */
 #define ALERTS_EXEC_MAX_CHILDREN 4 /* exec programs running at once */
 #define ALERTS_EXEC_QUEUE 64       /* alerts waiting for an exec slot */
 #define ALERTS_JSON_MAX 16384      /* alert JSON size bound (fits a pipe buffer) */
+#define ALERTS_REAP_MS 50          /* how often running exec children are polled */
 
 struct alerts;
 

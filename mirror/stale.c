@@ -669,6 +669,13 @@ int stale_reconfigure(struct stale *s, const struct conf *c)
 	return 0;
 }
 
+/* Have the first tick call back for r (its flag changed at load). */
+static void announce(struct stale *s, struct rec *r)
+{
+	r->alert_state |= AS_ANNOUNCE;
+	heap_set_due(s, r, INT64_MIN);
+}
+
 bool stale_on_load(struct stale *s, struct rec *r, int64_t now_ms)
 {
 	bool was = r->flags & REC_STALE, changed;
@@ -697,9 +704,13 @@ bool stale_on_load(struct stale *s, struct rec *r, int64_t now_ms)
 		if (was && since > 0 && since <= now_ms)
 			r->stale_since_ms = since; /* it has been stale since before */
 		consider(s, r, now_ms);
+		if (!was)
+			announce(s, r);
 		return changed || !was;
 	}
 	r->stale_since_ms = 0;
+	if (was)
+		announce(s, r);
 	return changed || was;
 }
 
@@ -803,6 +814,13 @@ static void on_due(struct stale *s, struct rec *r, int64_t now_ms, stale_transit
 		if (was && cb)
 			cb(r, false, ctx);
 		return;
+	}
+	if (r->alert_state & AS_ANNOUNCE) {
+		/* Its stale flag changed at load, without a callback: now the
+		 * core gets to persist it and tell watchers. */
+		r->alert_state &= (uint8_t)~AS_ANNOUNCE;
+		if (cb)
+			cb(r, r->flags & REC_STALE, ctx);
 	}
 	stale = stale_by_truth(s, r, now_ms);
 	if (!(r->flags & REC_STALE)) {

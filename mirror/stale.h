@@ -45,10 +45,12 @@ int stale_reconfigure(struct stale *s, const struct conf *c);
 ** A record loaded from the store at startup (not a tombstone): derive its
 ** cadence (rules may have changed), schedule its deadline; a key whose
 ** deadline passed while we were down is marked stale at once (REC_STALE
-** set, no callback, no transition counted, no alert: see stale_on_broker).
+** set, no transition counted, no alert: see stale_on_broker). No callback
+** here: the first stale_tick calls it for each record whose stale flag
+** changed at load, so that the core persists it and tells watchers.
 ** A record under the alerts topic is an alert of ours from an earlier run:
 ** it is remembered so that it gets resolved. Returns true when the record
-** changed (stale flag, cadence): the caller should write it back.
+** changed (stale flag, cadence); the caller may write it back.
 */
 bool stale_on_load(struct stale *s, struct rec *r, int64_t now_ms);
 

@@ -35,6 +35,14 @@ def fresh(d, topic):
     return k is not None and not k['stale']
 
 
+def stale_view(d):
+    db = sqlite3.connect('file:%s?mode=ro' % d.db, uri=True)
+    try:
+        return [r[0] for r in db.execute('SELECT topic FROM stale_keys ORDER BY topic')]
+    finally:
+        db.close()
+
+
 def test_rule_key_goes_stale_on_time_and_fresh_again(env):
     d = env.daemon(config=CONF)
     d.wait_ready()
@@ -123,6 +131,8 @@ def test_staleness_survives_restart(env):
     assert d.key('it/rule/gone')['stale'] is True
     d.wait_ready()
     assert d.key('it/rule/gone')['stale'] is True
+    # ...and written back: the file says so too (it lags by at most 1 s).
+    wait_for(lambda: stale_view(d) == ['it/rule/gone'], timeout=3, what='stale in the file')
     c.close()
 
 
@@ -137,11 +147,7 @@ def test_stale_keys_view(env):
 
     def view():
         pub(c, 'it/rule/v2')  # kept alive while we look
-        db = sqlite3.connect('file:%s?mode=ro' % d.db, uri=True)
-        try:
-            return [r[0] for r in db.execute('SELECT topic FROM stale_keys ORDER BY topic')]
-        finally:
-            db.close()
+        return stale_view(d)
     wait_for(lambda: view() == ['it/rule/v1'], timeout=5, what='stale_keys view')
     c.close()
 
