@@ -155,6 +155,16 @@ enum apply_result apply_message(struct index *ix, const struct msg *m, int64_t n
 		goto done;
 	}
 
+	/* A retained copy without a timestamp of its own carries only the
+	 * time we received it: when its bytes are what we already hold, it is
+	 * the broker replaying the value (after every reconnect), not a newer
+	 * observation and not a sign of life. */
+	if (m->retained && !m->ts_from_payload && !(r->flags & REC_DELETED) &&
+	    m->payload_len == r->payload_len &&
+	    (m->payload_len == 0 || memcmp(m->payload, r->payload, m->payload_len) == 0)) {
+		res = APPLY_DUPLICATE;
+		goto done;
+	}
 	c = value_cmp(m->ts_ns, m->payload, m->payload_len, r->ts_ns, r->payload, r->payload_len);
 	if (c < 0) {
 		res = APPLY_OUT_OF_ORDER;

@@ -381,6 +381,35 @@ START_TEST(retained_duplicate_no_refresh)
 }
 END_TEST
 
+/* A retained replay of a payload without a timestamp gets the receive time:
+ * it must not count as a newer value each time the broker replays it. */
+START_TEST(retained_replay_without_ts_is_duplicate)
+{
+	struct out o;
+	int64_t now = fake_now_ms;
+	struct msg m = {
+		.topic = "meta", .topic_len = 4, .payload = "rack 17", .payload_len = 7,
+		.ts_ns = (now - 5000) * MS, .recv_ms = now - 5000, .retained = true,
+	};
+
+	ck_assert_int_eq(apply_message(ix, &m, now - 5000, &lim, &rev, &o.r, &o.live, &o.why),
+			 APPLY_APPLIED);
+	int64_t rev0 = o.r->rev, seen0 = o.r->last_seen_ms;
+	m.ts_ns = now * MS;   /* replayed after a reconnect: a newer receive time */
+	m.recv_ms = now;
+	ck_assert_int_eq(apply_message(ix, &m, now, &lim, &rev, &o.r, &o.live, &o.why),
+			 APPLY_DUPLICATE);
+	ck_assert_int_eq(o.r->rev, rev0);
+	ck_assert_int_eq(o.r->updates, 1);
+	ck_assert_int_eq(o.r->last_seen_ms, seen0);
+	ck_assert(!o.live);
+	/* different bytes are news, even without a timestamp */
+	m.payload = "rack 18";
+	ck_assert_int_eq(apply_message(ix, &m, now, &lim, &rev, &o.r, &o.live, &o.why),
+			 APPLY_APPLIED);
+}
+END_TEST
+
 START_TEST(live_clears_retained_flag)
 {
 	struct out o;
@@ -520,6 +549,7 @@ static Suite *apply_suite(void)
 	tcase_add_test(tc, payload_bytes_kept);
 	tcase_add_test(tc, nul_in_topic_rejected);
 	tcase_add_test(tc, no_key_limit);
+	tcase_add_test(tc, retained_replay_without_ts_is_duplicate);
 	suite_add_tcase(s, tc);
 	return s;
 }
