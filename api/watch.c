@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/types.h>
@@ -51,6 +52,9 @@ struct watcher {
 	struct watcher *prev, *next;    /* the hub's list (mu) */
 	struct watch *hub;
 	struct MHD_Connection *conn;
+	int fd;                         /* the connection's socket, -1 unknown */
+	uint64_t serial;                /* names it in the hub's epoll set */
+	bool epolled;                   /* mu: in the hub's epoll set */
 	char *filter;
 	size_t plen;                    /* literal prefix of the filter */
 	bool literal;                   /* no wildcard: the filter is a topic */
@@ -59,6 +63,11 @@ struct watcher {
 	bool suspended;                 /* mu: suspended by us, not yet resumed */
 	bool dead;                      /* mu: cut off; the reader ends the stream */
 	int64_t cursor;                 /* catch-up: the last revision dealt with */
+	/* The oldest revision it still needs from the change log (cursor or
+	 * snap_rev), -1 when none: the hub cuts off a listener that fell out
+	 * of the log even when its connection thread never runs (a client
+	 * that does not read). Written by the connection thread. */
+	_Atomic int64_t need_rev;
 	int64_t skip_to;                /* live: the hub skips revisions <= this */
 	int64_t snap_rev;               /* the change-log head the snapshot is cut at */
 	bool snap_begun;
@@ -88,7 +97,9 @@ struct watch {
 	 * that watch_shutdown() knows no resume is still in flight. */
 	pthread_mutex_t resume_mu;
 
+	uint64_t serial_next;           /* mu */
 	int efd;                        /* eventfd: wake the hub */
+	int epfd;                       /* the eventfd and suspended listeners' sockets */
 	atomic_bool kicked;
 	atomic_bool stop;
 	pthread_t thread;
@@ -222,6 +233,20 @@ static void hub_flush_resumes(struct watch *h)
 	h->nresume = 0;
 }
 
+/* Wake a listener suspended by its reader (mu held, hub thread or
+** watch_shutdown with resume_mu held). */
+static void w_unsuspend(struct watch *h, struct watcher *w)
+{
+	if (!w->suspended)
+		return;
+	w->suspended = false;
+	if (w->epolled) {
+		epoll_ctl(h->epfd, EPOLL_CTL_DEL, w->fd, NULL);
+		w->epolled = false;
+	}
+	hub_queue_resume(h, w->conn);
+}
+
 /*
 ** Disconnect w (mu held, hub thread). A suspended connection is resumed and
 ** its reader ends the stream. One that is not suspended is usually stuck
@@ -237,10 +262,10 @@ static void hub_kill(struct watch *h, struct watcher *w, const char *why)
 	if (w->dead)
 		return;
 	w->dead = true;
-	log_drop(h, w, why);
+	if (why)
+		log_drop(h, w, why);
 	if (w->suspended) {
-		w->suspended = false;
-		hub_queue_resume(h, w->conn);
+		w_unsuspend(h, w);
 		return;
 	}
 	ci = MHD_get_connection_info(w->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
@@ -249,6 +274,22 @@ static void hub_kill(struct watch *h, struct watcher *w, const char *why)
 }
 
 /* ---- the hub: live listeners ------------------------------------------ */
+
+/* Cut off listeners that still need changes the log no longer holds
+ * (index read lock and mu held). */
+static void hub_cut_laggards(struct watch *h)
+{
+	for (struct watcher *w = h->head; w; w = w->next) {
+		int64_t need = atomic_load(&w->need_rev);
+		bool gap;
+
+		if (w->dead || w->phase == W_LIVE || need < 0)
+			continue;
+		changes_read(h->cl, need, NULL, 0, &gap);
+		if (gap)
+			hub_kill(h, w, "too slow, it fell out of the change log");
+	}
+}
 
 /* Hand one batch of new changes to every live listener. Returns the
  * number of changes read (0: nothing new). */
@@ -296,22 +337,26 @@ static size_t hub_pump_batch(struct watch *h, int64_t now_ms)
 			}
 			r = w_push(w, h->ev.data, h->ev.len, h->buffer);
 			if (r == -ENOBUFS) {
-				hub_kill(h, w, "too slow, its buffer is full");
+				/* Its buffer is full: from here it reads the
+				 * change log at its own pace (every change
+				 * before this one is in its buffer). */
+				w->phase = W_CATCHUP;
+				w->cursor = c->rev - 1 > w->skip_to ? c->rev - 1 : w->skip_to;
+				atomic_store(&w->need_rev, w->cursor);
+				h->nlive--;
 				continue;
 			}
 			if (r < 0) {
 				hub_kill(h, w, "out of memory");
 				continue;
 			}
-			if (w->suspended) {
-				w->suspended = false;
-				hub_queue_resume(h, w->conn);
-			}
+			w_unsuspend(h, w);
 		}
 	}
 advance:
 	if (n)
 		h->pos = batch[n - 1].rev;
+	hub_cut_laggards(h);
 out:
 	pthread_mutex_unlock(&h->mu);
 	index_unlock(h->ix);
@@ -326,9 +371,26 @@ static void hub_heartbeat(struct watch *h)
 			continue;
 		if (w_push(w, heartbeat, sizeof(heartbeat) - 1, h->buffer) < 0)
 			continue;
-		if (w->suspended) {
-			w->suspended = false;
-			hub_queue_resume(h, w->conn);
+		w_unsuspend(h, w);
+	}
+	pthread_mutex_unlock(&h->mu);
+}
+
+/*
+** A suspended listener's client hung up (its socket reported RDHUP/HUP/
+** ERR): libmicrohttpd does not look at suspended sockets, so without this
+** a vanished client would hold its slot until the next heartbeat. The
+** event names the listener by serial, not by pointer: one found on the
+** list and still in the epoll set is certainly alive.
+*/
+static void hub_hangup(struct watch *h, uint64_t serial)
+{
+	pthread_mutex_lock(&h->mu);
+	for (struct watcher *w = h->head; w && !h->closing; w = w->next) {
+		if (w->serial == serial) {
+			if (w->epolled)
+				hub_kill(h, w, NULL);
+			break;
 		}
 	}
 	pthread_mutex_unlock(&h->mu);
@@ -340,9 +402,11 @@ static void *hub_main(void *arg)
 	int64_t next_beat = clock_mono_ms() + WATCH_HEARTBEAT_MS;
 
 	while (!atomic_load(&h->stop)) {
+		struct epoll_event evs[32];
 		int64_t now = clock_mono_ms();
-		struct pollfd pfd = { .fd = h->efd, .events = POLLIN };
+		bool kicked = false;
 		uint64_t v;
+		int n;
 
 		if (now >= next_beat) {
 			pthread_mutex_lock(&h->resume_mu);
@@ -352,7 +416,17 @@ static void *hub_main(void *arg)
 			next_beat = now + WATCH_HEARTBEAT_MS;
 			continue;
 		}
-		if (poll(&pfd, 1, (int)(next_beat - now)) <= 0)
+		n = epoll_wait(h->epfd, evs, 32, (int)(next_beat - now));
+		pthread_mutex_lock(&h->resume_mu);
+		for (int i = 0; i < n; i++) {
+			if (evs[i].data.u64 == 0)
+				kicked = true;
+			else
+				hub_hangup(h, evs[i].data.u64);
+		}
+		hub_flush_resumes(h);
+		pthread_mutex_unlock(&h->resume_mu);
+		if (!kicked)
 			continue;
 		if (read(h->efd, &v, sizeof(v)) < 0 && errno != EAGAIN)
 			log_warn("watch: eventfd read");
@@ -360,13 +434,13 @@ static void *hub_main(void *arg)
 		 * writes the eventfd again, so no change waits for the next one. */
 		atomic_store(&h->kicked, false);
 		for (;;) {
-			size_t n;
+			size_t k;
 
 			pthread_mutex_lock(&h->resume_mu);
-			n = hub_pump_batch(h, clock_wall_ms());
+			k = hub_pump_batch(h, clock_wall_ms());
 			hub_flush_resumes(h);
 			pthread_mutex_unlock(&h->resume_mu);
-			if (n == 0 || atomic_load(&h->stop))
+			if (k == 0 || atomic_load(&h->stop))
 				break;
 		}
 	}
@@ -437,6 +511,7 @@ static int snapshot_step(struct watch *h, struct watcher *w)
 	index_rdlock(h->ix);
 	if (!w->snap_begun) {
 		w->snap_rev = changes_head(h->cl);
+		atomic_store(&w->need_rev, w->snap_rev);
 		w->snap_begun = true;
 		w->snap_last = NULL;
 		w->snap_count = 0;
@@ -482,6 +557,7 @@ static int catchup_step(struct watch *h, struct watcher *w)
 	if (w->cursor >= pos) {
 		w->phase = W_LIVE;
 		w->skip_to = w->cursor;
+		atomic_store(&w->need_rev, -1);
 		h->nlive++;
 	}
 	pthread_mutex_unlock(&h->mu);
@@ -499,6 +575,7 @@ static int catchup_step(struct watch *h, struct watcher *w)
 		if (ret == 0)
 			w->cursor = c->rev;
 	}
+	atomic_store(&w->need_rev, w->cursor);
 	index_unlock(h->ix);
 	if (gap)
 		return -ESPIPE;
@@ -516,6 +593,8 @@ static int w_produce(struct watch *h, struct watcher *w)
 		changes_read(h->cl, w->cursor, NULL, 0, &gap);
 		index_unlock(h->ix);
 		w->phase = gap ? W_SNAPSHOT : W_CATCHUP;
+		if (!gap)
+			atomic_store(&w->need_rev, w->cursor);
 		if (gap)
 			log_debug("watch: revision %lld is no longer in the change log, sending a snapshot",
 				  (long long)w->cursor);
@@ -541,6 +620,7 @@ static ssize_t w_reader(void *cls, uint64_t pos, char *dst, size_t max)
 	(void)pos;
 	for (;;) {
 		size_t n;
+		bool live;
 
 		pthread_mutex_lock(&h->mu);
 		if (w->dead || h->closing) {
@@ -550,18 +630,28 @@ static ssize_t w_reader(void *cls, uint64_t pos, char *dst, size_t max)
 			return dead ? MHD_CONTENT_READER_END_WITH_ERROR : MHD_CONTENT_READER_END_OF_STREAM;
 		}
 		n = w_take(w, dst, max);
-		if (n == 0 && w->phase == W_LIVE) {
+		live = w->phase == W_LIVE;
+		if (n == 0 && live) {
 			/* Nothing to send: sleep until the hub has something
 			 * (returning 0 without suspending would busy-loop). */
+			struct epoll_event ev = { .events = EPOLLRDHUP, .data.u64 = w->serial };
+
 			w->suspended = true;
+			w->epolled = w->fd >= 0 && epoll_ctl(h->epfd, EPOLL_CTL_ADD, w->fd, &ev) == 0;
 			MHD_suspend_connection(w->conn);
 		}
 		pthread_mutex_unlock(&h->mu);
-		if (n || w->phase == W_LIVE)
+		if (n || live)
 			return (ssize_t)n;
+		/* Not live: the hub leaves w->out alone, and it is empty. */
 		if ((r = w_produce(h, w)) < 0) {
-			log_drop(h, w, r == -ESPIPE ? "too slow, it fell out of the change log"
-						    : "out of memory");
+			pthread_mutex_lock(&h->mu);
+			if (!w->dead) {
+				w->dead = true;
+				log_drop(h, w, r == -ESPIPE ? "too slow, it fell out of the change log"
+							    : "out of memory");
+			}
+			pthread_mutex_unlock(&h->mu);
 			return MHD_CONTENT_READER_END_WITH_ERROR;
 		}
 	}
@@ -574,6 +664,8 @@ static void w_free(void *cls)
 	struct watch *h = w->hub;
 
 	pthread_mutex_lock(&h->mu);
+	if (w->epolled)
+		epoll_ctl(h->epfd, EPOLL_CTL_DEL, w->fd, NULL);
 	if (w->prev)
 		w->prev->next = w->next;
 	else
@@ -615,6 +707,7 @@ int watch_open(struct watch *h, struct MHD_Connection *c, char *query, size_t qu
 	struct pathdec_param params[PATHDEC_MAX_PARAMS];
 	const struct pathdec_param *p;
 	const char *filter = "#";
+	const union MHD_ConnectionInfo *ci;
 	struct MHD_Response *resp;
 	struct watcher *w;
 	size_t np = 0;
@@ -663,6 +756,9 @@ int watch_open(struct watch *h, struct MHD_Connection *c, char *query, size_t qu
 	}
 	w->hub = h;
 	w->conn = c;
+	atomic_init(&w->need_rev, -1);
+	ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+	w->fd = ci ? ci->connect_fd : -1;
 	w->plen = topic_filter_prefix_len(filter);
 	w->literal = w->plen == strlen(filter);
 	buf_init(&w->out, 0);
@@ -678,6 +774,7 @@ int watch_open(struct watch *h, struct MHD_Connection *c, char *query, size_t qu
 		index_rdlock(h->ix);
 		w->cursor = changes_head(h->cl);
 		index_unlock(h->ix);
+		atomic_store(&w->need_rev, w->cursor);
 	}
 
 	pthread_mutex_lock(&h->mu);
@@ -689,6 +786,7 @@ int watch_open(struct watch *h, struct MHD_Connection *c, char *query, size_t qu
 		free(w);
 		return -EBUSY;
 	}
+	w->serial = ++h->serial_next;
 	w->next = h->head;
 	if (h->head)
 		h->head->prev = w;
@@ -735,7 +833,7 @@ int watch_new(const struct conf *conf, struct index *ix, struct changes *cl, str
 	h->max_clients = conf->watch_max_clients > 0 ? (size_t)conf->watch_max_clients : 0;
 	h->buffer = conf->watch_buffer > 0 ? (size_t)conf->watch_buffer : (1u << 20);
 	h->rl = (struct log_ratelimit)LOG_RATELIMIT_INIT(10000, 10);
-	h->efd = -1;
+	h->efd = h->epfd = -1;
 	buf_init(&h->ev, 0);
 	atomic_init(&h->kicked, false);
 	atomic_init(&h->stop, false);
@@ -744,7 +842,13 @@ int watch_new(const struct conf *conf, struct index *ix, struct changes *cl, str
 	index_rdlock(ix);
 	h->pos = changes_head(cl);
 	index_unlock(ix);
-	if ((h->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) {
+	if ((h->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0 ||
+	    (h->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0) {
+		r = -errno;
+		goto fail;
+	}
+	if (epoll_ctl(h->epfd, EPOLL_CTL_ADD, h->efd,
+		      &(struct epoll_event){ .events = EPOLLIN, .data.u64 = 0 }) < 0) {
 		r = -errno;
 		goto fail;
 	}
@@ -768,12 +872,8 @@ void watch_shutdown(struct watch *h)
 	pthread_mutex_lock(&h->resume_mu);
 	pthread_mutex_lock(&h->mu);
 	h->closing = true;
-	for (struct watcher *w = h->head; w; w = w->next) {
-		if (w->suspended) {
-			w->suspended = false;
-			hub_queue_resume(h, w->conn);
-		}
-	}
+	for (struct watcher *w = h->head; w; w = w->next)
+		w_unsuspend(h, w);
 	pthread_mutex_unlock(&h->mu);
 	hub_flush_resumes(h);
 	pthread_mutex_unlock(&h->resume_mu);
@@ -793,6 +893,8 @@ void watch_free(struct watch *h)
 	}
 	if (h->efd >= 0)
 		close(h->efd);
+	if (h->epfd >= 0)
+		close(h->epfd);
 	pthread_mutex_destroy(&h->mu);
 	pthread_mutex_destroy(&h->resume_mu);
 	buf_free(&h->ev);

@@ -28,10 +28,15 @@ struct watch;
 ** thread, a chunk at a time, as the client reads. Once a listener has
 ** caught up with the change log it is live: one thread (the hub) reads
 ** each new change once, renders it once, and appends it to the output
-** buffer of every live listener whose filter matches. A listener whose
-** buffer would grow past conf->watch_buffer is disconnected (counted in
-** g_stats.watchers_dropped, logged rate-limited); it never slows ingest
-** or other listeners. An idle live listener's connection is suspended in
+** buffer of every live listener whose filter matches. A live listener
+** whose buffer would grow past conf->watch_buffer goes back to reading the
+** change log at its own pace (a burst never costs more memory than that,
+** and a healthy client is not punished for one); a listener that falls
+** further behind than the change log holds (conf->watch_log_size changes)
+** is disconnected at once, even if its client never reads again (counted
+** in g_stats.watchers_dropped, logged rate-limited). Neither ingest nor
+** other listeners ever wait for it. An idle live listener's connection is
+** suspended in
 ** libmicrohttpd (no CPU) and resumed when it has something to send; a
 ** comment line goes out every WATCH_HEARTBEAT_MS.
 */
