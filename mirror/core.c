@@ -60,6 +60,11 @@ struct core {
 	int64_t last_checkpoint_ms;
 	bool link_synced;         /* what the staleness engine was last told */
 	uint64_t link_epoch;
+	/* Messages still to pop before the sync's retained burst is applied:
+	 * the queue depth when the sync was first seen (FIFO, and only this
+	 * thread pops). Ready needs it at 0 once per sync, not an empty queue
+	 * at every turn, which live traffic rarely leaves. */
+	size_t sync_left;
 	bool store_failed;
 	bool changed;             /* this turn appended to the change log */
 
@@ -173,6 +178,9 @@ static void core_check_link(struct core *c, int64_t now_ms)
 	stale_on_broker(c->d.stale, synced, now_ms);
 	c->link_synced = synced;
 	c->link_epoch = epoch;
+	/* Every retained message of this sync was pushed before mqtt said
+	 * synced: it is applied already or among the messages queued now. */
+	c->sync_left = synced ? queue_depth(c->d.queue) : 0;
 }
 
 /*
@@ -273,7 +281,7 @@ static void core_update_ready(struct core *c)
 {
 	char why[256];
 	bool synced = c->link_synced;
-	bool ready = synced && !c->store_failed && queue_depth(c->d.queue) == 0;
+	bool ready = synced && !c->store_failed && c->sync_left == 0;
 	bool was = atomic_load(&c->ready);
 
 	atomic_store(&c->synced, synced);
@@ -311,6 +319,8 @@ static void *core_main(void *arg)
 		int n = queue_pop_batch(c->d.queue, batch, CORE_BATCH, stopping ? 0 : wait_ms);
 		int64_t now = clock_wall_ms();
 
+		if (n > 0)
+			c->sync_left = (size_t)n >= c->sync_left ? 0 : c->sync_left - (size_t)n;
 		atomic_store(&c->heartbeat, clock_mono_ms());
 		index_wrlock(c->d.ix);
 		for (int i = 0; i < n; i++) {

@@ -39,7 +39,9 @@ int core_start(const struct core_deps *d, struct core **ret);
 /* Drain what is queued, write it to the store, stop the thread. */
 void core_stop(struct core *c);
 
-/* ready: synced with the broker, the store writable, the queue applied.
+/* ready: synced with the broker, the store writable, and every message queued
+ * when the sync completed (the retained burst) applied; live traffic after
+ * that does not make it flap.
  * When not ready a short reason is copied into buf. Thread-safe. */
 bool core_ready(struct core *c, char *buf, size_t n);
 /* Synced with the broker (the Statemirror-Synced header). Thread-safe. */

@@ -4,6 +4,8 @@
 deletes, formats and limits, against a real broker and the real daemon."""
 import base64
 import json
+import threading
+import time
 
 from smtest import run, ts_ms, wait_for
 
@@ -134,8 +136,40 @@ def test_health_and_errors(env):
     assert status == 404
 
 
+def test_ready_holds_under_live_traffic(env):
+    # Once synced and past the retained burst, a steady live stream must not
+    # flip /readyz: the queue is rarely empty at any given instant.
+    d = env.daemon()
+    d.wait_ready()
+    c = env.broker.client()
+    stop = threading.Event()
+
+    def publish():
+        i = 0
+        while not stop.is_set():
+            c.publish('live/k%d' % (i % 200), json.dumps({'v': i, 'ts': ts_ms()}))
+            i += 1
+            if i % 20 == 0:
+                time.sleep(0.001)
+
+    t = threading.Thread(target=publish)
+    t.start()
+    polls = not_ready = 0
+    try:
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            polls += 1
+            not_ready += 0 if d.ready() else 1
+    finally:
+        stop.set()
+        t.join()
+    flips = d.log_text().count('not ready:')
+    assert d.metric('statemirror_messages_total', {'result': 'applied'}) > 1000
+    assert not_ready == 0 and flips == 0, (polls, not_ready, flips)
+
+
 if __name__ == '__main__':
     run([test_retained_bootstrap_before_ready, test_newer_wins_older_ignored,
          test_equal_timestamp_tie_break, test_delete_with_tombstone,
          test_payload_forms_and_ts_sources, test_rejects_counted_and_listed,
-         test_health_and_errors])
+         test_health_and_errors, test_ready_holds_under_live_traffic])
