@@ -353,10 +353,6 @@ static void on_message(struct mosquitto *mosq, void *obj, const struct mosquitto
 	} else {
 		q->m.ts_ns = now_ns;
 	}
-	if (msg->retain && !m->local_synced) {
-		m->quiet_since_ms = clock_mono_ms();
-		m->retained_burst++;
-	}
 	while ((rc = queue_push(m->q, q, m->push_wait_ms)) == -EAGAIN) {
 		STAT_INC(queue_full_waits);
 		if (atomic_load_explicit(&m->stop, memory_order_relaxed))
@@ -364,6 +360,12 @@ static void on_message(struct mosquitto *mosq, void *obj, const struct mosquitto
 	}
 	if (rc != 0)
 		free(q); /* shutting down */
+	/* Quiet is counted from the hand-over: time blocked on a full queue
+	 * is not a pause in the burst, the rest of which waits in the socket. */
+	if (msg->retain && !m->local_synced) {
+		m->quiet_since_ms = clock_mono_ms();
+		m->retained_burst++;
+	}
 }
 
 /* ---- session steps (session thread) ---- */

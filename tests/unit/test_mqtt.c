@@ -457,6 +457,7 @@ struct fake {
 	int lfd;
 	pthread_t th;
 	const char *refuse; /* the filter answered with 0x80 */
+	int nretained;      /* retained messages sent after the (last) SUBACK */
 };
 
 static bool read_full(int fd, unsigned char *p, size_t n)
@@ -502,6 +503,14 @@ static void *fake_broker(void *arg)
 
 			if (write(fd, suback, 5) != 5)
 				break;
+			/* QoS 0 retained PUBLISH "r/N" with payload "{}". */
+			for (int i = 0; i < f->nretained; i++) {
+				unsigned char pb[] = { 0x31, 7, 0, 3, 'r', '/', (unsigned char)('0' + i),
+						       '{', '}' };
+
+				if (write(fd, pb, sizeof(pb)) != (ssize_t)sizeof(pb))
+					goto out;
+			}
 		} else if ((h & 0xf0) == 0xc0) { /* PINGREQ */
 			static const unsigned char pingresp[] = { 0xd0, 0 };
 
@@ -516,6 +525,60 @@ out:
 		close(fd);
 	return NULL;
 }
+
+/*
+** The retained burst is quiet only when nothing arrives for sync_quiet
+** after the last message was handed over: time spent blocked on a full
+** queue is not quiet. (It was measured from the message's arrival, so a
+** slow consumer made the session report synced while the rest of the
+** burst still waited in the socket.)
+*/
+START_TEST(test_blocked_push_is_not_quiet)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t alen = sizeof(a);
+	struct fake f = { .refuse = "", .nretained = 2 };
+	struct queue *q = queue_new(1);
+	struct qmsg *x[2];
+	struct mqtt *m;
+	struct conf c;
+	char err[256];
+
+	f.lfd = socket(AF_INET, SOCK_STREAM, 0);
+	ck_assert_int_eq(bind(f.lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+	ck_assert_int_eq(listen(f.lfd, 4), 0);
+	ck_assert_int_eq(getsockname(f.lfd, (struct sockaddr *)&a, &alen), 0);
+	ck_assert_int_eq(pthread_create(&f.th, NULL, fake_broker, &f), 0);
+
+	make_conf(&c, ntohs(a.sin_port));
+	c.protocol = 311;
+	c.sync_quiet_ms = 1000;
+	ck_assert_int_eq(mqtt_new(&c, q, &m, err, sizeof(err)), 0);
+	conf_free(&c);
+	ck_assert_int_eq(mqtt_start(m), 0);
+
+	/* r/0 fills the queue; r/1 waits on it well past sync_quiet. */
+	WAIT_FOR(queue_depth(q) == 1, DEADLINE_MS);
+	usleep(1500 * 1000);
+	ck_assert(!mqtt_synced(m, NULL));
+	ck_assert_int_eq(queue_pop_batch(q, x, 1, 0), 1);
+	WAIT_FOR(queue_depth(q) == 1, DEADLINE_MS);
+	usleep(200 * 1000);
+	ck_assert_msg(!mqtt_synced(m, NULL), "synced 200 ms after a message (sync_quiet 1 s)");
+	WAIT_FOR(mqtt_synced(m, NULL), DEADLINE_MS);
+	ck_assert_int_eq(queue_pop_batch(q, x + 1, 1, 0), 1);
+	ck_assert_str_eq(x[0]->m.topic, "r/0");
+	ck_assert_str_eq(x[1]->m.topic, "r/1");
+	ck_assert(x[0]->m.retained && x[1]->m.retained);
+	free(x[0]);
+	free(x[1]);
+
+	mqtt_free(m);
+	pthread_join(f.th, NULL);
+	close(f.lfd);
+	queue_free(q);
+}
+END_TEST
 
 /* A refused subscription counts as acknowledged: synced, and the status says so. */
 START_TEST(test_refused_subscription)
@@ -669,6 +732,7 @@ static Suite *mqtt_suite(void)
 	tcase_add_test(tc, test_refused_subscription);
 	tcase_add_test(tc, test_retry_log_rate_limited);
 	tcase_add_test(tc, test_full_queue_backpressure);
+	tcase_add_test(tc, test_blocked_push_is_not_quiet);
 	suite_add_tcase(s, tc);
 	return s;
 }
