@@ -388,9 +388,11 @@ int main(int argc, char **argv)
 	}
 	status = 0;
 out:
+	/* The HTTP handlers read the core (readiness, sync): stop serving
+	 * before core_stop frees it. */
 	mqtt_stop(mqtt);
-	core_stop(core);
 	api_stop(api);
+	core_stop(core);
 	mqtt_free(mqtt);
 	stale_free(stale);
 	rejects_free(rejects);

@@ -3,6 +3,7 @@
 """The core path: retained bootstrap before ready, ordering, duplicates,
 deletes, formats and limits, against a real broker and the real daemon."""
 import base64
+import http.client
 import json
 import threading
 import time
@@ -168,8 +169,42 @@ def test_ready_holds_under_live_traffic(env):
     assert not_ready == 0 and flips == 0, (polls, not_ready, flips)
 
 
+def test_shutdown_while_serving(env):
+    # SIGTERM while clients keep asking: every handler still running must
+    # find what it reads (the core's readiness) alive; exit status 0.
+    for _ in range(3):
+        d = env.daemon()
+        d.wait_ready()
+        stop = threading.Event()
+
+        def hammer():
+            while not stop.is_set():
+                try:
+                    conn = http.client.HTTPConnection('127.0.0.1', d.port, timeout=2)
+                    while not stop.is_set():
+                        conn.request('GET', '/readyz')
+                        conn.getresponse().read()
+                except (OSError, http.client.HTTPException):
+                    pass
+
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            wait_for(lambda: d.metric('statemirror_http_requests_total', {'code': '200'}) > 50,
+                     what='requests being served')
+            rc = d.stop()
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        log = d.log_text()
+        assert rc == 0 and 'Sanitizer' not in log, (rc, log[-3000:])
+
+
 if __name__ == '__main__':
     run([test_retained_bootstrap_before_ready, test_newer_wins_older_ignored,
          test_equal_timestamp_tie_break, test_delete_with_tombstone,
          test_payload_forms_and_ts_sources, test_rejects_counted_and_listed,
-         test_health_and_errors, test_ready_holds_under_live_traffic])
+         test_health_and_errors, test_ready_holds_under_live_traffic,
+         test_shutdown_while_serving])
