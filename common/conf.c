@@ -141,6 +141,19 @@ int conf_parse_size(const char *s, int64_t *ret_bytes)
 	return -EINVAL;
 }
 
+/* The URL as an error message may show it: a userinfo part ("user:secret@")
+ * becomes "***@", since logs and --check-config never show a password. */
+static const char *url_shown(const char *url, char *buf, size_t n)
+{
+	const char *sep = strstr(url, "://");
+	const char *at = sep ? strrchr(sep + 3, '@') : NULL;
+
+	if (!at)
+		return url;
+	snprintf(buf, n, "%.*s***%s", (int)(sep + 3 - url), url, at);
+	return buf;
+}
+
 /* Why a URL is refused, or NULL when it parses into *ret. */
 static const char *url_parse(const char *url, struct conf_url *ret)
 {
@@ -634,7 +647,10 @@ static int item_set(struct conf *c, const struct item *it, const char *v, char *
 			if (!(one = strndup(p, (size_t)(e - p))))
 				return why_ret(why, whylen, -ENOMEM, "out of memory");
 			if ((reason = url_parse(one, &u))) {
-				rc = why_ret(why, whylen, -EINVAL, "'%s': %s", one, reason);
+				char shown[256];
+
+				rc = why_ret(why, whylen, -EINVAL, "'%s': %s",
+					     url_shown(one, shown, sizeof(shown)), reason);
 				free(one);
 				return rc;
 			}
@@ -977,10 +993,14 @@ int conf_validate(const struct conf *c, char *err, size_t errlen)
 
 	if (c->nurls == 0)
 		return vfail(c, err, errlen, "url", "no broker URL");
-	for (size_t i = 0; i < c->nurls; i++)
+	for (size_t i = 0; i < c->nurls; i++) {
+		char shown[256];
+
 		if (!c->urls[i] || (reason = url_parse(c->urls[i], &u)))
 			return vfail(c, err, errlen, NULL, "invalid broker URL '%s': %s",
-				     c->urls[i] ? c->urls[i] : "", c->urls[i] ? reason : "missing");
+				     c->urls[i] ? url_shown(c->urls[i], shown, sizeof(shown)) : "",
+				     c->urls[i] ? reason : "missing");
+	}
 	if (c->nfilters == 0)
 		return vfail(c, err, errlen, "filter", "no subscription filter");
 	for (size_t i = 0; i < c->nfilters; i++)

@@ -340,8 +340,10 @@ static const struct {
 	  "2: [broker] keepalive: invalid duration '' (e.g. 250ms, 10s, 5m, 2h, 1d)" },
 	{ "[broker]\nurl = http://x\n",
 	  "2: [broker] url: 'http://x': must start with mqtt:// or mqtts://" },
-	{ "[broker]\nurl = mqtt://u:p@h\n",
-	  "2: [broker] url: 'mqtt://u:p@h': credentials do not belong in the URL (use username and password_file)" },
+	{ "[broker]\nurl = mqtt://u:s3cret@h\n",
+	  "2: [broker] url: 'mqtt://***@h': credentials do not belong in the URL (use username and password_file)" },
+	{ "[broker]\nurl = mqtt://a, mqtts://u:p@ss@h:1\n",
+	  "2: [broker] url: 'mqtts://***@h:1': credentials do not belong in the URL (use username and password_file)" },
 	{ "[broker]\nurl = mqtt://a,,mqtt://b\n", "2: [broker] url: empty URL in the list" },
 	{ "[broker]\nurl = mqtt://h:99999\n", "2: [broker] url: 'mqtt://h:99999': invalid port (1..65535)" },
 	{ "[broker]\nprotocol = 4\n", "2: [broker] protocol: '4' is not 5 or 3.1.1" },
@@ -581,6 +583,10 @@ START_TEST(test_validate)
 	ck_assert_int_eq(conf_set_str(&c.urls[0], "http://x"), 0);
 	ck_assert_int_eq(conf_validate(&c, err, sizeof(err)), -EINVAL);
 	ck_assert_str_eq(err, "invalid broker URL 'http://x': must start with mqtt:// or mqtts://");
+	ck_assert_int_eq(conf_set_str(&c.urls[0], "mqtt://user:s3cret@x:1883"), 0);
+	ck_assert_int_eq(conf_validate(&c, err, sizeof(err)), -EINVAL);
+	ck_assert_str_eq(err, "invalid broker URL 'mqtt://***@x:1883': credentials do not belong "
+			      "in the URL (use username and password_file)");
 	ck_assert_int_eq(conf_set_str(&c.urls[0], "mqtt://x"), 0);
 	ck_assert_int_eq(conf_set_str(&c.http_listen, "nowhere"), 0);
 	ck_assert_int_eq(conf_validate(&c, err, sizeof(err)), -EINVAL);
