@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "api/http.h"
+#include "api/watch.h"
 #include "common/clock.h"
 #include "common/conf.h"
 #include "common/log.h"
@@ -266,6 +267,7 @@ int main(int argc, char **argv)
 	struct stale *stale = NULL;
 	struct core *core = NULL;
 	struct api *api = NULL;
+	struct watch *watch = NULL;
 	char err[512];
 	int status = EXIT_RUNTIME, rc;
 	int64_t rev = 0;
@@ -323,15 +325,20 @@ int main(int argc, char **argv)
 		log_error("out of memory at startup");
 		goto out;
 	}
+	if ((rc = watch_new(&conf, ix, changes, &watch)) < 0) {
+		log_error("watch: cannot start: %s", strerror(-rc));
+		goto out;
+	}
 	struct core_deps cd = { .conf = &conf, .ix = ix, .store = store, .stale = stale,
 				.queue = queue, .mqtt = mqtt, .rejects = rejects,
-				.changes = changes, .rev = rev };
+				.changes = changes, .rev = rev,
+				.on_changes = watch_wake, .on_changes_ctx = watch };
 	if ((rc = core_start(&cd, &core)) < 0) {
 		log_error("cannot start the core thread: %s", strerror(-rc));
 		goto out;
 	}
 	struct api_deps ad = { .conf = &conf, .ix = ix, .core = core, .rejects = rejects,
-			       .stale = stale, .queue = queue };
+			       .stale = stale, .queue = queue, .watch = watch };
 	if ((rc = api_start(&ad, &api, err, sizeof(err))) < 0) {
 		log_error("http: %s", err);
 		goto out;
@@ -393,6 +400,7 @@ out:
 	mqtt_stop(mqtt);
 	api_stop(api);
 	core_stop(core);
+	watch_free(watch); /* after api_stop (no stream left) and core_stop (no wake) */
 	mqtt_free(mqtt);
 	stale_free(stale);
 	rejects_free(rejects);
