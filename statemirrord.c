@@ -227,10 +227,28 @@ static int load_visit(struct rec *r, void *ctx)
 {
 	struct load_ctx *lc = ctx;
 
-	if (!(r->flags & REC_DELETED))
-		stale_on_load(lc->stale, r, lc->now_ms);
+	/* A cadence that changed with the rules is written back (the core
+	 * picks up records loaded dirty). */
+	if (!(r->flags & REC_DELETED) && stale_on_load(lc->stale, r, lc->now_ms))
+		r->flags |= REC_DIRTY;
 	return 0;
 }
+
+/*
+** Tombstones keep an older message from bringing a deleted key back; a day
+** after the delete no such message is still on its way (the broker clears
+** a retained copy on delete), and keeping them longer would let deletes of
+** topics never seen again fill max_keys for ever.
+*/
+#define TOMBSTONE_TTL_MS (24LL * 3600 * 1000)
+
+/*
+** Revisions handed out but not yet written when the process died are
+** reused by nobody: a restart continues this far above the highest stored
+** revision, so a watcher resuming with an id from the previous run gets a
+** fresh snapshot instead of silently skipping changes that reuse its ids.
+*/
+#define REV_RESTART_GAP (1LL << 32)
 
 /* Load the stored keys and schedule every deadline; keys whose deadline
  * passed while we were down turn stale now (without an alert: startup
@@ -238,14 +256,22 @@ static int load_visit(struct rec *r, void *ctx)
 static int load_index(struct store *st, struct stale *stale, struct index *ix, int64_t *ret_rev)
 {
 	struct load_ctx lc = { stale, clock_wall_ms() };
-	int64_t t0 = clock_mono_ms();
+	int64_t t0 = clock_mono_ms(), purged = 0;
 	char err[256];
-	int rc = store_load(st, ix, ret_rev, err, sizeof(err));
+	int rc = store_purge_tombstones(st, (lc.now_ms - TOMBSTONE_TTL_MS) * 1000000, &purged,
+					err, sizeof(err));
 
+	if (rc < 0)
+		log_warnx("store: old tombstones not purged: %s", err);
+	else if (purged)
+		log_info("store: %lld tombstones older than a day purged", (long long)purged);
+	rc = store_load(st, ix, ret_rev, err, sizeof(err));
 	if (rc < 0) {
 		log_error("store: cannot load: %s", err);
 		return rc;
 	}
+	if (*ret_rev > 0)
+		*ret_rev += REV_RESTART_GAP;
 	index_wrlock(ix);
 	index_walk(ix, NULL, 0, NULL, 0, load_visit, &lc);
 	index_unlock(ix);

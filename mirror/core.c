@@ -284,8 +284,9 @@ static void core_update_ready(struct core *c)
 	bool ready = synced && !c->store_failed && c->sync_left == 0;
 	bool was = atomic_load(&c->ready);
 
-	atomic_store(&c->synced, synced);
-	STAT_SET(synced, synced);
+	/* Synced (the header) once the retained burst is applied, whatever
+	 * the store does: the answers are current even when the file lags. */
+	atomic_store(&c->synced, synced && c->sync_left == 0);
 	if (!ready && !c->store_failed) {
 		if (!synced && c->d.mqtt)
 			mqtt_status(c->d.mqtt, why, sizeof(why));
@@ -352,6 +353,13 @@ static void *core_main(void *arg)
 	return NULL;
 }
 
+static int core_seed_dirty(struct rec *r, void *ctx)
+{
+	if (r->flags & REC_DIRTY)
+		core_mark_dirty(ctx, r);
+	return 0;
+}
+
 int core_start(const struct core_deps *d, struct core **ret)
 {
 	struct core *c = calloc(1, sizeof(*c));
@@ -370,9 +378,11 @@ int core_start(const struct core_deps *d, struct core **ret)
 
 	/* Startup counts as "not synced": keys judged stale from the stored
 	 * last_seen are not alerted until the mirror has re-synced and given
-	 * each its grace period. */
+	 * each its grace period. Records that changed at load (REC_DIRTY) are
+	 * written with the first commit. */
 	index_wrlock(c->d.ix);
 	stale_on_broker(c->d.stale, false, clock_wall_ms());
+	index_walk(c->d.ix, NULL, 0, NULL, 0, core_seed_dirty, c);
 	index_unlock(c->d.ix);
 
 	rc = pthread_create(&c->thread, NULL, core_main, c);
@@ -422,11 +432,55 @@ int64_t core_heartbeat(struct core *c)
 	return atomic_load(&c->heartbeat);
 }
 
+struct cadence_snap {
+	uint32_t *ms;
+	uint8_t *src;
+	size_t n, cap;
+	bool mark;        /* second pass: mark the changed ones dirty */
+	struct core *c;
+};
+
+static int core_reload_visit(struct rec *r, void *ctx)
+{
+	struct cadence_snap *cs = ctx;
+
+	if (cs->n == cs->cap)
+		return 1;
+	if (!cs->mark) {
+		cs->ms[cs->n] = r->cadence_ms;
+		cs->src[cs->n] = r->cadence_source;
+	} else if ((cs->ms[cs->n] != r->cadence_ms || cs->src[cs->n] != r->cadence_source) &&
+		   !(r->flags & REC_DIRTY)) {
+		core_mark_dirty(cs->c, r);
+	}
+	cs->n++;
+	return 0;
+}
+
 void core_reload(struct core *c, const struct conf *conf)
 {
+	struct cadence_snap cs = { .c = c };
+
 	index_wrlock(c->d.ix);
+	/* Note every key's cadence, take the new rules, and write back the
+	 * keys whose cadence changed, so the file follows the reload. */
+	cs.cap = index_size(c->d.ix);
+	cs.ms = malloc(cs.cap * sizeof(*cs.ms) + 1);
+	cs.src = malloc(cs.cap + 1);
+	if (cs.ms && cs.src)
+		index_walk(c->d.ix, NULL, 0, NULL, 0, core_reload_visit, &cs);
 	if (stale_reconfigure(c->d.stale, conf) < 0)
 		log_warnx("reload: out of memory, staleness settings unchanged");
+	if (cs.ms && cs.src) {
+		cs.n = 0;
+		cs.mark = true;
+		index_walk(c->d.ix, NULL, 0, NULL, 0, core_reload_visit, &cs);
+	} else {
+		log_warnx("reload: out of memory, changed cadences reach the file with "
+			  "each key's next message");
+	}
 	index_unlock(c->d.ix);
+	free(cs.ms);
+	free(cs.src);
 	queue_kick(c->d.queue);
 }

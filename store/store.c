@@ -670,6 +670,26 @@ fail:
 	return ret;
 }
 
+int store_purge_tombstones(struct store *st, int64_t before_ns, int64_t *ret_n, char *err,
+			   size_t errlen)
+{
+	sqlite3_stmt *s = NULL;
+	int rc = sqlite3_prepare_v2(st->db, "DELETE FROM rec WHERE (flags & ?1) != 0 AND ts_ns < ?2",
+				    -1, &s, NULL);
+
+	if (rc != SQLITE_OK)
+		return sql_fail(st->db, rc, "purge", err, errlen);
+	sqlite3_bind_int64(s, 1, REC_DELETED);
+	sqlite3_bind_int64(s, 2, before_ns);
+	rc = sqlite3_step(s);
+	sqlite3_finalize(s);
+	if (rc != SQLITE_DONE)
+		return sql_fail(st->db, rc, "purge", err, errlen);
+	if (ret_n)
+		*ret_n = sqlite3_changes64(st->db);
+	return 0;
+}
+
 int store_checkpoint(struct store *st)
 {
 	ckpt_request(&st->ck);

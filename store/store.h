@@ -47,6 +47,15 @@ void store_close(struct store *st);
 int store_load(struct store *st, struct index *ix, int64_t *ret_rev, char *err, size_t errlen);
 
 /*
+** Delete the tombstones of keys deleted before before_ns (observation
+** time), so that deletes of topics never seen again do not fill max_keys
+** for ever. Called before store_load, while nothing points at records.
+** *ret_n (may be NULL) receives the count. Returns 0 or -errno with err.
+*/
+int store_purge_tombstones(struct store *st, int64_t before_ns, int64_t *ret_n, char *err,
+			   size_t errlen);
+
+/*
 ** Write the current state of n records in one transaction (upsert, or the
 ** tombstone for a deleted key) and commit. The records must not change
 ** during the call (the core thread owns them; it calls this without the

@@ -6,6 +6,7 @@ and the public SQLite views read by a foreign read-only connection."""
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import threading
@@ -16,6 +17,16 @@ from smtest import run, ts_ms, wait_for
 
 def ro(db):
     return sqlite3.connect('file:%s?mode=ro' % db, uri=True, timeout=5)
+
+
+def file_value(db, sql):
+    """The first column of the first row of sql in the file, or None."""
+    conn = ro(db)
+    try:
+        row = conn.execute(sql).fetchone()
+        return row[0] if row else None
+    finally:
+        conn.close()
 
 
 def test_restart_over_existing_file(env):
@@ -46,7 +57,9 @@ def test_restart_over_existing_file(env):
     # The revision counter goes on from where it was.
     c.publish('rs/k07', json.dumps({'v': 70, 'ts': t + 1000}), qos=1)
     wait_for(lambda: d.key('rs/k07')['payload']['v'] == 70, what='update after restart')
-    assert d.key('rs/k07')['rev'] > max(r['rev'] for r in before.values())
+    # ... far above every revision the previous run may have handed out
+    # without writing it, so no watcher's Last-Event-ID is ever reused.
+    assert d.key('rs/k07')['rev'] > max(r['rev'] for r in before.values()) + 2**32
 
 
 def test_kill9_during_heavy_ingest(env):
@@ -99,6 +112,30 @@ def test_kill9_during_heavy_ingest(env):
     d.wait_ready()
 
 
+def test_reload_writes_changed_cadences(env):
+    d = env.daemon(config='[staleness]\nrule = cad/# 10s\n[store]\ncommit_interval = 50ms\n')
+    d.wait_ready()
+    c = env.broker.client()
+    c.publish('cad/a', json.dumps({'v': 1}), qos=1)
+    wait_for(lambda: (d.key('cad/a') or {}).get('cadence_ms') == 10000, what='rule cadence')
+    wait_for(lambda: file_value(d.db, "select cadence_ms from keys where topic = 'cad/a'") == 10000,
+             what='first write')
+    with open(os.path.join(env.dir, 'sm.conf'), 'w') as f:
+        f.write('[staleness]\nrule = cad/# 20s\n[store]\ncommit_interval = 50ms\n')
+    d.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: d.key('cad/a')['cadence_ms'] == 20000, what='new cadence served')
+    # ... and in the file, without waiting for the key's next message
+    wait_for(lambda: file_value(d.db, "select cadence_ms from keys where topic = 'cad/a'") == 20000,
+             what='new cadence in the file')
+    # A broken file is refused and the running configuration stays.
+    with open(os.path.join(env.dir, 'sm.conf'), 'w') as f:
+        f.write('[staleness]\nrule = cad/# soon\n')
+    d.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: 'configuration unchanged' in d.log_text(), what='reload refused')
+    assert d.key('cad/a')['cadence_ms'] == 20000
+    assert d.get('/healthz')[0] == 200
+
+
 def test_locked_database_recovers(env):
     d = env.daemon(config='[store]\ncommit_interval = 50ms\n')
     d.wait_ready()
@@ -121,8 +158,7 @@ def test_locked_database_recovers(env):
         locker.close()
     # Resumes by itself and writes what it held.
     d.wait_ready(timeout=20)
-    wait_for(lambda: ro(d.db).execute(
-        "select count(*) from keys where topic like 'lock/%'").fetchone()[0] == 20,
+    wait_for(lambda: file_value(d.db, "select count(*) from keys where topic like 'lock/%'") == 20,
         what='the held changes written after the lock went away')
 
 
@@ -157,8 +193,7 @@ def test_full_disk_recovers(env):
         assert d.get('/healthz')[0] == 200
         os.unlink(filler)
         d.wait_ready(timeout=20)
-        wait_for(lambda: ro(d.db).execute(
-            "select count(*) from keys where topic like 'full/%'").fetchone()[0] == 200,
+        wait_for(lambda: file_value(d.db, "select count(*) from keys where topic like 'full/%'") == 200,
             what='everything written once space is back')
         assert d.stop() == 0
     finally:
@@ -170,4 +205,5 @@ def test_full_disk_recovers(env):
 
 if __name__ == '__main__':
     run([test_restart_over_existing_file, test_kill9_during_heavy_ingest,
-         test_locked_database_recovers, test_full_disk_recovers])
+         test_reload_writes_changed_cadences, test_locked_database_recovers,
+         test_full_disk_recovers])
