@@ -52,8 +52,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	(void)utf8_valid(s, size);
 
 	/* Valid JSON is what jansson loads, except where jscan documents a
-	 * difference: nesting deeper than JSCAN_MAX_DEPTH, and numbers
-	 * jansson cannot hold. */
+	 * difference: nesting deeper than JSCAN_MAX_DEPTH, numbers jansson
+	 * cannot hold, and member names holding \u0000. */
 	if (max_depth(s, size) > JSCAN_MAX_DEPTH)
 		return 0;
 	/* A raw NUL byte is never JSON (jansson takes "0\0" for 0). */
@@ -62,8 +62,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	}
 	j = json_loadb(s, size, JSON_DECODE_ANY | JSON_ALLOW_NUL, &e);
-	if (!j && (strstr(e.text, "too big") || strstr(e.text, "overflow")))
-		return 0;
+	if (!j && (strstr(e.text, "too big") || strstr(e.text, "overflow") ||
+		   strstr(e.text, "NUL byte in object key")))
+		return 0;   /* jansson's limits, not JSON's: \u0000 in a member name is valid */
 	assert(r.is_json == (j != NULL));
 	json_decref(j);
 	return 0;
