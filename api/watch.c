@@ -62,6 +62,7 @@ struct watcher {
 	bool started;                   /* past W_RESUME: a gap now means "too slow" */
 	bool suspended;                 /* mu: suspended by us, not yet resumed */
 	bool dead;                      /* mu: cut off; the reader ends the stream */
+	bool hungup;                    /* mu: the client went away (not an error) */
 	int64_t cursor;                 /* catch-up: the last revision dealt with */
 	/* The oldest revision it still needs from the change log (cursor or
 	 * snap_rev), -1 when none: the hub cuts off a listener that fell out
@@ -388,8 +389,10 @@ static void hub_hangup(struct watch *h, uint64_t serial)
 	pthread_mutex_lock(&h->mu);
 	for (struct watcher *w = h->head; w && !h->closing; w = w->next) {
 		if (w->serial == serial) {
-			if (w->epolled)
+			if (w->epolled) {
+				w->hungup = true;
 				hub_kill(h, w, NULL);
+			}
 			break;
 		}
 	}
@@ -624,10 +627,12 @@ static ssize_t w_reader(void *cls, uint64_t pos, char *dst, size_t max)
 
 		pthread_mutex_lock(&h->mu);
 		if (w->dead || h->closing) {
-			bool dead = w->dead;
+			/* An error closes at once (and libmicrohttpd logs it):
+			 * only for a listener cut off, not for one that left. */
+			bool err = w->dead && !w->hungup;
 
 			pthread_mutex_unlock(&h->mu);
-			return dead ? MHD_CONTENT_READER_END_WITH_ERROR : MHD_CONTENT_READER_END_OF_STREAM;
+			return err ? MHD_CONTENT_READER_END_WITH_ERROR : MHD_CONTENT_READER_END_OF_STREAM;
 		}
 		n = w_take(w, dst, max);
 		live = w->phase == W_LIVE;
