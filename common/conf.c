@@ -253,6 +253,16 @@ static const char *listen_check(const char *s)
 	return NULL;
 }
 
+/* Is a valid TCP listen address on the loopback interface? */
+static bool listen_is_loopback(const char *s)
+{
+	size_t host = (size_t)(strrchr(s, ':') - s);
+
+	return (host > 4 && strncmp(s, "127.", 4) == 0) ||
+	       (host == 9 && strncmp(s, "localhost", 9) == 0) ||
+	       (host == 5 && strncmp(s, "[::1]", 5) == 0);
+}
+
 /* Formats ms in the largest unit that divides it ("250ms", "30s", "1h"). */
 static const char *fmt_duration(int64_t ms, char *buf, size_t len)
 {
@@ -1047,6 +1057,13 @@ int conf_validate(const struct conf *c, char *err, size_t errlen)
 	if (!c->http_listen || (reason = listen_check(c->http_listen)))
 		return vfail(c, err, errlen, NULL, "invalid http listen address '%s': %s",
 			     c->http_listen ? c->http_listen : "", c->http_listen ? reason : "missing");
+	/* Anyone who can reach a non-loopback listener could read the whole
+	 * mirror: such a listener needs a token. */
+	if (strncmp(c->http_listen, "unix:", 5) != 0 && !listen_is_loopback(c->http_listen) &&
+	    !(c->token_file && *c->token_file))
+		return vfail(c, err, errlen, "listen",
+			     "listening on '%s', beyond loopback, needs [http] token_file",
+			     c->http_listen);
 	if (c->max_keys < 1 || c->max_payload < 1 || c->max_topic_len < 1 || c->queue_size < 1)
 		return vfail(c, err, errlen, NULL, "store limits must be positive");
 	if ((rc = check_readable(c, "password_file", c->password_file, err, errlen)) < 0 ||

@@ -574,6 +574,26 @@ START_TEST(test_validate)
 	ck_assert_str_eq(err, want);
 	conf_free(&c);
 
+	/* Beyond loopback the API needs a token; loopback and unix sockets do not. */
+	ck_assert_int_eq(load(&c, "[http]\nlisten = 0.0.0.0:8080\n"), 0);
+	ck_assert_int_eq(conf_validate(&c, err, sizeof(err)), -EINVAL);
+	snprintf(want, sizeof(want), "%s:2: listening on '0.0.0.0:8080', beyond loopback, "
+		 "needs [http] token_file", cpath);
+	ck_assert_str_eq(err, want);
+	conf_free(&c);
+	ck_assert_int_eq(load(&c, "[http]\nlisten = 0.0.0.0:8080\ntoken_file = /etc/hostname\n"), 0);
+	ck_assert_msg(conf_validate(&c, err, sizeof(err)) == 0, "%s", err);
+	conf_free(&c);
+	static const char *const local[] = { "127.0.0.1:0", "127.3.2.1:80", "localhost:8080",
+					     "[::1]:8080", "unix:/run/x.sock" };
+	for (size_t i = 0; i < sizeof(local) / sizeof(local[0]); i++) {
+		char text[128];
+		snprintf(text, sizeof(text), "[http]\nlisten = %s\n", local[i]);
+		ck_assert_int_eq(load(&c, text), 0);
+		ck_assert_msg(conf_validate(&c, err, sizeof(err)) == 0, "%s: %s", local[i], err);
+		conf_free(&c);
+	}
+
 	/* Values set after the file (command-line flags): no file:line. */
 	ck_assert_int_eq(load(&c, "[subscribe]\nfilter = a\n"), 0);
 	ck_assert_int_eq(conf_set_str(&c.filters[0], "a/#/b"), 0);
