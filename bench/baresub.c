@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -21,6 +22,7 @@
 enum loop_mode {
 	LOOP_FOREVER, /* mosquitto_loop() over and over: what mosquitto_loop_forever() does */
 	LOOP_READ,    /* our own poll, then mosquitto_loop_read() until a call brings nothing */
+	LOOP_BUFFERED, /* LOOP_READ, and read() interposed with a 64 KiB buffer (below) */
 	LOOP_MAX
 };
 
@@ -55,6 +57,39 @@ struct sub {
 
 static volatile sig_atomic_t stop_requested;
 
+/*
+** --loop buffered: an experiment on libmosquitto's syscalls, not a habit to
+** copy blindly. libmosquitto 2.0 reads a packet with three read() calls
+** (command byte, remaining length, body), so a small message costs three
+** syscalls. This executable defines read(); ELF symbol interposition makes
+** libmosquitto's calls land here, and for the broker socket only they are
+** served from a 64 KiB buffer filled by one real read. Data held in the
+** buffer is invisible to poll(), so run_read() drains it before polling.
+*/
+static int rb_fd = -1;
+static char rb_buf[65536];
+static size_t rb_off, rb_len;
+
+ssize_t read(int fd, void *buf, size_t count)
+{
+	size_t k;
+
+	if (fd != rb_fd || fd < 0)
+		return syscall(SYS_read, fd, buf, count);
+	if (rb_off == rb_len) {
+		long n = syscall(SYS_read, fd, rb_buf, sizeof(rb_buf));
+
+		if (n <= 0)
+			return n;
+		rb_off = 0;
+		rb_len = (size_t)n;
+	}
+	k = rb_len - rb_off < count ? rb_len - rb_off : count;
+	memcpy(buf, rb_buf + rb_off, k);
+	rb_off += k;
+	return (ssize_t)k;
+}
+
 static void on_signal(int sig)
 {
 	(void)sig;
@@ -84,8 +119,10 @@ static void usage(FILE *f)
 	    "      --timeout S          give up after S seconds (default 600)\n"
 	    "  -V, --protocol 5|311     MQTT version (default 5)\n"
 	    "      --receive-max N      MQTT 5 receive maximum (default libmosquitto's)\n"
-	    "      --loop forever|read  forever: mosquitto_loop() as loop_forever does (default);\n"
-	    "                           read: own poll, mosquitto_loop_read() until dry\n"
+	    "      --loop MODE          forever: mosquitto_loop() as loop_forever does (default);\n"
+	    "                           read: own poll, mosquitto_loop_read() until dry;\n"
+	    "                           buffered: read, with libmosquitto's read() calls on the\n"
+	    "                           socket served from a 64 KiB buffer (an experiment)\n"
 	    "  -i, --id ID              client id (default baresub-PID)\n"
 	    "  -h, --help               this text\n"
 	    "\n"
@@ -195,6 +232,8 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 				o->loop = LOOP_FOREVER;
 			else if (strcmp(optarg, "read") == 0)
 				o->loop = LOOP_READ;
+			else if (strcmp(optarg, "buffered") == 0)
+				o->loop = LOOP_BUFFERED;
 			else
 				goto bad;
 			break;
@@ -319,7 +358,12 @@ static int run_read(struct sub *s, double deadline)
 		if (mosquitto_want_write(s->mosq))
 			pfd.events |= POLLOUT;
 		pfd.revents = 0;
-		n = poll(&pfd, 1, 100);
+		if (rb_off < rb_len) {
+			n = 1; /* bytes wait in our buffer: no poll needed */
+			pfd.revents = POLLIN;
+		} else {
+			n = poll(&pfd, 1, 100);
+		}
 		if (n < 0 && errno != EINTR)
 			return -errno;
 		if (n > 0 && (pfd.revents & (POLLIN | POLLERR | POLLHUP))) {
@@ -392,7 +436,10 @@ int main(int argc, char **argv)
 		    rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc));
 		goto out;
 	}
-	rc = o.loop == LOOP_READ ? run_read(&s, deadline) : run_forever(&s, deadline);
+	if (o.loop == LOOP_BUFFERED)
+		rb_fd = mosquitto_socket(s.mosq);
+	rc = o.loop == LOOP_FOREVER ? run_forever(&s, deadline) : run_read(&s, deadline);
+	rb_fd = -1;
 	if (s.connect_rc != 0)
 		fprintf(stderr, "baresub: connection refused: %s\n", mosquitto_connack_string(s.connect_rc));
 	mosquitto_disconnect(s.mosq);
