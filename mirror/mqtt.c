@@ -1040,9 +1040,14 @@ int mqtt_publish_retained(struct mqtt *m, const char *topic, const void *payload
 	if (len)
 		memcpy(copy, payload, len);
 	pthread_mutex_lock(&m->mu);
-	for (size_t i = 0; i < m->noutbox; i++) {
+	/* Only the latest value per topic matters, with one exception: a
+	 * value followed by a clear (an empty payload) keeps both, in order, so
+	 * that live subscribers see e.g. an alert's "resolved" before the
+	 * broker forgets it. */
+	for (size_t i = m->noutbox; i-- > 0;) {
 		if (strcmp(m->outbox[i].topic, topic) == 0) {
-			slot = &m->outbox[i];
+			if (len > 0 || m->outbox[i].len == 0)
+				slot = &m->outbox[i];
 			break;
 		}
 	}
@@ -1062,7 +1067,7 @@ int mqtt_publish_retained(struct mqtt *m, const char *topic, const void *payload
 		slot->topic = tcopy;
 		slot->payload = NULL;
 	}
-	free(slot->payload); /* only the latest value per topic matters */
+	free(slot->payload);
 	slot->payload = copy;
 	slot->len = len;
 	pthread_mutex_unlock(&m->mu);

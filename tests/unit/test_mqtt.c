@@ -433,6 +433,10 @@ START_TEST(test_publish_while_disconnected)
 	ck_assert_int_eq(mqtt_publish_retained(m, "a/state", "old", 3), 0);
 	ck_assert_int_eq(mqtt_start(m), 0);
 	ck_assert_int_eq(mqtt_publish_retained(m, "a/state", "new", 3), 0);
+	/* A value then a clear: both go out, in order (an alert's "resolved"
+	 * must reach live subscribers before the broker forgets it). */
+	ck_assert_int_eq(mqtt_publish_retained(m, "b/alert", "resolved", 8), 0);
+	ck_assert_int_eq(mqtt_publish_retained(m, "b/alert", "", 0), 0);
 	WAIT_FOR(status_has(m, "cannot connect"), DEADLINE_MS);
 	broker_start(&b, NULL);
 	WAIT_FOR(mqtt_synced(m, NULL), DEADLINE_MS);
@@ -440,6 +444,10 @@ START_TEST(test_publish_while_disconnected)
 	x = find(q, &g, "a/state");
 	ck_assert_uint_eq(x->m.payload_len, 3);
 	ck_assert_int_eq(memcmp(x->m.payload, "new", 3), 0);
+	WAIT_FOR(find(q, &g, "b/alert") != NULL, DEADLINE_MS);
+	x = find(q, &g, "b/alert");
+	ck_assert_uint_eq(x->m.payload_len, 8);
+	ck_assert_int_eq(memcmp(x->m.payload, "resolved", 8), 0);
 
 	mqtt_free(m);
 	got_free(&g);
