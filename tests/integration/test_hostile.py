@@ -186,7 +186,10 @@ def test_hundreds_of_idle_connections(env):
         s.settimeout(10)
         s.connect(('127.0.0.1', d.port))
         idle.append(s)
-    wait_for(lambda: fd_count(d.proc.pid) >= base_fds + 300, what='300 connections accepted')
+    # base_fds may hold a few short-lived descriptors (the probe request's
+    # socket, SQLite's): allow for them closing meanwhile.
+    wait_for(lambda: fd_count(d.proc.pid) >= base_fds + 300 - 4,
+             what='300 connections accepted (fds: %d, base %d)' % (fd_count(d.proc.pid), base_fds))
     t0 = time.monotonic()
     serving(d)
     assert time.monotonic() - t0 < 2, 'a request waited behind idle connections'
