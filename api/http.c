@@ -795,6 +795,11 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 	n = strlen(line);
 	while (n && (line[n - 1] == '\n' || line[n - 1] == '\r'))
 		line[--n] = '\0';
+	/* A client that hangs up (a watcher closing its stream) is routine. */
+	if (strstr(line, "closed by remote peer") || strstr(line, "Connection reset by peer")) {
+		log_debug("http: %s", line);
+		return;
+	}
 	if (!log_ratelimit_ok(&a->rl, clock_mono_ms(), &suppressed))
 		return;
 	if (suppressed)
