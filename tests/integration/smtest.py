@@ -51,12 +51,18 @@ def wait_for(cond, timeout=10.0, interval=0.02, what='condition'):
 class Broker:
     """A private mosquitto on a free port (or a given one, for restarts)."""
 
-    def __init__(self, workdir, port=None):
+    def __init__(self, workdir, port=None, extra=''):
+        """extra: more mosquitto.conf lines (with per_listener_settings, the
+        plain listener on self.port stays anonymous)."""
         self.port = port or free_port()
         self.conf = os.path.join(workdir, 'mosquitto-%d.conf' % self.port)
         with open(self.conf, 'w') as f:
-            f.write('listener %d 127.0.0.1\nallow_anonymous true\n'
-                    'persistence false\nmax_queued_messages 0\n' % self.port)
+            if 'per_listener_settings' in extra:
+                f.write('per_listener_settings true\n')
+                extra = extra.replace('per_listener_settings true\n', '')
+            f.write('persistence false\nmax_queued_messages 0\n'
+                    'listener %d 127.0.0.1\nallow_anonymous true\n' % self.port)
+            f.write(extra)
         self.log = open(os.path.join(workdir, 'mosquitto-%d.log' % self.port), 'ab')
         self.proc = None
         self.start()
