@@ -1010,11 +1010,14 @@ int api_start(const struct api_deps *d, struct api **ret, char *err, size_t errl
 		} else {
 			port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
 		}
+		/* MHD_OPTION_LISTENING_ADDRESS_REUSE is left out on purpose: its
+		 * default sets SO_REUSEADDR only, so a restart binds over the
+		 * TIME_WAIT sockets of the connections it closed, while a second
+		 * daemon on the same port still fails. Passing it with 1 would add
+		 * SO_REUSEPORT (two daemons silently sharing the port); passing 0
+		 * means "no reuse at all" in libmicrohttpd 0.9.75, which made a
+		 * restart with watchers connected fail with EADDRINUSE. */
 		ops[nops++] = (struct MHD_OptionItem){ MHD_OPTION_SOCK_ADDR, 0, &ss };
-		/* 0: no SO_REUSEPORT, so a second daemon on the same port fails
-		 * loudly instead of silently taking half the requests. (A restart
-		 * over TIME_WAIT still binds: libmicrohttpd sets SO_REUSEADDR.) */
-		ops[nops++] = (struct MHD_OptionItem){ MHD_OPTION_LISTENING_ADDRESS_REUSE, 0, NULL };
 		ops[nops++] = (struct MHD_OptionItem){ MHD_OPTION_PER_IP_CONNECTION_LIMIT,
 						       (intptr_t)clamp_sz(conf->http_per_ip_conns, 1, conns), NULL };
 	}

@@ -5,6 +5,8 @@ deletes, formats and limits, against a real broker and the real daemon."""
 import base64
 import http.client
 import json
+import socket
+import subprocess
 import threading
 import time
 
@@ -202,9 +204,31 @@ def test_shutdown_while_serving(env):
         assert rc == 0 and 'Sanitizer' not in log, (rc, log[-3000:])
 
 
+def test_restart_binds_the_same_port_at_once(env):
+    # A restart right after a stop that closed open connections (a watcher
+    # here) must bind the same port again: the closed sockets linger in
+    # TIME_WAIT, and a unit restart must not fail on them.
+    d = env.daemon()
+    d.wait_ready()
+    port = d.port
+    w = socket.create_connection(('127.0.0.1', port), timeout=5)
+    w.sendall(b'GET /v1/watch HTTP/1.1\r\nHost: x\r\n\r\n')
+    wait_for(lambda: d.metric('statemirror_watchers') == 1, what='watcher connected')
+    assert d.stop() == 0
+    w.close()
+    d.args[d.args.index('--http') + 1] = '127.0.0.1:%d' % port
+    d.start()
+    assert d.port == port
+    d.wait_ready()
+    # ... while a second daemon on the same port is refused (exit 2).
+    p = subprocess.run([d.args[0], '--http', '127.0.0.1:%d' % port, '--db', d.db + '.2',
+                        '--broker', env.broker.url], capture_output=True, timeout=20)
+    assert p.returncode == 2, (p.returncode, p.stderr[-500:])
+
+
 if __name__ == '__main__':
     run([test_retained_bootstrap_before_ready, test_newer_wins_older_ignored,
          test_equal_timestamp_tie_break, test_delete_with_tombstone,
          test_payload_forms_and_ts_sources, test_rejects_counted_and_listed,
          test_health_and_errors, test_ready_holds_under_live_traffic,
-         test_shutdown_while_serving])
+         test_shutdown_while_serving, test_restart_binds_the_same_port_at_once])
