@@ -214,12 +214,12 @@ def test_restart_binds_the_same_port_at_once(env):
     w = socket.create_connection(('127.0.0.1', port), timeout=5)
     w.sendall(b'GET /v1/watch HTTP/1.1\r\nHost: x\r\n\r\n')
     wait_for(lambda: d.metric('statemirror_watchers') == 1, what='watcher connected')
-    assert d.stop() == 0
-    w.close()
+    assert d.stop() == 0   # the daemon closed the stream: its side lingers
     d.args[d.args.index('--http') + 1] = '127.0.0.1:%d' % port
     d.start()
     assert d.port == port
     d.wait_ready()
+    w.close()
     # ... while a second daemon on the same port is refused (exit 2).
     p = subprocess.run([d.args[0], '--http', '127.0.0.1:%d' % port, '--db', d.db + '.2',
                         '--broker', env.broker.url], capture_output=True, timeout=20)
