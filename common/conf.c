@@ -412,7 +412,8 @@ int conf_set_str(char **fieldp, const char *value)
 	return 0;
 }
 
-static int expand_client_id(const char *v, char **ret)
+/* A copy of v with every %h replaced by the host name. */
+static int expand_host(const char *v, char **ret)
 {
 	char host[256];
 	size_t n = 0, cap = strlen(v) + 1, hlen;
@@ -554,18 +555,26 @@ static int item_set(struct conf *c, const struct item *it, const char *v, char *
 		if (!*v)
 			v = NULL;
 		goto set_str;
-	case T_TOPIC:
-		if (*v && topic_name_check(v, strlen(v)) < 0)
+	case T_TOPIC: {
+		char *s;
+		if ((rc = expand_host(v, &s)) < 0)  /* %h: one alert topic per host */
+			return why_ret(why, whylen, rc, "out of memory");
+		if (*s && topic_name_check(s, strlen(s)) < 0) {
+			free(s);
 			return why_ret(why, whylen, -EINVAL,
 				       "'%s' is not a valid MQTT topic name (no + or #)", v);
-		goto set_str;
+		}
+		free(*(char **)f);
+		*(char **)f = s;
+		return 0;
+	}
 	case T_LISTEN:
 		if ((reason = listen_check(v)))
 			return why_ret(why, whylen, -EINVAL, "'%s': %s", v, reason);
 		goto set_str;
 	case T_CLIENT_ID: {
 		char *s;
-		if ((rc = expand_client_id(v, &s)) < 0)
+		if ((rc = expand_host(v, &s)) < 0)
 			return why_ret(why, whylen, rc, "out of memory");
 		free(*(char **)f);
 		*(char **)f = s;

@@ -574,6 +574,17 @@ START_TEST(test_validate)
 	ck_assert_str_eq(err, want);
 	conf_free(&c);
 
+	/* %h in the alert topic: one alert topic per host. */
+	{
+		char host[256], want_topic[300];
+		ck_assert_int_eq(gethostname(host, sizeof(host)), 0);
+		host[sizeof(host) - 1] = '\0';
+		ck_assert_int_eq(load(&c, "[alerts]\ntopic = statemirror/alerts/%h\n"), 0);
+		snprintf(want_topic, sizeof(want_topic), "statemirror/alerts/%s", host);
+		ck_assert_str_eq(c.alert_topic, want_topic);
+		conf_free(&c);
+	}
+
 	/* Beyond loopback the API needs a token; loopback and unix sockets do not. */
 	ck_assert_int_eq(load(&c, "[http]\nlisten = 0.0.0.0:8080\n"), 0);
 	ck_assert_int_eq(conf_validate(&c, err, sizeof(err)), -EINVAL);
