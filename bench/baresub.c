@@ -5,6 +5,8 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <mosquitto.h>
+
+#include "benchutil.h"
 #include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -55,7 +57,6 @@ struct sub {
 	double last_mono;
 };
 
-static volatile sig_atomic_t stop_requested;
 
 /*
 ** --loop buffered: an experiment on libmosquitto's syscalls, not a habit to
@@ -90,11 +91,6 @@ ssize_t read(int fd, void *buf, size_t count)
 	return (ssize_t)k;
 }
 
-static void on_signal(int sig)
-{
-	(void)sig;
-	stop_requested = 1;
-}
 
 static double clock_s(clockid_t id)
 {
@@ -132,35 +128,7 @@ static void usage(FILE *f)
 	    "reached (or, without --count, when anything arrived), else 1.\n");
 }
 
-static int parse_u64(const char *s, uint64_t max, uint64_t *ret)
-{
-	char *end;
-	unsigned long long v;
 
-	if (s == NULL || *s == '\0' || *s == '-')
-		return -EINVAL;
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno != 0 || *end != '\0' || v > max)
-		return -EINVAL;
-	*ret = v;
-	return 0;
-}
-
-static int parse_double(const char *s, double *ret)
-{
-	char *end;
-	double v;
-
-	if (s == NULL || *s == '\0')
-		return -EINVAL;
-	errno = 0;
-	v = strtod(s, &end);
-	if (errno != 0 || *end != '\0' || !(v >= 0.0))
-		return -EINVAL;
-	*ret = v;
-	return 0;
-}
 
 static int parse_opts(int argc, char **argv, struct opts *o)
 {
@@ -188,7 +156,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 			o->host = optarg;
 			break;
 		case 'p':
-			if (parse_u64(optarg, 65535, &v) < 0 || v == 0)
+			if (bench_parse_u64(optarg, 65535, &v) < 0 || v == 0)
 				goto bad;
 			o->port = (int)v;
 			break;
@@ -198,20 +166,20 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 			o->topics[o->ntopics++] = optarg;
 			break;
 		case 'q':
-			if (parse_u64(optarg, 1, &v) < 0)
+			if (bench_parse_u64(optarg, 1, &v) < 0)
 				goto bad;
 			o->qos = (int)v;
 			break;
 		case 'C':
-			if (parse_u64(optarg, UINT64_MAX / 2, &o->count) < 0)
+			if (bench_parse_u64(optarg, UINT64_MAX / 2, &o->count) < 0)
 				goto bad;
 			break;
 		case 'D':
-			if (parse_double(optarg, &o->idle) < 0)
+			if (bench_parse_double(optarg, &o->idle) < 0)
 				goto bad;
 			break;
 		case 'T':
-			if (parse_double(optarg, &o->timeout) < 0 || o->timeout <= 0)
+			if (bench_parse_double(optarg, &o->timeout) < 0 || o->timeout <= 0)
 				goto bad;
 			break;
 		case 'V':
@@ -223,7 +191,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 				goto bad;
 			break;
 		case 'M':
-			if (parse_u64(optarg, 65535, &v) < 0 || v == 0)
+			if (bench_parse_u64(optarg, 65535, &v) < 0 || v == 0)
 				goto bad;
 			o->receive_max = (int)v;
 			break;
@@ -316,7 +284,7 @@ static bool finished(struct sub *s, double deadline)
 {
 	double now;
 
-	if (s->done || stop_requested)
+	if (s->done || bench_stop_requested)
 		return true;
 	now = clock_s(CLOCK_MONOTONIC);
 	if (now >= deadline)
@@ -395,7 +363,6 @@ int main(int argc, char **argv)
 		.protocol = MQTT_PROTOCOL_V5, .loop = LOOP_FOREVER,
 	};
 	struct sub s = {0};
-	struct sigaction sa;
 	struct rusage ru;
 	char idbuf[64];
 	double start_wall, deadline, cpu_user, cpu_sys, secs;
@@ -410,10 +377,7 @@ int main(int argc, char **argv)
 	}
 	s.o = &o;
 
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_signal;
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
+	bench_catch_signals();
 	signal(SIGPIPE, SIG_IGN);
 
 	mosquitto_lib_init();

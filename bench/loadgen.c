@@ -6,6 +6,8 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <mosquitto.h>
+
+#include "benchutil.h"
 #include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -53,13 +55,7 @@ struct gen {
 	uint64_t acked;      /* QoS 1 PUBACKs seen (on_publish) */
 };
 
-static volatile sig_atomic_t stop_requested;
 
-static void on_signal(int sig)
-{
-	(void)sig;
-	stop_requested = 1;
-}
 
 static double mono_now(void)
 {
@@ -108,35 +104,7 @@ static void usage(FILE *f)
 	    "  loadgen sent=N seconds=S rate=R qos=Q retain=0|1 keys=K bytes=B\n");
 }
 
-static int parse_u64(const char *s, uint64_t max, uint64_t *ret)
-{
-	char *end;
-	unsigned long long v;
 
-	if (s == NULL || *s == '\0' || *s == '-')
-		return -EINVAL;
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno != 0 || *end != '\0' || v > max)
-		return -EINVAL;
-	*ret = v;
-	return 0;
-}
-
-static int parse_double(const char *s, double *ret)
-{
-	char *end;
-	double v;
-
-	if (s == NULL || *s == '\0')
-		return -EINVAL;
-	errno = 0;
-	v = strtod(s, &end);
-	if (errno != 0 || *end != '\0' || !(v >= 0.0))
-		return -EINVAL;
-	*ret = v;
-	return 0;
-}
 
 static int parse_opts(int argc, char **argv, struct opts *o)
 {
@@ -170,23 +138,23 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 			o->host = optarg;
 			break;
 		case 'p':
-			if (parse_u64(optarg, 65535, &v) < 0 || v == 0)
+			if (bench_parse_u64(optarg, 65535, &v) < 0 || v == 0)
 				goto bad;
 			o->port = (int)v;
 			break;
 		case 'n':
-			if (parse_u64(optarg, UINT64_MAX / 2, &o->count) < 0)
+			if (bench_parse_u64(optarg, UINT64_MAX / 2, &o->count) < 0)
 				goto bad;
 			break;
 		case 'k':
-			if (parse_u64(optarg, KEYS_MAX, &o->keys) < 0 || o->keys == 0)
+			if (bench_parse_u64(optarg, KEYS_MAX, &o->keys) < 0 || o->keys == 0)
 				goto bad;
 			break;
 		case 'd':
 			o->distinct = true;
 			break;
 		case 'S':
-			if (parse_u64(optarg, KEYS_MAX, &o->start) < 0)
+			if (bench_parse_u64(optarg, KEYS_MAX, &o->start) < 0)
 				goto bad;
 			break;
 		case 'P':
@@ -196,12 +164,12 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 			o->layout = LAYOUT_TREE;
 			break;
 		case 's':
-			if (parse_u64(optarg, PAYLOAD_MAX, &v) < 0)
+			if (bench_parse_u64(optarg, PAYLOAD_MAX, &v) < 0)
 				goto bad;
 			o->size = (size_t)v;
 			break;
 		case 'q':
-			if (parse_u64(optarg, 1, &v) < 0)
+			if (bench_parse_u64(optarg, 1, &v) < 0)
 				goto bad;
 			o->qos = (int)v;
 			break;
@@ -209,15 +177,15 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 			o->retain = true;
 			break;
 		case 'R':
-			if (parse_double(optarg, &o->rate) < 0)
+			if (bench_parse_double(optarg, &o->rate) < 0)
 				goto bad;
 			break;
 		case 't':
-			if (parse_double(optarg, &o->duration) < 0)
+			if (bench_parse_double(optarg, &o->duration) < 0)
 				goto bad;
 			break;
 		case 'I':
-			if (parse_u64(optarg, 65535, &v) < 0 || v == 0)
+			if (bench_parse_u64(optarg, 65535, &v) < 0 || v == 0)
 				goto bad;
 			o->inflight = (int)v;
 			break;
@@ -374,7 +342,7 @@ static int gen_connect(struct gen *g, const struct opts *o)
 		return -EIO;
 	}
 	deadline = mono_now() + 10.0;
-	while (!g->connected && g->connect_rc == 0 && mono_now() < deadline && !stop_requested) {
+	while (!g->connected && g->connect_rc == 0 && mono_now() < deadline && !bench_stop_requested) {
 		if (service(g, 0.1) < 0)
 			break;
 	}
@@ -394,7 +362,6 @@ int main(int argc, char **argv)
 		.inflight = 300, .protocol = MQTT_PROTOCOL_V311,
 	};
 	struct gen g = {0};
-	struct sigaction sa;
 	char idbuf[64];
 	char topic[TOPIC_MAX];
 	char *payload = NULL;
@@ -412,10 +379,7 @@ int main(int argc, char **argv)
 		o.id = idbuf;
 	}
 
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_signal;
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
+	bench_catch_signals();
 	signal(SIGPIPE, SIG_IGN);
 
 	cap = o.size + 64;
@@ -442,7 +406,7 @@ int main(int argc, char **argv)
 
 	t0 = mono_now();
 	end_at = o.duration > 0 ? t0 + o.duration : 0;
-	while ((o.count == 0 || sent < o.count) && !stop_requested) {
+	while ((o.count == 0 || sent < o.count) && !bench_stop_requested) {
 		uint64_t key;
 		int64_t ts;
 
