@@ -45,6 +45,28 @@ int ts_parse_epoch(const char *s, size_t len, int64_t *ret_ns)
 
 	if (!s || len == 0)
 		return -EINVAL;
+	/* The common case, an integer of at most 18 digits (epoch s, ms, us
+	 * or ns): no fraction, no exponent, so no digit string to walk. */
+	if (len <= 18 && s[0] != '0') {
+		uint64_t u = 0;
+		size_t i;
+
+		for (i = 0; i < len && is_digit(s[i]); i++)
+			u = u * 10 + (uint64_t)(s[i] - '0');
+		if (i == len) {
+			static const int64_t scale[19] = {
+				0, 1000000000, 1000000000, 1000000000, 1000000000, 1000000000,
+				1000000000, 1000000000, 1000000000, 1000000000, 1000000000,
+				1000000000, 1000000, 1000000, 1000000, 1000, 1000, 1000, 1,
+			};
+			int64_t ns;
+
+			if (__builtin_mul_overflow((int64_t)u, scale[len], &ns))
+				return -EINVAL;
+			*ret_ns = ns;
+			return 0;
+		}
+	}
 	d.ip = p;
 	while (p < end && is_digit(*p))
 		p++;

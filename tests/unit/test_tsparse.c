@@ -98,6 +98,32 @@ START_TEST(test_epoch_len_bounded)
 }
 END_TEST
 
+/* Plain integers take a shortcut: it must agree with the general decoder
+ * (reached by the same number with a ".0" fraction) at every length,
+ * including the unit boundaries and the overflows. */
+START_TEST(test_epoch_integer_shortcut)
+{
+	static const char digits[] = "9876543210123456789012";
+	char plain[32], frac[40];
+
+	for (size_t len = 1; len < sizeof(digits); len++) {
+		for (int lead = 1; lead <= 9; lead++) {
+			int64_t a = 42, b = 42;
+			int ra, rb;
+
+			plain[0] = (char)('0' + lead);
+			memcpy(plain + 1, digits, len - 1);
+			plain[len] = '\0';
+			snprintf(frac, sizeof(frac), "%s.0", plain);
+			ra = epoch(plain, &a);
+			rb = epoch(frac, &b);
+			ck_assert_msg(ra == rb && a == b, "'%s' -> %d %lld, '%s' -> %d %lld", plain, ra,
+				      (long long)a, frac, rb, (long long)b);
+		}
+	}
+}
+END_TEST
+
 /* ---- ts_parse_rfc3339 --------------------------------------------------- */
 
 static const struct {
@@ -488,6 +514,7 @@ static Suite *tsparse_suite(void)
 
 	tcase_add_test(tc, test_epoch_good);
 	tcase_add_test(tc, test_epoch_bad);
+	tcase_add_test(tc, test_epoch_integer_shortcut);
 	tcase_add_test(tc, test_epoch_len_bounded);
 	tcase_add_test(tc, test_rfc3339_good);
 	tcase_add_test(tc, test_rfc3339_bad);
