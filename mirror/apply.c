@@ -108,7 +108,7 @@ static enum reject_reason insert_error(int rc)
 	if (rc == -E2BIG)
 		return REJECT_TOO_LARGE;
 	if (rc == -EINVAL)
-		return REJECT_TOPIC_LEN;   /* a NUL in the topic: not a valid MQTT topic */
+		return REJECT_TOPIC_LEN;   /* too long, or a NUL: not a valid MQTT topic */
 	return REJECT_NOMEM;
 }
 
@@ -134,20 +134,10 @@ enum apply_result apply_message(struct index *ix, const struct msg *m, int64_t n
 			why = REJECT_MAX_KEYS;
 			goto reject;
 		}
-		r = rec_new(m->topic, m->topic_len);
+		r = index_add(ix, m->topic, m->topic_len, m->payload, m->payload_len,
+			      del ? REC_DELETED : 0);
 		if (!r) {
-			why = errno == EINVAL ? REJECT_TOPIC_LEN : REJECT_NOMEM;
-			goto reject;
-		}
-		rc = rec_set_payload(r, m->payload, m->payload_len);
-		if (rc == 0) {
-			r->flags = del ? REC_DELETED : 0;  /* so that insert counts it right */
-			rc = index_insert(ix, r);
-		}
-		if (rc < 0) {
-			rec_free(r);
-			r = NULL;
-			why = insert_error(rc);
+			why = insert_error(-errno);
 			goto reject;
 		}
 		set_value(r, false, m, now_ms, rev_counter);

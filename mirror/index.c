@@ -22,6 +22,12 @@
 ** at once by index_free().  Every record hangs below exactly one internal
 ** node (or is the root), which is how index_free() finds them without a
 ** stack.
+**
+** Records come from a bump arena of their own (1 MiB blocks): a record is
+** one slot holding its fields, its topic and inline room for a small
+** payload, with no malloc header and no rounding to malloc's size classes.
+** Only what a record owns beyond its slot (a payload too big for its room,
+** its learning state) is malloc'd, and released by index_free().
 */
 struct cb_node {
 	void *child[2];
@@ -38,9 +44,23 @@ struct cb_chunk {
 #define CB_CHUNK_MIN 32
 #define CB_CHUNK_MAX 65536
 
+struct rec_block {
+	struct rec_block *next;
+	size_t size;
+	_Alignas(16) char mem[];
+};
+
+#define REC_BLOCK_SIZE (1u << 20)
+/* Payloads up to this size get inline room in a new record, with 1/16th
+ * more for a value that grows a little (a number gaining a digit). Larger
+ * ones always live in a malloc'd buffer. */
+#define REC_INLINE_MAX 1024
+
 struct index {
 	void *root;
 	struct cb_chunk *chunks;     /* newest first */
+	struct rec_block *blocks;    /* newest first; records are carved from the front one */
+	size_t block_used;
 	size_t nrec, nlive;
 	pthread_rwlock_t lock;
 };
@@ -59,6 +79,32 @@ static inline int direction(const struct cb_node *n, const char *k, size_t len)
 	return (1 + (n->otherbits | key_byte(k, len, n->byte))) >> 8;
 }
 
+static inline char *rec_inline(struct rec *r) { return r->data + r->topic_len + 1; }
+
+static inline bool payload_is_external(struct rec *r)
+{
+	return r->payload && r->payload != rec_inline(r);
+}
+
+static void rec_init(struct rec *r, const char *topic, size_t topic_len, size_t inline_cap)
+{
+	memset(r, 0, sizeof(*r));
+	r->heap_idx = UINT32_MAX;
+	r->topic_len = (uint16_t)topic_len;
+	r->inline_cap = (uint16_t)inline_cap;
+	if (topic_len)
+		memcpy(r->data, topic, topic_len);
+	r->data[topic_len] = '\0';
+}
+
+/* Free what r owns beyond its own block. */
+static void rec_release(struct rec *r)
+{
+	if (payload_is_external(r))
+		free(r->payload);
+	free(r->learn);
+}
+
 struct rec *rec_new(const char *topic, size_t topic_len)
 {
 	struct rec *r;
@@ -70,12 +116,7 @@ struct rec *rec_new(const char *topic, size_t topic_len)
 	r = malloc(sizeof(*r) + topic_len + 1);
 	if (!r)
 		return NULL;
-	memset(r, 0, sizeof(*r));
-	r->heap_idx = UINT32_MAX;
-	r->topic_len = (uint16_t)topic_len;
-	if (topic_len)
-		memcpy(r->data, topic, topic_len);
-	r->data[topic_len] = '\0';
+	rec_init(r, topic, topic_len, 0);
 	return r;
 }
 
@@ -83,18 +124,25 @@ void rec_free(struct rec *r)
 {
 	if (!r)
 		return;
-	free(r->payload);
+	rec_release(r);
 	free(r);
 }
 
-/* Keep a buffer that fits unless it is much larger than needed, so that a
- * value changing by a few bytes never reallocates (malloc rounds up to 16
- * anyway) while one huge payload does not pin its memory forever. */
-static bool payload_fits(const struct rec *r, size_t need)
+struct rec_learn *rec_learn(struct rec *r)
+{
+	if (!r->learn)
+		r->learn = calloc(1, sizeof(*r->learn));
+	return r->learn;
+}
+
+/* Keep a malloc'd buffer that fits unless it is much larger than needed, so
+ * that a value changing by a few bytes never reallocates (malloc rounds up
+ * to 16 anyway) while one huge payload does not pin its memory forever. */
+static bool payload_fits(struct rec *r, size_t need)
 {
 	size_t have;
 
-	if (!r->payload)
+	if (!payload_is_external(r))
 		return false;
 	have = malloc_usable_size(r->payload);
 	return need <= have && have <= 2 * need + 64;
@@ -102,31 +150,56 @@ static bool payload_fits(const struct rec *r, size_t need)
 
 int rec_set_payload(struct rec *r, const void *p, size_t n)
 {
-	char *np;
+	char *np = NULL;
 
-	if (n == 0) {
-		free(r->payload);
-		r->payload = NULL;
-		r->payload_len = 0;
-		return 0;
-	}
 	if (n >= UINT32_MAX)
 		return -E2BIG;
-	if (payload_fits(r, n + 1)) {
-		memmove(r->payload, p, n);
-		r->payload[n] = '\0';
-		r->payload_len = (uint32_t)n;
-		return 0;
-	}
-	np = malloc(n + 1);
-	if (!np)
+	if (n == 0)
+		np = NULL;
+	else if (n < r->inline_cap)
+		np = rec_inline(r);
+	else if (payload_fits(r, n + 1))
+		np = r->payload;
+	else if (!(np = malloc(n + 1)))
 		return -ENOMEM;
-	memcpy(np, p, n);
-	np[n] = '\0';
-	free(r->payload);
+	if (np) {
+		memmove(np, p, n);
+		np[n] = '\0';
+	}
+	if (payload_is_external(r) && r->payload != np)
+		free(r->payload);
 	r->payload = np;
 	r->payload_len = (uint32_t)n;
 	return 0;
+}
+
+/* The slot size of a record with this topic and inline room (8-aligned). */
+static size_t rec_slot_size(size_t topic_len, size_t inline_cap)
+{
+	return (sizeof(struct rec) + topic_len + 1 + inline_cap + 7) & ~(size_t)7;
+}
+
+/* Carve a slot of `size` bytes from the front block (a new one when it is
+ * full). NULL on ENOMEM. */
+static void *rec_slot(struct index *ix, size_t size)
+{
+	struct rec_block *b = ix->blocks;
+	void *p;
+
+	if (!b || b->size - ix->block_used < size) {
+		size_t bsize = size > REC_BLOCK_SIZE ? size : REC_BLOCK_SIZE;
+
+		b = malloc(sizeof(*b) + bsize);
+		if (!b)
+			return NULL;
+		b->next = ix->blocks;
+		b->size = bsize;
+		ix->blocks = b;
+		ix->block_used = 0;
+	}
+	p = b->mem + ix->block_used;
+	ix->block_used += size;
+	return p;
 }
 
 struct index *index_new(void)
@@ -153,18 +226,23 @@ fail:
 void index_free(struct index *ix)
 {
 	struct cb_chunk *c, *next;
+	struct rec_block *b, *bnext;
 
 	if (!ix)
 		return;
 	if (ix->root && !is_node(ix->root))
-		rec_free(ix->root);
+		rec_release(ix->root);
 	for (c = ix->chunks; c; c = next) {
 		next = c->next;
 		for (size_t i = 0; i < c->used; i++)
 			for (int d = 0; d < 2; d++)
 				if (!is_node(c->nodes[i].child[d]))
-					rec_free(c->nodes[i].child[d]);
+					rec_release(c->nodes[i].child[d]);
 		free(c);
+	}
+	for (b = ix->blocks; b; b = bnext) {
+		bnext = b->next;
+		free(b);
 	}
 	pthread_rwlock_destroy(&ix->lock);
 	free(ix);
@@ -250,27 +328,48 @@ static inline bool node_after(const struct cb_node *n, uint32_t byte, uint8_t ot
 	return n->byte > byte || (n->byte == byte && n->otherbits > otherbits);
 }
 
-int index_insert(struct index *ix, struct rec *r)
+struct rec *index_add(struct index *ix, const char *k, size_t len,
+		      const void *p, size_t n, uint16_t flags)
 {
-	const char *k = r->data;
-	size_t len = r->topic_len;
-	uint32_t nbyte;
-	uint8_t nother;
-	struct cb_node *nn;
+	uint32_t nbyte = 0;
+	uint8_t nother = 0;
+	struct cb_node *nn = NULL;
+	size_t cap, size;
+	struct rec *r;
 	void **where;
 	int dir;
 
-	if (memchr(k, '\0', len))
-		return -EINVAL;
-	if (!ix->root) {
+	if (len > UINT16_MAX || memchr(k, '\0', len)) {
+		errno = EINVAL;
+		return NULL;
+	}
+	if (n >= UINT32_MAX) {
+		errno = E2BIG;
+		return NULL;
+	}
+	if (ix->root && !crit_bit(best_leaf(ix->root, k, len), k, len, &nbyte, &nother)) {
+		errno = EEXIST;
+		return NULL;
+	}
+	/* Every allocation first, so that a failure leaves the index as it was. */
+	if (ix->root && !(nn = node_alloc(ix)))
+		return NULL;
+	cap = n > 0 && n <= REC_INLINE_MAX ? n + 1 + n / 16 : 0;
+	size = rec_slot_size(len, cap);
+	r = rec_slot(ix, size);
+	if (!r)
+		goto nomem;
+	rec_init(r, k, len, size - sizeof(*r) - len - 1);
+	if (rec_set_payload(r, p, n) < 0) {
+		ix->block_used -= size; /* the slot just carved: give it back */
+		goto nomem;
+	}
+	r->flags = flags;
+
+	if (!nn) {
 		ix->root = r;
 		goto done;
 	}
-	if (!crit_bit(best_leaf(ix->root, k, len), k, len, &nbyte, &nother))
-		return -EEXIST;
-	nn = node_alloc(ix);
-	if (!nn)
-		return -ENOMEM;
 	dir = (1 + (nother | key_byte(k, len, nbyte))) >> 8;
 	nn->byte = nbyte;
 	nn->otherbits = nother;
@@ -278,19 +377,24 @@ int index_insert(struct index *ix, struct rec *r)
 
 	where = &ix->root;
 	while (is_node(*where)) {
-		struct cb_node *n = to_node(*where);
+		struct cb_node *cn = to_node(*where);
 
-		if (node_after(n, nbyte, nother))
+		if (node_after(cn, nbyte, nother))
 			break;
-		where = &n->child[direction(n, k, len)];
+		where = &cn->child[direction(cn, k, len)];
 	}
 	nn->child[1 - dir] = *where;
 	*where = tag_node(nn);
 done:
 	ix->nrec++;
-	if (!(r->flags & REC_DELETED))
+	if (!(flags & REC_DELETED))
 		ix->nlive++;
-	return 0;
+	return r;
+nomem:
+	if (nn)
+		ix->chunks->used--;     /* the node just taken: give it back */
+	errno = ENOMEM;
+	return NULL;
 }
 
 void index_rdlock(struct index *ix) { pthread_rwlock_rdlock(&ix->lock); }

@@ -27,16 +27,30 @@ enum cadence_source {
 
 #define REC_LEARN_SLOTS 7 /* intervals kept for the learned-cadence median */
 
+/* What the staleness engine learns a key's cadence from. Only keys that
+ * learn have one (most keys have a rule or a fixed default): it is a side
+ * allocation, made by rec_learn() at the first live message worth learning
+ * from, and freed with the record. */
+struct rec_learn {
+	int64_t last_live_ms;   /* last live message time; 0 none */
+	uint32_t iv[REC_LEARN_SLOTS]; /* recent live intervals (ms), ring */
+	uint8_t n;              /* intervals recorded so far (see stale.c) */
+};
+
 /*
-** One key. Allocated in one block with its topic (data[], NUL-terminated);
-** the payload is a separate allocation so that a record's address never
-** changes: the staleness heap, the store's dirty list and the watch change
-** log hold plain pointers to records.  Records are owned by the index and
-** live until index_free(); only the core thread mutates them, always with
-** the index write lock held; readers (HTTP) hold the read lock while they
-** look.  A deleted key stays as a tombstone (REC_DELETED, payload NULL,
-** payload_len 0) so that an older message can never bring it back;
-** tombstones are not counted as keys and are not served.
+** One key. A record in the index comes from the index's arena, in one block
+** with its topic (data[], NUL-terminated) and room for a small payload
+** right after the topic (inline_cap bytes): most payloads live there, so a
+** key costs one arena slot and no malloc. A payload that outgrows that room
+** gets a malloc'd buffer instead; `payload` points to whichever holds it.
+** A record's address never changes: the staleness heap, the store's dirty
+** list and the watch change log hold plain pointers to records.  Records
+** are owned by the index and live until index_free(); only the core thread
+** mutates them, always with the index write lock held; readers (HTTP) hold
+** the read lock while they look.  A deleted key stays as a tombstone
+** (REC_DELETED, payload NULL, payload_len 0) so that an older message can
+** never bring it back; tombstones are not counted as keys and are not
+** served.  Fields are ordered widest first: no padding.
 */
 struct rec {
 	int64_t ts_ns;          /* observation time of the current value */
@@ -44,34 +58,36 @@ struct rec {
 	int64_t last_seen_ms;   /* last confirmation (see contract) */
 	int64_t rev;            /* revision of the last change to this record */
 	int64_t stale_since_ms; /* 0 while fresh */
-	int64_t last_live_ms;   /* last live message time, for learning; 0 none */
+	char *payload;          /* payload_len bytes (+ a NUL), inline or malloc'd; NULL if empty */
+	struct rec_learn *learn; /* NULL until the key learns its cadence */
 	uint32_t updates;
 	uint32_t cadence_ms;    /* 0 when unknown or never */
 	uint32_t payload_len;
 	uint32_t heap_idx;      /* position in the staleness heap, UINT32_MAX if none */
-	uint32_t learn[REC_LEARN_SLOTS]; /* recent live intervals (ms), ring */
-	uint8_t nlearn;         /* intervals recorded so far (saturates at 255) */
-	uint8_t cadence_source; /* enum cadence_source */
 	uint16_t flags;         /* enum rec_flags */
 	uint16_t topic_len;
+	uint16_t inline_cap;    /* payload bytes (NUL included) that fit after the topic */
+	uint8_t cadence_source; /* enum cadence_source */
 	uint8_t alert_state;    /* private to the staleness engine */
-	uint8_t pad_;
-	char *payload;          /* malloc'd, payload_len bytes (+ a NUL); NULL if empty */
-	char data[];            /* topic '\0' */
+	char data[];            /* topic '\0', then inline_cap bytes for the payload */
 };
 
 static inline const char *rec_topic(const struct rec *r) { return r->data; }
 
-/* Allocate a record for topic (copied) with no payload. Other fields are
- * zero, heap_idx = UINT32_MAX. Returns NULL with errno ENOMEM, or EINVAL
- * when topic_len > UINT16_MAX. Caller owns it until index_insert(); free an
- * uninserted one with rec_free(). */
+/* A record outside any index (tests, tools): topic copied, no payload, no
+ * inline room. Other fields are zero, heap_idx = UINT32_MAX. Returns NULL
+ * with errno ENOMEM, or EINVAL when topic_len > UINT16_MAX. Free it with
+ * rec_free(); records in an index are created by index_add() instead and
+ * freed by index_free() only. */
 struct rec *rec_new(const char *topic, size_t topic_len);
 void rec_free(struct rec *r);
-/* Replace r's payload with a copy of p (n bytes; n = 0 frees it). Reuses the
- * buffer when the new payload fits and the buffer is not much too large.
- * Returns 0, -ENOMEM or -E2BIG (n >= 4 GiB) with r unchanged. */
+/* Replace r's payload with a copy of p (n bytes; n = 0 drops it): inline
+ * when it fits, else in a malloc'd buffer, reused when the new payload fits
+ * and the buffer is not much too large. Returns 0, -ENOMEM or -E2BIG
+ * (n >= 4 GiB) with r unchanged. */
 int rec_set_payload(struct rec *r, const void *p, size_t n);
+/* r's learning state, allocated (zeroed) at the first call. NULL on ENOMEM. */
+struct rec_learn *rec_learn(struct rec *r);
 
 struct index;
 
@@ -88,11 +104,19 @@ void index_adjust_live(struct index *ix, long delta);
 /* Exact lookup. Returns NULL when absent. */
 struct rec *index_get(const struct index *ix, const char *topic, size_t len);
 
-/* Insert r (the index takes ownership). Returns 0, -EEXIST (r not taken),
- * -EINVAL (the topic holds a NUL byte; r not taken) or -ENOMEM (r not
- * taken). Counts r as live unless REC_DELETED. There is no removal: a
- * deleted key stays as a tombstone, so record pointers stay valid. */
-int index_insert(struct index *ix, struct rec *r);
+/*
+** Create the record of a new topic in the index, with a copy of its first
+** payload (p, n bytes; n = 0 for none) and `flags` (REC_DELETED makes it a
+** tombstone, else it counts as a live key). The record comes from the
+** index's arena, with inline room for that payload and a little growth.
+** Returns the record, or NULL with errno EEXIST (the topic is there),
+** EINVAL (the topic is longer than 65535 bytes or holds a NUL byte),
+** E2BIG (n >= 4 GiB) or ENOMEM; on failure the index is unchanged. There is
+** no removal: a deleted key stays as a tombstone, so record pointers stay
+** valid.
+*/
+struct rec *index_add(struct index *ix, const char *topic, size_t topic_len,
+		      const void *p, size_t n, uint16_t flags);
 
 /*
 ** The index's reader-writer lock: the core thread takes it for writing

@@ -293,12 +293,16 @@ static uint32_t clamp_ms(int64_t v)
  * a single late, early or doubled message cannot move it. */
 static uint32_t learned_ms(const struct rec *r)
 {
+	const struct rec_learn *l = r->learn;
 	uint32_t v[REC_LEARN_SLOTS];
-	unsigned k = r->nlearn < REC_LEARN_SLOTS ? r->nlearn : REC_LEARN_SLOTS;
+	unsigned k;
 
+	if (!l)
+		return 0;
+	k = l->n < REC_LEARN_SLOTS ? l->n : REC_LEARN_SLOTS;
 	if (k < LEARN_NEED)
 		return 0;
-	memcpy(v, r->learn, sizeof(v));
+	memcpy(v, l->iv, sizeof(v));
 	for (unsigned i = 1; i < k; i++) {
 		uint32_t x = v[i];
 		unsigned j = i;
@@ -370,8 +374,21 @@ static bool learns(const struct stale *s, const struct rec *r)
 */
 static void learn(struct stale *s, struct rec *r, int64_t now_ms)
 {
-	int64_t prev = r->last_live_ms;
+	struct rec_learn *l;
+	int64_t prev;
+	uint32_t ms, dropped;
 
+	/* Only keys that learn keep the state to learn from (a key with a
+	 * rule starts learning if a reload takes its rule away). */
+	if (!learns(s, r))
+		return;
+	l = rec_learn(r);
+	if (!l) {
+		if (log_ratelimit_ok(&s->rl_err, now_ms, &dropped))
+			log_warnx("staleness: out of memory, %s cannot learn its cadence", r->data);
+		return;
+	}
+	prev = l->last_live_ms;
 	if (prev > 0 && s->synced && prev >= s->synced_since_ms && now_ms > prev) {
 		int64_t iv = now_ms - prev;
 		int64_t floor_ms = LEARN_MIN_MS;
@@ -380,21 +397,19 @@ static void learn(struct stale *s, struct rec *r, int64_t now_ms)
 			floor_ms = r->cadence_ms / 4;
 		if (iv < floor_ms)
 			return;
-		r->learn[r->nlearn % REC_LEARN_SLOTS] = clamp_ms(iv);
-		/* nlearn counts intervals; past 2 x slots it steps back by the
-		 * ring size so that nlearn % slots stays the write position. */
-		if (++r->nlearn >= 2 * REC_LEARN_SLOTS)
-			r->nlearn -= REC_LEARN_SLOTS;
+		l->iv[l->n % REC_LEARN_SLOTS] = clamp_ms(iv);
+		/* n counts intervals; past 2 x slots it steps back by the ring
+		 * size so that n % slots stays the write position. */
+		if (++l->n >= 2 * REC_LEARN_SLOTS)
+			l->n -= REC_LEARN_SLOTS;
 	}
-	r->last_live_ms = now_ms;
-	if (learns(s, r)) {
-		uint32_t ms = learned_ms(r);
-		if (ms) {
-			r->cadence_ms = ms;
-			r->cadence_source = CADENCE_LEARNED;
-			if (window_of(s, r) > s->max_window_ms)
-				s->max_window_ms = window_of(s, r);
-		}
+	l->last_live_ms = now_ms;
+	ms = learned_ms(r);
+	if (ms) {
+		r->cadence_ms = ms;
+		r->cadence_source = CADENCE_LEARNED;
+		if (window_of(s, r) > s->max_window_ms)
+			s->max_window_ms = window_of(s, r);
 	}
 }
 

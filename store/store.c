@@ -446,15 +446,18 @@ void store_close(struct store *st)
 /* Encode r's learning state; returns the length, 0 for none (bound as NULL). */
 static size_t learn_encode(const struct rec *r, unsigned char out[LEARN_BLOB_MAX])
 {
+	const struct rec_learn *l = r->learn;
 	size_t k = REC_LEARN_SLOTS, n = 0;
 
-	while (k > 0 && r->learn[k - 1] == 0)
-		k--;
-	if (k == 0 && r->nlearn == 0)
+	if (!l)
 		return 0;
-	out[n++] = r->nlearn;
+	while (k > 0 && l->iv[k - 1] == 0)
+		k--;
+	if (k == 0 && l->n == 0)
+		return 0;
+	out[n++] = l->n;
 	for (size_t i = 0; i < k; i++) {
-		uint32_t x = r->learn[i];
+		uint32_t x = l->iv[i];
 
 		while (x >= 0x80) {
 			out[n++] = (unsigned char)(x | 0x80);
@@ -465,35 +468,49 @@ static size_t learn_encode(const struct rec *r, unsigned char out[LEARN_BLOB_MAX
 	return n;
 }
 
-/* Decode a learn blob into r; a malformed one leaves r with no learning
- * state (it is relearned from the next messages), never an error. */
-static void learn_decode(struct rec *r, const unsigned char *p, size_t len)
+/* Decode a learn blob (and last_live_ms) into r's learning state. No blob,
+ * or a malformed one, leaves r without one: the intervals are relearned
+ * from the next messages (last_live_ms alone is no use after a restart:
+ * an interval never spans one). Returns 0, or -ENOMEM. */
+static int learn_decode(struct rec *r, int64_t last_live_ms, const unsigned char *p, size_t len)
 {
-	uint32_t learn[REC_LEARN_SLOTS] = { 0 };
+	uint32_t iv[REC_LEARN_SLOTS] = { 0 };
+	struct rec_learn *l;
 	size_t i = 1, k = 0;
+	bool ok = p && len > 0;
 
-	if (!p || len == 0)
-		return;
-	while (i < len) {
+	while (ok && i < len) {
 		uint64_t x = 0;
 		unsigned shift = 0;
 
-		if (k == REC_LEARN_SLOTS)
-			return;
+		if (k == REC_LEARN_SLOTS) {
+			ok = false;
+			break;
+		}
 		for (;;) {
-			if (i >= len || shift > 28)
-				return;
+			if (i >= len || shift > 28) {
+				ok = false;
+				break;
+			}
 			x |= (uint64_t)(p[i] & 0x7f) << shift;
 			shift += 7;
 			if (!(p[i++] & 0x80))
 				break;
 		}
-		if (x > UINT32_MAX)
-			return;
-		learn[k++] = (uint32_t)x;
+		if (!ok || x > UINT32_MAX) {
+			ok = false;
+			break;
+		}
+		iv[k++] = (uint32_t)x;
 	}
-	r->nlearn = p[0];
-	memcpy(r->learn, learn, sizeof(learn));
+	if (!ok)
+		return 0;
+	if (!(l = rec_learn(r)))
+		return -ENOMEM;
+	l->last_live_ms = last_live_ms;
+	l->n = p[0];
+	memcpy(l->iv, iv, sizeof(iv));
+	return 0;
 }
 
 static int bind_rec(struct store *st, const struct rec *r)
@@ -508,7 +525,7 @@ static int bind_rec(struct store *st, const struct rec *r)
 	rc |= sqlite3_bind_int64(s, UPSERT_LAST_SEEN, r->last_seen_ms);
 	rc |= sqlite3_bind_int64(s, UPSERT_REV, r->rev);
 	rc |= sqlite3_bind_int64(s, UPSERT_STALE_SINCE, r->stale_since_ms);
-	rc |= sqlite3_bind_int64(s, UPSERT_LAST_LIVE, r->last_live_ms);
+	rc |= sqlite3_bind_int64(s, UPSERT_LAST_LIVE, r->learn ? r->learn->last_live_ms : 0);
 	rc |= sqlite3_bind_int64(s, UPSERT_UPDATES, r->updates);
 	rc |= sqlite3_bind_int64(s, UPSERT_CADENCE, r->cadence_ms);
 	rc |= sqlite3_bind_int(s, UPSERT_CADENCE_SOURCE, r->cadence_source);
@@ -597,7 +614,7 @@ int store_load(struct store *st, struct index *ix, int64_t *ret_rev, char *err, 
 {
 	sqlite3_stmt *s = NULL;
 	int64_t rev = 0, mark = 0;
-	struct rec *r = NULL;
+	struct rec *r;
 	int rc, ret;
 
 	ret = query_int(st->db, "SELECT coalesce((SELECT value FROM meta WHERE name = 'rev'), 0)",
@@ -613,6 +630,7 @@ int store_load(struct store *st, struct index *ix, int64_t *ret_rev, char *err, 
 		const void *payload;
 		size_t plen;
 		int64_t source;
+		uint16_t flags;
 
 		if (!topic || tlen == 0 || tlen > UINT16_MAX || memchr(topic, '\0', tlen)) {
 			seterr(err, errlen, "load: a stored topic is empty, too long or "
@@ -620,36 +638,34 @@ int store_load(struct store *st, struct index *ix, int64_t *ret_rev, char *err, 
 			ret = -EIO;
 			goto fail;
 		}
-		r = rec_new(topic, tlen);
-		if (!r)
-			goto fail_nomem;
+		flags = (uint16_t)(sqlite3_column_int64(s, 10) & PERSISTED_FLAGS);
+		payload = sqlite3_column_blob(s, 12);
+		plen = (size_t)sqlite3_column_bytes(s, 12);
+		if ((flags & REC_DELETED) || !payload)
+			plen = 0;
+		r = index_add(ix, topic, tlen, payload, plen, flags);
+		if (!r) {
+			if (errno == ENOMEM)
+				goto fail_nomem;
+			seterr(err, errlen, "load: cannot index %s: %s", topic, strerror(errno));
+			ret = -EIO;
+			goto fail;
+		}
 		r->ts_ns = sqlite3_column_int64(s, 1);
 		r->received_ms = sqlite3_column_int64(s, 2);
 		r->last_seen_ms = sqlite3_column_int64(s, 3);
 		r->rev = sqlite3_column_int64(s, 4);
 		r->stale_since_ms = sqlite3_column_int64(s, 5);
-		r->last_live_ms = sqlite3_column_int64(s, 6);
 		r->updates = (uint32_t)sqlite3_column_int64(s, 7);
 		r->cadence_ms = (uint32_t)sqlite3_column_int64(s, 8);
 		source = sqlite3_column_int64(s, 9);
 		r->cadence_source = source >= 0 && source < CADENCE_SOURCE_MAX ?
 			(uint8_t)source : CADENCE_NONE;
-		r->flags = (uint16_t)(sqlite3_column_int64(s, 10) & PERSISTED_FLAGS);
-		learn_decode(r, sqlite3_column_blob(s, 11), (size_t)sqlite3_column_bytes(s, 11));
-		payload = sqlite3_column_blob(s, 12);
-		plen = (size_t)sqlite3_column_bytes(s, 12);
-		if (!(r->flags & REC_DELETED) && payload && plen > 0 &&
-		    rec_set_payload(r, payload, plen) < 0)
+		if (learn_decode(r, sqlite3_column_int64(s, 6), sqlite3_column_blob(s, 11),
+				 (size_t)sqlite3_column_bytes(s, 11)) < 0)
 			goto fail_nomem;
 		if (r->rev > rev)
 			rev = r->rev;
-		ret = index_insert(ix, r);
-		if (ret < 0) {
-			seterr(err, errlen, "load: cannot index %s: %s", rec_topic(r),
-			       strerror(-ret));
-			goto fail;
-		}
-		r = NULL;
 	}
 	if (rc != SQLITE_DONE)
 		goto fail_sql;
@@ -665,7 +681,6 @@ fail_nomem:
 fail_sql:
 	ret = sql_fail(st->db, rc, "load", err, errlen);
 fail:
-	rec_free(r);
 	sqlite3_finalize(s);
 	return ret;
 }

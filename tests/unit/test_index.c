@@ -18,11 +18,13 @@ static struct rec *mk(const char *t)
 	return r;
 }
 
-static void add(struct index *ix, const char *t)
+static struct rec *add(struct index *ix, const char *t)
 {
-	struct rec *r = mk(t);
+	struct rec *r = index_add(ix, t, strlen(t), NULL, 0, 0);
 
-	ck_assert_int_eq(index_insert(ix, r), 0);
+	ck_assert_ptr_nonnull(r);
+	ck_assert_str_eq(rec_topic(r), t);
+	return r;
 }
 
 /* Collects visited topics joined by '|' (topics here hold no '|'). */
@@ -112,15 +114,19 @@ END_TEST
 START_TEST(insert_duplicate_and_nul)
 {
 	struct index *ix = sample();
-	struct rec *r = mk("a/b");
-	struct rec *n = rec_new("a\0b", 3);
+	static char longt[UINT16_MAX + 2];
 
-	ck_assert_int_eq(index_insert(ix, r), -EEXIST);
-	rec_free(r);
-	ck_assert_ptr_nonnull(n);
-	ck_assert_int_eq(index_insert(ix, n), -EINVAL);
-	rec_free(n);
-	ck_assert_uint_eq(index_size(ix), 12);
+	memset(longt, 'x', UINT16_MAX + 1);
+	errno = 0;
+	ck_assert_ptr_null(index_add(ix, "a/b", 3, "v", 1, 0));
+	ck_assert_int_eq(errno, EEXIST);
+	ck_assert_ptr_null(index_add(ix, "a\0b", 3, "v", 1, 0));
+	ck_assert_int_eq(errno, EINVAL);
+	ck_assert_ptr_null(index_add(ix, longt, UINT16_MAX + 1, NULL, 0, 0));
+	ck_assert_int_eq(errno, EINVAL);
+	ck_assert_ptr_nonnull(add(ix, longt + 1));   /* 65535 bytes: the limit */
+	ck_assert_uint_eq(index_size(ix), 13);
+	ck_assert_uint_eq(index_live(ix), 13);
 	index_free(ix);
 }
 END_TEST
@@ -186,10 +192,10 @@ END_TEST
 START_TEST(live_counts)
 {
 	struct index *ix = index_new();
-	struct rec *t = mk("tomb");
+	struct rec *t = index_add(ix, "tomb", 4, NULL, 0, REC_DELETED);
 
-	t->flags = REC_DELETED;
-	ck_assert_int_eq(index_insert(ix, t), 0);
+	ck_assert_ptr_nonnull(t);
+	ck_assert_uint_eq(t->flags, REC_DELETED);
 	add(ix, "live");
 	ck_assert_uint_eq(index_size(ix), 2);
 	ck_assert_uint_eq(index_live(ix), 1);
@@ -232,6 +238,54 @@ START_TEST(payload_reuse)
 }
 END_TEST
 
+/* A record in the index holds a small payload inline (in its arena slot),
+ * a big one in a buffer of its own, and moves between them as it changes;
+ * the record itself never moves. index_free releases the buffers (ASan). */
+START_TEST(payload_inline)
+{
+	struct index *ix = index_new();
+	char big[4096], grown[80];
+	struct rec *r, *b;
+	const char *room;
+
+	memset(big, 'x', sizeof(big));
+	memset(grown, 'y', sizeof(grown));
+	r = index_add(ix, "k", 1, "0123456789012345678901234567890123456789", 40, 0);
+	ck_assert_ptr_nonnull(r);
+	room = r->data + 2;
+	ck_assert_ptr_eq(r->payload, room);
+	ck_assert_uint_ge(r->inline_cap, 41);
+	ck_assert_str_eq(r->payload, "0123456789012345678901234567890123456789");
+	/* A value a byte or two longer still fits. */
+	ck_assert_int_eq(rec_set_payload(r, grown, 42), 0);
+	ck_assert_ptr_eq(r->payload, room);
+	ck_assert_int_eq(memcmp(r->payload, grown, 42), 0);
+	ck_assert_int_eq(r->payload[42], '\0');
+	ck_assert_int_eq(rec_set_payload(r, big, sizeof(big)), 0);
+	ck_assert_ptr_ne(r->payload, room);
+	ck_assert_uint_eq(r->payload_len, sizeof(big));
+	ck_assert_int_eq(memcmp(r->payload, big, sizeof(big)), 0);
+	ck_assert_int_eq(rec_set_payload(r, "v", 1), 0);
+	ck_assert_ptr_eq(r->payload, room);
+	ck_assert_str_eq(r->payload, "v");
+	ck_assert_int_eq(rec_set_payload(r, NULL, 0), 0);
+	ck_assert_ptr_null(r->payload);
+	/* A big first payload is never inline; one left external is freed
+	 * by index_free, and so is learning state. */
+	b = index_add(ix, "big", 3, big, sizeof(big), 0);
+	ck_assert_ptr_nonnull(b);
+	ck_assert_ptr_ne(b->payload, b->data + 4);
+	ck_assert_int_eq(memcmp(b->payload, big, sizeof(big)), 0);
+	ck_assert_ptr_nonnull(rec_learn(b));
+	ck_assert_ptr_eq(rec_learn(b), b->learn);
+	ck_assert_int_eq(rec_set_payload(r, big, sizeof(big)), 0);
+	ck_assert_ptr_eq(index_get(ix, "k", 1), r);
+	ck_assert_uint_eq((uintptr_t)r % 8, 0);
+	ck_assert_uint_eq((uintptr_t)b % 8, 0);
+	index_free(ix);
+}
+END_TEST
+
 static int cmp_str(const void *a, const void *b)
 {
 	return strcmp(*(char *const *)a, *(char *const *)b);
@@ -270,7 +324,6 @@ START_TEST(random_vs_qsort)
 		char t[40];
 		size_t len = 1 + (size_t)rand() % 30;
 		struct rec *r;
-		int rc;
 
 		for (size_t j = 0; j < len; j++) {
 			int k = rand() % 8;
@@ -279,13 +332,11 @@ START_TEST(random_vs_qsort)
 			t[j] = k < 5 ? "ab/c+"[k] : k == 5 ? (char)(0x80 + rand() % 0x7f) : (char)(1 + rand() % 255);
 		}
 		t[len] = '\0';
-		r = mk(t);
-		rc = index_insert(ix, r);
-		if (rc == -EEXIST) {
-			rec_free(r);
+		r = index_add(ix, t, len, t, len, 0);
+		if (!r && errno == EEXIST)
 			continue;
-		}
-		ck_assert_int_eq(rc, 0);
+		ck_assert_ptr_nonnull(r);
+		ck_assert_str_eq(r->payload, t);
 		keys[n++] = strdup(t);
 	}
 	ck_assert_uint_eq(index_size(ix), n);
@@ -438,6 +489,7 @@ static Suite *index_suite(void)
 	tcase_add_test(tc, empty_index);
 	tcase_add_test(tc, insert_get_order);
 	tcase_add_test(tc, insert_duplicate_and_nul);
+	tcase_add_test(tc, payload_inline);
 	tcase_add_test(tc, walk_after);
 	tcase_add_test(tc, walk_prefix);
 	tcase_add_test(tc, walk_stops);
