@@ -40,6 +40,8 @@
 
 #define MQTT_OUTBOX_MAX 1024      /* retained topics kept for (re)publication */
 #define MQTT_DRAIN_MAX 256        /* reads per wake-up before timers are checked */
+#define MQTT_CLOCK_EVERY 64       /* reads between two readings of the receive clock */
+#define MQTT_FLUSH_DELAY_MS 2     /* longest a queued message waits for the core's wake-up */
 #define MQTT_IDLE_TICK_MS 1000    /* libmosquitto's keepalive clock has 1 s resolution */
 #define MQTT_STOP_JOIN_MS 5000
 #define MQTT_FAIL_REMIND_MS 300000 /* repeat an unchanged connect failure at most this often */
@@ -100,6 +102,11 @@ struct mqtt {
 	unsigned fail_round;       /* backoff exponent: full rounds over the URLs */
 	uint64_t rng;
 	uint64_t events;           /* callbacks seen: the drain loop's progress mark */
+	int64_t recv_clock_ns;     /* wall clock, read once per MQTT_CLOCK_EVERY reads */
+	int64_t last_recv_ns;      /* the last message's receive time: strictly increasing */
+	uint64_t pushed;           /* messages queued */
+	uint64_t pushed_woken;     /* ... of which the core was told about (queue_flush) */
+	int64_t unflushed_ms;      /* monotonic: when the first of the others was seen, 0 none */
 	bool ever_connected;
 	bool just_connected;       /* on_connect fired; the loop finishes the work */
 	bool refused;              /* CONNACK refused; reason in why */
@@ -319,13 +326,19 @@ static void on_message(struct mosquitto *mosq, void *obj, const struct mosquitto
 	enum reject_reason why = REJECT_NONE;
 	struct jscan_result js = { 0 };
 	struct qmsg *q;
-	int64_t now_ns = clock_wall_ns();
+	int64_t now_ns;
 	int rc;
 
 	(void)mosq;
 	(void)props;
 	m->events++;
 	STAT_INC(received);
+	/* The receive time: the clock read at the start of this stretch of
+	 * reads (a clock read per message cost more than the rest of this
+	 * function), made strictly increasing so that messages without a
+	 * timestamp of their own keep their order of arrival. */
+	now_ns = m->recv_clock_ns > m->last_recv_ns ? m->recv_clock_ns : m->last_recv_ns + 1;
+	m->last_recv_ns = now_ns;
 	if (tlen > m->max_topic_len) {
 		why = REJECT_TOPIC_LEN;
 		tlen = m->max_topic_len; /* keep a bounded prefix for the rejects list */
@@ -360,6 +373,8 @@ static void on_message(struct mosquitto *mosq, void *obj, const struct mosquitto
 	}
 	if (rc != 0)
 		free(q); /* shutting down */
+	else
+		m->pushed++;
 	/* Quiet is counted from the hand-over: time blocked on a full queue
 	 * is not a pause in the burst, the rest of which waits in the socket. */
 	if (msg->retain && !m->local_synced) {
@@ -678,6 +693,21 @@ static void check_sync(struct mqtt *m, int64_t now)
 	m->status_dirty = true;
 }
 
+/*
+** Wake the core for the messages queued since it was last told. queue_push
+** wakes it by itself once QUEUE_WAKE_BATCH wait; the tail of a burst is
+** handed over here, at most MQTT_FLUSH_DELAY_MS after it was queued rather
+** than at every poll: a subscriber that keeps up with the broker polls
+** every few messages, and a wake-up of the core for each poll cost more
+** CPU than the messages it carried.
+*/
+static void flush_tail(struct mqtt *m)
+{
+	queue_flush(m->q);
+	m->pushed_woken = m->pushed;
+	m->unflushed_ms = 0;
+}
+
 /* One turn while a socket is open: poll, read bursts, write, keepalive, timers. */
 static void session_turn(struct mqtt *m)
 {
@@ -700,8 +730,14 @@ static void session_turn(struct mqtt *m)
 	if (mosquitto_want_write(m->mosq))
 		pfd[0].events |= POLLOUT;
 	pfd[1] = (struct pollfd){ .fd = m->wakefd, .events = POLLIN };
-	/* The burst is over: hand its tail to the core before sleeping. */
-	queue_flush(m->q);
+	if (m->unflushed_ms) {
+		int64_t left = m->unflushed_ms + MQTT_FLUSH_DELAY_MS - now;
+
+		if (left <= 0)
+			flush_tail(m);
+		else if (left < timeout)
+			timeout = left;
+	}
 	if (poll(pfd, 2, (int)timeout) < 0 && errno != EINTR) {
 		log_warn("mqtt: poll");
 		pfd[0].revents = pfd[1].revents = 0;
@@ -715,6 +751,8 @@ static void session_turn(struct mqtt *m)
 		for (int i = 0; i < MQTT_DRAIN_MAX && !atomic_load_explicit(&m->stop, memory_order_relaxed); i++) {
 			uint64_t before = m->events;
 
+			if (i % MQTT_CLOCK_EVERY == 0)
+				m->recv_clock_ns = clock_wall_ns();
 			errno = 0;
 			rc = mosquitto_loop_read(m->mosq, 1);
 			e = errno;
@@ -733,6 +771,8 @@ static void session_turn(struct mqtt *m)
 		e = errno;
 	}
 	now = clock_mono_ms();
+	if (m->pushed != m->pushed_woken && !m->unflushed_ms)
+		m->unflushed_ms = now;
 	if (m->just_connected && mosquitto_socket(m->mosq) >= 0)
 		went_up(m, now);
 	if (rc != MOSQ_ERR_SUCCESS || mosquitto_socket(m->mosq) < 0 || m->refused) {
@@ -775,6 +815,8 @@ static void *session_main(void *arg)
 			session_turn(m);
 			continue;
 		}
+		if (m->unflushed_ms)
+			flush_tail(m); /* the link is down: nothing more is coming */
 		if (now < m->next_attempt_ms) {
 			struct pollfd pfd = { .fd = m->wakefd, .events = POLLIN };
 			int64_t left = m->next_attempt_ms - now;

@@ -52,10 +52,11 @@ void queue_free(struct queue *q);   /* frees queued messages; accepts NULL */
 ** queue is full), not at every push: a consumer that keeps up would
 ** otherwise cost a futex wake per message. The producer must therefore
 ** call queue_flush() whenever it stops pushing for a while (the MQTT
-** thread does before every poll), so the tail of a burst is not left
-** waiting for the consumer's timeout.
+** thread does within a few milliseconds of the first message it has not
+** flushed), so the tail of a burst is not left waiting for the consumer's
+** timeout.
 */
-#define QUEUE_WAKE_BATCH 64
+#define QUEUE_WAKE_BATCH 256
 int queue_push(struct queue *q, struct qmsg *m, int64_t max_wait_ms);
 
 /* Producer side: wake the consumer if it waits and anything is queued. */
