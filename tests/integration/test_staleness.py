@@ -85,15 +85,22 @@ def test_learned_key(env):
     d.wait_ready()
     c = env.broker.client()
     for i in range(6):
+        if i:
+            time.sleep(0.3)  # the cadence to learn: time must pass
+        t_last = time.monotonic()
         pub(c, 'it/learn/x', i)
-        time.sleep(0.3)
-    k = d.key('it/learn/x')
+    k = wait_for(lambda: (lambda k: k if k and k['updates'] == 6 else None)(d.key('it/learn/x')),
+                 what='all six messages applied')
     assert k['cadence_source'] == 'learned', k
     assert 250 <= k['cadence_ms'] <= 400, k
-    assert k['stale'] is False
-    t0 = time.monotonic()
+    window_ms = 2 * k['cadence_ms']
+    if k['age_ms'] < window_ms:  # a loaded machine may answer late
+        assert k['stale'] is False, k
     wait_for(lambda: stale(d, 'it/learn/x'), timeout=5, what='learned key stale')
-    assert time.monotonic() - t0 >= 0.3  # grace 2 x ~300 ms after the last one
+    # Not before grace 2 x the learned cadence after the last message (it
+    # was received after t_last, so this bound holds however slow we are).
+    took_ms = (time.monotonic() - t_last) * 1000
+    assert took_ms >= 0.95 * window_ms, (took_ms, window_ms)
     pub(c, 'it/learn/x', 7)
     wait_for(lambda: fresh(d, 'it/learn/x'), timeout=2, what='fresh again')
     c.close()
