@@ -411,9 +411,8 @@ def test_watcher_limit_and_hangup(env):
     extra.close()
     # A client that hangs up frees its slot at once (not at the next heartbeat).
     ws[0].close()
-    t0 = time.monotonic()
-    wait_for(lambda: d.metric('statemirror_watchers') == 2, timeout=5, what='slot freed')
-    assert time.monotonic() - t0 < 5
+    wait_for(lambda: d.metric('statemirror_watchers') == 2, timeout=5,
+             what='slot freed well before the next heartbeat (15 s)')
     w = SSE(d, '/v1/watch')
     assert w.status == 200
     assert d.metric('statemirror_watchers_dropped_total') == 0, 'a hangup is not a drop'
