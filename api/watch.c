@@ -570,7 +570,11 @@ static int catchup_step(struct watch *h, struct watcher *w)
 	}
 	want = (uint64_t)(pos - w->cursor) < WATCH_BATCH ? (size_t)(pos - w->cursor) : WATCH_BATCH;
 	n = changes_read(h->cl, w->cursor, batch, want, &gap);
-	for (size_t i = 0; i < n && ret == 0; i++) {
+	/* Bounded like a snapshot chunk: 64 records of a 256 KiB payload each
+	 * would otherwise be rendered at once, megabytes per listener, kept
+	 * (buf_reset keeps the room) until it hangs up. The rest is read next
+	 * time: cursor stops at the last change dealt with. */
+	for (size_t i = 0; i < n && ret == 0 && w_pending(w) < WATCH_CHUNK_BYTES; i++) {
 		const struct change *c = &batch[i];
 
 		if (c->rec->rev == c->rev && w_match(w, c->rec))
