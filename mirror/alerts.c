@@ -292,12 +292,16 @@ static void exec_start(struct alerts *a, struct job *j, int64_t now_ms)
 
 	if (!a->argv)
 		return;
-	if (pipe2(fds, O_CLOEXEC) < 0) {
+	/* Non-blocking: should the pipe be smaller than the alert (a user
+	 * over its pipe-buffer quota gets 4 KiB pipes), the write comes up
+	 * short and the run is refused, rather than the core thread hanging. */
+	if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0) {
 		exec_failed(a, now_ms, j->key, "cannot make a pipe, not run");
 		return;
 	}
 	w = write(fds[1], j->json, j->len);
 	close(fds[1]);
+	(void)fcntl(fds[0], F_SETFL, 0);   /* the program's stdin blocks as usual */
 	if (w < 0 || (size_t)w != j->len) {
 		close(fds[0]);
 		exec_failed(a, now_ms, j->key, "cannot write the alert to its stdin, not run");
@@ -783,7 +787,11 @@ static size_t ngset_get(struct ngset *g, const char *p, size_t len, bool create)
 	bool found;
 	size_t s;
 
-	if (2 * (g->n + 1) > g->scap) {
+	/* Only a creating call grows the table: a plain lookup never fails
+	 * for want of memory (rollup indexes with what it returns). */
+	if (!create && g->scap == 0)
+		return SIZE_MAX;
+	if (create && 2 * (g->n + 1) > g->scap) {
 		size_t ncap = g->scap ? 2 * g->scap : 256;
 		size_t *ns = calloc(ncap, sizeof(*ns));
 		if (!ns)
