@@ -58,7 +58,7 @@ struct watcher {
 	char *filter;
 	size_t plen;                    /* literal prefix of the filter */
 	bool literal;                   /* no wildcard: the filter is a topic */
-	enum wphase phase;
+	_Atomic enum wphase phase;      /* also read by the hub without mu */
 	bool started;                   /* past W_RESUME: a gap now means "too slow" */
 	bool suspended;                 /* mu: suspended by us, not yet resumed */
 	bool dead;                      /* mu: cut off; the reader ends the stream */
