@@ -672,8 +672,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 
 	if (!q)
 		return send_oom(&k); /* the URI copy failed */
-	if (q->len == SIZE_MAX)
+	if (q->len == SIZE_MAX) {
+		k.v1 = memcmp(q->uri, "/v1", 3) == 0 && (q->uri[3] == '/' || q->uri[3] == '?');
+		if (k.v1)
+			k.synced = a->d.core ? core_synced(a->d.core) : false;
 		return send_error(&k, MHD_HTTP_URI_TOO_LONG, "request URI too long");
+	}
 	path = q->uri;
 	path_len = q->len;
 	if ((qm = memchr(path, '?', path_len))) {
@@ -751,11 +755,14 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c)
 	struct req *q;
 
 	if (n > a->max_uri) {
-		if ((q = malloc(sizeof(*q) + 1))) {
+		/* Keep the first bytes, enough to tell a /v1 answer (which
+		 * carries Statemirror-Synced, even as a 414). */
+		if ((q = malloc(sizeof(*q) + 5))) {
 			q->len = SIZE_MAX;
 			q->body = 0;
 			q->headers_done = false;
-			q->uri[0] = '\0';
+			memcpy(q->uri, uri, 4);
+			q->uri[4] = '\0';
 		}
 		return q;
 	}

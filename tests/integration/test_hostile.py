@@ -100,6 +100,23 @@ def test_huge_url_and_headers(env):
     serving(d)
 
 
+def test_uri_too_long_is_a_v1_answer(env):
+    """Our own 414 to a /v1 path is a /v1 answer: JSON, and it carries
+    Statemirror-Synced like every other (the contract says every one)."""
+    d = env.daemon()
+    wait_for(lambda: d.get('/readyz')[0] == 200, what='ready')
+    for target in (b'/v1/keys/' + b'c' * 9000, b'/v1?x=' + b'c' * 9000):
+        status, hdrs, body = raw(d, b'GET ' + target + b' HTTP/1.1\r\nHost: x\r\n\r\n')
+        assert status == 414, (status, body[:200])
+        assert 'error' in json.loads(body), body[:200]
+        assert hdrs.get('statemirror-synced') == 'true', hdrs
+    status, hdrs, _ = raw(d, b'GET /healthz' + b'?x' * 4600 + b' HTTP/1.1\r\nHost: x\r\n\r\n')
+    assert status == 414 and 'statemirror-synced' not in hdrs, (status, hdrs)
+    status, hdrs, _ = raw(d, b'GET /v1x' + b'c' * 9000 + b' HTTP/1.1\r\nHost: x\r\n\r\n')
+    assert status == 414 and 'statemirror-synced' not in hdrs, (status, hdrs)
+    serving(d)
+
+
 def test_bad_percent_encoding(env):
     d = env.daemon()
     for path in ('/v1/keys/a/%zz', '/v1/keys/%4', '/v1/keys/a%', '/v1/keys?filter=%G1',
@@ -231,6 +248,7 @@ def test_hundreds_of_idle_connections(env):
 
 
 if __name__ == '__main__':
-    run([test_huge_url_and_headers, test_bad_percent_encoding, test_wrong_method,
+    run([test_huge_url_and_headers, test_uri_too_long_is_a_v1_answer,
+         test_bad_percent_encoding, test_wrong_method,
          test_binary_garbage, test_half_open_and_slow_clients,
          test_hundreds_of_idle_connections])
