@@ -319,9 +319,15 @@ static void exec_start(struct alerts *a, struct job *j, int64_t now_ms)
 		exec_failed(a, now_ms, j->key, "out of memory, not run");
 		goto out;
 	}
-	if (nenv)
-		memcpy(envp, environ, nenv * sizeof(*envp));
-	memcpy(envp + nenv, extra, sizeof(extra));
+	/* Ours last, and the daemon's own STATEMIRROR_ALERT_* left out: a
+	 * program reading its environment must see this alert's values. */
+	{
+		size_t k = 0;
+		for (size_t i = 0; i < nenv; i++)
+			if (strncmp(environ[i], "STATEMIRROR_ALERT_", 18) != 0)
+				envp[k++] = environ[i];
+		memcpy(envp + k, extra, sizeof(extra));
+	}
 
 	sigemptyset(&none);
 	sigemptyset(&deflt);
