@@ -825,6 +825,17 @@ static int fail_at(char *err, size_t errlen, const char *path, unsigned line, in
 
 	if (!err || !errlen)
 		return rc;
+	/* A message already there (an earlier line of the same file) stays:
+	 * this one goes on a line of its own after it. */
+	if (err[0]) {
+		size_t used = strlen(err);
+		if (used + 2 >= errlen)
+			return rc;
+		err[used++] = '\n';
+		err[used] = '\0';
+		err += used;
+		errlen -= used;
+	}
 	n = line ? snprintf(err, errlen, "%s:%u: ", path, line) : snprintf(err, errlen, "%s: ", path);
 	if (n < 0 || (size_t)n >= errlen)
 		return rc;
@@ -834,13 +845,16 @@ static int fail_at(char *err, size_t errlen, const char *path, unsigned line, in
 	return rc;
 }
 
+#define CONF_MAX_ERRORS 20
+
 int conf_load_file(struct conf *c, const char *path, char *err, size_t errlen)
 {
 	uint32_t seen[NITEMS] = { 0 };
 	const char *section = NULL;
 	char *line = NULL, *why = NULL;
 	size_t cap = 0;
-	unsigned lineno = 0;
+	unsigned lineno = 0, nerr = 0;
+	bool skip_section = false;  /* after an unknown [section]: its keys are not judged */
 	ssize_t n;
 	FILE *fp;
 	int rc = 0;
@@ -867,11 +881,11 @@ int conf_load_file(struct conf *c, const char *path, char *err, size_t errlen)
 		lineno++;
 		if ((size_t)n > CONF_LINE_MAX) {
 			rc = fail_at(err, errlen, path, lineno, -EINVAL, "line too long");
-			goto out;
+			goto next;
 		}
 		if (strlen(line) != (size_t)n) {
 			rc = fail_at(err, errlen, path, lineno, -EINVAL, "NUL byte in line");
-			goto out;
+			goto next;
 		}
 		s = line;
 		if (lineno == 1 && memcmp(s, "\xef\xbb\xbf", 3) == 0)
@@ -884,7 +898,7 @@ int conf_load_file(struct conf *c, const char *path, char *err, size_t errlen)
 			if (!close) {
 				rc = fail_at(err, errlen, path, lineno, -EINVAL,
 					     "missing ']' in section header");
-				goto out;
+				goto next;
 			}
 			*close = '\0';
 			rest = close + 1;
@@ -892,35 +906,38 @@ int conf_load_file(struct conf *c, const char *path, char *err, size_t errlen)
 			if (*trim(rest)) {
 				rc = fail_at(err, errlen, path, lineno, -EINVAL,
 					     "unexpected text after section header");
-				goto out;
+				goto next;
 			}
 			s = trim(s + 1);
 			section = NULL;
 			for (size_t i = 0; i < sizeof(sections) / sizeof(sections[0]); i++)
 				if (strcmp(s, sections[i]) == 0)
 					section = sections[i];
+			skip_section = !section;
 			if (!section) {
 				rc = fail_at(err, errlen, path, lineno, -EINVAL, "unknown section [%s]", s);
-				goto out;
+				goto next;
 			}
 			continue;
 		}
 		eq = strchr(s, '=');
 		if (!eq) {
 			rc = fail_at(err, errlen, path, lineno, -EINVAL, "expected 'key = value'");
-			goto out;
+			goto next;
 		}
 		*eq = '\0';
 		key = trim(s);
 		val = eq + 1;
 		if (!*key) {
 			rc = fail_at(err, errlen, path, lineno, -EINVAL, "missing key before '='");
-			goto out;
+			goto next;
 		}
+		if (skip_section)
+			continue;
 		if (!section) {
 			rc = fail_at(err, errlen, path, lineno, -EINVAL,
 				     "'%s' outside of any [section]", key);
-			goto out;
+			goto next;
 		}
 		for (size_t i = 0; i < NITEMS; i++) {
 			if (items[i].section == section && strcmp(items[i].name, key) == 0) {
@@ -932,7 +949,7 @@ int conf_load_file(struct conf *c, const char *path, char *err, size_t errlen)
 		if (!it) {
 			rc = fail_at(err, errlen, path, lineno, -EINVAL, "unknown key '%s' in [%s]",
 				     key, section);
-			goto out;
+			goto next;
 		}
 		val = trim(val);
 		cut_comment(val, it->type == T_FILTERS || it->type == T_RULES);
@@ -945,15 +962,28 @@ int conf_load_file(struct conf *c, const char *path, char *err, size_t errlen)
 			rc = fail_at(err, errlen, path, lineno, -EINVAL,
 				     "'%s' in [%s] given twice (first on line %u)", key, section,
 				     seen[idx]);
-			goto out;
+			goto next;
 		}
 		if (!seen[idx])
 			seen[idx] = lineno;
 		c->src_line[idx] = lineno;
-		if ((rc = item_set(c, it, val, why, WHY_MAX)) < 0) {
-			fail_at(err, errlen, path, lineno, rc, "[%s] %s: %s", section, key, why);
-			goto out;
+		{
+			int r = item_set(c, it, val, why, WHY_MAX);
+			if (r == -ENOMEM) {
+				rc = fail_at(err, errlen, path, lineno, r, "out of memory");
+				goto out;
+			}
+			if (r < 0) {
+				rc = fail_at(err, errlen, path, lineno, r, "[%s] %s: %s", section, key, why);
+				goto next;
+			}
 		}
+		continue;
+next:
+		/* Report every bad line of the file (up to a point), not just
+		 * the first, so an operator fixes them in one go. */
+		if (++nerr >= CONF_MAX_ERRORS)
+			goto out;
 	}
 	if (ferror(fp)) {
 		rc = fail_at(err, errlen, path, lineno, -EIO, "read error");

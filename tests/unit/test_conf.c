@@ -537,6 +537,34 @@ END_TEST
 
 /* Validation as --check-config runs it: "FILE:LINE: reason" for keys from
  * the file, the bare reason for values that came from flags. */
+/* Every bad line is reported, in order, one per line; the keys of an
+ * unknown section are not judged one by one. */
+START_TEST(test_all_errors_reported)
+{
+	struct conf c;
+	char want[2048];
+
+	ck_assert_int_eq(load(&c, "[broker]\n"
+				  "keepalive = 10x\n"
+				  "qos = 7\n"
+				  "[nonsense]\n"
+				  "whatever = 1\n"
+				  "[store]\n"
+				  "max_keys = -1\n"
+				  "path = ok.db\n"), -EINVAL);
+	snprintf(want, sizeof(want),
+		 "%s:2: [broker] keepalive: invalid duration '10x' (e.g. 250ms, 10s, 5m, 2h, 1d)\n"
+		 "%s:3: [broker] qos: '7' out of range (0..1)\n"
+		 "%s:4: unknown section [nonsense]\n"
+		 "%s:7: [store] max_keys: '-1' out of range (1..1000000000)",
+		 cpath, cpath, cpath, cpath);
+	ck_assert_msg(strncmp(err, want, strlen(want)) == 0, "got:\n%s\nwant:\n%s", err, want);
+	ck_assert_str_eq(err + strlen(want), "");   /* and nothing more */
+	ck_assert_str_eq(c.db_path, "ok.db");   /* good lines still parsed */
+	conf_free(&c);
+}
+END_TEST
+
 START_TEST(test_validate)
 {
 	struct conf c;
@@ -725,6 +753,7 @@ static Suite *conf_suite(void)
 	tcase_add_test(tc, test_sizes);
 	tcase_add_test(tc, test_urls);
 	tcase_add_test(tc, test_validate);
+	tcase_add_test(tc, test_all_errors_reported);
 	tcase_add_test(tc, test_reload_and_failed_load_free);
 	tcase_add_test(tc, test_read_secret);
 	suite_add_tcase(s, tc);
