@@ -432,55 +432,19 @@ int64_t core_heartbeat(struct core *c)
 	return atomic_load(&c->heartbeat);
 }
 
-struct cadence_snap {
-	uint32_t *ms;
-	uint8_t *src;
-	size_t n, cap;
-	bool mark;        /* second pass: mark the changed ones dirty */
-	struct core *c;
-};
-
-static int core_reload_visit(struct rec *r, void *ctx)
+static void core_cadence_changed(struct rec *r, void *ctx)
 {
-	struct cadence_snap *cs = ctx;
-
-	if (cs->n == cs->cap)
-		return 1;
-	if (!cs->mark) {
-		cs->ms[cs->n] = r->cadence_ms;
-		cs->src[cs->n] = r->cadence_source;
-	} else if ((cs->ms[cs->n] != r->cadence_ms || cs->src[cs->n] != r->cadence_source) &&
-		   !(r->flags & REC_DIRTY)) {
-		core_mark_dirty(cs->c, r);
-	}
-	cs->n++;
-	return 0;
+	if (!(r->flags & REC_DIRTY))
+		core_mark_dirty(ctx, r);
 }
 
 void core_reload(struct core *c, const struct conf *conf)
 {
-	struct cadence_snap cs = { .c = c };
-
+	/* Keys whose cadence the new rules change are written back, so the
+	 * file follows the reload without waiting for their next message. */
 	index_wrlock(c->d.ix);
-	/* Note every key's cadence, take the new rules, and write back the
-	 * keys whose cadence changed, so the file follows the reload. */
-	cs.cap = index_size(c->d.ix);
-	cs.ms = malloc(cs.cap * sizeof(*cs.ms) + 1);
-	cs.src = malloc(cs.cap + 1);
-	if (cs.ms && cs.src)
-		index_walk(c->d.ix, NULL, 0, NULL, 0, core_reload_visit, &cs);
-	if (stale_reconfigure(c->d.stale, conf) < 0)
+	if (stale_reconfigure(c->d.stale, conf, core_cadence_changed, c) < 0)
 		log_warnx("reload: out of memory, staleness settings unchanged");
-	if (cs.ms && cs.src) {
-		cs.n = 0;
-		cs.mark = true;
-		index_walk(c->d.ix, NULL, 0, NULL, 0, core_reload_visit, &cs);
-	} else {
-		log_warnx("reload: out of memory, changed cadences reach the file with "
-			  "each key's next message");
-	}
 	index_unlock(c->d.ix);
-	free(cs.ms);
-	free(cs.src);
 	queue_kick(c->d.queue);
 }

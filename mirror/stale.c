@@ -650,7 +650,8 @@ void stale_free(struct stale *s)
 	free(s);
 }
 
-int stale_reconfigure(struct stale *s, const struct conf *c)
+int stale_reconfigure(struct stale *s, const struct conf *c,
+		      void (*changed)(struct rec *r, void *ctx), void *ctx)
 {
 	struct rule *rules = NULL;
 	int rc;
@@ -675,7 +676,8 @@ int stale_reconfigure(struct stale *s, const struct conf *c)
 			e->due = INT64_MIN; /* the due handler stops judging it */
 			continue;
 		}
-		derive(s, r);
+		if (derive(s, r) && changed)
+			changed(r, ctx);
 		/* A stale key is re-examined by the next tick: it may be fresh
 		 * now, or its hold-back may end at another time. */
 		e->due = r->flags & REC_STALE ? INT64_MIN : deadline_due(s, r);

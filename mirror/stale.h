@@ -37,9 +37,12 @@ void stale_free(struct stale *s);   /* accepts NULL */
 ** is re-derived and re-keyed at once (O(keys x rules), then an O(keys)
 ** heapify); transitions this causes are made (with the callback) by the
 ** next stale_tick. Keys under a moved alerts topic change status at their
-** next message. Write lock held. Returns 0 or -ENOMEM (old settings kept).
+** next message. changed (may be NULL) is called for each key whose cadence
+** changed, so that the caller writes it back. Write lock held. Returns 0 or
+** -ENOMEM (old settings kept).
 */
-int stale_reconfigure(struct stale *s, const struct conf *c);
+int stale_reconfigure(struct stale *s, const struct conf *c,
+		      void (*changed)(struct rec *r, void *ctx), void *ctx);
 
 /*
 ** A record loaded from the store at startup (not a tombstone): derive its

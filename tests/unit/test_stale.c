@@ -719,8 +719,15 @@ START_TEST(load_marks_dead_keys_stale)
 }
 END_TEST
 
+static void count_changed(struct rec *r, void *ctx)
+{
+	(void)r;
+	(*(int *)ctx)++;
+}
+
 START_TEST(reload_rederives)
 {
+	int nchanged = 0;
 	struct rec *a = mk("dc1/a/temp"), *b = mk("dc1/b/hum");
 
 	add_rule("dc1/+/temp", 10 * SEC);
@@ -737,7 +744,8 @@ START_TEST(reload_rederives)
 	conf.nrules = 0;
 	add_rule("dc1/+/temp", 0);
 	add_rule("dc1/+/hum", 5 * SEC);
-	ck_assert_int_eq(stale_reconfigure(st, &conf), 0);
+	ck_assert_int_eq(stale_reconfigure(st, &conf, count_changed, &nchanged), 0);
+	ck_assert_int_eq(nchanged, 2);   /* both cadences changed: both reported */
 	ck_assert(stale_heap_check(st));
 	tick();
 	ck_assert(!(a->flags & REC_STALE)); /* never: fresh, with a callback */
@@ -747,7 +755,9 @@ START_TEST(reload_rederives)
 
 	/* A larger grace brings b back. */
 	conf.grace = 10;
-	ck_assert_int_eq(stale_reconfigure(st, &conf), 0);
+	nchanged = 0;
+	ck_assert_int_eq(stale_reconfigure(st, &conf, count_changed, &nchanged), 0);
+	ck_assert_int_eq(nchanged, 0);   /* grace is not a cadence */
 	tick();
 	ck_assert(!(b->flags & REC_STALE));
 	ck_assert_uint_eq(b->cadence_ms, 5000);
