@@ -19,7 +19,6 @@
 #include "mirror/core.h"
 #include "mirror/index.h"
 #include "mirror/mqtt.h"
-#include "mirror/queue.h"
 #include "mirror/rejects.h"
 #include "mirror/stale.h"
 #include "store/store.h"
@@ -280,13 +279,28 @@ static int load_index(struct store *st, struct stale *stale, struct index *ix, i
 	return 0;
 }
 
+/* The session's sink is the core's ingest (mqtt.h, core.h). */
+static void ingest_message(void *ctx, const struct msg *m, enum reject_reason why, size_t full_len)
+{
+	core_ingest(ctx, m, why, full_len);
+}
+
+static void ingest_flush(void *ctx)
+{
+	core_ingest_flush(ctx);
+}
+
+static void ingest_link(void *ctx)
+{
+	core_link_changed(ctx);
+}
+
 int main(int argc, char **argv)
 {
 	struct options opt = { 0 };
 	struct conf conf = { 0 }, *reloaded = NULL;
 	struct store *store = NULL;
 	struct index *ix = NULL;
-	struct queue *queue = NULL;
 	struct rejects *rejects = NULL;
 	struct changes *changes = NULL;
 	struct mqtt *mqtt = NULL;
@@ -328,13 +342,12 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	ix = index_new();
-	queue = queue_new((size_t)conf.queue_size);
 	rejects = rejects_new((size_t)conf.max_rejects);
-	if (!ix || !queue || !rejects) {
+	if (!ix || !rejects) {
 		log_error("out of memory at startup");
 		goto out;
 	}
-	if ((rc = mqtt_new(&conf, queue, &mqtt, err, sizeof(err))) < 0) {
+	if ((rc = mqtt_new(&conf, &mqtt, err, sizeof(err))) < 0) {
 		log_error("mqtt: %s", err);
 		goto out;
 	}
@@ -356,7 +369,7 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	struct core_deps cd = { .conf = &conf, .ix = ix, .store = store, .stale = stale,
-				.queue = queue, .mqtt = mqtt, .rejects = rejects,
+				.mqtt = mqtt, .rejects = rejects,
 				.changes = changes, .rev = rev,
 				.on_changes = watch_wake, .on_changes_ctx = watch };
 	if ((rc = core_start(&cd, &core)) < 0) {
@@ -364,12 +377,15 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	struct api_deps ad = { .conf = &conf, .ix = ix, .core = core, .rejects = rejects,
-			       .stale = stale, .queue = queue, .watch = watch };
+			       .stale = stale, .watch = watch };
 	if ((rc = api_start(&ad, &api, err, sizeof(err))) < 0) {
 		log_error("http: %s", err);
 		goto out;
 	}
-	if ((rc = mqtt_start(mqtt)) < 0) {
+	/* The session thread applies what it reads, through the core. */
+	struct mqtt_sink sink = { .message = ingest_message, .flush = ingest_flush,
+				  .link = ingest_link, .ctx = core };
+	if ((rc = mqtt_start(mqtt, &sink)) < 0) {
 		log_error("mqtt: cannot start: %s", strerror(-rc));
 		goto out;
 	}
@@ -431,7 +447,6 @@ out:
 	stale_free(stale);
 	rejects_free(rejects);
 	changes_free(changes);
-	queue_free(queue);
 	index_free(ix);
 	store_close(store);
 	if (reloaded) {

@@ -594,17 +594,13 @@ static enum MHD_Result ep_readyz(struct call *k)
 static enum MHD_Result ep_metrics(struct call *k)
 {
 	struct api *a = k->a;
-	struct metrics_extra x = { .queue_depth = -1, .queue_capacity = -1 };
+	struct metrics_extra x = { 0 };
 	char reason[64];
 	struct buf b;
 	int r;
 
 	if (a->d.core)
 		x.ready = core_ready(a->d.core, reason, sizeof(reason));
-	if (a->d.queue) {
-		x.queue_depth = (int64_t)queue_depth(a->d.queue);
-		x.queue_capacity = (int64_t)queue_capacity(a->d.queue);
-	}
 	buf_init(&b, a->body_max);
 	if ((r = metrics_render(&b, &x)) < 0)
 		return send_render_error(k, &b, r);

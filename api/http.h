@@ -8,7 +8,6 @@
 #include "../common/conf.h"
 #include "../mirror/core.h"
 #include "../mirror/index.h"
-#include "../mirror/queue.h"
 #include "../mirror/rejects.h"
 #include "../mirror/stale.h"
 
@@ -16,9 +15,9 @@ struct api;
 
 /*
 ** What the API reads; it owns none of it and everything must outlive
-** api_stop(). core, rejects, stale and queue may be NULL (unit and
-** integration harnesses): the endpoints that need them then answer as if
-** not ready / empty, and /metrics leaves the queue gauges out.
+** api_stop(). core, rejects and stale may be NULL (unit and integration
+** harnesses): the endpoints that need them then answer as if not ready /
+** empty.
 */
 struct api_deps {
 	const struct conf *conf;
@@ -26,7 +25,6 @@ struct api_deps {
 	struct core *core;
 	struct rejects *rejects;
 	struct stale *stale;
-	struct queue *queue;      /* for statemirror_ingest_queue_depth */
 	struct watch *watch;      /* /v1/watch streams; NULL: answered 503 */
 };
 

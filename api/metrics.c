@@ -116,17 +116,11 @@ int metrics_render(struct buf *b, const struct metrics_extra *x)
 			STAT_GET(reconnects))) < 0)
 		return r;
 
-	if (x->queue_depth >= 0 &&
-	    (r = scalar(b, "statemirror_ingest_queue_depth", "gauge",
-			"Messages waiting to be applied.", (uint64_t)x->queue_depth)) < 0)
-		return r;
-	if (x->queue_capacity >= 0 &&
-	    (r = scalar(b, "statemirror_ingest_queue_capacity", "gauge",
-			"Size of the ingest queue.", (uint64_t)x->queue_capacity)) < 0)
-		return r;
-	if ((r = scalar(b, "statemirror_ingest_queue_full_waits_total", "counter",
-			"Times the network thread waited on a full ingest queue.",
-			STAT_GET(queue_full_waits))) < 0)
+	/* The ingest queue is the socket's receive buffer: messages are
+	 * applied as they are read (mirror/mqtt.c). */
+	if ((r = scalar(b, "statemirror_ingest_queue_bytes", "gauge",
+			"Bytes from the broker waiting in the socket to be read and applied "
+			"(sampled every 100 ms).", STAT_GET(ingest_queue_bytes))) < 0)
 		return r;
 
 	if ((r = scalar(b, "statemirror_store_commits_total", "counter", "SQLite batch commits.",

@@ -22,8 +22,6 @@ size_t metrics_http_bucket(unsigned code);
 /* What /metrics needs that g_stats does not hold; sampled by the caller. */
 struct metrics_extra {
 	bool ready;              /* core_ready() */
-	int64_t queue_depth;     /* ingest queue depth, -1 = unknown (not exported) */
-	int64_t queue_capacity;  /* -1 = unknown */
 };
 
 /*

@@ -349,7 +349,6 @@ static const struct item items[] = {
 	{ "store", "max_topic_len", T_INT64, "1024", 1, 65535, O(max_topic_len), NULL },
 	{ "store", "commit_interval", T_DURATION, "250ms", 1, SEC(1), O(commit_interval_ms), NULL },
 	{ "store", "max_rejects", T_INT64, "100", 0, 100000, O(max_rejects), NULL },
-	{ "store", "queue_size", T_INT64, "65536", 16, INT64_C(16777216), O(queue_size), NULL },
 
 	{ "payload", "format", T_ENUM, "auto", 0, 0, O(format), format_names },
 	{ "payload", "timestamp_field", T_STR, "ts", 0, 0, O(timestamp_field), NULL },
@@ -1103,7 +1102,7 @@ int conf_validate(const struct conf *c, char *err, size_t errlen)
 		return vfail(c, err, errlen, "listen",
 			     "listening on '%s', beyond loopback, needs [http] token_file",
 			     c->http_listen);
-	if (c->max_keys < 1 || c->max_payload < 1 || c->max_topic_len < 1 || c->queue_size < 1)
+	if (c->max_keys < 1 || c->max_payload < 1 || c->max_topic_len < 1)
 		return vfail(c, err, errlen, NULL, "store limits must be positive");
 	if ((rc = check_readable(c, "password_file", c->password_file, err, errlen)) < 0 ||
 	    (rc = check_readable(c, "tls_ca_file", c->tls_ca_file, err, errlen)) < 0 ||

@@ -54,7 +54,6 @@ struct conf {
 	int64_t max_topic_len;        /* bytes, default 1024 */
 	int64_t commit_interval_ms;   /* default 250ms; never above 1000 */
 	int64_t max_rejects;          /* entries kept for /v1/rejects, default 100 */
-	int64_t queue_size;           /* ingest queue messages, default 65536 */
 
 	/* [payload] */
 	enum conf_format format;
@@ -111,7 +110,7 @@ int conf_defaults(struct conf *c);
 ** Unknown sections and keys are errors; a non-repeatable key given twice is
 ** an error. Section and key names are those of the contract's example plus:
 **   [broker] session_expiry reconnect_min reconnect_max sync_quiet
-**   [store] max_topic_len commit_interval max_rejects queue_size
+**   [store] max_topic_len commit_interval max_rejects
 **   [staleness] group_wait min_hold      [alerts] exec_timeout
 **   [http] max_connections per_ip_connections timeout threads
 **          watch_max_clients watch_buffer watch_log_size

@@ -17,7 +17,7 @@
 ** counters a few messages apart, never torn values.
 */
 struct stats {
-	/* core thread */
+	/* the ingest (session) thread applies; the core thread ticks */
 	_Atomic uint64_t messages[APPLY_RESULT_MAX];   /* by apply_result */
 	_Atomic uint64_t rejects[REJECT_REASON_MAX];   /* by reject_reason */
 	_Atomic uint64_t keys;                         /* live keys */
@@ -38,7 +38,7 @@ struct stats {
 	_Atomic uint64_t reconnects;
 	_Atomic int broker_connected;
 	_Atomic int synced;        /* subscriptions acked and retained burst done */
-	_Atomic uint64_t queue_full_waits;
+	_Atomic uint64_t ingest_queue_bytes; /* received by the kernel, not read yet (sampled) */
 	/* http */
 	_Atomic uint64_t http_requests[STATS_HTTP_CODES];
 	_Atomic uint64_t watchers;

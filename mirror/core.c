@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "../common/clock.h"
 #include "../common/log.h"
@@ -13,14 +14,18 @@
 #include "core.h"
 
 /*
-** One thread owns every mutable record. A turn of its loop:
+** Two threads change records, always under the index write lock:
 **
-**   1. take a batch of messages from the queue (waiting at most until the
-**      next staleness deadline or commit is due);
-**   2. under the index write lock: apply each message, feed the staleness
-**      engine, note the records that changed (the dirty list);
-**   3. outside the lock: when the commit interval has passed, write the
-**      dirty records to SQLite in one transaction.
+**   the ingest thread (the MQTT session's) applies each message as it is
+**   read (core_ingest), taking the lock at the first message of a run and
+**   releasing it at the run's end (core_ingest_flush): no copy, no queue,
+**   no hand-off between threads per message;
+**
+**   the core thread wakes for timers: staleness deadlines, the broker
+**   link, readiness, and once per commit_interval the store: the records
+**   that changed (the dirty list) are copied into the store's staging
+**   buffer under the lock, then written to SQLite in one transaction
+**   without it, so neither ingest nor queries wait for the disk.
 **
 ** Applying in memory first and writing later keeps the API live while the
 ** file lags by at most commit_interval (<= 1 s, the contract's bound); a
@@ -29,7 +34,6 @@
 ** retried with backoff, while the API goes on serving from memory.
 */
 
-#define CORE_BATCH 1024
 /* The dirty list holds one entry per applied change (a hot key repeats);
  * past this many the core commits early to bound the list's memory. A
  * commit per commit_interval is cheaper than several smaller ones: SQLite
@@ -38,6 +42,7 @@
 #define CORE_RETRY_MIN_MS 250
 #define CORE_RETRY_MAX_MS 5000
 #define CORE_CHECKPOINT_MS 10000
+#define CORE_TICK_MAX_MS 100
 
 struct core {
 	struct core_deps d;
@@ -48,29 +53,65 @@ struct core {
 	atomic_bool ready;
 	atomic_bool synced;
 
-	/* Owned by the core thread. */
+	/* Wakes the core thread before its timeout (link change, reload, the
+	 * first change to write, stop). */
+	pthread_mutex_t wake_mu;
+	pthread_cond_t wake_cv;
+	bool wake;
+
+	/* Under the index write lock (either thread). */
 	int64_t rev;
 	struct rec **dirty;       /* records changed since the last commit (may repeat) */
 	size_t ndirty, capdirty;
-	struct rec **wbatch;      /* the unique records of one write */
-	size_t capwbatch;
 	int64_t first_dirty_ms;   /* mono time of the oldest unwritten change, 0 none */
+	bool link_synced;         /* what the staleness engine was last told */
+	uint64_t link_epoch;
+	bool changed;             /* the change log grew since the watch hub was woken */
+	bool wake_core;           /* ingest made the first dirty entry: tell the core */
+
+	/* The ingest thread only. */
+	bool in_run;              /* it holds the write lock for a run of messages */
+
+	/* The core thread only. */
+	struct rec **wbatch;      /* the records staged for the write in progress */
+	size_t capwbatch;
 	int64_t retry_at_ms;      /* mono time of the next write attempt after a failure */
 	int64_t retry_delay_ms;
 	int64_t last_checkpoint_ms;
-	bool link_synced;         /* what the staleness engine was last told */
-	uint64_t link_epoch;
-	/* Messages still to pop before the sync's retained burst is applied:
-	 * the queue depth when the sync was first seen (FIFO, and only this
-	 * thread pops). Ready needs it at 0 once per sync, not an empty queue
-	 * at every turn, which live traffic rarely leaves. */
-	size_t sync_left;
 	bool store_failed;
-	bool changed;             /* this turn appended to the change log */
 
 	pthread_mutex_t status_lock; /* guards reason */
 	char reason[256];         /* why not ready, "" when ready */
 };
+
+static void core_wake(struct core *c)
+{
+	pthread_mutex_lock(&c->wake_mu);
+	c->wake = true;
+	pthread_mutex_unlock(&c->wake_mu);
+	pthread_cond_signal(&c->wake_cv);
+}
+
+/* Sleep until woken or timeout_ms passed (0: just look). */
+static void core_sleep(struct core *c, int64_t timeout_ms)
+{
+	struct timespec dl;
+
+	pthread_mutex_lock(&c->wake_mu);
+	if (!c->wake && timeout_ms > 0) {
+		clock_gettime(CLOCK_MONOTONIC, &dl);
+		dl.tv_sec += (time_t)(timeout_ms / 1000);
+		dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+		if (dl.tv_nsec >= 1000000000L) {
+			dl.tv_sec++;
+			dl.tv_nsec -= 1000000000L;
+		}
+		while (!c->wake && pthread_cond_timedwait(&c->wake_cv, &c->wake_mu, &dl) == 0)
+			;
+	}
+	c->wake = false;
+	pthread_mutex_unlock(&c->wake_mu);
+}
 
 static void core_set_reason(struct core *c, const char *reason)
 {
@@ -79,9 +120,10 @@ static void core_set_reason(struct core *c, const char *reason)
 	pthread_mutex_unlock(&c->status_lock);
 }
 
-/* Remember r for the next write. Grows the list; on ENOMEM the change is
- * still in memory and REC_DIRTY stays set, so the next compaction after a
- * write failure or the next change of r picks it up. */
+/* Remember r for the next write (write lock held). Grows the list; on
+ * ENOMEM the change is still in memory and REC_DIRTY stays set, so the
+ * next compaction after a write failure or the next change of r picks it
+ * up. */
 static void core_mark_dirty(struct core *c, struct rec *r)
 {
 	if (c->ndirty == c->capdirty) {
@@ -97,8 +139,12 @@ static void core_mark_dirty(struct core *c, struct rec *r)
 	}
 	r->flags |= REC_DIRTY;
 	c->dirty[c->ndirty++] = r;
-	if (c->first_dirty_ms == 0)
+	if (c->first_dirty_ms == 0) {
 		c->first_dirty_ms = clock_mono_ms();
+		c->wake_core = true; /* the commit timer starts now */
+	} else if (c->ndirty == CORE_FLUSH_ROWS) {
+		c->wake_core = true; /* commit early */
+	}
 }
 
 static void core_log_change(struct core *c, struct rec *r, enum change_type t)
@@ -120,23 +166,24 @@ static void core_on_transition(struct rec *r, bool became_stale, void *ctx)
 	core_log_change(c, r, became_stale ? CHANGE_STALE : CHANGE_FRESH);
 }
 
-static void core_apply_one(struct core *c, struct qmsg *q, int64_t now_ms)
+static void core_apply_one(struct core *c, const struct msg *m, enum reject_reason why,
+			   size_t full_len)
 {
 	struct rec *r = NULL;
 	bool live_seen = false;
-	enum reject_reason why = q->reject;
+	int64_t now_ms = m->recv_ms;
 	enum apply_result res;
 
 	if (why != REJECT_NONE) {
-		rejects_add(c->d.rejects, q->m.topic, q->m.topic_len, q->m.payload,
-			    q->m.payload_len, q->full_len, why, now_ms);
+		rejects_add(c->d.rejects, m->topic, m->topic_len, m->payload, m->payload_len,
+			    full_len, why, now_ms);
 		return;
 	}
-	res = apply_message(c->d.ix, &q->m, now_ms, &c->lim, &c->rev, &r, &live_seen, &why);
+	res = apply_message(c->d.ix, m, now_ms, &c->lim, &c->rev, &r, &live_seen, &why);
 	switch (res) {
 	case APPLY_REJECTED:
-		rejects_add(c->d.rejects, q->m.topic, q->m.topic_len, q->m.payload,
-			    q->m.payload_len, q->full_len, why, now_ms);
+		rejects_add(c->d.rejects, m->topic, m->topic_len, m->payload, m->payload_len,
+			    full_len, why, now_ms);
 		return;
 	case APPLY_APPLIED:
 		core_mark_dirty(c, r);
@@ -165,7 +212,11 @@ static void core_apply_one(struct core *c, struct qmsg *q, int64_t now_ms)
 	STAT_INC(messages[res]);
 }
 
-/* Tell the staleness engine about the broker link when it changed. */
+/* Tell the staleness engine about the broker link when it changed (write
+ * lock held). Both threads call it: the ingest thread before a run of
+ * messages, so that the messages of a new session meet a staleness engine
+ * that knows of the re-sync; the core thread at every turn, for a link
+ * that went down with nothing to read. */
 static void core_check_link(struct core *c, int64_t now_ms)
 {
 	uint64_t epoch = 0;
@@ -178,60 +229,104 @@ static void core_check_link(struct core *c, int64_t now_ms)
 	stale_on_broker(c->d.stale, synced, now_ms);
 	c->link_synced = synced;
 	c->link_epoch = epoch;
-	/* Every retained message of this sync was pushed before mqtt said
-	 * synced: it is applied already or among the messages queued now. */
-	c->sync_left = synced ? queue_depth(c->d.queue) : 0;
 }
 
-/*
-** Write the dirty records. The flags are cleared under the write lock
-** (readers look at them); SQLite runs outside it, so queries are never held
-** up by the disk.
-*/
-static void core_flush(struct core *c, bool force)
+/* ---- ingest (the session thread) ---- */
+
+void core_ingest(struct core *c, const struct msg *m, enum reject_reason why, size_t full_len)
 {
-	int64_t mono = clock_mono_ms();
-	size_t n = 0;
-	char err[256];
-	int64_t t0, t1;
-	int rc;
+	if (!c->in_run) {
+		index_wrlock(c->d.ix);
+		c->in_run = true;
+		core_check_link(c, m->recv_ms);
+	}
+	core_apply_one(c, m, why, full_len);
+}
+
+void core_ingest_flush(struct core *c)
+{
+	bool changed, wake;
+
+	if (!c->in_run)
+		return;
+	STAT_SET(keys, index_live(c->d.ix));
+	STAT_SET(rev, c->rev);
+	changed = c->changed;
+	c->changed = false;
+	wake = c->wake_core;
+	c->wake_core = false;
+	c->in_run = false;
+	index_unlock(c->d.ix);
+	if (changed && c->d.on_changes)
+		c->d.on_changes(c->d.on_changes_ctx);
+	if (wake)
+		core_wake(c);
+}
+
+void core_link_changed(struct core *c)
+{
+	core_wake(c);
+}
+
+/* ---- the core thread ---- */
+
+/*
+** Stage the dirty records for a write when one is due (write lock held):
+** copy each into the store's staging buffer and clear its REC_DIRTY, so
+** that a change made while the write runs marks it dirty again. Returns
+** the number staged (0: nothing due).
+*/
+static size_t core_stage(struct core *c, bool force, int64_t mono)
+{
+	size_t n = 0, kept = 0;
 
 	if (c->ndirty == 0)
-		return;
+		return 0;
 	if (!force && mono - c->first_dirty_ms < c->d.conf->commit_interval_ms &&
 	    c->ndirty < CORE_FLUSH_ROWS)
-		return;
+		return 0;
 	if (!force && c->retry_at_ms && mono < c->retry_at_ms)
-		return;
-
+		return 0;
 	if (c->capwbatch < c->ndirty) {
 		struct rec **nb = realloc(c->wbatch, c->ndirty * sizeof(*nb));
 		if (!nb) {
 			log_warnx("core: out of memory for a store write, retrying");
-			return;
+			return 0;
 		}
 		c->wbatch = nb;
 		c->capwbatch = c->ndirty;
 	}
-	index_wrlock(c->d.ix);
 	for (size_t i = 0; i < c->ndirty; i++) {
 		struct rec *r = c->dirty[i];
-		if (r->flags & REC_DIRTY) {
-			r->flags &= (uint16_t)~REC_DIRTY;
-			c->wbatch[n++] = r;
+
+		if (!(r->flags & REC_DIRTY))
+			continue; /* a repeat: staged already */
+		if (store_stage(c->d.store, r) < 0) {
+			c->dirty[kept++] = r; /* stays dirty: the next write takes it */
+			continue;
 		}
+		r->flags &= (uint16_t)~REC_DIRTY;
+		c->wbatch[n++] = r;
 	}
-	index_unlock(c->d.ix);
-	c->ndirty = 0;
+	c->ndirty = kept;
+	c->first_dirty_ms = kept ? mono : 0;
+	return n;
+}
+
+/* Write what core_stage staged, without the lock. */
+static void core_commit(struct core *c, size_t n)
+{
+	char err[256], reason[sizeof(c->reason)];
+	int64_t t0, t1;
+	int rc;
 
 	t0 = clock_mono_ms();
-	rc = store_write(c->d.store, c->wbatch, n, err, sizeof(err));
+	rc = store_commit(c->d.store, err, sizeof(err));
 	t1 = clock_mono_ms();
 	if (rc == 0) {
 		stats_commit_observe((uint64_t)(t1 - t0) * 1000);
 		STAT_INC(commits);
 		STAT_ADD(rows_written, n);
-		c->first_dirty_ms = 0;
 		c->retry_at_ms = 0;
 		c->retry_delay_ms = 0;
 		if (c->store_failed) {
@@ -245,23 +340,15 @@ static void core_flush(struct core *c, bool force)
 		return;
 	}
 
-	/* Keep every record dirty, as one unique list, and try again later. */
+	/* Mark every staged record dirty again (those changed meanwhile are
+	 * dirty already) and try again later. */
 	STAT_INC(commit_errors);
 	index_wrlock(c->d.ix);
 	for (size_t i = 0; i < n; i++)
-		c->wbatch[i]->flags |= REC_DIRTY;
+		if (!(c->wbatch[i]->flags & REC_DIRTY))
+			core_mark_dirty(c, c->wbatch[i]);
+	c->wake_core = false;
 	index_unlock(c->d.ix);
-	if (c->capdirty < n) {
-		struct rec **nd = realloc(c->dirty, n * sizeof(*nd));
-		if (nd) {
-			c->dirty = nd;
-			c->capdirty = n;
-		}
-	}
-	if (c->capdirty >= n) {
-		memcpy(c->dirty, c->wbatch, n * sizeof(*c->dirty));
-		c->ndirty = n;
-	}
 	c->retry_delay_ms = c->retry_delay_ms ? c->retry_delay_ms * 2 : CORE_RETRY_MIN_MS;
 	if (c->retry_delay_ms > CORE_RETRY_MAX_MS)
 		c->retry_delay_ms = CORE_RETRY_MAX_MS;
@@ -270,30 +357,26 @@ static void core_flush(struct core *c, bool force)
 		log_error("store: %s; serving from memory, retrying with backoff up to %d s",
 			  err, CORE_RETRY_MAX_MS / 1000);
 	c->store_failed = true;
-	{
-		char reason[sizeof(c->reason)];
-		snprintf(reason, sizeof(reason), "store: %.200s", err);
-		core_set_reason(c, reason);
-	}
+	snprintf(reason, sizeof(reason), "store: %.200s", err);
+	core_set_reason(c, reason);
 }
 
-static void core_update_ready(struct core *c)
+static void core_update_ready(struct core *c, bool synced)
 {
 	char why[256];
-	bool synced = c->link_synced;
-	bool ready = synced && !c->store_failed && c->sync_left == 0;
+	bool ready = synced && !c->store_failed;
 	bool was = atomic_load(&c->ready);
 
 	/* Synced (the header) once the retained burst is applied, whatever
-	 * the store does: the answers are current even when the file lags. */
-	atomic_store(&c->synced, synced && c->sync_left == 0);
+	 * the store does: the answers are current even when the file lags.
+	 * The session reports synced only after it handed the whole burst to
+	 * core_ingest, which applied it there and then. */
+	atomic_store(&c->synced, synced);
 	if (!ready && !c->store_failed) {
-		if (!synced && c->d.mqtt)
+		if (c->d.mqtt)
 			mqtt_status(c->d.mqtt, why, sizeof(why));
-		else if (!synced)
-			snprintf(why, sizeof(why), "no broker session");
 		else
-			snprintf(why, sizeof(why), "applying the retained messages");
+			snprintf(why, sizeof(why), "no broker session");
 		core_set_reason(c, why);
 	}
 	if (ready == was)
@@ -312,44 +395,50 @@ static void core_update_ready(struct core *c)
 static void *core_main(void *arg)
 {
 	struct core *c = arg;
-	struct qmsg *batch[CORE_BATCH];
 	int64_t wait_ms = 0;
 
 	for (;;) {
 		bool stopping = atomic_load(&c->stop);
-		int n = queue_pop_batch(c->d.queue, batch, CORE_BATCH, stopping ? 0 : wait_ms);
-		int64_t now = clock_wall_ms();
+		bool changed, synced;
+		int64_t now, mono;
+		size_t staged;
 
-		if (n > 0)
-			c->sync_left = (size_t)n >= c->sync_left ? 0 : c->sync_left - (size_t)n;
-		atomic_store(&c->heartbeat, clock_mono_ms());
+		if (!stopping)
+			core_sleep(c, wait_ms);
+		now = clock_wall_ms();
+		mono = clock_mono_ms();
+		atomic_store(&c->heartbeat, mono);
 		index_wrlock(c->d.ix);
-		for (int i = 0; i < n; i++) {
-			core_apply_one(c, batch[i], now);
-			free(batch[i]);
-		}
 		core_check_link(c, now);
 		wait_ms = stale_tick(c->d.stale, now, core_on_transition, c);
 		STAT_SET(keys, index_live(c->d.ix));
 		STAT_SET(rev, c->rev);
-		index_unlock(c->d.ix);
-		if (c->changed && c->d.on_changes)
-			c->d.on_changes(c->d.on_changes_ctx);
+		synced = c->link_synced;
+		changed = c->changed;
 		c->changed = false;
+		c->wake_core = false;
+		staged = core_stage(c, stopping || (c->store_failed && c->retry_at_ms &&
+						    mono >= c->retry_at_ms), mono);
+		if (c->ndirty) {
+			int64_t due = c->first_dirty_ms + c->d.conf->commit_interval_ms - mono;
 
-		core_flush(c, false);
-		if (c->store_failed && (c->retry_at_ms == 0 || clock_mono_ms() >= c->retry_at_ms))
-			core_flush(c, true);
-		core_update_ready(c);
+			if (c->retry_at_ms && c->retry_at_ms - mono > due)
+				due = c->retry_at_ms - mono;
+			if (due < wait_ms || wait_ms <= 0)
+				wait_ms = due;
+		}
+		index_unlock(c->d.ix);
+		if (changed && c->d.on_changes)
+			c->d.on_changes(c->d.on_changes_ctx);
+		if (staged)
+			core_commit(c, staged);
+		core_update_ready(c, synced);
 
-		if (c->ndirty && wait_ms > c->d.conf->commit_interval_ms)
-			wait_ms = c->d.conf->commit_interval_ms;
-		if (wait_ms <= 0 || wait_ms > 100)
-			wait_ms = 100;
-		if (stopping && n <= 0)
+		if (wait_ms <= 0 || wait_ms > CORE_TICK_MAX_MS)
+			wait_ms = CORE_TICK_MAX_MS;
+		if (stopping)
 			break;
 	}
-	core_flush(c, true);
 	return NULL;
 }
 
@@ -363,6 +452,7 @@ static int core_seed_dirty(struct rec *r, void *ctx)
 int core_start(const struct core_deps *d, struct core **ret)
 {
 	struct core *c = calloc(1, sizeof(*c));
+	pthread_condattr_t ca;
 	int rc;
 
 	if (!c)
@@ -374,6 +464,13 @@ int core_start(const struct core_deps *d, struct core **ret)
 	c->last_checkpoint_ms = clock_mono_ms();
 	atomic_store(&c->heartbeat, clock_mono_ms());
 	pthread_mutex_init(&c->status_lock, NULL);
+	pthread_mutex_init(&c->wake_mu, NULL);
+	/* Timed waits on the monotonic clock: a wall-clock step must not
+	 * turn a 100 ms tick into an hour or a busy loop. */
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&c->wake_cv, &ca);
+	pthread_condattr_destroy(&ca);
 	snprintf(c->reason, sizeof(c->reason), "starting");
 
 	/* Startup counts as "not synced": keys judged stale from the stored
@@ -387,7 +484,10 @@ int core_start(const struct core_deps *d, struct core **ret)
 
 	rc = pthread_create(&c->thread, NULL, core_main, c);
 	if (rc) {
+		pthread_cond_destroy(&c->wake_cv);
+		pthread_mutex_destroy(&c->wake_mu);
 		pthread_mutex_destroy(&c->status_lock);
+		free(c->dirty);
 		free(c);
 		return -rc;
 	}
@@ -400,10 +500,12 @@ void core_stop(struct core *c)
 	if (!c)
 		return;
 	atomic_store(&c->stop, true);
-	queue_kick(c->d.queue);
+	core_wake(c);
 	pthread_join(c->thread, NULL);
 	if (c->ndirty)
 		log_warnx("store: %zu changes could not be written at shutdown", c->ndirty);
+	pthread_cond_destroy(&c->wake_cv);
+	pthread_mutex_destroy(&c->wake_mu);
 	pthread_mutex_destroy(&c->status_lock);
 	free(c->dirty);
 	free(c->wbatch);
@@ -446,5 +548,5 @@ void core_reload(struct core *c, const struct conf *conf)
 	if (stale_reconfigure(c->d.stale, conf, core_cadence_changed, c) < 0)
 		log_warnx("reload: out of memory, staleness settings unchanged");
 	index_unlock(c->d.ix);
-	queue_kick(c->d.queue);
+	core_wake(c);
 }

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* core.h: the core thread: drains the queue, applies, tracks staleness, writes the store. */
+/* core.h: the core: applies messages as they arrive, tracks staleness, writes the store. */
 #ifndef SM_CORE_H
 #define SM_CORE_H
 
@@ -12,7 +12,6 @@
 #include "changes.h"
 #include "index.h"
 #include "mqtt.h"
-#include "queue.h"
 #include "rejects.h"
 #include "stale.h"
 
@@ -24,24 +23,37 @@ struct core_deps {
 	struct index *ix;
 	struct store *store;
 	struct stale *stale;
-	struct queue *queue;
 	struct mqtt *mqtt;        /* may be NULL in tests */
 	struct rejects *rejects;
 	struct changes *changes;  /* may be NULL: no watch streams */
-	/* Called from the core thread, without the lock, after a turn that
-	 * appended changes (wakes watch streams). May be NULL. */
+	/* Called without the lock after a run of messages or a core turn
+	 * that appended changes (wakes watch streams), from the thread that
+	 * made them. May be NULL. */
 	void (*on_changes)(void *ctx);
 	void *on_changes_ctx;
 	int64_t rev;              /* highest rev loaded from the store */
 };
 
+/* Start the core thread (staleness deadlines, readiness, store writes). */
 int core_start(const struct core_deps *d, struct core **ret);
-/* Drain what is queued, write it to the store, stop the thread. */
+/* Write what changed to the store and stop the thread. Stop ingest first. */
 void core_stop(struct core *c);
 
-/* ready: synced with the broker, the store writable, and every message queued
- * when the sync completed (the retained burst) applied; live traffic after
- * that does not make it flap.
+/*
+** Ingest: apply one message now, on the caller's thread (the MQTT session's:
+** one thread only). The first message of a run takes the index write lock;
+** core_ingest_flush() ends the run: it releases the lock, wakes watch
+** streams when something changed and the core thread when a write becomes
+** due. Rejected messages (why != REJECT_NONE) are counted and listed.
+** These three are the session's mqtt_sink.
+*/
+void core_ingest(struct core *c, const struct msg *m, enum reject_reason why, size_t full_len);
+void core_ingest_flush(struct core *c);
+/* The broker link changed: readiness and staleness look again. Thread-safe. */
+void core_link_changed(struct core *c);
+
+/* ready: synced with the broker (every retained message of the sync
+ * applied) and the store writable; live traffic does not make it flap.
  * When not ready a short reason is copied into buf. Thread-safe. */
 bool core_ready(struct core *c, char *buf, size_t n);
 /* Synced with the broker (the Statemirror-Synced header). Thread-safe. */

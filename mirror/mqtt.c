@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* mqtt.c: the MQTT session thread: connect with backoff, subscribe, track the retained sync, decode and queue messages. */
+/* mqtt.c: the MQTT session thread: connect with backoff, subscribe, track the retained sync, decode and deliver messages. */
 #include "mqtt.h"
 
 #include <errno.h>
@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <linux/sockios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -30,6 +32,12 @@
 ** (under mu) and a few atomics. mqtt_publish_retained() hands its message
 ** to the outbox and pokes the thread through an eventfd.
 **
+** Delivery. Each message goes straight to the sink (the core's apply) from
+** on_message, in libmosquitto's buffer: no copy, no allocation, no queue
+** and no other thread to wake. One wake-up's run of messages ends with
+** sink.flush. The kernel's receive buffer is the ingest queue: while the
+** sink works, the socket is not read and TCP pushes back on the broker.
+**
 ** The loop. Instead of mosquitto_loop() (one select() per packet) the thread
 ** polls the socket itself and, when it is readable, calls
 ** mosquitto_loop_read() again and again while packets keep coming, so a busy
@@ -41,7 +49,7 @@
 #define MQTT_OUTBOX_MAX 1024      /* retained topics kept for (re)publication */
 #define MQTT_DRAIN_MAX 256        /* reads per wake-up before timers are checked */
 #define MQTT_CLOCK_EVERY 64       /* reads between two readings of the receive clock */
-#define MQTT_FLUSH_DELAY_MS 2     /* longest a queued message waits for the core's wake-up */
+#define MQTT_BACKLOG_EVERY_MS 100 /* how often the socket's unread bytes are sampled */
 #define MQTT_IDLE_TICK_MS 1000    /* libmosquitto's keepalive clock has 1 s resolution */
 #define MQTT_STOP_JOIN_MS 5000
 #define MQTT_FAIL_REMIND_MS 300000 /* repeat an unchanged connect failure at most this often */
@@ -85,10 +93,9 @@ struct mqtt {
 	char *ts_field;
 	const char *ts_names[3];
 	size_t nts_names;
-	int64_t push_wait_ms;
 	int64_t connack_timeout_ms;
 
-	struct queue *q;
+	struct mqtt_sink sink;
 	struct mosquitto *mosq;
 	bool mosq_tls;
 	int wakefd;
@@ -104,9 +111,8 @@ struct mqtt {
 	uint64_t events;           /* callbacks seen: the drain loop's progress mark */
 	int64_t recv_clock_ns;     /* wall clock, read once per MQTT_CLOCK_EVERY reads */
 	int64_t last_recv_ns;      /* the last message's receive time: strictly increasing */
-	uint64_t pushed;           /* messages queued */
-	uint64_t pushed_woken;     /* ... of which the core was told about (queue_flush) */
-	int64_t unflushed_ms;      /* monotonic: when the first of the others was seen, 0 none */
+	bool delivered;            /* messages went to the sink since its last flush */
+	int64_t backlog_ms;        /* monotonic: last ingest_queue_bytes sample */
 	bool ever_connected;
 	bool just_connected;       /* on_connect fired; the loop finishes the work */
 	bool refused;              /* CONNACK refused; reason in why */
@@ -302,32 +308,20 @@ static void on_subscribe(struct mosquitto *mosq, void *obj, int mid, int count,
 }
 
 /*
-** The hot path. Limits are checked before anything is copied; the payload
-** is scanned once, in libmosquitto's buffer, and then copied once into a
-** single allocation (only its first bytes when it is rejected).
-**
-** Backpressure: when the queue is full this blocks, so the thread stops
-** reading the socket and the broker's TCP window closes (nothing is
-** dropped). libmosquitto may not be re-entered from a callback, so while
-** we wait here no PINGREQ goes out: the wait is cut into slices of about
-** keepalive/4 (at most 1 s, so a stop is noticed quickly), each counted in
-** queue_full_waits. The core drains far faster than a broker delivers
-** (well over 100k msg/s), so a wait that spans the keepalive means the core
-** is stuck; the broker then drops us and we reconnect and re-sync, which is
-** the right outcome for a stuck consumer.
+** The hot path. Limits are checked first; the payload is scanned once, in
+** libmosquitto's buffer, and handed to the sink from there (only its first
+** bytes when it is refused).
 */
 static void on_message(struct mosquitto *mosq, void *obj, const struct mosquitto_message *msg,
 		       const mosquitto_property *props)
 {
 	struct mqtt *m = obj;
-	const char *topic = msg->topic;
 	size_t plen = msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0;
-	size_t tlen = strnlen(topic, m->max_topic_len + 1);
+	size_t tlen = strnlen(msg->topic, m->max_topic_len + 1);
 	enum reject_reason why = REJECT_NONE;
 	struct jscan_result js = { 0 };
-	struct qmsg *q;
+	struct msg d;
 	int64_t now_ns;
-	int rc;
 
 	(void)mosq;
 	(void)props;
@@ -351,36 +345,52 @@ static void on_message(struct mosquitto *mosq, void *obj, const struct mosquitto
 		else if (m->format_json && !js.is_json)
 			why = REJECT_NOT_JSON;
 	}
-	q = qmsg_new(topic, tlen, msg->payload, plen, why == REJECT_NONE ? plen : REJECTS_KEEP_BYTES);
-	if (!q) {
-		STAT_INC(rejects[REJECT_NOMEM]);
-		return;
-	}
-	q->reject = why;
-	q->m.retained = msg->retain;
-	q->m.recv_ms = now_ns / 1000000;
-	q->m.is_json = js.is_json;
-	if (js.ts_found) {
-		q->m.ts_ns = js.ts_ns;
-		q->m.ts_from_payload = true;
-	} else {
-		q->m.ts_ns = now_ns;
-	}
-	while ((rc = queue_push(m->q, q, m->push_wait_ms)) == -EAGAIN) {
-		STAT_INC(queue_full_waits);
-		if (atomic_load_explicit(&m->stop, memory_order_relaxed))
-			break;
-	}
-	if (rc != 0)
-		free(q); /* shutting down */
-	else
-		m->pushed++;
-	/* Quiet is counted from the hand-over: time blocked on a full queue
-	 * is not a pause in the burst, the rest of which waits in the socket. */
+	d = (struct msg){
+		.topic = msg->topic, .topic_len = tlen,
+		.payload = msg->payload,
+		.payload_len = why == REJECT_NONE || plen < REJECTS_KEEP_BYTES ? plen
+									: REJECTS_KEEP_BYTES,
+		.ts_ns = js.ts_found ? js.ts_ns : now_ns,
+		.recv_ms = now_ns / 1000000,
+		.retained = msg->retain,
+		.ts_from_payload = js.ts_found,
+		.is_json = js.is_json,
+	};
+	m->sink.message(m->sink.ctx, &d, why, plen);
+	m->delivered = true;
+	/* Quiet is counted from the hand-over: the time the sink took is not
+	 * a pause in the burst, the rest of which waits in the socket. */
 	if (msg->retain && !m->local_synced) {
 		m->quiet_since_ms = clock_mono_ms();
 		m->retained_burst++;
 	}
+}
+
+/* The end of a run of messages: the sink publishes what it applied. */
+static void deliver_flush(struct mqtt *m)
+{
+	if (!m->delivered)
+		return;
+	m->delivered = false;
+	m->sink.flush(m->sink.ctx);
+}
+
+static void link_changed(struct mqtt *m)
+{
+	if (m->sink.link)
+		m->sink.link(m->sink.ctx);
+}
+
+/* Sample the bytes that wait in the socket: the ingest queue's depth. */
+static void sample_backlog(struct mqtt *m, int sock, int64_t now)
+{
+	int n = 0;
+
+	if (now - m->backlog_ms < MQTT_BACKLOG_EVERY_MS)
+		return;
+	m->backlog_ms = now;
+	if (sock >= 0 && ioctl(sock, SIOCINQ, &n) == 0 && n >= 0)
+		STAT_SET(ingest_queue_bytes, (uint64_t)n);
 }
 
 /* ---- session steps (session thread) ---- */
@@ -557,6 +567,7 @@ static void went_up(struct mqtt *m, int64_t now)
 	m->local_synced = false;
 	atomic_store(&m->connected, true);
 	STAT_SET(broker_connected, 1);
+	link_changed(m);
 	if (m->ever_connected)
 		STAT_INC(reconnects);
 	m->ever_connected = true;
@@ -594,6 +605,8 @@ static void went_down(struct mqtt *m, int rc, int e, int64_t now)
 	atomic_store(&m->connected, false);
 	STAT_SET(synced, 0);
 	STAT_SET(broker_connected, 0);
+	STAT_SET(ingest_queue_bytes, 0);
+	link_changed(m);
 	log_warnx("mqtt: connection to %s lost: %s; reconnecting", url, m->why);
 	snprintf(m->fail_logged, sizeof(m->fail_logged), "%s", m->why);
 	m->fail_logged_ms = now;
@@ -687,25 +700,11 @@ static void check_sync(struct mqtt *m, int64_t now)
 	atomic_fetch_add(&m->epoch, 1);
 	atomic_store(&m->synced, true);
 	STAT_SET(synced, 1);
+	link_changed(m);
 	log_info("mqtt: synced with %s: %zu subscription(s), %llu retained message(s) in %lld ms",
 		 m->urls[m->url_idx], m->nsubs, (unsigned long long)m->retained_burst,
 		 (long long)(now - m->up_ms));
 	m->status_dirty = true;
-}
-
-/*
-** Wake the core for the messages queued since it was last told. queue_push
-** wakes it by itself once QUEUE_WAKE_BATCH wait; the tail of a burst is
-** handed over here, at most MQTT_FLUSH_DELAY_MS after it was queued rather
-** than at every poll: a subscriber that keeps up with the broker polls
-** every few messages, and a wake-up of the core for each poll cost more
-** CPU than the messages it carried.
-*/
-static void flush_tail(struct mqtt *m)
-{
-	queue_flush(m->q);
-	m->pushed_woken = m->pushed;
-	m->unflushed_ms = 0;
 }
 
 /* One turn while a socket is open: poll, read bursts, write, keepalive, timers. */
@@ -730,14 +729,6 @@ static void session_turn(struct mqtt *m)
 	if (mosquitto_want_write(m->mosq))
 		pfd[0].events |= POLLOUT;
 	pfd[1] = (struct pollfd){ .fd = m->wakefd, .events = POLLIN };
-	if (m->unflushed_ms) {
-		int64_t left = m->unflushed_ms + MQTT_FLUSH_DELAY_MS - now;
-
-		if (left <= 0)
-			flush_tail(m);
-		else if (left < timeout)
-			timeout = left;
-	}
 	if (poll(pfd, 2, (int)timeout) < 0 && errno != EINTR) {
 		log_warn("mqtt: poll");
 		pfd[0].revents = pfd[1].revents = 0;
@@ -759,6 +750,7 @@ static void session_turn(struct mqtt *m)
 			if (rc != MOSQ_ERR_SUCCESS || m->events == before || m->refused)
 				break;
 		}
+		deliver_flush(m);
 	}
 	if (rc == MOSQ_ERR_SUCCESS && mosquitto_socket(m->mosq) >= 0 && mosquitto_want_write(m->mosq)) {
 		errno = 0;
@@ -771,8 +763,7 @@ static void session_turn(struct mqtt *m)
 		e = errno;
 	}
 	now = clock_mono_ms();
-	if (m->pushed != m->pushed_woken && !m->unflushed_ms)
-		m->unflushed_ms = now;
+	sample_backlog(m, mosquitto_socket(m->mosq), now);
 	if (m->just_connected && mosquitto_socket(m->mosq) >= 0)
 		went_up(m, now);
 	if (rc != MOSQ_ERR_SUCCESS || mosquitto_socket(m->mosq) < 0 || m->refused) {
@@ -815,8 +806,6 @@ static void *session_main(void *arg)
 			session_turn(m);
 			continue;
 		}
-		if (m->unflushed_ms)
-			flush_tail(m); /* the link is down: nothing more is coming */
 		if (now < m->next_attempt_ms) {
 			struct pollfd pfd = { .fd = m->wakefd, .events = POLLIN };
 			int64_t left = m->next_attempt_ms - now;
@@ -839,10 +828,13 @@ static void *session_main(void *arg)
 		if (mosquitto_disconnect_v5(m->mosq, 0, NULL) == MOSQ_ERR_SUCCESS)
 			mosquitto_loop_write(m->mosq, 1);
 	}
+	deliver_flush(m);
 	atomic_store(&m->synced, false);
 	atomic_store(&m->connected, false);
 	STAT_SET(synced, 0);
 	STAT_SET(broker_connected, 0);
+	STAT_SET(ingest_queue_bytes, 0);
+	link_changed(m);
 	set_status(m, "stopped");
 	return NULL;
 }
@@ -858,12 +850,12 @@ static int dup_str(char **dst, const char *src)
 	return *dst ? 0 : -ENOMEM;
 }
 
-int mqtt_new(const struct conf *c, struct queue *q, struct mqtt **ret, char *err, size_t errlen)
+int mqtt_new(const struct conf *c, struct mqtt **ret, char *err, size_t errlen)
 {
 	struct mqtt *m;
 	int rc = -ENOMEM;
 
-	if (!c || !q || !ret || c->nurls == 0 || c->nurls > CONF_MAX_URLS) {
+	if (!c || !ret || c->nurls == 0 || c->nurls > CONF_MAX_URLS) {
 		snprintf(err, errlen, "no broker URL");
 		return -EINVAL;
 	}
@@ -931,13 +923,9 @@ int mqtt_new(const struct conf *c, struct queue *q, struct mqtt **ret, char *err
 		m->ts_names[m->nts_names++] = "timestamp";
 	if (!m->ts_field || strcmp(m->ts_field, "time") != 0)
 		m->ts_names[m->nts_names++] = "time";
-	m->push_wait_ms = (int64_t)m->keepalive_s * 1000 / 4;
-	if (m->push_wait_ms > 1000)
-		m->push_wait_ms = 1000;
 	m->connack_timeout_ms = (int64_t)m->keepalive_s * 1000;
 	if (m->connack_timeout_ms > 30000)
 		m->connack_timeout_ms = 30000;
-	m->q = q;
 	m->disconnect_rc = -1;
 	m->rng = (uint64_t)clock_wall_ns() ^ ((uint64_t)getpid() << 32) ^ (uintptr_t)m;
 	if (!m->rng)
@@ -965,12 +953,15 @@ nomem:
 	return rc;
 }
 
-int mqtt_start(struct mqtt *m)
+int mqtt_start(struct mqtt *m, const struct mqtt_sink *sink)
 {
 	int rc;
 
 	if (m->started)
 		return -EALREADY;
+	if (!sink || !sink->message || !sink->flush)
+		return -EINVAL;
+	m->sink = *sink;
 	set_status(m, "connecting to %s", m->urls[0]);
 	rc = pthread_create(&m->thread, NULL, session_main, m);
 	if (rc != 0)

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* mqtt.h: the MQTT session: connect, subscribe, re-sync, hand messages to the queue. */
+/* mqtt.h: the MQTT session: connect, subscribe, re-sync, hand each message to a sink. */
 #ifndef SM_MQTT_H
 #define SM_MQTT_H
 
@@ -8,41 +8,65 @@
 #include <stdint.h>
 
 #include "../common/conf.h"
-#include "queue.h"
+#include "apply.h"
 
 struct mqtt;
 
 /*
-** Create a session from c (URLs, client id, protocol, QoS, session kind,
-** keepalive, credentials, TLS, filters, payload limits and format, the
-** timestamp field names). Messages go to q. Nothing connects yet.
-** Returns 0 or -errno with a reason in err.
+** Where the session thread hands what it receives. Every callback runs on
+** the session thread, never inside a lock of the session's own.
+**
+**   message  one message, in arrival order. why != REJECT_NONE: refused by
+**            the session already (max_topic_len, max_payload, format, a
+**            bad timestamp); then only the first REJECTS_KEEP_BYTES of the
+**            payload are passed (m->payload_len) and full_len is its size
+**            as received. The pointers are borrowed for the call.
+**   flush    the end of a run of messages (one wake-up's worth, at most
+**            a few hundred): the sink publishes what it applied.
+**   link     connected or synced may have changed (mqtt_synced tells).
+**
+** The sink does its work (the apply) in the callback itself: a sink that
+** takes long stops the session from reading, and the broker's TCP window
+** closes (backpressure, nothing lost). The kernel's receive buffer is the
+** ingest queue; g_stats.ingest_queue_bytes samples what waits in it.
 */
-int mqtt_new(const struct conf *c, struct queue *q, struct mqtt **ret, char *err, size_t errlen);
+struct mqtt_sink {
+	void (*message)(void *ctx, const struct msg *m, enum reject_reason why, size_t full_len);
+	void (*flush)(void *ctx);
+	void (*link)(void *ctx);  /* may be NULL */
+	void *ctx;
+};
 
 /*
-** Start the session's own thread. It connects to the URLs in turn
+** Create a session from c (URLs, client id, protocol, QoS, session kind,
+** keepalive, credentials, TLS, filters, payload limits and format, the
+** timestamp field names). Nothing connects yet.
+** Returns 0 or -errno with a reason in err.
+*/
+int mqtt_new(const struct conf *c, struct mqtt **ret, char *err, size_t errlen);
+
+/*
+** Start the session's own thread, delivering to sink (copied). It connects to the URLs in turn
 ** (a broker down at start is not an error: it keeps trying with
 ** exponential backoff and jitter), subscribes, and after every (re)connect
 ** re-subscribes and waits for the retained burst to go quiet before it
 ** reports synced. Returns 0 or -errno (-EALREADY when started twice).
 **
 ** Every libmosquitto call happens on that thread. Messages are checked
-** (max_topic_len, max_payload, format, timestamp) and decoded there; refused
-** ones are still queued with qmsg.reject set and only their first
-** REJECTS_KEEP_BYTES, for the rejects list. A full queue blocks the thread
-** (TCP backpressure) in slices of keepalive/4, each counted in
-** g_stats.queue_full_waits. The thread keeps g_stats.broker_connected,
-** synced, reconnects (successful connects after the first) and received
-** current.
+** (max_topic_len, max_payload, format, timestamp) and decoded there, and
+** handed to the sink (see struct mqtt_sink); every message received before
+** synced becomes true (the retained burst) has been handed over and
+** flushed by then. The thread keeps g_stats.broker_connected, synced,
+** reconnects (successful connects after the first), received and
+** ingest_queue_bytes current.
 */
-int mqtt_start(struct mqtt *m);
+int mqtt_start(struct mqtt *m, const struct mqtt_sink *sink);
 
 /* Stop the thread and disconnect cleanly (a DISCONNECT is sent when
  * connected). Waits at most ~5 s: a thread stuck in a blocking connect
  * (DNS, a SYN to a host that drops it) is left behind and mqtt_free() then
  * leaks m instead of freeing it under the thread. Call it before freeing
- * the queue. mqtt_free() stops first if needed and accepts NULL. */
+ * what the sink uses. mqtt_free() stops first if needed and accepts NULL. */
 void mqtt_stop(struct mqtt *m);
 void mqtt_free(struct mqtt *m);
 

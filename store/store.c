@@ -89,9 +89,25 @@ struct store {
 	sqlite3_stmt *upsert;
 	sqlite3_stmt *rev_mark;
 	int64_t rev_written;  /* the greatest rev committed, to skip rev_mark */
-	/* The learn blob of the row being bound (SQLITE_STATIC needs it to
-	 * outlive the bind; the bindings are cleared before store_write returns). */
-	unsigned char learn[LEARN_BLOB_MAX];
+	/* Rows staged for the next store_commit (see store_stage): their
+	 * fields, and their payloads and learn blobs in one byte buffer. */
+	struct staged *rows;
+	size_t nrows, caprows;
+	char *bytes;
+	size_t nbytes, capbytes;
+};
+
+/* A record's state as store_stage copied it: what the upsert binds. */
+struct staged {
+	const char *topic;      /* the record's own: a topic never changes */
+	int64_t ts_ns, received_ms, last_seen_ms, rev, stale_since_ms, last_live_ms;
+	size_t payload_off;     /* in st->bytes */
+	uint32_t payload_len;
+	uint32_t updates, cadence_ms;
+	uint16_t topic_len, flags;
+	uint8_t learn_len;      /* learn blob right after the payload; 0 = none */
+	uint8_t cadence_source;
+	bool has_payload;
 };
 
 static void seterr(char *err, size_t errlen, const char *fmt, ...)
@@ -441,6 +457,8 @@ void store_close(struct store *st)
 	sqlite3_finalize(st->rollback);
 	sqlite3_finalize(st->upsert);
 	sqlite3_finalize(st->rev_mark);
+	free(st->rows);
+	free(st->bytes);
 	sqlite3_close(st->db);
 	pthread_mutex_destroy(&st->ck.lock);
 	pthread_cond_destroy(&st->ck.wake);
@@ -518,39 +536,96 @@ static int learn_decode(struct rec *r, int64_t last_live_ms, const unsigned char
 	return 0;
 }
 
-static int bind_rec(struct store *st, const struct rec *r)
+static int bind_row(struct store *st, const struct staged *w)
 {
 	sqlite3_stmt *s = st->upsert;
-	size_t nlearn = learn_encode(r, st->learn);
+	const char *payload = st->bytes + w->payload_off;
 	int rc;
 
-	rc = sqlite3_bind_text(s, UPSERT_TOPIC, rec_topic(r), r->topic_len, SQLITE_STATIC);
-	rc |= sqlite3_bind_int64(s, UPSERT_TS_NS, r->ts_ns);
-	rc |= sqlite3_bind_int64(s, UPSERT_RECEIVED, r->received_ms);
-	rc |= sqlite3_bind_int64(s, UPSERT_LAST_SEEN, r->last_seen_ms);
-	rc |= sqlite3_bind_int64(s, UPSERT_REV, r->rev);
-	rc |= sqlite3_bind_int64(s, UPSERT_STALE_SINCE, r->stale_since_ms);
-	rc |= sqlite3_bind_int64(s, UPSERT_LAST_LIVE, r->learn ? r->learn->last_live_ms : 0);
-	rc |= sqlite3_bind_int64(s, UPSERT_UPDATES, r->updates);
-	rc |= sqlite3_bind_int64(s, UPSERT_CADENCE, r->cadence_ms);
-	rc |= sqlite3_bind_int(s, UPSERT_CADENCE_SOURCE, r->cadence_source);
-	rc |= sqlite3_bind_int(s, UPSERT_FLAGS, r->flags & PERSISTED_FLAGS);
-	if (nlearn)
-		rc |= sqlite3_bind_blob(s, UPSERT_LEARN, st->learn, (int)nlearn, SQLITE_STATIC);
-	else
-		rc |= sqlite3_bind_null(s, UPSERT_LEARN);
-	if ((r->flags & REC_DELETED) || !r->payload)
-		rc |= sqlite3_bind_null(s, UPSERT_PAYLOAD);
-	else if (r->flags & REC_IS_JSON)
-		/* Valid JSON is UTF-8: TEXT keeps json_extract() usable on it. */
-		rc |= sqlite3_bind_text(s, UPSERT_PAYLOAD, r->payload, (int)r->payload_len,
+	rc = sqlite3_bind_text(s, UPSERT_TOPIC, w->topic, w->topic_len, SQLITE_STATIC);
+	rc |= sqlite3_bind_int64(s, UPSERT_TS_NS, w->ts_ns);
+	rc |= sqlite3_bind_int64(s, UPSERT_RECEIVED, w->received_ms);
+	rc |= sqlite3_bind_int64(s, UPSERT_LAST_SEEN, w->last_seen_ms);
+	rc |= sqlite3_bind_int64(s, UPSERT_REV, w->rev);
+	rc |= sqlite3_bind_int64(s, UPSERT_STALE_SINCE, w->stale_since_ms);
+	rc |= sqlite3_bind_int64(s, UPSERT_LAST_LIVE, w->last_live_ms);
+	rc |= sqlite3_bind_int64(s, UPSERT_UPDATES, w->updates);
+	rc |= sqlite3_bind_int64(s, UPSERT_CADENCE, w->cadence_ms);
+	rc |= sqlite3_bind_int(s, UPSERT_CADENCE_SOURCE, w->cadence_source);
+	rc |= sqlite3_bind_int(s, UPSERT_FLAGS, w->flags & PERSISTED_FLAGS);
+	if (w->learn_len)
+		rc |= sqlite3_bind_blob(s, UPSERT_LEARN, payload + w->payload_len, w->learn_len,
 					SQLITE_STATIC);
 	else
-		rc |= sqlite3_bind_blob(s, UPSERT_PAYLOAD, r->payload, (int)r->payload_len,
+		rc |= sqlite3_bind_null(s, UPSERT_LEARN);
+	if ((w->flags & REC_DELETED) || !w->has_payload)
+		rc |= sqlite3_bind_null(s, UPSERT_PAYLOAD);
+	else if (w->flags & REC_IS_JSON)
+		/* Valid JSON is UTF-8: TEXT keeps json_extract() usable on it. */
+		rc |= sqlite3_bind_text(s, UPSERT_PAYLOAD, payload, (int)w->payload_len,
+					SQLITE_STATIC);
+	else
+		rc |= sqlite3_bind_blob(s, UPSERT_PAYLOAD, payload, (int)w->payload_len,
 					SQLITE_STATIC);
 	/* Binding only fails on a bad index or SQLITE_TOOBIG (a payload over
 	 * SQLITE_LIMIT_LENGTH, far above max_payload). */
 	return rc == SQLITE_OK ? SQLITE_OK : sqlite3_errcode(st->db);
+}
+
+static int grow(void **p, size_t *cap, size_t need, size_t elem)
+{
+	size_t ncap = *cap ? *cap : 64;
+	void *np;
+
+	if (need <= *cap)
+		return 0;
+	while (ncap < need) {
+		if (ncap > SIZE_MAX / 2 / elem)
+			return -ENOMEM;
+		ncap *= 2;
+	}
+	np = realloc(*p, ncap * elem);
+	if (!np)
+		return -ENOMEM;
+	*p = np;
+	*cap = ncap;
+	return 0;
+}
+
+int store_stage(struct store *st, const struct rec *r)
+{
+	unsigned char learn[LEARN_BLOB_MAX];
+	size_t nlearn = learn_encode(r, learn);
+	bool has_payload = r->payload && !(r->flags & REC_DELETED);
+	size_t plen = has_payload ? r->payload_len : 0;
+	struct staged *w;
+
+	if (grow((void **)&st->rows, &st->caprows, st->nrows + 1, sizeof(*st->rows)) < 0 ||
+	    grow((void **)&st->bytes, &st->capbytes, st->nbytes + plen + nlearn, 1) < 0)
+		return -ENOMEM;
+	w = &st->rows[st->nrows++];
+	*w = (struct staged){
+		.topic = rec_topic(r), .topic_len = r->topic_len,
+		.ts_ns = r->ts_ns, .received_ms = r->received_ms,
+		.last_seen_ms = r->last_seen_ms, .rev = r->rev,
+		.stale_since_ms = r->stale_since_ms,
+		.last_live_ms = r->learn ? r->learn->last_live_ms : 0,
+		.payload_off = st->nbytes, .payload_len = (uint32_t)plen,
+		.updates = r->updates, .cadence_ms = r->cadence_ms,
+		.flags = r->flags, .learn_len = (uint8_t)nlearn,
+		.cadence_source = r->cadence_source, .has_payload = has_payload,
+	};
+	if (plen)
+		memcpy(st->bytes + st->nbytes, r->payload, plen);
+	if (nlearn)
+		memcpy(st->bytes + st->nbytes + plen, learn, nlearn);
+	st->nbytes += plen + nlearn;
+	return 0;
+}
+
+size_t store_staged(const struct store *st)
+{
+	return st->nrows;
 }
 
 /* Step a statement that returns no rows, and reset it. */
@@ -562,8 +637,9 @@ static int step_done(sqlite3_stmt *s)
 	return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
-int store_write(struct store *st, struct rec *const *recs, size_t n, char *err, size_t errlen)
+int store_commit(struct store *st, char *err, size_t errlen)
 {
+	size_t n = st->nrows;
 	int64_t maxrev = 0;
 	const char *what;
 	int rc;
@@ -577,11 +653,11 @@ int store_write(struct store *st, struct rec *const *recs, size_t n, char *err, 
 
 	what = "write";
 	for (size_t i = 0; i < n; i++) {
-		const struct rec *r = recs[i];
+		const struct staged *w = &st->rows[i];
 
-		if (r->rev > maxrev)
-			maxrev = r->rev;
-		rc = bind_rec(st, r);
+		if (w->rev > maxrev)
+			maxrev = w->rev;
+		rc = bind_row(st, w);
 		if (rc == SQLITE_OK)
 			rc = step_done(st->upsert);
 		if (rc != SQLITE_OK)
@@ -600,6 +676,7 @@ int store_write(struct store *st, struct rec *const *recs, size_t n, char *err, 
 	if (maxrev > st->rev_written)
 		st->rev_written = maxrev;
 	sqlite3_clear_bindings(st->upsert);
+	st->nrows = st->nbytes = 0;
 	if (st->wal_pages >= CKPT_WAL_HARD_PAGES) {
 		/* Overload: writes outpace the checkpointer. */
 		ckpt_wait(&st->ck);
@@ -612,7 +689,20 @@ fail:
 	seterr(err, errlen, "store %s of %zu records: %s", what, n, sqlite3_errmsg(st->db));
 	abort_txn(st);
 	sqlite3_clear_bindings(st->upsert);
+	st->nrows = st->nbytes = 0;
 	return sql_errno(rc);
+}
+
+int store_write(struct store *st, struct rec *const *recs, size_t n, char *err, size_t errlen)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (store_stage(st, recs[i]) < 0) {
+			st->nrows = st->nbytes = 0;
+			seterr(err, errlen, "store write of %zu records: out of memory", n);
+			return -ENOMEM;
+		}
+	}
+	return store_commit(st, err, errlen);
 }
 
 int store_load(struct store *st, struct index *ix, int64_t *ret_rev, char *err, size_t errlen)

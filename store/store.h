@@ -57,17 +57,34 @@ int store_purge_tombstones(struct store *st, int64_t before_ns, int64_t *ret_n, 
 
 /*
 ** Write the current state of n records in one transaction (upsert, or the
-** tombstone for a deleted key) and commit. The records must not change
-** during the call (the core thread owns them; it calls this without the
-** index lock); nothing of them is kept after it returns. REC_DIRTY is not
-** stored and not touched: the caller clears it on success. Returns 0, or
-** on failure rolls back (no transaction stays open) and returns -ENOSPC
-** (disk full), -EBUSY (locked by another process), -ENOMEM or -EIO, with
-** the reason in err; the caller keeps the records dirty and retries later.
-** Cost: one prepared upsert per record, no allocation; 10,000 records
-** commit in a few tens of milliseconds.
+** tombstone for a deleted key) and commit: store_stage() each, then
+** store_commit(). Returns what store_commit returns (or -ENOMEM).
 */
 int store_write(struct store *st, struct rec *const *recs, size_t n, char *err, size_t errlen);
+
+/*
+** Copy r's current state (every stored field, its payload and learning
+** state) into the store's staging buffer for the next store_commit(). The
+** copy is what lets the core stage records under the index lock, cheaply
+** (a memcpy per record), and write them without it while ingest goes on
+** changing them. Only the topic is kept by pointer: a record's topic never
+** changes and records never move. REC_DIRTY is not stored and not touched.
+** Returns 0 or -ENOMEM (nothing staged for r).
+*/
+int store_stage(struct store *st, const struct rec *r);
+/* Rows staged and not yet committed. */
+size_t store_staged(const struct store *st);
+
+/*
+** Write every staged row in one transaction and commit; the staging buffer
+** is empty afterwards, whatever the outcome. Returns 0, or on failure rolls
+** back (no transaction stays open) and returns -ENOSPC (disk full), -EBUSY
+** (locked by another process), -ENOMEM or -EIO, with the reason in err;
+** the caller keeps the records dirty and stages them again later.
+** Cost: one prepared upsert per row, no allocation once the buffers have
+** grown; 10,000 rows commit in a few tens of milliseconds.
+*/
+int store_commit(struct store *st, char *err, size_t errlen);
 
 /*
 ** Ask for a WAL checkpoint (PASSIVE: never waits for readers) and return at

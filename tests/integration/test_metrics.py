@@ -10,7 +10,7 @@ from smtest import run, ts_ms, wait_for
 
 NAMES = [
     'statemirror_messages_total', 'statemirror_keys', 'statemirror_stale_keys',
-    'statemirror_broker_connected', 'statemirror_ready', 'statemirror_ingest_queue_depth',
+    'statemirror_broker_connected', 'statemirror_ready', 'statemirror_ingest_queue_bytes',
     'statemirror_store_commit_seconds', 'statemirror_http_requests_total',
     'statemirror_watchers', 'statemirror_rejects_total', 'statemirror_reconnects_total',
 ]

@@ -119,7 +119,6 @@ static void assert_defaults(const struct conf *c)
 	ck_assert_int_eq(c->max_topic_len, 1024);
 	ck_assert_int_eq(c->commit_interval_ms, 250);
 	ck_assert_int_eq(c->max_rejects, 100);
-	ck_assert_int_eq(c->queue_size, 65536);
 	ck_assert_int_eq(c->format, CONF_FORMAT_AUTO);
 	ck_assert_str_eq(c->timestamp_field, "ts");
 	ck_assert_int_eq(c->future_skew_ms, 300000);

@@ -20,7 +20,6 @@
 #include "common/conf.h"
 #include "common/stats.h"
 #include "mirror/mqtt.h"
-#include "mirror/queue.h"
 #include "mirror/rejects.h"
 
 #define MOSQUITTO_BIN "/usr/sbin/mosquitto"
@@ -157,34 +156,142 @@ static void pub(const struct broker *b, const char *topic, const char *payload, 
 	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "mosquitto_pub failed");
 }
 
-/* Messages taken off the queue so far. */
-struct got {
-	struct qmsg *m[4096];
-	size_t n;
+/*
+** A sink that records what the session delivers (a copy of each message,
+** as the core would see it) and can hold the session thread at a gate, as
+** a slow consumer would.
+*/
+struct tmsg {
+	struct msg m;
+	enum reject_reason reject;
+	size_t full_len;
+	char data[];
 };
 
-static void drain(struct queue *q, struct got *g)
-{
-	int n;
+struct tsink {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct tmsg *m[4096];
+	size_t n;
+	size_t flushed;   /* n at the last flush */
+	unsigned links;
+	bool gated;       /* message() waits for allow > 0 */
+	unsigned allow;
+	unsigned blocked; /* callers waiting at the gate */
+	struct mqtt_sink s;
+};
 
-	while (g->n < 4096 && (n = queue_pop_batch(q, g->m + g->n, 4096 - g->n, 0)) > 0)
-		g->n += (size_t)n;
+static void tsink_message(void *ctx, const struct msg *m, enum reject_reason why, size_t full_len)
+{
+	struct tsink *t = ctx;
+	struct tmsg *x = malloc(sizeof(*x) + m->topic_len + 1 + m->payload_len + 1);
+
+	ck_assert_ptr_nonnull(x);
+	x->m = *m;
+	x->reject = why;
+	x->full_len = full_len;
+	memcpy(x->data, m->topic, m->topic_len);
+	x->data[m->topic_len] = '\0';
+	memcpy(x->data + m->topic_len + 1, m->payload, m->payload_len);
+	x->data[m->topic_len + 1 + m->payload_len] = '\0';
+	x->m.topic = x->data;
+	x->m.payload = x->data + m->topic_len + 1;
+	pthread_mutex_lock(&t->mu);
+	t->blocked++;
+	while (t->gated && t->allow == 0)
+		pthread_cond_wait(&t->cv, &t->mu);
+	if (t->gated)
+		t->allow--;
+	t->blocked--;
+	if (t->n < 4096)
+		t->m[t->n++] = x;
+	else
+		free(x);
+	pthread_mutex_unlock(&t->mu);
 }
 
-static struct qmsg *find(struct queue *q, struct got *g, const char *topic)
+static void tsink_flush(void *ctx)
 {
-	drain(q, g);
-	for (size_t i = 0; i < g->n; i++)
-		if (strcmp(g->m[i]->m.topic, topic) == 0)
-			return g->m[i];
-	return NULL;
+	struct tsink *t = ctx;
+
+	pthread_mutex_lock(&t->mu);
+	t->flushed = t->n;
+	pthread_mutex_unlock(&t->mu);
 }
 
-static void got_free(struct got *g)
+static void tsink_link(void *ctx)
 {
-	for (size_t i = 0; i < g->n; i++)
-		free(g->m[i]);
-	g->n = 0;
+	struct tsink *t = ctx;
+
+	pthread_mutex_lock(&t->mu);
+	t->links++;
+	pthread_mutex_unlock(&t->mu);
+}
+
+static struct tsink *tsink_new(void)
+{
+	struct tsink *t = calloc(1, sizeof(*t));
+
+	ck_assert_ptr_nonnull(t);
+	pthread_mutex_init(&t->mu, NULL);
+	pthread_cond_init(&t->cv, NULL);
+	t->s = (struct mqtt_sink){ .message = tsink_message, .flush = tsink_flush,
+				   .link = tsink_link, .ctx = t };
+	return t;
+}
+
+static void tsink_free(struct tsink *t)
+{
+	for (size_t i = 0; i < t->n; i++)
+		free(t->m[i]);
+	pthread_cond_destroy(&t->cv);
+	pthread_mutex_destroy(&t->mu);
+	free(t);
+}
+
+/* Let n more messages through the gate (or all, with the gate open). */
+static void tsink_allow(struct tsink *t, unsigned n, bool open)
+{
+	pthread_mutex_lock(&t->mu);
+	t->allow += n;
+	if (open)
+		t->gated = false;
+	pthread_cond_broadcast(&t->cv);
+	pthread_mutex_unlock(&t->mu);
+}
+
+/* Messages recorded, and callers held at the gate, right now. */
+static size_t tsink_n(struct tsink *t)
+{
+	size_t n;
+
+	pthread_mutex_lock(&t->mu);
+	n = t->n;
+	pthread_mutex_unlock(&t->mu);
+	return n;
+}
+
+static unsigned tsink_blocked(struct tsink *t)
+{
+	unsigned n;
+
+	pthread_mutex_lock(&t->mu);
+	n = t->blocked;
+	pthread_mutex_unlock(&t->mu);
+	return n;
+}
+
+/* The first message delivered on topic, or NULL. Entries live until tsink_free. */
+static struct tmsg *find(struct tsink *t, const char *topic)
+{
+	struct tmsg *x = NULL;
+
+	pthread_mutex_lock(&t->mu);
+	for (size_t i = 0; i < t->n && !x; i++)
+		if (strcmp(t->m[i]->m.topic, topic) == 0)
+			x = t->m[i];
+	pthread_mutex_unlock(&t->mu);
+	return x;
 }
 
 static void make_conf(struct conf *c, int port)
@@ -222,11 +329,10 @@ START_TEST(test_sync_and_decode)
 {
 	struct broker b = { 0 };
 	struct conf c;
-	struct queue *q = queue_new(8192);
-	struct got g = { 0 };
+	struct tsink *q = tsink_new();
 	struct mqtt *m;
 	char err[256], topic[64], payload[128], big[2001];
-	struct qmsg *x;
+	struct tmsg *x;
 	size_t nretained = 0;
 
 	broker_start(&b, NULL);
@@ -244,12 +350,12 @@ START_TEST(test_sync_and_decode)
 	}
 
 	make_conf(&c, b.port);
-	ck_assert_int_eq(mqtt_new(&c, q, &m, err, sizeof(err)), 0);
+	ck_assert_int_eq(mqtt_new(&c, &m, err, sizeof(err)), 0);
 	conf_free(&c); /* the session keeps its own copy */
 	ck_assert(!mqtt_connected(m));
 	ck_assert(!mqtt_synced(m, NULL));
-	ck_assert_int_eq(mqtt_start(m), 0);
-	ck_assert_int_eq(mqtt_start(m), -EALREADY);
+	ck_assert_int_eq(mqtt_start(m, &q->s), 0);
+	ck_assert_int_eq(mqtt_start(m, &q->s), -EALREADY);
 
 	WAIT_FOR(mqtt_synced(m, NULL), DEADLINE_MS);
 	ck_assert(synced_epoch(m, 1));
@@ -258,41 +364,45 @@ START_TEST(test_sync_and_decode)
 	ck_assert_int_eq(STAT_GET(broker_connected), 1);
 	ck_assert_int_eq(STAT_GET(synced), 1);
 
-	/* Every retained message was queued before synced became true. */
-	drain(q, &g);
-	for (size_t i = 0; i < g.n; i++)
-		nretained += g.m[i]->m.retained;
+	/* Every retained message was delivered, and flushed, before synced
+	 * became true; the sink heard of the connect and of the sync. */
+	pthread_mutex_lock(&q->mu);
+	for (size_t i = 0; i < q->n; i++)
+		nretained += q->m[i]->m.retained;
 	ck_assert_uint_eq(nretained, 47);
-	ck_assert_uint_eq(g.n, 47);
+	ck_assert_uint_eq(q->n, 47);
+	ck_assert_uint_eq(q->flushed, 47);
+	ck_assert_uint_ge(q->links, 2);
+	pthread_mutex_unlock(&q->mu);
 	/* Receive times come from one clock reading per stretch of reads, yet
 	 * stay strictly increasing: without a timestamp of their own, messages
 	 * keep their order of arrival. */
 	{
 		int64_t prev = 0;
 
-		for (size_t i = 0; i < g.n; i++) {
-			if (strncmp(g.m[i]->m.topic, "dc1/plain", 9) != 0)
+		for (size_t i = 0; i < 47; i++) {
+			if (strncmp(q->m[i]->m.topic, "dc1/plain", 9) != 0)
 				continue;
-			ck_assert_int_gt(g.m[i]->m.ts_ns, prev);
-			prev = g.m[i]->m.ts_ns;
+			ck_assert_int_gt(q->m[i]->m.ts_ns, prev);
+			prev = q->m[i]->m.ts_ns;
 		}
 	}
 
-	x = find(q, &g, "dc1/r7/temp");
+	x = find(q, "dc1/r7/temp");
 	ck_assert_ptr_nonnull(x);
 	ck_assert(x->m.ts_from_payload && x->m.is_json && x->m.retained);
 	ck_assert_int_eq(x->m.ts_ns, (1795313402000LL + 7) * 1000000LL);
 	ck_assert_int_eq(x->reject, REJECT_NONE);
 	ck_assert_int_gt(x->m.recv_ms, 1700000000000LL);
 
-	x = find(q, &g, "dc1/plain");
+	x = find(q, "dc1/plain");
 	ck_assert_ptr_nonnull(x);
 	ck_assert(!x->m.ts_from_payload && !x->m.is_json);
 	ck_assert_int_eq(x->reject, REJECT_NONE); /* format = auto mirrors any bytes */
 	ck_assert_int_eq(x->m.ts_ns / 1000000, x->m.recv_ms);
 	ck_assert_uint_eq(x->m.payload_len, strlen("not json at all"));
 
-	x = find(q, &g, "dc1/rfc");
+	x = find(q, "dc1/rfc");
 	ck_assert_ptr_nonnull(x);
 	ck_assert(x->m.ts_from_payload);
 	ck_assert_int_eq(x->m.ts_ns, 1795313402123LL * 1000000LL);
@@ -303,12 +413,12 @@ START_TEST(test_sync_and_decode)
 	memset(big, 'a', 2000);
 	big[2000] = '\0';
 	pub(&b, "dc1/big", big, false);
-	WAIT_FOR(find(q, &g, "dc1/big") != NULL, DEADLINE_MS);
-	x = find(q, &g, "dc1/live");
+	WAIT_FOR(find(q, "dc1/big") != NULL, DEADLINE_MS);
+	x = find(q, "dc1/live");
 	ck_assert_ptr_nonnull(x);
 	ck_assert(!x->m.retained && x->m.ts_from_payload);
 	ck_assert_int_eq(x->m.ts_ns, 1795313402500000000LL);
-	x = find(q, &g, "dc1/big");
+	x = find(q, "dc1/big");
 	ck_assert_int_eq(x->reject, REJECT_TOO_LARGE);
 	ck_assert_uint_eq(x->full_len, 2000);
 	ck_assert_uint_eq(x->m.payload_len, REJECTS_KEEP_BYTES);
@@ -318,15 +428,14 @@ START_TEST(test_sync_and_decode)
 	ck_assert_int_eq(mqtt_publish_retained(m, "statemirror/alerts/x", "{\"a\":1}", 7), 0);
 	ck_assert_int_eq(mqtt_publish_retained(m, "bad/+/topic", "x", 1), -EINVAL);
 	ck_assert_int_eq(mqtt_publish_retained(m, "", "x", 1), -EINVAL);
-	WAIT_FOR(find(q, &g, "statemirror/alerts/x") != NULL, DEADLINE_MS);
+	WAIT_FOR(find(q, "statemirror/alerts/x") != NULL, DEADLINE_MS);
 
 	mqtt_stop(m);
 	ck_assert(!mqtt_connected(m));
 	ck_assert(!mqtt_synced(m, NULL));
 	ck_assert(status_has(m, "stopped"));
 	mqtt_free(m);
-	got_free(&g);
-	queue_free(q);
+	tsink_free(q);
 	broker_cleanup(&b);
 }
 END_TEST
@@ -336,20 +445,19 @@ START_TEST(test_json_format_and_ts_fields)
 {
 	struct broker b = { 0 };
 	struct conf c;
-	struct queue *q = queue_new(1024);
-	struct got g = { 0 };
+	struct tsink *q = tsink_new();
 	struct mqtt *m;
 	char err[256], longtopic[200];
-	struct qmsg *x;
+	struct tmsg *x;
 
 	broker_start(&b, NULL);
 	make_conf(&c, b.port);
 	c.format = CONF_FORMAT_JSON;
 	c.max_topic_len = 100;
 	ck_assert_int_eq(conf_set_str(&c.timestamp_field, "obs"), 0);
-	ck_assert_int_eq(mqtt_new(&c, q, &m, err, sizeof(err)), 0);
+	ck_assert_int_eq(mqtt_new(&c, &m, err, sizeof(err)), 0);
 	conf_free(&c);
-	ck_assert_int_eq(mqtt_start(m), 0);
+	ck_assert_int_eq(mqtt_start(m, &q->s), 0);
 	WAIT_FOR(mqtt_synced(m, NULL), DEADLINE_MS);
 
 	pub(&b, "j/notjson", "hello", false);
@@ -360,31 +468,31 @@ START_TEST(test_json_format_and_ts_fields)
 	longtopic[150] = '\0';
 	pub(&b, longtopic, "{}", false);
 	pub(&b, "j/end", "{}", false);
-	WAIT_FOR(find(q, &g, "j/end") != NULL, DEADLINE_MS);
+	WAIT_FOR(find(q, "j/end") != NULL, DEADLINE_MS);
 
-	x = find(q, &g, "j/notjson");
+	x = find(q, "j/notjson");
 	ck_assert_ptr_nonnull(x);
 	ck_assert_int_eq(x->reject, REJECT_NOT_JSON);
-	x = find(q, &g, "j/obs");
+	x = find(q, "j/obs");
 	ck_assert_ptr_nonnull(x);
 	ck_assert_int_eq(x->reject, REJECT_NONE);
 	ck_assert_int_eq(x->m.ts_ns, 1795313402123LL * 1000000LL); /* obs wins over time */
-	x = find(q, &g, "j/badts");
+	x = find(q, "j/badts");
 	ck_assert_ptr_nonnull(x);
 	ck_assert_int_eq(x->reject, REJECT_BAD_TS);
 	/* The long topic is refused and kept truncated to max_topic_len. */
-	drain(q, &g);
 	x = NULL;
-	for (size_t i = 0; i < g.n; i++)
-		if (g.m[i]->reject == REJECT_TOPIC_LEN)
-			x = g.m[i];
+	pthread_mutex_lock(&q->mu);
+	for (size_t i = 0; i < q->n; i++)
+		if (q->m[i]->reject == REJECT_TOPIC_LEN)
+			x = q->m[i];
+	pthread_mutex_unlock(&q->mu);
 	ck_assert_ptr_nonnull(x);
 	ck_assert_uint_eq(x->m.topic_len, 100);
 	ck_assert_int_eq(strncmp(x->m.topic, longtopic, 100), 0);
 
 	mqtt_free(m);
-	got_free(&g);
-	queue_free(q);
+	tsink_free(q);
 	broker_cleanup(&b);
 }
 END_TEST
@@ -394,8 +502,7 @@ START_TEST(test_broker_restart)
 {
 	struct broker b = { 0 };
 	struct conf c;
-	struct queue *q = queue_new(1024);
-	struct got g = { 0 };
+	struct tsink *q = tsink_new();
 	struct mqtt *m;
 	char err[256];
 	uint64_t reconnects0 = STAT_GET(reconnects);
@@ -403,11 +510,11 @@ START_TEST(test_broker_restart)
 	broker_start(&b, NULL);
 	pub(&b, "r/one", "{\"ts\": 1795313402}", true);
 	make_conf(&c, b.port);
-	ck_assert_int_eq(mqtt_new(&c, q, &m, err, sizeof(err)), 0);
+	ck_assert_int_eq(mqtt_new(&c, &m, err, sizeof(err)), 0);
 	conf_free(&c);
-	ck_assert_int_eq(mqtt_start(m), 0);
+	ck_assert_int_eq(mqtt_start(m, &q->s), 0);
 	WAIT_FOR(synced_epoch(m, 1), DEADLINE_MS);
-	ck_assert_ptr_nonnull(find(q, &g, "r/one"));
+	ck_assert_ptr_nonnull(find(q, "r/one"));
 
 	broker_kill(&b);
 	WAIT_FOR(!mqtt_connected(m), DEADLINE_MS);
@@ -423,11 +530,10 @@ START_TEST(test_broker_restart)
 	WAIT_FOR(synced_epoch(m, 2), DEADLINE_MS);
 	ck_assert(mqtt_connected(m));
 	ck_assert_uint_eq(STAT_GET(reconnects), reconnects0 + 1);
-	ck_assert_ptr_nonnull(find(q, &g, "r/two"));
+	ck_assert_ptr_nonnull(find(q, "r/two"));
 
 	mqtt_free(m);
-	got_free(&g);
-	queue_free(q);
+	tsink_free(q);
 	broker_cleanup(&b);
 }
 END_TEST
@@ -437,18 +543,17 @@ START_TEST(test_publish_while_disconnected)
 {
 	struct broker b = { 0 };
 	struct conf c;
-	struct queue *q = queue_new(1024);
-	struct got g = { 0 };
+	struct tsink *q = tsink_new();
 	struct mqtt *m;
 	char err[256];
-	struct qmsg *x;
+	struct tmsg *x;
 
 	b.port = free_port();
 	make_conf(&c, b.port);
-	ck_assert_int_eq(mqtt_new(&c, q, &m, err, sizeof(err)), 0);
+	ck_assert_int_eq(mqtt_new(&c, &m, err, sizeof(err)), 0);
 	conf_free(&c);
 	ck_assert_int_eq(mqtt_publish_retained(m, "a/state", "old", 3), 0);
-	ck_assert_int_eq(mqtt_start(m), 0);
+	ck_assert_int_eq(mqtt_start(m, &q->s), 0);
 	ck_assert_int_eq(mqtt_publish_retained(m, "a/state", "new", 3), 0);
 	/* A value then a clear: both go out, in order (an alert's "resolved"
 	 * must reach live subscribers before the broker forgets it). */
@@ -457,18 +562,17 @@ START_TEST(test_publish_while_disconnected)
 	WAIT_FOR(status_has(m, "cannot connect"), DEADLINE_MS);
 	broker_start(&b, NULL);
 	WAIT_FOR(mqtt_synced(m, NULL), DEADLINE_MS);
-	WAIT_FOR(find(q, &g, "a/state") != NULL, DEADLINE_MS);
-	x = find(q, &g, "a/state");
+	WAIT_FOR(find(q, "a/state") != NULL, DEADLINE_MS);
+	x = find(q, "a/state");
 	ck_assert_uint_eq(x->m.payload_len, 3);
 	ck_assert_int_eq(memcmp(x->m.payload, "new", 3), 0);
-	WAIT_FOR(find(q, &g, "b/alert") != NULL, DEADLINE_MS);
-	x = find(q, &g, "b/alert");
+	WAIT_FOR(find(q, "b/alert") != NULL, DEADLINE_MS);
+	x = find(q, "b/alert");
 	ck_assert_uint_eq(x->m.payload_len, 8);
 	ck_assert_int_eq(memcmp(x->m.payload, "resolved", 8), 0);
 
 	mqtt_free(m);
-	got_free(&g);
-	queue_free(q);
+	tsink_free(q);
 	broker_cleanup(&b);
 }
 END_TEST
@@ -553,18 +657,17 @@ out:
 
 /*
 ** The retained burst is quiet only when nothing arrives for sync_quiet
-** after the last message was handed over: time spent blocked on a full
-** queue is not quiet. (It was measured from the message's arrival, so a
-** slow consumer made the session report synced while the rest of the
+** after the last message was handed over: time the sink takes (a slow
+** consumer) is not quiet. (It was once measured from the message's arrival,
+** so a slow consumer made the session report synced while the rest of the
 ** burst still waited in the socket.)
 */
-START_TEST(test_blocked_push_is_not_quiet)
+START_TEST(test_slow_sink_is_not_quiet)
 {
 	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 	socklen_t alen = sizeof(a);
 	struct fake f = { .refuse = "", .nretained = 2 };
-	struct queue *q = queue_new(1);
-	struct qmsg *x[2];
+	struct tsink *q = tsink_new();
 	struct mqtt *m;
 	struct conf c;
 	char err[256];
@@ -578,30 +681,35 @@ START_TEST(test_blocked_push_is_not_quiet)
 	make_conf(&c, ntohs(a.sin_port));
 	c.protocol = 311;
 	c.sync_quiet_ms = 1000;
-	ck_assert_int_eq(mqtt_new(&c, q, &m, err, sizeof(err)), 0);
+	ck_assert_int_eq(mqtt_new(&c, &m, err, sizeof(err)), 0);
 	conf_free(&c);
-	ck_assert_int_eq(mqtt_start(m), 0);
+	q->gated = true;
+	ck_assert_int_eq(mqtt_start(m, &q->s), 0);
 
-	/* r/0 fills the queue; r/1 waits on it well past sync_quiet. */
-	WAIT_FOR(queue_depth(q) == 1, DEADLINE_MS);
-	usleep(1500 * 1000);
+	/* r/0 is held in the sink well past sync_quiet: not synced. */
+	WAIT_FOR(tsink_blocked(q) == 1, DEADLINE_MS);
+	usleep(1200 * 1000);
 	ck_assert(!mqtt_synced(m, NULL));
-	ck_assert_int_eq(queue_pop_batch(q, x, 1, 0), 1);
-	WAIT_FOR(queue_depth(q) == 1, DEADLINE_MS);
+	/* r/0 done, r/1 held as long again: still not synced. */
+	tsink_allow(q, 1, false);
+	WAIT_FOR(tsink_n(q) == 1 && tsink_blocked(q) == 1, DEADLINE_MS);
+	usleep(1200 * 1000);
+	ck_assert(!mqtt_synced(m, NULL));
+	/* r/1 done: quiet counts from there. */
+	tsink_allow(q, 1, false);
+	WAIT_FOR(tsink_n(q) == 2, DEADLINE_MS);
 	usleep(200 * 1000);
 	ck_assert_msg(!mqtt_synced(m, NULL), "synced 200 ms after a message (sync_quiet 1 s)");
 	WAIT_FOR(mqtt_synced(m, NULL), DEADLINE_MS);
-	ck_assert_int_eq(queue_pop_batch(q, x + 1, 1, 0), 1);
-	ck_assert_str_eq(x[0]->m.topic, "r/0");
-	ck_assert_str_eq(x[1]->m.topic, "r/1");
-	ck_assert(x[0]->m.retained && x[1]->m.retained);
-	free(x[0]);
-	free(x[1]);
+	ck_assert_str_eq(q->m[0]->m.topic, "r/0");
+	ck_assert_str_eq(q->m[1]->m.topic, "r/1");
+	ck_assert(q->m[0]->m.retained && q->m[1]->m.retained);
 
+	tsink_allow(q, 0, true);
 	mqtt_free(m);
 	pthread_join(f.th, NULL);
 	close(f.lfd);
-	queue_free(q);
+	tsink_free(q);
 }
 END_TEST
 
@@ -611,7 +719,7 @@ START_TEST(test_refused_subscription)
 	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 	socklen_t alen = sizeof(a);
 	struct fake f = { .refuse = "secret/#" };
-	struct queue *q = queue_new(16);
+	struct tsink *q = tsink_new();
 	struct mqtt *m;
 	struct conf c;
 	char err[256];
@@ -628,9 +736,9 @@ START_TEST(test_refused_subscription)
 	c.filters[1] = strdup("secret/#");
 	ck_assert_ptr_nonnull(c.filters[1]);
 	c.nfilters = 2;
-	ck_assert_int_eq(mqtt_new(&c, q, &m, err, sizeof(err)), 0);
+	ck_assert_int_eq(mqtt_new(&c, &m, err, sizeof(err)), 0);
 	conf_free(&c);
-	ck_assert_int_eq(mqtt_start(m), 0);
+	ck_assert_int_eq(mqtt_start(m, &q->s), 0);
 	WAIT_FOR(mqtt_synced(m, NULL), DEADLINE_MS);
 	ck_assert_uint_eq(mqtt_subscribe_failures(m), 1);
 	ck_assert(status_has(m, "1 subscription(s) refused"));
@@ -640,7 +748,7 @@ START_TEST(test_refused_subscription)
 	mqtt_free(m); /* sends DISCONNECT: the fake broker's thread ends */
 	pthread_join(f.th, NULL);
 	close(f.lfd);
-	queue_free(q);
+	tsink_free(q);
 }
 END_TEST
 
@@ -653,7 +761,7 @@ START_TEST(test_retry_log_rate_limited)
 	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 	socklen_t len = sizeof(a);
 	char logpath[] = "/tmp/sm-test-mqtt-log-XXXXXX";
-	struct queue *q = queue_new(16);
+	struct tsink *q = tsink_new();
 	int lfd = socket(AF_INET, SOCK_STREAM, 0), logfd, saved, accepted = 0;
 	struct mqtt *m;
 	struct conf c;
@@ -668,14 +776,14 @@ START_TEST(test_retry_log_rate_limited)
 	make_conf(&c, ntohs(a.sin_port));
 	c.reconnect_min_ms = 10;
 	c.reconnect_max_ms = 20;
-	ck_assert_int_eq(mqtt_new(&c, q, &m, err, sizeof(err)), 0);
+	ck_assert_int_eq(mqtt_new(&c, &m, err, sizeof(err)), 0);
 	conf_free(&c);
 
 	logfd = mkstemp(logpath);
 	ck_assert_int_ge(logfd, 0);
 	saved = dup(2);
 	dup2(logfd, 2);
-	ck_assert_int_eq(mqtt_start(m), 0);
+	ck_assert_int_eq(mqtt_start(m, &q->s), 0);
 	t0 = mono_ms();
 	while (accepted < 20 && mono_ms() - t0 < DEADLINE_MS) {
 		struct pollfd p = { .fd = lfd, .events = POLLIN };
@@ -708,20 +816,19 @@ START_TEST(test_retry_log_rate_limited)
 	unlink(logpath);
 	close(lfd);
 	mqtt_free(m);
-	queue_free(q);
+	tsink_free(q);
 }
 END_TEST
 
-/* Backpressure: a full queue is waited on, nothing is lost, waits are counted. */
-START_TEST(test_full_queue_backpressure)
+/* Backpressure: while the sink holds the session thread, nothing more is
+ * read; once it lets go, every message arrives and the session syncs. */
+START_TEST(test_slow_sink_backpressure)
 {
 	struct broker b = { 0 };
 	struct conf c;
-	struct queue *q = queue_new(16);
-	struct got g = { 0 };
+	struct tsink *q = tsink_new();
 	struct mqtt *m;
 	char err[256], topic[32];
-	uint64_t waits0 = STAT_GET(queue_full_waits);
 
 	broker_start(&b, NULL);
 	for (int i = 0; i < 40; i++) {
@@ -729,17 +836,20 @@ START_TEST(test_full_queue_backpressure)
 		pub(&b, topic, "{}", true);
 	}
 	make_conf(&c, b.port);
-	ck_assert_int_eq(mqtt_new(&c, q, &m, err, sizeof(err)), 0);
+	ck_assert_int_eq(mqtt_new(&c, &m, err, sizeof(err)), 0);
 	conf_free(&c);
-	ck_assert_int_eq(mqtt_start(m), 0);
-	/* Nobody drains until the session has had to wait at least once. */
-	WAIT_FOR(STAT_GET(queue_full_waits) > waits0, DEADLINE_MS);
+	q->gated = true;
+	ck_assert_int_eq(mqtt_start(m, &q->s), 0);
+	WAIT_FOR(tsink_blocked(q) == 1, DEADLINE_MS);
+	tsink_allow(q, 5, false);
+	WAIT_FOR(tsink_n(q) == 5 && tsink_blocked(q) == 1, DEADLINE_MS);
 	ck_assert(!mqtt_synced(m, NULL));
-	WAIT_FOR((drain(q, &g), g.n == 40), DEADLINE_MS);
+	tsink_allow(q, 0, true);
+	WAIT_FOR(tsink_n(q) == 40, DEADLINE_MS);
 	WAIT_FOR(mqtt_synced(m, NULL), DEADLINE_MS);
+	ck_assert_uint_eq(tsink_n(q), 40);
 	mqtt_free(m);
-	got_free(&g);
-	queue_free(q);
+	tsink_free(q);
 	broker_cleanup(&b);
 }
 END_TEST
@@ -756,8 +866,8 @@ static Suite *mqtt_suite(void)
 	tcase_add_test(tc, test_publish_while_disconnected);
 	tcase_add_test(tc, test_refused_subscription);
 	tcase_add_test(tc, test_retry_log_rate_limited);
-	tcase_add_test(tc, test_full_queue_backpressure);
-	tcase_add_test(tc, test_blocked_push_is_not_quiet);
+	tcase_add_test(tc, test_slow_sink_backpressure);
+	tcase_add_test(tc, test_slow_sink_is_not_quiet);
 	suite_add_tcase(s, tc);
 	return s;
 }
