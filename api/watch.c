@@ -102,6 +102,7 @@ struct watch {
 	int efd;                        /* eventfd: wake the hub */
 	int epfd;                       /* the eventfd and suspended listeners' sockets */
 	atomic_bool kicked;
+	atomic_size_t listening;        /* nwatchers, for watch_wake without mu */
 	atomic_bool stop;
 	pthread_t thread;
 	bool thread_started;
@@ -301,8 +302,8 @@ static size_t hub_pump_batch(struct watch *h, int64_t now_ms)
 	size_t n;
 
 	index_rdlock(h->ix);
+	pthread_mutex_lock(&h->mu); /* pos moves under mu (see watch_open) */
 	n = changes_read(h->cl, h->pos, batch, WATCH_BATCH, &gap);
-	pthread_mutex_lock(&h->mu);
 	if (gap) {
 		/* The hub fell further behind than the log holds (it should
 		 * not: it is woken after every core turn). Live listeners
@@ -455,7 +456,12 @@ void watch_wake(void *ctx)
 	struct watch *h = ctx;
 	uint64_t one = 1;
 
-	if (!h || atomic_exchange(&h->kicked, true))
+	/* Nobody listens: the hub sleeps on. A first listener brings the
+	 * hub's position to the log's head as it joins (watch_open), so
+	 * the changes it missed are no gap. Ingest calls this after every
+	 * run of messages; a hub wake-up each time cost more than the run. */
+	if (!h || atomic_load_explicit(&h->listening, memory_order_relaxed) == 0 ||
+	    atomic_exchange(&h->kicked, true))
 		return;
 	/* Non-blocking; it can only fail when the counter would overflow,
 	 * and then the hub has a wake pending anyway. */
@@ -682,6 +688,7 @@ static void w_free(void *cls)
 	if (w->next)
 		w->next->prev = w->prev;
 	h->nwatchers--;
+	atomic_store(&h->listening, h->nwatchers);
 	if (w->phase == W_LIVE)
 		h->nlive--;
 	STAT_SET(watchers, h->nwatchers);
@@ -786,9 +793,16 @@ int watch_open(struct watch *h, struct MHD_Connection *c, char *query, size_t qu
 		atomic_store(&w->need_rev, w->cursor);
 	}
 
+	/* The index lock keeps the log still while the first listener moves
+	 * the hub, which slept while nobody listened, to the log's head:
+	 * changes made before are this listener's own to catch up on. */
+	index_rdlock(h->ix);
 	pthread_mutex_lock(&h->mu);
+	if (h->nwatchers == 0 && !h->closing)
+		h->pos = changes_head(h->cl);
 	if (h->closing || h->nwatchers >= h->max_clients) {
 		pthread_mutex_unlock(&h->mu);
+		index_unlock(h->ix);
 		*ret_reason = h->closing ? "shutting down" : "too many watch listeners";
 		buf_free(&w->out);
 		free(w->filter);
@@ -801,8 +815,10 @@ int watch_open(struct watch *h, struct MHD_Connection *c, char *query, size_t qu
 		h->head->prev = w;
 	h->head = w;
 	h->nwatchers++;
+	atomic_store(&h->listening, h->nwatchers);
 	STAT_SET(watchers, h->nwatchers);
 	pthread_mutex_unlock(&h->mu);
+	index_unlock(h->ix);
 
 	resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, WATCH_BLOCK_SIZE, w_reader, w,
 						 w_free);
@@ -845,6 +861,7 @@ int watch_new(const struct conf *conf, struct index *ix, struct changes *cl, str
 	h->efd = h->epfd = -1;
 	buf_init(&h->ev, 0);
 	atomic_init(&h->kicked, false);
+	atomic_init(&h->listening, 0);
 	atomic_init(&h->stop, false);
 	pthread_mutex_init(&h->mu, NULL);
 	pthread_mutex_init(&h->resume_mu, NULL);

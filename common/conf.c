@@ -347,7 +347,7 @@ static const struct item items[] = {
 	{ "store", "max_keys", T_INT64, "1000000", 1, INT64_C(1000000000), O(max_keys), NULL },
 	{ "store", "max_payload", T_SIZE, "256KiB", 1, 268435455, O(max_payload), NULL },
 	{ "store", "max_topic_len", T_INT64, "1024", 1, 65535, O(max_topic_len), NULL },
-	{ "store", "commit_interval", T_DURATION, "250ms", 1, SEC(1), O(commit_interval_ms), NULL },
+	{ "store", "commit_interval", T_DURATION, "500ms", 1, SEC(1), O(commit_interval_ms), NULL },
 	{ "store", "max_rejects", T_INT64, "100", 0, 100000, O(max_rejects), NULL },
 
 	{ "payload", "format", T_ENUM, "auto", 0, 0, O(format), format_names },

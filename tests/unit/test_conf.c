@@ -117,7 +117,7 @@ static void assert_defaults(const struct conf *c)
 	ck_assert_int_eq(c->max_keys, 1000000);
 	ck_assert_int_eq(c->max_payload, 256 * 1024);
 	ck_assert_int_eq(c->max_topic_len, 1024);
-	ck_assert_int_eq(c->commit_interval_ms, 250);
+	ck_assert_int_eq(c->commit_interval_ms, 500);
 	ck_assert_int_eq(c->max_rejects, 100);
 	ck_assert_int_eq(c->format, CONF_FORMAT_AUTO);
 	ck_assert_str_eq(c->timestamp_field, "ts");
