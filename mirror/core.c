@@ -17,9 +17,10 @@
 ** Two threads change records, always under the index write lock:
 **
 **   the ingest thread (the MQTT session's) applies each message as it is
-**   read (core_ingest), taking the lock at the first message of a run and
-**   releasing it at the run's end (core_ingest_flush): no copy, no queue,
-**   no hand-off between threads per message;
+**   read (core_ingest, the lock held for that message only: never across
+**   libmosquitto's reads), and at the end of a run of messages
+**   (core_ingest_flush) wakes the watch hub: no copy, no queue, no
+**   hand-off between threads per message;
 **
 **   the core thread wakes for timers: staleness deadlines, the broker
 **   link, readiness, and once per commit_interval the store: the records
@@ -43,6 +44,12 @@
 #define CORE_RETRY_MAX_MS 5000
 #define CORE_CHECKPOINT_MS 10000
 #define CORE_TICK_MAX_MS 100
+/* One write stages at most this many rows or payload bytes: the copy made
+ * under the lock stays short, and so does the memory it holds. A larger
+ * backlog (a retained burst into an empty file, a disk full a while) is
+ * written in back-to-back transactions of this size. */
+#define CORE_STAGE_ROWS 8192
+#define CORE_STAGE_BYTES (4u << 20)
 
 struct core {
 	struct core_deps d;
@@ -70,7 +77,7 @@ struct core {
 	bool wake_core;           /* ingest made the first dirty entry: tell the core */
 
 	/* The ingest thread only. */
-	bool in_run;              /* it holds the write lock for a run of messages */
+	bool in_run;              /* a run of messages began (core_ingest_flush ends it) */
 
 	/* The core thread only. */
 	struct rec **wbatch;      /* the records staged for the write in progress */
@@ -235,12 +242,13 @@ static void core_check_link(struct core *c, int64_t now_ms)
 
 void core_ingest(struct core *c, const struct msg *m, enum reject_reason why, size_t full_len)
 {
+	index_wrlock(c->d.ix);
 	if (!c->in_run) {
-		index_wrlock(c->d.ix);
 		c->in_run = true;
 		core_check_link(c, m->recv_ms);
 	}
 	core_apply_one(c, m, why, full_len);
+	index_unlock(c->d.ix);
 }
 
 void core_ingest_flush(struct core *c)
@@ -249,6 +257,7 @@ void core_ingest_flush(struct core *c)
 
 	if (!c->in_run)
 		return;
+	index_wrlock(c->d.ix);
 	STAT_SET(keys, index_live(c->d.ix));
 	STAT_SET(rev, c->rev);
 	changed = c->changed;
@@ -278,7 +287,7 @@ void core_link_changed(struct core *c)
 */
 static size_t core_stage(struct core *c, bool force, int64_t mono)
 {
-	size_t n = 0, kept = 0;
+	size_t n = 0, kept = 0, bytes = 0;
 
 	if (c->ndirty == 0)
 		return 0;
@@ -301,15 +310,19 @@ static size_t core_stage(struct core *c, bool force, int64_t mono)
 
 		if (!(r->flags & REC_DIRTY))
 			continue; /* a repeat: staged already */
-		if (store_stage(c->d.store, r) < 0) {
+		if (n == CORE_STAGE_ROWS || bytes >= CORE_STAGE_BYTES ||
+		    store_stage(c->d.store, r) < 0) {
 			c->dirty[kept++] = r; /* stays dirty: the next write takes it */
 			continue;
 		}
 		r->flags &= (uint16_t)~REC_DIRTY;
+		bytes += r->payload_len;
 		c->wbatch[n++] = r;
 	}
+	/* What is left is due already: first_dirty_ms stays. */
 	c->ndirty = kept;
-	c->first_dirty_ms = kept ? mono : 0;
+	if (!kept)
+		c->first_dirty_ms = 0;
 	return n;
 }
 
@@ -399,9 +412,9 @@ static void *core_main(void *arg)
 
 	for (;;) {
 		bool stopping = atomic_load(&c->stop);
-		bool changed, synced;
+		bool changed, synced, again = false;
 		int64_t now, mono;
-		size_t staged;
+		size_t staged, left;
 
 		if (!stopping)
 			core_sleep(c, wait_ms);
@@ -419,12 +432,15 @@ static void *core_main(void *arg)
 		c->wake_core = false;
 		staged = core_stage(c, stopping || (c->store_failed && c->retry_at_ms &&
 						    mono >= c->retry_at_ms), mono);
-		if (c->ndirty) {
+		left = c->ndirty;
+		if (left) {
 			int64_t due = c->first_dirty_ms + c->d.conf->commit_interval_ms - mono;
 
 			if (c->retry_at_ms && c->retry_at_ms - mono > due)
 				due = c->retry_at_ms - mono;
-			if (due < wait_ms || wait_ms <= 0)
+			if (due <= 0)
+				again = staged > 0; /* a backlog: the next chunk at once */
+			else if (due < wait_ms || wait_ms <= 0)
 				wait_ms = due;
 		}
 		index_unlock(c->d.ix);
@@ -436,7 +452,11 @@ static void *core_main(void *arg)
 
 		if (wait_ms <= 0 || wait_ms > CORE_TICK_MAX_MS)
 			wait_ms = CORE_TICK_MAX_MS;
-		if (stopping)
+		if (again && !c->store_failed)
+			wait_ms = 0;
+		/* Stopping: write the backlog chunk by chunk, unless the store
+		 * refuses (then core_stop says what is lost). */
+		if (stopping && (!left || !staged || c->store_failed))
 			break;
 	}
 	return NULL;

@@ -41,10 +41,9 @@ void core_stop(struct core *c);
 
 /*
 ** Ingest: apply one message now, on the caller's thread (the MQTT session's:
-** one thread only). The first message of a run takes the index write lock;
-** core_ingest_flush() ends the run: it releases the lock, wakes watch
-** streams when something changed and the core thread when a write becomes
-** due. Rejected messages (why != REJECT_NONE) are counted and listed.
+** one thread only), under the index write lock. core_ingest_flush() ends a
+** run of messages: it wakes watch streams when something changed and the
+** core thread when a write becomes due. Rejected messages (why != REJECT_NONE) are counted and listed.
 ** These three are the session's mqtt_sink.
 */
 void core_ingest(struct core *c, const struct msg *m, enum reject_reason why, size_t full_len);

@@ -28,8 +28,9 @@
 /*
 ** Threading. Every libmosquitto call on the session's handle happens on the
 ** session thread, so the library runs in its simple non-threaded mode (no
-** mosquitto_threaded_set): no locks of ours are ever held inside its
-** callbacks, and other threads only touch the status string and the outbox
+** mosquitto_threaded_set): none of the session's locks is held inside its
+** callbacks (the sink takes the index lock inside on_message, for that
+** message's apply only), and other threads only touch the status string and the outbox
 ** (under mu) and a few atomics. mqtt_publish_retained() hands its message
 ** to the outbox and pokes the thread through an eventfd.
 **
@@ -865,13 +866,14 @@ static void *session_main(void *arg)
 		if (mosquitto_disconnect_v5(m->mosq, 0, NULL) == MOSQ_ERR_SUCCESS)
 			mosquitto_loop_write(m->mosq, 1);
 	}
-	deliver_flush(m);
+	/* No sink call from here: a thread that mqtt_stop gave up on (stuck
+	 * in a blocking connect) gets here after its caller freed the sink.
+	 * Every run of messages was flushed in session_turn already. */
 	atomic_store(&m->synced, false);
 	atomic_store(&m->connected, false);
 	STAT_SET(synced, 0);
 	STAT_SET(broker_connected, 0);
 	STAT_SET(ingest_queue_bytes, 0);
-	link_changed(m);
 	set_status(m, "stopped");
 	return NULL;
 }

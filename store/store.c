@@ -29,6 +29,9 @@ extern const size_t schema_nmigrations;
 #define CKPT_WAL_PAGES 1000
 #define CKPT_WAL_HARD_PAGES 16384
 
+/* The staging buffer's room kept between writes; more is freed. */
+#define STAGE_KEEP_BYTES (16u << 20)
+
 /* Bits of rec.flags that describe the record rather than our bookkeeping. */
 #define PERSISTED_FLAGS ((uint16_t)~REC_DIRTY)
 
@@ -674,6 +677,12 @@ int store_commit(struct store *st, char *err, size_t errlen)
 		st->rev_written = maxrev;
 	sqlite3_clear_bindings(st->upsert);
 	st->nrows = st->nbytes = 0;
+	if (st->capbytes > STAGE_KEEP_BYTES) {
+		/* A rare huge batch grew it: give the memory back. */
+		free(st->bytes);
+		st->bytes = NULL;
+		st->capbytes = 0;
+	}
 	if (st->wal_pages >= CKPT_WAL_HARD_PAGES) {
 		/* Overload: writes outpace the checkpointer. */
 		ckpt_wait(&st->ck);

@@ -112,6 +112,24 @@ def test_kill9_during_heavy_ingest(env):
     d.wait_ready()
 
 
+def test_backlog_larger_than_one_write(env):
+    """More changed keys than one write takes (8192 rows): every one reaches
+    the file, in back-to-back writes, also when SIGTERM comes at once."""
+    d = env.daemon()
+    d.wait_ready()
+    c = env.broker.client()
+    t = ts_ms()
+    n = 20000
+    for i in range(n):
+        c.publish('big/k%05d' % i, '{"i":%d,"ts":%d}' % (i, t))
+    c.publish('big/end', '{"ts":%d}' % t, qos=1)
+    wait_for(lambda: d.key('big/end'), timeout=30, what='the last key')
+    assert d.stop() == 0
+    assert file_value(d.db, "select count(*) from keys where topic like 'big/k%'") == n
+    assert file_value(d.db, "select payload from keys where topic = 'big/k12345'") == \
+        '{"i":12345,"ts":%d}' % t
+
+
 def test_reload_writes_changed_cadences(env):
     d = env.daemon(config='[staleness]\nrule = cad/# 10s\n[store]\ncommit_interval = 50ms\n')
     d.wait_ready()
@@ -205,5 +223,6 @@ def test_full_disk_recovers(env):
 
 if __name__ == '__main__':
     run([test_restart_over_existing_file, test_kill9_during_heavy_ingest,
+         test_backlog_larger_than_one_write,
          test_reload_writes_changed_cadences, test_locked_database_recovers,
          test_full_disk_recovers])

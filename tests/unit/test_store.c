@@ -768,6 +768,43 @@ START_TEST(test_checkpoints)
 }
 END_TEST
 
+/*
+** store_stage copies a record's state: what store_commit writes is the
+** record as it was when staged, whatever changed after (the core stages
+** under the index lock and commits while ingest goes on). The staging
+** buffer is empty after every commit.
+*/
+START_TEST(test_stage_is_a_snapshot)
+{
+	struct store *st = open_store();
+	struct rec *r = mkrec("snap/a", "{\"v\":1}", 7, 10);
+	char err[256] = "";
+
+	learning(r)->iv[0] = 5000;
+	r->learn->n = 1;
+	ck_assert_int_eq(store_stage(st, r), 0);
+	ck_assert_uint_eq(store_staged(st), 1);
+	/* Ingest changes the record before the write runs. */
+	ck_assert_int_eq(rec_set_payload(r, "{\"v\":2, \"much\": \"longer now\"}", 30), 0);
+	r->rev = 11;
+	r->learn->iv[0] = 9000;
+	ck_assert_msg(store_commit(st, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_uint_eq(store_staged(st), 0);
+	ck_assert_int_eq(file_int("SELECT rev FROM rec WHERE topic = 'snap/a'"), 10);
+	ck_assert_int_eq(file_int("SELECT CAST(payload AS TEXT) = '{\"v\":1}' FROM rec WHERE topic = 'snap/a'"), 1);
+	ck_assert_int_eq(file_int("SELECT length(learn) FROM rec WHERE topic = 'snap/a'"), 3);
+	/* Nothing staged: a commit is a no-op. */
+	ck_assert_int_eq(store_commit(st, err, sizeof(err)), 0);
+	/* The next stage takes the record as it is now. */
+	ck_assert_int_eq(store_stage(st, r), 0);
+	ck_assert_msg(store_commit(st, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_int_eq(file_int("SELECT rev FROM rec WHERE topic = 'snap/a'"), 11);
+	ck_assert_int_eq(file_int("SELECT length(payload) FROM rec WHERE topic = 'snap/a'"), 30);
+	store_close(st);
+	rec_free(r);
+}
+END_TEST
+
 static Suite *store_suite(void)
 {
 	Suite *s = suite_create("store");
@@ -776,6 +813,7 @@ static Suite *store_suite(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_create_migrates);
 	tcase_add_test(tc, test_round_trip);
+	tcase_add_test(tc, test_stage_is_a_snapshot);
 	tcase_add_test(tc, test_empty_file_loads_nothing);
 	tcase_add_test(tc, test_rev_high_water_mark);
 	tcase_add_test(tc, test_views);
