@@ -341,6 +341,8 @@ int main(int argc, char **argv)
 		log_error("store: cannot open %s: %s", conf.db_path, err);
 		goto out;
 	}
+	/* Payloads the index no longer holds are read back from the file. */
+	rec_payload_source(store_fetch_payload, store);
 	ix = index_new();
 	rejects = rejects_new((size_t)conf.max_rejects);
 	if (!ix || !rejects) {

@@ -167,12 +167,15 @@ static enum MHD_Result send_error(struct call *k, unsigned code, const char *rea
 	return send_error_hdr(k, code, reason, NULL, NULL);
 }
 
-/* A failed render: out of memory, or a body over the hard limit. */
+/* A failed render: out of memory, a body over the hard limit, or a payload
+ * the database would not give back. */
 static enum MHD_Result send_render_error(struct call *k, struct buf *b, int err)
 {
 	buf_free(b);
 	if (err == -E2BIG)
 		return send_error(k, MHD_HTTP_INTERNAL_SERVER_ERROR, "response too large");
+	if (err != -ENOMEM)
+		return send_error(k, MHD_HTTP_SERVICE_UNAVAILABLE, "cannot read the payload from the database");
 	return send_oom(k);
 }
 

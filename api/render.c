@@ -118,11 +118,17 @@ int render_record(struct buf *b, const struct rec *r, int64_t now_ms)
 	/* The tail: fixed keys plus 4 times (< 32 each) and 5 numbers (<= 20). */
 	char tail[512];
 	struct out o = { tail };
-	const char *payload = r->payload ? r->payload : "";
-	size_t plen = r->payload ? r->payload_len : 0;
 	const char *cs = r->cadence_source < CADENCE_SOURCE_MAX ? cadence_names[r->cadence_source] : NULL;
 	int64_t age = now_ms - r->last_seen_ms;
+	const char *payload;
+	const void *pv;
+	size_t plen;
 	int ret;
+
+	/* From memory, or from the file (a committed value: index.h). */
+	if ((ret = rec_payload(r, &pv, &plen)) < 0)
+		return ret;
+	payload = pv ? pv : "";
 
 	if ((ret = buf_append(b, "{\"topic\":", 9)) < 0)
 		return ret;

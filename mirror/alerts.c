@@ -1234,10 +1234,13 @@ void alerts_adopt(struct alerts *a, const struct rec *r, int64_t now_ms)
 {
 	json_t *o, *kind, *state, *group;
 	json_error_t err;
+	const void *pv;
+	size_t n;
 
-	if (!a->topic || !r->payload || !r->payload_len || r->topic_len <= a->topic_len)
+	if (!a->topic || !r->payload_len || r->topic_len <= a->topic_len ||
+	    rec_payload(r, &pv, &n) < 0 || !n)
 		return;
-	o = json_loadb(r->payload, r->payload_len, 0, &err);
+	o = json_loadb(pv, n, 0, &err);
 	if (!o)
 		return;
 	kind = json_object_get(o, "alert");

@@ -52,6 +52,42 @@ static int value_cmp(int64_t ta, const void *pa, size_t na, int64_t tb, const vo
 	return na < nb ? -1 : na > nb;
 }
 
+/* m's payload is r's current one (r not a tombstone). A payload held in
+ * the file only is compared by length and hash (index.h). */
+static bool same_bytes(const struct msg *m, const struct rec *r)
+{
+	if (m->payload_len != r->payload_len)
+		return false;
+	if (m->payload_len == 0)
+		return true;
+	if (r->flags & REC_IN_FILE)
+		return rec_payload_hash(m->payload, m->payload_len) == r->payload_hash;
+	return memcmp(m->payload, r->payload, m->payload_len) == 0;
+}
+
+/*
+** value_cmp of m against r's current value. When the timestamps tie and
+** r's payload is in the file, equal bytes are told by the hash; only a tie
+** between different values (two producers, one timestamp) reads the file.
+** Should that read fail, the current value stays (-1).
+*/
+static int cmp_current(const struct msg *m, const struct rec *r)
+{
+	const void *p;
+	size_t n;
+
+	if (m->ts_ns != r->ts_ns)
+		return m->ts_ns < r->ts_ns ? -1 : 1;
+	if (!(r->flags & REC_IN_FILE))
+		return value_cmp(m->ts_ns, m->payload, m->payload_len, r->ts_ns, r->payload,
+				 r->payload ? r->payload_len : 0);
+	if (same_bytes(m, r))
+		return 0;
+	if (rec_payload(r, &p, &n) < 0)
+		return -1;
+	return value_cmp(m->ts_ns, m->payload, m->payload_len, r->ts_ns, p, n);
+}
+
 static int64_t floor_div(int64_t a, int64_t b)
 {
 	int64_t q = a / b;
@@ -149,13 +185,11 @@ enum apply_result apply_message(struct index *ix, const struct msg *m, int64_t n
 	 * time we received it: when its bytes are what we already hold, it is
 	 * the broker replaying the value (after every reconnect), not a newer
 	 * observation and not a sign of life. */
-	if (m->retained && !m->ts_from_payload && !(r->flags & REC_DELETED) &&
-	    m->payload_len == r->payload_len &&
-	    (m->payload_len == 0 || memcmp(m->payload, r->payload, m->payload_len) == 0)) {
+	if (m->retained && !m->ts_from_payload && !(r->flags & REC_DELETED) && same_bytes(m, r)) {
 		res = APPLY_DUPLICATE;
 		goto done;
 	}
-	c = value_cmp(m->ts_ns, m->payload, m->payload_len, r->ts_ns, r->payload, r->payload_len);
+	c = cmp_current(m, r);
 	if (c < 0) {
 		res = APPLY_OUT_OF_ORDER;
 		goto done;

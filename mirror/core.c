@@ -337,6 +337,14 @@ static void core_commit(struct core *c, size_t n)
 	rc = store_commit(c->d.store, err, sizeof(err));
 	t1 = clock_mono_ms();
 	if (rc == 0) {
+		/* The file has these values now: their payloads leave memory,
+		 * unless a record changed again meanwhile (dirty: its new value
+		 * waits for the next write). */
+		index_wrlock(c->d.ix);
+		for (size_t i = 0; i < n; i++)
+			if (!(c->wbatch[i]->flags & REC_DIRTY))
+				rec_drop_payload(c->wbatch[i]);
+		index_unlock(c->d.ix);
 		stats_commit_observe((uint64_t)(t1 - t0) * 1000);
 		STAT_INC(commits);
 		STAT_ADD(rows_written, n);

@@ -5,6 +5,8 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "index.h"
 
@@ -24,10 +26,10 @@
 ** stack.
 **
 ** Records come from a bump arena of their own (1 MiB blocks): a record is
-** one slot holding its fields, its topic and inline room for a small
-** payload, with no malloc header and no rounding to malloc's size classes.
-** Only what a record owns beyond its slot (a payload too big for its room,
-** its learning state) is malloc'd, and released by index_free().
+** one slot holding its fields and its topic, with no malloc header and no
+** rounding to malloc's size classes. What a record owns beyond its slot (a
+** payload the file does not have yet, its learning state) is malloc'd, and
+** released by index_free().
 */
 struct cb_node {
 	void *child[2];
@@ -51,10 +53,6 @@ struct rec_block {
 };
 
 #define REC_BLOCK_SIZE (1u << 20)
-/* Payloads up to this size get inline room in a new record, with 1/16th
- * more for a value that grows a little (a number gaining a digit). Larger
- * ones always live in a malloc'd buffer. */
-#define REC_INLINE_MAX 1024
 
 struct index {
 	void *root;
@@ -79,19 +77,17 @@ static inline int direction(const struct cb_node *n, const char *k, size_t len)
 	return (1 + (n->otherbits | key_byte(k, len, n->byte))) >> 8;
 }
 
-static inline char *rec_inline(struct rec *r) { return r->data + r->topic_len + 1; }
-
-static inline bool payload_is_external(struct rec *r)
+/* r owns a payload buffer. */
+static inline bool payload_in_ram(const struct rec *r)
 {
-	return r->payload && r->payload != rec_inline(r);
+	return !(r->flags & REC_IN_FILE) && r->payload;
 }
 
-static void rec_init(struct rec *r, const char *topic, size_t topic_len, size_t inline_cap)
+static void rec_init(struct rec *r, const char *topic, size_t topic_len)
 {
 	memset(r, 0, sizeof(*r));
 	r->heap_idx = UINT32_MAX;
 	r->topic_len = (uint16_t)topic_len;
-	r->inline_cap = (uint16_t)inline_cap;
 	if (topic_len)
 		memcpy(r->data, topic, topic_len);
 	r->data[topic_len] = '\0';
@@ -100,7 +96,7 @@ static void rec_init(struct rec *r, const char *topic, size_t topic_len, size_t 
 /* Free what r owns beyond its own block. */
 static void rec_release(struct rec *r)
 {
-	if (payload_is_external(r))
+	if (payload_in_ram(r))
 		free(r->payload);
 	free(r->learn);
 }
@@ -116,7 +112,7 @@ struct rec *rec_new(const char *topic, size_t topic_len)
 	r = malloc(sizeof(*r) + topic_len + 1);
 	if (!r)
 		return NULL;
-	rec_init(r, topic, topic_len, 0);
+	rec_init(r, topic, topic_len);
 	return r;
 }
 
@@ -142,7 +138,7 @@ static bool payload_fits(struct rec *r, size_t need)
 {
 	size_t have;
 
-	if (!payload_is_external(r))
+	if (!payload_in_ram(r))
 		return false;
 	have = malloc_usable_size(r->payload);
 	return need <= have && have <= 2 * need + 64;
@@ -156,8 +152,6 @@ int rec_set_payload(struct rec *r, const void *p, size_t n)
 		return -E2BIG;
 	if (n == 0)
 		np = NULL;
-	else if (n < r->inline_cap)
-		np = rec_inline(r);
 	else if (payload_fits(r, n + 1))
 		np = r->payload;
 	else if (!(np = malloc(n + 1)))
@@ -166,17 +160,101 @@ int rec_set_payload(struct rec *r, const void *p, size_t n)
 		memmove(np, p, n);
 		np[n] = '\0';
 	}
-	if (payload_is_external(r) && r->payload != np)
+	if (payload_in_ram(r) && r->payload != np)
 		free(r->payload);
+	r->flags &= (uint16_t)~REC_IN_FILE;
 	r->payload = np;
 	r->payload_len = (uint32_t)n;
 	return 0;
 }
 
-/* The slot size of a record with this topic and inline room (8-aligned). */
-static size_t rec_slot_size(size_t topic_len, size_t inline_cap)
+/* The process's hash seed: payload hashes never leave the process (the
+ * loader recomputes them), so a seed nobody can guess costs nothing. */
+static uint64_t hash_seed;
+static pthread_once_t hash_once = PTHREAD_ONCE_INIT;
+
+static void hash_seed_init(void)
 {
-	return (sizeof(struct rec) + topic_len + 1 + inline_cap + 7) & ~(size_t)7;
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	hash_seed = ((uint64_t)ts.tv_nsec << 32 ^ (uint64_t)ts.tv_sec ^ (uint64_t)getpid() << 16 ^
+		     (uintptr_t)&ts) * 0x9e3779b97f4a7c15ULL;
+}
+
+static inline uint64_t mix64(uint64_t x)
+{
+	/* MurmurHash3's finalizer: every input bit reaches every output bit. */
+	x ^= x >> 33;
+	x *= 0xff51afd7ed558ccdULL;
+	x ^= x >> 33;
+	x *= 0xc4ceb9fe1a85ec53ULL;
+	x ^= x >> 33;
+	return x;
+}
+
+uint64_t rec_payload_hash(const void *p, size_t n)
+{
+	const unsigned char *s = p;
+	uint64_t h, w;
+
+	pthread_once(&hash_once, hash_seed_init);
+	h = hash_seed ^ (n * 0x9e3779b97f4a7c15ULL);
+	for (; n >= 8; s += 8, n -= 8) {
+		memcpy(&w, s, 8);
+		h = mix64(h ^ w) + 0x9e3779b97f4a7c15ULL;
+	}
+	w = 0;
+	memcpy(&w, s, n);
+	return mix64(h ^ w ^ ((uint64_t)n << 56));
+}
+
+void rec_drop_payload(struct rec *r)
+{
+	uint64_t h;
+
+	if (!payload_in_ram(r) || (r->flags & REC_DELETED))
+		return;
+	h = rec_payload_hash(r->payload, r->payload_len);
+	free(r->payload);
+	r->payload_hash = h;
+	r->flags |= REC_IN_FILE;
+}
+
+void rec_set_payload_in_file(struct rec *r, size_t n, uint64_t hash)
+{
+	if (payload_in_ram(r))
+		free(r->payload);
+	r->payload_hash = hash;
+	r->payload_len = (uint32_t)n;
+	r->flags |= REC_IN_FILE;
+}
+
+static rec_fetch_fn fetch_fn;
+static void *fetch_ctx;
+
+void rec_payload_source(rec_fetch_fn fetch, void *ctx)
+{
+	fetch_fn = fetch;
+	fetch_ctx = ctx;
+}
+
+int rec_payload(const struct rec *r, const void **p, size_t *n)
+{
+	if (!(r->flags & REC_IN_FILE)) {
+		*p = r->payload;
+		*n = r->payload ? r->payload_len : 0;
+		return 0;
+	}
+	*p = NULL;
+	*n = 0;
+	return fetch_fn ? fetch_fn(fetch_ctx, r, p, n) : -ENOENT;
+}
+
+/* The slot size of a record with this topic (8-aligned). */
+static size_t rec_slot_size(size_t topic_len)
+{
+	return (sizeof(struct rec) + topic_len + 1 + 7) & ~(size_t)7;
 }
 
 /* Carve a slot of `size` bytes from the front block (a new one when it is
@@ -334,7 +412,7 @@ struct rec *index_add(struct index *ix, const char *k, size_t len,
 	uint32_t nbyte = 0;
 	uint8_t nother = 0;
 	struct cb_node *nn = NULL;
-	size_t cap, size;
+	size_t size;
 	struct rec *r;
 	void **where;
 	int dir;
@@ -354,12 +432,11 @@ struct rec *index_add(struct index *ix, const char *k, size_t len,
 	/* Every allocation first, so that a failure leaves the index as it was. */
 	if (ix->root && !(nn = node_alloc(ix)))
 		return NULL;
-	cap = n > 0 && n <= REC_INLINE_MAX ? n + 1 + n / 16 : 0;
-	size = rec_slot_size(len, cap);
+	size = rec_slot_size(len);
 	r = rec_slot(ix, size);
 	if (!r)
 		goto nomem;
-	rec_init(r, k, len, size - sizeof(*r) - len - 1);
+	rec_init(r, k, len);
 	if (rec_set_payload(r, p, n) < 0) {
 		ix->block_used -= size; /* the slot just carved: give it back */
 		goto nomem;

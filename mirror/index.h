@@ -15,6 +15,7 @@ enum rec_flags {
 	REC_IS_JSON    = 1u << 4, /* payload is valid JSON */
 	REC_DIRTY      = 1u << 5, /* changed since the store last wrote it */
 	REC_NO_STALE   = 1u << 6, /* never judged (our own alert topics) */
+	REC_IN_FILE    = 1u << 7, /* the payload is in the store only: payload_hash holds its hash */
 };
 
 enum cadence_source {
@@ -39,10 +40,17 @@ struct rec_learn {
 
 /*
 ** One key. A record in the index comes from the index's arena, in one block
-** with its topic (data[], NUL-terminated) and room for a small payload
-** right after the topic (inline_cap bytes): most payloads live there, so a
-** key costs one arena slot and no malloc. A payload that outgrows that room
-** gets a malloc'd buffer instead; `payload` points to whichever holds it.
+** with its topic (data[], NUL-terminated).
+**
+** Payloads are held in memory only while the file does not have them yet:
+** a changed value gets a malloc'd buffer (`payload`), and once the store
+** has committed that value the core drops the buffer (rec_drop_payload):
+** REC_IN_FILE is set and `payload_hash` takes the pointer's place. So a
+** million keys cost their index, not their payloads, whatever the payload
+** size. rec_payload() reads a payload from wherever it is; only code that
+** has checked REC_IN_FILE may touch `payload`. payload_len is always the
+** current value's length.
+**
 ** A record's address never changes: the staleness heap, the store's dirty
 ** list and the watch change log hold plain pointers to records.  Records
 ** are owned by the index and live until index_free(); only the core thread
@@ -58,7 +66,10 @@ struct rec {
 	int64_t last_seen_ms;   /* last confirmation (see contract) */
 	int64_t rev;            /* revision of the last change to this record */
 	int64_t stale_since_ms; /* 0 while fresh */
-	char *payload;          /* payload_len bytes (+ a NUL), inline or malloc'd; NULL if empty */
+	union {
+		char *payload;          /* !REC_IN_FILE: payload_len bytes (+ a NUL), malloc'd; NULL if empty */
+		uint64_t payload_hash;  /* REC_IN_FILE: rec_payload_hash() of the stored payload */
+	};
 	struct rec_learn *learn; /* NULL until the key learns its cadence */
 	uint32_t updates;
 	uint32_t cadence_ms;    /* 0 when unknown or never */
@@ -66,10 +77,9 @@ struct rec {
 	uint32_t heap_idx;      /* position in the staleness heap, UINT32_MAX if none */
 	uint16_t flags;         /* enum rec_flags */
 	uint16_t topic_len;
-	uint16_t inline_cap;    /* payload bytes (NUL included) that fit after the topic */
 	uint8_t cadence_source; /* enum cadence_source */
 	uint8_t alert_state;    /* private to the staleness engine */
-	char data[];            /* topic '\0', then inline_cap bytes for the payload */
+	char data[];            /* topic '\0' */
 };
 
 static inline const char *rec_topic(const struct rec *r) { return r->data; }
@@ -81,11 +91,34 @@ static inline const char *rec_topic(const struct rec *r) { return r->data; }
  * freed by index_free() only. */
 struct rec *rec_new(const char *topic, size_t topic_len);
 void rec_free(struct rec *r);
-/* Replace r's payload with a copy of p (n bytes; n = 0 drops it): inline
- * when it fits, else in a malloc'd buffer, reused when the new payload fits
- * and the buffer is not much too large. Returns 0, -ENOMEM or -E2BIG
+/* Replace r's payload with a copy of p (n bytes; n = 0 drops it) in a
+ * malloc'd buffer, reused when the new payload fits and the buffer is not
+ * much too large; REC_IN_FILE is cleared. Returns 0, -ENOMEM or -E2BIG
  * (n >= 4 GiB) with r unchanged. */
 int rec_set_payload(struct rec *r, const void *p, size_t n);
+
+/* The store holds r's current payload: free the memory copy, keep its hash
+ * (REC_IN_FILE). No-op for a tombstone, an empty payload or one in the file. */
+void rec_drop_payload(struct rec *r);
+/* Mark r's payload as stored only (n bytes hashing to hash), for the loader. */
+void rec_set_payload_in_file(struct rec *r, size_t n, uint64_t hash);
+
+/* The hash kept for a payload in the file: 64 bits, seeded per process.
+ * Equal hashes and lengths are taken for equal bytes (duplicate detection
+ * without a read of the file); the odds of a false match are 2^-64. */
+uint64_t rec_payload_hash(const void *p, size_t n);
+
+/*
+** Where payloads in the file are read from: fetch puts r's payload in *p /
+** *n (valid until the calling thread's next fetch) and returns 0 or
+** -errno. Set once at startup (the store's, statemirrord.c); NULL: payloads
+** in the file read as -ENOENT.
+*/
+typedef int (*rec_fetch_fn)(void *ctx, const struct rec *r, const void **p, size_t *n);
+void rec_payload_source(rec_fetch_fn fetch, void *ctx);
+/* r's payload, from memory or the file (see above): 0 with *p, *n set
+ * (*p NULL and *n 0 when empty), or -errno. Hold a lock on the index. */
+int rec_payload(const struct rec *r, const void **p, size_t *n);
 /* r's learning state, allocated (zeroed) at the first call. NULL on ENOMEM. */
 struct rec_learn *rec_learn(struct rec *r);
 
@@ -108,7 +141,7 @@ struct rec *index_get(const struct index *ix, const char *topic, size_t len);
 ** Create the record of a new topic in the index, with a copy of its first
 ** payload (p, n bytes; n = 0 for none) and `flags` (REC_DELETED makes it a
 ** tombstone, else it counts as a live key). The record comes from the
-** index's arena, with inline room for that payload and a little growth.
+** index's arena, the payload from malloc.
 ** Returns the record, or NULL with errno EEXIST (the topic is there),
 ** EINVAL (the topic is longer than 65535 bytes or holds a NUL byte),
 ** E2BIG (n >= 4 GiB) or ENOMEM; on failure the index is unchanged. There is

@@ -33,7 +33,7 @@ extern const size_t schema_nmigrations;
 #define STAGE_KEEP_BYTES (16u << 20)
 
 /* Bits of rec.flags that describe the record rather than our bookkeeping. */
-#define PERSISTED_FLAGS ((uint16_t)~REC_DIRTY)
+#define PERSISTED_FLAGS ((uint16_t)~(REC_DIRTY | REC_IN_FILE))
 
 enum {
 	UPSERT_TOPIC = 1, UPSERT_TS_NS, UPSERT_RECEIVED, UPSERT_LAST_SEEN, UPSERT_REV,
@@ -48,6 +48,17 @@ static const char sql_upsert[] =
 	"INSERT OR REPLACE INTO rec(topic, ts_ns, received_ms, last_seen_ms, rev, stale_since_ms,"
 	" last_live_ms, updates, cadence_ms, cadence_source, flags, learn, payload)"
 	" VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+
+/* A record whose payload is in the file already (REC_IN_FILE: a staleness
+ * change, a confirmation) is written without it: the same parameters but
+ * the last. */
+static const char sql_update[] =
+	"UPDATE rec SET ts_ns = ?2, received_ms = ?3, last_seen_ms = ?4, rev = ?5,"
+	" stale_since_ms = ?6, last_live_ms = ?7, updates = ?8, cadence_ms = ?9,"
+	" cadence_source = ?10, flags = ?11, learn = ?12 WHERE topic = ?1";
+
+/* Reading a payload back (struct reader). */
+static const char sql_payload[] = "SELECT payload FROM rec WHERE topic = ?1";
 
 static const char sql_rev_mark[] =
 	"INSERT INTO meta(name, value) VALUES ('rev', ?1)"
@@ -87,7 +98,11 @@ struct store {
 	sqlite3_stmt *commit;
 	sqlite3_stmt *rollback;
 	sqlite3_stmt *upsert;
+	sqlite3_stmt *update;
 	sqlite3_stmt *rev_mark;
+	char *path;
+	pthread_key_t rkey;   /* each thread's struct reader */
+	bool rkey_ok;
 	int64_t rev_written;  /* the greatest rev committed, to skip rev_mark */
 	/* Rows staged for the next store_commit (see store_stage): their
 	 * fields, and their payloads and learn blobs in one byte buffer. */
@@ -108,7 +123,33 @@ struct staged {
 	uint8_t learn_len;      /* learn blob right after the payload; 0 = none */
 	uint8_t cadence_source;
 	bool has_payload;
+	bool keep_payload;      /* in the file already: written with sql_update */
 };
+
+/*
+** A thread's read-only connection, for payloads the index no longer holds
+** (rec_payload). WAL: it never waits for the writer, nor the writer for
+** it, and each read sees every commit made before it. Made at a thread's
+** first read and closed when the thread ends (the key's destructor).
+*/
+struct reader {
+	sqlite3 *db;
+	sqlite3_stmt *get;
+	char *buf;              /* the last payload read: valid until the next */
+	size_t cap;
+};
+
+static void reader_free(void *p)
+{
+	struct reader *rd = p;
+
+	if (!rd)
+		return;
+	sqlite3_finalize(rd->get);
+	sqlite3_close(rd->db);
+	free(rd->buf);
+	free(rd);
+}
 
 static void seterr(char *err, size_t errlen, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
@@ -365,6 +406,13 @@ int store_open(const char *path, struct store **ret_st, char *err, size_t errlen
 	pthread_mutex_init(&st->ck.lock, NULL);
 	pthread_cond_init(&st->ck.wake, NULL);
 	pthread_cond_init(&st->ck.done, NULL);
+	st->path = strdup(path);
+	st->rkey_ok = pthread_key_create(&st->rkey, reader_free) == 0;
+	if (!st->path || !st->rkey_ok) {
+		seterr(err, errlen, "out of memory");
+		r = -ENOMEM;
+		goto fail;
+	}
 	rc = sqlite3_open_v2(path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
 			     SQLITE_OPEN_NOMUTEX, NULL);
 	if (rc != SQLITE_OK) {
@@ -432,6 +480,7 @@ int store_open(const char *path, struct store **ret_st, char *err, size_t errlen
 	    (r = prepare(st->db, "COMMIT", &st->commit, err, errlen)) < 0 ||
 	    (r = prepare(st->db, "ROLLBACK", &st->rollback, err, errlen)) < 0 ||
 	    (r = prepare(st->db, sql_upsert, &st->upsert, err, errlen)) < 0 ||
+	    (r = prepare(st->db, sql_update, &st->update, err, errlen)) < 0 ||
 	    (r = prepare(st->db, sql_rev_mark, &st->rev_mark, err, errlen)) < 0)
 		goto fail;
 
@@ -452,6 +501,13 @@ void store_close(struct store *st)
 	if (!st)
 		return;
 	ckpt_stop(&st->ck);
+	if (st->rkey_ok) {
+		/* Other threads' readers closed as those threads ended. */
+		reader_free(pthread_getspecific(st->rkey));
+		pthread_key_delete(st->rkey);
+	}
+	free(st->path);
+	sqlite3_finalize(st->update);
 	sqlite3_finalize(st->begin);
 	sqlite3_finalize(st->commit);
 	sqlite3_finalize(st->rollback);
@@ -536,9 +592,8 @@ static int learn_decode(struct rec *r, int64_t last_live_ms, const unsigned char
 	return 0;
 }
 
-static int bind_row(struct store *st, const struct staged *w)
+static int bind_row(struct store *st, sqlite3_stmt *s, const struct staged *w)
 {
-	sqlite3_stmt *s = st->upsert;
 	const char *payload = st->bytes + w->payload_off;
 	int rc;
 
@@ -558,7 +613,9 @@ static int bind_row(struct store *st, const struct staged *w)
 					SQLITE_STATIC);
 	else
 		rc |= sqlite3_bind_null(s, UPSERT_LEARN);
-	if ((w->flags & REC_DELETED) || !w->has_payload)
+	if (w->keep_payload)
+		;
+	else if ((w->flags & REC_DELETED) || !w->has_payload)
 		rc |= sqlite3_bind_null(s, UPSERT_PAYLOAD);
 	else if (w->flags & REC_IS_JSON)
 		/* Valid JSON is UTF-8: TEXT keeps json_extract() usable on it. */
@@ -596,7 +653,8 @@ int store_stage(struct store *st, const struct rec *r)
 {
 	unsigned char learn[LEARN_BLOB_MAX];
 	size_t nlearn = learn_encode(r, learn);
-	bool has_payload = r->payload && !(r->flags & REC_DELETED);
+	bool in_file = (r->flags & REC_IN_FILE) != 0;
+	bool has_payload = !in_file && r->payload && !(r->flags & REC_DELETED);
 	size_t plen = has_payload ? r->payload_len : 0;
 	struct staged *w;
 
@@ -614,6 +672,7 @@ int store_stage(struct store *st, const struct rec *r)
 		.updates = r->updates, .cadence_ms = r->cadence_ms,
 		.flags = r->flags, .learn_len = (uint8_t)nlearn,
 		.cadence_source = r->cadence_source, .has_payload = has_payload,
+		.keep_payload = in_file,
 	};
 	if (plen)
 		memcpy(st->bytes + st->nbytes, r->payload, plen);
@@ -654,12 +713,13 @@ int store_commit(struct store *st, char *err, size_t errlen)
 	what = "write";
 	for (size_t i = 0; i < n; i++) {
 		const struct staged *w = &st->rows[i];
+		sqlite3_stmt *s = w->keep_payload ? st->update : st->upsert;
 
 		if (w->rev > maxrev)
 			maxrev = w->rev;
-		rc = bind_row(st, w);
+		rc = bind_row(st, s, w);
 		if (rc == SQLITE_OK)
-			rc = step_done(st->upsert);
+			rc = step_done(s);
 		if (rc != SQLITE_OK)
 			goto fail;
 	}
@@ -676,6 +736,7 @@ int store_commit(struct store *st, char *err, size_t errlen)
 	if (maxrev > st->rev_written)
 		st->rev_written = maxrev;
 	sqlite3_clear_bindings(st->upsert);
+	sqlite3_clear_bindings(st->update);
 	st->nrows = st->nbytes = 0;
 	if (st->capbytes > STAGE_KEEP_BYTES) {
 		/* A rare huge batch grew it: give the memory back. */
@@ -695,6 +756,7 @@ fail:
 	seterr(err, errlen, "store %s of %zu records: %s", what, n, sqlite3_errmsg(st->db));
 	abort_txn(st);
 	sqlite3_clear_bindings(st->upsert);
+	sqlite3_clear_bindings(st->update);
 	st->nrows = st->nbytes = 0;
 	return sql_errno(rc);
 }
@@ -744,7 +806,8 @@ int store_load(struct store *st, struct index *ix, int64_t *ret_rev, char *err, 
 		plen = (size_t)sqlite3_column_bytes(s, 12);
 		if ((flags & REC_DELETED) || !payload)
 			plen = 0;
-		r = index_add(ix, topic, tlen, payload, plen, flags);
+		/* The payload stays in the file: the index keeps its hash. */
+		r = index_add(ix, topic, tlen, NULL, 0, flags);
 		if (!r) {
 			if (errno == ENOMEM)
 				goto fail_nomem;
@@ -752,6 +815,8 @@ int store_load(struct store *st, struct index *ix, int64_t *ret_rev, char *err, 
 			ret = -EIO;
 			goto fail;
 		}
+		if (plen)
+			rec_set_payload_in_file(r, plen, rec_payload_hash(payload, plen));
 		r->ts_ns = sqlite3_column_int64(s, 1);
 		r->received_ms = sqlite3_column_int64(s, 2);
 		r->last_seen_ms = sqlite3_column_int64(s, 3);
@@ -783,6 +848,70 @@ fail_sql:
 	ret = sql_fail(st->db, rc, "load", err, errlen);
 fail:
 	sqlite3_finalize(s);
+	return ret;
+}
+
+/* This thread's reader, opened at its first use. NULL on failure. */
+static struct reader *reader_get(struct store *st)
+{
+	struct reader *rd = pthread_getspecific(st->rkey);
+
+	if (rd)
+		return rd;
+	rd = calloc(1, sizeof(*rd));
+	if (!rd)
+		return NULL;
+	/* A small page cache: the OS caches the file, and there is one
+	 * reader per HTTP thread. */
+	if (sqlite3_open_v2(st->path, &rd->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX,
+			    NULL) != SQLITE_OK ||
+	    sqlite3_exec(rd->db, "PRAGMA cache_size = -256", NULL, NULL, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v3(rd->db, sql_payload, -1, SQLITE_PREPARE_PERSISTENT, &rd->get,
+			       NULL) != SQLITE_OK ||
+	    pthread_setspecific(st->rkey, rd) != 0) {
+		reader_free(rd);
+		return NULL;
+	}
+	sqlite3_busy_timeout(rd->db, 1000);
+	return rd;
+}
+
+int store_fetch_payload(void *ctx, const struct rec *r, const void **p, size_t *n)
+{
+	struct store *st = ctx;
+	struct reader *rd = reader_get(st);
+	const void *v;
+	size_t len;
+	int rc, ret = 0;
+
+	if (!rd)
+		return -EIO;
+	sqlite3_bind_text(rd->get, 1, rec_topic(r), r->topic_len, SQLITE_STATIC);
+	rc = sqlite3_step(rd->get);
+	if (rc != SQLITE_ROW) {
+		ret = rc == SQLITE_DONE ? -ENOENT : sql_errno(rc);
+		goto out;
+	}
+	v = sqlite3_column_blob(rd->get, 0);
+	len = (size_t)sqlite3_column_bytes(rd->get, 0);
+	if (len + 1 > rd->cap) {
+		char *nb = realloc(rd->buf, len + 1);
+
+		if (!nb) {
+			ret = -ENOMEM;
+			goto out;
+		}
+		rd->buf = nb;
+		rd->cap = len + 1;
+	}
+	if (len)
+		memcpy(rd->buf, v, len);
+	rd->buf[len] = '\0';
+	*p = rd->buf;
+	*n = len;
+out:
+	sqlite3_reset(rd->get);
+	sqlite3_clear_bindings(rd->get);
 	return ret;
 }
 

@@ -36,7 +36,7 @@ void store_close(struct store *st);
 
 /*
 ** Load every stored record (tombstones included) into ix, which must be
-** empty, in topic order; *ret_rev receives the highest rev ever written
+** empty, in topic order, payloads left in the file (REC_IN_FILE); *ret_rev receives the highest rev ever written
 ** (0 for a new file). Loaded records have REC_DIRTY clear, heap_idx =
 ** UINT32_MAX and alert_state 0 (neither is stored); REC_STALE and
 ** stale_since_ms are as last written. Returns 0, -ENOMEM, or -EIO (with
@@ -96,6 +96,15 @@ int store_commit(struct store *st, char *err, size_t errlen);
 ** the last finished checkpoint: 0, -EBUSY or -EIO.
 */
 int store_checkpoint(struct store *st);
+
+/*
+** The payload of r as the file holds it (a rec_fetch_fn, index.h: ctx is
+** the store). Each thread reads through a read-only connection of its own,
+** opened at its first call and closed when the thread ends; *p stays valid
+** until that thread's next call. Returns 0, -ENOENT (no such row), -ENOMEM
+** or -EIO (also when the connection cannot be opened). Thread-safe.
+*/
+int store_fetch_payload(void *ctx, const struct rec *r, const void **p, size_t *n);
 
 /* The schema version this build writes (the number of migrations). */
 int store_schema_version(void);

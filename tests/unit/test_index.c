@@ -238,51 +238,107 @@ START_TEST(payload_reuse)
 }
 END_TEST
 
-/* A record in the index holds a small payload inline (in its arena slot),
- * a big one in a buffer of its own, and moves between them as it changes;
- * the record itself never moves. index_free releases the buffers (ASan). */
-START_TEST(payload_inline)
+/* A fake store for rec_payload: the one payload it holds. */
+static const char *fake_stored;
+static int fake_fetches;
+
+static int fake_fetch(void *ctx, const struct rec *r, const void **p, size_t *n)
+{
+	(void)ctx;
+	fake_fetches++;
+	if (!fake_stored || strcmp(rec_topic(r), "k") != 0)
+		return -ENOENT;
+	*p = fake_stored;
+	*n = strlen(fake_stored);
+	return 0;
+}
+
+/* A payload lives in memory until the store has it, then only its hash
+ * stays (REC_IN_FILE) and rec_payload reads it back through the source; a
+ * new value brings it back into memory. The record never moves;
+ * index_free releases what is left (ASan). */
+START_TEST(payload_in_file)
 {
 	struct index *ix = index_new();
-	char big[4096], grown[80];
-	struct rec *r, *b;
-	const char *room;
+	const char *v1 = "{\"v\":1,\"pad\":\"0123456789\"}";
+	char big[4096];
+	struct rec *r, *t;
+	const void *p;
+	size_t n;
 
 	memset(big, 'x', sizeof(big));
-	memset(grown, 'y', sizeof(grown));
-	r = index_add(ix, "k", 1, "0123456789012345678901234567890123456789", 40, 0);
+	r = index_add(ix, "k", 1, v1, strlen(v1), 0);
 	ck_assert_ptr_nonnull(r);
-	room = r->data + 2;
-	ck_assert_ptr_eq(r->payload, room);
-	ck_assert_uint_ge(r->inline_cap, 41);
-	ck_assert_str_eq(r->payload, "0123456789012345678901234567890123456789");
-	/* A value a byte or two longer still fits. */
-	ck_assert_int_eq(rec_set_payload(r, grown, 42), 0);
-	ck_assert_ptr_eq(r->payload, room);
-	ck_assert_int_eq(memcmp(r->payload, grown, 42), 0);
-	ck_assert_int_eq(r->payload[42], '\0');
+	ck_assert(!(r->flags & REC_IN_FILE));
+	ck_assert_str_eq(r->payload, v1);
+	ck_assert_int_eq(rec_payload(r, &p, &n), 0);
+	ck_assert_ptr_eq(p, r->payload);
+	ck_assert_uint_eq(n, strlen(v1));
+
+	rec_drop_payload(r);
+	ck_assert(r->flags & REC_IN_FILE);
+	ck_assert_uint_eq(r->payload_len, strlen(v1));
+	ck_assert(r->payload_hash == rec_payload_hash(v1, strlen(v1)));
+	rec_drop_payload(r); /* twice: no-op */
+	ck_assert(r->payload_hash == rec_payload_hash(v1, strlen(v1)));
+	/* No source: the payload cannot be read. */
+	rec_payload_source(NULL, NULL);
+	ck_assert_int_eq(rec_payload(r, &p, &n), -ENOENT);
+	rec_payload_source(fake_fetch, NULL);
+	fake_stored = v1;
+	fake_fetches = 0;
+	ck_assert_int_eq(rec_payload(r, &p, &n), 0);
+	ck_assert_int_eq(fake_fetches, 1);
+	ck_assert_uint_eq(n, strlen(v1));
+	ck_assert_int_eq(memcmp(p, v1, n), 0);
+
+	/* A new value: in memory again, the hash forgotten. */
 	ck_assert_int_eq(rec_set_payload(r, big, sizeof(big)), 0);
-	ck_assert_ptr_ne(r->payload, room);
-	ck_assert_uint_eq(r->payload_len, sizeof(big));
+	ck_assert(!(r->flags & REC_IN_FILE));
 	ck_assert_int_eq(memcmp(r->payload, big, sizeof(big)), 0);
-	ck_assert_int_eq(rec_set_payload(r, "v", 1), 0);
-	ck_assert_ptr_eq(r->payload, room);
-	ck_assert_str_eq(r->payload, "v");
-	ck_assert_int_eq(rec_set_payload(r, NULL, 0), 0);
-	ck_assert_ptr_null(r->payload);
-	/* A big first payload is never inline; one left external is freed
-	 * by index_free, and so is learning state. */
-	b = index_add(ix, "big", 3, big, sizeof(big), 0);
-	ck_assert_ptr_nonnull(b);
-	ck_assert_ptr_ne(b->payload, b->data + 4);
-	ck_assert_int_eq(memcmp(b->payload, big, sizeof(big)), 0);
-	ck_assert_ptr_nonnull(rec_learn(b));
-	ck_assert_ptr_eq(rec_learn(b), b->learn);
-	ck_assert_int_eq(rec_set_payload(r, big, sizeof(big)), 0);
+	ck_assert_int_eq(r->payload[sizeof(big)], '\0');
+	ck_assert_int_eq(rec_payload(r, &p, &n), 0);
+	ck_assert_int_eq(fake_fetches, 1);
 	ck_assert_ptr_eq(index_get(ix, "k", 1), r);
-	ck_assert_uint_eq((uintptr_t)r % 8, 0);
-	ck_assert_uint_eq((uintptr_t)b % 8, 0);
+
+	/* Loaded records: in the file from the start. */
+	t = index_add(ix, "loaded", 6, NULL, 0, 0);
+	ck_assert_ptr_nonnull(t);
+	rec_set_payload_in_file(t, 5, rec_payload_hash("hello", 5));
+	ck_assert(t->flags & REC_IN_FILE);
+	ck_assert_uint_eq(t->payload_len, 5);
+	/* A tombstone has nothing to drop. */
+	ck_assert_int_eq(rec_set_payload(t, NULL, 0), 0);
+	t->flags |= REC_DELETED;
+	rec_drop_payload(t);
+	ck_assert(!(t->flags & REC_IN_FILE));
+	ck_assert_ptr_null(t->payload);
+	ck_assert_ptr_nonnull(rec_learn(t)); /* freed by index_free */
+	rec_payload_source(NULL, NULL);
+	fake_stored = NULL;
 	index_free(ix);
+}
+END_TEST
+
+/* Equal bytes hash equal; any difference in bytes or length changes it
+ * (trailing zero bytes included, which a naive word hash would miss). */
+START_TEST(payload_hash)
+{
+	const char z[16] = { 0 };
+	char a[64], b[64];
+
+	memset(a, 'q', sizeof(a));
+	memcpy(b, a, sizeof(b));
+	for (size_t n = 0; n <= sizeof(a); n++)
+		ck_assert(rec_payload_hash(a, n) == rec_payload_hash(b, n));
+	for (size_t n = 1; n <= sizeof(a); n++) {
+		b[n - 1] ^= 1;
+		ck_assert_msg(rec_payload_hash(a, n) != rec_payload_hash(b, n), "n %zu", n);
+		b[n - 1] ^= 1;
+		ck_assert(rec_payload_hash(a, n) != rec_payload_hash(a, n - 1));
+	}
+	for (size_t n = 1; n < sizeof(z); n++)
+		ck_assert_msg(rec_payload_hash(z, n) != rec_payload_hash(z, n - 1), "zeros %zu", n);
 }
 END_TEST
 
@@ -489,7 +545,8 @@ static Suite *index_suite(void)
 	tcase_add_test(tc, empty_index);
 	tcase_add_test(tc, insert_get_order);
 	tcase_add_test(tc, insert_duplicate_and_nul);
-	tcase_add_test(tc, payload_inline);
+	tcase_add_test(tc, payload_in_file);
+	tcase_add_test(tc, payload_hash);
 	tcase_add_test(tc, walk_after);
 	tcase_add_test(tc, walk_prefix);
 	tcase_add_test(tc, walk_stops);
