@@ -51,8 +51,8 @@
 #define API_MAX_GET_BODY 4096
 #define API_LIST_DEFAULT 100
 #define API_LIST_MAX 10000
-/* Records rendered per hold of the index read lock: the core thread's
- * write lock never waits behind a whole 10000-record page. */
+/* Records rendered per hold of the index read lock: a writer (ingest, the
+ * core thread) never waits behind a whole 10000-record page. */
 #define API_CHUNK_RECORDS 256
 #define API_CHUNK_VISITS 4096
 
@@ -325,7 +325,7 @@ static int walk_visit(struct rec *r, void *ctx)
 ** Render the items array's contents (no brackets) and decide `next`. The
 ** read lock is dropped every API_CHUNK_RECORDS records rendered or
 ** API_CHUNK_VISITS records looked at (a sparse filter such as "+/x" over a
-** million keys), so the core thread's write lock never waits long; the
+** million keys), so a writer (ingest, the core thread) never waits long; the
 ** page then reflects the index as it was at each hold, like any paging.
 */
 static int walk_run(struct api *a, struct walk *w, const char *after, size_t after_len)

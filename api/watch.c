@@ -28,9 +28,9 @@
 
 /*
 ** Budgets. A connection thread renders snapshot and catch-up a chunk at a
-** time, dropping the index read lock in between, so the core's write lock
-** never waits long behind a big snapshot. The hub reads the change log in
-** batches for the same reason.
+** time, dropping the index read lock in between, so the writers (ingest
+** and the core thread) never wait long behind a big snapshot. The hub
+** reads the change log in batches for the same reason.
 */
 #define WATCH_CHUNK_BYTES (64u << 10)  /* render until this much is pending */
 #define WATCH_SNAP_VISITS 4096         /* records looked at per lock hold */
@@ -306,8 +306,10 @@ static size_t hub_pump_batch(struct watch *h, int64_t now_ms)
 	n = changes_read(h->cl, h->pos, batch, WATCH_BATCH, &gap);
 	if (gap) {
 		/* The hub fell further behind than the log holds (it should
-		 * not: it is woken after every core turn). Live listeners
-		 * missed changes; they must reconnect and resume. */
+		 * not: while anyone listens it is woken after every run of
+		 * applied messages and every core turn that appended
+		 * changes). Live listeners missed changes; they must
+		 * reconnect and resume. */
 		for (struct watcher *w = h->head; w; w = w->next)
 			if (w->phase == W_LIVE)
 				hub_kill(h, w, "the change log overflowed");

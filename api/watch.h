@@ -52,9 +52,13 @@ int watch_new(const struct conf *conf, struct index *ix, struct changes *cl,
 
 /*
 ** The core's core_deps.on_changes (ctx = the struct watch *): new changes
-** were appended. Called from the core thread without locks; O(1): sets a
-** flag and, if it was clear, writes to an eventfd. Never blocks on a
-** listener. NULL ctx is ignored.
+** were appended. Called without locks from the thread that appended them:
+** the MQTT session thread after each run of applied messages, the core
+** thread after a turn that appended changes (staleness transitions).
+** O(1): while nobody listens it does nothing (the first listener brings
+** the hub to the change log's head as it joins); else it sets a flag and,
+** if it was clear, writes to an eventfd. Never blocks on a listener. NULL
+** ctx is ignored.
 */
 void watch_wake(void *ctx);
 
@@ -83,7 +87,8 @@ int watch_open(struct watch *w, struct MHD_Connection *c, char *query, size_t qu
 void watch_shutdown(struct watch *w);
 
 /* Stop the hub thread and free. Only after the HTTP server is stopped (no
- * stream left) and the core no longer calls watch_wake. Accepts NULL. */
+ * stream left) and neither ingest nor the core thread can call watch_wake
+ * any more (mqtt_stop and core_stop). Accepts NULL. */
 void watch_free(struct watch *w);
 
 #endif

@@ -275,8 +275,9 @@ static char *env_pair(const char *name, const char *value)
 }
 
 /* Start one exec run: the alert JSON is written into the pipe before the
- * program starts (it fits the pipe buffer), so the core thread never
- * blocks on it and a program that does not read cannot SIGPIPE us. */
+ * program starts (it fits the pipe buffer), so the core thread (which
+ * holds the index write lock here) never blocks on it and a program that
+ * does not read cannot SIGPIPE us. */
 static void exec_start(struct alerts *a, struct job *j, int64_t now_ms)
 {
 	posix_spawn_file_actions_t fa;
@@ -294,7 +295,8 @@ static void exec_start(struct alerts *a, struct job *j, int64_t now_ms)
 		return;
 	/* Non-blocking: should the pipe be smaller than the alert (a user
 	 * over its pipe-buffer quota gets 4 KiB pipes), the write comes up
-	 * short and the run is refused, rather than the core thread hanging. */
+	 * short and the run is refused, rather than the core thread hanging
+	 * with the index write lock held, and ingest with it. */
 	if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0) {
 		exec_failed(a, now_ms, j->key, "cannot make a pipe, not run");
 		return;

@@ -33,7 +33,9 @@ enum reject_reason {
 const char *apply_result_name(enum apply_result r);   /* "applied", ... */
 const char *reject_reason_name(enum reject_reason r); /* "future_timestamp", ... */
 
-/* A decoded message, as the core thread sees it. Borrowed pointers. */
+/* A decoded message, as the MQTT session thread hands it to the apply
+ * (core_ingest). Borrowed pointers, into libmosquitto's buffer: valid for
+ * that call only. */
 struct msg {
 	const char *topic;
 	size_t topic_len;

@@ -42,8 +42,9 @@ struct changes;
 struct changes *changes_new(size_t cap, int64_t base_rev);
 void changes_free(struct changes *cl); /* accepts NULL */
 
-/* Core thread, index write lock held: append r's change (rev = r->rev, which
- * must be the last appended rev + 1). */
+/* Index write lock held (the MQTT session thread as it applies a message,
+ * the core thread when a staleness deadline passes): append r's change
+ * (rev = r->rev, which must be the last appended rev + 1). */
 void changes_append(struct changes *cl, struct rec *r, enum change_type t);
 
 /* The newest revision appended (base_rev when none). Lock held (any mode). */

@@ -53,8 +53,11 @@ struct rec_learn {
 **
 ** A record's address never changes: the staleness heap, the store's dirty
 ** list and the watch change log hold plain pointers to records.  Records
-** are owned by the index and live until index_free(); only the core thread
-** mutates them, always with the index write lock held; readers (HTTP) hold
+** are owned by the index and live until index_free(). They change only
+** with the index write lock held: on the MQTT session thread, which applies
+** each message as it reads it (core_ingest), on the core thread (staleness
+** deadlines, store writes) and at a reload (SIGHUP). Readers (HTTP
+** handlers, the watch hub) hold
 ** the read lock while they look.  A deleted key stays as a tombstone
 ** (REC_DELETED, payload NULL, payload_len 0) so that an older message can
 ** never bring it back; tombstones are not counted as keys and are not
@@ -152,10 +155,13 @@ struct rec *index_add(struct index *ix, const char *topic, size_t topic_len,
 		      const void *p, size_t n, uint16_t flags);
 
 /*
-** The index's reader-writer lock: the core thread takes it for writing
-** around each applied batch (short), HTTP handlers for reading. Writers
-** are preferred so that a stream of readers cannot starve ingest; hence
-** the read lock is not recursive: a reader must not take it twice.
+** The index's reader-writer lock. Writers: the MQTT session thread around
+** each message it applies (short; never across a socket read) and the core
+** thread around its timers and before and after a store write (staging the
+** rows, dropping the payloads written; the disk is written without the
+** lock). Readers: HTTP handlers and the watch hub. Writers are preferred
+** so that a stream of readers cannot starve ingest; hence the read lock is
+** not recursive: a reader must not take it twice.
 */
 void index_rdlock(struct index *ix);
 void index_wrlock(struct index *ix);

@@ -77,7 +77,9 @@ void stale_on_delete(struct stale *s, struct rec *r, int64_t now_ms, stale_trans
 ** 15 x group_wait, at least min_hold, so that a deploy or a blip pages
 ** nobody) and no key alert is sent; after re-sync each key gets
 ** grace x cadence to be heard from before its staleness is alerted.
-** Call it with false at startup. Core thread.
+** Call it with false at startup. Write lock held: the MQTT session thread
+** calls it before it applies a run of messages, the core thread at each
+** turn, whichever sees the change first.
 */
 void stale_on_broker(struct stale *s, bool synced, int64_t now_ms);
 
