@@ -51,9 +51,11 @@
 #define API_MAX_GET_BODY 4096
 #define API_LIST_DEFAULT 100
 #define API_LIST_MAX 10000
-/* Records rendered per hold of the index read lock: a writer (ingest, the
- * core thread) never waits behind a whole 10000-record page. */
-#define API_CHUNK_RECORDS 256
+/* Records (or bytes) rendered per hold of the index read lock: a writer
+ * (ingest, the core thread) never waits behind a whole 10000-record page,
+ * nor behind a few big payloads read back from the file. */
+#define API_CHUNK_RECORDS 64
+#define API_CHUNK_BYTES (64u << 10)
 #define API_CHUNK_VISITS 4096
 
 #define CT_JSON "application/json"
@@ -262,6 +264,7 @@ struct walk {
 	int stale;              /* -1 any, 0 fresh only, 1 stale only */
 	size_t limit, n;
 	size_t chunk_left;      /* records still to render under this lock hold */
+	size_t chunk_end;       /* ... and the body length that ends the hold */
 	size_t visit_left;      /* records still to look at under this lock hold */
 	int64_t now_ms;
 	int err;
@@ -278,7 +281,7 @@ static int walk_visit(struct rec *r, void *ctx)
 	size_t mark;
 	int ret;
 
-	if (w->chunk_left == 0 || w->visit_left == 0) {
+	if (w->chunk_left == 0 || w->visit_left == 0 || w->b->len >= w->chunk_end) {
 		/* prev is set: both budgets are positive when a hold starts. */
 		buf_reset(&w->resume);
 		if ((ret = buf_append(&w->resume, rec_topic(w->prev), w->prev->topic_len)) < 0)
@@ -323,8 +326,8 @@ static int walk_visit(struct rec *r, void *ctx)
 
 /*
 ** Render the items array's contents (no brackets) and decide `next`. The
-** read lock is dropped every API_CHUNK_RECORDS records rendered or
-** API_CHUNK_VISITS records looked at (a sparse filter such as "+/x" over a
+** read lock is dropped every API_CHUNK_RECORDS records or API_CHUNK_BYTES
+** rendered, or API_CHUNK_VISITS records looked at (a sparse filter such as "+/x" over a
 ** million keys), so a writer (ingest, the core thread) never waits long; the
 ** page then reflects the index as it was at each hold, like any paging.
 */
@@ -337,6 +340,7 @@ static int walk_run(struct api *a, struct walk *w, const char *after, size_t aft
 	do {
 		w->paused = false;
 		w->chunk_left = API_CHUNK_RECORDS;
+		w->chunk_end = w->b->len + API_CHUNK_BYTES;
 		w->visit_left = API_CHUNK_VISITS;
 		w->prev = NULL;
 		index_rdlock(a->d.ix);

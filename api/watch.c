@@ -130,6 +130,12 @@ static bool w_match(const struct watcher *w, const struct rec *r)
 }
 
 /* One change as an event, index read lock held. */
+/* Why a render failed, for the log line of a listener cut off for it. */
+static const char *render_failure(int err)
+{
+	return err == -ENOMEM ? "out of memory" : "cannot read a payload from the database";
+}
+
 static int render_event(struct buf *b, const char *type, int64_t id, const struct rec *r,
 			int64_t now_ms)
 {
@@ -322,6 +328,7 @@ static size_t hub_pump_batch(struct watch *h, int64_t now_ms)
 	for (size_t i = 0; i < n; i++) {
 		const struct change *c = &batch[i];
 		bool rendered = false;
+		int failed = 0;         /* the render's error: rendered once for all */
 
 		if (c->rec->rev != c->rev)
 			continue; /* superseded: a later entry carries its state */
@@ -330,14 +337,17 @@ static size_t hub_pump_batch(struct watch *h, int64_t now_ms)
 
 			if (w->phase != W_LIVE || w->dead || c->rev <= w->skip_to || !w_match(w, c->rec))
 				continue;
-			if (!rendered) {
+			if (!rendered && !failed) {
 				buf_reset(&h->ev);
-				if (render_event(&h->ev, change_type_name(c->type), c->rev, c->rec,
-						 now_ms) < 0) {
-					hub_kill(h, w, "out of memory");
-					continue;
-				}
-				rendered = true;
+				failed = render_event(&h->ev, change_type_name(c->type), c->rev,
+						      c->rec, now_ms);
+				rendered = failed == 0;
+			}
+			if (failed) {
+				/* It would miss this change: cut it off, it resumes
+				 * from the change log when it reconnects. */
+				hub_kill(h, w, render_failure(failed));
+				continue;
 			}
 			r = w_push(w, h->ev.data, h->ev.len, h->buffer);
 			if (r == -ENOBUFS) {
@@ -666,7 +676,7 @@ static ssize_t w_reader(void *cls, uint64_t pos, char *dst, size_t max)
 			if (!w->dead) {
 				w->dead = true;
 				log_drop(h, w, r == -ESPIPE ? "too slow, it fell out of the change log"
-							    : "out of memory");
+							    : render_failure(r));
 			}
 			pthread_mutex_unlock(&h->mu);
 			return MHD_CONTENT_READER_END_WITH_ERROR;

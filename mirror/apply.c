@@ -22,6 +22,7 @@ static const char *const reason_names[REJECT_REASON_MAX] = {
 	[REJECT_NOT_JSON] = "not_json",
 	[REJECT_BAD_TS] = "bad_timestamp",
 	[REJECT_NOMEM] = "out_of_memory",
+	[REJECT_STORE_READ] = "store_read_error",
 };
 
 const char *apply_result_name(enum apply_result r)
@@ -69,9 +70,10 @@ static bool same_bytes(const struct msg *m, const struct rec *r)
 ** value_cmp of m against r's current value. When the timestamps tie and
 ** r's payload is in the file, equal bytes are told by the hash; only a tie
 ** between different values (two producers, one timestamp) reads the file.
-** Should that read fail, the current value stays (-1).
+** Should that read fail, *failed is set (the caller rejects m: counted and
+** listed, never silently ordered).
 */
-static int cmp_current(const struct msg *m, const struct rec *r)
+static int cmp_current(const struct msg *m, const struct rec *r, bool *failed)
 {
 	const void *p;
 	size_t n;
@@ -83,8 +85,10 @@ static int cmp_current(const struct msg *m, const struct rec *r)
 				 r->payload ? r->payload_len : 0);
 	if (same_bytes(m, r))
 		return 0;
-	if (rec_payload(r, &p, &n) < 0)
+	if (rec_payload(r, &p, &n) < 0) {
+		*failed = true;
 		return -1;
+	}
 	return value_cmp(m->ts_ns, m->payload, m->payload_len, r->ts_ns, p, n);
 }
 
@@ -157,7 +161,7 @@ enum apply_result apply_message(struct index *ix, const struct msg *m, int64_t n
 	enum apply_result res;
 	struct rec *r = NULL;
 	bool del = m->payload_len == 0;
-	bool was_live;
+	bool was_live, failed = false;
 	int c, rc;
 
 	if (floor_div(m->ts_ns, 1000000) > now_ms + lim->future_skew_ms) {
@@ -189,7 +193,12 @@ enum apply_result apply_message(struct index *ix, const struct msg *m, int64_t n
 		res = APPLY_DUPLICATE;
 		goto done;
 	}
-	c = cmp_current(m, r);
+	c = cmp_current(m, r, &failed);
+	if (failed) {
+		r = NULL;
+		why = REJECT_STORE_READ;
+		goto reject;
+	}
 	if (c < 0) {
 		res = APPLY_OUT_OF_ORDER;
 		goto done;

@@ -27,6 +27,7 @@ enum reject_reason {
 	REJECT_NOT_JSON,    /* format = json and the payload is not */
 	REJECT_BAD_TS,      /* a timestamp member that cannot be decoded */
 	REJECT_NOMEM,       /* allocation failed */
+	REJECT_STORE_READ,  /* a tie with a value only the file holds, which could not be read */
 	REJECT_REASON_MAX
 };
 

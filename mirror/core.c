@@ -128,11 +128,13 @@ static void core_set_reason(struct core *c, const char *reason)
 }
 
 /* Remember r for the next write (write lock held). Grows the list; on
- * ENOMEM the change is still in memory and REC_DIRTY stays set, so the
- * next compaction after a write failure or the next change of r picks it
- * up. */
+ * ENOMEM the change is still in memory, REC_DIRTY set (so its payload is
+ * kept), and r is written with its next change. */
 static void core_mark_dirty(struct core *c, struct rec *r)
 {
+	/* Set first, whatever happens to the list: a dirty record keeps its
+	 * payload in memory (a commit only drops clean ones). */
+	r->flags |= REC_DIRTY;
 	if (c->ndirty == c->capdirty) {
 		size_t ncap = c->capdirty ? c->capdirty * 2 : 4096;
 		struct rec **nd = realloc(c->dirty, ncap * sizeof(*nd));
@@ -144,7 +146,6 @@ static void core_mark_dirty(struct core *c, struct rec *r)
 		c->dirty = nd;
 		c->capdirty = ncap;
 	}
-	r->flags |= REC_DIRTY;
 	c->dirty[c->ndirty++] = r;
 	if (c->first_dirty_ms == 0) {
 		c->first_dirty_ms = clock_mono_ms();
@@ -316,7 +317,8 @@ static size_t core_stage(struct core *c, bool force, int64_t mono)
 			continue;
 		}
 		r->flags &= (uint16_t)~REC_DIRTY;
-		bytes += r->payload_len;
+		if (!(r->flags & REC_IN_FILE))
+			bytes += r->payload_len; /* else written without it */
 		c->wbatch[n++] = r;
 	}
 	/* What is left is due already: first_dirty_ms stays. */
@@ -382,7 +384,7 @@ static void core_commit(struct core *c, size_t n)
 	core_set_reason(c, reason);
 }
 
-static void core_update_ready(struct core *c, bool synced)
+static void core_update_ready(struct core *c, bool synced, size_t keys)
 {
 	char why[256];
 	bool ready = synced && !c->store_failed;
@@ -404,7 +406,7 @@ static void core_update_ready(struct core *c, bool synced)
 		return;
 	if (ready) {
 		core_set_reason(c, "");
-		log_info("ready: synced with the broker, %zu keys", index_live(c->d.ix));
+		log_info("ready: synced with the broker, %zu keys", keys);
 	} else {
 		pthread_mutex_lock(&c->status_lock);
 		log_warnx("not ready: %s", c->reason);
@@ -422,7 +424,7 @@ static void *core_main(void *arg)
 		bool stopping = atomic_load(&c->stop);
 		bool changed, synced, again = false;
 		int64_t now, mono;
-		size_t staged, left;
+		size_t staged, left, keys;
 
 		if (!stopping)
 			core_sleep(c, wait_ms);
@@ -432,7 +434,8 @@ static void *core_main(void *arg)
 		index_wrlock(c->d.ix);
 		core_check_link(c, now);
 		wait_ms = stale_tick(c->d.stale, now, core_on_transition, c);
-		STAT_SET(keys, index_live(c->d.ix));
+		keys = index_live(c->d.ix);
+		STAT_SET(keys, keys);
 		STAT_SET(rev, c->rev);
 		synced = c->link_synced;
 		changed = c->changed;
@@ -456,7 +459,7 @@ static void *core_main(void *arg)
 			c->d.on_changes(c->d.on_changes_ctx);
 		if (staged)
 			core_commit(c, staged);
-		core_update_ready(c, synced);
+		core_update_ready(c, synced, keys);
 
 		if (wait_ms <= 0 || wait_ms > CORE_TICK_MAX_MS)
 			wait_ms = CORE_TICK_MAX_MS;

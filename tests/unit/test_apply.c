@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* test_apply.c: one test per apply rule of the contract, including ties, deletes and last_seen. */
 #include <check.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -216,6 +217,58 @@ START_TEST(tie_order_independent)
 	put("y", "B", T, false, fake_now_ms, NULL);
 	ck_assert_str_eq(get("x")->payload, "B");
 	ck_assert_str_eq(get("y")->payload, "B");
+}
+END_TEST
+
+/* A source for payloads in the file: "abc" for k, or a failure. */
+static bool fetch_fails;
+static int fetches;
+
+static int fetch_abc(void *ctx, const struct rec *r, const void **p, size_t *n)
+{
+	(void)ctx;
+	(void)r;
+	fetches++;
+	if (fetch_fails)
+		return -EIO;
+	*p = "abc";
+	*n = 3;
+	return 0;
+}
+
+/* Ties against a payload only the file holds: equal bytes by hash (no
+ * read), different bytes by reading it back; a failed read rejects the
+ * message with its own reason instead of ordering it blindly. */
+START_TEST(tie_against_payload_in_file)
+{
+	struct out o;
+	int64_t now = fake_now_ms;
+
+	rec_payload_source(fetch_abc, NULL);
+	fetch_fails = true;
+	fetches = 0;
+	put("k", "abc", T, false, now, NULL);
+	rec_drop_payload(get("k"));
+	ck_assert(get("k")->flags & REC_IN_FILE);
+	ck_assert_int_eq(put("k", "abc", T, false, now, &o), APPLY_DUPLICATE);
+	ck_assert_int_eq(put("k", "abc", T, true, now, &o), APPLY_DUPLICATE);
+	ck_assert_int_eq(fetches, 0);
+	ck_assert_int_eq(put("k", "abd", T, false, now, &o), APPLY_REJECTED);
+	ck_assert_int_eq(o.why, REJECT_STORE_READ);
+	ck_assert_str_eq(reject_reason_name(REJECT_STORE_READ), "store_read_error");
+	ck_assert(get("k")->flags & REC_IN_FILE);
+	fetch_fails = false;
+	ck_assert_int_eq(put("k", "abb", T, false, now, &o), APPLY_OUT_OF_ORDER);
+	ck_assert_int_eq(put("k", "abd", T, false, now, &o), APPLY_APPLIED);
+	ck_assert(!(get("k")->flags & REC_IN_FILE));
+	ck_assert_str_eq(get("k")->payload, "abd");
+	ck_assert_int_eq(fetches, 3);
+	/* A newer timestamp never needs the old bytes. */
+	rec_drop_payload(get("k"));
+	fetch_fails = true;
+	ck_assert_int_eq(put("k", "a", T + 1, false, now, &o), APPLY_APPLIED);
+	ck_assert_int_eq(fetches, 3);
+	rec_payload_source(NULL, NULL);
 }
 END_TEST
 
@@ -533,6 +586,7 @@ static Suite *apply_suite(void)
 	tcase_add_test(tc, same_duplicate);
 	tcase_add_test(tc, tie_greater_wins);
 	tcase_add_test(tc, tie_order_independent);
+	tcase_add_test(tc, tie_against_payload_in_file);
 	tcase_add_test(tc, delete_writes_tombstone);
 	tcase_add_test(tc, newer_resurrects);
 	tcase_add_test(tc, delete_unknown_key);
