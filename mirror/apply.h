@@ -40,7 +40,7 @@ const char *reject_reason_name(enum reject_reason r); /* "future_timestamp", ...
 struct msg {
 	const char *topic;
 	size_t topic_len;
-	const void *payload;
+	const void *payload; /* never NULL (an empty payload points at "") */
 	size_t payload_len;
 	int64_t ts_ns;       /* observation time (payload's, or receive time) */
 	int64_t recv_ms;     /* wall time the message was received */

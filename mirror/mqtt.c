@@ -365,7 +365,7 @@ static void on_message(struct mosquitto *mosq, void *obj, const struct mosquitto
 	}
 	d = (struct msg){
 		.topic = msg->topic, .topic_len = tlen,
-		.payload = msg->payload,
+		.payload = msg->payload ? msg->payload : "", /* never NULL, even empty */
 		.payload_len = why == REJECT_NONE || plen < REJECTS_KEEP_BYTES ? plen
 									: REJECTS_KEEP_BYTES,
 		.ts_ns = js.ts_found ? js.ts_ns : now_ns,
