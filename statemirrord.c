@@ -343,6 +343,7 @@ int main(int argc, char **argv)
 	}
 	/* Payloads the index no longer holds are read back from the file. */
 	rec_payload_source(store_fetch_payload, store);
+	rec_payload_scanner(store_scan, store_scan_end);
 	ix = index_new();
 	rejects = rejects_new((size_t)conf.max_rejects);
 	if (!ix || !rejects) {

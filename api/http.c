@@ -344,7 +344,10 @@ static int walk_run(struct api *a, struct walk *w, const char *after, size_t aft
 		w->visit_left = API_CHUNK_VISITS;
 		w->prev = NULL;
 		index_rdlock(a->d.ix);
+		/* Payloads in the file come from one range scan per hold. */
+		rec_payload_scan(cur ? cur : w->filter, cur ? cur_len : plen);
 		index_walk(a->d.ix, w->filter, plen, cur, cur_len, walk_visit, w);
+		rec_payload_scan_end();
 		index_unlock(a->d.ix);
 		cur = w->resume.data;
 		cur_len = w->resume.len;

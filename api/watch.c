@@ -537,9 +537,14 @@ static int snapshot_step(struct watch *h, struct watcher *w)
 		w->snap_last = NULL;
 		w->snap_count = 0;
 	}
+	if (w->snap_last)
+		rec_payload_scan(rec_topic(w->snap_last), w->snap_last->topic_len);
+	else
+		rec_payload_scan(w->filter, w->plen);
 	ret = index_walk(h->ix, w->filter, w->plen,
 			 w->snap_last ? rec_topic(w->snap_last) : NULL,
 			 w->snap_last ? w->snap_last->topic_len : 0, snap_visit, &s);
+	rec_payload_scan_end();
 	index_unlock(h->ix);
 	if (s.err)
 		return s.err;

@@ -231,7 +231,27 @@ void rec_set_payload_in_file(struct rec *r, size_t n, uint64_t hash)
 }
 
 static rec_fetch_fn fetch_fn;
+static rec_scan_fn scan_fn;
+static rec_scan_end_fn scan_end_fn;
 static void *fetch_ctx;
+
+void rec_payload_scanner(rec_scan_fn scan, rec_scan_end_fn scan_end)
+{
+	scan_fn = scan;
+	scan_end_fn = scan_end;
+}
+
+void rec_payload_scan(const char *from, size_t len)
+{
+	if (scan_fn)
+		scan_fn(fetch_ctx, from, len);
+}
+
+void rec_payload_scan_end(void)
+{
+	if (scan_end_fn)
+		scan_end_fn(fetch_ctx);
+}
 
 void rec_payload_source(rec_fetch_fn fetch, void *ctx)
 {

@@ -122,6 +122,19 @@ void rec_payload_source(rec_fetch_fn fetch, void *ctx);
 /* r's payload, from memory or the file (see above): 0 with *p, *n set
  * (*p NULL and *n 0 when empty), or -errno. Hold a lock on the index. */
 int rec_payload(const struct rec *r, const void **p, size_t *n);
+
+/*
+** A hint around a walk in topic order (index_walk, one hold of the lock):
+** the payloads read next belong to topics >= from, in order, so the source
+** may read them with one range scan instead of a lookup each. Call
+** rec_payload_scan_end() before the lock is released (the scan holds the
+** file's read snapshot). Optional for the source (rec_payload_scanner).
+*/
+typedef void (*rec_scan_fn)(void *ctx, const char *from, size_t len);
+typedef void (*rec_scan_end_fn)(void *ctx);
+void rec_payload_scanner(rec_scan_fn scan, rec_scan_end_fn scan_end);
+void rec_payload_scan(const char *from, size_t len);
+void rec_payload_scan_end(void);
 /* r's learning state, allocated (zeroed) at the first call. NULL on ENOMEM. */
 struct rec_learn *rec_learn(struct rec *r);
 

@@ -57,8 +57,12 @@ static const char sql_update[] =
 	" stale_since_ms = ?6, last_live_ms = ?7, updates = ?8, cadence_ms = ?9,"
 	" cadence_source = ?10, flags = ?11, learn = ?12 WHERE topic = ?1";
 
-/* Reading a payload back (struct reader). */
+/* Reading a payload back (struct reader): one, or a walk's worth in topic
+ * order (BINARY collation: memcmp order, a prefix first, as the index). */
 static const char sql_payload[] = "SELECT payload FROM rec WHERE topic = ?1";
+static const char sql_scan[] = "SELECT topic, payload FROM rec WHERE topic >= ?1 ORDER BY topic";
+/* Rows a scan steps over before it seeks instead (a sparse filter). */
+#define SCAN_SKIP_MAX 16
 
 static const char sql_rev_mark[] =
 	"INSERT INTO meta(name, value) VALUES ('rev', ?1)"
@@ -135,6 +139,9 @@ struct staged {
 struct reader {
 	sqlite3 *db;
 	sqlite3_stmt *get;
+	sqlite3_stmt *scan;     /* store_scan: stepped by store_fetch_payload */
+	bool scanning;          /* between store_scan and store_scan_end */
+	bool have_row;          /* scan's current row is not consumed yet */
 	char *buf;              /* the last payload read: valid until the next */
 	size_t cap;
 };
@@ -146,6 +153,7 @@ static void reader_free(void *p)
 	if (!rd)
 		return;
 	sqlite3_finalize(rd->get);
+	sqlite3_finalize(rd->scan);
 	sqlite3_close(rd->db);
 	free(rd->buf);
 	free(rd);
@@ -869,6 +877,8 @@ static struct reader *reader_get(struct store *st)
 	    sqlite3_exec(rd->db, "PRAGMA cache_size = -256", NULL, NULL, NULL) != SQLITE_OK ||
 	    sqlite3_prepare_v3(rd->db, sql_payload, -1, SQLITE_PREPARE_PERSISTENT, &rd->get,
 			       NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v3(rd->db, sql_scan, -1, SQLITE_PREPARE_PERSISTENT, &rd->scan,
+			       NULL) != SQLITE_OK ||
 	    pthread_setspecific(st->rkey, rd) != 0) {
 		reader_free(rd);
 		return NULL;
@@ -876,37 +886,23 @@ static struct reader *reader_get(struct store *st)
 	return rd;
 }
 
-int store_fetch_payload(void *ctx, const struct rec *r, const void **p, size_t *n)
+/* Copy column col of s (r's payload) into rd->buf for the caller. */
+static int copy_payload(struct reader *rd, sqlite3_stmt *s, int col, const struct rec *r,
+			const void **p, size_t *n)
 {
-	struct store *st = ctx;
-	struct reader *rd = reader_get(st);
-	const void *v;
-	size_t len;
-	int rc, ret = 0;
+	const void *v = sqlite3_column_blob(s, col);
+	size_t len = (size_t)sqlite3_column_bytes(s, col);
 
-	if (!rd)
-		return -EIO;
-	sqlite3_bind_text(rd->get, 1, rec_topic(r), r->topic_len, SQLITE_STATIC);
-	rc = sqlite3_step(rd->get);
-	if (rc != SQLITE_ROW) {
-		ret = rc == SQLITE_DONE ? -ENOENT : sql_errno(rc);
-		goto out;
-	}
-	v = sqlite3_column_blob(rd->get, 0);
-	len = (size_t)sqlite3_column_bytes(rd->get, 0);
 	if (len != r->payload_len) {
 		/* Not the value the index describes (a file changed behind our
 		 * back): never serve it as that value. */
-		ret = -EIO;
-		goto out;
+		return -EIO;
 	}
 	if (len + 1 > rd->cap) {
 		char *nb = realloc(rd->buf, len + 1);
 
-		if (!nb) {
-			ret = -ENOMEM;
-			goto out;
-		}
+		if (!nb)
+			return -ENOMEM;
 		rd->buf = nb;
 		rd->cap = len + 1;
 	}
@@ -915,10 +911,93 @@ int store_fetch_payload(void *ctx, const struct rec *r, const void **p, size_t *
 	rd->buf[len] = '\0';
 	*p = rd->buf;
 	*n = len;
-out:
+	return 0;
+}
+
+/* Restart the scan at topic t (a seek). */
+static void scan_seek(struct reader *rd, const char *t, size_t tl)
+{
+	sqlite3_reset(rd->scan);
+	sqlite3_bind_text(rd->scan, 1, t, (int)tl, SQLITE_TRANSIENT);
+	rd->have_row = false;
+}
+
+/* r's payload from the scan, stepping over rows the walk skipped. Returns
+ * 1 when the scan cannot tell (the caller looks r up), else as fetch. */
+static int scan_fetch(struct reader *rd, const struct rec *r, const void **p, size_t *n)
+{
+	for (int i = 0; i < SCAN_SKIP_MAX; i++) {
+		const char *t;
+		size_t tl, m;
+		int c;
+
+		if (!rd->have_row) {
+			if (sqlite3_step(rd->scan) != SQLITE_ROW)
+				break;
+			rd->have_row = true;
+		}
+		t = (const char *)sqlite3_column_text(rd->scan, 0);
+		tl = (size_t)sqlite3_column_bytes(rd->scan, 0);
+		m = tl < r->topic_len ? tl : r->topic_len;
+		c = m ? memcmp(t, rec_topic(r), m) : 0;
+		if (c == 0)
+			c = tl < r->topic_len ? -1 : tl > r->topic_len;
+		if (c == 0) {
+			rd->have_row = false;
+			return copy_payload(rd, rd->scan, 1, r, p, n);
+		}
+		if (c > 0)
+			break;
+		rd->have_row = false; /* a row the walk did not want */
+	}
+	/* A sparse walk: seek there, and go on from there next time. */
+	scan_seek(rd, rec_topic(r), r->topic_len);
+	return 1;
+}
+
+int store_fetch_payload(void *ctx, const struct rec *r, const void **p, size_t *n)
+{
+	struct store *st = ctx;
+	struct reader *rd = reader_get(st);
+	int rc, ret;
+
+	if (!rd)
+		return -EIO;
+	if (rd->scanning && (ret = scan_fetch(rd, r, p, n)) <= 0)
+		return ret;
+	sqlite3_bind_text(rd->get, 1, rec_topic(r), r->topic_len, SQLITE_STATIC);
+	rc = sqlite3_step(rd->get);
+	if (rc == SQLITE_ROW)
+		ret = copy_payload(rd, rd->get, 0, r, p, n);
+	else
+		ret = rc == SQLITE_DONE ? -ENOENT : sql_errno(rc);
 	sqlite3_reset(rd->get);
 	sqlite3_clear_bindings(rd->get);
 	return ret;
+}
+
+void store_scan(void *ctx, const char *from, size_t len)
+{
+	struct reader *rd = reader_get(ctx);
+
+	if (!rd)
+		return;
+	scan_seek(rd, from ? from : "", from ? len : 0);
+	rd->scanning = true;
+}
+
+void store_scan_end(void *ctx)
+{
+	struct store *st = ctx;
+	struct reader *rd = pthread_getspecific(st->rkey);
+
+	if (!rd || !rd->scanning)
+		return;
+	/* Ends the read transaction: the next read sees every commit. */
+	sqlite3_reset(rd->scan);
+	sqlite3_clear_bindings(rd->scan);
+	rd->scanning = false;
+	rd->have_row = false;
 }
 
 int store_purge_tombstones(struct store *st, int64_t before_ns, int64_t *ret_n, char *err,

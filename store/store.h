@@ -106,6 +106,11 @@ int store_checkpoint(struct store *st);
 */
 int store_fetch_payload(void *ctx, const struct rec *r, const void **p, size_t *n);
 
+/* A rec_scan_fn / rec_scan_end_fn (index.h) for store_fetch_payload: a
+ * walk's payloads come from one range scan of this thread's reader. */
+void store_scan(void *ctx, const char *from, size_t len);
+void store_scan_end(void *ctx);
+
 /* The schema version this build writes (the number of migrations). */
 int store_schema_version(void);
 
