@@ -252,19 +252,18 @@ static int load_visit(struct rec *r, void *ctx)
 /* Load the stored keys and schedule every deadline; keys whose deadline
  * passed while we were down turn stale now (without an alert: startup
  * counts as not synced, see stale_on_broker). */
-static int load_index(struct store *st, struct stale *stale, struct index *ix, int64_t *ret_rev)
+static int load_index(struct store *st, struct stale *stale, struct index *ix, int64_t *ret_rev,
+		      int64_t *ret_purge_before_ns)
 {
 	struct load_ctx lc = { stale, clock_wall_ms() };
-	int64_t t0 = clock_mono_ms(), purged = 0;
+	int64_t t0 = clock_mono_ms();
 	char err[256];
-	int rc = store_purge_tombstones(st, (lc.now_ms - TOMBSTONE_TTL_MS) * 1000000, &purged,
-					err, sizeof(err));
+	int rc;
 
-	if (rc < 0)
-		log_warnx("store: old tombstones not purged: %s", err);
-	else if (purged)
-		log_info("store: %lld tombstones older than a day purged", (long long)purged);
-	rc = store_load(st, ix, ret_rev, err, sizeof(err));
+	/* Tombstones older than a day are forgotten now and deleted from the
+	 * file by the core thread once serving (core_deps.purge_before_ns). */
+	*ret_purge_before_ns = (lc.now_ms - TOMBSTONE_TTL_MS) * 1000000;
+	rc = store_load(st, ix, *ret_purge_before_ns, ret_rev, err, sizeof(err));
 	if (rc < 0) {
 		log_error("store: cannot load: %s", err);
 		return rc;
@@ -310,7 +309,7 @@ int main(int argc, char **argv)
 	struct watch *watch = NULL;
 	char err[512];
 	int status = EXIT_RUNTIME, rc;
-	int64_t rev = 0;
+	int64_t rev = 0, purge_before_ns = 0;
 	sigset_t sigs;
 
 	if (parse_args(argc, argv, &opt) < 0)
@@ -359,7 +358,7 @@ int main(int argc, char **argv)
 		log_error("out of memory at startup");
 		goto out;
 	}
-	if (load_index(store, stale, ix, &rev) < 0)
+	if (load_index(store, stale, ix, &rev, &purge_before_ns) < 0)
 		goto out;
 
 	changes = changes_new((size_t)conf.watch_log_size, rev);
@@ -374,6 +373,7 @@ int main(int argc, char **argv)
 	struct core_deps cd = { .conf = &conf, .ix = ix, .store = store, .stale = stale,
 				.mqtt = mqtt, .rejects = rejects,
 				.changes = changes, .rev = rev,
+				.purge_before_ns = purge_before_ns,
 				.on_changes = watch_wake, .on_changes_ctx = watch };
 	if ((rc = core_start(&cd, &core)) < 0) {
 		log_error("cannot start the core thread: %s", strerror(-rc));

@@ -415,10 +415,27 @@ static void core_update_ready(struct core *c, bool synced, size_t keys)
 	atomic_store(&c->ready, ready);
 }
 
+/* The old tombstones store_load skipped leave the file before the first
+ * write (a full scan: off the startup path, on this thread). */
+static void core_purge(struct core *c)
+{
+	int64_t purged = 0;
+	char err[256];
+
+	if (!c->d.purge_before_ns)
+		return;
+	if (store_purge_tombstones(c->d.store, c->d.purge_before_ns, &purged, err, sizeof(err)) < 0)
+		log_warnx("store: old tombstones not purged: %s", err);
+	else if (purged)
+		log_info("store: %lld tombstones older than a day purged", (long long)purged);
+}
+
 static void *core_main(void *arg)
 {
 	struct core *c = arg;
 	int64_t wait_ms = 0;
+
+	core_purge(c);
 
 	for (;;) {
 		bool stopping = atomic_load(&c->stop);

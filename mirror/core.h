@@ -32,6 +32,9 @@ struct core_deps {
 	void (*on_changes)(void *ctx);
 	void *on_changes_ctx;
 	int64_t rev;              /* highest rev loaded from the store */
+	/* Delete the tombstones store_load skipped (observation time before
+	 * this, ns) before the first write; 0: none. */
+	int64_t purge_before_ns;
 };
 
 /* Start the core thread (staleness deadlines, readiness, store writes). */

@@ -781,7 +781,8 @@ int store_write(struct store *st, struct rec *const *recs, size_t n, char *err, 
 	return store_commit(st, err, errlen);
 }
 
-int store_load(struct store *st, struct index *ix, int64_t *ret_rev, char *err, size_t errlen)
+int store_load(struct store *st, struct index *ix, int64_t skip_before_ns, int64_t *ret_rev,
+	       char *err, size_t errlen)
 {
 	sqlite3_stmt *s = NULL;
 	int64_t rev = 0, mark = 0;
@@ -810,6 +811,8 @@ int store_load(struct store *st, struct index *ix, int64_t *ret_rev, char *err, 
 			goto fail;
 		}
 		flags = (uint16_t)(sqlite3_column_int64(s, 10) & PERSISTED_FLAGS);
+		if ((flags & REC_DELETED) && sqlite3_column_int64(s, 1) < skip_before_ns)
+			continue; /* forgotten: store_purge_tombstones deletes it */
 		payload = sqlite3_column_blob(s, 12);
 		plen = (size_t)sqlite3_column_bytes(s, 12);
 		if ((flags & REC_DELETED) || !payload)

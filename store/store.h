@@ -35,21 +35,26 @@ int store_open(const char *path, struct store **ret_st, char *err, size_t errlen
 void store_close(struct store *st);
 
 /*
-** Load every stored record (tombstones included) into ix, which must be
-** empty, in topic order, payloads left in the file (REC_IN_FILE); *ret_rev receives the highest rev ever written
-** (0 for a new file). Loaded records have REC_DIRTY clear, heap_idx =
-** UINT32_MAX and alert_state 0 (neither is stored); REC_STALE and
-** stale_since_ms are as last written. Returns 0, -ENOMEM, or -EIO (with
-** err; also for a stored topic that is empty, longer than 65535 bytes or
-** holds a NUL). On failure ix may hold the records loaded so far: the
-** caller frees it.
+** Load every stored record into ix, which must be empty, in topic order,
+** payloads left in the file (REC_IN_FILE), except the tombstones of keys
+** deleted before skip_before_ns (observation time; INT64_MIN keeps all):
+** those are forgotten, and store_purge_tombstones() with the same bound
+** deletes their rows later, off the startup path. *ret_rev receives the
+** highest rev ever written (0 for a new file). Loaded records have
+** REC_DIRTY clear, heap_idx = UINT32_MAX and alert_state 0 (neither is
+** stored); REC_STALE and stale_since_ms are as last written. Returns 0,
+** -ENOMEM, or -EIO (with err; also for a stored topic that is empty,
+** longer than 65535 bytes or holds a NUL). On failure ix may hold the
+** records loaded so far: the caller frees it.
 */
-int store_load(struct store *st, struct index *ix, int64_t *ret_rev, char *err, size_t errlen);
+int store_load(struct store *st, struct index *ix, int64_t skip_before_ns, int64_t *ret_rev,
+	       char *err, size_t errlen);
 
 /*
 ** Delete the tombstones of keys deleted before before_ns (observation
 ** time), so that deletes of topics never seen again do not fill max_keys
-** for ever. Called before store_load, while nothing points at records.
+** for ever: the rows store_load skipped. The core thread calls it once,
+** before its first write.
 ** *ret_n (may be NULL) receives the count. Returns 0 or -errno with err.
 */
 int store_purge_tombstones(struct store *st, int64_t before_ns, int64_t *ret_n, char *err,

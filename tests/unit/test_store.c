@@ -157,7 +157,7 @@ static struct index *load_all(int64_t *ret_rev)
 	int64_t rev = -1;
 
 	ck_assert_ptr_nonnull(ix);
-	ck_assert_msg(store_load(st, ix, &rev, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_msg(store_load(st, ix, INT64_MIN, &rev, err, sizeof(err)) == 0, "%s", err);
 	store_close(st);
 	if (ret_rev)
 		*ret_rev = rev;
@@ -705,6 +705,22 @@ START_TEST(test_purge_tombstones)
 	v[1]->ts_ns += 1000000000LL * 3600 * 48;
 	v[2] = mkrec("old/live", "{}", 2, 3);   /* as old, but live: kept */
 	write_ok(st, v, 3);
+	/* The load forgets the old tombstone (the purge deletes it later)... */
+	{
+		struct index *ix = index_new();
+		int64_t rev = 0;
+
+		ck_assert_ptr_nonnull(ix);
+		ck_assert_msg(store_load(st, ix, v[0]->ts_ns + 10, &rev, err, sizeof(err)) == 0,
+			      "%s", err);
+		ck_assert_ptr_null(index_get(ix, "old/deleted", 11));
+		ck_assert_ptr_nonnull(index_get(ix, "new/deleted", 11));
+		ck_assert_ptr_nonnull(index_get(ix, "old/live", 8));
+		ck_assert_uint_eq(index_size(ix), 2);
+		ck_assert_int_eq(rev, 3);
+		index_free(ix);
+	}
+	/* ... with the same bound. */
 	ck_assert_int_eq(store_purge_tombstones(st, v[0]->ts_ns + 10, &n, err, sizeof(err)), 0);
 	ck_assert_int_eq(n, 1);
 	ck_assert_int_eq(file_int("SELECT count(*) FROM rec WHERE topic = 'old/deleted'"), 0);
