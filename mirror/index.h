@@ -87,8 +87,8 @@ struct rec {
 
 static inline const char *rec_topic(const struct rec *r) { return r->data; }
 
-/* A record outside any index (tests, tools): topic copied, no payload, no
- * inline room. Other fields are zero, heap_idx = UINT32_MAX. Returns NULL
+/* A record outside any index (tests, tools): topic copied, no payload.
+ * Other fields are zero, heap_idx = UINT32_MAX. Returns NULL
  * with errno ENOMEM, or EINVAL when topic_len > UINT16_MAX. Free it with
  * rec_free(); records in an index are created by index_add() instead and
  * freed by index_free() only. */

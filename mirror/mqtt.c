@@ -34,6 +34,13 @@
 ** (under mu) and a few atomics. mqtt_publish_retained() hands its message
 ** to the outbox and pokes the thread through an eventfd.
 **
+** Lock order. The core may call mqtt_publish_retained() (mu) holding the
+** index lock, and flush_outbox() calls libmosquitto holding mu, whose
+** callbacks (on this thread) take the index lock: ThreadSanitizer reports
+** that as a cycle. It cannot deadlock: libmosquitto's own mutexes are only
+** ever taken on this thread, so no other thread can hold one while it
+** waits for mu.
+**
 ** Wake-ups. A subscriber that keeps up with a fast stream is woken every
 ** few messages, and each wake-up (poll, the scheduler, the TCP receive)
 ** costs more than the messages it brings. While the stream is busy the
