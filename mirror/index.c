@@ -140,6 +140,10 @@ static bool payload_fits(struct rec *r, size_t need)
 
 	if (!payload_in_ram(r))
 		return false;
+	/* The common case, a value of the same size, needs no look at the
+	 * buffer: it was kept (or made) for exactly this size. */
+	if (need == (size_t)r->payload_len + 1)
+		return true;
 	have = malloc_usable_size(r->payload);
 	return need <= have && have <= 2 * need + 64;
 }
