@@ -655,6 +655,28 @@ out:
 	return NULL;
 }
 
+/* Listen on a free loopback port and serve one client there; returns the port. */
+static int fake_start(struct fake *f)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t alen = sizeof(a);
+
+	f->lfd = socket(AF_INET, SOCK_STREAM, 0);
+	ck_assert_int_ge(f->lfd, 0);
+	ck_assert_int_eq(bind(f->lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+	ck_assert_int_eq(listen(f->lfd, 4), 0);
+	ck_assert_int_eq(getsockname(f->lfd, (struct sockaddr *)&a, &alen), 0);
+	ck_assert_int_eq(pthread_create(&f->th, NULL, fake_broker, f), 0);
+	return ntohs(a.sin_port);
+}
+
+/* Wait for the fake broker's client to go (mqtt_free sends DISCONNECT). */
+static void fake_stop(struct fake *f)
+{
+	pthread_join(f->th, NULL);
+	close(f->lfd);
+}
+
 /*
 ** The retained burst is quiet only when nothing arrives for sync_quiet
 ** after the last message was handed over: time the sink takes (a slow
@@ -664,21 +686,13 @@ out:
 */
 START_TEST(test_slow_sink_is_not_quiet)
 {
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	socklen_t alen = sizeof(a);
 	struct fake f = { .refuse = "", .nretained = 2 };
 	struct tsink *q = tsink_new();
 	struct mqtt *m;
 	struct conf c;
 	char err[256];
 
-	f.lfd = socket(AF_INET, SOCK_STREAM, 0);
-	ck_assert_int_eq(bind(f.lfd, (struct sockaddr *)&a, sizeof(a)), 0);
-	ck_assert_int_eq(listen(f.lfd, 4), 0);
-	ck_assert_int_eq(getsockname(f.lfd, (struct sockaddr *)&a, &alen), 0);
-	ck_assert_int_eq(pthread_create(&f.th, NULL, fake_broker, &f), 0);
-
-	make_conf(&c, ntohs(a.sin_port));
+	make_conf(&c, fake_start(&f));
 	c.protocol = 311;
 	c.sync_quiet_ms = 1000;
 	ck_assert_int_eq(mqtt_new(&c, &m, err, sizeof(err)), 0);
@@ -707,8 +721,7 @@ START_TEST(test_slow_sink_is_not_quiet)
 
 	tsink_allow(q, 0, true);
 	mqtt_free(m);
-	pthread_join(f.th, NULL);
-	close(f.lfd);
+	fake_stop(&f);
 	tsink_free(q);
 }
 END_TEST
@@ -716,21 +729,13 @@ END_TEST
 /* A refused subscription counts as acknowledged: synced, and the status says so. */
 START_TEST(test_refused_subscription)
 {
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	socklen_t alen = sizeof(a);
 	struct fake f = { .refuse = "secret/#" };
 	struct tsink *q = tsink_new();
 	struct mqtt *m;
 	struct conf c;
 	char err[256];
 
-	f.lfd = socket(AF_INET, SOCK_STREAM, 0);
-	ck_assert_int_eq(bind(f.lfd, (struct sockaddr *)&a, sizeof(a)), 0);
-	ck_assert_int_eq(listen(f.lfd, 4), 0);
-	ck_assert_int_eq(getsockname(f.lfd, (struct sockaddr *)&a, &alen), 0);
-	ck_assert_int_eq(pthread_create(&f.th, NULL, fake_broker, &f), 0);
-
-	make_conf(&c, ntohs(a.sin_port));
+	make_conf(&c, fake_start(&f));
 	c.protocol = 311;
 	ck_assert_int_eq(conf_set_str(&c.filters[0], "ok/#"), 0);
 	c.filters[1] = strdup("secret/#");
@@ -746,8 +751,7 @@ START_TEST(test_refused_subscription)
 	ck_assert(!status_has(m, "'ok/#'"));
 
 	mqtt_free(m); /* sends DISCONNECT: the fake broker's thread ends */
-	pthread_join(f.th, NULL);
-	close(f.lfd);
+	fake_stop(&f);
 	tsink_free(q);
 }
 END_TEST
