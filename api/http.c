@@ -965,7 +965,14 @@ int api_start(const struct api_deps *d, struct api **ret, char *err, size_t errl
 	const char *listen_spec = conf->http_listen ? conf->http_listen : "127.0.0.1:8080";
 	struct MHD_OptionItem ops[12];
 	struct sockaddr_storage ss;
-	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG |
+	/* poll(), not epoll: libmicrohttpd 0.9.75 (Debian 12) waits on its
+	 * epoll set again, with the full timeout, whenever one wait returned
+	 * exactly 128 events, leaving those 128 unprocessed until the next
+	 * event or connection timeout (up to 30 s). 256 clients closing at
+	 * once stalled a worker that way. poll() costs O(connections) per
+	 * wake-up, small at the default max_connections of 512; suspended
+	 * watchers are left out of its set. */
+	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ERROR_LOG |
 			 MHD_ALLOW_SUSPEND_RESUME;
 	unsigned threads = (unsigned)clamp_sz(conf->http_threads, 1, 64);
 	unsigned conns = (unsigned)clamp_sz(conf->http_max_conns, 1, 1u << 20);
