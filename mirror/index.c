@@ -11,61 +11,72 @@
 #include "index.h"
 
 /*
-** The tree holds tagged pointers: a leaf is a struct rec * (8-aligned, low
-** bit 0), an internal node has the low bit set.  An internal node splits on
-** one bit: `byte` is the index of the first byte where its two subtrees
-** differ and `otherbits` has every bit set except that critical one, so
-** that (1 + (otherbits | c)) >> 8 is the direction for byte c.  Bytes past
-** a topic's end read as 0; topics hold no NUL, so a prefix sorts before
-** its extensions and an in-order walk is byte order.
+** The tree holds 32-bit references, not pointers: at a million keys that
+** halves the internal nodes (12 bytes instead of 24) and the walk stacks.
+** A reference with bit 0 set is internal node number ref >> 1; with bit 0
+** clear it is a record: bits 31..18 its block, bits 17..1 its slot's offset
+** in the block in 8-byte units. An internal node splits on one bit: `byte`
+** is the index of the first byte where its two subtrees differ and
+** `otherbits` has every bit set except that critical one, so that
+** (1 + (otherbits | c)) >> 8 is the direction for byte c.  Bytes past a
+** topic's end read as 0; topics hold no NUL, so a prefix sorts before its
+** extensions and an in-order walk is byte order.
 **
-** Keys are never removed (a delete leaves a tombstone record), so internal
-** nodes come from a bump arena: 24 bytes each, no malloc header, freed all
-** at once by index_free().  Every record hangs below exactly one internal
-** node (or is the root), which is how index_free() finds them without a
-** stack.
-**
-** Records come from a bump arena of their own (1 MiB blocks): a record is
-** one slot holding its fields and its topic, with no malloc header and no
-** rounding to malloc's size classes. What a record owns beyond its slot (a
-** payload the file does not have yet, its learning state) is malloc'd, and
-** released by index_free().
+** Keys are never removed (a delete leaves a tombstone record), so nodes and
+** records come from arenas that only grow, freed all at once by
+** index_free(): nodes from chunks of 8192, records from 1 MiB blocks (a
+** record is one slot holding its fields and its topic, with no malloc
+** header and no rounding to malloc's size classes; 2^14 blocks, 16 GiB of
+** records, is the most one index holds). What a record owns beyond its slot
+** (a payload the file does not have yet, its learning state) is malloc'd,
+** and released by index_free(). Every record hangs below exactly one
+** internal node (or is the root), which is how index_free() finds them.
 */
+typedef uint32_t cb_ref;
+
+#define CB_NONE UINT32_MAX                /* the empty tree's root */
+
 struct cb_node {
-	void *child[2];
-	uint32_t byte;
+	cb_ref child[2];
+	uint16_t byte;           /* < 65536: topics are at most 65535 bytes */
 	uint8_t otherbits;
 };
+_Static_assert(sizeof(struct cb_node) == 12, "a crit-bit node is 12 bytes");
 
-struct cb_chunk {
-	struct cb_chunk *next;
-	size_t used, cap;
-	struct cb_node nodes[];
-};
+#define NODE_CHUNK_SHIFT 13
+#define NODE_CHUNK (1u << NODE_CHUNK_SHIFT)
+#define NODE_MAX ((1u << 31) - 1)        /* node numbers below; CB_NONE is not one */
 
-#define CB_CHUNK_MIN 32
-#define CB_CHUNK_MAX 65536
-
-struct rec_block {
-	struct rec_block *next;
-	size_t size;
-	_Alignas(16) char mem[];
-};
-
-#define REC_BLOCK_SIZE (1u << 20)
+#define REC_BLOCK_SHIFT 20
+#define REC_BLOCK_SIZE (1u << REC_BLOCK_SHIFT)
+#define REC_BLOCK_MAX (1u << (31 - REC_BLOCK_SHIFT + 3))
+#define REC_SLOT_BITS (REC_BLOCK_SHIFT - 3)
 
 struct index {
-	void *root;
-	struct cb_chunk *chunks;     /* newest first */
-	struct rec_block *blocks;    /* newest first; records are carved from the front one */
+	cb_ref root;
+	struct cb_node **chunks;     /* node n is chunks[n >> 13][n & 8191] */
+	uint32_t nnodes, capchunks;
+	char **blocks;               /* records are carved from the last one */
+	uint32_t nblocks, capblocks;
 	size_t block_used;
 	size_t nrec, nlive;
 	pthread_rwlock_t lock;
 };
 
-static inline int is_node(const void *p) { return (int)((uintptr_t)p & 1); }
-static inline struct cb_node *to_node(void *p) { return (struct cb_node *)((uintptr_t)p - 1); }
-static inline void *tag_node(struct cb_node *n) { return (void *)((uintptr_t)n + 1); }
+static inline bool is_node(cb_ref p) { return p & 1; }
+
+static inline struct cb_node *to_node(const struct index *ix, cb_ref p)
+{
+	uint32_t n = p >> 1;
+
+	return &ix->chunks[n >> NODE_CHUNK_SHIFT][n & (NODE_CHUNK - 1)];
+}
+
+static inline struct rec *to_rec(const struct index *ix, cb_ref p)
+{
+	return (struct rec *)(ix->blocks[p >> (REC_SLOT_BITS + 1)] +
+			      ((size_t)((p >> 1) & ((1u << REC_SLOT_BITS) - 1)) << 3));
+}
 
 static inline uint8_t key_byte(const char *k, size_t len, uint32_t i)
 {
@@ -281,27 +292,36 @@ static size_t rec_slot_size(size_t topic_len)
 	return (sizeof(struct rec) + topic_len + 1 + 7) & ~(size_t)7;
 }
 
-/* Carve a slot of `size` bytes from the front block (a new one when it is
- * full). NULL on ENOMEM. */
-static void *rec_slot(struct index *ix, size_t size)
+/* Carve a slot of `size` bytes (at most a block) from the last block, or
+ * a new one when it is full; *ref is the slot's reference. NULL on ENOMEM,
+ * also when the index holds as many blocks as references can name. */
+static struct rec *rec_slot(struct index *ix, size_t size, cb_ref *ref)
 {
-	struct rec_block *b = ix->blocks;
-	void *p;
+	size_t off;
 
-	if (!b || b->size - ix->block_used < size) {
-		size_t bsize = size > REC_BLOCK_SIZE ? size : REC_BLOCK_SIZE;
+	if (ix->nblocks == 0 || REC_BLOCK_SIZE - ix->block_used < size) {
+		char *b;
 
-		b = malloc(sizeof(*b) + bsize);
-		if (!b)
+		if (ix->nblocks == REC_BLOCK_MAX)
 			return NULL;
-		b->next = ix->blocks;
-		b->size = bsize;
-		ix->blocks = b;
+		if (ix->nblocks == ix->capblocks) {
+			uint32_t ncap = ix->capblocks ? 2 * ix->capblocks : 16;
+			char **nb = realloc(ix->blocks, ncap * sizeof(*nb));
+
+			if (!nb)
+				return NULL;
+			ix->blocks = nb;
+			ix->capblocks = ncap;
+		}
+		if (!(b = malloc(REC_BLOCK_SIZE)))
+			return NULL;
+		ix->blocks[ix->nblocks++] = b;
 		ix->block_used = 0;
 	}
-	p = b->mem + ix->block_used;
+	off = ix->block_used;
 	ix->block_used += size;
-	return p;
+	*ref = (cb_ref)(((ix->nblocks - 1) << REC_SLOT_BITS | off >> 3) << 1);
+	return (struct rec *)(ix->blocks[ix->nblocks - 1] + off);
 }
 
 struct index *index_new(void)
@@ -311,6 +331,7 @@ struct index *index_new(void)
 
 	if (!ix)
 		return NULL;
+	ix->root = CB_NONE;
 	if (pthread_rwlockattr_init(&attr) != 0)
 		goto fail;
 	pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
@@ -327,25 +348,23 @@ fail:
 
 void index_free(struct index *ix)
 {
-	struct cb_chunk *c, *next;
-	struct rec_block *b, *bnext;
-
 	if (!ix)
 		return;
-	if (ix->root && !is_node(ix->root))
-		rec_release(ix->root);
-	for (c = ix->chunks; c; c = next) {
-		next = c->next;
-		for (size_t i = 0; i < c->used; i++)
-			for (int d = 0; d < 2; d++)
-				if (!is_node(c->nodes[i].child[d]))
-					rec_release(c->nodes[i].child[d]);
-		free(c);
+	if (ix->root != CB_NONE && !is_node(ix->root))
+		rec_release(to_rec(ix, ix->root));
+	for (uint32_t i = 0; i < ix->nnodes; i++) {
+		const struct cb_node *n = &ix->chunks[i >> NODE_CHUNK_SHIFT][i & (NODE_CHUNK - 1)];
+
+		for (int d = 0; d < 2; d++)
+			if (!is_node(n->child[d]))
+				rec_release(to_rec(ix, n->child[d]));
 	}
-	for (b = ix->blocks; b; b = bnext) {
-		bnext = b->next;
-		free(b);
-	}
+	for (uint32_t i = 0; i < (ix->nnodes + NODE_CHUNK - 1) >> NODE_CHUNK_SHIFT; i++)
+		free(ix->chunks[i]);
+	for (uint32_t i = 0; i < ix->nblocks; i++)
+		free(ix->blocks[i]);
+	free(ix->chunks);
+	free(ix->blocks);
 	pthread_rwlock_destroy(&ix->lock);
 	free(ix);
 }
@@ -359,45 +378,64 @@ void index_adjust_live(struct index *ix, long delta)
 }
 
 /* Walk down by k's bits to the leaf that shares the longest prefix with it. */
-static struct rec *best_leaf(void *p, const char *k, size_t len)
+static struct rec *best_leaf(const struct index *ix, cb_ref p, const char *k, size_t len)
 {
 	while (is_node(p)) {
-		struct cb_node *n = to_node(p);
+		const struct cb_node *n = to_node(ix, p);
+
 		p = n->child[direction(n, k, len)];
 	}
-	return p;
+	return to_rec(ix, p);
 }
 
 struct rec *index_get(const struct index *ix, const char *topic, size_t len)
 {
 	struct rec *r;
 
-	if (!ix->root)
+	if (ix->root == CB_NONE)
 		return NULL;
-	r = best_leaf(ix->root, topic, len);
+	r = best_leaf(ix, ix->root, topic, len);
 	if (r->topic_len != len || memcmp(r->data, topic, len) != 0)
 		return NULL;
 	return r;
 }
 
-static struct cb_node *node_alloc(struct index *ix)
+/* A new internal node: its number in *num. NULL on ENOMEM. */
+static struct cb_node *node_alloc(struct index *ix, uint32_t *num)
 {
-	struct cb_chunk *c = ix->chunks;
+	uint32_t n = ix->nnodes;
 
-	if (!c || c->used == c->cap) {
-		size_t cap = c ? c->cap * 2 : CB_CHUNK_MIN;
+	if (n == NODE_MAX)
+		return NULL;
+	if ((n & (NODE_CHUNK - 1)) == 0) {
+		uint32_t c = n >> NODE_CHUNK_SHIFT;
 
-		if (cap > CB_CHUNK_MAX)
-			cap = CB_CHUNK_MAX;
-		c = malloc(sizeof(*c) + cap * sizeof(struct cb_node));
-		if (!c)
+		if (c == ix->capchunks) {
+			uint32_t ncap = ix->capchunks ? 2 * ix->capchunks : 16;
+			struct cb_node **nc = realloc(ix->chunks, ncap * sizeof(*nc));
+
+			if (!nc)
+				return NULL;
+			ix->chunks = nc;
+			ix->capchunks = ncap;
+		}
+		if (!(ix->chunks[c] = malloc(NODE_CHUNK * sizeof(struct cb_node))))
 			return NULL;
-		c->next = ix->chunks;
-		c->used = 0;
-		c->cap = cap;
-		ix->chunks = c;
 	}
-	return &c->nodes[c->used++];
+	ix->nnodes++;
+	*num = n;
+	return &ix->chunks[n >> NODE_CHUNK_SHIFT][n & (NODE_CHUNK - 1)];
+}
+
+/* Give back the node node_alloc() just returned. */
+static void node_unalloc(struct index *ix)
+{
+	uint32_t n = --ix->nnodes;
+
+	if ((n & (NODE_CHUNK - 1)) == 0) {
+		free(ix->chunks[n >> NODE_CHUNK_SHIFT]);
+		ix->chunks[n >> NODE_CHUNK_SHIFT] = NULL;
+	}
 }
 
 /*
@@ -433,12 +471,12 @@ static inline bool node_after(const struct cb_node *n, uint32_t byte, uint8_t ot
 struct rec *index_add(struct index *ix, const char *k, size_t len,
 		      const void *p, size_t n, uint16_t flags)
 {
-	uint32_t nbyte = 0;
+	uint32_t nbyte = 0, nnum = 0;
 	uint8_t nother = 0;
 	struct cb_node *nn = NULL;
 	size_t size;
 	struct rec *r;
-	void **where;
+	cb_ref rref, *where;
 	int dir;
 
 	if (len > UINT16_MAX || memchr(k, '\0', len)) {
@@ -449,15 +487,16 @@ struct rec *index_add(struct index *ix, const char *k, size_t len,
 		errno = E2BIG;
 		return NULL;
 	}
-	if (ix->root && !crit_bit(best_leaf(ix->root, k, len), k, len, &nbyte, &nother)) {
+	if (ix->root != CB_NONE &&
+	    !crit_bit(best_leaf(ix, ix->root, k, len), k, len, &nbyte, &nother)) {
 		errno = EEXIST;
 		return NULL;
 	}
 	/* Every allocation first, so that a failure leaves the index as it was. */
-	if (ix->root && !(nn = node_alloc(ix)))
-		return NULL;
+	if (ix->root != CB_NONE && !(nn = node_alloc(ix, &nnum)))
+		goto nomem;
 	size = rec_slot_size(len);
-	r = rec_slot(ix, size);
+	r = rec_slot(ix, size, &rref);
 	if (!r)
 		goto nomem;
 	rec_init(r, k, len);
@@ -468,24 +507,24 @@ struct rec *index_add(struct index *ix, const char *k, size_t len,
 	r->flags = flags;
 
 	if (!nn) {
-		ix->root = r;
+		ix->root = rref;
 		goto done;
 	}
 	dir = (1 + (nother | key_byte(k, len, nbyte))) >> 8;
-	nn->byte = nbyte;
+	nn->byte = (uint16_t)nbyte;
 	nn->otherbits = nother;
-	nn->child[dir] = r;
+	nn->child[dir] = rref;
 
 	where = &ix->root;
 	while (is_node(*where)) {
-		struct cb_node *cn = to_node(*where);
+		struct cb_node *cn = to_node(ix, *where);
 
 		if (node_after(cn, nbyte, nother))
 			break;
 		where = &cn->child[direction(cn, k, len)];
 	}
 	nn->child[1 - dir] = *where;
-	*where = tag_node(nn);
+	*where = nnum << 1 | 1;
 done:
 	ix->nrec++;
 	if (!(flags & REC_DELETED))
@@ -493,7 +532,7 @@ done:
 	return r;
 nomem:
 	if (nn)
-		ix->chunks->used--;     /* the node just taken: give it back */
+		node_unalloc(ix);
 	errno = ENOMEM;
 	return NULL;
 }
@@ -508,16 +547,16 @@ void index_unlock(struct index *ix) { pthread_rwlock_unlock(&ix->lock); }
 ** mostly a few dozen: the first slots live on the C stack.
 */
 struct walk_stack {
-	void **v;
+	cb_ref *v;
 	size_t n, cap;
-	void *inline_v[64];
+	cb_ref inline_v[64];
 };
 
-static int ws_push(struct walk_stack *s, void *p)
+static int ws_push(struct walk_stack *s, cb_ref p)
 {
 	if (s->n == s->cap) {
 		size_t ncap = s->cap * 2;
-		void **nv;
+		cb_ref *nv;
 
 		if (s->v == s->inline_v) {
 			nv = malloc(ncap * sizeof(*nv));
@@ -547,16 +586,17 @@ static bool has_prefix(const struct rec *r, const char *prefix, size_t plen)
 ** critical bit against the best leaf), k is either below the whole
 ** subtree there (visit it all) or above it (skip it).
 */
-static int seek_after(struct walk_stack *s, void *top, const char *k, size_t len)
+static int seek_after(const struct index *ix, struct walk_stack *s, cb_ref top,
+		      const char *k, size_t len)
 {
 	uint32_t nbyte;
 	uint8_t nother;
-	bool differs = crit_bit(best_leaf(top, k, len), k, len, &nbyte, &nother);
-	void *p = top;
+	bool differs = crit_bit(best_leaf(ix, top, k, len), k, len, &nbyte, &nother);
+	cb_ref p = top;
 	int rc;
 
 	while (is_node(p)) {
-		struct cb_node *n = to_node(p);
+		const struct cb_node *n = to_node(ix, p);
 		int dir;
 
 		if (differs && node_after(n, nbyte, nother))
@@ -577,32 +617,32 @@ int index_walk(const struct index *ix, const char *prefix, size_t prefix_len,
 	       const char *after, size_t after_len, index_visit_fn fn, void *ctx)
 {
 	struct walk_stack s = { .n = 0, .cap = 64 };
-	void *top = ix->root;
+	cb_ref top = ix->root;
 	int rc = 0;
 
 	s.v = s.inline_v;
-	if (!top)
+	if (top == CB_NONE)
 		return 0;
 	/* The subtree holding every key that starts with the prefix, if any. */
-	while (is_node(top) && to_node(top)->byte < prefix_len)
-		top = to_node(top)->child[direction(to_node(top), prefix, prefix_len)];
-	if (!has_prefix(best_leaf(top, prefix, prefix_len), prefix, prefix_len))
+	while (is_node(top) && to_node(ix, top)->byte < prefix_len)
+		top = to_node(ix, top)->child[direction(to_node(ix, top), prefix, prefix_len)];
+	if (!has_prefix(best_leaf(ix, top, prefix, prefix_len), prefix, prefix_len))
 		return 0;
 
-	rc = after ? seek_after(&s, top, after, after_len) : ws_push(&s, top);
+	rc = after ? seek_after(ix, &s, top, after, after_len) : ws_push(&s, top);
 	if (rc < 0)
 		goto out;
 	while (s.n > 0) {
-		void *p = s.v[--s.n];
+		cb_ref p = s.v[--s.n];
 
 		while (is_node(p)) {
-			struct cb_node *n = to_node(p);
+			const struct cb_node *n = to_node(ix, p);
 
 			if ((rc = ws_push(&s, n->child[1])) < 0)
 				goto out;
 			p = n->child[0];
 		}
-		rc = fn(p, ctx);
+		rc = fn(to_rec(ix, p), ctx);
 		if (rc != 0)
 			goto out;
 	}
