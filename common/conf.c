@@ -355,8 +355,9 @@ static const struct item items[] = {
 	{ "payload", "future_skew", T_DURATION, "5m", 0, HOUR(24) * 365, O(future_skew_ms), NULL },
 
 	{ "staleness", "grace", T_DOUBLE, "3", 0, 1000, O(grace), NULL },
-	{ "staleness", "default", T_CADENCE, "learn", 1, HOUR(24) * 365, O(default_kind), NULL },
-	{ "staleness", "rule", T_RULES, NULL, 1, HOUR(24) * 365, O(rules), NULL },
+	/* Cadences are held in 32 bits of ms on each record: 49 days at most. */
+	{ "staleness", "default", T_CADENCE, "learn", 1, HOUR(24) * 49, O(default_kind), NULL },
+	{ "staleness", "rule", T_RULES, NULL, 1, HOUR(24) * 49, O(rules), NULL },
 	{ "staleness", "group_wait", T_DURATION, "2s", 0, MIN(10), O(group_wait_ms), NULL },
 	{ "staleness", "min_hold", T_DURATION, "0", 0, HOUR(1), O(min_hold_ms), NULL },
 

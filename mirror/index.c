@@ -52,12 +52,18 @@ _Static_assert(sizeof(struct cb_node) == 12, "a crit-bit node is 12 bytes");
 #define REC_BLOCK_MAX (1u << (31 - REC_BLOCK_SHIFT + 3))
 #define REC_SLOT_BITS (REC_BLOCK_SHIFT - 3)
 
+struct block_at {
+	uintptr_t addr;
+	uint32_t num;
+};
+
 struct index {
 	cb_ref root;
 	struct cb_node **chunks;     /* node n is chunks[n >> 13][n & 8191] */
 	uint32_t nnodes, capchunks;
 	char **blocks;               /* records are carved from the last one */
 	uint32_t nblocks, capblocks;
+	struct block_at *by_addr;    /* the blocks sorted by address, for index_ref() */
 	size_t block_used;
 	size_t nrec, nlive;
 	pthread_rwlock_t lock;
@@ -304,17 +310,27 @@ static struct rec *rec_slot(struct index *ix, size_t size, cb_ref *ref)
 
 		if (ix->nblocks == REC_BLOCK_MAX)
 			return NULL;
+		uint32_t i;
+
 		if (ix->nblocks == ix->capblocks) {
 			uint32_t ncap = ix->capblocks ? 2 * ix->capblocks : 16;
 			char **nb = realloc(ix->blocks, ncap * sizeof(*nb));
+			struct block_at *na;
 
 			if (!nb)
 				return NULL;
 			ix->blocks = nb;
+			if (!(na = realloc(ix->by_addr, ncap * sizeof(*na))))
+				return NULL;
+			ix->by_addr = na;
 			ix->capblocks = ncap;
 		}
 		if (!(b = malloc(REC_BLOCK_SIZE)))
 			return NULL;
+		/* One insertion a MiB of records keeps by_addr sorted. */
+		for (i = ix->nblocks; i > 0 && ix->by_addr[i - 1].addr > (uintptr_t)b; i--)
+			ix->by_addr[i] = ix->by_addr[i - 1];
+		ix->by_addr[i] = (struct block_at){ (uintptr_t)b, ix->nblocks };
 		ix->blocks[ix->nblocks++] = b;
 		ix->block_used = 0;
 	}
@@ -365,6 +381,7 @@ void index_free(struct index *ix)
 		free(ix->blocks[i]);
 	free(ix->chunks);
 	free(ix->blocks);
+	free(ix->by_addr);
 	pthread_rwlock_destroy(&ix->lock);
 	free(ix);
 }
@@ -375,6 +392,29 @@ size_t index_live(const struct index *ix) { return ix->nlive; }
 void index_adjust_live(struct index *ix, long delta)
 {
 	ix->nlive = (size_t)((long)ix->nlive + delta);
+}
+
+uint32_t index_ref(const struct index *ix, const struct rec *r)
+{
+	uintptr_t a = (uintptr_t)r;
+	uint32_t lo = 0, hi = ix->nblocks;
+
+	/* The last block starting at or below r holds it. */
+	while (hi - lo > 1) {
+		uint32_t mid = lo + (hi - lo) / 2;
+
+		if (ix->by_addr[mid].addr <= a)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	return (uint32_t)((ix->by_addr[lo].num << REC_SLOT_BITS |
+			   (a - ix->by_addr[lo].addr) >> 3) << 1);
+}
+
+struct rec *index_rec(const struct index *ix, uint32_t ref)
+{
+	return to_rec(ix, ref);
 }
 
 /* Walk down by k's bits to the leaf that shares the longest prefix with it. */

@@ -168,6 +168,15 @@ struct rec *index_add(struct index *ix, const char *topic, size_t topic_len,
 		      const void *p, size_t n, uint16_t flags);
 
 /*
+** A record's 32-bit name in its index, and back: for tables of records
+** that want 4 bytes an entry rather than a pointer's 8 (the staleness
+** heap). r must be a record of ix. index_ref() is O(log(records / 8000)),
+** index_rec() O(1).
+*/
+uint32_t index_ref(const struct index *ix, const struct rec *r);
+struct rec *index_rec(const struct index *ix, uint32_t ref);
+
+/*
 ** The index's reader-writer lock. Writers: the MQTT session thread around
 ** each message it applies (short; never across a socket read) and the core
 ** thread around its timers and before and after a store write (staging the

@@ -25,6 +25,12 @@
 **   otherwise:                STALE_NEVER (sinks to the bottom).
 ** Keeping the keys without a deadline in the heap too lets a reload re-key
 ** everything without walking the index.
+**
+** An entry is 8 bytes (a million keys: 8 MiB, not 16): the record's 32-bit
+** name in the index and its due time in ms after base_ms, a moving origin
+** kept within 2^30 ms (12 days) of now (heap_rebase). A due time too far
+** ahead to fit is kept as the furthest that fits, a lower bound like any
+** other; UINT32_MAX is STALE_NEVER.
 */
 #define STALE_NEVER INT64_MAX
 #define STALE_NO_IDX UINT32_MAX
@@ -34,9 +40,12 @@
 #define LEARN_NEED 3             /* intervals before a cadence is learned */
 
 struct hent {
-	int64_t due;
-	struct rec *r;
+	uint32_t due;            /* ms after base_ms; DUE_NEVER for STALE_NEVER */
+	uint32_t ref;            /* index_ref() of the record */
 };
+
+#define DUE_NEVER UINT32_MAX
+#define DUE_REBASE_MS (1 << 30)
 
 struct rule {
 	char *filter;
@@ -59,8 +68,10 @@ struct stale {
 	struct rule *rules;
 	size_t nrules;
 
+	struct index *ix;
 	struct hent *heap;
 	uint32_t n, cap;
+	int64_t base_ms;       /* origin of the heap's due times */
 
 	bool synced, link_known;
 	int64_t synced_since_ms;
@@ -79,10 +90,57 @@ struct stale {
 
 /* ---------------------------------------------------------------- heap */
 
+static inline struct rec *hrec(const struct stale *s, uint32_t i)
+{
+	return index_rec(s->ix, s->heap[i].ref);
+}
+
+static uint32_t due_enc(const struct stale *s, int64_t due)
+{
+	if (due == STALE_NEVER)
+		return DUE_NEVER;
+	if (due <= s->base_ms)
+		return 0;
+	if (due - s->base_ms >= DUE_NEVER)
+		return DUE_NEVER - 1;
+	return (uint32_t)(due - s->base_ms);
+}
+
+static int64_t due_dec(const struct stale *s, uint32_t due)
+{
+	return due == DUE_NEVER ? STALE_NEVER : s->base_ms + due;
+}
+
+/*
+** Keep now within DUE_REBASE_MS of base_ms, so that every deadline up to 37
+** days ahead fits as it is. Moving the origin subtracts the same from every
+** entry (those that would go below it become 0: due now), which keeps the
+** heap's order: no sift needed. O(n) once every 12 days.
+*/
+static void heap_rebase(struct stale *s, int64_t now_ms)
+{
+	int64_t delta;
+
+	if (s->n == 0) {
+		s->base_ms = now_ms;
+		return;
+	}
+	if (now_ms - s->base_ms < DUE_REBASE_MS)
+		return;
+	delta = now_ms - s->base_ms;
+	for (uint32_t i = 0; i < s->n; i++) {
+		uint32_t *d = &s->heap[i].due;
+
+		if (*d != DUE_NEVER)
+			*d = *d > delta ? (uint32_t)(*d - delta) : 0;
+	}
+	s->base_ms = now_ms;
+}
+
 static void heap_place(struct stale *s, uint32_t i, struct hent e)
 {
 	s->heap[i] = e;
-	e.r->heap_idx = i;
+	index_rec(s->ix, e.ref)->heap_idx = i;
 }
 
 static void sift_up(struct stale *s, uint32_t i)
@@ -131,7 +189,7 @@ static int heap_push(struct stale *s, struct rec *r, int64_t due)
 		s->heap = nh;
 		s->cap = ncap;
 	}
-	s->heap[s->n] = (struct hent){ due, r };
+	s->heap[s->n] = (struct hent){ due_enc(s, due), index_ref(s->ix, r) };
 	r->heap_idx = s->n++;
 	sift_up(s, r->heap_idx);
 	return 0;
@@ -141,20 +199,19 @@ static void heap_remove(struct stale *s, struct rec *r)
 {
 	uint32_t i = r->heap_idx;
 
-	if (i == STALE_NO_IDX || i >= s->n || s->heap[i].r != r)
+	if (i == STALE_NO_IDX || i >= s->n || hrec(s, i) != r)
 		return;
 	r->heap_idx = STALE_NO_IDX;
 	if (--s->n == i)
 		return;
 	heap_place(s, i, s->heap[s->n]);
 	sift_up(s, i);
-	sift_down(s, s->heap[i].r == r ? i : s->heap[i].r->heap_idx);
+	sift_down(s, hrec(s, i) == r ? i : hrec(s, i)->heap_idx);
 }
 
-static void heap_set_due(struct stale *s, struct rec *r, int64_t due)
+static void heap_set_due(struct stale *s, struct rec *r, int64_t due64)
 {
-	uint32_t i = r->heap_idx;
-	int64_t old;
+	uint32_t i = r->heap_idx, due = due_enc(s, due64), old;
 
 	if (i == STALE_NO_IDX || i >= s->n)
 		return;
@@ -605,13 +662,14 @@ static void take_settings(struct stale *s, const struct conf *c, struct rule *ru
 	s->default_ms = c->default_cadence_ms;
 }
 
-struct stale *stale_new(const struct conf *c, const struct stale_outlet *out)
+struct stale *stale_new(const struct conf *c, struct index *ix, const struct stale_outlet *out)
 {
 	struct stale *s = calloc(1, sizeof(*s));
 	struct rule *rules = NULL;
 
 	if (!s)
 		return NULL;
+	s->ix = ix;
 	s->rl_trans = (struct log_ratelimit)LOG_RATELIMIT_INIT(1000, 50);
 	s->rl_err = (struct log_ratelimit)LOG_RATELIMIT_INIT(10000, 5);
 	if (copy_rules(c, &rules) < 0)
@@ -634,7 +692,7 @@ void stale_free(struct stale *s)
 	if (!s)
 		return;
 	for (uint32_t i = 0; i < s->n; i++)
-		s->heap[i].r->heap_idx = STALE_NO_IDX;
+		hrec(s, i)->heap_idx = STALE_NO_IDX;
 	free(s->heap);
 	free(s->held);
 	for (size_t i = 0; i < s->gcap; i++) {
@@ -670,17 +728,17 @@ int stale_reconfigure(struct stale *s, const struct conf *c,
 	s->max_window_ms = 0;
 	for (uint32_t i = 0; i < s->n; i++) {
 		struct hent *e = &s->heap[i];
-		struct rec *r = e->r;
+		struct rec *r = index_rec(s->ix, e->ref);
 
 		if (alerts_own_topic(s->alerts, r->data, r->topic_len)) {
-			e->due = INT64_MIN; /* the due handler stops judging it */
+			e->due = 0; /* due now: the due handler stops judging it */
 			continue;
 		}
 		if (derive(s, r) && changed)
 			changed(r, ctx);
 		/* A stale key is re-examined by the next tick: it may be fresh
 		 * now, or its hold-back may end at another time. */
-		e->due = r->flags & REC_STALE ? INT64_MIN : deadline_due(s, r);
+		e->due = r->flags & REC_STALE ? 0 : due_enc(s, deadline_due(s, r));
 	}
 	heapify(s);
 	return 0;
@@ -697,6 +755,7 @@ bool stale_on_load(struct stale *s, struct rec *r, int64_t now_ms)
 {
 	bool was = r->flags & REC_STALE, changed;
 
+	heap_rebase(s, now_ms);
 	r->alert_state = 0;
 	r->heap_idx = STALE_NO_IDX;
 	if (r->flags & REC_DELETED) {
@@ -736,6 +795,7 @@ void stale_on_message(struct stale *s, struct rec *r, bool live_seen, bool is_ne
 {
 	bool stale;
 
+	heap_rebase(s, now_ms);
 	if (r->flags & REC_DELETED)
 		return;
 	/* Our own alerts (and only those) are never judged. The check is a
@@ -781,7 +841,7 @@ void stale_on_message(struct stale *s, struct rec *r, bool live_seen, bool is_ne
 	} else if (r->heap_idx != STALE_NO_IDX) {
 		int64_t due = deadline_due(s, r);
 		/* Lazy: the heap only ever holds a lower bound of the deadline. */
-		if (due < s->heap[r->heap_idx].due)
+		if (due_enc(s, due) < s->heap[r->heap_idx].due)
 			heap_set_due(s, r, due);
 	}
 }
@@ -795,6 +855,7 @@ void stale_on_delete(struct stale *s, struct rec *r, int64_t now_ms, stale_trans
 
 void stale_on_broker(struct stale *s, bool synced, int64_t now_ms)
 {
+	heap_rebase(s, now_ms);
 	if (s->link_known && synced == s->synced)
 		return;
 	s->link_known = true;
@@ -862,15 +923,16 @@ int64_t stale_tick(struct stale *s, int64_t now_ms, stale_transition_fn cb, void
 	int64_t next = STALE_TICK_MAX_MS, a;
 	unsigned done = 0;
 
-	while (s->n && s->heap[0].due <= now_ms && done < STALE_TICK_BATCH) {
-		on_due(s, s->heap[0].r, now_ms, cb, ctx);
+	heap_rebase(s, now_ms);
+	while (s->n && due_dec(s, s->heap[0].due) <= now_ms && done < STALE_TICK_BATCH) {
+		on_due(s, hrec(s, 0), now_ms, cb, ctx);
 		done++;
 	}
 	a = alerts_tick(s->alerts, now_ms, s->max_window_ms, eligible, s);
 	if (a < next)
 		next = a;
-	if (s->n && s->heap[0].due - now_ms < next)
-		next = s->heap[0].due - now_ms;
+	if (s->n && due_dec(s, s->heap[0].due) - now_ms < next)
+		next = due_dec(s, s->heap[0].due) - now_ms;
 	return next < 1 ? 1 : next;
 }
 
@@ -915,7 +977,7 @@ size_t stale_tracked(const struct stale *s)
 bool stale_heap_check(const struct stale *s)
 {
 	for (uint32_t i = 0; i < s->n; i++) {
-		if (s->heap[i].r->heap_idx != i)
+		if (hrec(s, i)->heap_idx != i)
 			return false;
 		if (i > 0 && s->heap[(i - 1) / 2].due > s->heap[i].due)
 			return false;
@@ -925,7 +987,7 @@ bool stale_heap_check(const struct stale *s)
 
 int64_t stale_next_due(const struct stale *s)
 {
-	return s->n ? s->heap[0].due : STALE_NEVER;
+	return s->n ? due_dec(s, s->heap[0].due) : STALE_NEVER;
 }
 
 struct alerts *stale_alerts(struct stale *s)

@@ -28,8 +28,9 @@ struct stale_outlet {
 	void *ctx;
 };
 
-/* Returns NULL on ENOMEM. Copies what it needs from c. */
-struct stale *stale_new(const struct conf *c, const struct stale_outlet *out);
+/* Returns NULL on ENOMEM. Copies what it needs from c. Every record given
+ * to the engine must be one of ix's (its heap names records by index_ref). */
+struct stale *stale_new(const struct conf *c, struct index *ix, const struct stale_outlet *out);
 void stale_free(struct stale *s);   /* accepts NULL */
 
 /*

@@ -23,6 +23,7 @@
 
 static struct conf conf;
 static struct stale *st;
+static struct index *ix;
 static int64_t T;
 
 /* What the fake outlet received. */
@@ -99,7 +100,7 @@ static struct rec *mk(const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(topic, sizeof(topic), fmt, ap);
 	va_end(ap);
-	r = rec_new(topic, strlen(topic));
+	r = index_add(ix, topic, strlen(topic), NULL, 0, 0);
 	ck_assert_ptr_nonnull(r);
 	ck_assert_uint_lt(nkeys, MAXKEYS);
 	keys[nkeys++] = r;
@@ -120,6 +121,8 @@ static void setup(void)
 	T = fake_now_ms;
 	st = NULL;
 	nkeys = 0;
+	ix = index_new();
+	ck_assert_ptr_nonnull(ix);
 	clear_msgs();
 	/* 1 s cadence, grace 3, group wait 2 s (the default) */
 	add_rule("#", SEC);
@@ -129,15 +132,13 @@ static void teardown(void)
 {
 	stale_free(st);
 	st = NULL;
-	for (unsigned i = 0; i < nkeys; i++)
-		rec_free(keys[i]);
 	clear_msgs();
 	conf_free(&conf);
 }
 
 static void start(void)
 {
-	st = stale_new(&conf, &(struct stale_outlet){ record, NULL });
+	st = stale_new(&conf, ix, &(struct stale_outlet){ record, NULL });
 	ck_assert_ptr_nonnull(st);
 	stale_on_broker(st, false, T);
 }

@@ -366,7 +366,7 @@ static const struct {
 	{ "[staleness]\nrule = a+ 10s\n",
 	  "2: [staleness] rule: 'a+' is not a valid MQTT topic filter" },
 	{ "[staleness]\nrule = a 0s\n",
-	  "2: [staleness] rule: cadence '0s' out of range (1ms..365d, or never)" },
+	  "2: [staleness] rule: cadence '0s' out of range (1ms..49d, or never)" },
 	{ "[staleness]\ngrace = 0\n",
 	  "2: [staleness] grace: '0' out of range (above 0, at most 1000)" },
 	{ "[staleness]\ngrace = nan\n", "2: [staleness] grace: 'nan' is not a number" },

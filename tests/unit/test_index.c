@@ -364,6 +364,44 @@ static int order_fn(struct rec *r, void *ctx)
 	return c->stop && c->i == c->stop;
 }
 
+/* index_ref() and index_rec() name every record and back, across many
+ * blocks, with topics from 1 byte to 60,000 (slots of every size). */
+START_TEST(refs_name_records)
+{
+	enum { N = 60000 };
+	struct index *ix = index_new();
+	struct rec **recs = calloc(N, sizeof(*recs));
+	uint32_t *refs = calloc(N, sizeof(*refs));
+	char *t = malloc(60001);
+
+	ck_assert_ptr_nonnull(ix);
+	ck_assert_ptr_nonnull(recs);
+	ck_assert_ptr_nonnull(refs);
+	ck_assert_ptr_nonnull(t);
+	for (size_t i = 0; i < N; i++) {
+		size_t len = i % 1000 == 999 ? 60000 : 8 + i % 50;
+
+		char id[24];
+		int idlen = snprintf(id, sizeof(id), "%zu/", i);
+
+		memset(t, 'a' + (int)(i % 26), len);
+		memcpy(t, id, (size_t)idlen);   /* unique: no NUL copied */
+		recs[i] = index_add(ix, t, len, NULL, 0, 0);
+		ck_assert_ptr_nonnull(recs[i]);
+	}
+	for (size_t i = 0; i < N; i++) {
+		refs[i] = index_ref(ix, recs[i]);
+		ck_assert_uint_eq(refs[i] & 1, 0);
+		ck_assert_ptr_eq(index_rec(ix, refs[i]), recs[i]);
+		ck_assert(i == 0 || refs[i] != refs[i - 1]);
+	}
+	free(t);
+	free(refs);
+	free(recs);
+	index_free(ix);
+}
+END_TEST
+
 /* Random topics, including non-ASCII bytes (UTF-8 and otherwise), agree
  * with qsort(strcmp) order; after-walks from random points agree too. */
 START_TEST(random_vs_qsort)
@@ -552,6 +590,7 @@ static Suite *index_suite(void)
 	tcase_add_test(tc, walk_stops);
 	tcase_add_test(tc, live_counts);
 	tcase_add_test(tc, payload_reuse);
+	tcase_add_test(tc, refs_name_records);
 	tcase_add_loop_test(tc, random_vs_qsort, 0, 2);
 	tcase_add_test(tc, deep_tree);
 	tcase_add_test(tc, rwlock_readers_and_writer);
