@@ -124,7 +124,7 @@ static void set_value(struct rec *r, bool was_live, const struct msg *m, int64_t
 		      int64_t *rev_counter)
 {
 	bool del = m->payload_len == 0;
-	uint16_t keep = r->flags & (REC_STALE | REC_NO_STALE);
+	uint16_t keep = r->flags & (REC_STALE | REC_NO_STALE | REC_LEARNS);
 
 	r->ts_ns = m->ts_ns;
 	r->received_ms = now_ms;

@@ -312,7 +312,7 @@ static size_t core_stage(struct core *c, bool force, int64_t mono)
 		if (!(r->flags & REC_DIRTY))
 			continue; /* a repeat: staged already */
 		if (n == CORE_STAGE_ROWS || bytes >= CORE_STAGE_BYTES ||
-		    store_stage(c->d.store, r) < 0) {
+		    store_stage(c->d.store, c->d.ix, r) < 0) {
 			c->dirty[kept++] = r; /* stays dirty: the next write takes it */
 			continue;
 		}

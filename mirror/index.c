@@ -27,10 +27,18 @@
 ** index_free(): nodes from chunks of 8192, records from 1 MiB blocks (a
 ** record is one slot holding its fields and its topic, with no malloc
 ** header and no rounding to malloc's size classes; 2^14 blocks, 16 GiB of
-** records, is the most one index holds). What a record owns beyond its slot
-** (a payload the file does not have yet, its learning state) is malloc'd,
-** and released by index_free(). Every record hangs below exactly one
-** internal node (or is the root), which is how index_free() finds them.
+** records, is the most one index holds). A payload the file does not have
+** yet is malloc'd, and released by index_free(). Every record hangs below
+** exactly one internal node (or is the root), which is how index_free()
+** finds them.
+**
+** Learning states: most keys never learn (a rule or a fixed default gives
+** their cadence), so a record has no field for one. The keys that learn
+** find theirs through a map from the record's reference to a slot in a
+** slab of states (40 bytes each, no malloc header); REC_LEARNS on the
+** record says there is one to find. The map is open addressing with linear
+** probing, at most 3/4 full; states are never given back before
+** index_free(), like the records.
 */
 typedef uint32_t cb_ref;
 
@@ -42,6 +50,7 @@ struct cb_node {
 	uint8_t otherbits;
 };
 _Static_assert(sizeof(struct cb_node) == 12, "a crit-bit node is 12 bytes");
+_Static_assert(offsetof(struct rec, data) == 70, "rec_slot_size says 70");
 
 #define NODE_CHUNK_SHIFT 13
 #define NODE_CHUNK (1u << NODE_CHUNK_SHIFT)
@@ -57,6 +66,13 @@ struct block_at {
 	uint32_t num;
 };
 
+#define LEARN_CHUNK_SHIFT 10
+
+struct learn_ent {
+	uint32_t key;                /* the record's ref | 1; 0 = empty */
+	uint32_t slot;               /* its state in the slab */
+};
+
 struct index {
 	cb_ref root;
 	struct cb_node **chunks;     /* node n is chunks[n >> 13][n & 8191] */
@@ -66,6 +82,10 @@ struct index {
 	struct block_at *by_addr;    /* the blocks sorted by address, for index_ref() */
 	size_t block_used;
 	size_t nrec, nlive;
+	struct learn_ent *lmap;
+	uint32_t lcap, nlearn;       /* map capacity (a power of 2), states */
+	struct rec_learn **lchunks;  /* state n is lchunks[n >> 10][n & 1023] */
+	uint32_t lcapchunks;
 	pthread_rwlock_t lock;
 };
 
@@ -115,7 +135,6 @@ static void rec_release(struct rec *r)
 {
 	if (payload_in_ram(r))
 		free(r->payload);
-	free(r->learn);
 }
 
 struct rec *rec_new(const char *topic, size_t topic_len)
@@ -139,13 +158,6 @@ void rec_free(struct rec *r)
 		return;
 	rec_release(r);
 	free(r);
-}
-
-struct rec_learn *rec_learn(struct rec *r)
-{
-	if (!r->learn)
-		r->learn = calloc(1, sizeof(*r->learn));
-	return r->learn;
 }
 
 /* Keep a malloc'd buffer that fits unless it is much larger than needed, so
@@ -295,7 +307,9 @@ int rec_payload(const struct rec *r, const void **p, size_t *n)
 /* The slot size of a record with this topic (8-aligned). */
 static size_t rec_slot_size(size_t topic_len)
 {
-	return (sizeof(struct rec) + topic_len + 1 + 7) & ~(size_t)7;
+	/* The topic starts right after the fields (70 bytes), not at
+	 * sizeof(struct rec), which rounds them up to 72. */
+	return (offsetof(struct rec, data) + topic_len + 1 + 7) & ~(size_t)7;
 }
 
 /* Carve a slot of `size` bytes (at most a block) from the last block, or
@@ -382,6 +396,10 @@ void index_free(struct index *ix)
 	free(ix->chunks);
 	free(ix->blocks);
 	free(ix->by_addr);
+	for (uint32_t i = 0; i < (ix->nlearn + (1u << LEARN_CHUNK_SHIFT) - 1) >> LEARN_CHUNK_SHIFT; i++)
+		free(ix->lchunks[i]);
+	free(ix->lchunks);
+	free(ix->lmap);
 	pthread_rwlock_destroy(&ix->lock);
 	free(ix);
 }
@@ -415,6 +433,93 @@ uint32_t index_ref(const struct index *ix, const struct rec *r)
 struct rec *index_rec(const struct index *ix, uint32_t ref)
 {
 	return to_rec(ix, ref);
+}
+
+/* ---- learning states ---- */
+
+static inline uint32_t learn_hash(uint32_t key, uint32_t cap)
+{
+	return (key * 0x9e3779b1u) >> 7 & (cap - 1);  /* refs vary in the middle bits */
+}
+
+static inline struct rec_learn *learn_at(const struct index *ix, uint32_t slot)
+{
+	return &ix->lchunks[slot >> LEARN_CHUNK_SHIFT][slot & ((1u << LEARN_CHUNK_SHIFT) - 1)];
+}
+
+struct rec_learn *index_learn(const struct index *ix, const struct rec *r)
+{
+	uint32_t key, i;
+
+	if (!(r->flags & REC_LEARNS))
+		return NULL;
+	key = index_ref(ix, r) | 1;
+	for (i = learn_hash(key, ix->lcap); ix->lmap[i].key; i = (i + 1) & (ix->lcap - 1))
+		if (ix->lmap[i].key == key)
+			return learn_at(ix, ix->lmap[i].slot);
+	return NULL; /* not reached: REC_LEARNS is set with the entry */
+}
+
+static void learn_put(struct learn_ent *map, uint32_t cap, struct learn_ent e)
+{
+	uint32_t i = learn_hash(e.key, cap);
+
+	while (map[i].key)
+		i = (i + 1) & (cap - 1);
+	map[i] = e;
+}
+
+struct rec_learn *index_learn_make(struct index *ix, struct rec *r)
+{
+	uint32_t slot = ix->nlearn, c = slot >> LEARN_CHUNK_SHIFT;
+	struct rec_learn *l;
+
+	uint32_t key = index_ref(ix, r) | 1;
+
+	/* Looked up by key, not by REC_LEARNS: one who rewrote the flags
+	 * (they are not supposed to) finds the state again, not a twin. */
+	for (uint32_t i = ix->lcap ? learn_hash(key, ix->lcap) : 0; ix->lcap && ix->lmap[i].key;
+	     i = (i + 1) & (ix->lcap - 1)) {
+		if (ix->lmap[i].key == key) {
+			r->flags |= REC_LEARNS;
+			return learn_at(ix, ix->lmap[i].slot);
+		}
+	}
+	if (slot == UINT32_MAX / 2)
+		return NULL;
+	/* Every allocation first: a failure leaves the index as it was. */
+	if ((uint64_t)(slot + 1) * 4 > (uint64_t)ix->lcap * 3) {
+		uint32_t ncap = ix->lcap ? 2 * ix->lcap : 64;
+		struct learn_ent *nm = calloc(ncap, sizeof(*nm));
+
+		if (!nm)
+			return NULL;
+		for (uint32_t i = 0; i < ix->lcap; i++)
+			if (ix->lmap[i].key)
+				learn_put(nm, ncap, ix->lmap[i]);
+		free(ix->lmap);
+		ix->lmap = nm;
+		ix->lcap = ncap;
+	}
+	if ((slot & ((1u << LEARN_CHUNK_SHIFT) - 1)) == 0) {
+		if (c == ix->lcapchunks) {
+			uint32_t ncap = ix->lcapchunks ? 2 * ix->lcapchunks : 16;
+			struct rec_learn **nc = realloc(ix->lchunks, ncap * sizeof(*nc));
+
+			if (!nc)
+				return NULL;
+			ix->lchunks = nc;
+			ix->lcapchunks = ncap;
+		}
+		if (!(ix->lchunks[c] = malloc(sizeof(struct rec_learn) << LEARN_CHUNK_SHIFT)))
+			return NULL;
+	}
+	ix->nlearn++;
+	learn_put(ix->lmap, ix->lcap, (struct learn_ent){ key, slot });
+	r->flags |= REC_LEARNS;
+	l = learn_at(ix, slot);
+	memset(l, 0, sizeof(*l));
+	return l;
 }
 
 /* Walk down by k's bits to the leaf that shares the longest prefix with it. */
@@ -544,7 +649,7 @@ struct rec *index_add(struct index *ix, const char *k, size_t len,
 		ix->block_used -= size; /* the slot just carved: give it back */
 		goto nomem;
 	}
-	r->flags = flags;
+	r->flags = flags & (uint16_t)~REC_LEARNS;
 
 	if (!nn) {
 		ix->root = rref;

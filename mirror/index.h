@@ -16,6 +16,7 @@ enum rec_flags {
 	REC_DIRTY      = 1u << 5, /* changed since the store last wrote it */
 	REC_NO_STALE   = 1u << 6, /* never judged (our own alert topics) */
 	REC_IN_FILE    = 1u << 7, /* the payload is in the store only: payload_hash holds its hash */
+	REC_LEARNS     = 1u << 8, /* has a learning state in its index (index_learn) */
 };
 
 enum cadence_source {
@@ -29,9 +30,9 @@ enum cadence_source {
 #define REC_LEARN_SLOTS 7 /* intervals kept for the learned-cadence median */
 
 /* What the staleness engine learns a key's cadence from. Only keys that
- * learn have one (most keys have a rule or a fixed default): it is a side
- * allocation, made by rec_learn() at the first live message worth learning
- * from, and freed with the record. */
+ * learn have one (most keys have a rule or a fixed default), so the record
+ * has no field for it: the index keeps it aside (index_learn_make), from
+ * the first live message worth learning from until index_free(). */
 struct rec_learn {
 	int64_t last_live_ms;   /* last live message time; 0 none */
 	uint32_t iv[REC_LEARN_SLOTS]; /* recent live intervals (ms), ring */
@@ -51,8 +52,9 @@ struct rec_learn {
 ** has checked REC_IN_FILE may touch `payload`. payload_len is always the
 ** current value's length.
 **
-** A record's address never changes: the staleness heap, the store's dirty
-** list and the watch change log hold plain pointers to records.  Records
+** A record's address never changes: the store's dirty list and the watch
+** change log hold plain pointers to records, the staleness heap their
+** 32-bit names (index_ref).  Records
 ** are owned by the index and live until index_free(). They change only
 ** with the index write lock held: on the MQTT session thread, which applies
 ** each message as it reads it (core_ingest), on the core thread (staleness
@@ -73,7 +75,6 @@ struct rec {
 		char *payload;          /* !REC_IN_FILE: payload_len bytes (+ a NUL), malloc'd; NULL if empty */
 		uint64_t payload_hash;  /* REC_IN_FILE: rec_payload_hash() of the stored payload */
 	};
-	struct rec_learn *learn; /* NULL until the key learns its cadence */
 	uint32_t updates;
 	uint32_t cadence_ms;    /* 0 when unknown or never */
 	uint32_t payload_len;
@@ -135,8 +136,6 @@ typedef void (*rec_scan_end_fn)(void *ctx);
 void rec_payload_scanner(rec_scan_fn scan, rec_scan_end_fn scan_end);
 void rec_payload_scan(const char *from, size_t len);
 void rec_payload_scan_end(void);
-/* r's learning state, allocated (zeroed) at the first call. NULL on ENOMEM. */
-struct rec_learn *rec_learn(struct rec *r);
 
 struct index;
 
@@ -175,6 +174,16 @@ struct rec *index_add(struct index *ix, const char *topic, size_t topic_len,
 */
 uint32_t index_ref(const struct index *ix, const struct rec *r);
 struct rec *index_rec(const struct index *ix, uint32_t ref);
+
+/*
+** r's learning state (r a record of ix): index_learn() finds it, NULL when r
+** has none (REC_LEARNS clear: no lookup); index_learn_make() creates it,
+** zeroed, at the first call (NULL on ENOMEM). Hold the write lock to make
+** or change one. 40 bytes and a map entry a key that learns, nothing for
+** the others.
+*/
+struct rec_learn *index_learn(const struct index *ix, const struct rec *r);
+struct rec_learn *index_learn_make(struct index *ix, struct rec *r);
 
 /*
 ** The index's reader-writer lock. Writers: the MQTT session thread around

@@ -348,9 +348,9 @@ static uint32_t clamp_ms(int64_t v)
 
 /* The median of the recorded intervals (the upper one of an even count):
  * a single late, early or doubled message cannot move it. */
-static uint32_t learned_ms(const struct rec *r)
+static uint32_t learned_ms(const struct stale *s, const struct rec *r)
 {
-	const struct rec_learn *l = r->learn;
+	const struct rec_learn *l = index_learn(s->ix, r);
 	uint32_t v[REC_LEARN_SLOTS];
 	unsigned k;
 
@@ -395,7 +395,7 @@ static bool derive(struct stale *s, struct rec *r)
 		break;
 	case CONF_DEFAULT_LEARN:
 	case CONF_DEFAULT_MAX:
-		ms = learned_ms(r);
+		ms = learned_ms(s, r);
 		if (ms) {
 			src = CADENCE_LEARNED;
 		} else if (r->cadence_source == CADENCE_LEARNED && r->cadence_ms) {
@@ -439,7 +439,7 @@ static void learn(struct stale *s, struct rec *r, int64_t now_ms)
 	 * rule starts learning if a reload takes its rule away). */
 	if (!learns(s, r))
 		return;
-	l = rec_learn(r);
+	l = index_learn_make(s->ix, r);
 	if (!l) {
 		if (log_ratelimit_ok(&s->rl_err, now_ms, &dropped))
 			log_warnx("staleness: out of memory, %s cannot learn its cadence", r->data);
@@ -461,7 +461,7 @@ static void learn(struct stale *s, struct rec *r, int64_t now_ms)
 			l->n -= REC_LEARN_SLOTS;
 	}
 	l->last_live_ms = now_ms;
-	ms = learned_ms(r);
+	ms = learned_ms(s, r);
 	if (ms) {
 		r->cadence_ms = ms;
 		r->cadence_source = CADENCE_LEARNED;

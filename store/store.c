@@ -33,7 +33,7 @@ extern const size_t schema_nmigrations;
 #define STAGE_KEEP_BYTES (16u << 20)
 
 /* Bits of rec.flags that describe the record rather than our bookkeeping. */
-#define PERSISTED_FLAGS ((uint16_t)~(REC_DIRTY | REC_IN_FILE))
+#define PERSISTED_FLAGS ((uint16_t)~(REC_DIRTY | REC_IN_FILE | REC_LEARNS))
 
 enum {
 	UPSERT_TOPIC = 1, UPSERT_TS_NS, UPSERT_RECEIVED, UPSERT_LAST_SEEN, UPSERT_REV,
@@ -530,10 +530,9 @@ void store_close(struct store *st)
 	free(st);
 }
 
-/* Encode r's learning state; returns the length, 0 for none (bound as NULL). */
-static size_t learn_encode(const struct rec *r, unsigned char out[LEARN_BLOB_MAX])
+/* Encode l, a learning state or NULL; returns the length, 0 for none (bound as NULL). */
+static size_t learn_encode(const struct rec_learn *l, unsigned char out[LEARN_BLOB_MAX])
 {
-	const struct rec_learn *l = r->learn;
 	size_t k = REC_LEARN_SLOTS, n = 0;
 
 	if (!l)
@@ -559,7 +558,8 @@ static size_t learn_encode(const struct rec *r, unsigned char out[LEARN_BLOB_MAX
  * or a malformed one, leaves r without one: the intervals are relearned
  * from the next messages (last_live_ms alone is no use after a restart:
  * an interval never spans one). Returns 0, or -ENOMEM. */
-static int learn_decode(struct rec *r, int64_t last_live_ms, const unsigned char *p, size_t len)
+static int learn_decode(struct index *ix, struct rec *r, int64_t last_live_ms,
+			const unsigned char *p, size_t len)
 {
 	uint32_t iv[REC_LEARN_SLOTS] = { 0 };
 	struct rec_learn *l;
@@ -592,7 +592,7 @@ static int learn_decode(struct rec *r, int64_t last_live_ms, const unsigned char
 	}
 	if (!ok)
 		return 0;
-	if (!(l = rec_learn(r)))
+	if (!(l = index_learn_make(ix, r)))
 		return -ENOMEM;
 	l->last_live_ms = last_live_ms;
 	l->n = p[0];
@@ -657,10 +657,11 @@ static int grow(void **p, size_t *cap, size_t need, size_t elem)
 	return 0;
 }
 
-int store_stage(struct store *st, const struct rec *r)
+int store_stage(struct store *st, const struct index *ix, const struct rec *r)
 {
+	const struct rec_learn *l = ix ? index_learn(ix, r) : NULL;
 	unsigned char learn[LEARN_BLOB_MAX];
-	size_t nlearn = learn_encode(r, learn);
+	size_t nlearn = learn_encode(l, learn);
 	bool in_file = (r->flags & REC_IN_FILE) != 0;
 	bool has_payload = !in_file && r->payload && !(r->flags & REC_DELETED);
 	size_t plen = has_payload ? r->payload_len : 0;
@@ -675,7 +676,7 @@ int store_stage(struct store *st, const struct rec *r)
 		.ts_ns = r->ts_ns, .received_ms = r->received_ms,
 		.last_seen_ms = r->last_seen_ms, .rev = r->rev,
 		.stale_since_ms = r->stale_since_ms,
-		.last_live_ms = r->learn ? r->learn->last_live_ms : 0,
+		.last_live_ms = l ? l->last_live_ms : 0,
 		.payload_off = st->nbytes, .payload_len = (uint32_t)plen,
 		.updates = r->updates, .cadence_ms = r->cadence_ms,
 		.flags = r->flags, .learn_len = (uint8_t)nlearn,
@@ -769,10 +770,11 @@ fail:
 	return sql_errno(rc);
 }
 
-int store_write(struct store *st, struct rec *const *recs, size_t n, char *err, size_t errlen)
+int store_write(struct store *st, const struct index *ix, struct rec *const *recs, size_t n,
+		char *err, size_t errlen)
 {
 	for (size_t i = 0; i < n; i++) {
-		if (store_stage(st, recs[i]) < 0) {
+		if (store_stage(st, ix, recs[i]) < 0) {
 			st->nrows = st->nbytes = 0;
 			seterr(err, errlen, "store write of %zu records: out of memory", n);
 			return -ENOMEM;
@@ -838,7 +840,7 @@ int store_load(struct store *st, struct index *ix, int64_t skip_before_ns, int64
 		source = sqlite3_column_int64(s, 9);
 		r->cadence_source = source >= 0 && source < CADENCE_SOURCE_MAX ?
 			(uint8_t)source : CADENCE_NONE;
-		if (learn_decode(r, sqlite3_column_int64(s, 6), sqlite3_column_blob(s, 11),
+		if (learn_decode(ix, r, sqlite3_column_int64(s, 6), sqlite3_column_blob(s, 11),
 				 (size_t)sqlite3_column_bytes(s, 11)) < 0)
 			goto fail_nomem;
 		if (r->rev > rev)

@@ -65,7 +65,8 @@ int store_purge_tombstones(struct store *st, int64_t before_ns, int64_t *ret_n, 
 ** tombstone for a deleted key) and commit: store_stage() each, then
 ** store_commit(). Returns what store_commit returns (or -ENOMEM).
 */
-int store_write(struct store *st, struct rec *const *recs, size_t n, char *err, size_t errlen);
+int store_write(struct store *st, const struct index *ix, struct rec *const *recs, size_t n,
+		char *err, size_t errlen);
 
 /*
 ** Copy r's current state (every stored field, its payload and learning
@@ -74,9 +75,10 @@ int store_write(struct store *st, struct rec *const *recs, size_t n, char *err, 
 ** (a memcpy per record), and write them without it while ingest goes on
 ** changing them. Only the topic is kept by pointer: a record's topic never
 ** changes and records never move. REC_DIRTY is not stored and not touched.
-** Returns 0 or -ENOMEM (nothing staged for r).
+** ix is r's index, where its learning state is (NULL for a record outside
+** any index: none). Returns 0 or -ENOMEM (nothing staged for r).
 */
-int store_stage(struct store *st, const struct rec *r);
+int store_stage(struct store *st, const struct index *ix, const struct rec *r);
 /* Rows staged and not yet committed. */
 size_t store_staged(const struct store *st);
 

@@ -313,7 +313,7 @@ START_TEST(payload_in_file)
 	rec_drop_payload(t);
 	ck_assert(!(t->flags & REC_IN_FILE));
 	ck_assert_ptr_null(t->payload);
-	ck_assert_ptr_nonnull(rec_learn(t)); /* freed by index_free */
+	ck_assert_ptr_nonnull(index_learn_make(ix, t)); /* freed by index_free */
 	rec_payload_source(NULL, NULL);
 	fake_stored = NULL;
 	index_free(ix);
@@ -363,6 +363,55 @@ static int order_fn(struct rec *r, void *ctx)
 	c->i++;
 	return c->stop && c->i == c->stop;
 }
+
+/* Learning states: only for the records that asked, each its own, found
+ * again after the map and the slab have grown many times. */
+START_TEST(learning_states)
+{
+	enum { N = 20000 };
+	struct index *ix = index_new();
+	struct rec **recs = calloc(N, sizeof(*recs));
+	char t[32];
+
+	ck_assert_ptr_nonnull(ix);
+	ck_assert_ptr_nonnull(recs);
+	for (int i = 0; i < N; i++) {
+		snprintf(t, sizeof(t), "learn/%d", i);
+		recs[i] = index_add(ix, t, strlen(t), NULL, 0, REC_LEARNS);
+		ck_assert_ptr_nonnull(recs[i]);
+		ck_assert(!(recs[i]->flags & REC_LEARNS)); /* not the caller's to set */
+		ck_assert_ptr_null(index_learn(ix, recs[i]));
+	}
+	/* Two in three learn; the state is zeroed, then holds what we put. */
+	for (int i = 0; i < N; i++) {
+		struct rec_learn *l;
+
+		if (i % 3 == 2)
+			continue;
+		l = index_learn_make(ix, recs[i]);
+		ck_assert_ptr_nonnull(l);
+		ck_assert_int_eq(l->last_live_ms, 0);
+		ck_assert_uint_eq(l->n, 0);
+		l->last_live_ms = 1000 + i;
+		l->iv[i % REC_LEARN_SLOTS] = (uint32_t)i;
+		ck_assert(recs[i]->flags & REC_LEARNS);
+		ck_assert_ptr_eq(index_learn_make(ix, recs[i]), l); /* made once */
+	}
+	for (int i = 0; i < N; i++) {
+		struct rec_learn *l = index_learn(ix, recs[i]);
+
+		if (i % 3 == 2) {
+			ck_assert_ptr_null(l);
+			continue;
+		}
+		ck_assert_ptr_nonnull(l);
+		ck_assert_int_eq(l->last_live_ms, 1000 + i);
+		ck_assert_uint_eq(l->iv[i % REC_LEARN_SLOTS], (uint32_t)i);
+	}
+	free(recs);
+	index_free(ix);
+}
+END_TEST
 
 /* index_ref() and index_rec() name every record and back, across many
  * blocks, with topics from 1 byte to 60,000 (slots of every size). */
@@ -591,6 +640,7 @@ static Suite *index_suite(void)
 	tcase_add_test(tc, live_counts);
 	tcase_add_test(tc, payload_reuse);
 	tcase_add_test(tc, refs_name_records);
+	tcase_add_test(tc, learning_states);
 	tcase_add_loop_test(tc, random_vs_qsort, 0, 2);
 	tcase_add_test(tc, deep_tree);
 	tcase_add_test(tc, rwlock_readers_and_writer);

@@ -243,8 +243,8 @@ START_TEST(learn_steady)
 	/* Many more messages: the ring wraps, the cadence stays. */
 	feed(r, 10 * SEC, 100);
 	ck_assert_uint_eq(r->cadence_ms, 10000);
-	ck_assert_ptr_nonnull(r->learn);
-	ck_assert_uint_lt(r->learn->n, 2 * REC_LEARN_SLOTS);
+	ck_assert_ptr_nonnull(index_learn(ix, r));
+	ck_assert_uint_lt(index_learn(ix, r)->n, 2 * REC_LEARN_SLOTS);
 	stale_free(st);
 	st = NULL;
 }

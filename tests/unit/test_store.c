@@ -20,9 +20,12 @@
 
 static char tmpdir[64];
 static char dbpath[128];
+static struct index *tix;   /* where the records a test writes live */
 
 static void setup(void)
 {
+	tix = index_new();
+	ck_assert_ptr_nonnull(tix);
 	snprintf(tmpdir, sizeof(tmpdir), "/tmp/sm-store-XXXXXX");
 	ck_assert_ptr_nonnull(mkdtemp(tmpdir));
 	snprintf(dbpath, sizeof(dbpath), "%s/state.db", tmpdir);
@@ -38,6 +41,8 @@ static void teardown(void)
 		unlink(p);
 	}
 	rmdir(tmpdir);
+	index_free(tix);
+	tix = NULL;
 }
 
 /* ---- the store's own connection, caught as SQLite opens it ------------ */
@@ -113,7 +118,7 @@ static int64_t file_int(const char *sql)
 
 static struct rec *mkrec(const char *topic, const void *payload, size_t len, int64_t rev)
 {
-	struct rec *r = rec_new(topic, strlen(topic));
+	struct rec *r = index_add(tix, topic, strlen(topic), NULL, 0, 0);
 
 	ck_assert_ptr_nonnull(r);
 	if (len)
@@ -129,23 +134,18 @@ static struct rec *mkrec(const char *topic, const void *payload, size_t len, int
 /* r's learning state, created if need be. */
 static struct rec_learn *learning(struct rec *r)
 {
-	struct rec_learn *l = rec_learn(r);
+	struct rec_learn *l = index_learn_make(tix, r);
 
 	ck_assert_ptr_nonnull(l);
 	return l;
 }
 
-static void free_recs(struct rec **v, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		rec_free(v[i]);
-}
 
 static void write_ok(struct store *st, struct rec **v, size_t n)
 {
 	char err[256] = "";
 
-	ck_assert_msg(store_write(st, v, n, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_msg(store_write(st, tix, v, n, err, sizeof(err)) == 0, "%s", err);
 }
 
 /* Load the file into a fresh index through a fresh store. */
@@ -164,8 +164,11 @@ static struct index *load_all(int64_t *ret_rev)
 	return ix;
 }
 
-static void assert_same(const struct rec *a, const struct rec *b)
+/* a: a record of the test's index; b: its copy loaded into ixb. */
+static void assert_same(const struct rec *a, const struct rec *b, const struct index *ixb)
 {
+	const struct rec_learn *la = index_learn(tix, a), *lb = index_learn(ixb, b);
+
 	ck_assert_str_eq(rec_topic(a), rec_topic(b));
 	ck_assert_uint_eq(a->topic_len, b->topic_len);
 	ck_assert_int_eq(a->ts_ns, b->ts_ns);
@@ -176,18 +179,17 @@ static void assert_same(const struct rec *a, const struct rec *b)
 	ck_assert_uint_eq(a->updates, b->updates);
 	ck_assert_uint_eq(a->cadence_ms, b->cadence_ms);
 	ck_assert_uint_eq(a->cadence_source, b->cadence_source);
-	ck_assert_uint_eq(a->flags & ~(REC_DIRTY | REC_IN_FILE), b->flags & ~REC_IN_FILE);
+	ck_assert_uint_eq(a->flags & ~(REC_DIRTY | REC_IN_FILE | REC_LEARNS), b->flags & ~(REC_IN_FILE | REC_LEARNS));
 	/* Learning state comes back when it holds intervals (a count or a
 	 * slot); without them there is nothing to restore. */
-	if (a->learn && (a->learn->n || memcmp(a->learn->iv, (uint32_t[REC_LEARN_SLOTS]){ 0 },
-					       sizeof(a->learn->iv)) != 0)) {
-		ck_assert_ptr_nonnull(b->learn);
-		ck_assert_int_eq(a->learn->last_live_ms, b->learn->last_live_ms);
-		ck_assert_uint_eq(a->learn->n, b->learn->n);
+	if (la && (la->n || memcmp(la->iv, (uint32_t[REC_LEARN_SLOTS]){ 0 }, sizeof(la->iv)) != 0)) {
+		ck_assert_ptr_nonnull(lb);
+		ck_assert_int_eq(la->last_live_ms, lb->last_live_ms);
+		ck_assert_uint_eq(la->n, lb->n);
 		for (int i = 0; i < REC_LEARN_SLOTS; i++)
-			ck_assert_uint_eq(a->learn->iv[i], b->learn->iv[i]);
+			ck_assert_uint_eq(la->iv[i], lb->iv[i]);
 	} else {
-		ck_assert_ptr_null(b->learn);
+		ck_assert_ptr_null(lb);
 	}
 	/* Payloads stay in the file: the record keeps length and hash. */
 	ck_assert_uint_eq(a->payload_len, b->payload_len);
@@ -236,7 +238,6 @@ START_TEST(test_create_migrates)
 		struct rec *r = mkrec("a/b", "1", 1, 5);
 
 		write_ok(st, &r, 1);
-		rec_free(r);
 	}
 	store_close(st);
 	st = open_store();
@@ -309,7 +310,7 @@ START_TEST(test_round_trip)
 		struct rec *got = index_get(ix, rec_topic(v[i]), v[i]->topic_len);
 
 		ck_assert_msg(got != NULL, "%s not loaded", rec_topic(v[i]));
-		assert_same(v[i], got);
+		assert_same(v[i], got, ix);
 	}
 	index_free(ix);
 
@@ -318,7 +319,7 @@ START_TEST(test_round_trip)
 	v[0]->flags = REC_RETAINED;
 	v[0]->stale_since_ms = 0;
 	learning(v[0])->n = 0;
-	memset(learning(v[0])->iv, 0, sizeof(v[0]->learn->iv));
+	memset(learning(v[0])->iv, 0, sizeof(uint32_t[REC_LEARN_SLOTS]));
 	ck_assert_int_eq(rec_set_payload(v[0], "2", 1), 0);
 	v[3]->flags = 0;  /* the deleted key comes back */
 	ck_assert_int_eq(rec_set_payload(v[3], "back", 4), 0);
@@ -336,11 +337,10 @@ START_TEST(test_round_trip)
 	ck_assert_uint_eq(index_size(ix), 6);
 	ck_assert_uint_eq(index_live(ix), 5);
 	for (int i = 0; i < 6; i++)
-		assert_same(v[i], index_get(ix, rec_topic(v[i]), v[i]->topic_len));
+		assert_same(v[i], index_get(ix, rec_topic(v[i]), v[i]->topic_len), ix);
 	index_free(ix);
 	ck_assert_int_eq(file_int("SELECT count(*) FROM rec"), 6);
 
-	free_recs(v, 6);
 	free(big);
 }
 END_TEST
@@ -373,7 +373,6 @@ START_TEST(test_rev_high_water_mark)
 	ck_assert_int_eq(rev, 500);
 	ck_assert_int_eq(index_get(ix, "k", 1)->rev, 7);
 	index_free(ix);
-	rec_free(r);
 }
 END_TEST
 
@@ -448,7 +447,6 @@ START_TEST(test_views)
 	ck_assert_int_eq(file_int("SELECT count(*) FROM stale_keys WHERE topic = 'a/fresh'"), 1);
 	ck_assert_int_eq(file_int("SELECT count(*) FROM stale_keys"), 1);
 	store_close(st);
-	free_recs(v, 4);
 }
 END_TEST
 
@@ -476,11 +474,11 @@ START_TEST(test_reader_during_writes)
 			 SQLITE_OK);
 	ck_assert_int_eq(sqlite3_step(s), SQLITE_ROW);
 
-	ck_assert_msg(store_write(st, v + 50, 50, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_msg(store_write(st, tix, v + 50, 50, err, sizeof(err)) == 0, "%s", err);
 	ck_assert_int_eq(store_checkpoint(st), 0);  /* passive: does not wait */
 	for (int i = 0; i < 50; i++)
 		v[i]->rev += 1000;
-	ck_assert_msg(store_write(st, v, 50, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_msg(store_write(st, tix, v, 50, err, sizeof(err)) == 0, "%s", err);
 
 	/* Its snapshot is stable ... */
 	ck_assert_int_eq(foreign_int(db, "SELECT count(*) FROM keys"), 50);
@@ -493,7 +491,6 @@ START_TEST(test_reader_during_writes)
 
 	ck_assert_int_eq(store_checkpoint(st), 0);
 	store_close(st);
-	free_recs(v, 100);
 }
 END_TEST
 
@@ -580,13 +577,13 @@ START_TEST(test_disk_full)
 	/* No room for the next 99 payloads of 4 kB: SQLITE_FULL. */
 	ck_assert_int_eq(foreign_int(caught, "PRAGMA max_page_count = 1"), pages);
 
-	rc = store_write(st, v + 1, 99, err, sizeof(err));
+	rc = store_write(st, tix, v + 1, 99, err, sizeof(err));
 	ck_assert_int_eq(rc, -ENOSPC);
 	ck_assert_msg(strstr(err, "full") != NULL, "err: %s", err);
 	ck_assert_int_eq(sqlite3_get_autocommit(caught), 1);  /* no transaction left open */
 	ck_assert_int_eq(file_int("SELECT count(*) FROM keys"), 1);
 	/* Failing again is just as clean. */
-	ck_assert_int_eq(store_write(st, v + 1, 99, err, sizeof(err)), -ENOSPC);
+	ck_assert_int_eq(store_write(st, tix, v + 1, 99, err, sizeof(err)), -ENOSPC);
 	ck_assert_int_eq(sqlite3_get_autocommit(caught), 1);
 
 	/* Space comes back: the same call succeeds. */
@@ -598,9 +595,8 @@ START_TEST(test_disk_full)
 	ix = load_all(&rev);
 	ck_assert_uint_eq(index_size(ix), 100);
 	ck_assert_int_eq(rev, 100);
-	assert_same(v[99], index_get(ix, "full/099", 8));
+	assert_same(v[99], index_get(ix, "full/099", 8), ix);
 	index_free(ix);
-	free_recs(v, 100);
 }
 END_TEST
 
@@ -617,7 +613,7 @@ START_TEST(test_failed_batch_is_atomic)
 	v[1] = mkrec("x/2", big, sizeof(big), 2);
 	v[2] = mkrec("x/3", "3", 1, 3);
 	sqlite3_limit(caught, SQLITE_LIMIT_LENGTH, 1000);
-	ck_assert_int_eq(store_write(st, v, 3, err, sizeof(err)), -EIO);
+	ck_assert_int_eq(store_write(st, tix, v, 3, err, sizeof(err)), -EIO);
 	ck_assert_msg(strstr(err, "too big") != NULL, "err: %s", err);
 	ck_assert_int_eq(sqlite3_get_autocommit(caught), 1);
 	ck_assert_int_eq(file_int("SELECT count(*) FROM rec"), 0);
@@ -626,7 +622,6 @@ START_TEST(test_failed_batch_is_atomic)
 	write_ok(st, v, 3);
 	ck_assert_int_eq(file_int("SELECT count(*) FROM keys"), 3);
 	store_close(st);
-	free_recs(v, 3);
 }
 END_TEST
 
@@ -646,7 +641,7 @@ START_TEST(test_busy_fails_fast)
 	ck_assert_int_eq(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
 	r->rev = 2;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	rc = store_write(st, &r, 1, err, sizeof(err));
+	rc = store_write(st, tix, &r, 1, err, sizeof(err));
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
 	ck_assert_int_eq(rc, -EBUSY);
@@ -658,7 +653,6 @@ START_TEST(test_busy_fails_fast)
 	write_ok(st, &r, 1);
 	ck_assert_int_eq(file_int("SELECT rev FROM rec WHERE topic = 'k'"), 2);
 	store_close(st);
-	rec_free(r);
 }
 END_TEST
 
@@ -686,7 +680,6 @@ START_TEST(test_large_batch_updates)
 	ck_assert_int_eq(file_int("SELECT count(*) FROM keys"), N);
 	ck_assert_int_eq(file_int("SELECT min(rev) FROM rec"), N + 1);
 	store_close(st);
-	free_recs(v, N);
 	free(v);
 }
 END_TEST
@@ -727,7 +720,6 @@ START_TEST(test_purge_tombstones)
 	ck_assert_int_eq(file_int("SELECT count(*) FROM rec WHERE topic = 'new/deleted'"), 1);
 	ck_assert_int_eq(file_int("SELECT count(*) FROM keys WHERE topic = 'old/live'"), 1);
 	store_close(st);
-	free_recs(v, 3);
 }
 END_TEST
 
@@ -783,7 +775,6 @@ START_TEST(test_checkpoints)
 	ck_assert_int_eq(file_int("SELECT count(*) FROM keys"), 40);
 
 	store_close(st);
-	free_recs(v, 40);
 	free(big);
 }
 END_TEST
@@ -801,13 +792,13 @@ START_TEST(test_stage_is_a_snapshot)
 	char err[256] = "";
 
 	learning(r)->iv[0] = 5000;
-	r->learn->n = 1;
-	ck_assert_int_eq(store_stage(st, r), 0);
+	learning(r)->n = 1;
+	ck_assert_int_eq(store_stage(st, tix, r), 0);
 	ck_assert_uint_eq(store_staged(st), 1);
 	/* Ingest changes the record before the write runs. */
 	ck_assert_int_eq(rec_set_payload(r, "{\"v\":2, \"much\": \"longer now\"}", 30), 0);
 	r->rev = 11;
-	r->learn->iv[0] = 9000;
+	learning(r)->iv[0] = 9000;
 	ck_assert_msg(store_commit(st, err, sizeof(err)) == 0, "%s", err);
 	ck_assert_uint_eq(store_staged(st), 0);
 	ck_assert_int_eq(file_int("SELECT rev FROM rec WHERE topic = 'snap/a'"), 10);
@@ -816,7 +807,7 @@ START_TEST(test_stage_is_a_snapshot)
 	/* Nothing staged: a commit is a no-op. */
 	ck_assert_int_eq(store_commit(st, err, sizeof(err)), 0);
 	/* The next stage takes the record as it is now. */
-	ck_assert_int_eq(store_stage(st, r), 0);
+	ck_assert_int_eq(store_stage(st, tix, r), 0);
 	ck_assert_msg(store_commit(st, err, sizeof(err)) == 0, "%s", err);
 	ck_assert_int_eq(file_int("SELECT rev FROM rec WHERE topic = 'snap/a'"), 11);
 	ck_assert_int_eq(file_int("SELECT length(payload) FROM rec WHERE topic = 'snap/a'"), 30);
@@ -830,7 +821,6 @@ START_TEST(test_stage_is_a_snapshot)
 		ck_assert_uint_eq(n, 30);
 		ck_assert_int_eq(memcmp(p, "{\"v\":2, \"much\": \"longer now\"}", 30), 0);
 		ck_assert_int_eq(store_fetch_payload(st, none, &p, &n), -ENOENT);
-		rec_free(none);
 	}
 	/* ... and a record whose payload is in the file is written without
 	 * it: only its other fields change. */
@@ -838,13 +828,12 @@ START_TEST(test_stage_is_a_snapshot)
 	ck_assert(r->flags & REC_IN_FILE);
 	r->rev = 12;
 	r->flags |= REC_STALE;
-	ck_assert_int_eq(store_stage(st, r), 0);
+	ck_assert_int_eq(store_stage(st, tix, r), 0);
 	ck_assert_msg(store_commit(st, err, sizeof(err)) == 0, "%s", err);
 	ck_assert_int_eq(file_int("SELECT rev FROM rec WHERE topic = 'snap/a'"), 12);
 	ck_assert_int_eq(file_int("SELECT length(payload) FROM rec WHERE topic = 'snap/a'"), 30);
 	ck_assert_int_eq(file_int("SELECT flags & 128 FROM rec WHERE topic = 'snap/a'"), 0);
 	store_close(st);
-	rec_free(r);
 }
 END_TEST
 
@@ -883,7 +872,7 @@ START_TEST(test_scan_reads_in_order)
 	v[7]->payload_len = 3;
 	store_scan_end(st);
 	ck_assert_int_eq(rec_set_payload(v[0], "w-a!", 4), 0);
-	ck_assert_int_eq(store_stage(st, v[0]), 0);
+	ck_assert_int_eq(store_stage(st, tix, v[0]), 0);
 	ck_assert_msg(store_commit(st, err, sizeof(err)) == 0, "%s", err);
 	store_scan(st, NULL, 0);
 	ck_assert_int_eq(store_fetch_payload(st, v[0], &p, &n), 0);
@@ -892,8 +881,6 @@ START_TEST(test_scan_reads_in_order)
 	store_scan_end(st);
 	store_scan_end(st); /* twice: no-op */
 	store_close(st);
-	free_recs(v, 26);
-	rec_free(none);
 }
 END_TEST
 
