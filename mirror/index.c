@@ -437,9 +437,11 @@ struct rec *index_rec(const struct index *ix, uint32_t ref)
 
 /* ---- learning states ---- */
 
+/* Fibonacci hashing: the product's top bits, as many as cap (a power of 2,
+ * at least 64) needs; they depend on every bit of the key. */
 static inline uint32_t learn_hash(uint32_t key, uint32_t cap)
 {
-	return (key * 0x9e3779b1u) >> 7 & (cap - 1);  /* refs vary in the middle bits */
+	return (key * 0x9e3779b1u) >> (32 - __builtin_ctz(cap));
 }
 
 static inline struct rec_learn *learn_at(const struct index *ix, uint32_t slot)
@@ -451,7 +453,7 @@ struct rec_learn *index_learn(const struct index *ix, const struct rec *r)
 {
 	uint32_t key, i;
 
-	if (!(r->flags & REC_LEARNS))
+	if (!(r->flags & REC_LEARNS) || ix->lcap == 0)
 		return NULL;
 	key = index_ref(ix, r) | 1;
 	for (i = learn_hash(key, ix->lcap); ix->lmap[i].key; i = (i + 1) & (ix->lcap - 1))

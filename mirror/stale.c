@@ -28,9 +28,9 @@
 **
 ** An entry is 8 bytes (a million keys: 8 MiB, not 16): the record's 32-bit
 ** name in the index and its due time in ms after base_ms, a moving origin
-** kept within 2^30 ms (12 days) of now (heap_rebase). A due time too far
-** ahead to fit is kept as the furthest that fits, a lower bound like any
-** other; UINT32_MAX is STALE_NEVER.
+** kept between 2^30 ms (12 days) and a minute behind now (heap_rebase). A
+** due time too far ahead to fit is kept as the furthest that fits, a lower
+** bound like any other; UINT32_MAX is STALE_NEVER.
 */
 #define STALE_NEVER INT64_MAX
 #define STALE_NO_IDX UINT32_MAX
@@ -46,6 +46,7 @@ struct hent {
 
 #define DUE_NEVER UINT32_MAX
 #define DUE_REBASE_MS (1 << 30)
+#define DUE_SLACK_MS 60000       /* the origin's place behind now (see heap_rebase) */
 
 struct rule {
 	char *filter;
@@ -112,29 +113,36 @@ static int64_t due_dec(const struct stale *s, uint32_t due)
 }
 
 /*
-** Keep now within DUE_REBASE_MS of base_ms, so that every deadline up to 37
-** days ahead fits as it is. Moving the origin subtracts the same from every
-** entry (those that would go below it become 0: due now), which keeps the
-** heap's order: no sift needed. O(n) once every 12 days.
+** Keep the origin a minute or more behind now and less than 12 days behind
+** it, so that every deadline up to 37 days ahead fits as it is. Moving it
+** forward subtracts the same from every entry (those that would go below it
+** become 0: due now); moving it back, after the wall clock stepped back,
+** adds (capped at the furthest that fits: earlier, so still a lower bound).
+** Either keeps the heap's order: no sift. O(n), once every 12 days or when
+** the clock steps back by more than the minute of slack; without the slack,
+** the few ms by which one thread's clock reading trails another's would
+** move it back and forth.
 */
 static void heap_rebase(struct stale *s, int64_t now_ms)
 {
-	int64_t delta;
+	int64_t base = now_ms - DUE_SLACK_MS;
 
 	if (s->n == 0) {
-		s->base_ms = now_ms;
+		s->base_ms = base;
 		return;
 	}
-	if (now_ms - s->base_ms < DUE_REBASE_MS)
+	if (now_ms >= s->base_ms && now_ms - s->base_ms < DUE_REBASE_MS)
 		return;
-	delta = now_ms - s->base_ms;
 	for (uint32_t i = 0; i < s->n; i++) {
 		uint32_t *d = &s->heap[i].due;
+		int64_t v;
 
-		if (*d != DUE_NEVER)
-			*d = *d > delta ? (uint32_t)(*d - delta) : 0;
+		if (*d == DUE_NEVER)
+			continue;
+		v = (int64_t)*d + (s->base_ms - base);
+		*d = v <= 0 ? 0 : v >= DUE_NEVER ? DUE_NEVER - 1 : (uint32_t)v;
 	}
-	s->base_ms = now_ms;
+	s->base_ms = base;
 }
 
 static void heap_place(struct stale *s, uint32_t i, struct hent e)

@@ -132,6 +132,8 @@ static void teardown(void)
 {
 	stale_free(st);
 	st = NULL;
+	index_free(ix);
+	ix = NULL;
 	clear_msgs();
 	conf_free(&conf);
 }
