@@ -15,12 +15,12 @@
 #include "common/log.h"
 #include "common/notify.h"
 #include "common/stats.h"
-#include "mirror/changes.h"
-#include "mirror/core.h"
-#include "mirror/index.h"
-#include "mirror/mqtt.h"
-#include "mirror/rejects.h"
-#include "mirror/stale.h"
+#include "mirror/state/changes.h"
+#include "mirror/mirror.h"
+#include "mirror/state/index.h"
+#include "mirror/ingest/mqtt.h"
+#include "mirror/state/rejects.h"
+#include "mirror/liveness/stale.h"
 #include "store/store.h"
 
 enum { EXIT_CONFIG = 1, EXIT_RUNTIME = 2 };
@@ -202,14 +202,14 @@ static void stale_publish(void *ctx, const char *topic, const char *payload, siz
 		log_warnx("alerts: cannot publish to %s: %s", topic, strerror(-rc));
 }
 
-static void notify_status(struct core *core, struct mqtt *m)
+static void notify_status(struct mirror *core, struct mqtt *m)
 {
 	static char last[256];
 	char status[256];
 
 	snprintf(status, sizeof(status), "STATUS=%s, %s, %llu keys, %llu stale",
 		 mqtt_connected(m) ? "connected" : "disconnected",
-		 core_synced(core) ? "synced" : "not synced",
+		 mirror_synced(core) ? "synced" : "not synced",
 		 (unsigned long long)STAT_GET(keys), (unsigned long long)STAT_GET(stale_keys));
 	if (strcmp(status, last) != 0) {
 		notify_send(status);
@@ -226,7 +226,7 @@ static int load_visit(struct rec *r, void *ctx)
 {
 	struct load_ctx *lc = ctx;
 
-	/* A cadence that changed with the rules is written back (the core
+	/* A cadence that changed with the rules is written back (the mirror
 	 * picks up records loaded dirty). */
 	if (!(r->flags & REC_DELETED) && stale_on_load(lc->stale, r, lc->now_ms))
 		r->flags |= REC_DIRTY;
@@ -261,7 +261,7 @@ static int load_index(struct store *st, struct stale *stale, struct index *ix, i
 	int rc;
 
 	/* Tombstones older than a day are forgotten now and deleted from the
-	 * file by the core thread once serving (core_deps.purge_before_ns). */
+	 * file by the keeper thread once serving (mirror_deps.purge_before_ns). */
 	*ret_purge_before_ns = (lc.now_ms - TOMBSTONE_TTL_MS) * 1000000;
 	rc = store_load(st, ix, *ret_purge_before_ns, ret_rev, err, sizeof(err));
 	if (rc < 0) {
@@ -278,20 +278,20 @@ static int load_index(struct store *st, struct stale *stale, struct index *ix, i
 	return 0;
 }
 
-/* The session's sink is the core's ingest (mqtt.h, core.h). */
+/* The session's sink is the mirror's ingest (mqtt.h, core.h). */
 static void ingest_message(void *ctx, const struct msg *m, enum reject_reason why, size_t full_len)
 {
-	core_ingest(ctx, m, why, full_len);
+	mirror_ingest(ctx, m, why, full_len);
 }
 
 static void ingest_flush(void *ctx)
 {
-	core_ingest_flush(ctx);
+	mirror_ingest_flush(ctx);
 }
 
 static void ingest_link(void *ctx)
 {
-	core_link_changed(ctx);
+	mirror_link_changed(ctx);
 }
 
 int main(int argc, char **argv)
@@ -304,7 +304,7 @@ int main(int argc, char **argv)
 	struct changes *changes = NULL;
 	struct mqtt *mqtt = NULL;
 	struct stale *stale = NULL;
-	struct core *core = NULL;
+	struct mirror *core = NULL;
 	struct api *api = NULL;
 	struct watch *watch = NULL;
 	char err[512];
@@ -370,13 +370,13 @@ int main(int argc, char **argv)
 		log_error("watch: cannot start: %s", strerror(-rc));
 		goto out;
 	}
-	struct core_deps cd = { .conf = &conf, .ix = ix, .store = store, .stale = stale,
+	struct mirror_deps cd = { .conf = &conf, .ix = ix, .store = store, .stale = stale,
 				.mqtt = mqtt, .rejects = rejects,
 				.changes = changes, .rev = rev,
 				.purge_before_ns = purge_before_ns,
 				.on_changes = watch_wake, .on_changes_ctx = watch };
-	if ((rc = core_start(&cd, &core)) < 0) {
-		log_error("cannot start the core thread: %s", strerror(-rc));
+	if ((rc = mirror_start(&cd, &core)) < 0) {
+		log_error("cannot start the keeper thread: %s", strerror(-rc));
 		goto out;
 	}
 	struct api_deps ad = { .conf = &conf, .ix = ix, .core = core, .rejects = rejects,
@@ -385,7 +385,7 @@ int main(int argc, char **argv)
 		log_error("http: %s", err);
 		goto out;
 	}
-	/* The session thread applies what it reads, through the core. */
+	/* The session thread applies what it reads, through the mirror. */
 	struct mqtt_sink sink = { .message = ingest_message, .flush = ingest_flush,
 				  .link = ingest_link, .ctx = core };
 	if ((rc = mqtt_start(mqtt, &sink)) < 0) {
@@ -423,7 +423,7 @@ int main(int argc, char **argv)
 			} else {
 				report_restart_needed(&conf, nc);
 				log_set_level(nc->log_level);
-				core_reload(core, nc);
+				mirror_reload(core, nc);
 				if (reloaded) {
 					conf_free(reloaded);
 					free(reloaded);
@@ -433,19 +433,19 @@ int main(int argc, char **argv)
 			}
 			notify_send("READY=1");
 		}
-		/* Feed the watchdog only while the core loop turns. */
-		if (wd_usec && clock_mono_ms() - core_heartbeat(core) < (int64_t)(wd_usec / 1000))
+		/* Feed the watchdog only while the keeper loop turns. */
+		if (wd_usec && clock_mono_ms() - mirror_heartbeat(core) < (int64_t)(wd_usec / 1000))
 			notify_send("WATCHDOG=1");
 		notify_status(core, mqtt);
 	}
 	status = 0;
 out:
-	/* The HTTP handlers read the core (readiness, sync): stop serving
-	 * before core_stop frees it. */
+	/* The HTTP handlers read the mirror (readiness, sync): stop serving
+	 * before mirror_stop frees it. */
 	mqtt_stop(mqtt);
 	api_stop(api);
-	core_stop(core);
-	watch_free(watch); /* after api_stop (no stream left) and core_stop (no wake) */
+	mirror_stop(core);
+	watch_free(watch); /* after api_stop (no stream left) and mirror_stop (no wake) */
 	mqtt_free(mqtt);
 	stale_free(stale);
 	rejects_free(rejects);

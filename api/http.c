@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* http.c: the HTTP server: listeners, limits, bearer auth, routing and the JSON endpoints. */
-#include "http.h"
+#include "api/http.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -19,14 +19,14 @@
 
 #include <microhttpd.h>
 
-#include "../common/clock.h"
-#include "../common/log.h"
-#include "../common/stats.h"
-#include "../common/topic.h"
-#include "metrics.h"
-#include "pathdec.h"
-#include "render.h"
-#include "watch.h"
+#include "common/clock.h"
+#include "common/log.h"
+#include "common/stats.h"
+#include "common/topic.h"
+#include "api/metrics.h"
+#include "api/pathdec.h"
+#include "api/render.h"
+#include "api/watch.h"
 
 /*
 ** Limits.
@@ -52,7 +52,7 @@
 #define API_LIST_DEFAULT 100
 #define API_LIST_MAX 10000
 /* Records (or bytes) rendered per hold of the index read lock: a writer
- * (ingest, the core thread) never waits behind a whole 10000-record page,
+ * (ingest, the keeper thread) never waits behind a whole 10000-record page,
  * nor behind a few big payloads read back from the file. */
 #define API_CHUNK_RECORDS 64
 #define API_CHUNK_BYTES (64u << 10)
@@ -328,7 +328,7 @@ static int walk_visit(struct rec *r, void *ctx)
 ** Render the items array's contents (no brackets) and decide `next`. The
 ** read lock is dropped every API_CHUNK_RECORDS records or API_CHUNK_BYTES
 ** rendered, or API_CHUNK_VISITS records looked at (a sparse filter such as "+/x" over a
-** million keys), so a writer (ingest, the core thread) never waits long; the
+** million keys), so a writer (ingest, the keeper thread) never waits long; the
 ** page then reflects the index as it was at each hold, like any paging.
 */
 static int walk_run(struct api *a, struct walk *w, const char *after, size_t after_len)
@@ -590,7 +590,7 @@ static enum MHD_Result ep_readyz(struct call *k)
 	int r;
 
 	if (k->a->d.core)
-		ready = core_ready(k->a->d.core, reason, sizeof(reason));
+		ready = mirror_ready(k->a->d.core, reason, sizeof(reason));
 	if (ready)
 		return send_literal(k, MHD_HTTP_OK, "{\"ready\":true}");
 	reason[sizeof(reason) - 1] = '\0';
@@ -610,7 +610,7 @@ static enum MHD_Result ep_metrics(struct call *k)
 	int r;
 
 	if (a->d.core)
-		x.ready = core_ready(a->d.core, reason, sizeof(reason));
+		x.ready = mirror_ready(a->d.core, reason, sizeof(reason));
 	buf_init(&b, a->body_max);
 	if ((r = metrics_render(&b, &x)) < 0)
 		return send_render_error(k, &b, r);
@@ -681,7 +681,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	if (q->len == SIZE_MAX) {
 		k.v1 = memcmp(q->uri, "/v1", 3) == 0 && (q->uri[3] == '/' || q->uri[3] == '?');
 		if (k.v1)
-			k.synced = a->d.core ? core_synced(a->d.core) : false;
+			k.synced = a->d.core ? mirror_synced(a->d.core) : false;
 		return send_error(&k, MHD_HTTP_URI_TOO_LONG, "request URI too long");
 	}
 	path = q->uri;
@@ -693,7 +693,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	}
 	k.v1 = path_len >= 3 && memcmp(path, "/v1", 3) == 0 && (path_len == 3 || path[3] == '/');
 	if (k.v1)
-		k.synced = a->d.core ? core_synced(a->d.core) : false;
+		k.synced = a->d.core ? mirror_synced(a->d.core) : false;
 
 	if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
 		return send_error_hdr(&k, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed",

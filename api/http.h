@@ -5,11 +5,11 @@
 
 #include <stddef.h>
 
-#include "../common/conf.h"
-#include "../mirror/core.h"
-#include "../mirror/index.h"
-#include "../mirror/rejects.h"
-#include "../mirror/stale.h"
+#include "common/conf.h"
+#include "mirror/mirror.h"
+#include "mirror/state/index.h"
+#include "mirror/state/rejects.h"
+#include "mirror/liveness/stale.h"
 
 struct api;
 
@@ -22,7 +22,7 @@ struct api;
 struct api_deps {
 	const struct conf *conf;
 	struct index *ix;
-	struct core *core;
+	struct mirror *core;
 	struct rejects *rejects;
 	struct stale *stale;
 	struct watch *watch;      /* /v1/watch streams; NULL: answered 503 */

@@ -1,11 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /* metrics.c: Prometheus text rendering of the process counters (g_stats). */
-#include "metrics.h"
+#include "api/metrics.h"
 
 #include <inttypes.h>
 
-#include "../common/stats.h"
-#include "../mirror/apply.h"
+#include "common/stats.h"
+#include "mirror/state/apply.h"
 
 static const unsigned http_codes[STATS_HTTP_CODES - 1] = { 200, 400, 401, 404, 405, 500, 503 };
 
@@ -117,7 +117,7 @@ int metrics_render(struct buf *b, const struct metrics_extra *x)
 		return r;
 
 	/* The ingest queue is the socket's receive buffer: messages are
-	 * applied as they are read (mirror/mqtt.c). */
+	 * applied as they are read (mirror/ingest/mqtt.c). */
 	if ((r = scalar(b, "statemirror_ingest_queue_bytes", "gauge",
 			"Bytes from the broker waiting in the socket to be read and applied "
 			"(sampled every 100 ms).", STAT_GET(ingest_queue_bytes))) < 0)

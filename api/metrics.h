@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../common/buf.h"
+#include "common/buf.h"
 
 /*
 ** HTTP status codes are counted in g_stats.http_requests[STATS_HTTP_CODES]
@@ -21,7 +21,7 @@ size_t metrics_http_bucket(unsigned code);
 
 /* What /metrics needs that g_stats does not hold; sampled by the caller. */
 struct metrics_extra {
-	bool ready;              /* core_ready() */
+	bool ready;              /* mirror_ready() */
 };
 
 /*

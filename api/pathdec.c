@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* pathdec.c: strict percent-decoding and query-string parsing for the HTTP API. */
-#include "pathdec.h"
+#include "api/pathdec.h"
 
 #include <errno.h>
 #include <string.h>

@@ -1,11 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /* render.c: the contract's key record as JSON, without an intermediate tree. */
-#include "render.h"
+#include "api/render.h"
 
 #include <string.h>
 
-#include "../common/clock.h"
-#include "../common/tsparse.h"
+#include "common/clock.h"
+#include "common/tsparse.h"
 
 /*
 ** The fixed-size tail of a record (everything after the payload) is built

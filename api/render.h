@@ -5,8 +5,8 @@
 
 #include <stdint.h>
 
-#include "../common/buf.h"
-#include "../mirror/index.h"
+#include "common/buf.h"
+#include "mirror/state/index.h"
 
 /*
 ** Append r as the contract's key record (one line, no trailing newline):

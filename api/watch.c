@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* watch.c: /v1/watch: Server-Sent Event streams of changes, with snapshot and resume. */
-#include "watch.h"
+#include "api/watch.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -18,18 +18,18 @@
 
 #include <microhttpd.h>
 
-#include "../common/buf.h"
-#include "../common/clock.h"
-#include "../common/log.h"
-#include "../common/stats.h"
-#include "../common/topic.h"
-#include "pathdec.h"
-#include "render.h"
+#include "common/buf.h"
+#include "common/clock.h"
+#include "common/log.h"
+#include "common/stats.h"
+#include "common/topic.h"
+#include "api/pathdec.h"
+#include "api/render.h"
 
 /*
 ** Budgets. A connection thread renders snapshot and catch-up a chunk at a
 ** time, dropping the index read lock in between, so the writers (ingest
-** and the core thread) never wait long behind a big snapshot. The hub
+** and the keeper thread) never wait long behind a big snapshot. The hub
 ** reads the change log in batches for the same reason.
 */
 #define WATCH_CHUNK_BYTES (64u << 10)  /* render until this much is pending */
@@ -313,7 +313,7 @@ static size_t hub_pump_batch(struct watch *h, int64_t now_ms)
 	if (gap) {
 		/* The hub fell further behind than the log holds (it should
 		 * not: while anyone listens it is woken after every run of
-		 * applied messages and every core turn that appended
+		 * applied messages and every keeper turn that appended
 		 * changes). Live listeners missed changes; they must
 		 * reconnect and resume. */
 		for (struct watcher *w = h->head; w; w = w->next)

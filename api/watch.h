@@ -5,9 +5,9 @@
 
 #include <stddef.h>
 
-#include "../common/conf.h"
-#include "../mirror/changes.h"
-#include "../mirror/index.h"
+#include "common/conf.h"
+#include "mirror/state/changes.h"
+#include "mirror/state/index.h"
 
 struct MHD_Connection;
 struct MHD_Response;
@@ -51,9 +51,9 @@ int watch_new(const struct conf *conf, struct index *ix, struct changes *cl,
 	      struct watch **ret);
 
 /*
-** The core's core_deps.on_changes (ctx = the struct watch *): new changes
+** The mirror's mirror_deps.on_changes (ctx = the struct watch *): new changes
 ** were appended. Called without locks from the thread that appended them:
-** the MQTT session thread after each run of applied messages, the core
+** the MQTT session thread after each run of applied messages, the mirror
 ** thread after a turn that appended changes (staleness transitions).
 ** O(1): while nobody listens it does nothing (the first listener brings
 ** the hub to the change log's head as it joins); else it sets a flag and,
@@ -87,8 +87,8 @@ int watch_open(struct watch *w, struct MHD_Connection *c, char *query, size_t qu
 void watch_shutdown(struct watch *w);
 
 /* Stop the hub thread and free. Only after the HTTP server is stopped (no
- * stream left) and neither ingest nor the core thread can call watch_wake
- * any more (mqtt_stop and core_stop). Accepts NULL. */
+ * stream left) and neither ingest nor the keeper thread can call watch_wake
+ * any more (mqtt_stop and mirror_stop). Accepts NULL. */
 void watch_free(struct watch *w);
 
 #endif

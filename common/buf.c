@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* buf.c: a growable, size-limited byte buffer with JSON and base64 writers. */
-#include "buf.h"
+#include "common/buf.h"
 
 #include <errno.h>
 #include <stdarg.h>

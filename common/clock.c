@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* clock.c: wall and monotonic clocks and RFC 3339 formatting of epoch ms. */
-#include "clock.h"
+#include "common/clock.h"
 
 #include <time.h>
 

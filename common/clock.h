@@ -9,7 +9,7 @@
 ** The daemon's modules never read the clock themselves where a decision
 ** depends on time (apply, staleness, alerts): they take `now_ms` as an
 ** argument, so unit tests drive time explicitly without sleeping.  Only the
-** threads at the edges (the core loop, the MQTT session, HTTP) call these.
+** threads at the edges (the keeper loop, the MQTT session, HTTP) call these.
 */
 int64_t clock_wall_ms(void);  /* CLOCK_REALTIME, epoch ms */
 int64_t clock_wall_ns(void);  /* CLOCK_REALTIME, epoch ns */

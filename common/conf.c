@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* conf.c: the table-driven INI parser, defaults, value parsers and validation. */
-#include "conf.h"
+#include "common/conf.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -14,7 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "topic.h"
+#include "common/topic.h"
 
 #define CONF_LINE_MAX 65536
 #define WHY_MAX 512

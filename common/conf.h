@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "log.h"
+#include "common/log.h"
 
 #define CONF_MAX_URLS 16
 #define CONF_MAX_FILTERS 256

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* log.c: leveled one-line logging to stderr, each line a single write(2). */
-#include "log.h"
+#include "common/log.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -13,7 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "clock.h"
+#include "common/clock.h"
 
 #define LOG_LINE_MAX 2048
 

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* notify.c: sd_notify over the $NOTIFY_SOCKET datagram socket, without libsystemd. */
-#include "notify.h"
+#include "common/notify.h"
 
 #include <errno.h>
 #include <stdarg.h>

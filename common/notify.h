@@ -5,7 +5,7 @@
 
 #include <stdint.h>
 
-#include "log.h"
+#include "common/log.h"
 
 /*
 ** Why not libsystemd: the protocol is one datagram of "KEY=VALUE\n" lines

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* stats.c: the process-wide counters and the commit latency histogram. */
-#include "stats.h"
+#include "common/stats.h"
 
 struct stats g_stats;
 

@@ -6,7 +6,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-#include "../mirror/apply.h"
+#include "mirror/state/apply.h"
 
 #define STATS_COMMIT_BUCKETS 12  /* commit latency histogram, see stats.c */
 #define STATS_HTTP_CODES 8       /* 200 204 400 401 404 405 413 414 431 503 other... see api */
@@ -17,7 +17,7 @@
 ** counters a few messages apart, never torn values.
 */
 struct stats {
-	/* the ingest (session) thread applies; the core thread ticks */
+	/* the ingest (session) thread applies; the keeper thread ticks */
 	_Atomic uint64_t messages[APPLY_RESULT_MAX];   /* by apply_result */
 	_Atomic uint64_t rejects[REJECT_REASON_MAX];   /* by reject_reason */
 	_Atomic uint64_t keys;                         /* live keys */
@@ -27,7 +27,7 @@ struct stats {
 	_Atomic uint64_t alerts_sent;
 	_Atomic uint64_t alert_exec_failures;
 	_Atomic int64_t rev;
-	/* store (core thread) */
+	/* store (keeper thread) */
 	_Atomic uint64_t commits;
 	_Atomic uint64_t commit_errors;
 	_Atomic uint64_t rows_written;

@@ -1,11 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /* topic.c: MQTT topic name and filter validation and matching (MQTT 5.0 4.7). */
-#include "topic.h"
+#include "common/topic.h"
 
 #include <errno.h>
 #include <string.h>
 
-#include "tsparse.h" /* utf8_valid */
+#include "common/tsparse.h" /* utf8_valid */
 
 int topic_name_check(const char *topic, size_t len)
 {

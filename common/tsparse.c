@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* tsparse.c: epoch and RFC 3339 timestamps, a one-pass JSON scanner, UTF-8 checks. */
-#include "tsparse.h"
+#include "common/tsparse.h"
 
 #include <errno.h>
 #include <string.h>

@@ -2,7 +2,7 @@
 -- 001: the record table, the meta table and the public views keys and stale_keys.
 
 -- One row per key the mirror knows, tombstones (flags & 2) included: every
--- field of the in-memory record (mirror/index.h, struct rec) that a restart
+-- field of the in-memory record (mirror/state/index.h, struct rec) that a restart
 -- needs. Internal: its layout may change in any migration; analysis jobs
 -- read the views below. The small fixed-size columns come first and the
 -- payload last so that reading them never touches a payload's overflow pages.

@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../mirror/index.h"
+#include "mirror/state/index.h"
 
 struct store;
 
@@ -21,7 +21,7 @@ struct store;
 ** opened (-EACCES also when it is read-only, -ENOENT for a missing
 ** directory...), -ENOMEM or -EIO.
 ** *ret_st is written only on success. The store belongs to one thread (the
-** core thread) after startup; SQLite is opened with SQLITE_OPEN_NOMUTEX.
+** keeper thread) after startup; SQLite is opened with SQLITE_OPEN_NOMUTEX.
 ** Foreign readers (`sqlite3 -readonly`) may hold the file open at any
 ** time: WAL mode means they never block store_write, nor it them. Starts
 ** one thread (the checkpointer, see store_checkpoint) with a second
@@ -53,7 +53,7 @@ int store_load(struct store *st, struct index *ix, int64_t skip_before_ns, int64
 /*
 ** Delete the tombstones of keys deleted before before_ns (observation
 ** time), so that deletes of topics never seen again do not fill max_keys
-** for ever: the rows store_load skipped. The core thread calls it once,
+** for ever: the rows store_load skipped. The keeper thread calls it once,
 ** before its first write.
 ** *ret_n (may be NULL) receives the count. Returns 0 or -errno with err.
 */
@@ -71,7 +71,7 @@ int store_write(struct store *st, const struct index *ix, struct rec *const *rec
 /*
 ** Copy r's current state (every stored field, its payload and learning
 ** state) into the store's staging buffer for the next store_commit(). The
-** copy is what lets the core stage records under the index lock, cheaply
+** copy is what lets the mirror stage records under the index lock, cheaply
 ** (a memcpy per record), and write them without it while ingest goes on
 ** changing them. Only the topic is kept by pointer: a record's topic never
 ** changes and records never move. REC_DIRTY is not stored and not touched.

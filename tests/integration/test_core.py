@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
-"""The core path: retained bootstrap before ready, ordering, duplicates,
+"""The mirror path: retained bootstrap before ready, ordering, duplicates,
 deletes, formats and limits, against a real broker and the real daemon."""
 import base64
 import http.client
@@ -173,7 +173,7 @@ def test_ready_holds_under_live_traffic(env):
 
 def test_shutdown_while_serving(env):
     # SIGTERM while clients keep asking: every handler still running must
-    # find what it reads (the core's readiness) alive; exit status 0.
+    # find what it reads (the mirror's readiness) alive; exit status 0.
     for _ in range(3):
         d = env.daemon()
         d.wait_ready()

@@ -13,9 +13,9 @@
 
 #include "common/conf.h"
 #include "common/stats.h"
-#include "mirror/alerts.h"
-#include "mirror/stale.h"
-#include "tests/unit/clock_fake.h"
+#include "mirror/liveness/alerts.h"
+#include "mirror/liveness/stale.h"
+#include "clock_fake.h"
 
 #define SEC 1000
 #define MAXMSG 4096

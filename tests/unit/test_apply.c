@@ -6,8 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "mirror/apply.h"
-#include "tests/unit/clock_fake.h"
+#include "mirror/state/apply.h"
+#include "clock_fake.h"
 
 #define MS 1000000LL                      /* ns per ms */
 

@@ -4,8 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "mirror/changes.h"
-#include "mirror/index.h"
+#include "mirror/state/changes.h"
+#include "mirror/state/index.h"
 
 static struct rec *mk(const char *topic, int64_t rev)
 {

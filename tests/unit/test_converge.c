@@ -7,8 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "mirror/apply.h"
-#include "tests/unit/clock_fake.h"
+#include "mirror/state/apply.h"
+#include "clock_fake.h"
 
 #define MS INT64_C(1000000)
 #define NKEYS 4

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "mirror/index.h"
+#include "mirror/state/index.h"
 
 static struct rec *mk(const char *t)
 {

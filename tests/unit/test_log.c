@@ -8,7 +8,7 @@
 #include <unistd.h>
 
 #include "common/log.h"
-#include "tests/unit/clock_fake.h"
+#include "clock_fake.h"
 
 /* Run fn with stderr captured; returns what it wrote (static buffer). */
 static const char *capture(void (*fn)(void))

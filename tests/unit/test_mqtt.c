@@ -19,8 +19,8 @@
 
 #include "common/conf.h"
 #include "common/stats.h"
-#include "mirror/mqtt.h"
-#include "mirror/rejects.h"
+#include "mirror/ingest/mqtt.h"
+#include "mirror/state/rejects.h"
 
 #define MOSQUITTO_BIN "/usr/sbin/mosquitto"
 #define DEADLINE_MS 15000
@@ -158,7 +158,7 @@ static void pub(const struct broker *b, const char *topic, const char *payload, 
 
 /*
 ** A sink that records what the session delivers (a copy of each message,
-** as the core would see it) and can hold the session thread at a gate, as
+** as the mirror would see it) and can hold the session thread at a gate, as
 ** a slow consumer would.
 */
 struct tmsg {

@@ -9,8 +9,8 @@
 
 #include "common/log.h"
 #include "common/stats.h"
-#include "mirror/rejects.h"
-#include "tests/unit/clock_fake.h"
+#include "mirror/state/rejects.h"
+#include "clock_fake.h"
 
 static json_t *render(struct rejects *r)
 {

@@ -8,7 +8,7 @@
 
 #include "api/render.h"
 #include "clock_fake.h"
-#include "mirror/index.h"
+#include "mirror/state/index.h"
 
 /* The contract's example record. */
 #define T0_MS 1795313402123LL /* 2026-11-22T02:10:02.123Z */

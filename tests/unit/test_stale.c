@@ -7,9 +7,9 @@
 
 #include "common/conf.h"
 #include "common/stats.h"
-#include "mirror/alerts.h"
-#include "mirror/stale.h"
-#include "tests/unit/clock_fake.h"
+#include "mirror/liveness/alerts.h"
+#include "mirror/liveness/stale.h"
+#include "clock_fake.h"
 
 #define SEC 1000
 
@@ -134,7 +134,7 @@ static int64_t tick(void)
 	return w;
 }
 
-/* Advance the clock to `until`, ticking as the core loop does. */
+/* Advance the clock to `until`, ticking as the keeper loop does. */
 static void run_until(int64_t until)
 {
 	while (T < until) {
@@ -756,7 +756,7 @@ START_TEST(load_marks_dead_keys_stale)
 	ck_assert_uint_eq(seen.to_stale, 0);     /* no callback at load */
 	ck_assert_uint_eq(STAT_GET(stale_keys), 2);
 	/* The first tick announces the flag that changed (dead's), once, so
-	 * that the core writes it back; was's stored flag was right already. */
+	 * that the mirror writes it back; was's stored flag was right already. */
 	tick();
 	ck_assert_uint_eq(seen.to_stale, 1);
 	ck_assert_ptr_eq(seen.last, dead);

@@ -13,7 +13,7 @@
 
 #include <sqlite3.h>
 
-#include "mirror/index.h"
+#include "mirror/state/index.h"
 #include "store/store.h"
 
 /* ---- a temporary directory per test ---------------------------------- */
@@ -781,7 +781,7 @@ END_TEST
 
 /*
 ** store_stage copies a record's state: what store_commit writes is the
-** record as it was when staged, whatever changed after (the core stages
+** record as it was when staged, whatever changed after (the mirror stages
 ** under the index lock and commits while ingest goes on). The staging
 ** buffer is empty after every commit.
 */

@@ -10,7 +10,7 @@
 
 #include "common/clock.h"
 #include "common/tsparse.h"
-#include "tests/unit/clock_fake.h"
+#include "clock_fake.h"
 
 #define NOW_NS (INT64_C(1795313402123) * 1000000) /* fake_now_ms: 2026-11-22T02:10:02.123Z */
 

@@ -8,7 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "index.h"
+#include "mirror/state/index.h"
 
 /*
 ** The tree holds 32-bit references, not pointers: at a million keys that

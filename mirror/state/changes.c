@@ -2,7 +2,7 @@
 /* changes.c: the bounded log of recent changes that watch streams replay and follow. */
 #include <stdlib.h>
 
-#include "changes.h"
+#include "mirror/state/changes.h"
 
 struct changes {
 	struct change *ring;

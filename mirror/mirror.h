@@ -1,24 +1,24 @@
 /* SPDX-License-Identifier: MIT */
-/* core.h: the core: applies messages as they arrive, tracks staleness, writes the store. */
-#ifndef SM_CORE_H
-#define SM_CORE_H
+/* mirror.h: the mirror: applies what ingest decodes to the state, and runs the keeper thread (deadlines, link, readiness, store writes). */
+#ifndef SM_MIRROR_H
+#define SM_MIRROR_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../common/conf.h"
-#include "../store/store.h"
-#include "changes.h"
-#include "index.h"
-#include "mqtt.h"
-#include "rejects.h"
-#include "stale.h"
+#include "common/conf.h"
+#include "store/store.h"
+#include "mirror/state/changes.h"
+#include "mirror/state/index.h"
+#include "mirror/ingest/mqtt.h"
+#include "mirror/state/rejects.h"
+#include "mirror/liveness/stale.h"
 
-struct core;
+struct mirror;
 
-/* What the core works with; it owns none of it. */
-struct core_deps {
+/* What the mirror works with; it owns none of it. */
+struct mirror_deps {
 	const struct conf *conf;
 	struct index *ix;
 	struct store *store;
@@ -26,7 +26,7 @@ struct core_deps {
 	struct mqtt *mqtt;        /* may be NULL in tests */
 	struct rejects *rejects;
 	struct changes *changes;  /* may be NULL: no watch streams */
-	/* Called without the lock after a run of messages or a core turn
+	/* Called without the lock after a run of messages or a keeper turn
 	 * that appended changes (wakes watch streams), from the thread that
 	 * made them. May be NULL. */
 	void (*on_changes)(void *ctx);
@@ -37,35 +37,35 @@ struct core_deps {
 	int64_t purge_before_ns;
 };
 
-/* Start the core thread (staleness deadlines, readiness, store writes). */
-int core_start(const struct core_deps *d, struct core **ret);
+/* Start the keeper thread (staleness deadlines, readiness, store writes). */
+int mirror_start(const struct mirror_deps *d, struct mirror **ret);
 /* Write what changed to the store and stop the thread. Stop ingest first. */
-void core_stop(struct core *c);
+void mirror_stop(struct mirror *c);
 
 /*
 ** Ingest: apply one message now, on the caller's thread (the MQTT session's:
-** one thread only), under the index write lock. core_ingest_flush() ends a
+** one thread only), under the index write lock. mirror_ingest_flush() ends a
 ** run of messages: it wakes watch streams when something changed and the
-** core thread when a write becomes due. Rejected messages (why != REJECT_NONE) are counted and listed.
+** keeper thread when a write becomes due. Rejected messages (why != REJECT_NONE) are counted and listed.
 ** These three are the session's mqtt_sink.
 */
-void core_ingest(struct core *c, const struct msg *m, enum reject_reason why, size_t full_len);
-void core_ingest_flush(struct core *c);
+void mirror_ingest(struct mirror *c, const struct msg *m, enum reject_reason why, size_t full_len);
+void mirror_ingest_flush(struct mirror *c);
 /* The broker link changed: readiness and staleness look again. Thread-safe. */
-void core_link_changed(struct core *c);
+void mirror_link_changed(struct mirror *c);
 
 /* ready: synced with the broker (every retained message of the sync
  * applied) and the store writable; live traffic does not make it flap.
  * When not ready a short reason is copied into buf. Thread-safe. */
-bool core_ready(struct core *c, char *buf, size_t n);
+bool mirror_ready(struct mirror *c, char *buf, size_t n);
 /* Synced with the broker (the Statemirror-Synced header). Thread-safe. */
-bool core_synced(struct core *c);
-/* Monotonic ms of the core loop's last turn (the watchdog feeds on it). */
-int64_t core_heartbeat(struct core *c);
+bool mirror_synced(struct mirror *c);
+/* Monotonic ms of the keeper loop's last turn (the watchdog feeds on it). */
+int64_t mirror_heartbeat(struct mirror *c);
 
 /* Take the reloadable settings of conf (staleness rules, grace, default,
  * alert settings) under the write lock. Thread-safe; conf must stay
- * valid until the next reload or core_stop. */
-void core_reload(struct core *c, const struct conf *conf);
+ * valid until the next reload or mirror_stop. */
+void mirror_reload(struct mirror *c, const struct conf *conf);
 
 #endif

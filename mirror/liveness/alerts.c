@@ -13,10 +13,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "../common/clock.h"
-#include "../common/log.h"
-#include "../common/stats.h"
-#include "alerts.h"
+#include "common/clock.h"
+#include "common/log.h"
+#include "common/stats.h"
+#include "mirror/liveness/alerts.h"
 
 extern char **environ;
 
@@ -275,7 +275,7 @@ static char *env_pair(const char *name, const char *value)
 }
 
 /* Start one exec run: the alert JSON is written into the pipe before the
- * program starts (it fits the pipe buffer), so the core thread (which
+ * program starts (it fits the pipe buffer), so the keeper thread (which
  * holds the index write lock here) never blocks on it and a program that
  * does not read cannot SIGPIPE us. */
 static void exec_start(struct alerts *a, struct job *j, int64_t now_ms)
@@ -295,7 +295,7 @@ static void exec_start(struct alerts *a, struct job *j, int64_t now_ms)
 		return;
 	/* Non-blocking: should the pipe be smaller than the alert (a user
 	 * over its pipe-buffer quota gets 4 KiB pipes), the write comes up
-	 * short and the run is refused, rather than the core thread hanging
+	 * short and the run is refused, rather than the keeper thread hanging
 	 * with the index write lock held, and ingest with it. */
 	if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0) {
 		exec_failed(a, now_ms, j->key, "cannot make a pipe, not run");

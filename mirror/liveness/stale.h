@@ -6,14 +6,14 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "../common/conf.h"
-#include "index.h"
+#include "common/conf.h"
+#include "mirror/state/index.h"
 
 struct stale;
 
 /*
 ** Called for each fresh<->stale transition of a key (r's REC_STALE and
-** stale_since_ms are already updated). The core uses it to bump rev, mark
+** stale_since_ms are already updated). The mirror uses it to bump rev, mark
 ** the record dirty and feed watchers.
 */
 typedef void (*stale_transition_fn)(struct rec *r, bool became_stale, void *ctx);
@@ -51,7 +51,7 @@ int stale_reconfigure(struct stale *s, const struct conf *c,
 ** deadline passed while we were down is marked stale at once (REC_STALE
 ** set, no transition counted, no alert: see stale_on_broker). No callback
 ** here: the first stale_tick calls it for each record whose stale flag
-** changed at load, so that the core persists it and tells watchers.
+** changed at load, so that the mirror persists it and tells watchers.
 ** A record under the alerts topic is an alert of ours from an earlier run:
 ** it is remembered so that it gets resolved. Returns true when the record
 ** changed (stale flag, cadence); the caller may write it back.
@@ -79,7 +79,7 @@ void stale_on_delete(struct stale *s, struct rec *r, int64_t now_ms, stale_trans
 ** nobody) and no key alert is sent; after re-sync each key gets
 ** grace x cadence to be heard from before its staleness is alerted.
 ** Call it with false at startup. Write lock held: the MQTT session thread
-** calls it before it applies a run of messages, the core thread at each
+** calls it before it applies a run of messages, the keeper thread at each
 ** turn, whichever sees the change first.
 */
 void stale_on_broker(struct stale *s, bool synced, int64_t now_ms);

@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "index.h"
+#include "mirror/state/index.h"
 
 enum apply_result {
 	APPLY_APPLIED,      /* became the current value (new key or newer ts or tie won) */
@@ -35,7 +35,7 @@ const char *apply_result_name(enum apply_result r);   /* "applied", ... */
 const char *reject_reason_name(enum reject_reason r); /* "future_timestamp", ... */
 
 /* A decoded message, as the MQTT session thread hands it to the apply
- * (core_ingest). Borrowed pointers, into libmosquitto's buffer: valid for
+ * (mirror_ingest). Borrowed pointers, into libmosquitto's buffer: valid for
  * that call only. */
 struct msg {
 	const char *topic;

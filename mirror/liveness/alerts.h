@@ -6,19 +6,19 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "../common/conf.h"
-#include "index.h"
-#include "stale.h"
+#include "common/conf.h"
+#include "mirror/state/index.h"
+#include "mirror/liveness/stale.h"
 
 /*
 ** This is the staleness engine's back half (stale.c is the front half and
 ** its only caller); it is not used by anything else. Once the threads run,
 ** every call is made with the index write lock held, which serialises the
 ** two that make transitions: the MQTT session thread, as it applies a
-** message, and the core thread, at its timers (a reload takes the lock
+** message, and the keeper thread, at its timers (a reload takes the lock
 ** too). Changes (alerts_key_changed, alerts_link, alerts_adopt) come from
 ** either; alerts_tick, the only call that publishes and starts or reaps
-** exec runs, from the core thread only. It never reads the clock: time is
+** exec runs, from the keeper thread only. It never reads the clock: time is
 ** passed in, except that exec children are reaped with waitpid(WNOHANG).
 **
 ** The model (see README "Staleness and alerts"):

@@ -7,8 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../common/conf.h"
-#include "apply.h"
+#include "common/conf.h"
+#include "mirror/state/apply.h"
 
 struct mqtt;
 

@@ -6,11 +6,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../common/log.h"
-#include "../common/stats.h"
-#include "../common/topic.h"
-#include "alerts.h"
-#include "stale.h"
+#include "common/log.h"
+#include "common/stats.h"
+#include "common/topic.h"
+#include "mirror/liveness/alerts.h"
+#include "mirror/liveness/stale.h"
 
 /*
 ** The heap holds every tracked key (live, not REC_NO_STALE), keyed by the

@@ -6,8 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../common/buf.h"
-#include "apply.h"
+#include "common/buf.h"
+#include "mirror/state/apply.h"
 
 #define REJECTS_KEEP_BYTES 64 /* payload bytes kept per entry */
 

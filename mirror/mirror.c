@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* core.c: the core thread: drains the queue, applies, tracks staleness, writes the store. */
+/* mirror.c: the mirror: the apply path ingest calls, and the keeper thread (deadlines, link, readiness, store writes). */
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -8,21 +8,21 @@
 #include <string.h>
 #include <time.h>
 
-#include "../common/clock.h"
-#include "../common/log.h"
-#include "../common/stats.h"
-#include "core.h"
+#include "common/clock.h"
+#include "common/log.h"
+#include "common/stats.h"
+#include "mirror/mirror.h"
 
 /*
 ** Two threads change records, always under the index write lock:
 **
 **   the ingest thread (the MQTT session's) applies each message as it is
-**   read (core_ingest, the lock held for that message only: never across
+**   read (mirror_ingest, the lock held for that message only: never across
 **   libmosquitto's reads), and at the end of a run of messages
-**   (core_ingest_flush) wakes the watch hub: no copy, no queue, no
+**   (mirror_ingest_flush) wakes the watch hub: no copy, no queue, no
 **   hand-off between threads per message;
 **
-**   the core thread wakes for timers: staleness deadlines, the broker
+**   the keeper thread wakes for timers: staleness deadlines, the broker
 **   link, readiness, and once per commit_interval the store: the records
 **   that changed (the dirty list) are copied into the store's staging
 **   buffer under the lock, then written to SQLite in one transaction
@@ -36,23 +36,23 @@
 */
 
 /* The dirty list holds one entry per applied change (a hot key repeats);
- * past this many the core commits early to bound the list's memory. A
+ * past this many the mirror commits early to bound the list's memory. A
  * commit per commit_interval is cheaper than several smaller ones: SQLite
  * rewrites about a page per changed row whatever the batch size. */
-#define CORE_FLUSH_ROWS 262144
-#define CORE_RETRY_MIN_MS 250
-#define CORE_RETRY_MAX_MS 5000
-#define CORE_CHECKPOINT_MS 10000
-#define CORE_TICK_MAX_MS 100
+#define MIRROR_FLUSH_ROWS 262144
+#define MIRROR_RETRY_MIN_MS 250
+#define MIRROR_RETRY_MAX_MS 5000
+#define MIRROR_CHECKPOINT_MS 10000
+#define MIRROR_TICK_MAX_MS 100
 /* One write stages at most this many rows or payload bytes: the copy made
  * under the lock stays short, and so does the memory it holds. A larger
  * backlog (a retained burst into an empty file, a disk full a while) is
  * written in back-to-back transactions of this size. */
-#define CORE_STAGE_ROWS 8192
-#define CORE_STAGE_BYTES (4u << 20)
+#define MIRROR_STAGE_ROWS 8192
+#define MIRROR_STAGE_BYTES (4u << 20)
 
-struct core {
-	struct core_deps d;
+struct mirror {
+	struct mirror_deps d;
 	struct apply_limits lim;
 	pthread_t thread;
 	atomic_bool stop;
@@ -60,7 +60,7 @@ struct core {
 	atomic_bool ready;
 	atomic_bool synced;
 
-	/* Wakes the core thread before its timeout (link change, reload, the
+	/* Wakes the keeper thread before its timeout (link change, reload, the
 	 * first change to write, stop). */
 	pthread_mutex_t wake_mu;
 	pthread_cond_t wake_cv;
@@ -74,12 +74,12 @@ struct core {
 	bool link_synced;         /* what the staleness engine was last told */
 	uint64_t link_epoch;
 	bool changed;             /* the change log grew since the watch hub was woken */
-	bool wake_core;           /* ingest made the first dirty entry: tell the core */
+	bool wake_keeper;           /* ingest made the first dirty entry: tell the mirror */
 
 	/* The ingest thread only. */
-	bool in_run;              /* a run of messages began (core_ingest_flush ends it) */
+	bool in_run;              /* a run of messages began (mirror_ingest_flush ends it) */
 
-	/* The core thread only. */
+	/* The keeper thread only. */
 	struct rec **wbatch;      /* the records staged for the write in progress */
 	size_t capwbatch;
 	int64_t retry_at_ms;      /* mono time of the next write attempt after a failure */
@@ -91,7 +91,7 @@ struct core {
 	char reason[256];         /* why not ready, "" when ready */
 };
 
-static void core_wake(struct core *c)
+static void mirror_wake(struct mirror *c)
 {
 	pthread_mutex_lock(&c->wake_mu);
 	c->wake = true;
@@ -100,7 +100,7 @@ static void core_wake(struct core *c)
 }
 
 /* Sleep until woken or timeout_ms passed (0: just look). */
-static void core_sleep(struct core *c, int64_t timeout_ms)
+static void mirror_sleep(struct mirror *c, int64_t timeout_ms)
 {
 	struct timespec dl;
 
@@ -120,7 +120,7 @@ static void core_sleep(struct core *c, int64_t timeout_ms)
 	pthread_mutex_unlock(&c->wake_mu);
 }
 
-static void core_set_reason(struct core *c, const char *reason)
+static void mirror_set_reason(struct mirror *c, const char *reason)
 {
 	pthread_mutex_lock(&c->status_lock);
 	snprintf(c->reason, sizeof(c->reason), "%s", reason);
@@ -130,7 +130,7 @@ static void core_set_reason(struct core *c, const char *reason)
 /* Remember r for the next write (write lock held). Grows the list; on
  * ENOMEM the change is still in memory, REC_DIRTY set (so its payload is
  * kept), and r is written with its next change. */
-static void core_mark_dirty(struct core *c, struct rec *r)
+static void mirror_mark_dirty(struct mirror *c, struct rec *r)
 {
 	/* Set first, whatever happens to the list: a dirty record keeps its
 	 * payload in memory (a commit only drops clean ones). */
@@ -139,7 +139,7 @@ static void core_mark_dirty(struct core *c, struct rec *r)
 		size_t ncap = c->capdirty ? c->capdirty * 2 : 4096;
 		struct rec **nd = realloc(c->dirty, ncap * sizeof(*nd));
 		if (!nd) {
-			log_warnx("core: cannot grow the dirty list, change of %s written later",
+			log_warnx("keeper: cannot grow the dirty list, change of %s written later",
 				  rec_topic(r));
 			return;
 		}
@@ -149,13 +149,13 @@ static void core_mark_dirty(struct core *c, struct rec *r)
 	c->dirty[c->ndirty++] = r;
 	if (c->first_dirty_ms == 0) {
 		c->first_dirty_ms = clock_mono_ms();
-		c->wake_core = true; /* the commit timer starts now */
-	} else if (c->ndirty == CORE_FLUSH_ROWS) {
-		c->wake_core = true; /* commit early */
+		c->wake_keeper = true; /* the commit timer starts now */
+	} else if (c->ndirty == MIRROR_FLUSH_ROWS) {
+		c->wake_keeper = true; /* commit early */
 	}
 }
 
-static void core_log_change(struct core *c, struct rec *r, enum change_type t)
+static void mirror_log_change(struct mirror *c, struct rec *r, enum change_type t)
 {
 	if (c->d.changes) {
 		changes_append(c->d.changes, r, t);
@@ -165,16 +165,16 @@ static void core_log_change(struct core *c, struct rec *r, enum change_type t)
 
 /* Staleness transitions change the record (its stale flag) and so get a
  * revision of their own, like any other change a watcher can see. */
-static void core_on_transition(struct rec *r, bool became_stale, void *ctx)
+static void mirror_on_transition(struct rec *r, bool became_stale, void *ctx)
 {
-	struct core *c = ctx;
+	struct mirror *c = ctx;
 
 	r->rev = ++c->rev;
-	core_mark_dirty(c, r);
-	core_log_change(c, r, became_stale ? CHANGE_STALE : CHANGE_FRESH);
+	mirror_mark_dirty(c, r);
+	mirror_log_change(c, r, became_stale ? CHANGE_STALE : CHANGE_FRESH);
 }
 
-static void core_apply_one(struct core *c, const struct msg *m, enum reject_reason why,
+static void mirror_apply_one(struct mirror *c, const struct msg *m, enum reject_reason why,
 			   size_t full_len)
 {
 	struct rec *r = NULL;
@@ -194,23 +194,23 @@ static void core_apply_one(struct core *c, const struct msg *m, enum reject_reas
 			    full_len, why, now_ms);
 		return;
 	case APPLY_APPLIED:
-		core_mark_dirty(c, r);
-		core_log_change(c, r, CHANGE_UPDATE);
+		mirror_mark_dirty(c, r);
+		mirror_log_change(c, r, CHANGE_UPDATE);
 		stale_on_message(c->d.stale, r, live_seen, r->updates == 1, now_ms,
-				 core_on_transition, c);
+				 mirror_on_transition, c);
 		break;
 	case APPLY_DELETED:
-		core_mark_dirty(c, r);
-		core_log_change(c, r, CHANGE_DELETE);
-		stale_on_delete(c->d.stale, r, now_ms, core_on_transition, c);
+		mirror_mark_dirty(c, r);
+		mirror_log_change(c, r, CHANGE_DELETE);
+		stale_on_delete(c->d.stale, r, now_ms, mirror_on_transition, c);
 		break;
 	case APPLY_DUPLICATE:
 		/* last_seen may have moved: persist it with the next write. */
 		if (live_seen) {
 			if (!(r->flags & REC_DIRTY))
-				core_mark_dirty(c, r);
+				mirror_mark_dirty(c, r);
 			stale_on_message(c->d.stale, r, true, false, now_ms,
-					 core_on_transition, c);
+					 mirror_on_transition, c);
 		}
 		break;
 	case APPLY_OUT_OF_ORDER:
@@ -223,9 +223,9 @@ static void core_apply_one(struct core *c, const struct msg *m, enum reject_reas
 /* Tell the staleness engine about the broker link when it changed (write
  * lock held). Both threads call it: the ingest thread before a run of
  * messages, so that the messages of a new session meet a staleness engine
- * that knows of the re-sync; the core thread at every turn, for a link
+ * that knows of the re-sync; the keeper thread at every turn, for a link
  * that went down with nothing to read. */
-static void core_check_link(struct core *c, int64_t now_ms)
+static void mirror_check_link(struct mirror *c, int64_t now_ms)
 {
 	uint64_t epoch = 0;
 	bool synced = c->d.mqtt ? mqtt_synced(c->d.mqtt, &epoch) : false;
@@ -241,18 +241,18 @@ static void core_check_link(struct core *c, int64_t now_ms)
 
 /* ---- ingest (the session thread) ---- */
 
-void core_ingest(struct core *c, const struct msg *m, enum reject_reason why, size_t full_len)
+void mirror_ingest(struct mirror *c, const struct msg *m, enum reject_reason why, size_t full_len)
 {
 	index_wrlock(c->d.ix);
 	if (!c->in_run) {
 		c->in_run = true;
-		core_check_link(c, m->recv_ms);
+		mirror_check_link(c, m->recv_ms);
 	}
-	core_apply_one(c, m, why, full_len);
+	mirror_apply_one(c, m, why, full_len);
 	index_unlock(c->d.ix);
 }
 
-void core_ingest_flush(struct core *c)
+void mirror_ingest_flush(struct mirror *c)
 {
 	bool changed, wake;
 
@@ -263,22 +263,22 @@ void core_ingest_flush(struct core *c)
 	STAT_SET(rev, c->rev);
 	changed = c->changed;
 	c->changed = false;
-	wake = c->wake_core;
-	c->wake_core = false;
+	wake = c->wake_keeper;
+	c->wake_keeper = false;
 	c->in_run = false;
 	index_unlock(c->d.ix);
 	if (changed && c->d.on_changes)
 		c->d.on_changes(c->d.on_changes_ctx);
 	if (wake)
-		core_wake(c);
+		mirror_wake(c);
 }
 
-void core_link_changed(struct core *c)
+void mirror_link_changed(struct mirror *c)
 {
-	core_wake(c);
+	mirror_wake(c);
 }
 
-/* ---- the core thread ---- */
+/* ---- the keeper thread ---- */
 
 /*
 ** Stage the dirty records for a write when one is due (write lock held):
@@ -286,21 +286,21 @@ void core_link_changed(struct core *c)
 ** that a change made while the write runs marks it dirty again. Returns
 ** the number staged (0: nothing due).
 */
-static size_t core_stage(struct core *c, bool force, int64_t mono)
+static size_t mirror_stage(struct mirror *c, bool force, int64_t mono)
 {
 	size_t n = 0, kept = 0, bytes = 0;
 
 	if (c->ndirty == 0)
 		return 0;
 	if (!force && mono - c->first_dirty_ms < c->d.conf->commit_interval_ms &&
-	    c->ndirty < CORE_FLUSH_ROWS)
+	    c->ndirty < MIRROR_FLUSH_ROWS)
 		return 0;
 	if (!force && c->retry_at_ms && mono < c->retry_at_ms)
 		return 0;
 	if (c->capwbatch < c->ndirty) {
 		struct rec **nb = realloc(c->wbatch, c->ndirty * sizeof(*nb));
 		if (!nb) {
-			log_warnx("core: out of memory for a store write, retrying");
+			log_warnx("keeper: out of memory for a store write, retrying");
 			return 0;
 		}
 		c->wbatch = nb;
@@ -311,7 +311,7 @@ static size_t core_stage(struct core *c, bool force, int64_t mono)
 
 		if (!(r->flags & REC_DIRTY))
 			continue; /* a repeat: staged already */
-		if (n == CORE_STAGE_ROWS || bytes >= CORE_STAGE_BYTES ||
+		if (n == MIRROR_STAGE_ROWS || bytes >= MIRROR_STAGE_BYTES ||
 		    store_stage(c->d.store, c->d.ix, r) < 0) {
 			c->dirty[kept++] = r; /* stays dirty: the next write takes it */
 			continue;
@@ -328,8 +328,8 @@ static size_t core_stage(struct core *c, bool force, int64_t mono)
 	return n;
 }
 
-/* Write what core_stage staged, without the lock. */
-static void core_commit(struct core *c, size_t n)
+/* Write what mirror_stage staged, without the lock. */
+static void mirror_commit(struct mirror *c, size_t n)
 {
 	char err[256], reason[sizeof(c->reason)];
 	int64_t t0, t1;
@@ -356,7 +356,7 @@ static void core_commit(struct core *c, size_t n)
 			log_info("store: writing again, %zu records caught up", n);
 			c->store_failed = false;
 		}
-		if (t1 - c->last_checkpoint_ms >= CORE_CHECKPOINT_MS) {
+		if (t1 - c->last_checkpoint_ms >= MIRROR_CHECKPOINT_MS) {
 			store_checkpoint(c->d.store);
 			c->last_checkpoint_ms = t1;
 		}
@@ -369,22 +369,22 @@ static void core_commit(struct core *c, size_t n)
 	index_wrlock(c->d.ix);
 	for (size_t i = 0; i < n; i++)
 		if (!(c->wbatch[i]->flags & REC_DIRTY))
-			core_mark_dirty(c, c->wbatch[i]);
-	c->wake_core = false;
+			mirror_mark_dirty(c, c->wbatch[i]);
+	c->wake_keeper = false;
 	index_unlock(c->d.ix);
-	c->retry_delay_ms = c->retry_delay_ms ? c->retry_delay_ms * 2 : CORE_RETRY_MIN_MS;
-	if (c->retry_delay_ms > CORE_RETRY_MAX_MS)
-		c->retry_delay_ms = CORE_RETRY_MAX_MS;
+	c->retry_delay_ms = c->retry_delay_ms ? c->retry_delay_ms * 2 : MIRROR_RETRY_MIN_MS;
+	if (c->retry_delay_ms > MIRROR_RETRY_MAX_MS)
+		c->retry_delay_ms = MIRROR_RETRY_MAX_MS;
 	c->retry_at_ms = t1 + c->retry_delay_ms;
 	if (!c->store_failed)
 		log_error("store: %s; serving from memory, retrying with backoff up to %d s",
-			  err, CORE_RETRY_MAX_MS / 1000);
+			  err, MIRROR_RETRY_MAX_MS / 1000);
 	c->store_failed = true;
 	snprintf(reason, sizeof(reason), "store: %.200s", err);
-	core_set_reason(c, reason);
+	mirror_set_reason(c, reason);
 }
 
-static void core_update_ready(struct core *c, bool synced, size_t keys)
+static void mirror_update_ready(struct mirror *c, bool synced, size_t keys)
 {
 	char why[256];
 	bool ready = synced && !c->store_failed;
@@ -393,19 +393,19 @@ static void core_update_ready(struct core *c, bool synced, size_t keys)
 	/* Synced (the header) once the retained burst is applied, whatever
 	 * the store does: the answers are current even when the file lags.
 	 * The session reports synced only after it handed the whole burst to
-	 * core_ingest, which applied it there and then. */
+	 * mirror_ingest, which applied it there and then. */
 	atomic_store(&c->synced, synced);
 	if (!ready && !c->store_failed) {
 		if (c->d.mqtt)
 			mqtt_status(c->d.mqtt, why, sizeof(why));
 		else
 			snprintf(why, sizeof(why), "no broker session");
-		core_set_reason(c, why);
+		mirror_set_reason(c, why);
 	}
 	if (ready == was)
 		return;
 	if (ready) {
-		core_set_reason(c, "");
+		mirror_set_reason(c, "");
 		log_info("ready: synced with the broker, %zu keys", keys);
 	} else {
 		pthread_mutex_lock(&c->status_lock);
@@ -417,7 +417,7 @@ static void core_update_ready(struct core *c, bool synced, size_t keys)
 
 /* The old tombstones store_load skipped leave the file before the first
  * write (a full scan: off the startup path, on this thread). */
-static void core_purge(struct core *c)
+static void mirror_purge(struct mirror *c)
 {
 	int64_t purged = 0;
 	char err[256];
@@ -430,12 +430,12 @@ static void core_purge(struct core *c)
 		log_info("store: %lld tombstones older than a day purged", (long long)purged);
 }
 
-static void *core_main(void *arg)
+static void *mirror_main(void *arg)
 {
-	struct core *c = arg;
+	struct mirror *c = arg;
 	int64_t wait_ms = 0;
 
-	core_purge(c);
+	mirror_purge(c);
 
 	for (;;) {
 		bool stopping = atomic_load(&c->stop);
@@ -444,21 +444,21 @@ static void *core_main(void *arg)
 		size_t staged, left, keys;
 
 		if (!stopping)
-			core_sleep(c, wait_ms);
+			mirror_sleep(c, wait_ms);
 		now = clock_wall_ms();
 		mono = clock_mono_ms();
 		atomic_store(&c->heartbeat, mono);
 		index_wrlock(c->d.ix);
-		core_check_link(c, now);
-		wait_ms = stale_tick(c->d.stale, now, core_on_transition, c);
+		mirror_check_link(c, now);
+		wait_ms = stale_tick(c->d.stale, now, mirror_on_transition, c);
 		keys = index_live(c->d.ix);
 		STAT_SET(keys, keys);
 		STAT_SET(rev, c->rev);
 		synced = c->link_synced;
 		changed = c->changed;
 		c->changed = false;
-		c->wake_core = false;
-		staged = core_stage(c, stopping || (c->store_failed && c->retry_at_ms &&
+		c->wake_keeper = false;
+		staged = mirror_stage(c, stopping || (c->store_failed && c->retry_at_ms &&
 						    mono >= c->retry_at_ms), mono);
 		left = c->ndirty;
 		if (left) {
@@ -475,31 +475,31 @@ static void *core_main(void *arg)
 		if (changed && c->d.on_changes)
 			c->d.on_changes(c->d.on_changes_ctx);
 		if (staged)
-			core_commit(c, staged);
-		core_update_ready(c, synced, keys);
+			mirror_commit(c, staged);
+		mirror_update_ready(c, synced, keys);
 
-		if (wait_ms <= 0 || wait_ms > CORE_TICK_MAX_MS)
-			wait_ms = CORE_TICK_MAX_MS;
+		if (wait_ms <= 0 || wait_ms > MIRROR_TICK_MAX_MS)
+			wait_ms = MIRROR_TICK_MAX_MS;
 		if (again && !c->store_failed)
 			wait_ms = 0;
 		/* Stopping: write the backlog chunk by chunk, unless the store
-		 * refuses (then core_stop says what is lost). */
+		 * refuses (then mirror_stop says what is lost). */
 		if (stopping && (!left || !staged || c->store_failed))
 			break;
 	}
 	return NULL;
 }
 
-static int core_seed_dirty(struct rec *r, void *ctx)
+static int mirror_seed_dirty(struct rec *r, void *ctx)
 {
 	if (r->flags & REC_DIRTY)
-		core_mark_dirty(ctx, r);
+		mirror_mark_dirty(ctx, r);
 	return 0;
 }
 
-int core_start(const struct core_deps *d, struct core **ret)
+int mirror_start(const struct mirror_deps *d, struct mirror **ret)
 {
-	struct core *c = calloc(1, sizeof(*c));
+	struct mirror *c = calloc(1, sizeof(*c));
 	pthread_condattr_t ca;
 	int rc;
 
@@ -527,10 +527,10 @@ int core_start(const struct core_deps *d, struct core **ret)
 	 * written with the first commit. */
 	index_wrlock(c->d.ix);
 	stale_on_broker(c->d.stale, false, clock_wall_ms());
-	index_walk(c->d.ix, NULL, 0, NULL, 0, core_seed_dirty, c);
+	index_walk(c->d.ix, NULL, 0, NULL, 0, mirror_seed_dirty, c);
 	index_unlock(c->d.ix);
 
-	rc = pthread_create(&c->thread, NULL, core_main, c);
+	rc = pthread_create(&c->thread, NULL, mirror_main, c);
 	if (rc) {
 		pthread_cond_destroy(&c->wake_cv);
 		pthread_mutex_destroy(&c->wake_mu);
@@ -543,12 +543,12 @@ int core_start(const struct core_deps *d, struct core **ret)
 	return 0;
 }
 
-void core_stop(struct core *c)
+void mirror_stop(struct mirror *c)
 {
 	if (!c)
 		return;
 	atomic_store(&c->stop, true);
-	core_wake(c);
+	mirror_wake(c);
 	pthread_join(c->thread, NULL);
 	if (c->ndirty)
 		log_warnx("store: %zu changes could not be written at shutdown", c->ndirty);
@@ -560,7 +560,7 @@ void core_stop(struct core *c)
 	free(c);
 }
 
-bool core_ready(struct core *c, char *buf, size_t n)
+bool mirror_ready(struct mirror *c, char *buf, size_t n)
 {
 	bool ready = atomic_load(&c->ready);
 
@@ -572,29 +572,29 @@ bool core_ready(struct core *c, char *buf, size_t n)
 	return ready;
 }
 
-bool core_synced(struct core *c)
+bool mirror_synced(struct mirror *c)
 {
 	return atomic_load(&c->synced);
 }
 
-int64_t core_heartbeat(struct core *c)
+int64_t mirror_heartbeat(struct mirror *c)
 {
 	return atomic_load(&c->heartbeat);
 }
 
-static void core_cadence_changed(struct rec *r, void *ctx)
+static void mirror_cadence_changed(struct rec *r, void *ctx)
 {
 	if (!(r->flags & REC_DIRTY))
-		core_mark_dirty(ctx, r);
+		mirror_mark_dirty(ctx, r);
 }
 
-void core_reload(struct core *c, const struct conf *conf)
+void mirror_reload(struct mirror *c, const struct conf *conf)
 {
 	/* Keys whose cadence the new rules change are written back, so the
 	 * file follows the reload without waiting for their next message. */
 	index_wrlock(c->d.ix);
-	if (stale_reconfigure(c->d.stale, conf, core_cadence_changed, c) < 0)
+	if (stale_reconfigure(c->d.stale, conf, mirror_cadence_changed, c) < 0)
 		log_warnx("reload: out of memory, staleness settings unchanged");
 	index_unlock(c->d.ix);
-	core_wake(c);
+	mirror_wake(c);
 }

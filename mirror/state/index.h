@@ -45,7 +45,7 @@ struct rec_learn {
 **
 ** Payloads are held in memory only while the file does not have them yet:
 ** a changed value gets a malloc'd buffer (`payload`), and once the store
-** has committed that value the core drops the buffer (rec_drop_payload):
+** has committed that value the mirror drops the buffer (rec_drop_payload):
 ** REC_IN_FILE is set and `payload_hash` takes the pointer's place. So a
 ** million keys cost their index, not their payloads, whatever the payload
 ** size. rec_payload() reads a payload from wherever it is; only code that
@@ -57,7 +57,7 @@ struct rec_learn {
 ** 32-bit names (index_ref).  Records
 ** are owned by the index and live until index_free(). They change only
 ** with the index write lock held: on the MQTT session thread, which applies
-** each message as it reads it (core_ingest), on the core thread (staleness
+** each message as it reads it (mirror_ingest), on the keeper thread (staleness
 ** deadlines, store writes) and at a reload (SIGHUP). Readers (HTTP
 ** handlers, the watch hub) hold
 ** the read lock while they look.  A deleted key stays as a tombstone
@@ -187,7 +187,7 @@ struct rec_learn *index_learn_make(struct index *ix, struct rec *r);
 
 /*
 ** The index's reader-writer lock. Writers: the MQTT session thread around
-** each message it applies (short; never across a socket read) and the core
+** each message it applies (short; never across a socket read) and the mirror
 ** thread around its timers and before and after a store write (staging the
 ** rows, dropping the payloads written; the disk is written without the
 ** lock). Readers: HTTP handlers and the watch hub. Writers are preferred

@@ -5,11 +5,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../common/clock.h"
-#include "../common/log.h"
-#include "../common/stats.h"
-#include "../common/tsparse.h"
-#include "rejects.h"
+#include "common/clock.h"
+#include "common/log.h"
+#include "common/stats.h"
+#include "common/tsparse.h"
+#include "mirror/state/rejects.h"
 
 /* Topics longer than this are kept cut (the over-long topic is itself a
  * reason to reject, and MQTT allows 64 KiB); the entry says so. */

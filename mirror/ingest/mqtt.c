@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* mqtt.c: the MQTT session thread: connect with backoff, subscribe, track the retained sync, decode and deliver messages. */
-#include "mqtt.h"
+#include "mirror/ingest/mqtt.h"
 
 #include <errno.h>
 #include <mosquitto.h>
@@ -19,11 +19,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../common/clock.h"
-#include "../common/log.h"
-#include "../common/stats.h"
-#include "../common/tsparse.h"
-#include "rejects.h"
+#include "common/clock.h"
+#include "common/log.h"
+#include "common/stats.h"
+#include "common/tsparse.h"
+#include "mirror/state/rejects.h"
 
 /*
 ** Threading. Every libmosquitto call on the session's handle happens on the
@@ -34,7 +34,7 @@
 ** (under mu) and a few atomics. mqtt_publish_retained() hands its message
 ** to the outbox and pokes the thread through an eventfd.
 **
-** Lock order. The core may call mqtt_publish_retained() (mu) holding the
+** Lock order. The mirror may call mqtt_publish_retained() (mu) holding the
 ** index lock, and flush_outbox() calls libmosquitto holding mu, whose
 ** callbacks (on this thread) take the index lock: ThreadSanitizer reports
 ** that as a cycle. It cannot deadlock: libmosquitto's own mutexes are only
@@ -52,7 +52,7 @@
 ** reads are untouched (a non-blocking read returns what is there,
 ** whatever the mark).
 **
-** Delivery. Each message goes straight to the sink (the core's apply) from
+** Delivery. Each message goes straight to the sink (the mirror's apply) from
 ** on_message, in libmosquitto's buffer: no copy, no allocation, no queue
 ** and no other thread to wake. One wake-up's run of messages ends with
 ** sink.flush. The kernel's receive buffer is the ingest queue: while the

@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "index.h"
+#include "mirror/state/index.h"
 
 enum change_type {
 	CHANGE_UPDATE,
@@ -36,14 +36,14 @@ struct changes;
 
 /*
 ** A ring of the last cap changes, starting after revision base_rev.
-** Revisions are consecutive (every rev the core hands out is appended), so
+** Revisions are consecutive (every rev the mirror hands out is appended), so
 ** a lookup by revision is O(1). Returns NULL on ENOMEM.
 */
 struct changes *changes_new(size_t cap, int64_t base_rev);
 void changes_free(struct changes *cl); /* accepts NULL */
 
 /* Index write lock held (the MQTT session thread as it applies a message,
- * the core thread when a staleness deadline passes): append r's change
+ * the keeper thread when a staleness deadline passes): append r's change
  * (rev = r->rev, which must be the last appended rev + 1). */
 void changes_append(struct changes *cl, struct rec *r, enum change_type t);
 

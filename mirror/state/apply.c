@@ -3,7 +3,7 @@
 #include <errno.h>
 #include <string.h>
 
-#include "apply.h"
+#include "mirror/state/apply.h"
 
 static const char *const result_names[APPLY_RESULT_MAX] = {
 	[APPLY_APPLIED] = "applied",
@@ -134,7 +134,7 @@ static void set_value(struct rec *r, bool was_live, const struct msg *m, int64_t
 			      (m->ts_from_payload ? REC_TS_PAYLOAD : 0) |
 			      (m->is_json && !del ? REC_IS_JSON : 0));
 	/* A key coming back from a tombstone starts a new life: its first
-	 * value is update 1 again (the core reads updates == 1 as a new key). */
+	 * value is update 1 again (the mirror reads updates == 1 as a new key). */
 	if (!was_live && !del)
 		r->updates = 0;
 	if (r->updates < UINT32_MAX)
