@@ -23,6 +23,8 @@ static const char *const reason_names[REJECT_REASON_MAX] = {
 	[REJECT_BAD_TS] = "bad_timestamp",
 	[REJECT_NOMEM] = "out_of_memory",
 	[REJECT_STORE_READ] = "store_read_error",
+	[REJECT_UNDECODABLE] = "undecodable",
+	[REJECT_NO_BIRTH] = "no_birth",
 };
 
 const char *apply_result_name(enum apply_result r)

@@ -28,6 +28,8 @@ enum reject_reason {
 	REJECT_BAD_TS,      /* a timestamp member that cannot be decoded */
 	REJECT_NOMEM,       /* allocation failed */
 	REJECT_STORE_READ,  /* a tie with a value only the file holds, which could not be read */
+	REJECT_UNDECODABLE, /* a decoder could not read the payload (Sparkplug: protobuf, topic, type) */
+	REJECT_NO_BIRTH,    /* Sparkplug data of no live birth, or of an alias the birth did not define */
 	REJECT_REASON_MAX
 };
 
