@@ -710,12 +710,14 @@ static int put_real(struct buf *b, double d, bool single)
 /* Signed N-bit from either the sign-extended or the N-bit two's complement form. */
 static int int_of(const struct sp_val *v, unsigned bits, int64_t *ret)
 {
-	int64_t s, lo = -(INT64_C(1) << (bits - 1)), hi = (INT64_C(1) << (bits - 1)) - 1;
+	int64_t s, lo, hi;
 
 	if (bits == 64) {
 		*ret = (int64_t)v->u;
 		return 0;
 	}
+	lo = -(INT64_C(1) << (bits - 1));
+	hi = (INT64_C(1) << (bits - 1)) - 1;
 	s = v->kind == V_U32 ? (int64_t)(int32_t)(uint32_t)v->u : (int64_t)v->u;
 	if (s >= lo && s <= hi) {
 		*ret = s;
