@@ -1199,8 +1199,8 @@ static void data(struct sparkplug *sp, struct sp_msg *x, struct sp_node *n, cons
 
 		if (m->has_alias)
 			d = scope_by_alias(s, m->alias);
-		else if (m->name)
-			d = scope_by_name(s, m->name);
+		if (!d && m->name)
+			d = scope_by_name(s, m->name);   /* no alias, or one the birth did not give */
 		if (!d) {
 			sp->st.unknown_alias++;
 			refuse_metric(sp, x, NULL, REJECT_NO_BIRTH);

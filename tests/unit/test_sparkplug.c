@@ -657,6 +657,16 @@ START_TEST(session_unknown_alias)
 	ck_assert_uint_eq(n_pubs, 1);
 	data_alias(2, 3, 9);
 	expect("spBv1.0/G/E/x", "{\"value\":9,\"type\":\"Int32\"," TS "}");
+	/* An alias the birth did not give, with a name it did: by name. */
+	{
+		Spb__Payload__Metric d = m_int("x", SPB__DATA_TYPE__INT32, 11), *mv[1] = { &d };
+
+		d.has_alias = true;
+		d.alias = 77;
+		feed("spBv1.0/G/NDATA/E", wire, pack_metrics(3, mv, 1));
+		expect("spBv1.0/G/E/x", "{\"value\":11,\"type\":\"Int32\"," TS "}");
+		ck_assert_uint_eq(stats().unknown_alias, 1);
+	}
 }
 END_TEST
 
