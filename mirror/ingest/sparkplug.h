@@ -36,8 +36,9 @@
 **   DateTime                     an integer, ms since the epoch
 **   Bytes, File                  a base64 string (File adds "file_name"
 **                                from the metadata when it has one)
-**   *Array (22..34)              a JSON array of the element type (Bytes
-**                                rules for none: each element as above)
+**   Int8Array..DateTimeArray     a JSON array of the element type's
+**                                values (little-endian packed bytes, as
+**                                the specification packs them)
 **   DataSet                      {"columns":[..],"types":[..],"rows":[[..],..]}
 **   Template                     {"template_ref":..,"version":..,
 **                                "is_definition":bool,"parameters":{NAME:V},
@@ -51,7 +52,8 @@
 **   NBIRTH  starts a session: its metrics replace the node's, devices
 **           must be born again, bdSeq is its "bdSeq" metric, seq resets.
 **   DBIRTH  (re)defines a device of a live node.
-**   N/DDATA updates metrics by alias, or by name when there is none.
+**   N/DDATA updates metrics by alias, else by name (a metric whose alias
+**           the birth did not give but whose name it did: by name).
 **   NDEATH  ends the session only when its bdSeq is the live one's (an
 **           old will delivered late is ignored, counted): hooks.node_death.
 **   DDEATH  ends a device: hooks.device_death.
@@ -69,8 +71,10 @@
 ** node (its own and its devices' together), max_message_metrics per
 ** payload (the whole message is refused, REJECT_TOO_LARGE), max_value_len
 ** bytes of JSON per key (REJECT_TOO_LARGE), max_decode_mem bytes for one
-** payload's decoded form (REJECT_UNDECODABLE), nesting of templates and
-** property sets at most 16 deep.
+** payload's decoded form (REJECT_UNDECODABLE, whole message); protobuf
+** messages nested at most 20 deep (checked before protobuf-c unpacks,
+** whose recursion has no limit: REJECT_UNDECODABLE, whole message).
+** Keys longer than max_topic_len are the sink's to refuse.
 **
 ** Threads: like every decoder, the session thread only; the hooks are
 ** called on it, from inside decode (or sparkplug_tick).
