@@ -19,6 +19,7 @@
 #define SP_RENDER_DEPTH 8     /* templates within templates */
 #define SP_CHUNK (64 * 1024)  /* arena chunk */
 #define SP_REBIRTH_METRIC "Node Control/Rebirth"
+#define SP_REBIRTH_PER_SEC 100  /* rebirth requests, all nodes together */
 
 typedef Spb__Payload Payload;
 typedef Spb__Payload__Metric Metric;
@@ -246,16 +247,20 @@ static uint64_t hash_u64(uint64_t v)
 	return v;
 }
 
+/* A fresh, empty index for n entries; on ENOMEM the old one stays. */
 static int ix_alloc(struct sp_index *ix, size_t n)
 {
 	size_t cap = 8;
+	uint32_t *slot;
 
 	while (cap < 2 * n + 2)
 		cap *= 2;
+	if (!(slot = calloc(cap, sizeof(*slot))))
+		return -ENOMEM;
 	free(ix->slot);
-	ix->slot = calloc(cap, sizeof(*ix->slot));
-	ix->cap = ix->slot ? cap : 0;
-	return ix->slot ? 0 : -ENOMEM;
+	ix->slot = slot;
+	ix->cap = cap;
+	return 0;
 }
 
 static void ix_put(struct sp_index *ix, uint64_t h, uint32_t i)
@@ -325,6 +330,9 @@ struct sparkplug {
 	struct sp_node **nodes;
 	size_t n_nodes, cap_nodes;
 	struct sp_index node_ix;
+	size_t n_held;             /* metrics and devices of every node: max_metrics */
+	int64_t rebirth_window_ns; /* the global rebirth limit's current second */
+	unsigned rebirth_in_window;
 	struct arena arena;
 	ProtobufCAllocator alloc;
 	struct buf key, json;
@@ -360,6 +368,55 @@ static struct sp_node *node_find(struct sparkplug *sp, const char *group, const 
 	return NULL;
 }
 
+static void node_free(struct sp_node *n);
+static void scope_drop(struct sparkplug *sp, struct sp_node *n, struct sp_scope *s);
+
+/*
+** At max_nodes, make room by forgetting a node without a live session (one
+** that died, or only ever sent data): the first found. Returns whether one
+** went. O(nodes), only while the table is full.
+*/
+static bool node_evict(struct sparkplug *sp)
+{
+	for (size_t i = 0; i < sp->n_nodes; i++) {
+		struct sp_node *n = sp->nodes[i];
+
+		if (n->alive)
+			continue;
+		sp->n_held -= n->n_metrics + n->n_dev;
+		node_free(n);
+		sp->nodes[i] = sp->nodes[--sp->n_nodes];
+		memset(sp->node_ix.slot, 0, sp->node_ix.cap * sizeof(*sp->node_ix.slot));
+		for (size_t k = 0; k < sp->n_nodes; k++)
+			ix_put(&sp->node_ix, sp->nodes[k]->h, (uint32_t)k);
+		sp->st.evicted++;
+		return true;
+	}
+	return false;
+}
+
+/* The same for a node's devices at max_devices. */
+static bool dev_evict(struct sparkplug *sp, struct sp_node *n)
+{
+	for (size_t i = 0; i < n->n_dev; i++) {
+		struct sp_device *d = n->dev[i];
+
+		if (d->alive)
+			continue;
+		scope_drop(sp, n, &d->s);
+		sp->n_held--;
+		free(d->id);
+		free(d);
+		n->dev[i] = n->dev[--n->n_dev];
+		memset(n->dev_ix.slot, 0, n->dev_ix.cap * sizeof(*n->dev_ix.slot));
+		for (size_t k = 0; k < n->n_dev; k++)
+			ix_put(&n->dev_ix, n->dev[k]->h, (uint32_t)k);
+		sp->st.evicted++;
+		return true;
+	}
+	return false;
+}
+
 /* Find or make the session of (group, edge); NULL at max_nodes or ENOMEM. */
 static struct sp_node *node_get(struct sparkplug *sp, const char *group, const char *edge)
 {
@@ -367,7 +424,7 @@ static struct sp_node *node_get(struct sparkplug *sp, const char *group, const c
 
 	if (n)
 		return n;
-	if (sp->n_nodes >= sp->conf.max_nodes) {
+	if (sp->n_nodes >= sp->conf.max_nodes && !node_evict(sp)) {
 		sp->st.refused_nodes++;
 		return NULL;
 	}
@@ -422,7 +479,8 @@ static struct sp_device *dev_get(struct sparkplug *sp, struct sp_node *n, const 
 
 	if (d)
 		return d;
-	if (n->n_dev >= sp->conf.max_devices) {
+	if ((n->n_dev >= sp->conf.max_devices && !dev_evict(sp, n)) ||
+	    sp->n_held >= sp->conf.max_metrics) {
 		sp->st.refused_devices++;
 		return NULL;
 	}
@@ -448,17 +506,24 @@ static struct sp_device *dev_get(struct sparkplug *sp, struct sp_node *n, const 
 	n->dev[n->n_dev] = d;
 	ix_put(&n->dev_ix, d->h, (uint32_t)n->n_dev);
 	n->n_dev++;
+	sp->n_held++;
 	return d;
 }
 
-static void node_devices_end(struct sp_node *n, bool clear)
+/* Forget s's metrics, and count them out of the node's and the global total. */
+static void scope_drop(struct sparkplug *sp, struct sp_node *n, struct sp_scope *s)
+{
+	n->n_metrics -= s->n;
+	sp->n_held -= s->n;
+	scope_clear(s);
+}
+
+static void node_devices_end(struct sparkplug *sp, struct sp_node *n, bool clear)
 {
 	for (size_t i = 0; i < n->n_dev; i++) {
 		n->dev[i]->alive = false;
-		if (clear) {
-			n->n_metrics -= n->dev[i]->s.n;
-			scope_clear(&n->dev[i]->s);
-		}
+		if (clear)
+			scope_drop(sp, n, &n->dev[i]->s);
 	}
 }
 
@@ -518,6 +583,15 @@ static void rebirth_want(struct sparkplug *sp, struct sp_node *n, int64_t now_ns
 		sp->st.rebirth_suppressed++;
 		return;
 	}
+	if (now_ns - sp->rebirth_window_ns >= 1000000000 || now_ns < sp->rebirth_window_ns) {
+		sp->rebirth_window_ns = now_ns;
+		sp->rebirth_in_window = 0;
+	}
+	if (sp->rebirth_in_window >= SP_REBIRTH_PER_SEC) {
+		sp->st.rebirth_suppressed++;
+		return;
+	}
+	sp->rebirth_in_window++;
 	n->rebirth_ever = true;
 	n->rebirth_ns = now_ns;
 	len = snprintf(topic, sizeof(topic), SP_PREFIX "%s/NCMD/%s", n->group, n->edge);
@@ -1317,6 +1391,15 @@ static int key_prefix(struct sparkplug *sp, struct sp_msg *x, const struct sp_to
 	return 0;
 }
 
+/* How many metrics a birth of n may still define: max_node_metrics, max_metrics. */
+static size_t room(const struct sparkplug *sp, const struct sp_node *n)
+{
+	size_t node = sp->conf.max_node_metrics - n->n_metrics;
+	size_t all = sp->conf.max_metrics > sp->n_held ? sp->conf.max_metrics - sp->n_held : 0;
+
+	return node < all ? node : all;
+}
+
 static void node_birth(struct sparkplug *sp, struct sp_msg *x, const struct sp_topic *t)
 {
 	struct sp_node *n = node_get(sp, t->group, t->edge);
@@ -1327,19 +1410,20 @@ static void node_birth(struct sparkplug *sp, struct sp_msg *x, const struct sp_t
 		refuse_message(sp, x, REJECT_MAX_KEYS);
 		return;
 	}
-	node_devices_end(n, true);
-	n->n_metrics -= n->s.n;
+	node_devices_end(sp, n, true);
+	scope_drop(sp, n, &n->s);
 	gap_clear(n);
 	n->has_bdseq = payload_bdseq(x->pl, &bd);
 	n->bdseq = n->has_bdseq ? bd : 0;
 	n->next_seq = x->pl->has_seq && x->pl->seq <= 255 ? (int)((x->pl->seq + 1) & 255) : -1;
-	if (birth(sp, x, &n->s, sp->conf.max_node_metrics - n->n_metrics, &defined) < 0) {
+	if (birth(sp, x, &n->s, room(sp, n), &defined) < 0) {
 		n->alive = false;
 		scope_clear(&n->s);
 		refuse_message(sp, x, REJECT_NOMEM);
 		return;
 	}
 	n->n_metrics += defined;
+	sp->n_held += defined;
 	n->alive = true;
 	sp->st.births++;
 }
@@ -1354,14 +1438,15 @@ static void device_birth(struct sparkplug *sp, struct sp_msg *x, struct sp_node 
 		refuse_message(sp, x, REJECT_MAX_KEYS);
 		return;
 	}
-	n->n_metrics -= d->s.n;
-	if (birth(sp, x, &d->s, sp->conf.max_node_metrics - n->n_metrics, &defined) < 0) {
+	scope_drop(sp, n, &d->s);
+	if (birth(sp, x, &d->s, room(sp, n), &defined) < 0) {
 		d->alive = false;
 		scope_clear(&d->s);
 		refuse_message(sp, x, REJECT_NOMEM);
 		return;
 	}
 	n->n_metrics += defined;
+	sp->n_held += defined;
 	d->alive = true;
 	sp->st.births++;
 }
@@ -1380,7 +1465,7 @@ static void node_death(struct sparkplug *sp, const struct sp_topic *t, const Pay
 	if (sp->hooks.node_death)
 		sp->hooks.node_death(sp->hooks.ctx, n->group, n->edge, now_ns / 1000000);
 	n->alive = false;
-	node_devices_end(n, false);
+	node_devices_end(sp, n, false);
 	gap_clear(n);
 	n->next_seq = -1;
 	sp->st.node_deaths++;
@@ -1530,6 +1615,7 @@ void sparkplug_conf_default(struct sparkplug_conf *c)
 		.max_nodes = 10000,
 		.max_devices = 1000,
 		.max_node_metrics = 100000,
+		.max_metrics = 1000000,
 		.max_message_metrics = 10000,
 		.max_value_len = 65536,
 		.max_decode_mem = 32u << 20,
@@ -1541,7 +1627,7 @@ int sparkplug_new(const struct sparkplug_conf *conf, const struct sparkplug_hook
 {
 	struct sparkplug *sp;
 
-	if (!conf->max_nodes || !conf->max_devices || !conf->max_node_metrics ||
+	if (!conf->max_nodes || !conf->max_devices || !conf->max_node_metrics || !conf->max_metrics ||
 	    !conf->max_message_metrics || !conf->max_value_len || !conf->max_decode_mem ||
 	    conf->reorder_window_ms < 0 || conf->rebirth_interval_ms < 0 ||
 	    conf->max_nodes > UINT32_MAX / 4 || conf->max_devices > UINT32_MAX / 4)
@@ -1589,7 +1675,7 @@ void sparkplug_link_lost(struct decoder *d)
 		struct sp_node *n = sp->nodes[i];
 
 		n->alive = false;
-		node_devices_end(n, false);
+		node_devices_end(sp, n, false);
 		gap_clear(n);
 		n->next_seq = -1;
 	}

@@ -63,12 +63,15 @@
 ** seq gap not filled within reorder_window ms (0: at once) are counted
 ** and, when conf.rebirth is set, answered with a rebirth request (NCMD
 ** "Node Control/Rebirth" = true through hooks.publish), at most one per
-** node per rebirth_interval_ms. Such data is refused (REJECT_NO_BIRTH);
+** node per rebirth_interval_ms and 100 a second in all. Such data is refused (REJECT_NO_BIRTH);
 ** a gap's data is still applied (timestamps order it).
 **
 ** Limits (each refusal counted in struct sparkplug_stats):
-** max_nodes sessions, max_devices per node, max_node_metrics metrics per
-** node (its own and its devices' together), max_message_metrics per
+** max_nodes sessions, max_devices per node (when full, a node or device
+** without a live session is forgotten to make room, counted as evicted;
+** only live ones are refused), max_node_metrics metrics per node (its own
+** and its devices' together), max_metrics metric definitions and devices
+** of all nodes together (the memory bound), max_message_metrics per
 ** payload (the whole message is refused, REJECT_TOO_LARGE), max_value_len
 ** bytes of JSON per key (REJECT_TOO_LARGE), max_decode_mem bytes for one
 ** payload's decoded form (REJECT_UNDECODABLE, whole message); protobuf
@@ -87,6 +90,7 @@ struct sparkplug_conf {
 	size_t max_nodes;            /* edge node sessions (default 10000) */
 	size_t max_devices;          /* devices per node (default 1000) */
 	size_t max_node_metrics;     /* metrics per node, devices included (default 100000) */
+	size_t max_metrics;          /* metrics and devices of all nodes (default 1000000) */
 	size_t max_message_metrics;  /* metrics per payload (default 10000) */
 	size_t max_value_len;        /* JSON bytes per key (default 65536) */
 	size_t max_decode_mem;       /* decoded form of one payload (default 32 MiB) */
@@ -139,6 +143,7 @@ struct sparkplug_stats {
 	uint64_t refused_devices;   /* max_devices reached */
 	uint64_t refused_metrics;   /* max_node_metrics reached */
 	uint64_t refused_messages;  /* more than max_message_metrics */
+	uint64_t evicted;           /* nodes/devices without a live session forgotten for room */
 };
 
 /*

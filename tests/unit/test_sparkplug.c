@@ -775,6 +775,56 @@ START_TEST(session_limits)
 }
 END_TEST
 
+START_TEST(session_evict_and_global_limits)
+{
+	Spb__Payload__Metric m[] = { m_int("a", SPB__DATA_TYPE__INT32, 1),
+				     m_int("b", SPB__DATA_TYPE__INT32, 2) }, *mv[2] = { &m[0], &m[1] };
+	Spb__Payload pl = SPB__PAYLOAD__INIT;
+	char topic[64];
+
+	teardown();
+	sparkplug_conf_default(&conf);
+	conf.rebirth = true;
+	conf.max_nodes = 200;
+	conf.max_metrics = 5;
+	setup_with();
+	/* The whole table: bdSeq + a + b, then a device of 2 (one left over for it). */
+	birth_node(0, m, 2);
+	feed("spBv1.0/G/DBIRTH/E/D", wire, pack_metrics(1, mv, 2));
+	expect("spBv1.0/G/E/D/a", "{\"value\":1,\"type\":\"Int32\"," TS "}");
+	expect_refused("spBv1.0/G/E/D/b", REJECT_MAX_KEYS);
+	ck_assert_uint_eq(stats().refused_metrics, 1);
+	/* Data of 150 unknown nodes in one second: 100 rebirth requests in all. */
+	for (int i = 0; i < 150; i++) {
+		snprintf(topic, sizeof(topic), "spBv1.0/G/NDATA/X%d", i);
+		n_upds = 0;
+		feed(topic, wire, pack_metrics(1, mv, 1));
+	}
+	ck_assert_uint_eq(n_pubs, 100);
+	ck_assert_uint_eq(stats().rebirth_suppressed, 50);
+	/* 151 nodes held; 60 more need 11 places: X nodes have no session and give way. */
+	ck_assert_uint_eq(stats().evicted, 0);
+	pl.n_metrics = 0;
+	feed("spBv1.0/G/NDEATH/E", wire, pack(&pl));   /* no bdSeq: ignored */
+	for (int i = 0; i < 60; i++) {
+		snprintf(topic, sizeof(topic), "spBv1.0/G/NDATA/Y%d", i);
+		feed(topic, wire, pack_metrics(1, mv, 1));
+	}
+	ck_assert_uint_eq(stats().evicted, 11);
+	ck_assert_uint_eq(stats().refused_nodes, 0);
+	/* E still lives, its keys intact. */
+	n_upds = 0;
+	{
+		Spb__Payload__Metric a = m_int("a", SPB__DATA_TYPE__INT32, 5), *av[1] = { &a };
+
+		a.has_datatype = false;
+		feed("spBv1.0/G/NDATA/E", wire, pack_metrics(2, av, 1));
+	}
+	expect("spBv1.0/G/E/a", "{\"value\":5,\"type\":\"Int32\"," TS "}");
+	ck_assert_int_eq(sparkplug_foreach_key(dec, "G", "X0", NULL, key_cb, topic), -ENOENT);
+}
+END_TEST
+
 START_TEST(session_link_lost_and_topics)
 {
 	static const char state[] = "{\"online\":true,\"timestamp\":1795313402000}";
@@ -983,6 +1033,7 @@ static Suite *suite(void)
 	tcase_add_test(tc, session_gap_window);
 	tcase_add_test(tc, session_bdseq);
 	tcase_add_test(tc, session_limits);
+	tcase_add_test(tc, session_evict_and_global_limits);
 	tcase_add_test(tc, session_link_lost_and_topics);
 	suite_add_tcase(s, tc);
 
