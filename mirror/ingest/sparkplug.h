@@ -42,7 +42,7 @@
 **   DataSet                      {"columns":[..],"types":[..],"rows":[[..],..]}
 **   Template                     {"template_ref":..,"version":..,
 **                                "is_definition":bool,"parameters":{NAME:V},
-**                                "metrics":{NAME:{"value":..,"type":..}}}
+**                                "metrics":{NAME:{"type":..,"value":..}}}
 **                                (members nested at most 8 deep)
 ** A metric whose value does not fit its type (a string for an Int32, an
 ** Int8 of 300, a bad UTF-8 string, PropertySet or an unknown type) is
@@ -57,14 +57,16 @@
 **   NDEATH  ends the session only when its bdSeq is the live one's (an
 **           old will delivered late is ignored, counted): hooks.node_death.
 **   DDEATH  ends a device: hooks.device_death.
-**   NCMD/DCMD and STATE of other hosts: not state, ignored (0 updates;
-**           STATE is mirrored as its own key).
+**   NCMD/DCMD commands, not state: ignored (0 updates, counted).
+**   STATE   "spBv1.0/STATE/HOST": mirrored as it is (JSON, ordered by
+**           its "timestamp" member; not JSON: REJECT_NOT_JSON).
 ** Data for a node or device without a live birth, an unknown alias, and a
 ** seq gap not filled within reorder_window ms (0: at once) are counted
 ** and, when conf.rebirth is set, answered with a rebirth request (NCMD
 ** "Node Control/Rebirth" = true through hooks.publish), at most one per
-** node per rebirth_interval_ms and 100 a second in all. Such data is refused (REJECT_NO_BIRTH);
-** a gap's data is still applied (timestamps order it).
+** node per rebirth_interval_ms and 100 a second in all. Such data is
+** refused (REJECT_NO_BIRTH); a gap's data is still applied (timestamps
+** order it).
 **
 ** Limits (each refusal counted in struct sparkplug_stats):
 ** max_nodes sessions, max_devices per node (when full, a node or device
