@@ -546,6 +546,49 @@ START_TEST(types_edges)
 }
 END_TEST
 
+START_TEST(types_dataset)
+{
+	Spb__Payload__DataSet ds = SPB__PAYLOAD__DATA_SET__INIT;
+	Spb__Payload__DataSet__Row r0 = SPB__PAYLOAD__DATA_SET__ROW__INIT, r1 = r0, *rows[2] = { &r0, &r1 };
+	Spb__Payload__DataSet__Value c[4], *e0[3] = { &c[0], &c[1], &c[2] }, *e1[2] = { &c[2], &c[3] };
+	char *cols[3] = { (char *)"n", (char *)"ok", (char *)"x" };
+	uint32_t types[3] = { SPB__DATA_TYPE__UINT32, SPB__DATA_TYPE__BOOLEAN, SPB__DATA_TYPE__DOUBLE };
+	Spb__Payload__Metric m[2];
+
+	for (int i = 0; i < 4; i++)
+		spb__payload__data_set__value__init(&c[i]);
+	c[0].value_case = SPB__PAYLOAD__DATA_SET__VALUE__VALUE_LONG_VALUE;   /* Tahu's UInt32 */
+	c[0].long_value = 4000000000u;
+	c[1].value_case = SPB__PAYLOAD__DATA_SET__VALUE__VALUE_BOOLEAN_VALUE;
+	c[1].boolean_value = 1;
+	/* c[2]: a cell with no value: null */
+	r0.n_elements = 3;
+	r0.elements = e0;
+	ds.n_columns = ds.n_types = 3;
+	ds.columns = cols;
+	ds.types = types;
+	ds.n_rows = 1;
+	ds.rows = rows;
+	m[0] = metric("ds", SPB__DATA_TYPE__DATASET);
+	m[0].value_case = SPB__PAYLOAD__METRIC__VALUE_DATASET_VALUE;
+	m[0].dataset_value = &ds;
+	m[1] = m[0];
+	m[1].name = (char *)"short";
+	c[3].value_case = SPB__PAYLOAD__DATA_SET__VALUE__VALUE_INT_VALUE;
+	c[3].int_value = 1;
+	birth_node(0, m, 1);
+	expect("spBv1.0/G/E/ds", "{\"value\":{\"columns\":[\"n\",\"ok\",\"x\"],"
+	       "\"types\":[\"UInt32\",\"Boolean\",\"Double\"],\"rows\":[[4000000000,true,null]]},"
+	       "\"type\":\"DataSet\"," TS "}");
+	/* A row shorter than the columns: refused. */
+	r1.n_elements = 2;
+	r1.elements = e1;
+	ds.n_rows = 2;
+	birth_node(0, m, 1);
+	expect_refused("spBv1.0/G/E/ds", REJECT_UNDECODABLE);
+}
+END_TEST
+
 /* A metric whose name is not UTF-8 is refused in a birth, its siblings not. */
 START_TEST(types_bad_name)
 {
@@ -1021,6 +1064,7 @@ static Suite *suite(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, types_arrays);
 	tcase_add_test(tc, types_edges);
+	tcase_add_test(tc, types_dataset);
 	tcase_add_test(tc, types_bad_name);
 	tcase_add_test(tc, types_template_depth);
 	suite_add_tcase(s, tc);
