@@ -18,7 +18,7 @@ if [ ! -d "$npmdir/node_modules/sparkplug-payload" ]; then
 	if [ ! -d "$npmdir/node_modules/sparkplug-payload" ]; then
 		command -v npm >/dev/null 2>&1 || skip "npm is not installed"
 		mkdir -p "$npmdir"
-		npm install --prefix "$npmdir" --no-audit --no-fund --silent "$pkg" >"$work/npm.log" 2>&1 ||
+		npm install --prefix "$npmdir" --no-audit --no-fund --silent --fetch-timeout=20000 --fetch-retries=1 "$pkg" >"$work/npm.log" 2>&1 ||
 			{ tail -n 5 "$work/npm.log"; skip "npm install $pkg failed (registry unreachable?)"; }
 	fi
 fi
