@@ -209,7 +209,9 @@
 
   // ---- polling -----------------------------------------------------------
 
-  async function refresh() {
+  // tick: a periodic sample for the chart and the ingest rate; otherwise a
+  // refresh after a change only updates what is shown.
+  async function refresh(tick) {
     if (needToken) return;
     try {
       const [ready, mtext, stale, rejects] = await Promise.all([
@@ -228,19 +230,19 @@
       let total = metric(m, 'statemirror_received_total');
       if (total === null) total = metric(m, 'statemirror_messages_total', '');
       const now = performance.now();
-      let rate = null;
-      if (lastIngest && total !== null && now > lastIngest.t)
-        rate = Math.max(0, ((total - lastIngest.total) * 1000) / (now - lastIngest.t));
-      if (total !== null) lastIngest = { t: now, total };
-      setState($('ingest'), fmtRate(rate), '');
-      renderStale(stale);
-      renderRejects(rejects, metric(m, 'statemirror_rejects_total', ''));
-      if (rate !== null || samples.length === 0) {
+      if (tick || !lastIngest) {
+        let rate = null;
+        if (lastIngest && total !== null && now > lastIngest.t)
+          rate = Math.max(0, ((total - lastIngest.total) * 1000) / (now - lastIngest.t));
+        if (total !== null) lastIngest = { t: now, total };
+        if (rate !== null) setState($('ingest'), fmtRate(rate), '');
         samples.push({ t: Date.now(), rate: rate || 0, stale: stale.count || 0 });
         if (samples.length > SAMPLES) samples.shift();
       } else {
         samples[samples.length - 1].stale = stale.count || 0;
       }
+      renderStale(stale);
+      renderRejects(rejects, metric(m, 'statemirror_rejects_total', ''));
       drawChart();
       $('updated').textContent = 'updated ' + new Date().toLocaleTimeString();
       document.body.dataset.loaded = 'true';
@@ -319,5 +321,5 @@
   $('host').textContent = location.host;
   window.addEventListener('resize', drawChart);
   refresh().then(() => { if (!needToken) startWatch(); });
-  setInterval(refresh, POLL_MS);
+  setInterval(() => refresh(true), POLL_MS);
 })();
