@@ -370,7 +370,7 @@ int ctl_stream(struct ctl_conn *c, const char *path, const char *last_event_id, 
 {
 	struct ctl_reply rep = { .synced = -1 };
 	struct sse s = { .c = c, .fn = fn, .ctx = ctx, .errrep = &rep };
-	struct curl_slist *hdrs = NULL, *t;
+	struct curl_slist *hdrs = NULL;
 	struct buf hb;
 	CURLcode cc;
 	int r;
@@ -382,19 +382,16 @@ int ctl_stream(struct ctl_conn *c, const char *path, const char *last_event_id, 
 	buf_init(&s.data, CTL_MAX_LINE);
 	buf_init(&hb, 0);
 	c->fail = CTL_FAIL_NONE;
-	for (const struct curl_slist *a = c->auth; a; a = a->next)
-		if (!(t = curl_slist_append(hdrs, a->data)))
-			goto oom;
-		else
-			hdrs = t;
-	if (!(t = curl_slist_append(hdrs, "Accept: text/event-stream")))
+	if (buf_puts(&hb, "Accept: text/event-stream") < 0 ||
+	    !(hdrs = curl_slist_append(NULL, hb.data)))
 		goto oom;
-	hdrs = t;
+	if (c->auth && !curl_slist_append(hdrs, c->auth->data))
+		goto oom;
 	if (last_event_id) {
+		buf_reset(&hb);
 		if (buf_printf(&hb, "Last-Event-ID: %s", last_event_id) < 0 ||
-		    !(t = curl_slist_append(hdrs, hb.data)))
+		    !curl_slist_append(hdrs, hb.data))
 			goto oom;
-		hdrs = t;
 	}
 	if ((r = setup(c, path, true, idle_ms, hdrs)) < 0)
 		goto out;

@@ -254,7 +254,7 @@ static int get_raw(struct ctl *x, const char *path, bool any_status, struct ctl_
 	}
 	if (r < 0)
 		return transport_failure(x, path);
-	if (rep.synced == 0 && !x->said_unsynced && !x->json && strcmp(path, "/v1/stale?limit=1") != 0) {
+	if (rep.synced == 0 && !x->said_unsynced && !x->json) {
 		fprintf(stderr, "%s: note: the mirror is not synced with the broker right now "
 			"(Statemirror-Synced: false): what it shows may be behind\n", prog);
 		x->said_unsynced = true;
@@ -408,6 +408,7 @@ static int cmd_status(struct ctl *x)
 	bool is_ready;
 	int rc;
 
+	x->said_unsynced = true; /* status says so itself */
 	if ((rc = get_raw(x, "/readyz", true, &ready)) != EXIT_OK)
 		return rc;
 	if (ready.status != 200 && ready.status != 503) {
@@ -816,8 +817,8 @@ static int list(struct ctl *x, const char *base, page_fn human, struct table *t)
 	rc = walk_pages(x, base, json_page, &js);
 	if (rc == EXIT_OK)
 		puts("],\"next\":null}");
-	else if (js.n || rc == EXIT_OK)
-		putchar('\n');
+	else if (js.n)
+		putchar('\n'); /* what was printed is cut short: the exit code says so */
 	return rc;
 }
 
