@@ -372,6 +372,45 @@ static bool metric_outbox(const char *text, double *ret)
 	return false;
 }
 
+/* Appends "reason N, ..." for each statemirror_stale_keys{reason="..."} sample
+ * above zero (the daemon counts stale keys by reason once it knows them). */
+static int stale_by_reason(const char *text, struct buf *out, json_t *obj)
+{
+	static const char pre[] = "statemirror_stale_keys{";
+	int r;
+
+	for (const char *l = text; l && *l; l = strchr(l, '\n'), l = l ? l + 1 : NULL) {
+		const char *rs, *re, *sp, *end = strchr(l, '\n');
+		size_t len = end ? (size_t)(end - l) : strlen(l);
+		char *ep;
+		double v;
+
+		if (strncmp(l, pre, sizeof(pre) - 1) != 0 ||
+		    !(rs = memmem(l, len, "reason=\"", 8)) ||
+		    !(re = memchr(rs + 8, '"', (size_t)(l + len - rs - 8))) ||
+		    !(sp = memrchr(l, ' ', len)))
+			continue;
+		v = strtod(sp + 1, &ep);
+		if (ep == sp + 1 || v <= 0)
+			continue;
+		if (obj) {
+			char name[64];
+			size_t n = (size_t)(re - rs - 8) < sizeof(name) - 1 ? (size_t)(re - rs - 8)
+									: sizeof(name) - 1;
+
+			memcpy(name, rs + 8, n);
+			name[n] = '\0';
+			if (json_object_set_new(obj, name, json_integer((json_int_t)v)) < 0)
+				return -ENOMEM;
+		}
+		if (out && ((out->len && (r = buf_puts(out, ", ")) < 0) ||
+			    (r = buf_append(out, rs + 8, (size_t)(re - rs - 8))) < 0 ||
+			    (r = buf_printf(out, " %.0f", v)) < 0))
+			return r;
+	}
+	return 0;
+}
+
 static double now_s(void)
 {
 	struct timespec ts;
@@ -404,7 +443,7 @@ static int cmd_status(struct ctl *x)
 	double t1, t2 = 0, keys = 0, nstale = 0, conn = 0, synced = 0, rejected = 0, i1 = 0, i2 = 0,
 	       outbox = 0;
 	bool have_rate = false, have_outbox, have_synced;
-	const char *reason = NULL;
+	const char *reason = NULL, *mt;
 	bool is_ready;
 	int rc;
 
@@ -436,9 +475,8 @@ static int cmd_status(struct ctl *x)
 		have_rate = metric_ingest(m1.body.data, &i1) && metric_ingest(m2.body.data, &i2) &&
 			    t2 > t1;
 	}
+	mt = m2.body.data ? m2.body.data : m1.body.data;
 	{
-		const char *mt = m2.body.data ? m2.body.data : m1.body.data;
-
 		metric_sum(mt, "statemirror_keys", NULL, &keys);
 		if (!metric_sum(mt, "statemirror_stale_keys", NULL, &nstale) &&
 		    !metric_sum(mt, "statemirror_stale_keys", "", &nstale))
@@ -464,6 +502,8 @@ static int cmd_status(struct ctl *x)
 			    json_object_set_new(out, "ingest_per_s",
 						have_rate ? json_real((i2 - i1) / (t2 - t1)) : json_null()) < 0 ||
 			    json_object_set_new(out, "rejects_total", json_integer((json_int_t)rejected)) < 0 ||
+			    json_object_set_new(out, "stale_by_reason", json_object()) < 0 ||
+			    stale_by_reason(mt, NULL, json_object_get(out, "stale_by_reason")) < 0 ||
 			    json_object_set(out, "recent_rejects", items ? items : json_null()) < 0 ||
 			    (have_outbox &&
 			     json_object_set_new(out, "outbox", json_integer((json_int_t)outbox)) < 0))) {
@@ -489,8 +529,14 @@ static int cmd_status(struct ctl *x)
 		printf("  synced    %s%s%s\n", col(x, synced > 0 ? C_GREEN : C_YELLOW),
 		       synced > 0 ? "yes" : "no", col(x, C_RESET));
 		printf("  keys      %.0f\n", keys);
-		printf("  stale     %s%.0f%s\n", col(x, nstale > 0 ? C_RED : C_RESET), nstale,
-		       col(x, C_RESET));
+		struct buf by;
+
+		buf_init(&by, 4096);
+		if (stale_by_reason(mt, &by, NULL) < 0)
+			buf_reset(&by);
+		printf("  stale     %s%.0f%s%s%s%s\n", col(x, nstale > 0 ? C_RED : C_RESET), nstale,
+		       col(x, C_RESET), by.len ? "  (" : "", by.len ? by.data : "", by.len ? ")" : "");
+		buf_free(&by);
 		json_array_foreach(groups, i, g) {
 			const char *why = jstr(g, "reason");
 
