@@ -47,7 +47,6 @@
     ev.preventDefault();
     const t = $('token-input').value.trim();
     if (!t) return;
-    const had = token;
     token = t;
     sessionStorage.setItem(TOKEN_KEY, t);
     $('token-input').value = '';
@@ -55,7 +54,6 @@
     $('token-form').hidden = true;
     $('main').classList.remove('quiet');
     refresh().then(() => { if (!needToken) startWatch(); }, () => {});
-    if (had === t) $('token-error').textContent = '';
   });
 
   // ---- /metrics ----------------------------------------------------------
