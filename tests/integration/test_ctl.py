@@ -5,6 +5,7 @@ command, its --json output and its exit code, tokens, the unix socket, a
 daemon that is down, and watch resuming across a daemon restart."""
 import json
 import os
+import pty
 import queue
 import signal
 import subprocess
@@ -67,6 +68,37 @@ def test_status_ready(env):
     assert '\033[32m' in out, out
 
 
+def on_a_terminal(d, *args, env=None):
+    """stdout of statemirrorctl run with a pseudo-terminal as its stdout."""
+    e = dict(os.environ)
+    e.pop('NO_COLOR', None)
+    e.update(env or {})
+    master, slave = pty.openpty()
+    p = subprocess.Popen([CTL, '--url', 'http://127.0.0.1:%d' % d.port] + list(args),
+                         stdout=slave, stderr=subprocess.DEVNULL, env=e)
+    os.close(slave)
+    out = b''
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:   # EIO: the other side is closed
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    p.wait(10)
+    return out.decode('utf-8', 'replace')
+
+
+def test_colour_only_on_a_terminal(env):
+    d = env.daemon()
+    d.wait_ready()
+    assert '\033[32myes' in on_a_terminal(d, 'status', '--interval', '0')
+    assert '\033[' not in on_a_terminal(d, 'status', '--interval', '0', env={'NO_COLOR': '1'})
+    assert '\033[' not in on_a_terminal(d, '--color', 'never', 'status', '--interval', '0')
+
+
 def test_status_not_ready(env):
     nobody = 'mqtt://127.0.0.1:%d' % free_port()
     d = env.daemon(broker_url=nobody)
@@ -127,6 +159,8 @@ def test_ls_pages(env):
     assert len(out.splitlines()) == 252, 'the default filter is #'
     out, _ = must(d, '--json', 'ls', '--stale')
     assert json.loads(out)['items'] == []
+    out, _ = must(d, '--json', 'ls', 'other/+')
+    assert [r['topic'] for r in json.loads(out)['items']] == ['other/x'], out
     must(d, 'ls', 'bad/#/filter', rc=6)
 
 
@@ -155,6 +189,25 @@ def test_stale(env):
     assert 'stale       yes since 20' in out, out
     out, _ = must(d, 'status', '--interval', '0')
     assert 'stale     2' in out and 'sk/gw1  2' in out, out
+
+
+def test_watch_shows_stale_and_fresh(env):
+    d = env.daemon(config='[staleness]\ngrace = 1\nrule = wsf/# 300ms\ngroup_wait = 100ms\n')
+    d.wait_ready()
+    p = subprocess.Popen([CTL, '--url', 'http://127.0.0.1:%d' % d.port, 'watch', 'wsf/#'],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lines = []
+    threading.Thread(target=lambda: [lines.append(l.decode()) for l in p.stdout], daemon=True).start()
+    try:
+        c = env.broker.client()
+        wait_for(lambda: (pub(c, 'wsf/k', 1), any(' update  wsf/k ' in l for l in lines))[1],
+                 what='the update line: %s' % lines)
+        wait_for(lambda: any(' stale   wsf/k' in l for l in lines), what='the stale line: %s' % lines)
+        pub(c, 'wsf/k', 2)
+        wait_for(lambda: any(' fresh   wsf/k' in l for l in lines), what='the fresh line: %s' % lines)
+    finally:
+        p.terminate()
+        p.wait(10)
 
 
 def test_rejects(env):
@@ -344,6 +397,7 @@ if __name__ == '__main__':
     if not os.path.exists(CTL):
         print('statemirrorctl not built at %s' % CTL)
         raise SystemExit(1)
-    run([test_status_ready, test_status_not_ready, test_get, test_ls_pages, test_stale,
+    run([test_status_ready, test_colour_only_on_a_terminal, test_status_not_ready, test_get, test_ls_pages, test_stale,
          test_rejects, test_token, test_unix_socket, test_daemon_down,
-         test_watch_resumes_across_restart, test_watch_since, test_watch_snapshot])
+         test_watch_resumes_across_restart, test_watch_since, test_watch_snapshot,
+         test_watch_shows_stale_and_fresh])
