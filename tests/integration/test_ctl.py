@@ -342,10 +342,11 @@ def test_watch_resumes_across_restart(env):
         w.proc.send_signal(signal.SIGCONT)
         wait_for(lambda: any('reconnecting from rev' in l for l in w.err),
                  what='the watcher resuming: %s' % w.err)
-        pub(c, 'wr/after', 1)
-        wait_for(lambda: w.values('wr/after'), what='wr/after: %s' % w.err)
+        pub(c, 'wr/zz-after', 1)   # sorts last: in a snapshot too, it comes after wr/k*
+        wait_for(lambda: w.values('wr/zz-after'), what='wr/zz-after: %s' % w.err)
+        wait_for(lambda: len(w.values('wr/k')) >= 10, what='10 values: %s' % w.values('wr/k'))
         vals = [v for _, v in w.values('wr/k')]
-        assert vals == list(range(1, 11)), 'every change once, in order: %s' % vals
+        assert vals == list(range(1, 11)), 'every change once, in order: %s\n%s' % (vals, w.err)
         assert w.values('wr/before') == [], 'nothing from before the watch began'
         assert w.proc.poll() is None, 'still watching'
     finally:
