@@ -277,6 +277,7 @@ def test_asks_for_the_token(env):
         b.goto('http://127.0.0.1:%d/' % d.port)
         wait_for(lambda: visible(b, '#token-form'), timeout=15, what='the token form')
         assert b.eval('document.body.dataset.loaded') is None
+        b.screenshot('status-page-token-form.png')
         b.eval('document.getElementById("token-input").value = "wrong";'
                'document.getElementById("token-form").requestSubmit()')
         wait_for(lambda: 'refused' in (text(b, '#token-error') or ''), timeout=10,
@@ -290,7 +291,7 @@ def test_asks_for_the_token(env):
         assert 's3cret' not in b.eval('location.href'), 'never in the URL'
         assert b.eval('sessionStorage.getItem("statemirror-token")') == 'page-s3cret'
         assert b.eval('localStorage.length') == 0
-        b.screenshot('status-page-token.png')
+        b.screenshot('status-page-with-token.png')
         # The 401s are the point of this test; anything else is a problem.
         assert [p for p in b.problems() if '401' not in p] == [], b.problems()
     finally:
