@@ -26,6 +26,7 @@
 #include "api/metrics.h"
 #include "api/pathdec.h"
 #include "api/render.h"
+#include "api/status/status.h"
 #include "api/watch.h"
 
 /*
@@ -636,6 +637,34 @@ static enum MHD_Result ep_watch(struct call *k, char *query, size_t query_len)
 	return queue(k, MHD_HTTP_OK, resp, "text/event-stream", NULL, NULL);
 }
 
+/* The status page's files (api/status/). Served without the token: they
+ * hold no data, and the page asks for the token when the API answers 401. */
+static enum MHD_Result ep_status_asset(struct call *k, const char *path, size_t path_len)
+{
+	struct MHD_Response *resp;
+	const char *type;
+	const void *body;
+	char p[32];
+	size_t len;
+
+	if (path_len >= sizeof(p))
+		return send_error(k, MHD_HTTP_NOT_FOUND, "no such path");
+	memcpy(p, path, path_len);
+	p[path_len] = '\0';
+	if (api_status_asset(p, &body, &len, &type) < 0)
+		return send_error(k, MHD_HTTP_NOT_FOUND, "no such path");
+	resp = MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_PERSISTENT);
+	if (!resp)
+		return MHD_NO;
+	if (MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff") != MHD_YES ||
+	    MHD_add_response_header(resp, "Referrer-Policy", "no-referrer") != MHD_YES ||
+	    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache") != MHD_YES) {
+		MHD_destroy_response(resp);
+		return MHD_NO;
+	}
+	return queue(k, MHD_HTTP_OK, resp, type, "Content-Security-Policy", API_STATUS_CSP);
+}
+
 /* ---- routing ---------------------------------------------------------- */
 
 static bool path_is(const char *p, size_t n, const char *lit)
@@ -728,6 +757,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 		return send_error(&k, MHD_HTTP_CONTENT_TOO_LARGE, "GET requests take no body");
 	if (path_is(path, path_len, "/healthz"))
 		return send_literal(&k, MHD_HTTP_OK, "{\"ok\":true}");
+	if (path_is(path, path_len, "/") || path_is(path, path_len, "/status.js") ||
+	    path_is(path, path_len, "/status.css"))
+		return ep_status_asset(&k, path, path_len);
 	if (a->token &&
 	    !token_ok(a, MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION)))
 		return send_error_hdr(&k, MHD_HTTP_UNAUTHORIZED, "missing or invalid bearer token",

@@ -148,7 +148,7 @@ def test_binary_garbage(env):
     d = env.daemon()
     rnd = random.Random(3)
     blobs = [bytes(rnd.randrange(256) for _ in range(n)) for n in (1, 7, 100, 4096, 70000)]
-    blobs += [b'\x00' * 1000, b'\r\n' * 5000, b'GET / HTTP/1.1\r\n\x00\x01\x02\r\n\r\n',
+    blobs += [b'\x00' * 1000, b'\r\n' * 5000, b'GET /no/such HTTP/1.1\r\n\x00\x01\x02\r\n\r\n',
               b'GET /v1/keys HTTP/9.9\r\n\r\n', b'GET /v1/keys\x00/x HTTP/1.1\r\nHost: x\r\n\r\n',
               b'\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03' + bytes(500),  # a TLS hello
               b'GET /v1/keys HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n']
