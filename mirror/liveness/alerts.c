@@ -1,24 +1,16 @@
 /* SPDX-License-Identifier: MIT */
-/* alerts.c: staleness alerts: pending set, incidents by topic prefix, the mirror alert, MQTT and exec. */
+/* alerts.c: staleness alerts: pending set, incidents by topic prefix, the mirror alert, rendered for delivery. */
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
-#include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/types.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/stats.h"
 #include "mirror/liveness/alerts.h"
-
-extern char **environ;
 
 #define NEVER INT64_MAX
 #define GROUP_INTERVAL_FACTOR 5  /* updates to an open incident: at most one per 5 group waits */
@@ -51,27 +43,12 @@ struct incident {
 
 enum mirror_state { MIRROR_OK, MIRROR_WAITING, MIRROR_OPEN, MIRROR_RESOLVING, MIRROR_STATE_MAX };
 
-struct child {
-	pid_t pid;
-	bool killed;
-	int64_t deadline_ms;
-	char *key;
-};
-
-/* An exec run waiting for a slot. key names the alert ("group dc1/hall2",
- * "mirror"): a newer alert with the same key replaces a queued one. */
-struct job {
-	char *key, *topic, *json, *state, *group;
-	size_t len;
-};
-
 struct alerts {
-	int64_t group_wait_ms, min_hold_ms, exec_timeout_ms;
+	int64_t group_wait_ms, min_hold_ms;
 	char *topic;         /* NULL = no MQTT alerts */
 	size_t topic_len;
 	char *exec_line;     /* NULL = no exec */
-	char **argv;
-	struct stale_outlet out;
+	struct deliver *dl;  /* publishes and execs, on its own thread */
 
 	struct pend *pend;
 	size_t npend, cappend;
@@ -89,12 +66,6 @@ struct alerts {
 	enum mirror_state mirror;
 	int64_t mirror_due_ms;
 
-	struct child kids[ALERTS_EXEC_MAX_CHILDREN];
-	size_t nkids;
-	struct job queue[ALERTS_EXEC_QUEUE];
-	size_t qhead, qlen;
-
-	struct log_ratelimit rl;
 };
 
 /* ------------------------------------------------------------ helpers */
@@ -155,51 +126,8 @@ static char *group_topic(const struct alerts *a, const char *prefix, size_t len)
 
 /* ---------------------------------------------------------- settings */
 
-static void free_argv(char **argv)
-{
-	if (!argv)
-		return;
-	for (char **p = argv; *p; p++)
-		free(*p);
-	free(argv);
-}
-
-/* Split the exec line into words (no quoting, no shell: anything more is
- * for a script). Returns NULL on ENOMEM or when there are no words. */
-static char **split_exec(const char *line)
-{
-	char **argv = calloc(EXEC_MAX_ARGS + 1, sizeof(*argv));
-	size_t n = 0;
-	const char *p = line;
-
-	if (!argv)
-		return NULL;
-	while (*p && n < EXEC_MAX_ARGS) {
-		size_t k;
-
-		while (*p == ' ' || *p == '\t')
-			p++;
-		k = strcspn(p, " \t");
-		if (!k)
-			break;
-		argv[n] = strndup(p, k);
-		if (!argv[n]) {
-			free_argv(argv);
-			return NULL;
-		}
-		n++;
-		p += k;
-	}
-	if (!n) {
-		free(argv);
-		return NULL;
-	}
-	return argv;
-}
-
 struct settings {
 	char *topic, *exec_line;
-	char **argv;
 };
 
 static int read_settings(const struct conf *c, struct settings *ret)
@@ -214,7 +142,7 @@ static int read_settings(const struct conf *c, struct settings *ret)
 			goto fail;
 	}
 	if (c->alert_exec && c->alert_exec[strspn(c->alert_exec, " \t")]) {
-		if (!(st.exec_line = strdup(c->alert_exec)) || !(st.argv = split_exec(c->alert_exec)))
+		if (!(st.exec_line = strdup(c->alert_exec)))
 			goto fail;
 	}
 	*ret = st;
@@ -222,7 +150,6 @@ static int read_settings(const struct conf *c, struct settings *ret)
 fail:
 	free(st.topic);
 	free(st.exec_line);
-	free_argv(st.argv);
 	return -ENOMEM;
 }
 
@@ -230,246 +157,11 @@ static void take_settings(struct alerts *a, const struct conf *c, struct setting
 {
 	free(a->topic);
 	free(a->exec_line);
-	free_argv(a->argv);
 	a->topic = st->topic;
 	a->topic_len = st->topic ? strlen(st->topic) : 0;
 	a->exec_line = st->exec_line;
-	a->argv = st->argv;
 	a->group_wait_ms = c->group_wait_ms > 0 ? c->group_wait_ms : 0;
 	a->min_hold_ms = c->min_hold_ms > 0 ? c->min_hold_ms : 0;
-	a->exec_timeout_ms = c->alert_exec_timeout_ms > 0 ? c->alert_exec_timeout_ms : 10000;
-}
-
-/* ------------------------------------------------------------- exec */
-
-static void job_free(struct job *j)
-{
-	free(j->key);
-	free(j->topic);
-	free(j->json);
-	free(j->state);
-	free(j->group);
-	*j = (struct job){ 0 };
-}
-
-static void exec_failed(struct alerts *a, int64_t now_ms, const char *key, const char *why)
-{
-	uint32_t dropped = 0;
-
-	STAT_INC(alert_exec_failures);
-	if (log_ratelimit_ok(&a->rl, now_ms, &dropped)) {
-		if (dropped)
-			log_warnx("alerts: %" PRIu32 " more exec failures not logged", dropped);
-		log_warnx("alerts: exec %s for the %s alert: %s", a->exec_line ? a->exec_line : "-", key, why);
-	}
-}
-
-static char *env_pair(const char *name, const char *value)
-{
-	size_t n = strlen(name) + strlen(value) + 2;
-	char *s = malloc(n);
-
-	if (s)
-		snprintf(s, n, "%s=%s", name, value);
-	return s;
-}
-
-/* Start one exec run: the alert JSON is written into the pipe before the
- * program starts (it fits the pipe buffer), so the keeper thread (which
- * holds the index write lock here) never blocks on it and a program that
- * does not read cannot SIGPIPE us. */
-static void exec_start(struct alerts *a, struct job *j, int64_t now_ms)
-{
-	posix_spawn_file_actions_t fa;
-	posix_spawnattr_t attr;
-	sigset_t none, deflt;
-	char *extra[3] = { 0 };
-	char **envp = NULL;
-	size_t nenv = 0;
-	int fds[2] = { -1, -1 };
-	pid_t pid;
-	int rc;
-	ssize_t w;
-
-	if (!a->argv)
-		return;
-	/* Non-blocking: should the pipe be smaller than the alert (a user
-	 * over its pipe-buffer quota gets 4 KiB pipes), the write comes up
-	 * short and the run is refused, rather than the keeper thread hanging
-	 * with the index write lock held, and ingest with it. */
-	if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0) {
-		exec_failed(a, now_ms, j->key, "cannot make a pipe, not run");
-		return;
-	}
-	w = write(fds[1], j->json, j->len);
-	close(fds[1]);
-	(void)fcntl(fds[0], F_SETFL, 0);   /* the program's stdin blocks as usual */
-	if (w < 0 || (size_t)w != j->len) {
-		close(fds[0]);
-		exec_failed(a, now_ms, j->key, "cannot write the alert to its stdin, not run");
-		return;
-	}
-
-	while (environ && environ[nenv])
-		nenv++;
-	envp = calloc(nenv + 4, sizeof(*envp));
-	extra[0] = env_pair("STATEMIRROR_ALERT_STATE", j->state);
-	extra[1] = env_pair("STATEMIRROR_ALERT_GROUP", j->group ? j->group : "");
-	extra[2] = env_pair("STATEMIRROR_ALERT_TOPIC", j->topic ? j->topic : "");
-	if (!envp || !extra[0] || !extra[1] || !extra[2]) {
-		close(fds[0]);
-		exec_failed(a, now_ms, j->key, "out of memory, not run");
-		goto out;
-	}
-	/* Ours last, and the daemon's own STATEMIRROR_ALERT_* left out: a
-	 * program reading its environment must see this alert's values. */
-	{
-		size_t k = 0;
-		for (size_t i = 0; i < nenv; i++)
-			if (strncmp(environ[i], "STATEMIRROR_ALERT_", 18) != 0)
-				envp[k++] = environ[i];
-		memcpy(envp + k, extra, sizeof(extra));
-	}
-
-	sigemptyset(&none);
-	sigemptyset(&deflt);
-	for (int sig = 1; sig < 32; sig++)
-		if (sig != SIGKILL && sig != SIGSTOP)
-			sigaddset(&deflt, sig);
-	posix_spawn_file_actions_init(&fa);
-	posix_spawn_file_actions_adddup2(&fa, fds[0], STDIN_FILENO);
-	posix_spawn_file_actions_addclosefrom_np(&fa, STDERR_FILENO + 1);
-	posix_spawnattr_init(&attr);
-	posix_spawnattr_setsigmask(&attr, &none);
-	posix_spawnattr_setsigdefault(&attr, &deflt);
-	posix_spawnattr_setpgroup(&attr, 0); /* its own group: a timeout kills it all */
-	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF |
-					POSIX_SPAWN_SETPGROUP);
-	rc = posix_spawnp(&pid, a->argv[0], &fa, &attr, a->argv, envp);
-	posix_spawnattr_destroy(&attr);
-	posix_spawn_file_actions_destroy(&fa);
-	close(fds[0]);
-	if (rc != 0) {
-		char why[128];
-		snprintf(why, sizeof(why), "cannot start: %s", strerror(rc));
-		exec_failed(a, now_ms, j->key, why);
-		goto out;
-	}
-	a->kids[a->nkids++] = (struct child){
-		.pid = pid, .deadline_ms = now_ms + a->exec_timeout_ms, .key = j->key,
-	};
-	j->key = NULL; /* the child record owns it now */
-	log_debug("alerts: started %s (pid %d) for the %s alert", a->argv[0], (int)pid,
-		  a->kids[a->nkids - 1].key);
-out:
-	for (int i = 0; i < 3; i++)
-		free(extra[i]);
-	free(envp);
-}
-
-static void exec_pump(struct alerts *a, int64_t now_ms)
-{
-	while (a->qlen && a->nkids < ALERTS_EXEC_MAX_CHILDREN) {
-		struct job *j = &a->queue[a->qhead];
-
-		exec_start(a, j, now_ms);
-		job_free(j);
-		a->qhead = (a->qhead + 1) % ALERTS_EXEC_QUEUE;
-		a->qlen--;
-	}
-}
-
-/* Queue an exec run. The queue holds current states: a newer alert for
- * the same key replaces a queued older one; when full, the oldest goes. */
-static void exec_enqueue(struct alerts *a, const char *key, const char *topic, const char *json,
-			 size_t len, const char *state, const char *group, int64_t now_ms)
-{
-	struct job j = { 0 };
-
-	if (!a->argv)
-		return;
-	j.key = strdup(key);
-	j.topic = topic ? strdup(topic) : NULL;
-	j.json = malloc(len + 1);
-	j.state = strdup(state);
-	j.group = group ? strdup(group) : NULL;
-	if (!j.key || (topic && !j.topic) || !j.json || !j.state || (group && !j.group)) {
-		job_free(&j);
-		exec_failed(a, now_ms, key, "out of memory, not run");
-		return;
-	}
-	memcpy(j.json, json, len);
-	j.json[len] = '\n';
-	j.len = len + 1;
-	for (size_t i = 0; i < a->qlen; i++) {
-		struct job *q = &a->queue[(a->qhead + i) % ALERTS_EXEC_QUEUE];
-		if (strcmp(q->key, key) == 0) {
-			job_free(q);
-			*q = j;
-			return;
-		}
-	}
-	if (a->qlen == ALERTS_EXEC_QUEUE) {
-		struct job *old = &a->queue[a->qhead];
-		exec_failed(a, now_ms, old->key, "too many alerts waiting for exec, dropped");
-		job_free(old);
-		a->qhead = (a->qhead + 1) % ALERTS_EXEC_QUEUE;
-		a->qlen--;
-	}
-	a->queue[(a->qhead + a->qlen) % ALERTS_EXEC_QUEUE] = j;
-	a->qlen++;
-	exec_pump(a, now_ms);
-}
-
-/* Reap finished children without blocking; kill the ones past their time. */
-static int64_t exec_reap(struct alerts *a, int64_t now_ms)
-{
-	int64_t next = NEVER;
-	size_t i = 0;
-
-	while (i < a->nkids) {
-		struct child *k = &a->kids[i];
-		int st = 0;
-		pid_t rc = waitpid(k->pid, &st, WNOHANG);
-
-		if (rc == 0) {
-			if (!k->killed && now_ms >= k->deadline_ms) {
-				char why[64];
-				if (kill(-k->pid, SIGKILL) < 0)
-					kill(k->pid, SIGKILL);
-				k->killed = true;
-				snprintf(why, sizeof(why), "timed out after %" PRId64 " ms, killed",
-					 a->exec_timeout_ms);
-				exec_failed(a, now_ms, k->key, why);
-			}
-			if (!k->killed && k->deadline_ms - now_ms < next)
-				next = k->deadline_ms - now_ms;
-			if (ALERTS_REAP_MS < next)
-				next = ALERTS_REAP_MS; /* poll again, without spinning */
-			i++;
-			continue;
-		}
-		if (rc == k->pid && !k->killed) {
-			char why[64];
-			if (WIFEXITED(st) && WEXITSTATUS(st) == 0) {
-				log_debug("alerts: exec for the %s alert done", k->key);
-			} else {
-				if (WIFEXITED(st))
-					snprintf(why, sizeof(why), "exit status %d", WEXITSTATUS(st));
-				else
-					snprintf(why, sizeof(why), "killed by signal %d",
-						 WIFSIGNALED(st) ? WTERMSIG(st) : 0);
-				exec_failed(a, now_ms, k->key, why);
-			}
-		} else if (rc < 0 && errno != ECHILD) {
-			i++; /* EINTR: next time */
-			continue;
-		}
-		free(k->key);
-		a->kids[i] = a->kids[--a->nkids];
-	}
-	exec_pump(a, now_ms);
-	return next;
 }
 
 /* ---------------------------------------------------------- delivery */
@@ -482,8 +174,10 @@ static void put_time(json_t *o, const char *name, int64_t ms)
 }
 
 /*
-** Send one alert: log it, count it, publish it (retained, when topic) and
-** hand it to exec. clear: publish an empty retained payload afterwards, so
+** Send one alert: log it, count it, and queue it for delivery (retained
+** MQTT when topic, and exec): the delivery thread does the I/O, never this
+** one, which holds the index write lock. clear: publish an empty retained
+** payload afterwards, so
 ** that the broker no longer holds an alert that is over (subscribers still
 ** see the resolution first). mqtt_only: a republication (the alerts topic
 ** moved), not a new alert.
@@ -504,13 +198,11 @@ static void emit(struct alerts *a, const char *key, const char *topic, json_t *o
 		log_warnx("alert: %s", json_string_value(summary) ? json_string_value(summary) : text);
 		STAT_INC(alerts_sent);
 	}
-	if (topic && a->out.publish) {
-		a->out.publish(a->out.ctx, topic, text, len);
-		if (clear)
-			a->out.publish(a->out.ctx, topic, "", 0);
-	}
-	if (!mqtt_only)
-		exec_enqueue(a, key, topic, text, len, state, group, now_ms);
+	if (topic || (!mqtt_only && a->exec_line))
+		deliver_push(a->dl, &(struct deliver_alert){
+			.key = key, .topic = topic, .payload = text, .len = len, .state = state,
+			.group = group, .clear = clear, .exec = !mqtt_only && a->exec_line,
+		}, now_ms);
 	free(text);
 }
 
@@ -1108,41 +800,41 @@ static void flush(struct alerts *a, int64_t now_ms, alerts_eligible_fn eligible,
 
 /* --------------------------------------------------------------- API */
 
-struct alerts *alerts_new(const struct conf *c, const struct stale_outlet *out)
+struct alerts *alerts_new(const struct conf *c, const struct deliver_outlet *out)
 {
 	struct alerts *a = calloc(1, sizeof(*a));
 	struct settings st;
 
 	if (!a)
 		return NULL;
-	if (read_settings(c, &st) < 0 || itab_grow(a) < 0) {
+	if (!(a->dl = deliver_new(out)) ||
+	    deliver_configure(a->dl, c->alert_exec, c->alert_exec_timeout_ms) < 0 ||
+	    itab_grow(a) < 0 || read_settings(c, &st) < 0) {
+		deliver_free(a->dl);
 		free(a->itab);
 		free(a);
 		return NULL;
 	}
 	take_settings(a, c, &st);
-	if (out)
-		a->out = *out;
 	a->window_due = NEVER;
-	a->rl = (struct log_ratelimit)LOG_RATELIMIT_INIT(10000, 10);
 	return a;
+}
+
+int alerts_start(struct alerts *a)
+{
+	return deliver_start(a->dl);
+}
+
+void alerts_stop(struct alerts *a)
+{
+	deliver_stop(a->dl);
 }
 
 void alerts_free(struct alerts *a)
 {
 	if (!a)
 		return;
-	for (size_t i = 0; i < a->nkids; i++) {
-		int st;
-		if (waitpid(a->kids[i].pid, &st, WNOHANG) == 0)
-			log_info("alerts: leaving %s (pid %d) for %s to finish", a->argv ? a->argv[0] : "exec",
-				 (int)a->kids[i].pid, a->kids[i].key);
-		free(a->kids[i].key);
-	}
-	for (size_t i = 0; i < a->qlen; i++)
-		job_free(&a->queue[(a->qhead + i) % ALERTS_EXEC_QUEUE]);
-	if (a->qlen)
-		log_warnx("alerts: %zu queued exec runs dropped at shutdown", a->qlen);
+	deliver_free(a->dl);
 	for (size_t i = 0; i < a->icap; i++) {
 		struct incident *p = a->itab[i], *next;
 		for (; p; p = next) {
@@ -1156,8 +848,15 @@ void alerts_free(struct alerts *a)
 	free(a->ptab);
 	free(a->topic);
 	free(a->exec_line);
-	free_argv(a->argv);
 	free(a);
+}
+
+/* A bare clear of a retained alert (the alerts topic moved away). A reload
+ * has no time of its own here: 0 only makes a full queue's log line
+ * unconditional, which is fine once per reload. */
+static void clear_retained(struct alerts *a, const char *topic)
+{
+	deliver_push(a->dl, &(struct deliver_alert){ .key = "clear", .topic = topic, .payload = "" }, 0);
 }
 
 int alerts_reconfigure(struct alerts *a, const struct conf *c)
@@ -1168,15 +867,20 @@ int alerts_reconfigure(struct alerts *a, const struct conf *c)
 
 	if (read_settings(c, &st) < 0)
 		return -ENOMEM;
+	if (deliver_configure(a->dl, c->alert_exec, c->alert_exec_timeout_ms) < 0) {
+		free(st.topic);
+		free(st.exec_line);
+		return -ENOMEM;
+	}
 	moved = (a->topic == NULL) != (st.topic == NULL) ||
 		(a->topic && strcmp(a->topic, st.topic) != 0);
-	if (moved && a->topic && a->out.publish) {
+	if (moved && a->topic) {
 		/* Clear what we hold under the old topic; republish under the new. */
 		for (size_t i = 0; i < a->icap; i++) {
 			for (struct incident *p = a->itab[i]; p; p = p->next) {
 				if (!p->published || !(old = group_topic(a, p->prefix, p->len)))
 					continue;
-				a->out.publish(a->out.ctx, old, "", 0);
+				clear_retained(a, old);
 				free(old);
 			}
 		}
@@ -1184,7 +888,7 @@ int alerts_reconfigure(struct alerts *a, const struct conf *c)
 			size_t n = a->topic_len + 8;
 			if ((old = malloc(n))) {
 				snprintf(old, n, "%s/mirror", a->topic);
-				a->out.publish(a->out.ctx, old, "", 0);
+				clear_retained(a, old);
 				free(old);
 			}
 		}
@@ -1281,7 +985,7 @@ void alerts_adopt(struct alerts *a, const struct rec *r, int64_t now_ms)
 int64_t alerts_tick(struct alerts *a, int64_t now_ms, int64_t settle_ms,
 		    alerts_eligible_fn eligible, void *ctx)
 {
-	int64_t next = NEVER, t;
+	int64_t next = NEVER;
 	size_t keep = 0;
 
 	if (a->mirror == MIRROR_WAITING && now_ms >= a->mirror_due_ms) {
@@ -1321,10 +1025,6 @@ int64_t alerts_tick(struct alerts *a, int64_t now_ms, int64_t settle_ms,
 		incident_publish(a, inc, now_ms); /* may free inc */
 	}
 	a->nwork = keep;
-
-	t = exec_reap(a, now_ms);
-	if (t < next)
-		next = t;
 	return next < 1 ? 1 : next;
 }
 
@@ -1338,12 +1038,7 @@ size_t alerts_pending(const struct alerts *a)
 	return a->npend;
 }
 
-size_t alerts_exec_running(const struct alerts *a)
+struct deliver *alerts_delivery(struct alerts *a)
 {
-	return a->nkids;
-}
-
-size_t alerts_exec_queued(const struct alerts *a)
-{
-	return a->qlen;
+	return a->dl;
 }

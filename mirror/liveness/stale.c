@@ -670,7 +670,7 @@ static void take_settings(struct stale *s, const struct conf *c, struct rule *ru
 	s->default_ms = c->default_cadence_ms;
 }
 
-struct stale *stale_new(const struct conf *c, struct index *ix, const struct stale_outlet *out)
+struct stale *stale_new(const struct conf *c, struct index *ix, const struct deliver_outlet *out)
 {
 	struct stale *s = calloc(1, sizeof(*s));
 	struct rule *rules = NULL;
@@ -714,6 +714,16 @@ void stale_free(struct stale *s)
 	free_rules(s->rules, s->nrules);
 	alerts_free(s->alerts);
 	free(s);
+}
+
+int stale_start_delivery(struct stale *s)
+{
+	return alerts_start(s->alerts);
+}
+
+void stale_stop_delivery(struct stale *s)
+{
+	alerts_stop(s->alerts);
 }
 
 int stale_reconfigure(struct stale *s, const struct conf *c,

@@ -83,7 +83,7 @@ static void teardown(void)
 
 static void start(bool synced)
 {
-	st = stale_new(&conf, ix, &(struct stale_outlet){ count_publish, NULL });
+	st = stale_new(&conf, ix, &(struct deliver_outlet){ count_publish, NULL });
 	ck_assert_ptr_nonnull(st);
 	stale_on_broker(st, false, T);
 	if (synced)
