@@ -9,11 +9,12 @@
 #include "common/conf.h"
 #include "mirror/state/index.h"
 #include "mirror/liveness/deliver.h"
-#include "mirror/liveness/stale.h"
 
 /*
 ** This is the staleness engine's back half (stale.c is the front half and
-** its only caller); it is not used by anything else. Once the threads run,
+** its only caller); it is not used by anything else. Dependencies run one
+** way: stale -> alerts -> deliver; nothing here knows stale.h (the outlet
+** is deliver.h's, the eligibility question a callback). Once the threads run,
 ** every call is made with the index write lock held, which serialises the
 ** two that make transitions: the MQTT session thread, as it applies a
 ** message, and the keeper thread, at its timers (a reload takes the lock
