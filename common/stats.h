@@ -44,6 +44,8 @@ struct stats {
 	_Atomic uint64_t http_requests[STATS_HTTP_CODES];
 	_Atomic uint64_t watchers;
 	_Atomic uint64_t watchers_dropped;
+	/* log (any thread) */
+	_Atomic uint64_t log_dropped;   /* lines stderr could not take at once */
 };
 
 extern struct stats g_stats;
