@@ -8,8 +8,11 @@
 #include <string.h>
 
 #include "common/clock.h"
+#include "common/hash.h"
+#include "common/hmap.h"
 #include "common/log.h"
 #include "common/stats.h"
+#include "common/topic.h"
 #include "mirror/liveness/alerts.h"
 
 #define NEVER INT64_MAX
@@ -26,8 +29,8 @@ struct pend {
 /* An open alert for a topic prefix. Its keys are the AS_ALERTED records
  * whose deepest open incident it is; only their number is kept. */
 struct incident {
-	struct incident *next;  /* hash chain */
-	uint64_t hash;
+	uint32_t key;           /* its hmap key: hash_key32 of the prefix */
+	uint32_t idx;           /* its place in alerts.inc */
 	uint32_t count;         /* keys alerted in it */
 	uint32_t added, recovered; /* since the last publication */
 	struct rec *ex[EXAMPLES_KEPT];
@@ -52,12 +55,12 @@ struct alerts {
 
 	struct pend *pend;
 	size_t npend, cappend;
-	uint32_t *ptab;      /* open addressing: pend index + 1, 0 = empty */
-	size_t pcap;
+	struct hmap pmap;    /* hash_ptr(r) -> index in pend */
 	int64_t window_due;
 
-	struct incident **itab;
-	size_t icap, nincidents;
+	struct incident **inc; /* the open incidents, dense */
+	uint32_t ninc, capinc;
+	struct hmap imap;      /* prefix -> index in inc */
 	struct incident **work; /* incidents with something to publish or to settle */
 	size_t nwork, capwork;
 
@@ -69,17 +72,6 @@ struct alerts {
 };
 
 /* ------------------------------------------------------------ helpers */
-
-static uint64_t hash_bytes(const char *p, size_t n)
-{
-	uint64_t h = 1469598103934665603ull;
-
-	for (size_t i = 0; i < n; i++) {
-		h ^= (unsigned char)p[i];
-		h *= 1099511628211ull;
-	}
-	return h;
-}
 
 static int64_t group_interval(const struct alerts *a)
 {
@@ -251,15 +243,30 @@ static json_t *incident_json(const struct incident *inc, int64_t now_ms, size_t 
 	return o;
 }
 
+static bool incident_is(uint32_t val, const void *k, const void *ctx)
+{
+	const struct alerts *a = ctx;
+	const struct incident *want = k;
+
+	return a->inc[val] == want;
+}
+
 static void incident_remove(struct alerts *a, struct incident *inc)
 {
-	struct incident **p = &a->itab[inc->hash & (a->icap - 1)];
+	uint32_t last = a->ninc - 1;
 
-	while (*p && *p != inc)
-		p = &(*p)->next;
-	if (*p)
-		*p = inc->next;
-	a->nincidents--;
+	hmap_del(&a->imap, inc->key, incident_is, inc, a);
+	if (inc->idx != last) {
+		/* The last one fills the hole; its entry follows it. */
+		struct incident *m = a->inc[last];
+		uint32_t *v = hmap_find(&a->imap, m->key, incident_is, m, a);
+
+		a->inc[inc->idx] = m;
+		m->idx = inc->idx;
+		if (v)
+			*v = m->idx;
+	}
+	a->ninc--;
 	free(inc);
 }
 
@@ -342,67 +349,67 @@ static void mirror_publish(struct alerts *a, bool open, int64_t now_ms)
 
 /* ------------------------------------------------------- incidents */
 
-static int itab_grow(struct alerts *a)
-{
-	size_t ncap = a->icap ? a->icap * 2 : 64;
-	struct incident **nt = calloc(ncap, sizeof(*nt));
+struct pkey {
+	const char *p;
+	size_t len;
+};
 
-	if (!nt)
-		return -ENOMEM;
-	for (size_t i = 0; i < a->icap; i++) {
-		struct incident *p = a->itab[i], *next;
-		for (; p; p = next) {
-			next = p->next;
-			p->next = nt[p->hash & (ncap - 1)];
-			nt[p->hash & (ncap - 1)] = p;
-		}
-	}
-	free(a->itab);
-	a->itab = nt;
-	a->icap = ncap;
-	return 0;
+static bool incident_eq(uint32_t val, const void *k, const void *ctx)
+{
+	const struct alerts *a = ctx;
+	const struct pkey *want = k;
+	const struct incident *i = a->inc[val];
+
+	return i->len == want->len && memcmp(i->prefix, want->p, want->len) == 0;
 }
 
 static struct incident *incident_get(const struct alerts *a, const char *p, size_t len)
 {
-	uint64_t h = hash_bytes(p, len);
+	uint32_t *v = hmap_find(&a->imap, hash_key32(hash_bytes(p, len)), incident_eq,
+				&(struct pkey){ p, len }, a);
 
-	for (struct incident *i = a->itab[h & (a->icap - 1)]; i; i = i->next)
-		if (i->hash == h && i->len == len && memcmp(i->prefix, p, len) == 0)
-			return i;
-	return NULL;
+	return v ? a->inc[*v] : NULL;
 }
 
 static struct incident *incident_new(struct alerts *a, const char *p, size_t len, int64_t now_ms)
 {
 	struct incident *inc;
 
-	if (a->nincidents >= a->icap)
-		itab_grow(a);
+	if (a->ninc == a->capinc) {
+		uint32_t ncap = a->capinc ? 2 * a->capinc : 64;
+		struct incident **ni = ncap > a->capinc ? realloc(a->inc, ncap * sizeof(*ni)) : NULL;
+		if (!ni)
+			return NULL;
+		a->inc = ni;
+		a->capinc = ncap;
+	}
 	inc = calloc(1, sizeof(*inc) + len + 1);
 	if (!inc)
 		return NULL;
-	inc->hash = hash_bytes(p, len);
+	inc->key = hash_key32(hash_bytes(p, len));
+	inc->idx = a->ninc;
 	inc->len = len;
 	memcpy(inc->prefix, p, len);
 	inc->since_ms = now_ms;
-	inc->next = a->itab[inc->hash & (a->icap - 1)];
-	a->itab[inc->hash & (a->icap - 1)] = inc;
-	a->nincidents++;
+	if (hmap_put(&a->imap, inc->key, inc->idx) < 0) {
+		free(inc);
+		return NULL;
+	}
+	a->inc[a->ninc++] = inc;
 	return inc;
 }
 
 /* The deepest open incident that contains topic t. */
 static struct incident *incident_find(const struct alerts *a, const char *t, size_t len)
 {
-	const char *slash;
 	size_t end = len;
 
 	if (!memchr(t, '/', len))
 		return incident_get(a, t, 0);
-	while (end > 0 && (slash = memrchr(t, '/', end))) {
+	/* Up one level at a time while there is a level to go up. */
+	while (memchr(t, '/', end)) {
 		struct incident *inc;
-		end = (size_t)(slash - t);
+		end = topic_group_prefix(t, end);
 		if ((inc = incident_get(a, t, end)))
 			return inc;
 	}
@@ -461,64 +468,41 @@ struct ng {
 
 struct ngset {
 	struct ng *v;
-	size_t n, cap;
-	size_t *slot;   /* open addressing over v: index + 1, 0 empty */
-	size_t scap;
+	uint32_t n, cap;
+	struct hmap map; /* prefix -> index in v */
 };
 
-static size_t ngset_slot(const struct ngset *g, const char *p, size_t len, bool *found)
+static bool ng_eq(uint32_t val, const void *k, const void *ctx)
 {
-	size_t i = hash_bytes(p, len) & (g->scap - 1);
+	const struct ngset *g = ctx;
+	const struct pkey *want = k;
 
-	for (; g->slot[i]; i = (i + 1) & (g->scap - 1)) {
-		const struct ng *x = &g->v[g->slot[i] - 1];
-		if (x->len == len && memcmp(x->p, p, len) == 0) {
-			*found = true;
-			return i;
-		}
-	}
-	*found = false;
-	return i;
+	return g->v[val].len == want->len && memcmp(g->v[val].p, want->p, want->len) == 0;
 }
 
-/* The index of group (p, len), made if absent. Returns SIZE_MAX on ENOMEM. */
+/* The index of group (p, len), made if absent when create. Returns
+ * SIZE_MAX when absent, or on ENOMEM. A plain lookup never fails for want
+ * of memory (rollup indexes with what it returns). */
 static size_t ngset_get(struct ngset *g, const char *p, size_t len, bool create)
 {
-	bool found;
-	size_t s;
+	uint32_t key = hash_key32(hash_bytes(p, len));
+	uint32_t *v = hmap_find(&g->map, key, ng_eq, &(struct pkey){ p, len }, g);
 
-	/* Only a creating call grows the table: a plain lookup never fails
-	 * for want of memory (rollup indexes with what it returns). */
-	if (!create && g->scap == 0)
-		return SIZE_MAX;
-	if (create && 2 * (g->n + 1) > g->scap) {
-		size_t ncap = g->scap ? 2 * g->scap : 256;
-		size_t *ns = calloc(ncap, sizeof(*ns));
-		if (!ns)
-			return SIZE_MAX;
-		free(g->slot);
-		g->slot = ns;
-		g->scap = ncap;
-		for (size_t i = 0; i < g->n; i++) {
-			s = ngset_slot(g, g->v[i].p, g->v[i].len, &found);
-			g->slot[s] = i + 1;
-		}
-	}
-	s = ngset_slot(g, p, len, &found);
-	if (found)
-		return g->slot[s] - 1;
+	if (v)
+		return *v;
 	if (!create)
 		return SIZE_MAX;
 	if (g->n == g->cap) {
-		size_t ncap = g->cap ? 2 * g->cap : 64;
-		struct ng *nv = realloc(g->v, ncap * sizeof(*nv));
+		uint32_t ncap = g->cap ? 2 * g->cap : 64;
+		struct ng *nv = ncap > g->cap ? realloc(g->v, ncap * sizeof(*nv)) : NULL;
 		if (!nv)
 			return SIZE_MAX;
 		g->v = nv;
 		g->cap = ncap;
 	}
+	if (hmap_put(&g->map, key, g->n) < 0)
+		return SIZE_MAX;
 	g->v[g->n] = (struct ng){ .p = p, .len = len, .into = g->n };
-	g->slot[s] = g->n + 1;
 	return g->n++;
 }
 
@@ -544,11 +528,11 @@ static void ng_merge(struct ng *v, size_t from, size_t to)
 /* The parent of a group prefix, never the empty top. */
 static bool parent_of(const char *p, size_t len, size_t *ret_len)
 {
-	const char *slash = len ? memrchr(p, '/', len) : NULL;
+	size_t n = topic_group_prefix(p, len);
 
-	if (!slash || slash == p)
+	if (n == 0)
 		return false;
-	*ret_len = (size_t)(slash - p);
+	*ret_len = n;
 	return true;
 }
 
@@ -604,14 +588,13 @@ static int rollup(struct ngset *g)
 
 static void open_new(struct alerts *a, struct rec **keys, size_t n, int64_t now_ms)
 {
-	struct ngset g = { 0 };
+	struct ngset g = { .map = HMAP_INIT(UINT32_MAX / 2) };
 
 	if (!n)
 		return;
 	for (size_t i = 0; i < n; i++) {
 		struct rec *r = keys[i];
-		const char *slash = memrchr(r->data, '/', r->topic_len);
-		size_t gi = ngset_get(&g, r->data, slash ? (size_t)(slash - r->data) : 0, true);
+		size_t gi = ngset_get(&g, r->data, topic_group_prefix(r->data, r->topic_len), true);
 
 		if (gi == SIZE_MAX)
 			goto fallback;
@@ -643,15 +626,14 @@ static void open_new(struct alerts *a, struct rec **keys, size_t n, int64_t now_
 		work_add(a, inc);
 	}
 	free(g.v);
-	free(g.slot);
+	hmap_free(&g.map);
 	return;
 fallback:
 	/* Out of memory for the roll-up: one incident per key's group. */
 	free(g.v);
-	free(g.slot);
+	hmap_free(&g.map);
 	for (size_t i = 0; i < n; i++) {
-		const char *slash = memrchr(keys[i]->data, '/', keys[i]->topic_len);
-		size_t len = slash ? (size_t)(slash - keys[i]->data) : 0;
+		size_t len = topic_group_prefix(keys[i]->data, keys[i]->topic_len);
 		struct incident *inc = incident_get(a, keys[i]->data, len);
 		if (!inc && !(inc = incident_new(a, keys[i]->data, len, now_ms)))
 			continue;
@@ -661,55 +643,35 @@ fallback:
 
 /* ------------------------------------------------------------ pending */
 
-static size_t ptr_hash(const void *p, size_t cap)
+static bool pend_is(uint32_t val, const void *k, const void *ctx)
 {
-	uint64_t x = (uint64_t)(uintptr_t)p;
+	const struct alerts *a = ctx;
 
-	x ^= x >> 33;
-	x *= 0xff51afd7ed558ccdull;
-	x ^= x >> 33;
-	return (size_t)x & (cap - 1);
+	return a->pend[val].r == k;
 }
 
-static int ptab_rebuild(struct alerts *a, size_t want)
+static int pmap_rebuild(struct alerts *a)
 {
-	size_t cap = 64;
-	uint32_t *t;
+	int rc;
 
-	while (cap < 2 * want)
-		cap <<= 1;
-	if (cap != a->pcap) {
-		if (!(t = calloc(cap, sizeof(*t))))
-			return -ENOMEM;
-		free(a->ptab);
-		a->ptab = t;
-		a->pcap = cap;
-	} else {
-		memset(a->ptab, 0, cap * sizeof(*a->ptab));
-	}
-	for (size_t i = 0; i < a->npend; i++) {
-		size_t s = ptr_hash(a->pend[i].r, a->pcap);
-		while (a->ptab[s])
-			s = (s + 1) & (a->pcap - 1);
-		a->ptab[s] = (uint32_t)(i + 1);
-	}
+	hmap_clear(&a->pmap);
+	if ((rc = hmap_reserve(&a->pmap, (uint32_t)a->npend)) < 0)
+		return rc;
+	for (size_t i = 0; i < a->npend; i++)
+		hmap_put(&a->pmap, hash_key32(hash_ptr(a->pend[i].r)), (uint32_t)i); /* reserved */
 	return 0;
 }
 
 static struct pend *pend_find(struct alerts *a, const struct rec *r)
 {
-	if (!a->pcap)
-		return NULL;
-	for (size_t s = ptr_hash(r, a->pcap); a->ptab[s]; s = (s + 1) & (a->pcap - 1))
-		if (a->pend[a->ptab[s] - 1].r == r)
-			return &a->pend[a->ptab[s] - 1];
-	return NULL;
+	uint32_t *v = hmap_find(&a->pmap, hash_key32(hash_ptr(r)), pend_is, r, a);
+
+	return v ? &a->pend[*v] : NULL;
 }
 
 void alerts_key_changed(struct alerts *a, struct rec *r, int64_t now_ms)
 {
 	struct pend *p;
-	size_t s;
 
 	if (r->alert_state & AS_PENDING) {
 		if ((p = pend_find(a, r)))
@@ -724,13 +686,9 @@ void alerts_key_changed(struct alerts *a, struct rec *r, int64_t now_ms)
 		a->pend = np;
 		a->cappend = ncap;
 	}
-	if (2 * (a->npend + 1) > a->pcap && ptab_rebuild(a, 2 * (a->npend + 1)) < 0)
+	if (hmap_put(&a->pmap, hash_key32(hash_ptr(r)), (uint32_t)a->npend) < 0)
 		goto nomem;
-	a->pend[a->npend] = (struct pend){ r, now_ms };
-	s = ptr_hash(r, a->pcap);
-	while (a->ptab[s])
-		s = (s + 1) & (a->pcap - 1);
-	a->ptab[s] = (uint32_t)++a->npend;
+	a->pend[a->npend++] = (struct pend){ r, now_ms };
 	r->alert_state |= AS_PENDING;
 	if (a->window_due == NEVER)
 		a->window_due = now_ms + a->min_hold_ms + a->group_wait_ms;
@@ -780,7 +738,7 @@ static void flush(struct alerts *a, int64_t now_ms, alerts_eligible_fn eligible,
 		}
 	}
 	a->npend = keep;
-	if (ptab_rebuild(a, keep) < 0) {
+	if (pmap_rebuild(a) < 0) {
 		/* Without the table a pending key cannot be found again: give the
 		 * kept ones up; they are re-reported by their next change. */
 		for (size_t i = 0; i < keep; i++)
@@ -792,6 +750,7 @@ static void flush(struct alerts *a, int64_t now_ms, alerts_eligible_fn eligible,
 		free(a->pend);
 		a->pend = NULL;
 		a->cappend = 0;
+		hmap_free(&a->pmap);
 	}
 	open_new(a, fresh_keys, nnew, now_ms);
 	free(fresh_keys);
@@ -809,14 +768,15 @@ struct alerts *alerts_new(const struct conf *c, const struct deliver_outlet *out
 		return NULL;
 	if (!(a->dl = deliver_new(out)) ||
 	    deliver_configure(a->dl, c->alert_exec, c->alert_exec_timeout_ms) < 0 ||
-	    itab_grow(a) < 0 || read_settings(c, &st) < 0) {
+	    read_settings(c, &st) < 0) {
 		deliver_free(a->dl);
-		free(a->itab);
 		free(a);
 		return NULL;
 	}
 	take_settings(a, c, &st);
 	a->window_due = NEVER;
+	a->imap = (struct hmap)HMAP_INIT(UINT32_MAX / 2);
+	a->pmap = (struct hmap)HMAP_INIT(UINT32_MAX / 2);
 	return a;
 }
 
@@ -835,17 +795,13 @@ void alerts_free(struct alerts *a)
 	if (!a)
 		return;
 	deliver_free(a->dl);
-	for (size_t i = 0; i < a->icap; i++) {
-		struct incident *p = a->itab[i], *next;
-		for (; p; p = next) {
-			next = p->next;
-			free(p);
-		}
-	}
-	free(a->itab);
+	for (uint32_t i = 0; i < a->ninc; i++)
+		free(a->inc[i]);
+	free(a->inc);
+	hmap_free(&a->imap);
 	free(a->work);
 	free(a->pend);
-	free(a->ptab);
+	hmap_free(&a->pmap);
 	free(a->topic);
 	free(a->exec_line);
 	free(a);
@@ -876,13 +832,12 @@ int alerts_reconfigure(struct alerts *a, const struct conf *c)
 		(a->topic && strcmp(a->topic, st.topic) != 0);
 	if (moved && a->topic) {
 		/* Clear what we hold under the old topic; republish under the new. */
-		for (size_t i = 0; i < a->icap; i++) {
-			for (struct incident *p = a->itab[i]; p; p = p->next) {
-				if (!p->published || !(old = group_topic(a, p->prefix, p->len)))
-					continue;
-				clear_retained(a, old);
-				free(old);
-			}
+		for (uint32_t i = 0; i < a->ninc; i++) {
+			struct incident *p = a->inc[i];
+			if (!p->published || !(old = group_topic(a, p->prefix, p->len)))
+				continue;
+			clear_retained(a, old);
+			free(old);
 		}
 		if (a->mirror == MIRROR_OPEN) {
 			size_t n = a->topic_len + 8;
@@ -895,13 +850,12 @@ int alerts_reconfigure(struct alerts *a, const struct conf *c)
 	}
 	take_settings(a, c, &st);
 	if (moved) {
-		for (size_t i = 0; i < a->icap; i++) {
-			for (struct incident *p = a->itab[i]; p; p = p->next) {
-				if (p->published && !p->adopted) {
-					p->mqtt_only = true;
-					p->last_pub_ms = 0;
-					work_add(a, p);
-				}
+		for (uint32_t i = 0; i < a->ninc; i++) {
+			struct incident *p = a->inc[i];
+			if (p->published && !p->adopted) {
+				p->mqtt_only = true;
+				p->last_pub_ms = 0;
+				work_add(a, p);
 			}
 		}
 	}
@@ -930,10 +884,9 @@ void alerts_link(struct alerts *a, bool synced, int64_t now_ms)
 	else if (a->mirror == MIRROR_OPEN)
 		a->mirror = MIRROR_RESOLVING;
 	/* Adopted alerts settle from this re-sync on. */
-	for (size_t i = 0; i < a->icap; i++)
-		for (struct incident *p = a->itab[i]; p; p = p->next)
-			if (p->adopted)
-				work_add(a, p);
+	for (uint32_t i = 0; i < a->ninc; i++)
+		if (a->inc[i]->adopted)
+			work_add(a, a->inc[i]);
 }
 
 void alerts_adopt(struct alerts *a, const struct rec *r, int64_t now_ms)
@@ -1030,7 +983,7 @@ int64_t alerts_tick(struct alerts *a, int64_t now_ms, int64_t settle_ms,
 
 size_t alerts_open_incidents(const struct alerts *a)
 {
-	return a->nincidents;
+	return a->ninc;
 }
 
 size_t alerts_pending(const struct alerts *a)

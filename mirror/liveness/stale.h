@@ -90,17 +90,11 @@ void stale_on_broker(struct stale *s, bool synced, int64_t now_ms);
 int64_t stale_tick(struct stale *s, int64_t now_ms, stale_transition_fn cb, void *ctx);
 
 /* Group counts of stale keys for GET /v1/stale: calls fn(prefix, count, ctx)
- * for each group (stale_group_prefix of the keys), in byte order of prefix.
+ * for each group (topic_group_prefix of the keys), in byte order of prefix.
  * Counters are kept per transition, so this costs O(groups), not O(keys).
  * ix is unused. Read lock held by the caller. */
 void stale_groups(struct stale *s, struct index *ix,
 		  void (*fn)(const char *prefix, uint64_t count, void *ctx), void *ctx);
-
-/* The grouping prefix of a topic (used for alerts and /v1/stale):
- * the topic without its last level ("dc1/hall2/rack17/temp" ->
- * "dc1/hall2/rack17"; a one-level topic -> ""). Writes at most n bytes
- * (NUL-terminated, truncated if need be); returns the prefix's length. */
-size_t stale_group_prefix(const char *topic, size_t len, char *out, size_t n);
 
 /* Introspection for tests: keys tracked in the deadline heap, whether the
  * heap is consistent (O(n)), the earliest due time (INT64_MAX if none). */
