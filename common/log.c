@@ -110,29 +110,38 @@ static bool journal_stderr(void)
 ** gets a newline first next time, so that the torn line ends.
 */
 static pthread_mutex_t emit_mu = PTHREAD_MUTEX_INITIALIZER;
-static int stderr_kind = -1; /* -1 unknown, 0 not a socket, 1 socket; under emit_mu */
 static bool stderr_torn;     /* under emit_mu */
 
 static ssize_t emit_try(const char *p, size_t len)
 {
 	struct pollfd pfd = { .fd = STDERR_FILENO, .events = POLLOUT };
+	struct stat st;
+	bool sock;
 	ssize_t w;
+	int pr;
 
-	if (stderr_kind < 0) {
-		struct stat st;
-		stderr_kind = fstat(STDERR_FILENO, &st) == 0 && S_ISSOCK(st.st_mode);
-	}
-	do {
-		if (stderr_kind == 1)
+	/* Asked each time (one fstat), not cached: fd 2 may be replaced. */
+	sock = fstat(STDERR_FILENO, &st) == 0 && S_ISSOCK(st.st_mode);
+	for (;;) {
+		if (sock) {
 			w = send(STDERR_FILENO, p, len, MSG_DONTWAIT | MSG_NOSIGNAL);
-		else if ((w = poll(&pfd, 1, 0)) == 1 && !(pfd.revents & (POLLERR | POLLNVAL)))
+		} else {
+			pr = poll(&pfd, 1, 0);
+			if (pr < 0 && errno == EINTR)
+				continue;
+			/* Not writable now, or an error or hang-up, where a write
+			 * would fail (or raise SIGPIPE): the line is dropped. */
+			if (pr != 1 || !(pfd.revents & POLLOUT) ||
+			    (pfd.revents & (POLLERR | POLLHUP | POLLNVAL))) {
+				errno = EAGAIN;
+				return -1;
+			}
 			w = write(STDERR_FILENO, p, len);
-		else if (w >= 0) {
-			errno = EAGAIN; /* not writable now (or POLLHUP/ERR: write would fail) */
-			w = pfd.revents & POLLHUP ? write(STDERR_FILENO, p, len) : -1;
 		}
-	} while (w < 0 && errno == EINTR);
-	return w;
+		if (w < 0 && errno == EINTR)
+			continue;
+		return w;
+	}
 }
 
 static void emit_line(const char *line, size_t len)
