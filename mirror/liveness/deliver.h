@@ -25,8 +25,9 @@
 ** Threads: deliver_push, deliver_configure and deliver_queued may be called
 ** from any thread (they take the queue's mutex only, for a copy: no I/O).
 ** deliver_pump is the thread's own work; a test that never calls
-** deliver_start drives it by hand, with an injected clock, and only then
-** may it read deliver_exec_running / deliver_exec_queued.
+** deliver_start (or has called deliver_stop) drives it by hand, with an
+** injected clock, and only then may it read deliver_exec_running and
+** deliver_exec_queued.
 */
 
 #define DELIVER_QUEUE_MAX 256         /* alerts waiting for the delivery thread */
