@@ -29,6 +29,7 @@ extern char **environ;
 struct item {
 	char *key, *topic, *payload, *state, *group;
 	size_t len;
+	size_t size;      /* what it counts against DELIVER_QUEUE_BYTES */
 	bool clear, exec;
 	char buf[];
 };
@@ -54,7 +55,7 @@ struct deliver {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	struct item *queue[DELIVER_QUEUE_MAX];
-	size_t qhead, qlen;
+	size_t qhead, qlen, qbytes;
 	struct exec_settings *new_settings; /* handed over by deliver_configure */
 	bool settings_changed;
 	bool stop, started;
@@ -369,14 +370,29 @@ static size_t put(char *buf, size_t at, const char *s, size_t n, char **ret)
 	return at + n + 1;
 }
 
+/* Take the oldest queued item (mu held); NULL when empty. */
+static struct item *queue_pop(struct deliver *d)
+{
+	struct item *it;
+
+	if (!d->qlen)
+		return NULL;
+	it = d->queue[d->qhead];
+	d->qhead = (d->qhead + 1) % DELIVER_QUEUE_MAX;
+	d->qlen--;
+	d->qbytes -= it->size;
+	return it;
+}
+
 int deliver_push(struct deliver *d, const struct deliver_alert *al, int64_t now_ms)
 {
 	size_t nk = strlen(al->key), nt = al->topic ? strlen(al->topic) : 0;
 	size_t ns = al->state ? strlen(al->state) : 0, ng = al->group ? strlen(al->group) : 0;
 	/* payload gets a newline for exec's stdin, then its NUL */
-	struct item *it = malloc(sizeof(*it) + nk + nt + ns + ng + al->len + 6);
-	struct item *old = NULL;
-	size_t at = 0;
+	size_t size = sizeof(struct item) + nk + nt + ns + ng + al->len + 6;
+	struct item *it = size <= DELIVER_QUEUE_BYTES ? malloc(size) : NULL;
+	struct item *old[8];
+	size_t nold = 0, ndrop = 0, at = 0;
 	uint32_t dropped = 0;
 
 	if (!it) {
@@ -396,28 +412,37 @@ int deliver_push(struct deliver *d, const struct deliver_alert *al, int64_t now_
 	if (!al->group)
 		it->group = NULL;
 	it->len = al->len;
+	it->size = size;
 	it->clear = al->clear;
 	it->exec = al->exec;
 
+	/* Make room by dropping the oldest; they are freed (and the log line
+	 * written) after the mutex is released. */
 	pthread_mutex_lock(&d->mu);
-	if (d->qlen == DELIVER_QUEUE_MAX) {
-		old = d->queue[d->qhead];
-		d->qhead = (d->qhead + 1) % DELIVER_QUEUE_MAX;
-		d->qlen--;
+	while (d->qlen == DELIVER_QUEUE_MAX || d->qbytes + size > DELIVER_QUEUE_BYTES) {
+		struct item *o = queue_pop(d);
+		if (nold < sizeof(old) / sizeof(old[0]))
+			old[nold++] = o;
+		else
+			free(o);
+		ndrop++;
 	}
 	d->queue[(d->qhead + d->qlen) % DELIVER_QUEUE_MAX] = it;
 	d->qlen++;
+	d->qbytes += size;
 	pthread_cond_signal(&d->cv);
 	pthread_mutex_unlock(&d->mu);
-	if (old) {
-		STAT_INC(alerts_dropped);
+	if (ndrop) {
+		STAT_ADD(alerts_dropped, ndrop);
 		if (log_ratelimit_ok(&d->rl_drop, now_ms, &dropped)) {
 			if (dropped)
 				log_warnx("alerts: %" PRIu32 " more dropped alerts not logged", dropped);
-			log_warnx("alerts: delivery queue full (%d), the older %s alert dropped",
-				  DELIVER_QUEUE_MAX, old->key);
+			log_warnx("alerts: delivery queue full (%d alerts or %u bytes), %zu older "
+				  "alert(s) dropped, e.g. %s", DELIVER_QUEUE_MAX, DELIVER_QUEUE_BYTES,
+				  ndrop, old[0]->key);
 		}
-		free(old);
+		for (size_t i = 0; i < nold; i++)
+			free(old[i]);
 	}
 	return 0;
 }
@@ -446,18 +471,10 @@ size_t deliver_exec_queued(const struct deliver *d)
 
 int64_t deliver_pump(struct deliver *d, int64_t now_ms)
 {
-	struct item *batch[DELIVER_QUEUE_MAX];
 	struct exec_settings *ns = NULL;
-	size_t n = 0;
+	struct item *it;
 
-	/* Take the queue whole, then work without the mutex: a producer
-	 * never waits for a publish or a spawn. */
 	pthread_mutex_lock(&d->mu);
-	while (d->qlen) {
-		batch[n++] = d->queue[d->qhead];
-		d->qhead = (d->qhead + 1) % DELIVER_QUEUE_MAX;
-		d->qlen--;
-	}
 	if (d->settings_changed) {
 		ns = d->new_settings;
 		d->new_settings = NULL;
@@ -469,9 +486,14 @@ int64_t deliver_pump(struct deliver *d, int64_t now_ms)
 		d->cur = *ns;
 		free(ns);
 	}
-	for (size_t i = 0; i < n; i++) {
-		struct item *it = batch[i];
-
+	/* One at a time, the mutex held only to take it: a producer never
+	 * waits for a publish or a spawn. */
+	for (;;) {
+		pthread_mutex_lock(&d->mu);
+		it = queue_pop(d);
+		pthread_mutex_unlock(&d->mu);
+		if (!it)
+			break;
 		if (it->topic && d->out.publish) {
 			d->out.publish(d->out.ctx, it->topic, it->payload, it->len);
 			if (it->clear)
@@ -569,11 +591,8 @@ void deliver_stop(struct deliver *d)
 	}
 	pthread_mutex_lock(&d->mu);
 	n = d->qlen;
-	while (d->qlen) {
-		free(d->queue[d->qhead]);
-		d->qhead = (d->qhead + 1) % DELIVER_QUEUE_MAX;
-		d->qlen--;
-	}
+	while (d->qlen)
+		free(queue_pop(d));
 	pthread_mutex_unlock(&d->mu);
 	if (n)
 		log_warnx("alerts: %zu alerts not delivered at shutdown", n);

@@ -14,10 +14,12 @@
 ** returns; the delivery thread takes it from there: it publishes it and
 ** hands it to the exec program, whose runs it starts, reaps and times out.
 **
-** Bounds: DELIVER_QUEUE_MAX alerts wait for the thread; when full, the
-** oldest is dropped (the newest is the current state of its alert, which
-** matters more than a past one), counted in alerts_dropped and logged at
-** most 10 times per 10 s. Exec: at most DELIVER_EXEC_MAX_CHILDREN programs
+** Bounds: at most DELIVER_QUEUE_MAX alerts, DELIVER_QUEUE_BYTES in all,
+** wait for the thread (a flush may open an alert for each of thousands of
+** unrelated producers at once: each one's retained state must get out);
+** when full, the oldest are dropped (the newest is the current state of
+** its alert, which matters more than a past one), counted in
+** alerts_dropped and logged at most 10 times per 10 s. Exec: at most DELIVER_EXEC_MAX_CHILDREN programs
 ** at once, DELIVER_EXEC_QUEUE waiting for a slot (a newer alert with the
 ** same key replaces a waiting one; when full the oldest waiting goes,
 ** counted as an exec failure, as is every run that fails or times out).
@@ -30,7 +32,8 @@
 ** deliver_exec_queued.
 */
 
-#define DELIVER_QUEUE_MAX 256         /* alerts waiting for the delivery thread */
+#define DELIVER_QUEUE_MAX 4096        /* alerts waiting for the delivery thread */
+#define DELIVER_QUEUE_BYTES (8u << 20) /* and their bytes (an alert is at most ~16 KiB) */
 #define DELIVER_EXEC_MAX_CHILDREN 4   /* exec programs running at once */
 #define DELIVER_EXEC_QUEUE 64         /* exec runs waiting for a slot */
 #define DELIVER_REAP_MS 50            /* how often running children are polled */

@@ -262,6 +262,19 @@ START_TEST(staggered_stop_few_alerts)
 }
 END_TEST
 
+/* A thousand unrelated producers die in one flush: a thousand alerts, and
+ * the delivery queue takes every one (each retained state must get out). */
+START_TEST(thousand_groups_all_delivered)
+{
+	start_synced();
+	for (int i = 0; i < 1000; i++)
+		live(mk("prod%04d/x", i));
+	run_until(T + 10 * SEC);
+	ck_assert_uint_eq(alerts_under("statemirror/alerts/group/prod"), 1000);
+	ck_assert_uint_eq(STAT_GET(alerts_dropped), 0);
+}
+END_TEST
+
 START_TEST(rollup_to_common_parent)
 {
 	json_t *o;
@@ -802,6 +815,7 @@ static Suite *suite(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, thousand_keys_one_alert);
+	tcase_add_test(tc, thousand_groups_all_delivered);
 	tcase_add_test(tc, staggered_stop_few_alerts);
 	tcase_add_test(tc, rollup_to_common_parent);
 	tcase_add_test(tc, updates_rate_limited);

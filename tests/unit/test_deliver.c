@@ -91,6 +91,28 @@ START_TEST(queue_bound_drops_oldest)
 }
 END_TEST
 
+/* The bytes bound: big alerts stop at DELIVER_QUEUE_BYTES, not at the count. */
+START_TEST(queue_bytes_bounded)
+{
+	struct deliver *d = deliver_new(&(struct deliver_outlet){ publish, NULL });
+	static char big[16000];
+	unsigned n = DELIVER_QUEUE_BYTES / sizeof(big) + 50, fit;
+
+	memset(big, 'x', sizeof(big));
+	for (unsigned i = 0; i < n; i++)
+		ck_assert_int_eq(deliver_push(d, &(struct deliver_alert){
+			.key = "k", .topic = "alerts/big", .payload = big, .len = sizeof(big),
+		}, fake_now_ms), 0);
+	fit = (unsigned)deliver_queued(d);
+	ck_assert_uint_lt(fit, DELIVER_QUEUE_BYTES / sizeof(big) + 1);
+	ck_assert_uint_gt(fit, DELIVER_QUEUE_BYTES / sizeof(big) - 5);
+	ck_assert_uint_eq(STAT_GET(alerts_dropped), n - fit);
+	deliver_pump(d, fake_now_ms);
+	ck_assert_uint_eq(npub, fit);
+	deliver_free(d);
+}
+END_TEST
+
 START_TEST(clear_follows_its_alert)
 {
 	struct deliver *d = deliver_new(&(struct deliver_outlet){ publish, NULL });
@@ -183,6 +205,7 @@ static Suite *suite(void)
 	tcase_add_checked_fixture(tc, setup, NULL);
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, queue_bound_drops_oldest);
+	tcase_add_test(tc, queue_bytes_bounded);
 	tcase_add_test(tc, clear_follows_its_alert);
 	tcase_add_test(tc, wedged_publish_never_blocks_producer);
 	tcase_add_test(tc, slow_exec_never_blocks_producer_nor_publish);
