@@ -353,7 +353,7 @@ int main(int argc, char **argv)
 		log_error("mqtt: %s", err);
 		goto out;
 	}
-	stale = stale_new(&conf, ix, &(struct stale_outlet){ .publish = stale_publish, .ctx = mqtt });
+	stale = stale_new(&conf, ix, &(struct deliver_outlet){ .publish = stale_publish, .ctx = mqtt });
 	if (!stale) {
 		log_error("out of memory at startup");
 		goto out;

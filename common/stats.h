@@ -26,6 +26,7 @@ struct stats {
 	_Atomic uint64_t fresh_transitions;            /* stale->fresh */
 	_Atomic uint64_t alerts_sent;
 	_Atomic uint64_t alert_exec_failures;
+	_Atomic uint64_t alerts_dropped;               /* delivery queue full (any thread) */
 	_Atomic int64_t rev;
 	/* store (keeper thread) */
 	_Atomic uint64_t commits;
@@ -43,6 +44,8 @@ struct stats {
 	_Atomic uint64_t http_requests[STATS_HTTP_CODES];
 	_Atomic uint64_t watchers;
 	_Atomic uint64_t watchers_dropped;
+	/* log (any thread) */
+	_Atomic uint64_t log_dropped;   /* lines stderr could not take at once */
 };
 
 extern struct stats g_stats;

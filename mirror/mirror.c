@@ -530,7 +530,9 @@ int mirror_start(const struct mirror_deps *d, struct mirror **ret)
 	index_walk(c->d.ix, NULL, 0, NULL, 0, mirror_seed_dirty, c);
 	index_unlock(c->d.ix);
 
-	rc = pthread_create(&c->thread, NULL, mirror_main, c);
+	rc = stale_start_delivery(c->d.stale);
+	if (rc == 0 && (rc = pthread_create(&c->thread, NULL, mirror_main, c)) != 0)
+		stale_stop_delivery(c->d.stale);
 	if (rc) {
 		pthread_cond_destroy(&c->wake_cv);
 		pthread_mutex_destroy(&c->wake_mu);
@@ -550,6 +552,7 @@ void mirror_stop(struct mirror *c)
 	atomic_store(&c->stop, true);
 	mirror_wake(c);
 	pthread_join(c->thread, NULL);
+	stale_stop_delivery(c->d.stale); /* before the MQTT session it publishes to is freed */
 	if (c->ndirty)
 		log_warnx("store: %zu changes could not be written at shutdown", c->ndirty);
 	pthread_cond_destroy(&c->wake_cv);
