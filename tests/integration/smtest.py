@@ -128,7 +128,8 @@ class MqttClient:
         self._connack = None
         self._suback = {}
         self._lost = None
-        self._qos0 = collections.deque()
+        self._qos0 = collections.deque()  # QoS 0 messages paho may not have written yet
+        self._qos0_lock = threading.Lock()
         c = paho.Client(client_id, clean_session=clean_session, reconnect_on_failure=False)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
@@ -192,11 +193,13 @@ class MqttClient:
         if qos:
             self._published(info, 'the ack of %s' % topic)
             return
-        self._qos0.append(info)
-        while self._qos0 and self._qos0[0].is_published():
-            self._qos0.popleft()
-        if len(self._qos0) > self.QOS0_BACKLOG:
-            self._published(self._qos0[0], 'QoS 0 backlog to drain')
+        with self._qos0_lock:  # publishers on several threads share it
+            self._qos0.append(info)
+            while self._qos0 and self._qos0[0].is_published():
+                self._qos0.popleft()
+            oldest = self._qos0[0] if len(self._qos0) > self.QOS0_BACKLOG else None
+        if oldest:
+            self._published(oldest, 'QoS 0 backlog to drain')
 
     def _published(self, info, what):
         """Wait on paho's own signal for info (its ack, or for QoS 0 its write)."""
