@@ -26,8 +26,8 @@
 #include "clock_fake.h"
 
 /*
-** The keeper runs on its own thread and reads its time through a fake
-** clock (mirror_deps.clk) that only the test moves. Every check follows
+** The keeper runs on its own thread and reads its time through the fake
+** clock (clock_fake.c, as mirror_deps.clk) that only the test moves. Every check follows
 ** mirror_wait_turn(): the keeper has then made a whole turn with the time
 ** as the test set it, so what it did (or did not do) is final for that
 ** time. Nothing here sleeps: the waits are on the keeper's turns, and in
@@ -38,29 +38,17 @@
 #define LINK_MS 15000    /* a real broker's session to (re)sync */
 #define MOSQUITTO_BIN "/usr/sbin/mosquitto"
 
-/* ---- the fake clock ---- */
+/* ---- the fake clock (clock_fake.c) ---- */
 
-static _Atomic int64_t fk_mono, fk_wall; /* ms */
-
-static int64_t fake_mono_ms(void *ctx)
+static int64_t wall_ms(void)
 {
-	(void)ctx;
-	return atomic_load(&fk_mono);
+	return fake_clock.wall_ns(fake_clock.ctx) / 1000000;
 }
 
-static int64_t fake_wall_ns(void *ctx)
-{
-	(void)ctx;
-	return atomic_load(&fk_wall) * 1000000;
-}
-
-static const struct clock_src fake_clock = { fake_mono_ms, fake_wall_ns, NULL };
-
-/* Move both clocks by ms and let the keeper make a whole turn at the new time. */
+/* Move the clock by ms and let the keeper make a whole turn at the new time. */
 static void advance(struct mirror *m, int64_t ms)
 {
-	atomic_fetch_add(&fk_mono, ms);
-	atomic_fetch_add(&fk_wall, ms);
+	fake_clock_advance(ms);
 	ck_assert_int_eq(mirror_wait_turn(m, TURN_MS), 0);
 }
 
@@ -101,8 +89,6 @@ static void setup(void)
 	ck_assert_int_eq(conf_defaults(&conf), 0);
 	memset(&g_stats, 0, sizeof(g_stats));
 	log_set_level(LOG_LEVEL_ERROR);
-	atomic_store(&fk_mono, 5000000);
-	atomic_store(&fk_wall, fake_now_ms);
 	atomic_store(&woken, 0);
 	seq = 0;
 	snprintf(tmpdir, sizeof(tmpdir), "/tmp/sm-test-mirror-XXXXXX");
@@ -159,7 +145,7 @@ static void start(void)
 /* One live message at the fake wall time, as the session hands it over. */
 static void put(const char *topic, const char *payload)
 {
-	int64_t now = atomic_load(&fk_wall);
+	int64_t now = wall_ms();
 	struct msg m = {
 		.topic = topic, .topic_len = strlen(topic),
 		.payload = payload, .payload_len = strlen(payload),
@@ -412,8 +398,8 @@ END_TEST
 
 START_TEST(deadline_turns_a_key_stale_on_the_keeper)
 {
+	int64_t rev, heard = wall_ms();
 	unsigned before;
-	int64_t rev;
 
 	conf.rules[0].filter = strdup("s/#");
 	ck_assert_ptr_nonnull(conf.rules[0].filter);
@@ -442,7 +428,7 @@ START_TEST(deadline_turns_a_key_stale_on_the_keeper)
 	ck_assert_int_eq(file_int("SELECT count(*) FROM stale_keys"), 1);
 	/* Stale since its window ended. */
 	ck_assert_int_eq(file_int("SELECT stale_since_ms FROM rec WHERE topic = 's/k'"),
-			 fake_now_ms + 2000);
+			 heard + 2000);
 
 	/* Heard again: fresh at once, on the ingest thread. */
 	put("s/k", "{\"v\":2}");
