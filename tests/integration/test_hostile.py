@@ -144,6 +144,50 @@ def test_wrong_method(env):
     serving(d)
 
 
+def test_route_table_answers(env):
+    """405/413/404/400 come from the route table, for every route, with a
+    JSON body; HEAD is GET without the body."""
+    d = env.daemon()
+    serving(d)
+    for path in (b'/healthz', b'/readyz', b'/metrics', b'/v1/keys', b'/v1/keys/a/b',
+                 b'/v1/stale', b'/v1/watch', b'/v1/rejects'):
+        # A POST with a JSON body to a read-only route: 405, Allow, and
+        # the body is never read.
+        status, hdrs, body = raw(d, b'POST ' + path + b' HTTP/1.1\r\nHost: x\r\n'
+                                 b'Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}')
+        assert status == 405 and hdrs.get('allow') == 'GET, HEAD', (path, status, hdrs)
+        assert 'error' in json.loads(body), body
+        # A body on a route that takes none: 413, announced or chunked.
+        status, hdrs, body = raw(d, b'GET ' + path + b' HTTP/1.1\r\nHost: x\r\n'
+                                 b'Content-Length: 5\r\n\r\nhello')
+        assert status == 413 and 'error' in json.loads(body), (path, status, body)
+        status, _, body = raw(d, b'GET ' + path + b' HTTP/1.1\r\nHost: x\r\n'
+                              b'Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n')
+        assert status == 413 and 'error' in json.loads(body), (path, status, body)
+    # A gigabyte announced: refused from the head, nothing read.
+    t0 = time.monotonic()
+    status, _, body = raw(d, b'GET /v1/keys HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\n\r\n')
+    assert status == 413 and time.monotonic() - t0 < 2, status
+    # HEAD: the headers of GET, no body, the connection kept.
+    s = socket.create_connection(('127.0.0.1', d.port), timeout=10)
+    s.sendall(b'HEAD /v1/keys HTTP/1.1\r\nHost: x\r\n\r\n')
+    head = b''
+    while b'\r\n\r\n' not in head:
+        head += s.recv(4096)
+    assert head.startswith(b'HTTP/1.1 200') and b'Statemirror-Synced' in head, head
+    s.sendall(b'GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n')
+    status, _, body = read_response(s)
+    assert status == 200 and json.loads(body) == {'ok': True}, (status, body)
+    s.close()
+    # No row for the path: 404 whatever the method; the empty topic: 400.
+    for method in (b'GET', b'POST', b'BREW'):
+        status, _, body = raw(d, method + b' /v1/nothing HTTP/1.1\r\nHost: x\r\n\r\n')
+        assert status == 404 and 'error' in json.loads(body), (method, status)
+    status, _, body = d.get('/v1/keys/')
+    assert status == 400 and 'empty topic' in json.loads(body)['error'], (status, body)
+    serving(d)
+
+
 def test_binary_garbage(env):
     d = env.daemon()
     rnd = random.Random(3)
@@ -279,6 +323,6 @@ def test_burst_of_closes(env):
 
 if __name__ == '__main__':
     run([test_huge_url_and_headers, test_uri_too_long_is_a_v1_answer,
-         test_bad_percent_encoding, test_wrong_method,
+         test_bad_percent_encoding, test_wrong_method, test_route_table_answers,
          test_binary_garbage, test_half_open_and_slow_clients,
          test_hundreds_of_idle_connections, test_burst_of_closes])
