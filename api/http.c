@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* http.c: the HTTP server: listeners, limits, bearer auth, routing and the JSON endpoints. */
+/* http.c: the HTTP server: listeners, connection fairness, bearer auth, the route table and the JSON endpoints. */
 #include "api/http.h"
 
 #include <arpa/inet.h>
@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +15,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/resource.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -24,6 +26,7 @@
 #include "common/stats.h"
 #include "common/topic.h"
 #include "api/body.h"
+#include "api/fair.h"
 #include "api/metrics.h"
 #include "api/pathdec.h"
 #include "api/render.h"
@@ -65,6 +68,20 @@
 #define API_CHUNK_BYTES (64u << 10)
 #define API_CHUNK_VISITS 4096
 
+/*
+** Fairness (api/fair.h). A connection's first request head must be
+** complete within API_HEAD_TIMEOUT_MS (or [http] timeout when shorter);
+** the deadline thread looks every API_REAP_TICK_MS at most. libmicrohttpd's
+** own limit leaves room above max_connections for the watch streams
+** (counted apart) and for connections killed but not yet closed.
+*/
+#define API_HEAD_TIMEOUT_MS 5000
+#define API_REAP_TICK_MS 250
+#define API_FD_RESERVE 128      /* descriptors for everything but HTTP */
+/* A watch stream's kernel send buffer (Linux doubles it): what a listener
+ * that stopped reading holds in the kernel, beyond watch_buffer. */
+#define API_WATCH_SNDBUF (64 * 1024)
+
 #define CT_JSON "application/json"
 #define CT_METRICS "text/plain; version=0.0.4; charset=utf-8"
 
@@ -80,7 +97,23 @@ struct api {
 	size_t body_max;        /* hard limit of one response body */
 	struct log_ratelimit rl;
 	struct log_ratelimit rl_body;
+	struct log_ratelimit rl_fair;   /* under fair's mutex */
+
+	struct fair *fair;
+	pthread_t reaper;               /* closes connections past their head deadline */
+	bool reaper_started;
+	pthread_mutex_t reap_mu;
+	pthread_cond_t reap_cv;         /* CLOCK_MONOTONIC */
+	bool reap_stop;                 /* reap_mu */
 };
+
+/* The fairness record of connection c (its socket context), or NULL. */
+static struct fair_conn *conn_of(struct MHD_Connection *c)
+{
+	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+
+	return ci ? ci->socket_context : NULL;
+}
 
 /* Per request: a copy of the raw request-target, taken before
  * libmicrohttpd unescapes it (it turns '+' into ' ' in query values,
@@ -575,6 +608,8 @@ static enum MHD_Result ep_metrics(struct call *k)
 
 static enum MHD_Result ep_watch(struct call *k)
 {
+	const union MHD_ConnectionInfo *fdi;
+	int sndbuf = API_WATCH_SNDBUF;
 	struct MHD_Response *resp = NULL;
 	const char *why = "watch streams are off";
 	int r = -EBUSY;
@@ -589,6 +624,14 @@ static enum MHD_Result ep_watch(struct call *k)
 		return send_error(k, MHD_HTTP_SERVICE_UNAVAILABLE, why);
 	if (r < 0)
 		return send_oom(k);
+	fair_watch(k->a->fair, conn_of(k->c));
+	/* A listener that never reads would otherwise park up to the
+	 * kernel's autotuned send buffer (tcp_wmem, 4 MiB) with us, and a
+	 * connection thread would render all of it: past API_WATCH_SNDBUF
+	 * it reads back from the change log at its own pace instead. */
+	if ((fdi = MHD_get_connection_info(k->c, MHD_CONNECTION_INFO_CONNECTION_FD)) &&
+	    setsockopt(fdi->connect_fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf)) < 0)
+		log_debug("http: watch stream SO_SNDBUF: %s", strerror(errno));
 	return queue(k, MHD_HTTP_OK, resp, "text/event-stream", NULL, NULL);
 }
 
@@ -859,8 +902,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	** a body that arrives unannounced is dropped up to API_MAX_GET_BODY,
 	** then the connection is closed.
 	*/
-	if (!q->headers_done)
+	if (!q->headers_done) {
+		fair_busy(a->fair, conn_of(c));
 		return on_head(&k, q, method, path, path_len);
+	}
 	if (*upload_data_size) {
 		size_t n = *upload_data_size;
 
@@ -919,12 +964,131 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c)
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 			 enum MHD_RequestTerminationCode toe)
 {
+	struct api *a = cls;
 	struct req *q = *con_cls;
 
 	if (q)
 		body_free(&q->body);
 	free(q);
 	*con_cls = NULL;
+	/* Idle until the next head (or closed, if this one ended it). */
+	fair_idle(a->fair, conn_of(c), clock_mono_ms());
+}
+
+static const char refused_answer[] =
+	"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+	"Content-Length: 62\r\nConnection: close\r\n\r\n"
+	"{\"error\":\"too many connections, each busy answering a request\"}";
+
+/* fair's kill: end a connection libmicrohttpd holds. shutdown() only, not
+ * close(): libmicrohttpd sees the end of the stream on its next poll and
+ * closes the connection itself (NOTIFY_CLOSED, before the fd is closed:
+ * fair's mutex keeps the fd ours until then). Runs under fair's mutex. */
+static void fair_kill(void *ctx, int fd, enum fair_reason why)
+{
+	static const char *const what[FAIR_REASON_MAX] = {
+		[FAIR_RECLAIMED] = "a connection waiting for a request closed to make room",
+		[FAIR_HEAD_TIMEOUT] = "a connection closed: no complete request head in time",
+		[FAIR_REFUSED] = "a connection refused: every slot is busy answering",
+	};
+	struct api *a = ctx;
+	uint32_t suppressed = 0;
+
+	if (why == FAIR_REFUSED) {
+		/* Just accepted, its send buffer is empty: this fits. */
+		if (send(fd, refused_answer, sizeof(refused_answer) - 1, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+			log_debug("http: 503 to a refused connection: %s", strerror(errno));
+		count_code(MHD_HTTP_SERVICE_UNAVAILABLE);
+	}
+	shutdown(fd, SHUT_RDWR);
+	STAT_INC(http_conns_closed[why]);
+	if (why == FAIR_HEAD_TIMEOUT) {
+		log_debug("http: %s", what[why]);
+		return;
+	}
+	if (!log_ratelimit_ok(&a->rl_fair, clock_mono_ms(), &suppressed))
+		return;
+	if (suppressed)
+		log_warnx("http: %s (%u similar lines suppressed)", what[why], suppressed);
+	else
+		log_warnx("http: %s", what[why]);
+}
+
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+			  enum MHD_ConnectionNotificationCode code)
+{
+	struct api *a = cls;
+	const union MHD_ConnectionInfo *fdi, *sai;
+	const struct sockaddr *sa;
+	socklen_t salen = 0;
+	struct fair_conn *fc;
+	bool refused;
+
+	if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+		fair_close(a->fair, *socket_context);
+		*socket_context = NULL;
+		return;
+	}
+	fdi = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+	sai = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	sa = sai ? sai->client_addr : NULL;
+	if (sa)
+		salen = sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+			: sa->sa_family == AF_INET ? sizeof(struct sockaddr_in)
+						    : sizeof(sa_family_t);
+	if (!fdi || fair_open(a->fair, fdi->connect_fd, sa, salen, clock_mono_ms(), &fc, &refused) < 0) {
+		/* Untracked: it only has libmicrohttpd's own limits. */
+		*socket_context = NULL;
+		return;
+	}
+	*socket_context = fc;
+}
+
+static void *reaper_main(void *arg)
+{
+	struct api *a = arg;
+
+	pthread_mutex_lock(&a->reap_mu);
+	while (!a->reap_stop) {
+		int64_t now = clock_mono_ms(), next = fair_expire(a->fair, now);
+		int64_t wait = next - now;
+		struct timespec ts;
+
+		if (wait > API_REAP_TICK_MS)
+			wait = API_REAP_TICK_MS;
+		if (wait < 1)
+			wait = 1;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_sec += wait / 1000;
+		ts.tv_nsec += (wait % 1000) * 1000000;
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
+		pthread_cond_timedwait(&a->reap_cv, &a->reap_mu, &ts);
+	}
+	pthread_mutex_unlock(&a->reap_mu);
+	return NULL;
+}
+
+/* Room for conns HTTP connections: raise the soft descriptor limit up to
+ * the hard one if needed (systemd's default soft limit is 1024). */
+static void ensure_fds(size_t conns)
+{
+	struct rlimit rl;
+	rlim_t want = (rlim_t)conns + API_FD_RESERVE;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= want)
+		return;
+	if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < want) {
+		log_warnx("http: %llu file descriptors allowed, %llu wanted for the connection limits; "
+			  "connections beyond wait in the listen queue",
+			  (unsigned long long)rl.rlim_max, (unsigned long long)want);
+		want = rl.rlim_max;
+	}
+	rl.rlim_cur = want;
+	if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+		log_warn("http: setrlimit(RLIMIT_NOFILE, %llu)", (unsigned long long)want);
 }
 
 /* We never use libmicrohttpd's decoded URL or arguments: spare it the work. */
@@ -1113,7 +1277,10 @@ int api_start(const struct api_deps *d, struct api **ret, char *err, size_t errl
 			 MHD_ALLOW_SUSPEND_RESUME;
 	unsigned threads = (unsigned)clamp_sz(conf->http_threads, 1, 64);
 	unsigned conns = (unsigned)clamp_sz(conf->http_max_conns, 1, 1u << 20);
-	size_t nops = 0, mem;
+	size_t nops = 0, mem, hard;
+	size_t watch_max = conf->watch_max_clients > 0 ? (size_t)conf->watch_max_clients : 0;
+	struct fair_limits fl = { 0 };
+	pthread_condattr_t ca;
 	uint16_t port = 0;
 	int64_t topic_max = conf->max_topic_len > 0 ? conf->max_topic_len : 1024;
 	int64_t payload_max = conf->max_payload > 0 ? conf->max_payload : 256 * 1024;
@@ -1128,6 +1295,22 @@ int api_start(const struct api_deps *d, struct api **ret, char *err, size_t errl
 	a->d = *d;
 	a->rl = (struct log_ratelimit)LOG_RATELIMIT_INIT(10000, 20);
 	a->rl_body = (struct log_ratelimit)LOG_RATELIMIT_INIT(10000, 5);
+	a->rl_fair = (struct log_ratelimit)LOG_RATELIMIT_INIT(10000, 5);
+	pthread_mutex_init(&a->reap_mu, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&a->reap_cv, &ca);
+	pthread_condattr_destroy(&ca);
+	fl.max_conns = conns;
+	fl.per_ip = clamp_sz(conf->http_per_ip_conns, 1, conns);
+	fl.idle_ms = conf->http_timeout_ms > 0 ? conf->http_timeout_ms : 30000;
+	fl.head_ms = fl.idle_ms < API_HEAD_TIMEOUT_MS ? fl.idle_ms : API_HEAD_TIMEOUT_MS;
+	fl.kill = fair_kill;
+	fl.ctx = a;
+	if ((r = fair_new(&fl, &a->fair)) < 0) {
+		snprintf(err, errlen, "out of memory");
+		goto fail;
+	}
 	/* 3 bytes per percent-encoded byte, filter and after both as long as a topic. */
 	a->max_uri = clamp_sz(6 * topic_max + 1024, API_MIN_URI, API_MAX_CONN_MEMORY / 2);
 	mem = clamp_sz((int64_t)(2 * a->max_uri + API_CONN_MEMORY_HEADERS), 32u << 10, API_MAX_CONN_MEMORY);
@@ -1179,14 +1362,21 @@ int api_start(const struct api_deps *d, struct api **ret, char *err, size_t errl
 		 * means "no reuse at all" in libmicrohttpd 0.9.75, which made a
 		 * restart with watchers connected fail with EADDRINUSE. */
 		ops[nops++] = (struct MHD_OptionItem){ MHD_OPTION_SOCK_ADDR, 0, &ss };
-		ops[nops++] = (struct MHD_OptionItem){ MHD_OPTION_PER_IP_CONNECTION_LIMIT,
-						       (intptr_t)clamp_sz(conf->http_per_ip_conns, 1, conns), NULL };
+		/* No MHD_OPTION_PER_IP_CONNECTION_LIMIT: it would count loopback
+		 * too, where every client of a sidecar shares one address; fair.c
+		 * applies per_ip_connections to remote addresses only. */
 	}
 	if (threads > conns)
 		threads = conns;
 	if (threads > 1)
 		ops[nops++] = (struct MHD_OptionItem){ MHD_OPTION_THREAD_POOL_SIZE, threads, NULL };
-	ops[nops++] = (struct MHD_OptionItem){ MHD_OPTION_CONNECTION_LIMIT, conns, NULL };
+	/* fair.c keeps regular connections at `conns` by reclaiming waiting
+	 * ones; libmicrohttpd's own limit (shared out among its threads) adds
+	 * the watch streams and room for connections killed but not closed
+	 * yet, so that it keeps accepting while it closes them. */
+	hard = (size_t)conns + watch_max + conns / 4 + 64;
+	ensure_fds(hard);
+	ops[nops++] = (struct MHD_OptionItem){ MHD_OPTION_CONNECTION_LIMIT, (intptr_t)hard, NULL };
 	ops[nops++] = (struct MHD_OptionItem){ MHD_OPTION_CONNECTION_TIMEOUT,
 					       (intptr_t)clamp_sz((conf->http_timeout_ms + 999) / 1000, 1, 86400), NULL };
 	ops[nops++] = (struct MHD_OptionItem){ MHD_OPTION_CONNECTION_MEMORY_LIMIT, (intptr_t)mem, NULL };
@@ -1198,6 +1388,7 @@ int api_start(const struct api_deps *d, struct api **ret, char *err, size_t errl
 				  MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, a,
 				  MHD_OPTION_URI_LOG_CALLBACK, on_uri, a,
 				  MHD_OPTION_NOTIFY_COMPLETED, on_completed, a,
+				  MHD_OPTION_NOTIFY_CONNECTION, on_connection, a,
 				  MHD_OPTION_UNESCAPE_CALLBACK, unescape_none, a,
 				  MHD_OPTION_ARRAY, ops,
 				  MHD_OPTION_END);
@@ -1221,6 +1412,12 @@ int api_start(const struct api_deps *d, struct api **ret, char *err, size_t errl
 		}
 		format_addr(&ss, info->port, where, sizeof(where));
 	}
+	if ((r = pthread_create(&a->reaper, NULL, reaper_main, a)) != 0) {
+		r = -r;
+		snprintf(err, errlen, "cannot start the connection deadline thread: %s", strerror(-r));
+		goto fail;
+	}
+	a->reaper_started = true;
 	log_info("http listening on %s", where);
 	*ret = a;
 	return 0;
@@ -1238,10 +1435,21 @@ void api_stop(struct api *a)
 {
 	if (!a)
 		return;
+	if (a->reaper_started) {
+		pthread_mutex_lock(&a->reap_mu);
+		a->reap_stop = true;
+		pthread_cond_signal(&a->reap_cv);
+		pthread_mutex_unlock(&a->reap_mu);
+		pthread_join(a->reaper, NULL);
+	}
 	/* libmicrohttpd must not be stopped with suspended connections. */
 	watch_shutdown(a->d.watch);
 	if (a->mhd)
 		MHD_stop_daemon(a->mhd);
+	/* Every connection is closed now (NOTIFY_CLOSED for each). */
+	fair_free(a->fair);
+	pthread_cond_destroy(&a->reap_cv);
+	pthread_mutex_destroy(&a->reap_mu);
 	if (a->unix_path) {
 		if (a->mhd)
 			unlink(a->unix_path);
