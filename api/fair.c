@@ -14,12 +14,13 @@ enum cstate {
 	C_BUSY,         /* a request is being answered */
 	C_IDLE,         /* keep-alive between requests: on `idle` */
 	C_WATCH,        /* a watch stream, outside the regular count */
+	C_REFUSED,      /* no slot: its request gets a 503; on `refused` */
 	C_CLOSING,      /* killed; the library has not closed it yet */
 	C_STATE_MAX
 };
 
 struct fair_conn {
-	TAILQ_ENTRY(fair_conn) q;       /* waiting or idle, oldest first */
+	TAILQ_ENTRY(fair_conn) q;       /* waiting, idle or refused, oldest first */
 	TAILQ_ENTRY(fair_conn) remote;  /* regular connections from remote addresses */
 	enum cstate state;
 	bool local;
@@ -36,8 +37,8 @@ TAILQ_HEAD(conn_list, fair_conn);
 struct fair {
 	pthread_mutex_t mu;
 	struct fair_limits l;
-	struct conn_list waiting, idle, remote;
-	size_t n_regular, n_waiting, n_idle, n_watch, n_closing;
+	struct conn_list waiting, idle, refused, remote;
+	size_t n_regular, n_waiting, n_idle, n_watch, n_refused, n_closing;
 };
 
 bool fair_is_local(const struct sockaddr *sa, socklen_t salen)
@@ -84,6 +85,7 @@ int fair_new(const struct fair_limits *l, struct fair **ret)
 	pthread_mutex_init(&f->mu, NULL);
 	TAILQ_INIT(&f->waiting);
 	TAILQ_INIT(&f->idle);
+	TAILQ_INIT(&f->refused);
 	TAILQ_INIT(&f->remote);
 	*ret = f;
 	return 0;
@@ -116,6 +118,10 @@ static void leave(struct fair *f, struct fair_conn *c)
 		break;
 	case C_WATCH:
 		f->n_watch--;
+		break;
+	case C_REFUSED:
+		TAILQ_REMOVE(&f->refused, c, q);
+		f->n_refused--;
 		break;
 	case C_CLOSING:
 		f->n_closing--;
@@ -151,6 +157,12 @@ static void enter(struct fair *f, struct fair_conn *c, enum cstate s, int64_t no
 	case C_WATCH:
 		f->n_watch++;
 		break;
+	case C_REFUSED:
+		c->since = now_ms;
+		c->deadline = now_ms + f->l.head_ms;
+		TAILQ_INSERT_TAIL(&f->refused, c, q);
+		f->n_refused++;
+		break;
 	case C_CLOSING:
 		f->n_closing++;
 		break;
@@ -170,14 +182,38 @@ static void kill_conn(struct fair *f, struct fair_conn *c, enum fair_reason why)
 	f->l.kill(f->l.ctx, c->fd, why);
 }
 
-/* The oldest connection waiting for a head, NULL when every one is busy. */
-static struct fair_conn *oldest_waiting(struct fair *f)
+/*
+** The connection to reclaim: the oldest one waiting for a head (first
+** request or keep-alive), skipping those with input the library has not
+** read yet (a request already sent: its worker is busy elsewhere, and
+** the client would lose it). At most FAIR_SCAN candidates are looked at;
+** NULL when none of them will do.
+*/
+#define FAIR_SCAN 32
+
+static bool has_input(const struct fair *f, const struct fair_conn *c)
+{
+	return f->l.has_input && f->l.has_input(f->l.ctx, c->fd);
+}
+
+static struct fair_conn *reclaim_candidate(struct fair *f)
 {
 	struct fair_conn *w = TAILQ_FIRST(&f->waiting), *i = TAILQ_FIRST(&f->idle);
 
-	if (!w || !i)
-		return w ? w : i;
-	return i->since <= w->since ? i : w;
+	for (size_t n = 0; n < FAIR_SCAN && (w || i); n++) {
+		struct fair_conn *c;
+
+		if (w && (!i || w->since < i->since)) {
+			c = w;
+			w = TAILQ_NEXT(w, q);
+		} else {
+			c = i;
+			i = TAILQ_NEXT(i, q);
+		}
+		if (!has_input(f, c))
+			return c;
+	}
+	return NULL;
 }
 
 int fair_open(struct fair *f, int fd, const struct sockaddr *sa, socklen_t salen, int64_t now_ms,
@@ -203,7 +239,7 @@ int fair_open(struct fair *f, int fd, const struct sockaddr *sa, socklen_t salen
 				continue;
 			same++;
 			if ((o->state == C_WAITING || o->state == C_IDLE) &&
-			    (!mine || o->since < mine->since))
+			    (!mine || o->since < mine->since) && !has_input(f, o))
 				mine = o;
 		}
 		if (same >= f->l.per_ip) {
@@ -214,17 +250,12 @@ int fair_open(struct fair *f, int fd, const struct sockaddr *sa, socklen_t salen
 		}
 	}
 	if (!refuse && f->n_regular >= f->l.max_conns) {
-		if ((victim = oldest_waiting(f)))
+		if ((victim = reclaim_candidate(f)))
 			kill_conn(f, victim, FAIR_RECLAIMED);
 		else
 			refuse = true;
 	}
-	if (refuse) {
-		enter(f, c, C_CLOSING, now_ms);
-		f->l.kill(f->l.ctx, fd, FAIR_REFUSED);
-	} else {
-		enter(f, c, C_WAITING, now_ms);
-	}
+	enter(f, c, refuse ? C_REFUSED : C_WAITING, now_ms);
 	pthread_mutex_unlock(&f->mu);
 	*ret = c;
 	*ret_refused = refuse;
@@ -241,16 +272,20 @@ void fair_close(struct fair *f, struct fair_conn *c)
 	free(c);
 }
 
-void fair_busy(struct fair *f, struct fair_conn *c)
+bool fair_busy(struct fair *f, struct fair_conn *c)
 {
+	bool admitted;
+
 	if (!c)
-		return;
+		return true;
 	pthread_mutex_lock(&f->mu);
 	if (c->state == C_WAITING || c->state == C_IDLE) {
 		leave(f, c);
 		enter(f, c, C_BUSY, 0);
 	}
+	admitted = c->state != C_REFUSED;
 	pthread_mutex_unlock(&f->mu);
+	return admitted;
 }
 
 void fair_idle(struct fair *f, struct fair_conn *c, int64_t now_ms)
@@ -258,7 +293,7 @@ void fair_idle(struct fair *f, struct fair_conn *c, int64_t now_ms)
 	if (!c)
 		return;
 	pthread_mutex_lock(&f->mu);
-	if (c->state != C_CLOSING) {
+	if (c->state != C_CLOSING && c->state != C_REFUSED) {
 		leave(f, c);
 		enter(f, c, C_IDLE, now_ms);
 	}
@@ -279,11 +314,11 @@ void fair_watch(struct fair *f, struct fair_conn *c)
 
 int64_t fair_expire(struct fair *f, int64_t now_ms)
 {
-	struct conn_list *lists[2] = { &f->waiting, &f->idle };
+	struct conn_list *lists[3] = { &f->waiting, &f->idle, &f->refused };
 	int64_t next = INT64_MAX;
 
 	pthread_mutex_lock(&f->mu);
-	for (size_t i = 0; i < 2; i++) {
+	for (size_t i = 0; i < 3; i++) {
 		struct fair_conn *c;
 
 		/* Each list is in order of its deadlines (one timeout each). */
@@ -303,6 +338,7 @@ void fair_counts(struct fair *f, struct fair_counts *ret)
 	ret->waiting = f->n_waiting;
 	ret->idle = f->n_idle;
 	ret->watch = f->n_watch;
+	ret->refused = f->n_refused;
 	ret->closing = f->n_closing;
 	pthread_mutex_unlock(&f->mu);
 }

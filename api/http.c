@@ -15,6 +15,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -903,7 +904,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	** then the connection is closed.
 	*/
 	if (!q->headers_done) {
-		fair_busy(a->fair, conn_of(c));
+		if (!fair_busy(a->fair, conn_of(c)))
+			return send_error_hdr(&k, MHD_HTTP_SERVICE_UNAVAILABLE,
+					      "too many connections, every one busy answering a request",
+					      MHD_HTTP_HEADER_CONNECTION, "close");
 		return on_head(&k, q, method, path, path_len);
 	}
 	if (*upload_data_size) {
@@ -975,33 +979,15 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 	fair_idle(a->fair, conn_of(c), clock_mono_ms());
 }
 
-static const char refused_answer[] =
-	"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-	"Content-Length: 62\r\nConnection: close\r\n\r\n"
-	"{\"error\":\"too many connections, each busy answering a request\"}";
-
-/* fair's kill: end a connection libmicrohttpd holds. shutdown() only, not
- * close(): libmicrohttpd sees the end of the stream on its next poll and
- * closes the connection itself (NOTIFY_CLOSED, before the fd is closed:
- * fair's mutex keeps the fd ours until then). Runs under fair's mutex. */
-static void fair_kill(void *ctx, int fd, enum fair_reason why)
+static void log_fair(struct api *a, enum fair_reason why)
 {
 	static const char *const what[FAIR_REASON_MAX] = {
 		[FAIR_RECLAIMED] = "a connection waiting for a request closed to make room",
 		[FAIR_HEAD_TIMEOUT] = "a connection closed: no complete request head in time",
-		[FAIR_REFUSED] = "a connection refused: every slot is busy answering",
+		[FAIR_REFUSED] = "a connection refused (503): every slot is busy answering",
 	};
-	struct api *a = ctx;
 	uint32_t suppressed = 0;
 
-	if (why == FAIR_REFUSED) {
-		/* Just accepted, its send buffer is empty: this fits. */
-		if (send(fd, refused_answer, sizeof(refused_answer) - 1, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
-			log_debug("http: 503 to a refused connection: %s", strerror(errno));
-		count_code(MHD_HTTP_SERVICE_UNAVAILABLE);
-	}
-	shutdown(fd, SHUT_RDWR);
-	STAT_INC(http_conns_closed[why]);
 	if (why == FAIR_HEAD_TIMEOUT) {
 		log_debug("http: %s", what[why]);
 		return;
@@ -1012,6 +998,26 @@ static void fair_kill(void *ctx, int fd, enum fair_reason why)
 		log_warnx("http: %s (%u similar lines suppressed)", what[why], suppressed);
 	else
 		log_warnx("http: %s", what[why]);
+}
+
+/* fair's kill: end a connection libmicrohttpd holds. shutdown() only, not
+ * close(): libmicrohttpd sees the end of the stream on its next poll and
+ * closes the connection itself (NOTIFY_CLOSED, before the fd is closed:
+ * fair's mutex keeps the fd ours until then). Runs under fair's mutex. */
+static void fair_kill(void *ctx, int fd, enum fair_reason why)
+{
+	struct api *a = ctx;
+
+	shutdown(fd, SHUT_RDWR);
+	STAT_INC(http_conns_closed[why]);
+	log_fair(a, why);
+}
+
+static bool fair_has_input(void *ctx, int fd)
+{
+	int n = 0;
+
+	return ioctl(fd, FIONREAD, &n) == 0 && n > 0;
 }
 
 static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
@@ -1040,6 +1046,10 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
 		/* Untracked: it only has libmicrohttpd's own limits. */
 		*socket_context = NULL;
 		return;
+	}
+	if (refused) {
+		STAT_INC(http_conns_closed[FAIR_REFUSED]);
+		log_fair(a, FAIR_REFUSED);
 	}
 	*socket_context = fc;
 }
@@ -1306,6 +1316,7 @@ int api_start(const struct api_deps *d, struct api **ret, char *err, size_t errl
 	fl.idle_ms = conf->http_timeout_ms > 0 ? conf->http_timeout_ms : 30000;
 	fl.head_ms = fl.idle_ms < API_HEAD_TIMEOUT_MS ? fl.idle_ms : API_HEAD_TIMEOUT_MS;
 	fl.kill = fair_kill;
+	fl.has_input = fair_has_input;
 	fl.ctx = a;
 	if ((r = fair_new(&fl, &a->fair)) < 0) {
 		snprintf(err, errlen, "out of memory");
