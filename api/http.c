@@ -665,6 +665,10 @@ enum api_auth { AUTH_NONE, AUTH_READ, AUTH_WRITE, AUTH_MAX };
 ** k->query, and for a body row k->body, the parsed JSON (borrowed: freed
 ** after the handler returns).
 **
+** Rows are tried in order; the first whose path and method match wins.
+** Adding a route is one row plus its handler, e.g. intents:
+**   { "/v1/intents/", true, M_POST, AUTH_WRITE, 64 << 10, CT_JSON, ep_intent_post },
+**
 ** A body row is checked at the first call (head complete, body unread),
 ** so a stranger's or an oversized upload is refused before it is read
 ** (libmicrohttpd then closes the connection); rows without a body answer
@@ -808,9 +812,10 @@ static enum MHD_Result on_head(struct call *k, struct req *q, const char *method
 	if (cl && pathdec_parse_uint(cl, strlen(cl), UINT64_MAX, &announced) < 0)
 		return send_error(k, MHD_HTTP_BAD_REQUEST, "invalid Content-Length");
 	if (!rt || rt->body_max == 0) {
+		if ((announced || chunked) && !rt)
+			return send_error(k, MHD_HTTP_NOT_FOUND, "no such path");
 		if (announced || chunked)
-			return send_error(k, MHD_HTTP_CONTENT_TOO_LARGE,
-					  rt ? "this request takes no body" : "no such path");
+			return send_error(k, MHD_HTTP_CONTENT_TOO_LARGE, "this request takes no body");
 		q->rt = rt;
 		q->headers_done = true;
 		return MHD_YES;
