@@ -308,6 +308,13 @@ def rss_mb(d):
     return 0.0
 
 
+def sanitized(d):
+    """An ASan build: its allocator keeps redzones and a quarantine, so
+    RSS says nothing about our bounds there (printed, not asserted)."""
+    with open('/proc/%d/maps' % d.proc.pid) as f:
+        return 'libasan' in f.read()
+
+
 def closed_metric(d, reason):
     return d.metric('statemirror_http_connections_closed_total', {'reason': reason}) or 0
 
@@ -402,7 +409,7 @@ def test_thousands_of_idle_sockets(env):
     rss = rss_mb(d)
     print('2000 idle sockets from 127.0.0.1: %d held, %d reclaimed, new client answered in %.3fs, '
           'RSS %.1f MB (%.1f MB before)' % (held, closed_metric(d, 'reclaimed'), took, rss, rss0))
-    assert rss < rss0 + 64, (rss, rss0)
+    assert rss < rss0 + 64 or sanitized(d), (rss, rss0)
     # A reclaimed socket was closed by the daemon: its client sees the end.
     wait_closed_by_peer(idle[:100], 3)
     for s in idle:
@@ -553,7 +560,7 @@ def test_watchers_that_never_read(env):
     print('500 watchers that never read + 300 idle sockets: new client answered in %.3fs, '
           'RSS %.1f MB (%.1f MB before)' % (took, rss, rss0))
     # 500 x (64 KiB buffer + 64 KiB chunk + libmicrohttpd's 32 KiB) is 80 MB.
-    assert rss < rss0 + 100, (rss, rss0)
+    assert rss < rss0 + 100 or sanitized(d), (rss, rss0)
     for s in watchers + idle:
         s.close()
     wait_for(lambda: d.metric('statemirror_watchers') == 0, what='watchers gone')
