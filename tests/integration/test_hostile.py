@@ -559,8 +559,10 @@ def test_watchers_that_never_read(env):
     rss = rss_mb(d)
     print('500 watchers that never read + 300 idle sockets: new client answered in %.3fs, '
           'RSS %.1f MB (%.1f MB before)' % (took, rss, rss0))
-    # 500 x (64 KiB buffer + 64 KiB chunk + libmicrohttpd's 32 KiB) is 80 MB.
-    assert rss < rss0 + 100 or sanitized(d), (rss, rss0)
+    # 500 x (64 KiB buffer + 64 KiB chunk + libmicrohttpd's 32 KiB) is 80 MB
+    # (more with meson's MALLOC_PERTURB_, which touches what malloc hands
+    # out); unbounded buffers would be gigabytes.
+    assert rss < rss0 + 128 or sanitized(d), (rss, rss0)
     for s in watchers + idle:
         s.close()
     wait_for(lambda: d.metric('statemirror_watchers') == 0, what='watchers gone')
