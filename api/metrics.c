@@ -150,6 +150,15 @@ int metrics_render(struct buf *b, const struct metrics_extra *x)
 			return r;
 	}
 
+	if ((r = head(b, "statemirror_http_connections_closed_total", "counter",
+		      "HTTP connections closed by the fairness rules, by reason.")) < 0 ||
+	    (r = buf_printf(b, "statemirror_http_connections_closed_total{reason=\"reclaimed\"} %" PRIu64 "\n"
+			    "statemirror_http_connections_closed_total{reason=\"head_timeout\"} %" PRIu64 "\n"
+			    "statemirror_http_connections_closed_total{reason=\"refused\"} %" PRIu64 "\n",
+			    STAT_GET(http_conns_closed[0]), STAT_GET(http_conns_closed[1]),
+			    STAT_GET(http_conns_closed[2]))) < 0)
+		return r;
+
 	if ((r = scalar(b, "statemirror_watchers", "gauge", "Open /v1/watch streams.",
 			STAT_GET(watchers))) < 0 ||
 	    (r = scalar(b, "statemirror_watchers_dropped_total", "counter",

@@ -717,19 +717,14 @@ static void w_free(void *cls)
 
 /* ---- opening a stream ------------------------------------------------- */
 
-/* A revision: decimal digits only, at most 18 of them. */
+/* A revision: decimal digits only (the same rule for since= and Last-Event-ID). */
 static int parse_rev(const char *s, size_t n, int64_t *ret)
 {
-	int64_t v = 0;
+	uint64_t v;
 
-	if (n == 0 || n > 18)
+	if (pathdec_parse_uint(s, n, INT64_MAX, &v) < 0)
 		return -EINVAL;
-	for (size_t i = 0; i < n; i++) {
-		if (s[i] < '0' || s[i] > '9')
-			return -EINVAL;
-		v = v * 10 + (s[i] - '0');
-	}
-	*ret = v;
+	*ret = (int64_t)v;
 	return 0;
 }
 
@@ -738,42 +733,37 @@ int watch_open(struct watch *h, struct MHD_Connection *c, char *query, size_t qu
 	       const char **ret_reason)
 {
 	struct pathdec_param params[PATHDEC_MAX_PARAMS];
-	const struct pathdec_param *p;
+	const struct pathdec_param *p = NULL;
 	const char *filter = "#";
 	const union MHD_ConnectionInfo *ci;
 	struct MHD_Response *resp;
 	struct watcher *w;
 	size_t np = 0;
+	uint64_t since_q = UINT64_MAX;   /* absent */
 	int64_t since = -1;
-	bool snapshot = false;
+	int snapshot = 0;
 	int r;
 
 	if (query && (r = pathdec_query(query, query_len, params, PATHDEC_MAX_PARAMS, &np)) < 0) {
-		*ret_reason = r == -E2BIG ? "too many query parameters"
-					  : "bad percent-encoding in the query";
+		*ret_reason = pathdec_query_reason(r);
 		return -EINVAL;
 	}
-	if ((r = pathdec_get(params, np, "filter", &p)) != -ENOENT) {
-		if (r < 0 || memchr(p->val, '\0', p->val_len) || topic_filter_check(p->val) < 0) {
-			*ret_reason = "invalid filter";
-			return -EINVAL;
-		}
+	if (pathdec_str(params, np, "filter", &p) < 0 || (p && topic_filter_check(p->val) < 0)) {
+		*ret_reason = "invalid filter";
+		return -EINVAL;
+	}
+	if (p)
 		filter = p->val;
+	if (pathdec_bool(params, np, "snapshot", &snapshot) < 0) {
+		*ret_reason = "invalid snapshot (true or false)";
+		return -EINVAL;
 	}
-	if ((r = pathdec_get(params, np, "snapshot", &p)) != -ENOENT) {
-		if (r == 0 && p->val_len == 4 && memcmp(p->val, "true", 4) == 0) {
-			snapshot = true;
-		} else if (!(r == 0 && p->val_len == 5 && memcmp(p->val, "false", 5) == 0)) {
-			*ret_reason = "invalid snapshot (true or false)";
-			return -EINVAL;
-		}
+	if (pathdec_uint(params, np, "since", 0, INT64_MAX, &since_q) < 0) {
+		*ret_reason = "invalid since (a revision)";
+		return -EINVAL;
 	}
-	if ((r = pathdec_get(params, np, "since", &p)) != -ENOENT) {
-		if (r < 0 || parse_rev(p->val, p->val_len, &since) < 0) {
-			*ret_reason = "invalid since (a revision)";
-			return -EINVAL;
-		}
-	}
+	if (since_q != UINT64_MAX)
+		since = (int64_t)since_q;
 	/* EventSource sends Last-Event-ID on reconnect while the URL still
 	 * holds the first since=: the header is newer. */
 	if (last_event_id && last_event_id[0] &&

@@ -42,6 +42,9 @@ struct stats {
 	_Atomic uint64_t ingest_queue_bytes; /* received by the kernel, not read yet (sampled) */
 	/* http */
 	_Atomic uint64_t http_requests[STATS_HTTP_CODES];
+	/* connections closed by the fairness rules (api/fair.h), by reason:
+	 * reclaimed to make room, no complete head in time, refused */
+	_Atomic uint64_t http_conns_closed[3];
 	_Atomic uint64_t watchers;
 	_Atomic uint64_t watchers_dropped;
 	/* log (any thread) */
