@@ -3,7 +3,12 @@
 #include <errno.h>
 #include <string.h>
 
+#include "common/stats.h"
 #include "mirror/state/apply.h"
+
+/* g_stats counts messages and rejects by these enums. */
+_Static_assert(APPLY_RESULT_MAX <= STATS_RESULTS, "stats.h: STATS_RESULTS too small");
+_Static_assert(REJECT_REASON_MAX <= STATS_REASONS, "stats.h: STATS_REASONS too small");
 
 static const char *const result_names[APPLY_RESULT_MAX] = {
 	[APPLY_APPLIED] = "applied",
