@@ -20,6 +20,7 @@
 #include "mirror/state/index.h"
 #include "mirror/ingest/mqtt.h"
 #include "mirror/state/rejects.h"
+#include "mirror/state/rows.h"
 #include "mirror/liveness/stale.h"
 #include "store/store.h"
 
@@ -263,7 +264,7 @@ static int load_index(struct store *st, struct stale *stale, struct index *ix, i
 	/* Tombstones older than a day are forgotten now and deleted from the
 	 * file by the keeper thread once serving (mirror_deps.purge_before_ns). */
 	*ret_purge_before_ns = (lc.now_ms - TOMBSTONE_TTL_MS) * 1000000;
-	rc = store_load(st, ix, *ret_purge_before_ns, ret_rev, err, sizeof(err));
+	rc = rows_load(st, ix, *ret_purge_before_ns, ret_rev, err, sizeof(err));
 	if (rc < 0) {
 		log_error("store: cannot load: %s", err);
 		return rc;

@@ -294,6 +294,8 @@ void rec_payload_source(rec_fetch_fn fetch, void *ctx)
 
 int rec_payload(const struct rec *r, const void **p, size_t *n)
 {
+	int rc;
+
 	if (!(r->flags & REC_IN_FILE)) {
 		*p = r->payload;
 		*n = r->payload ? r->payload_len : 0;
@@ -301,7 +303,16 @@ int rec_payload(const struct rec *r, const void **p, size_t *n)
 	}
 	*p = NULL;
 	*n = 0;
-	return fetch_fn ? fetch_fn(fetch_ctx, r, p, n) : -ENOENT;
+	if (!fetch_fn)
+		return -ENOENT;
+	rc = fetch_fn(fetch_ctx, rec_topic(r), r->topic_len, p, n);
+	if (rc == 0 && *n != r->payload_len)
+		rc = -EIO;
+	if (rc < 0) {
+		*p = NULL;
+		*n = 0;
+	}
+	return rc;
 }
 
 /* The slot size of a record with this topic (8-aligned). */

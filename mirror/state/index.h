@@ -113,15 +113,18 @@ void rec_set_payload_in_file(struct rec *r, size_t n, uint64_t hash);
 uint64_t rec_payload_hash(const void *p, size_t n);
 
 /*
-** Where payloads in the file are read from: fetch puts r's payload in *p /
-** *n (valid until the calling thread's next fetch) and returns 0 or
-** -errno. Set once at startup (the store's, statemirrord.c); NULL: payloads
-** in the file read as -ENOENT.
+** Where payloads in the file are read from: fetch puts the payload stored
+** for topic (len bytes) in *p / *n (valid until the calling thread's next
+** fetch) and returns 0 or -errno (store_fetch_payload, store.h). Set once
+** at startup (the store's, statemirrord.c); NULL: payloads in the file
+** read as -ENOENT.
 */
-typedef int (*rec_fetch_fn)(void *ctx, const struct rec *r, const void **p, size_t *n);
+typedef int (*rec_fetch_fn)(void *ctx, const char *topic, size_t len, const void **p, size_t *n);
 void rec_payload_source(rec_fetch_fn fetch, void *ctx);
 /* r's payload, from memory or the file (see above): 0 with *p, *n set
- * (*p NULL and *n 0 when empty), or -errno. Hold a lock on the index. */
+ * (*p NULL and *n 0 when empty), or -errno; -EIO also when the file holds
+ * bytes of another length than r says (a file changed behind our back:
+ * never served as r's value). Hold a lock on the index. */
 int rec_payload(const struct rec *r, const void **p, size_t *n);
 
 /*

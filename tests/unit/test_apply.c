@@ -224,10 +224,11 @@ END_TEST
 static bool fetch_fails;
 static int fetches;
 
-static int fetch_abc(void *ctx, const struct rec *r, const void **p, size_t *n)
+static int fetch_abc(void *ctx, const char *topic, size_t len, const void **p, size_t *n)
 {
 	(void)ctx;
-	(void)r;
+	(void)topic;
+	(void)len;
 	fetches++;
 	if (fetch_fails)
 		return -EIO;

@@ -68,17 +68,17 @@ struct snap {
 */
 static char *filed[NKEYS];
 
-static int key_of(const char *topic)
+static int key_of(const char *topic, size_t len)
 {
 	for (int k = 0; k < NKEYS; k++)
-		if (strcmp(topics[k], topic) == 0)
+		if (strlen(topics[k]) == len && memcmp(topics[k], topic, len) == 0)
 			return k;
 	return -1;
 }
 
-static int file_fetch(void *ctx, const struct rec *r, const void **p, size_t *n)
+static int file_fetch(void *ctx, const char *topic, size_t len, const void **p, size_t *n)
 {
-	int k = key_of(rec_topic(r));
+	int k = key_of(topic, len);
 
 	(void)ctx;
 	if (k < 0 || !filed[k])
@@ -176,7 +176,7 @@ static void apply_all(const struct tmsg *m, const size_t *seq, size_t n, int64_t
 		}
 		last_rev = rev;
 		if (r && !(r->flags & (REC_IN_FILE | REC_DELETED)) && r->payload && rnd(2)) {
-			int k = key_of(rec_topic(r));
+			int k = key_of(rec_topic(r), r->topic_len);
 
 			free(filed[k]);
 			filed[k] = strdup(r->payload);

@@ -242,11 +242,11 @@ END_TEST
 static const char *fake_stored;
 static int fake_fetches;
 
-static int fake_fetch(void *ctx, const struct rec *r, const void **p, size_t *n)
+static int fake_fetch(void *ctx, const char *topic, size_t len, const void **p, size_t *n)
 {
 	(void)ctx;
 	fake_fetches++;
-	if (!fake_stored || strcmp(rec_topic(r), "k") != 0)
+	if (!fake_stored || len != 1 || memcmp(topic, "k", 1) != 0)
 		return -ENOENT;
 	*p = fake_stored;
 	*n = strlen(fake_stored);
@@ -291,6 +291,13 @@ START_TEST(payload_in_file)
 	ck_assert_int_eq(fake_fetches, 1);
 	ck_assert_uint_eq(n, strlen(v1));
 	ck_assert_int_eq(memcmp(p, v1, n), 0);
+	/* Bytes of another length than the record says: a file changed
+	 * behind our back, never served as this value. */
+	fake_stored = "{\"v\":2}";
+	ck_assert_int_eq(rec_payload(r, &p, &n), -EIO);
+	ck_assert_ptr_null(p);
+	ck_assert_uint_eq(n, 0);
+	fake_stored = v1;
 
 	/* A new value: in memory again, the hash forgotten. */
 	ck_assert_int_eq(rec_set_payload(r, big, sizeof(big)), 0);
@@ -298,7 +305,7 @@ START_TEST(payload_in_file)
 	ck_assert_int_eq(memcmp(r->payload, big, sizeof(big)), 0);
 	ck_assert_int_eq(r->payload[sizeof(big)], '\0');
 	ck_assert_int_eq(rec_payload(r, &p, &n), 0);
-	ck_assert_int_eq(fake_fetches, 1);
+	ck_assert_int_eq(fake_fetches, 2);
 	ck_assert_ptr_eq(index_get(ix, "k", 1), r);
 
 	/* Loaded records: in the file from the start. */
