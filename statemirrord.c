@@ -341,15 +341,14 @@ int main(int argc, char **argv)
 		log_error("store: cannot open %s: %s", conf.db_path, err);
 		goto out;
 	}
-	/* Payloads the index no longer holds are read back from the file. */
-	rec_payload_source(store_fetch_payload, store);
-	rec_payload_scanner(store_scan, store_scan_end);
 	ix = index_new();
 	rejects = rejects_new((size_t)conf.max_rejects);
 	if (!ix || !rejects) {
 		log_error("out of memory at startup");
 		goto out;
 	}
+	/* Payloads the index no longer holds are read back from the file. */
+	index_set_payload_source(ix, store_fetch_payload, store_scan, store_scan_end, store);
 	if ((rc = mqtt_new(&conf, &mqtt, err, sizeof(err))) < 0) {
 		log_error("mqtt: %s", err);
 		goto out;

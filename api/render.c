@@ -113,7 +113,7 @@ static int put_json_payload(struct buf *b, const char *p, size_t n)
 	return 0;
 }
 
-int render_record(struct buf *b, const struct rec *r, int64_t now_ms)
+int render_record(struct buf *b, const struct index *ix, const struct rec *r, int64_t now_ms)
 {
 	/* The tail: fixed keys plus 4 times (< 32 each) and 5 numbers (<= 20). */
 	char tail[512];
@@ -126,7 +126,7 @@ int render_record(struct buf *b, const struct rec *r, int64_t now_ms)
 	int ret;
 
 	/* From memory, or from the file (a committed value: index.h). */
-	if ((ret = rec_payload(r, &pv, &plen)) < 0)
+	if ((ret = rec_payload(ix, r, &pv, &plen)) < 0)
 		return ret;
 	payload = pv ? pv : "";
 

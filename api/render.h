@@ -23,11 +23,13 @@
 **   cadence_source is null for CADENCE_NONE, else "rule", "learned",
 **   "default". stale_since is null while 0.
 **
-** Caller holds the index read lock. Returns 0, -ENOMEM or -E2BIG (the
-** buffer's limit); on error b may hold part of the record: the caller
-** truncates back to its previous length if it wants to keep b.
+** r is a record of ix: a payload in the file only is read through ix's
+** payload source (index.h). Caller holds the index read lock. Returns 0,
+** -ENOMEM, -E2BIG (the buffer's limit) or rec_payload's error; on error b
+** may hold part of the record: the caller truncates back to its previous
+** length if it wants to keep b.
 */
-int render_record(struct buf *b, const struct rec *r, int64_t now_ms);
+int render_record(struct buf *b, const struct index *ix, const struct rec *r, int64_t now_ms);
 
 /* For a tombstone: {"topic":...,"deleted":true,"ts":...,"rev":N}.
  * Same locking and return codes as render_record(). */

@@ -78,7 +78,8 @@ static bool same_bytes(const struct msg *m, const struct rec *r)
 ** Should that read fail, *failed is set (the caller rejects m: counted and
 ** listed, never silently ordered).
 */
-static int cmp_current(const struct msg *m, const struct rec *r, bool *failed)
+static int cmp_current(const struct index *ix, const struct msg *m, const struct rec *r,
+		       bool *failed)
 {
 	const void *p;
 	size_t n;
@@ -90,7 +91,7 @@ static int cmp_current(const struct msg *m, const struct rec *r, bool *failed)
 				 r->payload ? r->payload_len : 0);
 	if (same_bytes(m, r))
 		return 0;
-	if (rec_payload(r, &p, &n) < 0) {
+	if (rec_payload(ix, r, &p, &n) < 0) {
 		*failed = true;
 		return -1;
 	}
@@ -198,7 +199,7 @@ enum apply_result apply_message(struct index *ix, const struct msg *m, int64_t n
 		res = APPLY_DUPLICATE;
 		goto done;
 	}
-	c = cmp_current(m, r, &failed);
+	c = cmp_current(ix, m, r, &failed);
 	if (failed) {
 		r = NULL;
 		why = REJECT_STORE_READ;

@@ -86,6 +86,11 @@ struct index {
 	uint32_t lcap, nlearn;       /* map capacity (a power of 2), states */
 	struct rec_learn **lchunks;  /* state n is lchunks[n >> 10][n & 1023] */
 	uint32_t lcapchunks;
+	/* Where payloads in the file come from (index_set_payload_source). */
+	rec_fetch_fn fetch;
+	rec_scan_fn scan;
+	rec_scan_end_fn scan_end;
+	void *source_ctx;
 	pthread_rwlock_t lock;
 };
 
@@ -263,36 +268,28 @@ void rec_set_payload_in_file(struct rec *r, size_t n, uint64_t hash)
 	r->flags |= REC_IN_FILE;
 }
 
-static rec_fetch_fn fetch_fn;
-static rec_scan_fn scan_fn;
-static rec_scan_end_fn scan_end_fn;
-static void *fetch_ctx;
-
-void rec_payload_scanner(rec_scan_fn scan, rec_scan_end_fn scan_end)
+void index_set_payload_source(struct index *ix, rec_fetch_fn fetch, rec_scan_fn scan,
+			      rec_scan_end_fn scan_end, void *ctx)
 {
-	scan_fn = scan;
-	scan_end_fn = scan_end;
+	ix->fetch = fetch;
+	ix->scan = scan;
+	ix->scan_end = scan_end;
+	ix->source_ctx = ctx;
 }
 
-void rec_payload_scan(const char *from, size_t len)
+void rec_payload_scan(const struct index *ix, const char *from, size_t len)
 {
-	if (scan_fn)
-		scan_fn(fetch_ctx, from, len);
+	if (ix && ix->scan)
+		ix->scan(ix->source_ctx, from, len);
 }
 
-void rec_payload_scan_end(void)
+void rec_payload_scan_end(const struct index *ix)
 {
-	if (scan_end_fn)
-		scan_end_fn(fetch_ctx);
+	if (ix && ix->scan_end)
+		ix->scan_end(ix->source_ctx);
 }
 
-void rec_payload_source(rec_fetch_fn fetch, void *ctx)
-{
-	fetch_fn = fetch;
-	fetch_ctx = ctx;
-}
-
-int rec_payload(const struct rec *r, const void **p, size_t *n)
+int rec_payload(const struct index *ix, const struct rec *r, const void **p, size_t *n)
 {
 	int rc;
 
@@ -303,9 +300,9 @@ int rec_payload(const struct rec *r, const void **p, size_t *n)
 	}
 	*p = NULL;
 	*n = 0;
-	if (!fetch_fn)
+	if (!ix || !ix->fetch)
 		return -ENOENT;
-	rc = fetch_fn(fetch_ctx, rec_topic(r), r->topic_len, p, n);
+	rc = ix->fetch(ix->source_ctx, rec_topic(r), r->topic_len, p, n);
 	if (rc == 0 && *n != r->payload_len)
 		rc = -EIO;
 	if (rc < 0) {

@@ -245,7 +245,7 @@ START_TEST(tie_against_payload_in_file)
 	struct out o;
 	int64_t now = fake_now_ms;
 
-	rec_payload_source(fetch_abc, NULL);
+	index_set_payload_source(ix, fetch_abc, NULL, NULL, NULL);
 	fetch_fails = true;
 	fetches = 0;
 	put("k", "abc", T, false, now, NULL);
@@ -269,7 +269,7 @@ START_TEST(tie_against_payload_in_file)
 	fetch_fails = true;
 	ck_assert_int_eq(put("k", "a", T + 1, false, now, &o), APPLY_APPLIED);
 	ck_assert_int_eq(fetches, 3);
-	rec_payload_source(NULL, NULL);
+	index_set_payload_source(ix, NULL, NULL, NULL, NULL);
 }
 END_TEST
 

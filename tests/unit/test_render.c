@@ -10,6 +10,10 @@
 #include "clock_fake.h"
 #include "mirror/state/index.h"
 
+/* The records here are outside any index (no payload source), but in
+ * payload_from_source. */
+static struct index *ix;
+
 /* The contract's example record. */
 #define T0_MS 1795313402123LL /* 2026-11-22T02:10:02.123Z */
 
@@ -39,7 +43,7 @@ static json_t *render(const struct rec *r, int64_t now_ms, struct buf *keep)
 	json_t *j;
 
 	buf_init(&b, 0);
-	ck_assert_int_eq(render_record(&b, r, now_ms), 0);
+	ck_assert_int_eq(render_record(&b, ix, r, now_ms), 0);
 	ck_assert_ptr_nonnull(b.data);
 	ck_assert_ptr_null(memchr(b.data, '\n', b.len));
 	ck_assert_ptr_null(memchr(b.data, '\r', b.len));
@@ -317,16 +321,57 @@ START_TEST(buffer_limit)
 	memset(big, 'x', sizeof(big));
 	r = mk("k", big, sizeof(big), 0);
 	buf_init(&b, 256);
-	ck_assert_int_eq(render_record(&b, r, fake_now_ms), -E2BIG);
+	ck_assert_int_eq(render_record(&b, ix, r, fake_now_ms), -E2BIG);
 	ck_assert_uint_le(b.len, 256);
 	buf_free(&b);
 	/* The tail alone does not fit either. */
 	buf_init(&b, 64);
 	rec_free(r);
 	r = mk("k", "1", 1, REC_IS_JSON);
-	ck_assert_int_eq(render_record(&b, r, fake_now_ms), -E2BIG);
+	ck_assert_int_eq(render_record(&b, ix, r, fake_now_ms), -E2BIG);
 	buf_free(&b);
 	rec_free(r);
+}
+END_TEST
+
+/* A payload the index no longer holds is rendered from its index's
+ * payload source; without one (or when the file disagrees) the record is
+ * not rendered at all, never with a wrong payload. */
+static int fetch_stored(void *ctx, const char *topic, size_t len, const void **p, size_t *n)
+{
+	(void)ctx;
+	if (len != 1 || topic[0] != 'k')
+		return -ENOENT;
+	*p = "{\"v\": 7}";
+	*n = 8;
+	return 0;
+}
+
+START_TEST(payload_from_source)
+{
+	struct rec *r;
+	struct buf b;
+	json_t *j;
+
+	ix = index_new();
+	ck_assert_ptr_nonnull(ix);
+	r = index_add(ix, "k", 1, "{\"v\": 7}", 8, REC_IS_JSON);
+	ck_assert_ptr_nonnull(r);
+	rec_drop_payload(r);
+	ck_assert(r->flags & REC_IN_FILE);
+	buf_init(&b, 0);
+	ck_assert_int_eq(render_record(&b, ix, r, fake_now_ms), -ENOENT);
+	buf_free(&b);
+	index_set_payload_source(ix, fetch_stored, NULL, NULL, NULL);
+	j = render(r, fake_now_ms, NULL);
+	ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(j, "payload"), "v")), 7);
+	json_decref(j);
+	r->payload_len = 9;
+	buf_init(&b, 0);
+	ck_assert_int_eq(render_record(&b, ix, r, fake_now_ms), -EIO);
+	buf_free(&b);
+	index_free(ix);
+	ix = NULL;
 }
 END_TEST
 
@@ -346,6 +391,7 @@ static Suite *render_suite(void)
 	tcase_add_test(tc, tombstone);
 	tcase_add_test(tc, error_body);
 	tcase_add_test(tc, buffer_limit);
+	tcase_add_test(tc, payload_from_source);
 	suite_add_tcase(s, tc);
 	return s;
 }
