@@ -130,11 +130,13 @@ static void set_value(struct rec *r, bool was_live, const struct msg *m, int64_t
 		      int64_t *rev_counter)
 {
 	bool del = m->payload_len == 0;
-	uint16_t keep = r->flags & (REC_STALE | REC_NO_STALE | REC_LEARNS);
+	/* The staleness engine's bits and the mirror's (REC_DIRTY: marking a
+	 * change for the store is the caller's) are not the apply's. */
+	uint16_t keep = r->flags & (REC_STALE | REC_NO_STALE | REC_LEARNS | REC_DIRTY);
 
 	r->ts_ns = m->ts_ns;
 	r->received_ms = now_ms;
-	r->flags = (uint16_t)(keep | REC_DIRTY |
+	r->flags = (uint16_t)(keep |
 			      (del ? REC_DELETED : 0) |
 			      (m->retained ? REC_RETAINED : 0) |
 			      (m->ts_from_payload ? REC_TS_PAYLOAD : 0) |
