@@ -576,7 +576,7 @@ static enum MHD_Result ep_rejects(struct call *k)
 
 	buf_init(&b, k->a->body_max);
 	if (k->a->d.rejects)
-		r = rejects_render(k->a->d.rejects, &b);
+		r = render_rejects(&b, k->a->d.rejects);
 	else
 		r = buf_puts(&b, "{\"items\":[]}");
 	if (r < 0)
