@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* store.c: the SQLite file: open and migrate, load at startup, batched upserts. */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
@@ -10,6 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <sqlite3.h>
 
@@ -28,6 +32,10 @@ extern const size_t schema_nmigrations;
  * sustained overload the -wal file stays bounded (about 64 MiB). */
 #define CKPT_WAL_PAGES 1000
 #define CKPT_WAL_HARD_PAGES 16384
+
+/* PRAGMA application_id of our files ("stmr"): a file with another one is
+ * not ours. Files from before it was set carry 0 and get it at open. */
+#define STORE_APPLICATION_ID 0x73746d72u
 
 /* The staging buffer's room kept between writes; more is freed. */
 #define STAGE_KEEP_BYTES (16u << 20)
@@ -174,6 +182,9 @@ static void seterr(char *err, size_t errlen, const char *fmt, ...)
 static int sql_errno(int rc)
 {
 	switch (rc & 0xff) {
+	case SQLITE_CORRUPT:
+	case SQLITE_NOTADB:
+		return -EBADMSG; /* a damaged file (store_open says which kind) */
 	case SQLITE_FULL:
 		return -ENOSPC;
 	case SQLITE_BUSY:
@@ -397,6 +408,121 @@ static int prepare(sqlite3 *db, const char *sql, sqlite3_stmt **ret, char *err, 
 	return 0;
 }
 
+static uint32_t be32(const unsigned char *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* Size of the file at path, 0 when there is none; -errno if stat fails
+ * otherwise. */
+static int64_t file_size(const char *path)
+{
+	struct stat sb;
+
+	if (stat(path, &sb) < 0)
+		return errno == ENOENT ? 0 : -errno;
+	return (int64_t)sb.st_size;
+}
+
+/*
+** What the file's 100-byte header says, before SQLite opens it (so that a
+** file refused here is never touched, not even by a recovery): not an
+** SQLite file (-EINVAL), cut short (-ENODATA), a header no SQLite wrote
+** (-EBADMSG), another application's (-EMEDIUMTYPE: its application_id),
+** written by a newer release (-ENOTSUP: user_version as of the last
+** checkpoint; store_open looks again once the WAL is read). A missing or
+** empty file is a new database: 0. Costs a stat and one read.
+*/
+static int check_header(const char *path, char *err, size_t errlen)
+{
+	static const char magic[16] = "SQLite format 3";
+	unsigned char h[100];
+	char wal[PATH_MAX];
+	int64_t size, wal_size, pages;
+	uint32_t psize;
+	ssize_t n;
+	int fd, r = 0;
+
+	size = file_size(path);
+	if (size <= 0)
+		return 0; /* none yet, or stat fails: sqlite3_open says why */
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0; /* the same */
+	n = pread(fd, h, sizeof(h), 0);
+	close(fd);
+	if (n < 0)
+		return 0;
+	if (memcmp(h, magic, (size_t)n < sizeof(magic) ? (size_t)n : sizeof(magic)) != 0) {
+		seterr(err, errlen, "%s: not a statemirror database (not an SQLite file)", path);
+		return -EINVAL;
+	}
+	if ((size_t)n < sizeof(h)) {
+		seterr(err, errlen, "%s: truncated: %zd bytes, not even an SQLite header", path, n);
+		return -ENODATA;
+	}
+	psize = (uint32_t)h[16] << 8 | h[17];
+	if (psize == 1)
+		psize = 65536;
+	if (psize < 512 || psize > 65536 || (psize & (psize - 1))) {
+		seterr(err, errlen, "%s: corrupt: page size %u in the header", path, psize);
+		return -EBADMSG;
+	}
+	if (be32(h + 68) != 0 && be32(h + 68) != STORE_APPLICATION_ID) {
+		seterr(err, errlen, "%s: not a statemirror database (application_id %#x)", path,
+		       be32(h + 68));
+		return -EMEDIUMTYPE;
+	}
+	if ((int32_t)be32(h + 60) < 0 || be32(h + 60) > schema_nmigrations) {
+		seterr(err, errlen, "%s: schema version %" PRId32 " is newer than this "
+		       "statemirrord knows (%zu): written by a newer release, refused",
+		       path, (int32_t)be32(h + 60), schema_nmigrations);
+		return -ENOTSUP;
+	}
+	/* With a WAL the file may lack pages the WAL holds (a checkpoint cut
+	 * short by a crash is redone): only a file on its own must be whole. */
+	if ((size_t)snprintf(wal, sizeof(wal), "%s-wal", path) >= sizeof(wal))
+		return 0;
+	wal_size = file_size(wal);
+	if (wal_size != 0)
+		return 0;
+	/* The page count is valid when written by the change that wrote the
+	 * header last (SQLite >= 3.7.0 always does). */
+	pages = be32(h + 24) == be32(h + 92) ? (int64_t)be32(h + 28) : 0;
+	if (size % psize != 0 || size < pages * psize) {
+		seterr(err, errlen, "%s: truncated: %" PRId64 " bytes, the header says %" PRId64
+		       " pages of %u", path, size, pages, psize);
+		r = -ENODATA;
+	}
+	return r;
+}
+
+/*
+** A file SQLite reads, at user_version v: ours when it is new (no table at
+** all, v = 0) or holds our tables (v > 0). Returns 0, -EMEDIUMTYPE (another
+** application's database), -EBADMSG (its schema cannot be read: corrupt)
+** or another error of the read, with err set.
+*/
+static int check_ours(sqlite3 *db, const char *path, int64_t v, char *err, size_t errlen)
+{
+	int64_t all, ours;
+	int r;
+
+	if ((r = query_int(db, "SELECT count(*) FROM sqlite_schema", &all, err, errlen)) < 0 ||
+	    (r = query_int(db, "SELECT count(*) FROM sqlite_schema WHERE type = 'table'"
+			   " AND name IN ('rec', 'meta')", &ours, err, errlen)) < 0) {
+		if (r == -EBADMSG)
+			seterr(err, errlen, "%s: corrupt: %s", path, sqlite3_errmsg(db));
+		return r;
+	}
+	if ((v == 0 && all > 0) || (v > 0 && ours != 2)) {
+		seterr(err, errlen, "%s: not a statemirror database (an SQLite database "
+		       "without our tables)", path);
+		return -EMEDIUMTYPE;
+	}
+	return 0;
+}
+
 int store_open(const char *path, struct store **ret_st, char *err, size_t errlen)
 {
 	struct store *st;
@@ -418,6 +544,8 @@ int store_open(const char *path, struct store **ret_st, char *err, size_t errlen
 		r = -ENOMEM;
 		goto fail;
 	}
+	if ((r = check_header(path, err, errlen)) < 0)
+		goto fail;
 	rc = sqlite3_open_v2(path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
 			     SQLITE_OPEN_NOMUTEX, NULL);
 	if (rc != SQLITE_OK) {
@@ -440,15 +568,12 @@ int store_open(const char *path, struct store **ret_st, char *err, size_t errlen
 	 * writer makes store_write fail with -EBUSY, and the caller retries. */
 	sqlite3_busy_timeout(st->db, 100);
 
-	/* The first read: a file that is not a database fails here. */
+	/* The first read: a file SQLite cannot make sense of fails here (its
+	 * header looked right: the file is damaged). */
 	r = query_int(st->db, "PRAGMA user_version", &v, err, errlen);
 	if (r < 0) {
-		rc = sqlite3_extended_errcode(st->db);
-		if ((rc & 0xff) == SQLITE_NOTADB || (rc & 0xff) == SQLITE_CORRUPT) {
-			seterr(err, errlen, "%s: not a statemirror database (%s)", path,
-			       sqlite3_errmsg(st->db));
-			r = -EINVAL;
-		}
+		if (r == -EBADMSG)
+			seterr(err, errlen, "%s: corrupt: %s", path, sqlite3_errmsg(st->db));
 		goto fail;
 	}
 	if (v < 0 || (uint64_t)v > schema_nmigrations) {
@@ -458,6 +583,8 @@ int store_open(const char *path, struct store **ret_st, char *err, size_t errlen
 		r = -ENOTSUP;
 		goto fail;
 	}
+	if ((r = check_ours(st->db, path, v, err, errlen)) < 0)
+		goto fail;
 	/* WAL lets `sqlite3 -readonly` readers run while we write; NORMAL
 	 * sync keeps every commit atomic and loses at most the last ones on
 	 * power loss, never on a process crash. */
@@ -478,6 +605,17 @@ int store_open(const char *path, struct store **ret_st, char *err, size_t errlen
 	if (r < 0)
 		goto fail;
 	r = migrate(st->db, v, err, errlen);
+	if (r < 0)
+		goto fail;
+	/* Ours now: say so in the header (files from before carry 0). */
+	r = query_int(st->db, "PRAGMA application_id", &v, err, errlen);
+	if (r == 0 && v != STORE_APPLICATION_ID) {
+		char pragma[64];
+
+		snprintf(pragma, sizeof(pragma), "PRAGMA application_id = %u",
+			 (unsigned)STORE_APPLICATION_ID);
+		r = exec(st->db, pragma, "application_id", err, errlen);
+	}
 	if (r < 0)
 		goto fail;
 
@@ -1008,6 +1146,119 @@ int store_checkpoint(struct store *st)
 {
 	ckpt_request(&st->ck);
 	return atomic_load_explicit(&st->ck.result, memory_order_relaxed);
+}
+
+/* Rename from to to, never over an existing file. Returns 0 or -errno
+ * (-EEXIST when to exists). */
+static int rename_new(const char *from, const char *to)
+{
+	struct stat sb;
+
+	if (renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0)
+		return 0;
+	if (errno != EINVAL && errno != ENOSYS)
+		return -errno;
+	/* A file system without RENAME_NOREPLACE: look first (the name has a
+	 * timestamp; nobody else makes such names). */
+	if (lstat(to, &sb) == 0)
+		return -EEXIST;
+	return rename(from, to) == 0 ? 0 : -errno;
+}
+
+/* fsync the directory holding path, so that renames in it last. */
+static void sync_dir(const char *path)
+{
+	char dir[PATH_MAX];
+	const char *slash = strrchr(path, '/');
+	int fd;
+
+	if (!slash)
+		snprintf(dir, sizeof(dir), ".");
+	else if ((size_t)(slash - path) >= sizeof(dir))
+		return;
+	else
+		snprintf(dir, sizeof(dir), "%.*s", slash == path ? 1 : (int)(slash - path), path);
+	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd >= 0) {
+		fsync(fd);
+		close(fd);
+	}
+}
+
+int store_set_aside(const char *path, int64_t now_ms, char *ret_path, size_t ret_len,
+		    char *err, size_t errlen)
+{
+	static const char *const side[] = { "-wal", "-shm", "-journal" };
+	char to[PATH_MAX], from[PATH_MAX], sfx[8] = "", stamp[32];
+	struct stat sb;
+	time_t t = (time_t)(now_ms >= 0 ? now_ms / 1000 : -((-now_ms + 999) / 1000));
+	struct tm tm;
+	int r = -EEXIST;
+
+	if (lstat(path, &sb) < 0) {
+		r = -errno;
+		seterr(err, errlen, "%s: %s", path, strerror(errno));
+		return r;
+	}
+	if (!gmtime_r(&t, &tm) || strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%SZ", &tm) == 0) {
+		seterr(err, errlen, "%s: no time to name it after", path);
+		return -EINVAL;
+	}
+	/* A name free for the database and every side file. */
+	for (int i = 1; i <= 100; i++) {
+		bool taken = false;
+
+		if (i > 1)
+			snprintf(sfx, sizeof(sfx), "-%d", i);
+		if ((size_t)snprintf(to, sizeof(to), "%s.bad-%s%s-journal", path, stamp, sfx) >=
+		    sizeof(to)) {
+			seterr(err, errlen, "%s: the new name is too long", path);
+			return -ENAMETOOLONG;
+		}
+		snprintf(to, sizeof(to), "%s.bad-%s%s", path, stamp, sfx);
+		taken = lstat(to, &sb) == 0;
+		for (size_t k = 0; k < sizeof(side) / sizeof(side[0]) && !taken; k++) {
+			snprintf(from, sizeof(from), "%s%s", to, side[k]);
+			taken = lstat(from, &sb) == 0;
+		}
+		if (!taken) {
+			r = 0;
+			break;
+		}
+	}
+	if (r < 0) {
+		seterr(err, errlen, "%s: 100 names for it taken already", path);
+		return r;
+	}
+	if (strlen(to) >= ret_len) {
+		seterr(err, errlen, "%s: the new name does not fit", path);
+		return -ENAMETOOLONG;
+	}
+	/* The side files first: a WAL left beside a new database at path
+	 * would be replayed into it. */
+	for (size_t k = 0; k < sizeof(side) / sizeof(side[0]); k++) {
+		char dst[PATH_MAX];
+
+		snprintf(from, sizeof(from), "%s%s", path, side[k]);
+		snprintf(dst, sizeof(dst), "%s%s", to, side[k]);
+		if (lstat(from, &sb) < 0)
+			continue;
+		if ((r = rename_new(from, dst)) < 0) {
+			seterr(err, errlen, "%s: cannot move it to %s: %s%s", from, dst,
+			       strerror(-r), k ? " (the side files before it moved)" : "");
+			sync_dir(path);
+			return r;
+		}
+	}
+	if ((r = rename_new(path, to)) < 0) {
+		seterr(err, errlen, "%s: cannot move it to %s: %s (its side files moved there)",
+		       path, to, strerror(-r));
+		sync_dir(path);
+		return r;
+	}
+	sync_dir(path);
+	snprintf(ret_path, ret_len, "%s", to);
+	return 0;
 }
 
 int store_schema_version(void)

@@ -55,13 +55,28 @@ struct store_row {
 /*
 ** Open (creating if needed) the database at path, in WAL mode with
 ** synchronous=NORMAL, and migrate it to the newest schema (schema/NNN_*.sql,
-** PRAGMA user_version), each migration in its own transaction. Returns 0,
-** or with a reason in err: -EINVAL (the file is not an SQLite database),
-** -ENOTSUP (written by a newer daemon: its user_version is above
-** store_schema_version(); the file is left untouched), -EBUSY (another
-** process holds the write lock), the OS's -errno when the file cannot be
-** opened (-EACCES also when it is read-only, -ENOENT for a missing
-** directory...), -ENOMEM or -EIO.
+** PRAGMA user_version), each migration in its own transaction; the file is
+** marked ours (PRAGMA application_id = 0x73746d72, "stmr"). Returns 0, or
+** with a reason in err:
+**   -ENOTSUP   written by a newer release: its user_version is above
+**              store_schema_version() (or negative);
+**   -EMEDIUMTYPE  not ours: an SQLite database of another application
+**              (another application_id, or tables but not ours);
+**   -EINVAL    not an SQLite database at all (no SQLite header);
+**   -ENODATA   truncated: shorter than its header says (checked when no
+**              -wal file is beside it: a WAL may hold the missing pages),
+**              or not even a whole header;
+**   -EBADMSG   corrupt: SQLite cannot read its header or schema (damage
+**              deeper in the file shows at store_load, with this code too);
+**   -EBUSY (another process holds the write lock), the OS's -errno when
+**   the file cannot be opened (-EACCES also when it is read-only, -ENOENT
+**   for a missing directory...), -ENOMEM or -EIO.
+** A file refused with -ENOTSUP, -EMEDIUMTYPE, -EINVAL or -ENODATA is not
+** written to, and those found from its 100-byte header (all of them, but
+** a newer schema the WAL alone knows of) are refused before SQLite opens
+** it: no recovery runs on it. An empty file is a new database. The checks
+** cost a stat and one read, whatever the file's size; a file refused may
+** be moved away with store_set_aside().
 ** *ret_st is written only on success. The store belongs to one thread (the
 ** keeper thread) after startup; SQLite is opened with SQLITE_OPEN_NOMUTEX.
 ** Foreign readers (`sqlite3 -readonly`) may hold the file open at any
@@ -87,9 +102,10 @@ void store_close(struct store *st);
 ** on, or a negative errno to stop: store_load returns it, with
 ** "load: <topic>: <reason>" in err. *ret_rev receives the highest rev ever
 ** written (the greatest of the rows fn took and the file's high-water
-** mark; 0 for a new file). Returns 0, fn's error, -ENOMEM, or -EIO (with
-** err; also for a stored topic that is empty, longer than 65535 bytes or
-** holds a NUL, before fn sees it). The keeper thread's store, at startup.
+** mark; 0 for a new file). Returns 0, fn's error, -ENOMEM, -EBADMSG (a
+** corrupt page: the file is damaged), or -EIO (with err; also for a
+** stored topic that is empty, longer than 65535 bytes or holds a NUL,
+** before fn sees it). The keeper thread's store, at startup.
 */
 typedef int (*store_row_fn)(void *ctx, const struct store_row *row);
 int store_load(struct store *st, int64_t skip_before_ns, store_row_fn fn, void *ctx,
@@ -133,7 +149,8 @@ size_t store_staged(const struct store *st);
 ** Write every staged row in one transaction and commit; the staging buffer
 ** is empty afterwards, whatever the outcome. Returns 0, or on failure rolls
 ** back (no transaction stays open) and returns -ENOSPC (disk full), -EBUSY
-** (locked by another process), -ENOMEM or -EIO, with the reason in err;
+** (locked by another process), -EBADMSG (the file is corrupt), -ENOMEM or
+** -EIO, with the reason in err;
 ** the caller keeps the records dirty and stages them again later.
 ** Cost: one prepared upsert per row, no allocation once the buffers have
 ** grown; 10,000 rows commit in a few tens of milliseconds.
@@ -168,6 +185,24 @@ int store_fetch_payload(void *ctx, const char *topic, size_t len, const void **p
  * snapshot until store_scan_end (a no-op without a scan). */
 void store_scan(void *ctx, const char *from, size_t len);
 void store_scan_end(void *ctx);
+
+/*
+** Move the database at path out of the way, for a new one to take its
+** place: path becomes "<path>.bad-YYYYMMDDTHHMMSSZ" (now_ms in UTC; "-2",
+** "-3"... appended when that name is taken, nothing is ever overwritten),
+** and its -wal, -shm and -journal files, when there are, the same name
+** with their suffix, so that `sqlite3` opening the moved file finds its
+** WAL. The side files move first: a crash half-way never leaves a stale
+** WAL beside the new database. The directory is synced. The new name is
+** copied into ret_path (ret_len bytes) on success. Call it only while no
+** store has the file open (after store_open refused it). Returns 0, -ENOENT
+** (no file at path), -ENAMETOOLONG (the new name does not fit ret_path or
+** PATH_MAX), -EEXIST (100 names taken) or rename's -errno, with err set;
+** on failure after a side file moved, err names what moved where.
+** Library code: does not log; the caller logs the move loudly.
+*/
+int store_set_aside(const char *path, int64_t now_ms, char *ret_path, size_t ret_len,
+		    char *err, size_t errlen);
 
 /* The schema version this build writes (the number of migrations). */
 int store_schema_version(void);

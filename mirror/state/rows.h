@@ -31,8 +31,9 @@ int rows_stage(struct store *st, const struct index *ix, const struct rec *r);
 ** (REC_IN_FILE, their hash kept). Loaded records have REC_DIRTY clear,
 ** heap_idx = UINT32_MAX and alert_state 0 (neither is stored); REC_STALE
 ** and stale_since_ms are as last written; a cadence source out of range
-** reads as CADENCE_NONE. *ret_rev as store_load. Returns 0, -ENOMEM or
-** -EIO (with err; a row the index refuses, say a topic twice, is -EIO).
+** reads as CADENCE_NONE. *ret_rev as store_load. Returns 0, -ENOMEM,
+** -EBADMSG (a corrupt file) or -EIO, with err (a row the index refuses,
+** say a topic twice, is -EIO).
 ** On failure ix may hold the records loaded so far: the caller frees it.
 */
 int rows_load(struct store *st, struct index *ix, int64_t skip_before_ns, int64_t *ret_rev,

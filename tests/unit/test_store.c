@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* test_store.c: the SQLite store on real files: migrations, round trips, views, faults. */
 #include <check.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdbool.h>
@@ -34,14 +35,19 @@ static void setup(void)
 
 static void teardown(void)
 {
-	static const char *const sfx[] = { "", "-wal", "-shm", "-journal" };
-	char p[160];
+	DIR *d = opendir(tmpdir);
+	struct dirent *de;
+	char p[400];
 
-	for (size_t i = 0; i < sizeof(sfx) / sizeof(sfx[0]); i++) {
-		snprintf(p, sizeof(p), "%s%s", dbpath, sfx[i]);
-		unlink(p);
-	}
-	rmdir(tmpdir);
+	/* The database, its side files, and whatever a test set aside. */
+	ck_assert_ptr_nonnull(d);
+	while ((de = readdir(d)))
+		if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0) {
+			snprintf(p, sizeof(p), "%s/%s", tmpdir, de->d_name);
+			unlink(p);
+		}
+	closedir(d);
+	ck_assert_int_eq(rmdir(tmpdir), 0);
 	index_free(tix);
 	tix = NULL;
 }
@@ -559,6 +565,354 @@ START_TEST(test_garbage_file_refused)
 }
 END_TEST
 
+/* ---- broken files: told apart at open, never touched ------------------ */
+
+static unsigned char *slurp(const char *path, size_t *ret_len)
+{
+	struct stat sb;
+	unsigned char *p;
+	int fd = open(path, O_RDONLY);
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(fstat(fd, &sb), 0);
+	p = malloc((size_t)sb.st_size + 1);
+	ck_assert_ptr_nonnull(p);
+	ck_assert_int_eq(read(fd, p, (size_t)sb.st_size), sb.st_size);
+	close(fd);
+	*ret_len = (size_t)sb.st_size;
+	return p;
+}
+
+static void spill(const char *path, const void *p, size_t n)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(write(fd, p, n), (ssize_t)n);
+	close(fd);
+}
+
+static bool exists(const char *path)
+{
+	struct stat sb;
+
+	return stat(path, &sb) == 0;
+}
+
+static bool side_file(const char *sfx)
+{
+	char p[200];
+
+	snprintf(p, sizeof(p), "%s%s", dbpath, sfx);
+	return exists(p);
+}
+
+/* The size of dbpath's side file, -1 when there is none. */
+static off_t side_size(const char *sfx)
+{
+	struct stat sb;
+	char p[200];
+
+	snprintf(p, sizeof(p), "%s%s", dbpath, sfx);
+	return stat(p, &sb) == 0 ? sb.st_size : -1;
+}
+
+/* A file of ours with n rows of 3 kB payloads (spans pages), closed:
+ * the last close checkpoints and removes the WAL. */
+static void make_db(int n)
+{
+	struct store *st = open_store();
+	char payload[3000], topic[32];
+
+	memset(payload, 'q', sizeof(payload));
+	for (int i = 0; i < n; i++) {
+		struct rec *r;
+
+		snprintf(topic, sizeof(topic), "db/%04d", i);
+		r = mkrec(topic, payload, sizeof(payload), i + 1);
+		write_ok(st, &r, 1);
+	}
+	store_close(st);
+	ck_assert(!side_file("-wal"));
+}
+
+/* store_open refuses the file at dbpath with want, err mentioning what,
+ * and leaves it as it was: same bytes, no WAL or shm made beside it (a
+ * foreign reader may have left empty ones: they stay as they were). */
+static void assert_refused(int want, const char *what)
+{
+	struct store *st = NULL;
+	unsigned char *before, *after;
+	size_t n0, n1;
+	char err[256] = "";
+	off_t wal = side_size("-wal"), shm = side_size("-shm");
+
+	before = slurp(dbpath, &n0);
+	ck_assert_int_eq(store_open(dbpath, &st, err, sizeof(err)), want);
+	ck_assert_ptr_null(st);
+	ck_assert_msg(strstr(err, what) != NULL, "err: %s (want \"%s\")", err, what);
+	ck_assert_msg(strstr(err, dbpath) != NULL, "err: %s", err);
+	after = slurp(dbpath, &n1);
+	ck_assert_uint_eq(n0, n1);
+	ck_assert_int_eq(memcmp(before, after, n0), 0);
+	ck_assert_int_le(wal, 0);
+	ck_assert_int_eq(side_size("-wal"), wal);
+	ck_assert_int_eq(side_size("-shm"), shm);
+	free(before);
+	free(after);
+}
+
+START_TEST(test_short_files)
+{
+	unsigned char *db;
+	size_t n;
+	struct store *st;
+
+	/* Not even the first bytes of an SQLite header. */
+	spill(dbpath, "hello, world\n", 13);
+	assert_refused(-EINVAL, "not a statemirror database");
+	/* The first 60 bytes of a real one: cut short. */
+	unlink(dbpath);
+	make_db(1);
+	db = slurp(dbpath, &n);
+	spill(dbpath, db, 60);
+	assert_refused(-ENODATA, "truncated");
+	spill(dbpath, db, 10);
+	assert_refused(-ENODATA, "truncated");
+	free(db);
+	/* An empty file is a new database. */
+	spill(dbpath, "", 0);
+	st = open_store();
+	store_close(st);
+	ck_assert_int_eq(file_int("PRAGMA user_version"), store_schema_version());
+}
+END_TEST
+
+START_TEST(test_truncated_refused)
+{
+	int64_t pages = 0;
+	size_t n;
+	unsigned char *db;
+
+	make_db(40);
+	pages = file_int("PRAGMA page_count");
+	ck_assert_int_gt(pages, 40);
+	db = slurp(dbpath, &n);
+	ck_assert_uint_eq(n % 4096, 0);
+	/* Half of it (whole pages), and a page cut in the middle. */
+	spill(dbpath, db, n / 2 - (n / 2) % 4096);
+	assert_refused(-ENODATA, "truncated");
+	spill(dbpath, db, n - 100);
+	assert_refused(-ENODATA, "truncated");
+	/* Whole again: it opens and loads. */
+	spill(dbpath, db, n);
+	free(db);
+	{
+		int64_t rev;
+		struct index *ix = load_all(&rev);
+
+		ck_assert_uint_eq(index_size(ix), 40);
+		index_free(ix);
+	}
+}
+END_TEST
+
+START_TEST(test_corrupt_refused)
+{
+	unsigned char *db;
+	size_t n;
+
+	make_db(40);
+	db = slurp(dbpath, &n);
+	/* The schema's page (page 1 after the header) overwritten. */
+	{
+		unsigned char *bad = malloc(n);
+
+		ck_assert_ptr_nonnull(bad);
+		memcpy(bad, db, n);
+		memset(bad + 100, 0xff, 200);
+		spill(dbpath, bad, n);
+		assert_refused(-EBADMSG, "corrupt");
+		/* A page size no SQLite writes. */
+		memcpy(bad, db, n);
+		bad[16] = 0x03;
+		bad[17] = 0x00;
+		spill(dbpath, bad, n);
+		assert_refused(-EBADMSG, "corrupt");
+		/* Damage deeper in (the table's pages) shows when the rows are
+		 * read: store_load says -EBADMSG too. */
+		memcpy(bad, db, n);
+		memset(bad + 4096, 0xa5, n - 4096);
+		spill(dbpath, bad, n);
+		{
+			struct store *st = NULL;
+			struct index *ix = index_new();
+			char err[256] = "";
+			int64_t rev;
+			int rc = store_open(dbpath, &st, err, sizeof(err));
+
+			ck_assert_ptr_nonnull(ix);
+			if (rc == 0) {
+				rc = rows_load(st, ix, INT64_MIN, &rev, err, sizeof(err));
+				store_close(st);
+			}
+			ck_assert_msg(rc == -EBADMSG, "rc %d: %s", rc, err);
+			index_free(ix);
+		}
+		free(bad);
+	}
+	free(db);
+}
+END_TEST
+
+START_TEST(test_not_ours_refused)
+{
+	sqlite3 *db;
+	struct store *st;
+
+	/* Another application's database (tables, user_version 0). */
+	db = open_foreign(SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+	ck_assert_int_eq(sqlite3_exec(db, "CREATE TABLE invoices(id INTEGER PRIMARY KEY);"
+				      "INSERT INTO invoices VALUES (1)", NULL, NULL, NULL),
+			 SQLITE_OK);
+	sqlite3_close(db);
+	assert_refused(-EMEDIUMTYPE, "not a statemirror database");
+	/* One that sets a user_version of its own, without our tables. */
+	db = open_foreign(SQLITE_OPEN_READWRITE);
+	ck_assert_int_eq(sqlite3_exec(db, "PRAGMA user_version = 1", NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(db);
+	assert_refused(-EMEDIUMTYPE, "without our tables");
+	unlink(dbpath);
+
+	/* Ours, marked at open; another application_id is not ours. */
+	st = open_store();
+	store_close(st);
+	ck_assert_int_eq(file_int("PRAGMA application_id"), 0x73746d72);
+	db = open_foreign(SQLITE_OPEN_READWRITE);
+	ck_assert_int_eq(sqlite3_exec(db, "PRAGMA application_id = 42", NULL, NULL, NULL),
+			 SQLITE_OK);
+	sqlite3_close(db);
+	assert_refused(-EMEDIUMTYPE, "application_id");
+	/* A file of ours from before the mark (0) opens, and gets it. */
+	db = open_foreign(SQLITE_OPEN_READWRITE);
+	ck_assert_int_eq(sqlite3_exec(db, "PRAGMA application_id = 0", NULL, NULL, NULL),
+			 SQLITE_OK);
+	sqlite3_close(db);
+	st = open_store();
+	store_close(st);
+	ck_assert_int_eq(file_int("PRAGMA application_id"), 0x73746d72);
+}
+END_TEST
+
+/* ---- setting a file aside --------------------------------------------- */
+
+#define NOW_MS 1795313402123LL /* 2026-11-22T02:10:02.123Z */
+
+static void side(const char *sfx, const char *content)
+{
+	char p[200];
+
+	snprintf(p, sizeof(p), "%s%s", dbpath, sfx);
+	spill(p, content, strlen(content));
+}
+
+static void assert_content(const char *path, const char *want)
+{
+	size_t n;
+	unsigned char *p = slurp(path, &n);
+
+	ck_assert_uint_eq(n, strlen(want));
+	ck_assert_int_eq(memcmp(p, want, n), 0);
+	free(p);
+}
+
+START_TEST(test_set_aside)
+{
+	char got[300], want[300], p[320], err[256] = "";
+
+	side("", "D1");
+	side("-wal", "W1");
+	side("-shm", "S1");
+	ck_assert_msg(store_set_aside(dbpath, NOW_MS, got, sizeof(got), err, sizeof(err)) == 0,
+		      "%s", err);
+	snprintf(want, sizeof(want), "%s.bad-20261122T021002Z", dbpath);
+	ck_assert_str_eq(got, want);
+	assert_content(got, "D1");
+	snprintf(p, sizeof(p), "%s-wal", got);
+	assert_content(p, "W1");
+	snprintf(p, sizeof(p), "%s-shm", got);
+	assert_content(p, "S1");
+	snprintf(p, sizeof(p), "%s-journal", got);
+	ck_assert(!exists(p));
+	ck_assert(!exists(dbpath) && !side_file("-wal") && !side_file("-shm"));
+
+	/* The same second again: a name of its own, nothing overwritten. */
+	side("", "D2");
+	side("-journal", "J2");
+	ck_assert_msg(store_set_aside(dbpath, NOW_MS + 500, got, sizeof(got), err, sizeof(err)) == 0,
+		      "%s", err);
+	snprintf(p, sizeof(p), "%s-2", want);
+	ck_assert_str_eq(got, p);
+	assert_content(got, "D2");
+	snprintf(p, sizeof(p), "%s-journal", got);
+	assert_content(p, "J2");
+	snprintf(p, sizeof(p), "%s.bad-20261122T021002Z", dbpath);
+	assert_content(p, "D1");
+
+	/* Nothing there; a name that does not fit: nothing moves. */
+	ck_assert_int_eq(store_set_aside(dbpath, NOW_MS, got, sizeof(got), err, sizeof(err)),
+			 -ENOENT);
+	side("", "D3");
+	side("-wal", "W3");
+	ck_assert_int_eq(store_set_aside(dbpath, NOW_MS, got, 20, err, sizeof(err)), -ENAMETOOLONG);
+	assert_content(dbpath, "D3");
+	ck_assert(side_file("-wal"));
+}
+END_TEST
+
+/* A crash image (database and WAL, as kill -9 leaves them) set aside keeps
+ * its WAL beside it: sqlite3 on the moved file sees every commit, and a
+ * new database at the old path starts empty. */
+START_TEST(test_set_aside_keeps_wal)
+{
+	char crash[200], p[220], got[300], err[256] = "";
+	unsigned char *b;
+	size_t n;
+	sqlite3 *db;
+	struct store *st;
+
+	db = open_foreign(SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+	ck_assert_int_eq(sqlite3_exec(db, "PRAGMA journal_mode = WAL;"
+				      "CREATE TABLE t(x); INSERT INTO t VALUES (1), (2), (3)",
+				      NULL, NULL, NULL), SQLITE_OK);
+	ck_assert(side_file("-wal"));
+	snprintf(crash, sizeof(crash), "%s/crash.db", tmpdir);
+	b = slurp(dbpath, &n);
+	spill(crash, b, n);
+	free(b);
+	snprintf(p, sizeof(p), "%s-wal", dbpath);
+	b = slurp(p, &n);
+	ck_assert_uint_gt(n, 0);
+	snprintf(p, sizeof(p), "%s-wal", crash);
+	spill(p, b, n);
+	free(b);
+	sqlite3_close(db);
+	unlink(dbpath);
+
+	ck_assert_msg(store_set_aside(crash, NOW_MS, got, sizeof(got), err, sizeof(err)) == 0,
+		      "%s", err);
+	snprintf(p, sizeof(p), "%s-wal", crash);
+	ck_assert(!exists(crash) && !exists(p));
+	ck_assert_int_eq(sqlite3_open_v2(got, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+	ck_assert_int_eq(foreign_int(db, "SELECT count(*) FROM t"), 3);
+	sqlite3_close(db);
+
+	/* And the path is free for a new database of ours. */
+	ck_assert_int_eq(store_open(crash, &st, err, sizeof(err)), 0);
+	store_close(st);
+}
+END_TEST
+
 START_TEST(test_unopenable_path)
 {
 	struct store *st = NULL;
@@ -1052,6 +1406,12 @@ static Suite *store_suite(void)
 	tcase_add_test(tc, test_reader_during_writes);
 	tcase_add_test(tc, test_newer_version_refused);
 	tcase_add_test(tc, test_garbage_file_refused);
+	tcase_add_test(tc, test_short_files);
+	tcase_add_test(tc, test_truncated_refused);
+	tcase_add_test(tc, test_corrupt_refused);
+	tcase_add_test(tc, test_not_ours_refused);
+	tcase_add_test(tc, test_set_aside);
+	tcase_add_test(tc, test_set_aside_keeps_wal);
 	tcase_add_test(tc, test_unopenable_path);
 	tcase_add_test(tc, test_disk_full);
 	tcase_add_test(tc, test_failed_batch_is_atomic);
