@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* render.c: the contract's key record and rejected messages as JSON, without an intermediate tree. */
+/* render.c: key records and rejected messages as JSON, without an intermediate tree. */
 #include "api/render.h"
 
 #include <string.h>

@@ -6,8 +6,8 @@
 #include "mirror/state/rows.h"
 
 /* The file's flags are the record's (schema/001_init.sql). */
-_Static_assert((unsigned)STORE_DELETED == (unsigned)REC_DELETED, "the stored tombstone bit is REC_DELETED");
-_Static_assert((unsigned)STORE_IS_JSON == (unsigned)REC_IS_JSON, "the stored JSON bit is REC_IS_JSON");
+_Static_assert((unsigned)STORE_DELETED == (unsigned)REC_DELETED, "the tombstone bit");
+_Static_assert((unsigned)STORE_IS_JSON == (unsigned)REC_IS_JSON, "the JSON bit");
 _Static_assert(STORE_LEARN_SLOTS == REC_LEARN_SLOTS, "a stored learning state is a record's");
 
 /* Bits of rec.flags that describe the record rather than our bookkeeping. */
