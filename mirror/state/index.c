@@ -74,6 +74,11 @@ struct learn_ent {
 };
 
 struct index {
+	/* Where payloads in the file come from (index_set_payload_source). */
+	rec_fetch_fn fetch;
+	rec_scan_fn scan;
+	rec_scan_end_fn scan_end;
+	void *source_ctx;
 	cb_ref root;
 	struct cb_node **chunks;     /* node n is chunks[n >> 13][n & 8191] */
 	uint32_t nnodes, capchunks;
@@ -86,11 +91,6 @@ struct index {
 	uint32_t lcap, nlearn;       /* map capacity (a power of 2), states */
 	struct rec_learn **lchunks;  /* state n is lchunks[n >> 10][n & 1023] */
 	uint32_t lcapchunks;
-	/* Where payloads in the file come from (index_set_payload_source). */
-	rec_fetch_fn fetch;
-	rec_scan_fn scan;
-	rec_scan_end_fn scan_end;
-	void *source_ctx;
 	pthread_rwlock_t lock;
 };
 
