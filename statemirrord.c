@@ -20,6 +20,7 @@
 #include "mirror/state/index.h"
 #include "mirror/ingest/mqtt.h"
 #include "mirror/state/rejects.h"
+#include "mirror/state/rows.h"
 #include "mirror/liveness/stale.h"
 #include "store/store.h"
 
@@ -263,7 +264,7 @@ static int load_index(struct store *st, struct stale *stale, struct index *ix, i
 	/* Tombstones older than a day are forgotten now and deleted from the
 	 * file by the keeper thread once serving (mirror_deps.purge_before_ns). */
 	*ret_purge_before_ns = (lc.now_ms - TOMBSTONE_TTL_MS) * 1000000;
-	rc = store_load(st, ix, *ret_purge_before_ns, ret_rev, err, sizeof(err));
+	rc = rows_load(st, ix, *ret_purge_before_ns, ret_rev, err, sizeof(err));
 	if (rc < 0) {
 		log_error("store: cannot load: %s", err);
 		return rc;
@@ -340,15 +341,14 @@ int main(int argc, char **argv)
 		log_error("store: cannot open %s: %s", conf.db_path, err);
 		goto out;
 	}
-	/* Payloads the index no longer holds are read back from the file. */
-	rec_payload_source(store_fetch_payload, store);
-	rec_payload_scanner(store_scan, store_scan_end);
 	ix = index_new();
 	rejects = rejects_new((size_t)conf.max_rejects);
 	if (!ix || !rejects) {
 		log_error("out of memory at startup");
 		goto out;
 	}
+	/* Payloads the index no longer holds are read back from the file. */
+	index_set_payload_source(ix, store_fetch_payload, store_scan, store_scan_end, store);
 	if ((rc = mqtt_new(&conf, &mqtt, err, sizeof(err))) < 0) {
 		log_error("mqtt: %s", err);
 		goto out;

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* test_log.c: unit tests of log levels, line format, the rate limiter, and lines dropped rather than blocking. */
 #include <check.h>
+#include <stdbool.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/ioctl.h>
