@@ -1265,3 +1265,49 @@ int store_schema_version(void)
 {
 	return (int)schema_nmigrations;
 }
+
+int store_resume_window(struct store *st, int64_t skip_before_ns, int64_t file_max,
+			int64_t *ret_floor, char *err, size_t errlen)
+{
+	int64_t base = -1, forgotten = 0;
+	sqlite3_stmt *s = NULL;
+	int rc, ret;
+
+	ret = query_int(st->db, "SELECT coalesce((SELECT value FROM meta WHERE name = 'run_base'), -1)",
+			&base, err, errlen);
+	if (ret < 0)
+		return ret;
+	rc = sqlite3_prepare_v2(st->db, "SELECT coalesce(max(rev), 0) FROM rec"
+				" WHERE (flags & ?1) != 0 AND ts_ns < ?2", -1, &s, NULL);
+	if (rc != SQLITE_OK)
+		return sql_fail(st->db, rc, "resume window", err, errlen);
+	sqlite3_bind_int64(s, 1, STORE_DELETED);
+	sqlite3_bind_int64(s, 2, skip_before_ns);
+	rc = sqlite3_step(s);
+	if (rc == SQLITE_ROW)
+		forgotten = sqlite3_column_int64(s, 0);
+	sqlite3_finalize(s);
+	if (rc != SQLITE_ROW)
+		return sql_fail(st->db, rc, "resume window", err, errlen);
+	if (base < 0)
+		base = file_max + 1; /* no mark: nothing is known to be complete */
+	*ret_floor = forgotten >= base ? forgotten : base;
+	return 0;
+}
+
+int store_mark_run(struct store *st, int64_t run_base, char *err, size_t errlen)
+{
+	sqlite3_stmt *s = NULL;
+	int rc = sqlite3_prepare_v2(st->db, "INSERT INTO meta(name, value) VALUES ('run_base', ?1)"
+				    " ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+				    -1, &s, NULL);
+
+	if (rc != SQLITE_OK)
+		return sql_fail(st->db, rc, "mark run", err, errlen);
+	sqlite3_bind_int64(s, 1, run_base);
+	rc = sqlite3_step(s);
+	sqlite3_finalize(s);
+	if (rc != SQLITE_DONE)
+		return sql_fail(st->db, rc, "mark run", err, errlen);
+	return 0;
+}

@@ -204,6 +204,23 @@ void store_scan_end(void *ctx);
 int store_set_aside(const char *path, int64_t now_ms, char *ret_path, size_t ret_len,
 		    char *err, size_t errlen);
 
+/*
+** Watch resume across restarts (api/watch.h, watch_set_resume): the first
+** revision of this run, kept in the file's meta table. At startup
+** store_resume_window() reads the previous run's first revision and
+** returns the range of its revisions a watcher may resume from by a
+** replay of the records: [*ret_floor, file_max] (file_max is what
+** store_load returned), raised above the newest tombstone that the load
+** forgot (deleted before skip_before_ns), since its delete can no longer
+** be replayed; *ret_floor > file_max when there is none (a file without
+** the mark, from an older daemon). store_mark_run() then records
+** run_base as this run's first revision. Both run before the keeper
+** thread owns the store. Return 0 or -errno with err.
+*/
+int store_resume_window(struct store *st, int64_t skip_before_ns, int64_t file_max,
+			int64_t *ret_floor, char *err, size_t errlen);
+int store_mark_run(struct store *st, int64_t run_base, char *err, size_t errlen);
+
 /* The schema version this build writes (the number of migrations). */
 int store_schema_version(void);
 

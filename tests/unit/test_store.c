@@ -1092,6 +1092,37 @@ START_TEST(test_purge_tombstones)
 }
 END_TEST
 
+/* The revisions a watcher may resume from after a restart (watch.h). */
+START_TEST(test_resume_window)
+{
+	struct store *st = open_store();
+	struct rec *v[3];
+	char err[256] = "";
+	int64_t floor = -1;
+
+	/* A file without the mark (new, or from an older daemon): nothing. */
+	ck_assert_int_eq(store_resume_window(st, 0, 0, &floor, err, sizeof(err)), 0);
+	ck_assert_int_gt(floor, 0);
+	ck_assert_int_eq(store_mark_run(st, 100, err, sizeof(err)), 0);
+	v[0] = mkrec("a", "{}", 2, 120);
+	v[1] = mkrec("gone", NULL, 0, 130);
+	v[1]->flags = REC_DELETED;
+	v[2] = mkrec("b", "{}", 2, 140);
+	write_ok(st, v, 3);
+	/* The previous run began at 100: resumable from there... */
+	ck_assert_int_eq(store_resume_window(st, 0, 140, &floor, err, sizeof(err)), 0);
+	ck_assert_int_eq(floor, 100);
+	/* ... unless the load forgets a newer tombstone: not before its delete. */
+	ck_assert_int_eq(store_resume_window(st, v[1]->ts_ns + 1, 140, &floor, err, sizeof(err)), 0);
+	ck_assert_int_eq(floor, 130);
+	/* The mark is the latest run's. */
+	ck_assert_int_eq(store_mark_run(st, 140 + (1LL << 32), err, sizeof(err)), 0);
+	ck_assert_int_eq(store_resume_window(st, 0, 140, &floor, err, sizeof(err)), 0);
+	ck_assert_int_eq(floor, 140 + (1LL << 32));
+	store_close(st);
+}
+END_TEST
+
 static off_t file_size(const char *path)
 {
 	struct stat sb;
@@ -1418,6 +1449,7 @@ static Suite *store_suite(void)
 	tcase_add_test(tc, test_busy_fails_fast);
 	tcase_add_test(tc, test_large_batch_updates);
 	tcase_add_test(tc, test_purge_tombstones);
+	tcase_add_test(tc, test_resume_window);
 	tcase_add_test(tc, test_checkpoints);
 	suite_add_tcase(s, tc);
 	return s;
