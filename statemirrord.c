@@ -20,6 +20,7 @@
 #include "mirror/state/index.h"
 #include "mirror/ingest/mqtt.h"
 #include "mirror/state/rejects.h"
+#include "mirror/state/rows.h"
 #include "mirror/liveness/stale.h"
 #include "store/store.h"
 
@@ -253,7 +254,7 @@ static int load_visit(struct rec *r, void *ctx)
  * passed while we were down turn stale now (without an alert: startup
  * counts as not synced, see stale_on_broker). */
 static int load_index(struct store *st, struct stale *stale, struct index *ix, int64_t *ret_rev,
-		      int64_t *ret_purge_before_ns)
+		      int64_t *ret_purge_before_ns, int64_t ret_resume[2])
 {
 	struct load_ctx lc = { stale, clock_wall_ms() };
 	int64_t t0 = clock_mono_ms();
@@ -263,13 +264,22 @@ static int load_index(struct store *st, struct stale *stale, struct index *ix, i
 	/* Tombstones older than a day are forgotten now and deleted from the
 	 * file by the keeper thread once serving (mirror_deps.purge_before_ns). */
 	*ret_purge_before_ns = (lc.now_ms - TOMBSTONE_TTL_MS) * 1000000;
-	rc = store_load(st, ix, *ret_purge_before_ns, ret_rev, err, sizeof(err));
+	rc = rows_load(st, ix, *ret_purge_before_ns, ret_rev, err, sizeof(err));
 	if (rc < 0) {
 		log_error("store: cannot load: %s", err);
 		return rc;
 	}
+	/* Watchers of the previous run resume from the records (watch.h). */
+	ret_resume[1] = *ret_rev;
+	rc = store_resume_window(st, *ret_purge_before_ns, *ret_rev, &ret_resume[0], err, sizeof(err));
 	if (*ret_rev > 0)
 		*ret_rev += REV_RESTART_GAP;
+	if (rc == 0)
+		rc = store_mark_run(st, *ret_rev, err, sizeof(err));
+	if (rc < 0) {
+		log_error("store: cannot load: %s", err);
+		return rc;
+	}
 	index_wrlock(ix);
 	index_walk(ix, NULL, 0, NULL, 0, load_visit, &lc);
 	index_unlock(ix);
@@ -309,7 +319,7 @@ int main(int argc, char **argv)
 	struct watch *watch = NULL;
 	char err[512];
 	int status = EXIT_RUNTIME, rc;
-	int64_t rev = 0, purge_before_ns = 0;
+	int64_t rev = 0, purge_before_ns = 0, resume[2] = { 0, 0 };
 	sigset_t sigs;
 
 	if (parse_args(argc, argv, &opt) < 0)
@@ -340,25 +350,24 @@ int main(int argc, char **argv)
 		log_error("store: cannot open %s: %s", conf.db_path, err);
 		goto out;
 	}
-	/* Payloads the index no longer holds are read back from the file. */
-	rec_payload_source(store_fetch_payload, store);
-	rec_payload_scanner(store_scan, store_scan_end);
 	ix = index_new();
 	rejects = rejects_new((size_t)conf.max_rejects);
 	if (!ix || !rejects) {
 		log_error("out of memory at startup");
 		goto out;
 	}
+	/* Payloads the index no longer holds are read back from the file. */
+	index_set_payload_source(ix, store_fetch_payload, store_scan, store_scan_end, store);
 	if ((rc = mqtt_new(&conf, &mqtt, err, sizeof(err))) < 0) {
 		log_error("mqtt: %s", err);
 		goto out;
 	}
-	stale = stale_new(&conf, ix, &(struct stale_outlet){ .publish = stale_publish, .ctx = mqtt });
+	stale = stale_new(&conf, ix, &(struct deliver_outlet){ .publish = stale_publish, .ctx = mqtt });
 	if (!stale) {
 		log_error("out of memory at startup");
 		goto out;
 	}
-	if (load_index(store, stale, ix, &rev, &purge_before_ns) < 0)
+	if (load_index(store, stale, ix, &rev, &purge_before_ns, resume) < 0)
 		goto out;
 
 	changes = changes_new((size_t)conf.watch_log_size, rev);
@@ -370,6 +379,7 @@ int main(int argc, char **argv)
 		log_error("watch: cannot start: %s", strerror(-rc));
 		goto out;
 	}
+	watch_set_resume(watch, resume[0], resume[1], rev);
 	struct mirror_deps cd = { .conf = &conf, .ix = ix, .store = store, .stale = stale,
 				.mqtt = mqtt, .rejects = rejects,
 				.changes = changes, .rev = rev,

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* http.c: the HTTP server: listeners, limits, bearer auth, routing and the JSON endpoints. */
+/* http.c: the HTTP server: listeners, connection fairness, bearer auth, the route table and the JSON endpoints. */
 #include "api/http.h"
 
 #include <arpa/inet.h>
@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +15,8 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -23,9 +26,12 @@
 #include "common/log.h"
 #include "common/stats.h"
 #include "common/topic.h"
+#include "api/body.h"
+#include "api/fair.h"
 #include "api/metrics.h"
 #include "api/pathdec.h"
 #include "api/render.h"
+#include "api/status/status.h"
 #include "api/watch.h"
 
 /*
@@ -49,6 +55,12 @@
 #define API_MAX_CONN_MEMORY (1u << 20)
 #define API_SOFT_BODY (8u << 20)
 #define API_MAX_GET_BODY 4096
+/* A body route's upload without Content-Length (chunked) that passes the
+ * row's limit cannot be answered before it ends (libmicrohttpd 0.9.75
+ * queues no response while a body is being read): up to this much more is
+ * read and dropped so the client still gets its 413; beyond, the
+ * connection is closed. */
+#define API_BODY_DRAIN (64u << 10)
 #define API_LIST_DEFAULT 100
 #define API_LIST_MAX 10000
 /* Records (or bytes) rendered per hold of the index read lock: a writer
@@ -57,6 +69,20 @@
 #define API_CHUNK_RECORDS 64
 #define API_CHUNK_BYTES (64u << 10)
 #define API_CHUNK_VISITS 4096
+
+/*
+** Fairness (api/fair.h). A connection's first request head must be
+** complete within API_HEAD_TIMEOUT_MS (or [http] timeout when shorter);
+** the deadline thread looks every API_REAP_TICK_MS at most. libmicrohttpd's
+** own limit leaves room above max_connections for the watch streams
+** (counted apart) and for connections killed but not yet closed.
+*/
+#define API_HEAD_TIMEOUT_MS 5000
+#define API_REAP_TICK_MS 250
+#define API_FD_RESERVE 128      /* descriptors for everything but HTTP */
+/* A watch stream's kernel send buffer (Linux doubles it): what a listener
+ * that stopped reading holds in the kernel, beyond watch_buffer. */
+#define API_WATCH_SNDBUF (64 * 1024)
 
 #define CT_JSON "application/json"
 #define CT_METRICS "text/plain; version=0.0.4; charset=utf-8"
@@ -67,18 +93,40 @@ struct api {
 	char *token;            /* NULL: no auth */
 	size_t token_len;
 	char *unix_path;        /* unlinked at stop */
+	char *write_token;      /* AUTH_WRITE routes; NULL: none configured */
+	size_t write_token_len;
 	size_t max_uri;
 	size_t body_max;        /* hard limit of one response body */
 	struct log_ratelimit rl;
+	struct log_ratelimit rl_body;
+	struct log_ratelimit rl_fair;   /* under fair's mutex */
+
+	struct fair *fair;
+	pthread_t reaper;               /* closes connections past their head deadline */
+	bool reaper_started;
+	pthread_mutex_t reap_mu;
+	pthread_cond_t reap_cv;         /* CLOCK_MONOTONIC */
+	bool reap_stop;                 /* reap_mu */
 };
+
+/* The fairness record of connection c (its socket context), or NULL. */
+static struct fair_conn *conn_of(struct MHD_Connection *c)
+{
+	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+
+	return ci ? ci->socket_context : NULL;
+}
 
 /* Per request: a copy of the raw request-target, taken before
  * libmicrohttpd unescapes it (it turns '+' into ' ' in query values,
- * which would break the filter "a/+/b"). We decode it ourselves, once. */
+ * which would break the filter "a/+/b"). We decode it ourselves, once.
+ * The rest is filled in at the first handler call, when the head is in. */
 struct req {
-	size_t len;             /* SIZE_MAX: longer than max_uri */
-	size_t body;            /* request body bytes seen (and dropped) */
+	const struct route *rt; /* NULL: no such path (404) */
+	struct body body;       /* the upload of a route that takes a body */
+	size_t dropped;         /* bytes of a body nobody asked for, dropped */
 	bool headers_done;      /* the first handler call happened */
+	size_t len;             /* SIZE_MAX: longer than max_uri */
 	char uri[];
 };
 
@@ -88,6 +136,11 @@ struct call {
 	struct MHD_Connection *c;
 	bool v1;                /* add Statemirror-Synced */
 	bool synced;
+	char *tail;             /* a prefix route: the path after the prefix, */
+	size_t tail_len;        /* still percent-encoded, writable */
+	char *query;            /* after '?', NUL-terminated, writable; NULL: none */
+	size_t query_len;
+	json_t *body;           /* a body route: the parsed body (borrowed) */
 };
 
 static const char oom_body[] = "{\"error\":\"out of memory\"}";
@@ -193,73 +246,11 @@ static enum MHD_Result send_literal(struct call *k, unsigned code, const char *b
 	return send_buf(k, code, &b, CT_JSON);
 }
 
-/* ---- query parameters ------------------------------------------------- */
-
-/* "true" / "false"; absent leaves *ret alone. Returns 0 or -EINVAL. */
-static int param_bool(const struct pathdec_param *p, size_t n, const char *key, int *ret)
-{
-	const struct pathdec_param *v;
-	int r = pathdec_get(p, n, key, &v);
-
-	if (r == -ENOENT)
-		return 0;
-	if (r < 0)
-		return r;
-	if (v->val_len == 4 && memcmp(v->val, "true", 4) == 0)
-		*ret = 1;
-	else if (v->val_len == 5 && memcmp(v->val, "false", 5) == 0)
-		*ret = 0;
-	else
-		return -EINVAL;
-	return 0;
-}
-
-/* A decimal in 1..max; absent leaves *ret alone. Returns 0 or -EINVAL. */
-static int param_limit(const struct pathdec_param *p, size_t n, const char *key, size_t max,
-		       size_t *ret)
-{
-	const struct pathdec_param *v;
-	int r = pathdec_get(p, n, key, &v);
-	size_t x = 0;
-
-	if (r == -ENOENT)
-		return 0;
-	if (r < 0)
-		return r;
-	if (v->val_len == 0 || v->val_len > 6)
-		return -EINVAL;
-	for (size_t i = 0; i < v->val_len; i++) {
-		if (v->val[i] < '0' || v->val[i] > '9')
-			return -EINVAL;
-		x = x * 10 + (size_t)(v->val[i] - '0');
-	}
-	if (x < 1 || x > max)
-		return -EINVAL;
-	*ret = x;
-	return 0;
-}
-
-/* A string without NUL bytes; absent leaves *ret alone. */
-static int param_str(const struct pathdec_param *p, size_t n, const char *key,
-		     const struct pathdec_param **ret)
-{
-	const struct pathdec_param *v;
-	int r = pathdec_get(p, n, key, &v);
-
-	if (r == -ENOENT)
-		return 0;
-	if (r < 0)
-		return r;
-	if (memchr(v->val, '\0', v->val_len))
-		return -EINVAL;
-	*ret = v;
-	return 0;
-}
-
 /* ---- the record walk behind /v1/keys and /v1/stale -------------------- */
 
 struct walk {
 	struct buf *b;
+	const struct index *ix; /* the walked index (payloads in the file, walk_run) */
 	const char *filter;
 	int stale;              /* -1 any, 0 fresh only, 1 stale only */
 	size_t limit, n;
@@ -304,7 +295,7 @@ static int walk_visit(struct rec *r, void *ctx)
 	mark = w->b->len;
 	ret = w->n ? buf_putc(w->b, ',') : 0;
 	if (ret == 0)
-		ret = render_record(w->b, r, w->now_ms);
+		ret = render_record(w->b, w->ix, r, w->now_ms);
 	if (ret < 0) {
 		w->b->len = mark;
 		w->b->data[mark] = '\0';
@@ -337,6 +328,7 @@ static int walk_run(struct api *a, struct walk *w, const char *after, size_t aft
 	const char *cur = after;
 	size_t cur_len = after_len;
 
+	w->ix = a->d.ix;
 	do {
 		w->paused = false;
 		w->chunk_left = API_CHUNK_RECORDS;
@@ -345,9 +337,9 @@ static int walk_run(struct api *a, struct walk *w, const char *after, size_t aft
 		w->prev = NULL;
 		index_rdlock(a->d.ix);
 		/* Payloads in the file come from one range scan per hold. */
-		rec_payload_scan(cur ? cur : w->filter, cur ? cur_len : plen);
+		rec_payload_scan(a->d.ix, cur ? cur : w->filter, cur ? cur_len : plen);
 		index_walk(a->d.ix, w->filter, plen, cur, cur_len, walk_visit, w);
-		rec_payload_scan_end();
+		rec_payload_scan_end(a->d.ix);
 		index_unlock(a->d.ix);
 		cur = w->resume.data;
 		cur_len = w->resume.len;
@@ -377,32 +369,30 @@ struct list_args {
 };
 
 /* Parse the query of /v1/keys and /v1/stale. Answers 400 itself. */
-static int list_args_parse(struct call *k, char *query, size_t query_len, bool with_stale,
-			   struct list_args *la, enum MHD_Result *ret_mhd)
+static int list_args_parse(struct call *k, bool with_stale, struct list_args *la,
+			   enum MHD_Result *ret_mhd)
 {
 	struct pathdec_param params[PATHDEC_MAX_PARAMS];
 	const struct pathdec_param *f = NULL, *af = NULL;
+	uint64_t limit = API_LIST_DEFAULT;
 	size_t np = 0;
 	int r;
 
 	la->filter = "#";
 	la->after = NULL;
 	la->after_len = 0;
-	la->limit = API_LIST_DEFAULT;
 	la->stale = -1;
-	if (query && (r = pathdec_query(query, query_len, params, PATHDEC_MAX_PARAMS, &np)) < 0) {
-		*ret_mhd = send_error(k, MHD_HTTP_BAD_REQUEST,
-				      r == -E2BIG ? "too many query parameters"
-						  : "bad percent-encoding in the query");
+	if (k->query && (r = pathdec_query(k->query, k->query_len, params, PATHDEC_MAX_PARAMS, &np)) < 0) {
+		*ret_mhd = send_error(k, MHD_HTTP_BAD_REQUEST, pathdec_query_reason(r));
 		return r;
 	}
-	if ((r = param_str(params, np, "filter", &f)) < 0 || (f && topic_filter_check(f->val) < 0)) {
+	if ((r = pathdec_str(params, np, "filter", &f)) < 0 || (f && topic_filter_check(f->val) < 0)) {
 		*ret_mhd = send_error(k, MHD_HTTP_BAD_REQUEST, "invalid filter");
 		return r < 0 ? r : -EINVAL;
 	}
 	if (f)
 		la->filter = f->val;
-	if ((r = param_str(params, np, "after", &af)) < 0) {
+	if ((r = pathdec_str(params, np, "after", &af)) < 0) {
 		*ret_mhd = send_error(k, MHD_HTTP_BAD_REQUEST, "invalid after");
 		return r;
 	}
@@ -410,11 +400,12 @@ static int list_args_parse(struct call *k, char *query, size_t query_len, bool w
 		la->after = af->val;
 		la->after_len = af->val_len;
 	}
-	if ((r = param_limit(params, np, "limit", API_LIST_MAX, &la->limit)) < 0) {
+	if ((r = pathdec_uint(params, np, "limit", 1, API_LIST_MAX, &limit)) < 0) {
 		*ret_mhd = send_error(k, MHD_HTTP_BAD_REQUEST, "invalid limit (1..10000)");
 		return r;
 	}
-	if (with_stale && (r = param_bool(params, np, "stale", &la->stale)) < 0) {
+	la->limit = (size_t)limit;
+	if (with_stale && (r = pathdec_bool(params, np, "stale", &la->stale)) < 0) {
 		*ret_mhd = send_error(k, MHD_HTTP_BAD_REQUEST, "invalid stale (true or false)");
 		return r;
 	}
@@ -441,8 +432,10 @@ static void walk_done(struct walk *w)
 
 /* ---- endpoints -------------------------------------------------------- */
 
-static enum MHD_Result ep_key(struct call *k, char *t, size_t tlen)
+static enum MHD_Result ep_key(struct call *k)
 {
+	char *t = k->tail;
+	size_t tlen = k->tail_len;
 	struct api *a = k->a;
 	struct buf b;
 	struct rec *r;
@@ -463,7 +456,7 @@ static enum MHD_Result ep_key(struct call *k, char *t, size_t tlen)
 	r = index_get(a->d.ix, t, n);
 	if (r && !(r->flags & REC_DELETED)) {
 		found = true;
-		ret = render_record(&b, r, now_ms);
+		ret = render_record(&b, a->d.ix, r, now_ms);
 	}
 	index_unlock(a->d.ix);
 	if (!found) {
@@ -475,7 +468,7 @@ static enum MHD_Result ep_key(struct call *k, char *t, size_t tlen)
 	return send_buf(k, MHD_HTTP_OK, &b, CT_JSON);
 }
 
-static enum MHD_Result ep_keys(struct call *k, char *query, size_t query_len)
+static enum MHD_Result ep_keys(struct call *k)
 {
 	struct list_args la;
 	struct walk w;
@@ -483,7 +476,7 @@ static enum MHD_Result ep_keys(struct call *k, char *query, size_t query_len)
 	enum MHD_Result mr;
 	int r;
 
-	if (list_args_parse(k, query, query_len, true, &la, &mr) < 0)
+	if (list_args_parse(k, true, &la, &mr) < 0)
 		return mr;
 	buf_init(&b, k->a->body_max);
 	walk_init(&w, &b, &la);
@@ -529,7 +522,7 @@ static void group_visit(const char *prefix, uint64_t count, void *ctx)
 	g->ngroups++;
 }
 
-static enum MHD_Result ep_stale(struct call *k, char *query, size_t query_len)
+static enum MHD_Result ep_stale(struct call *k)
 {
 	struct api *a = k->a;
 	struct groups_ctx g = { 0 };
@@ -539,7 +532,7 @@ static enum MHD_Result ep_stale(struct call *k, char *query, size_t query_len)
 	enum MHD_Result mr;
 	int r;
 
-	if (list_args_parse(k, query, query_len, false, &la, &mr) < 0)
+	if (list_args_parse(k, false, &la, &mr) < 0)
 		return mr;
 	la.stale = 1;
 	buf_init(&gb, a->body_max);
@@ -574,7 +567,7 @@ static enum MHD_Result ep_rejects(struct call *k)
 
 	buf_init(&b, k->a->body_max);
 	if (k->a->d.rejects)
-		r = rejects_render(k->a->d.rejects, &b);
+		r = render_rejects(&b, k->a->d.rejects);
 	else
 		r = buf_puts(&b, "{\"items\":[]}");
 	if (r < 0)
@@ -617,14 +610,16 @@ static enum MHD_Result ep_metrics(struct call *k)
 	return send_buf(k, MHD_HTTP_OK, &b, CT_METRICS);
 }
 
-static enum MHD_Result ep_watch(struct call *k, char *query, size_t query_len)
+static enum MHD_Result ep_watch(struct call *k)
 {
+	const union MHD_ConnectionInfo *fdi;
+	int sndbuf = API_WATCH_SNDBUF;
 	struct MHD_Response *resp = NULL;
 	const char *why = "watch streams are off";
 	int r = -EBUSY;
 
 	if (k->a->d.watch)
-		r = watch_open(k->a->d.watch, k->c, query, query_len,
+		r = watch_open(k->a->d.watch, k->c, k->query, k->query_len,
 			       MHD_lookup_connection_value(k->c, MHD_HEADER_KIND, "Last-Event-ID"),
 			       &resp, &why);
 	if (r == -EINVAL)
@@ -633,21 +628,166 @@ static enum MHD_Result ep_watch(struct call *k, char *query, size_t query_len)
 		return send_error(k, MHD_HTTP_SERVICE_UNAVAILABLE, why);
 	if (r < 0)
 		return send_oom(k);
+	fair_watch(k->a->fair, conn_of(k->c));
+	/* A listener that never reads would otherwise park up to the
+	 * kernel's autotuned send buffer (tcp_wmem, 4 MiB) with us, and a
+	 * connection thread would render all of it: past API_WATCH_SNDBUF
+	 * it reads back from the change log at its own pace instead. */
+	if ((fdi = MHD_get_connection_info(k->c, MHD_CONNECTION_INFO_CONNECTION_FD)) &&
+	    setsockopt(fdi->connect_fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf)) < 0)
+		log_debug("http: watch stream SO_SNDBUF: %s", strerror(errno));
 	return queue(k, MHD_HTTP_OK, resp, "text/event-stream", NULL, NULL);
 }
 
-/* ---- routing ---------------------------------------------------------- */
-
-static bool path_is(const char *p, size_t n, const char *lit)
+/* The status page's files (api/status/). Served without the token: they
+ * hold no data, and the page asks for the token when the API answers 401. */
+static enum MHD_Result status_asset(struct call *k, const char *path)
 {
-	size_t l = strlen(lit);
+	struct MHD_Response *resp;
+	const char *type;
+	const void *body;
+	size_t len;
 
-	return n == l && memcmp(p, lit, l) == 0;
+	if (api_status_asset(path, &body, &len, &type) < 0)
+		return send_error(k, MHD_HTTP_NOT_FOUND, "no such path");
+	resp = MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_PERSISTENT);
+	if (!resp)
+		return MHD_NO;
+	if (MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff") != MHD_YES ||
+	    MHD_add_response_header(resp, "Referrer-Policy", "no-referrer") != MHD_YES ||
+	    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache") != MHD_YES) {
+		MHD_destroy_response(resp);
+		return MHD_NO;
+	}
+	return queue(k, MHD_HTTP_OK, resp, type, "Content-Security-Policy", API_STATUS_CSP);
+}
+
+static enum MHD_Result ep_status_page(struct call *k)
+{
+	return status_asset(k, "/");
+}
+
+static enum MHD_Result ep_status_js(struct call *k)
+{
+	return status_asset(k, "/status.js");
+}
+
+static enum MHD_Result ep_status_css(struct call *k)
+{
+	return status_asset(k, "/status.css");
+}
+
+static enum MHD_Result ep_healthz(struct call *k)
+{
+	return send_literal(k, MHD_HTTP_OK, "{\"ok\":true}");
+}
+
+/* ---- the route table -------------------------------------------------- */
+
+/*
+** Who may call a route: anyone; holders of the read token (when
+** [http] token_file is set); holders of the write token. There is one
+** token today, so the write token is the read token; on a TCP listener a
+** write route needs one (the configuration sets none: 403), a unix
+** socket is guarded by its mode instead.
+*/
+enum api_auth { AUTH_NONE, AUTH_READ, AUTH_WRITE, AUTH_MAX };
+
+#define M_GET 0x1u      /* GET and HEAD (libmicrohttpd sends no body for HEAD) */
+#define M_POST 0x2u
+
+/*
+** One row per route. The table, not the handlers, answers what is about
+** the request's shape: 404 (no row for the path), 405 with Allow (a row
+** for the path, none for the method), 401/403 (auth), 413 (a body on a
+** route that takes none, or beyond body_max), 415 (a body whose
+** Content-Type is not body_type) and 400 (a body that is not JSON). A
+** handler is called with the request settled: k->tail for a prefix row,
+** k->query, and for a body row k->body, the parsed JSON (borrowed: freed
+** after the handler returns).
+**
+** Rows are tried in order; the first whose path and method match wins.
+** Adding a route is one row plus its handler, e.g. intents:
+**   { "/v1/intents/", true, M_POST, AUTH_WRITE, 64 << 10, CT_JSON, ep_intent_post },
+**
+** A body row is checked at the first call (head complete, body unread),
+** so a stranger's or an oversized upload is refused before it is read
+** (libmicrohttpd then closes the connection); rows without a body answer
+** after the (empty) body, keeping the connection alive.
+*/
+struct route {
+	const char *path;
+	bool prefix;            /* path is a prefix: the rest is k->tail */
+	unsigned methods;       /* M_GET | M_POST */
+	enum api_auth auth;
+	size_t body_max;        /* 0: the request takes no body */
+	const char *body_type;  /* the Content-Type a body must have */
+	enum MHD_Result (*fn)(struct call *k);
+};
+
+static const struct route routes[] = {
+	{ "/healthz", false, M_GET, AUTH_NONE, 0, NULL, ep_healthz },
+	/* The status page's files hold no data: served without the token (the
+	 * page asks for it when the API answers 401). */
+	{ "/", false, M_GET, AUTH_NONE, 0, NULL, ep_status_page },
+	{ "/status.js", false, M_GET, AUTH_NONE, 0, NULL, ep_status_js },
+	{ "/status.css", false, M_GET, AUTH_NONE, 0, NULL, ep_status_css },
+	{ "/readyz", false, M_GET, AUTH_READ, 0, NULL, ep_readyz },
+	{ "/metrics", false, M_GET, AUTH_READ, 0, NULL, ep_metrics },
+	{ "/v1/keys", false, M_GET, AUTH_READ, 0, NULL, ep_keys },
+	{ "/v1/keys/", true, M_GET, AUTH_READ, 0, NULL, ep_key },
+	{ "/v1/stale", false, M_GET, AUTH_READ, 0, NULL, ep_stale },
+	{ "/v1/watch", false, M_GET, AUTH_READ, 0, NULL, ep_watch },
+	{ "/v1/rejects", false, M_GET, AUTH_READ, 0, NULL, ep_rejects },
+};
+
+static unsigned method_bit(const char *method)
+{
+	if (strcmp(method, MHD_HTTP_METHOD_GET) == 0 || strcmp(method, MHD_HTTP_METHOD_HEAD) == 0)
+		return M_GET;
+	if (strcmp(method, MHD_HTTP_METHOD_POST) == 0)
+		return M_POST;
+	return 0;
+}
+
+static const char *allow_header(unsigned methods)
+{
+	switch (methods & (M_GET | M_POST)) {
+	case M_GET | M_POST:
+		return "GET, HEAD, POST";
+	case M_POST:
+		return "POST";
+	default:
+		return "GET, HEAD";
+	}
+}
+
+/* The row for path and method. NULL when there is none, with the methods
+ * the path's rows take in *ret_allow (0: no such path). */
+static const struct route *route_find(const char *path, size_t len, const char *method,
+				      unsigned *ret_allow)
+{
+	unsigned m = method_bit(method), allow = 0;
+
+	for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
+		const struct route *r = &routes[i];
+		size_t plen = strlen(r->path);
+
+		if (r->prefix ? len < plen : len != plen)
+			continue;
+		if (memcmp(path, r->path, plen) != 0)
+			continue;
+		if (r->methods & m)
+			return r;
+		allow |= r->methods;
+	}
+	*ret_allow = allow;
+	return NULL;
 }
 
 /* Compares every byte of the configured token whatever the input, so the
  * time taken says nothing about how much of a guess was right. */
-static bool token_ok(const struct api *a, const char *h)
+static bool token_ok(const char *token, size_t token_len, const char *h)
 {
 	unsigned char diff;
 	size_t n;
@@ -660,10 +800,118 @@ static bool token_ok(const struct api *a, const char *h)
 	n = strlen(h);
 	while (n && (h[n - 1] == ' ' || h[n - 1] == '\t'))
 		n--;
-	diff = n != a->token_len;
-	for (size_t i = 0; i < a->token_len; i++)
-		diff |= (unsigned char)a->token[i] ^ (unsigned char)(i < n ? h[i] : 0);
+	diff = n != token_len;
+	for (size_t i = 0; i < token_len; i++)
+		diff |= (unsigned char)token[i] ^ (unsigned char)(i < n ? h[i] : 0);
 	return diff == 0;
+}
+
+/* Returns true when the request may go on; else it has been answered
+ * (401 or 403) and *ret_mhd is the result. */
+static bool auth_ok(struct call *k, enum api_auth auth, enum MHD_Result *ret_mhd)
+{
+	struct api *a = k->a;
+	const char *tok = a->token;
+	size_t tok_len = a->token_len;
+
+	if (auth == AUTH_NONE)
+		return true;
+	if (auth == AUTH_WRITE) {
+		tok = a->write_token;
+		tok_len = a->write_token_len;
+		if (!tok && !a->unix_path) {
+			*ret_mhd = send_error(k, MHD_HTTP_FORBIDDEN,
+					      "writes over TCP need a bearer token: set [http] token_file");
+			return false;
+		}
+	}
+	if (!tok || token_ok(tok, tok_len, MHD_lookup_connection_value(k->c, MHD_HEADER_KIND,
+									 MHD_HTTP_HEADER_AUTHORIZATION)))
+		return true;
+	*ret_mhd = send_error_hdr(k, MHD_HTTP_UNAUTHORIZED, "missing or invalid bearer token",
+				  MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"statemirror\"");
+	return false;
+}
+
+/*
+** The first call: the head is in, the body (if any) not yet read. Answers
+** what the table can tell from the head; else returns MHD_YES with
+** q->headers_done set. A response queued here makes libmicrohttpd 0.9.75
+** close the connection after it instead of reading a body.
+*/
+static enum MHD_Result on_head(struct call *k, struct req *q, const char *method,
+			       const char *path, size_t path_len)
+{
+	struct MHD_Connection *c = k->c;
+	const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+	bool chunked = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+						   MHD_HTTP_HEADER_TRANSFER_ENCODING) != NULL;
+	const struct route *rt;
+	enum MHD_Result mr;
+	unsigned allow = 0;
+	uint64_t announced = 0;
+
+	rt = route_find(path, path_len, method, &allow);
+	if (!rt && allow)
+		return send_error_hdr(k, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed",
+				      MHD_HTTP_HEADER_ALLOW, allow_header(allow));
+	if (cl && pathdec_parse_uint(cl, strlen(cl), UINT64_MAX, &announced) < 0)
+		return send_error(k, MHD_HTTP_BAD_REQUEST, "invalid Content-Length");
+	if (!rt || rt->body_max == 0) {
+		if ((announced || chunked) && !rt)
+			return send_error(k, MHD_HTTP_NOT_FOUND, "no such path");
+		if (announced || chunked)
+			return send_error(k, MHD_HTTP_CONTENT_TOO_LARGE, "this request takes no body");
+		q->rt = rt;
+		q->headers_done = true;
+		return MHD_YES;
+	}
+	if (!auth_ok(k, rt->auth, &mr))
+		return mr;
+	if (!body_type_is(MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE),
+			  rt->body_type)) {
+		char why[128];
+
+		snprintf(why, sizeof(why), "the request body must be %s", rt->body_type);
+		return send_error(k, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE, why);
+	}
+	if (announced > rt->body_max) {
+		char why[128];
+
+		snprintf(why, sizeof(why), "request body larger than %zu bytes", rt->body_max);
+		return send_error(k, MHD_HTTP_CONTENT_TOO_LARGE, why);
+	}
+	body_init(&q->body, rt->body_max);
+	q->rt = rt;
+	q->headers_done = true;
+	return MHD_YES;
+}
+
+/* A piece of upload. Returns MHD_NO to close the connection when the
+ * request cannot be answered any more (logged). */
+static enum MHD_Result on_upload(struct api *a, struct req *q, const char *data, size_t n)
+{
+	const char *why;
+	uint32_t suppressed = 0;
+	int r;
+
+	if (!q->rt || q->rt->body_max == 0) {
+		/* A body nobody announced (see on_request): drop a little. */
+		q->dropped += n;
+		if (q->dropped <= API_MAX_GET_BODY)
+			return MHD_YES;
+		why = "an unannounced request body";
+	} else {
+		r = body_feed(&q->body, data, n);
+		if (r == 0 || (r == -E2BIG && q->body.seen <= q->body.limit + API_BODY_DRAIN))
+			return MHD_YES;
+		why = r == -ENOMEM ? "out of memory for a request body"
+				   : "a request body far beyond the route's limit";
+	}
+	if (log_ratelimit_ok(&a->rl_body, clock_mono_ms(), &suppressed))
+		log_warnx("http: %s, connection closed%s", why,
+			  suppressed ? " (similar lines suppressed)" : "");
+	return MHD_NO;
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
@@ -673,8 +921,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	struct api *a = cls;
 	struct req *q = *con_cls;
 	struct call k = { .a = a, .c = c };
-	char *path, *query = NULL, *qm;
-	size_t path_len, query_len = 0;
+	char *path, *qm, err[256];
+	size_t path_len;
+	enum MHD_Result mr;
+	int r;
 
 	if (!q)
 		return send_oom(&k); /* the URI copy failed */
@@ -687,69 +937,56 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	path = q->uri;
 	path_len = q->len;
 	if ((qm = memchr(path, '?', path_len))) {
-		query = qm + 1;
-		query_len = path_len - (size_t)(query - path);
+		k.query = qm + 1;
+		k.query_len = path_len - (size_t)(k.query - path);
 		path_len = (size_t)(qm - path);
 	}
 	k.v1 = path_len >= 3 && memcmp(path, "/v1", 3) == 0 && (path_len == 3 || path[3] == '/');
 	if (k.v1)
 		k.synced = a->d.core ? mirror_synced(a->d.core) : false;
 
-	if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
-		return send_error_hdr(&k, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed",
-				      MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
 	/*
 	** libmicrohttpd 0.9.75 closes the connection after a response queued
 	** on the first call (before it knows the request has no body), which
 	** would cost every keep-alive client a TCP handshake per request: so
-	** answer on the second call, after the (empty) body. A request that
-	** announces a body is refused at once with 413 (libmicrohttpd then
-	** closes the connection instead of reading the body); 0.9.75 cannot
-	** queue a response while a body is being read, so a body that arrives
-	** unannounced is dropped up to API_MAX_GET_BODY, then the connection
-	** is closed.
+	** a route without a body answers on the last call, after the (empty)
+	** body. 0.9.75 cannot queue a response while a body is being read, so
+	** a body that arrives unannounced is dropped up to API_MAX_GET_BODY,
+	** then the connection is closed.
 	*/
 	if (!q->headers_done) {
-		const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
-							     MHD_HTTP_HEADER_CONTENT_LENGTH);
-
-		if ((cl && strcmp(cl, "0") != 0) ||
-		    MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING))
-			return send_error(&k, MHD_HTTP_CONTENT_TOO_LARGE, "GET requests take no body");
-		q->headers_done = true;
-		return MHD_YES;
+		if (!fair_busy(a->fair, conn_of(c)))
+			return send_error_hdr(&k, MHD_HTTP_SERVICE_UNAVAILABLE,
+					      "too many connections, every one busy answering a request",
+					      MHD_HTTP_HEADER_CONNECTION, "close");
+		return on_head(&k, q, method, path, path_len);
 	}
 	if (*upload_data_size) {
-		q->body += *upload_data_size;
-		*upload_data_size = 0;
-		return q->body > API_MAX_GET_BODY ? MHD_NO : MHD_YES;
-	}
-	if (q->body)
-		return send_error(&k, MHD_HTTP_CONTENT_TOO_LARGE, "GET requests take no body");
-	if (path_is(path, path_len, "/healthz"))
-		return send_literal(&k, MHD_HTTP_OK, "{\"ok\":true}");
-	if (a->token &&
-	    !token_ok(a, MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION)))
-		return send_error_hdr(&k, MHD_HTTP_UNAUTHORIZED, "missing or invalid bearer token",
-				      MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"statemirror\"");
+		size_t n = *upload_data_size;
 
-	if (path_len > 9 && memcmp(path, "/v1/keys/", 9) == 0)
-		return ep_key(&k, path + 9, path_len - 9);
-	if (path_is(path, path_len, "/v1/keys"))
-		return ep_keys(&k, query, query_len);
-	if (path_is(path, path_len, "/v1/stale"))
-		return ep_stale(&k, query, query_len);
-	if (path_is(path, path_len, "/v1/watch"))
-		return ep_watch(&k, query, query_len);
-	if (path_is(path, path_len, "/v1/rejects"))
-		return ep_rejects(&k);
-	if (path_is(path, path_len, "/readyz"))
-		return ep_readyz(&k);
-	if (path_is(path, path_len, "/metrics"))
-		return ep_metrics(&k);
-	if (path_is(path, path_len, "/v1/keys/"))
-		return send_error(&k, MHD_HTTP_BAD_REQUEST, "empty topic");
-	return send_error(&k, MHD_HTTP_NOT_FOUND, "no such path");
+		*upload_data_size = 0;
+		return on_upload(a, q, upload_data, n);
+	}
+	if (!q->rt)
+		return send_error(&k, q->dropped ? MHD_HTTP_CONTENT_TOO_LARGE : MHD_HTTP_NOT_FOUND,
+				  "no such path");
+	if (q->rt->prefix) {
+		k.tail = path + strlen(q->rt->path);
+		k.tail_len = path_len - strlen(q->rt->path);
+	}
+	if (q->rt->body_max == 0) {
+		if (q->dropped)
+			return send_error(&k, MHD_HTTP_CONTENT_TOO_LARGE, "this request takes no body");
+		if (!auth_ok(&k, q->rt->auth, &mr))
+			return mr;
+		return q->rt->fn(&k);
+	}
+	if ((r = body_json(&q->body, &k.body, err, sizeof(err))) < 0)
+		return send_error(&k, r == -E2BIG ? MHD_HTTP_CONTENT_TOO_LARGE : MHD_HTTP_BAD_REQUEST, err);
+	body_free(&q->body);
+	mr = q->rt->fn(&k);
+	json_decref(k.body);
+	return mr;
 }
 
 /* ---- libmicrohttpd callbacks ------------------------------------------ */
@@ -763,20 +1000,16 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c)
 	if (n > a->max_uri) {
 		/* Keep the first bytes, enough to tell a /v1 answer (which
 		 * carries Statemirror-Synced, even as a 414). */
-		if ((q = malloc(sizeof(*q) + 5))) {
+		if ((q = calloc(1, sizeof(*q) + 5))) {
 			q->len = SIZE_MAX;
-			q->body = 0;
-			q->headers_done = false;
 			memcpy(q->uri, uri, 4);
 			q->uri[4] = '\0';
 		}
 		return q;
 	}
-	if (!(q = malloc(sizeof(*q) + n + 1)))
+	if (!(q = calloc(1, sizeof(*q) + n + 1)))
 		return NULL;
 	q->len = n;
-	q->body = 0;
-	q->headers_done = false;
 	if (n)
 		memcpy(q->uri, uri, n);
 	q->uri[n] = '\0';
@@ -786,8 +1019,137 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c)
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 			 enum MHD_RequestTerminationCode toe)
 {
-	free(*con_cls);
+	struct api *a = cls;
+	struct req *q = *con_cls;
+
+	if (q)
+		body_free(&q->body);
+	free(q);
 	*con_cls = NULL;
+	/* Idle until the next head (or closed, if this one ended it). */
+	fair_idle(a->fair, conn_of(c), clock_mono_ms());
+}
+
+static void log_fair(struct api *a, enum fair_reason why)
+{
+	static const char *const what[FAIR_REASON_MAX] = {
+		[FAIR_RECLAIMED] = "a connection waiting for a request closed to make room",
+		[FAIR_HEAD_TIMEOUT] = "a connection closed: no complete request head in time",
+		[FAIR_REFUSED] = "a connection refused (503): every slot is busy answering",
+	};
+	uint32_t suppressed = 0;
+
+	if (why == FAIR_HEAD_TIMEOUT) {
+		log_debug("http: %s", what[why]);
+		return;
+	}
+	if (!log_ratelimit_ok(&a->rl_fair, clock_mono_ms(), &suppressed))
+		return;
+	if (suppressed)
+		log_warnx("http: %s (%u similar lines suppressed)", what[why], suppressed);
+	else
+		log_warnx("http: %s", what[why]);
+}
+
+/* fair's kill: end a connection libmicrohttpd holds. shutdown() only, not
+ * close(): libmicrohttpd sees the end of the stream on its next poll and
+ * closes the connection itself (NOTIFY_CLOSED, before the fd is closed:
+ * fair's mutex keeps the fd ours until then). Runs under fair's mutex. */
+static void fair_kill(void *ctx, int fd, enum fair_reason why)
+{
+	struct api *a = ctx;
+
+	shutdown(fd, SHUT_RDWR);
+	STAT_INC(http_conns_closed[why]);
+	log_fair(a, why);
+}
+
+static bool fair_has_input(void *ctx, int fd)
+{
+	int n = 0;
+
+	return ioctl(fd, FIONREAD, &n) == 0 && n > 0;
+}
+
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+			  enum MHD_ConnectionNotificationCode code)
+{
+	struct api *a = cls;
+	const union MHD_ConnectionInfo *fdi, *sai;
+	const struct sockaddr *sa;
+	socklen_t salen = 0;
+	struct fair_conn *fc;
+	bool refused;
+
+	if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+		fair_close(a->fair, *socket_context);
+		*socket_context = NULL;
+		return;
+	}
+	fdi = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+	sai = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	sa = sai ? sai->client_addr : NULL;
+	if (sa)
+		salen = sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+			: sa->sa_family == AF_INET ? sizeof(struct sockaddr_in)
+						    : sizeof(sa_family_t);
+	if (!fdi || fair_open(a->fair, fdi->connect_fd, sa, salen, clock_mono_ms(), &fc, &refused) < 0) {
+		/* Untracked: it only has libmicrohttpd's own limits. */
+		*socket_context = NULL;
+		return;
+	}
+	if (refused) {
+		STAT_INC(http_conns_closed[FAIR_REFUSED]);
+		log_fair(a, FAIR_REFUSED);
+	}
+	*socket_context = fc;
+}
+
+static void *reaper_main(void *arg)
+{
+	struct api *a = arg;
+
+	pthread_mutex_lock(&a->reap_mu);
+	while (!a->reap_stop) {
+		int64_t now = clock_mono_ms(), next = fair_expire(a->fair, now);
+		int64_t wait = next - now;
+		struct timespec ts;
+
+		if (wait > API_REAP_TICK_MS)
+			wait = API_REAP_TICK_MS;
+		if (wait < 1)
+			wait = 1;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_sec += wait / 1000;
+		ts.tv_nsec += (wait % 1000) * 1000000;
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
+		pthread_cond_timedwait(&a->reap_cv, &a->reap_mu, &ts);
+	}
+	pthread_mutex_unlock(&a->reap_mu);
+	return NULL;
+}
+
+/* Room for conns HTTP connections: raise the soft descriptor limit up to
+ * the hard one if needed (systemd's default soft limit is 1024). */
+static void ensure_fds(size_t conns)
+{
+	struct rlimit rl;
+	rlim_t want = (rlim_t)conns + API_FD_RESERVE;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= want)
+		return;
+	if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < want) {
+		log_warnx("http: %llu file descriptors allowed, %llu wanted for the connection limits; "
+			  "connections beyond wait in the listen queue",
+			  (unsigned long long)rl.rlim_max, (unsigned long long)want);
+		want = rl.rlim_max;
+	}
+	rl.rlim_cur = want;
+	if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+		log_warn("http: setrlimit(RLIMIT_NOFILE, %llu)", (unsigned long long)want);
 }
 
 /* We never use libmicrohttpd's decoded URL or arguments: spare it the work. */
@@ -976,7 +1338,10 @@ int api_start(const struct api_deps *d, struct api **ret, char *err, size_t errl
 			 MHD_ALLOW_SUSPEND_RESUME;
 	unsigned threads = (unsigned)clamp_sz(conf->http_threads, 1, 64);
 	unsigned conns = (unsigned)clamp_sz(conf->http_max_conns, 1, 1u << 20);
-	size_t nops = 0, mem;
+	size_t nops = 0, mem, hard;
+	size_t watch_max = conf->watch_max_clients > 0 ? (size_t)conf->watch_max_clients : 0;
+	struct fair_limits fl = { 0 };
+	pthread_condattr_t ca;
 	uint16_t port = 0;
 	int64_t topic_max = conf->max_topic_len > 0 ? conf->max_topic_len : 1024;
 	int64_t payload_max = conf->max_payload > 0 ? conf->max_payload : 256 * 1024;
@@ -990,6 +1355,24 @@ int api_start(const struct api_deps *d, struct api **ret, char *err, size_t errl
 	}
 	a->d = *d;
 	a->rl = (struct log_ratelimit)LOG_RATELIMIT_INIT(10000, 20);
+	a->rl_body = (struct log_ratelimit)LOG_RATELIMIT_INIT(10000, 5);
+	a->rl_fair = (struct log_ratelimit)LOG_RATELIMIT_INIT(10000, 5);
+	pthread_mutex_init(&a->reap_mu, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&a->reap_cv, &ca);
+	pthread_condattr_destroy(&ca);
+	fl.max_conns = conns;
+	fl.per_ip = clamp_sz(conf->http_per_ip_conns, 1, conns);
+	fl.idle_ms = conf->http_timeout_ms > 0 ? conf->http_timeout_ms : 30000;
+	fl.head_ms = fl.idle_ms < API_HEAD_TIMEOUT_MS ? fl.idle_ms : API_HEAD_TIMEOUT_MS;
+	fl.kill = fair_kill;
+	fl.has_input = fair_has_input;
+	fl.ctx = a;
+	if ((r = fair_new(&fl, &a->fair)) < 0) {
+		snprintf(err, errlen, "out of memory");
+		goto fail;
+	}
 	/* 3 bytes per percent-encoded byte, filter and after both as long as a topic. */
 	a->max_uri = clamp_sz(6 * topic_max + 1024, API_MIN_URI, API_MAX_CONN_MEMORY / 2);
 	mem = clamp_sz((int64_t)(2 * a->max_uri + API_CONN_MEMORY_HEADERS), 32u << 10, API_MAX_CONN_MEMORY);
@@ -1007,6 +1390,9 @@ int api_start(const struct api_deps *d, struct api **ret, char *err, size_t errl
 			r = -EINVAL;
 			goto fail;
 		}
+		/* One token for now: it also grants writes. */
+		a->write_token = a->token;
+		a->write_token_len = a->token_len;
 	}
 
 	if (strncmp(listen_spec, "unix:", 5) == 0) {
@@ -1038,14 +1424,21 @@ int api_start(const struct api_deps *d, struct api **ret, char *err, size_t errl
 		 * means "no reuse at all" in libmicrohttpd 0.9.75, which made a
 		 * restart with watchers connected fail with EADDRINUSE. */
 		ops[nops++] = (struct MHD_OptionItem){ MHD_OPTION_SOCK_ADDR, 0, &ss };
-		ops[nops++] = (struct MHD_OptionItem){ MHD_OPTION_PER_IP_CONNECTION_LIMIT,
-						       (intptr_t)clamp_sz(conf->http_per_ip_conns, 1, conns), NULL };
+		/* No MHD_OPTION_PER_IP_CONNECTION_LIMIT: it would count loopback
+		 * too, where every client of a sidecar shares one address; fair.c
+		 * applies per_ip_connections to remote addresses only. */
 	}
 	if (threads > conns)
 		threads = conns;
 	if (threads > 1)
 		ops[nops++] = (struct MHD_OptionItem){ MHD_OPTION_THREAD_POOL_SIZE, threads, NULL };
-	ops[nops++] = (struct MHD_OptionItem){ MHD_OPTION_CONNECTION_LIMIT, conns, NULL };
+	/* fair.c keeps regular connections at `conns` by reclaiming waiting
+	 * ones; libmicrohttpd's own limit (shared out among its threads) adds
+	 * the watch streams and room for connections killed but not closed
+	 * yet, so that it keeps accepting while it closes them. */
+	hard = (size_t)conns + watch_max + conns / 4 + 64;
+	ensure_fds(hard);
+	ops[nops++] = (struct MHD_OptionItem){ MHD_OPTION_CONNECTION_LIMIT, (intptr_t)hard, NULL };
 	ops[nops++] = (struct MHD_OptionItem){ MHD_OPTION_CONNECTION_TIMEOUT,
 					       (intptr_t)clamp_sz((conf->http_timeout_ms + 999) / 1000, 1, 86400), NULL };
 	ops[nops++] = (struct MHD_OptionItem){ MHD_OPTION_CONNECTION_MEMORY_LIMIT, (intptr_t)mem, NULL };
@@ -1057,6 +1450,7 @@ int api_start(const struct api_deps *d, struct api **ret, char *err, size_t errl
 				  MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, a,
 				  MHD_OPTION_URI_LOG_CALLBACK, on_uri, a,
 				  MHD_OPTION_NOTIFY_COMPLETED, on_completed, a,
+				  MHD_OPTION_NOTIFY_CONNECTION, on_connection, a,
 				  MHD_OPTION_UNESCAPE_CALLBACK, unescape_none, a,
 				  MHD_OPTION_ARRAY, ops,
 				  MHD_OPTION_END);
@@ -1080,6 +1474,12 @@ int api_start(const struct api_deps *d, struct api **ret, char *err, size_t errl
 		}
 		format_addr(&ss, info->port, where, sizeof(where));
 	}
+	if ((r = pthread_create(&a->reaper, NULL, reaper_main, a)) != 0) {
+		r = -r;
+		snprintf(err, errlen, "cannot start the connection deadline thread: %s", strerror(-r));
+		goto fail;
+	}
+	a->reaper_started = true;
 	log_info("http listening on %s", where);
 	*ret = a;
 	return 0;
@@ -1097,10 +1497,21 @@ void api_stop(struct api *a)
 {
 	if (!a)
 		return;
+	if (a->reaper_started) {
+		pthread_mutex_lock(&a->reap_mu);
+		a->reap_stop = true;
+		pthread_cond_signal(&a->reap_cv);
+		pthread_mutex_unlock(&a->reap_mu);
+		pthread_join(a->reaper, NULL);
+	}
 	/* libmicrohttpd must not be stopped with suspended connections. */
 	watch_shutdown(a->d.watch);
 	if (a->mhd)
 		MHD_stop_daemon(a->mhd);
+	/* Every connection is closed now (NOTIFY_CLOSED for each). */
+	fair_free(a->fair);
+	pthread_cond_destroy(&a->reap_cv);
+	pthread_mutex_destroy(&a->reap_mu);
 	if (a->unix_path) {
 		if (a->mhd)
 			unlink(a->unix_path);

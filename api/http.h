@@ -36,12 +36,19 @@ struct api_deps {
 ** socket a live process answers on is not (-EADDRINUSE). When
 ** conf->token_file is set the token is read once, here.
 **
-** Limits (see http.c): conf->http_max_conns, http_per_ip_conns (TCP only),
-** http_timeout_ms (idle), and bounds derived from store.max_topic_len:
-** a request-target longer than max(8 KiB, 6 x max_topic_len + 1 KiB) gets
-** 414 with a JSON body; request line + headers beyond the per-connection
-** memory (twice that + 16 KiB, 32 KiB..1 MiB) get libmicrohttpd's own 414
-** or 431. A request announcing a body gets 413.
+** Limits (see http.c and fair.h): conf->http_max_conns regular
+** connections, the oldest waiting one reclaimed to admit a new one;
+** http_per_ip_conns per remote address (loopback and unix sockets are
+** exempt); a first request head within 5 s (or http_timeout_ms when
+** shorter), a keep-alive connection's next one within http_timeout_ms;
+** watch streams apart, bounded by watch.c. Bounds derived from
+** store.max_topic_len: a request-target longer than max(8 KiB,
+** 6 x max_topic_len + 1 KiB) gets 414 with a JSON body; request line +
+** headers beyond the per-connection memory (twice that + 16 KiB,
+** 32 KiB..1 MiB) get libmicrohttpd's own 414 or 431. Request bodies: per
+** route (the route table in http.c); a route without one answers 413 to
+** a body. Raises RLIMIT_NOFILE's soft limit when the connection limits
+** need more descriptors.
 **
 ** Returns 0 and *ret, or -errno with the reason in err (errlen bytes,
 ** without an "http:" prefix: the caller adds its context).

@@ -106,6 +106,10 @@ int metrics_render(struct buf *b, const struct metrics_extra *x)
 			STAT_GET(alerts_sent))) < 0 ||
 	    (r = scalar(b, "statemirror_alert_exec_failures_total", "counter",
 			"Alert programs that failed or timed out.", STAT_GET(alert_exec_failures))) < 0 ||
+	    (r = scalar(b, "statemirror_alerts_dropped_total", "counter",
+			"Alerts dropped: the delivery queue was full.", STAT_GET(alerts_dropped))) < 0 ||
+	    (r = scalar(b, "statemirror_log_dropped_total", "counter",
+			"Log lines dropped: stderr could not take them at once.", STAT_GET(log_dropped))) < 0 ||
 	    (r = scalar(b, "statemirror_broker_connected", "gauge",
 			"1 while connected to a broker.", STAT_GET(broker_connected) ? 1 : 0)) < 0 ||
 	    (r = scalar(b, "statemirror_synced", "gauge",
@@ -145,6 +149,15 @@ int metrics_render(struct buf *b, const struct metrics_extra *x)
 		if (r < 0)
 			return r;
 	}
+
+	if ((r = head(b, "statemirror_http_connections_closed_total", "counter",
+		      "HTTP connections closed by the fairness rules, by reason.")) < 0 ||
+	    (r = buf_printf(b, "statemirror_http_connections_closed_total{reason=\"reclaimed\"} %" PRIu64 "\n"
+			    "statemirror_http_connections_closed_total{reason=\"head_timeout\"} %" PRIu64 "\n"
+			    "statemirror_http_connections_closed_total{reason=\"refused\"} %" PRIu64 "\n",
+			    STAT_GET(http_conns_closed[0]), STAT_GET(http_conns_closed[1]),
+			    STAT_GET(http_conns_closed[2]))) < 0)
+		return r;
 
 	if ((r = scalar(b, "statemirror_watchers", "gauge", "Open /v1/watch streams.",
 			STAT_GET(watchers))) < 0 ||

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* pathdec.c: strict percent-decoding and query-string parsing for the HTTP API. */
+/* pathdec.c: strict percent-decoding, query-string parsing and typed query parameters for the HTTP API. */
 #include "api/pathdec.h"
 
 #include <errno.h>
@@ -110,5 +110,83 @@ int pathdec_get(const struct pathdec_param *params, size_t n, const char *key,
 	if (!found)
 		return -ENOENT;
 	*ret = found;
+	return 0;
+}
+
+const char *pathdec_query_reason(int err)
+{
+	return err == -E2BIG ? "too many query parameters" : "bad percent-encoding in the query";
+}
+
+int pathdec_parse_uint(const char *s, size_t n, uint64_t max, uint64_t *ret)
+{
+	uint64_t v = 0;
+
+	if (n == 0)
+		return -EINVAL;
+	for (size_t i = 0; i < n; i++) {
+		unsigned d = (unsigned char)s[i] - '0';
+
+		if (d > 9 || d > max || v > (max - d) / 10)
+			return -EINVAL;
+		v = v * 10 + d;
+	}
+	*ret = v;
+	return 0;
+}
+
+/* Look key up: 1 with *ret when given once, 0 when absent, -EINVAL twice. */
+static int lookup(const struct pathdec_param *params, size_t n, const char *key,
+		  const struct pathdec_param **ret)
+{
+	int r = pathdec_get(params, n, key, ret);
+
+	if (r == -ENOENT)
+		return 0;
+	return r < 0 ? r : 1;
+}
+
+int pathdec_bool(const struct pathdec_param *params, size_t n, const char *key, int *ret)
+{
+	const struct pathdec_param *v;
+	int r = lookup(params, n, key, &v);
+
+	if (r <= 0)
+		return r;
+	if (v->val_len == 4 && memcmp(v->val, "true", 4) == 0)
+		*ret = 1;
+	else if (v->val_len == 5 && memcmp(v->val, "false", 5) == 0)
+		*ret = 0;
+	else
+		return -EINVAL;
+	return 0;
+}
+
+int pathdec_uint(const struct pathdec_param *params, size_t n, const char *key, uint64_t lo,
+		 uint64_t hi, uint64_t *ret)
+{
+	const struct pathdec_param *v;
+	uint64_t x;
+	int r = lookup(params, n, key, &v);
+
+	if (r <= 0)
+		return r;
+	if (pathdec_parse_uint(v->val, v->val_len, hi, &x) < 0 || x < lo)
+		return -EINVAL;
+	*ret = x;
+	return 0;
+}
+
+int pathdec_str(const struct pathdec_param *params, size_t n, const char *key,
+		const struct pathdec_param **ret)
+{
+	const struct pathdec_param *v;
+	int r = lookup(params, n, key, &v);
+
+	if (r <= 0)
+		return r;
+	if (memchr(v->val, '\0', v->val_len))
+		return -EINVAL;
+	*ret = v;
 	return 0;
 }

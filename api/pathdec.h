@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: MIT */
-/* pathdec.h: strict percent-decoding of request paths and query-string parsing. */
+/* pathdec.h: strict percent-decoding of request paths, query-string parsing and the typed query parameters every endpoint reads. */
 #ifndef SM_PATHDEC_H
 #define SM_PATHDEC_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /*
 ** Limits. A query with more parameters than PATHDEC_MAX_PARAMS, or any
@@ -53,5 +54,31 @@ int pathdec_query(char *q, size_t n, struct pathdec_param *params, size_t max, s
 */
 int pathdec_get(const struct pathdec_param *params, size_t n, const char *key,
 		const struct pathdec_param **ret);
+
+/* The reason for a 400 answer to a pathdec_query() error (a static string). */
+const char *pathdec_query_reason(int err);
+
+/*
+** Typed parameters. Each looks key up with pathdec_get(): absent leaves
+** *ret alone and returns 0 (the caller's default stands); given twice, or
+** not of the type, is -EINVAL (the caller answers 400 naming the key).
+**
+** pathdec_bool: "true" or "false" (nothing else: not "1", not "TRUE").
+** pathdec_uint: decimal digits only, no sign, in lo..hi.
+** pathdec_str: any bytes but NUL, so *ret's val is a usable C string.
+*/
+int pathdec_bool(const struct pathdec_param *params, size_t n, const char *key, int *ret);
+int pathdec_uint(const struct pathdec_param *params, size_t n, const char *key, uint64_t lo,
+		 uint64_t hi, uint64_t *ret);
+int pathdec_str(const struct pathdec_param *params, size_t n, const char *key,
+		const struct pathdec_param **ret);
+
+/*
+** Parse n bytes of decimal digits (no sign, no space, at least one digit)
+** as a number no greater than max (a header value such as Last-Event-ID
+** uses the same rule as a query parameter). Returns 0 with *ret, or
+** -EINVAL (empty, not digits, or above max; never overflows).
+*/
+int pathdec_parse_uint(const char *s, size_t n, uint64_t max, uint64_t *ret);
 
 #endif

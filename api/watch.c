@@ -42,7 +42,7 @@
  * into W_LIVE only under the hub mutex; from then on the hub feeds it. */
 enum wphase {
 	W_RESUME,       /* check that `cursor` is still in the change log */
-	W_SNAPSHOT,     /* walking the index */
+	W_SNAPSHOT,     /* walking the index (a full snapshot, or a replay: see replay_from) */
 	W_CATCHUP,      /* reading the change log after `cursor` */
 	W_LIVE,         /* fed by the hub */
 	W_PHASE_MAX
@@ -74,6 +74,9 @@ struct watcher {
 	bool snap_begun;
 	const struct rec *snap_last;    /* the last record the snapshot walk visited */
 	uint64_t snap_count;
+	/* >= 0: the walk is a replay, not a snapshot: only records changed
+	 * after this revision are sent (see watch_set_resume). */
+	int64_t replay_from;
 	/* Output: bytes [off, len) are still to be sent. Before W_LIVE only
 	 * the connection thread touches it; once live, only under mu. */
 	struct buf out;
@@ -93,6 +96,12 @@ struct watch {
 	size_t nlive;
 	int64_t pos;                    /* every change <= pos went to live listeners */
 	bool closing;
+
+	/* Revisions a listener may resume from by a replay of the records
+	 * when the change log no longer holds them (watch_set_resume):
+	 * [file_floor, file_max] from the file, [run_base, head] from this
+	 * run. Set before serving; read-only afterwards. */
+	int64_t file_floor, file_max, run_base;
 
 	/* Held by whoever collects suspended listeners and resumes them, so
 	 * that watch_shutdown() knows no resume is still in flight. */
@@ -136,8 +145,8 @@ static const char *render_failure(int err)
 	return err == -ENOMEM ? "out of memory" : "cannot read a payload from the database";
 }
 
-static int render_event(struct buf *b, const char *type, int64_t id, const struct rec *r,
-			int64_t now_ms)
+static int render_event(struct buf *b, const struct index *ix, const char *type, int64_t id,
+			const struct rec *r, int64_t now_ms)
 {
 	size_t mark = b->len;
 	int ret;
@@ -147,7 +156,7 @@ static int render_event(struct buf *b, const char *type, int64_t id, const struc
 	else
 		ret = buf_printf(b, "event: %s\ndata: ", type);
 	if (ret == 0)
-		ret = (r->flags & REC_DELETED) ? render_tombstone(b, r) : render_record(b, r, now_ms);
+		ret = (r->flags & REC_DELETED) ? render_tombstone(b, r) : render_record(b, ix, r, now_ms);
 	if (ret == 0)
 		ret = buf_puts(b, "\n\n");
 	if (ret < 0 && b->data) {
@@ -339,7 +348,7 @@ static size_t hub_pump_batch(struct watch *h, int64_t now_ms)
 				continue;
 			if (!rendered && !failed) {
 				buf_reset(&h->ev);
-				failed = render_event(&h->ev, change_type_name(c->type), c->rev,
+				failed = render_event(&h->ev, h->ix, change_type_name(c->type), c->rev,
 						      c->rec, now_ms);
 				rendered = failed == 0;
 			}
@@ -485,6 +494,7 @@ void watch_wake(void *ctx)
 
 struct snap_ctx {
 	struct watcher *w;
+	const struct index *ix;
 	int64_t now_ms;
 	size_t visits, renders;
 	bool paused;
@@ -505,10 +515,15 @@ static int snap_visit(struct rec *r, void *arg)
 	s->visits++;
 	w->snap_last = r;
 	/* A record changed since the cut comes from the change log after
-	 * `synced`, with its id: sending it here too would be a duplicate. */
-	if ((r->flags & REC_DELETED) || r->rev > w->snap_rev || !w_match(w, r))
+	 * `synced`, with its id: sending it here too would be a duplicate.
+	 * A replay sends what changed after replay_from, deletes included;
+	 * a snapshot every live record. */
+	if (r->rev > w->snap_rev || !w_match(w, r))
 		return 0;
-	if ((ret = render_event(&w->out, "update", -1, r, s->now_ms)) < 0) {
+	if (w->replay_from >= 0 ? r->rev <= w->replay_from : (r->flags & REC_DELETED) != 0)
+		return 0;
+	if ((ret = render_event(&w->out, s->ix, (r->flags & REC_DELETED) ? "delete" : "update", -1,
+				r, s->now_ms)) < 0) {
 		s->err = ret;
 		return 1;
 	}
@@ -526,7 +541,7 @@ static int snap_visit(struct rec *r, void *arg)
 */
 static int snapshot_step(struct watch *h, struct watcher *w)
 {
-	struct snap_ctx s = { .w = w, .now_ms = clock_wall_ms() };
+	struct snap_ctx s = { .w = w, .ix = h->ix, .now_ms = clock_wall_ms() };
 	int ret;
 
 	index_rdlock(h->ix);
@@ -538,13 +553,13 @@ static int snapshot_step(struct watch *h, struct watcher *w)
 		w->snap_count = 0;
 	}
 	if (w->snap_last)
-		rec_payload_scan(rec_topic(w->snap_last), w->snap_last->topic_len);
+		rec_payload_scan(h->ix, rec_topic(w->snap_last), w->snap_last->topic_len);
 	else
-		rec_payload_scan(w->filter, w->plen);
+		rec_payload_scan(h->ix, w->filter, w->plen);
 	ret = index_walk(h->ix, w->filter, w->plen,
 			 w->snap_last ? rec_topic(w->snap_last) : NULL,
 			 w->snap_last ? w->snap_last->topic_len : 0, snap_visit, &s);
-	rec_payload_scan_end();
+	rec_payload_scan_end(h->ix);
 	index_unlock(h->ix);
 	if (s.err)
 		return s.err;
@@ -552,13 +567,20 @@ static int snapshot_step(struct watch *h, struct watcher *w)
 		return ret;
 	if (s.paused)
 		return 0;
-	if ((ret = buf_printf(&w->out, "event: synced\nid: %lld\ndata: {\"rev\":%lld,\"count\":%llu}\n\n",
-			      (long long)w->snap_rev, (long long)w->snap_rev,
-			      (unsigned long long)w->snap_count)) < 0)
+	if (w->replay_from >= 0)
+		ret = buf_printf(&w->out, "event: resumed\nid: %lld\ndata: {\"rev\":%lld,\"from\":%lld,"
+				 "\"count\":%llu}\n\n", (long long)w->snap_rev, (long long)w->snap_rev,
+				 (long long)w->replay_from, (unsigned long long)w->snap_count);
+	else
+		ret = buf_printf(&w->out, "event: synced\nid: %lld\ndata: {\"rev\":%lld,\"count\":%llu}\n\n",
+				 (long long)w->snap_rev, (long long)w->snap_rev,
+				 (unsigned long long)w->snap_count);
+	if (ret < 0)
 		return ret;
 	w->phase = W_CATCHUP;
 	w->cursor = w->snap_rev;
 	w->snap_begun = false;
+	w->replay_from = -1;
 	return 0;
 }
 
@@ -601,7 +623,8 @@ static int catchup_step(struct watch *h, struct watcher *w)
 		const struct change *c = &batch[i];
 
 		if (c->rec->rev == c->rev && w_match(w, c->rec))
-			ret = render_event(&w->out, change_type_name(c->type), c->rev, c->rec, now_ms);
+			ret = render_event(&w->out, h->ix, change_type_name(c->type), c->rev, c->rec,
+					   now_ms);
 		if (ret == 0)
 			w->cursor = c->rev;
 	}
@@ -612,22 +635,55 @@ static int catchup_step(struct watch *h, struct watcher *w)
 	return ret;
 }
 
+/*
+** Can a listener whose revision `rev` fell out of the change log (or came
+** from the previous run) be brought up to date from the records alone?
+** Every change is a new revision on its record, so the records whose rev
+** is greater than `rev` (tombstones included) are every change after it
+** that is still current: the same convergence the change log gives. That
+** holds for the revisions of this run, and for those of the previous run
+** up to the last one the file kept (a crash loses the rest: the restart
+** gap, statemirrord.c) when no tombstone newer than them was forgotten at
+** load. Revisions in the restart gap, older runs and other databases get
+** a snapshot.
+*/
+static bool w_replayable(const struct watch *h, int64_t rev, int64_t head)
+{
+	if (rev >= h->run_base)
+		return rev <= head; /* above it: another database's */
+	return h->file_max > 0 && rev >= h->file_floor && rev <= h->file_max;
+}
+
+void watch_set_resume(struct watch *h, int64_t file_floor, int64_t file_max, int64_t run_base)
+{
+	h->file_floor = file_floor;
+	h->file_max = file_max;
+	h->run_base = run_base;
+}
+
 /* Make progress before W_LIVE: render something, or move to the next phase. */
 static int w_produce(struct watch *h, struct watcher *w)
 {
+	int64_t head;
 	bool gap;
 
 	switch (w->phase) {
 	case W_RESUME:
 		index_rdlock(h->ix);
 		changes_read(h->cl, w->cursor, NULL, 0, &gap);
+		head = changes_head(h->cl);
 		index_unlock(h->ix);
 		w->phase = gap ? W_SNAPSHOT : W_CATCHUP;
-		if (!gap)
+		if (!gap) {
 			atomic_store(&w->need_rev, w->cursor);
-		if (gap)
-			log_debug("watch: revision %lld is no longer in the change log, sending a snapshot",
+		} else if (w_replayable(h, w->cursor, head)) {
+			w->replay_from = w->cursor;
+			log_debug("watch: revision %lld is no longer in the change log, replaying the "
+				  "records changed since", (long long)w->cursor);
+		} else {
+			log_debug("watch: revision %lld cannot be resumed from, sending a snapshot",
 				  (long long)w->cursor);
+		}
 		return 0;
 	case W_SNAPSHOT:
 		w->started = true;
@@ -717,19 +773,14 @@ static void w_free(void *cls)
 
 /* ---- opening a stream ------------------------------------------------- */
 
-/* A revision: decimal digits only, at most 18 of them. */
+/* A revision: decimal digits only (the same rule for since= and Last-Event-ID). */
 static int parse_rev(const char *s, size_t n, int64_t *ret)
 {
-	int64_t v = 0;
+	uint64_t v;
 
-	if (n == 0 || n > 18)
+	if (pathdec_parse_uint(s, n, INT64_MAX, &v) < 0)
 		return -EINVAL;
-	for (size_t i = 0; i < n; i++) {
-		if (s[i] < '0' || s[i] > '9')
-			return -EINVAL;
-		v = v * 10 + (s[i] - '0');
-	}
-	*ret = v;
+	*ret = (int64_t)v;
 	return 0;
 }
 
@@ -738,42 +789,37 @@ int watch_open(struct watch *h, struct MHD_Connection *c, char *query, size_t qu
 	       const char **ret_reason)
 {
 	struct pathdec_param params[PATHDEC_MAX_PARAMS];
-	const struct pathdec_param *p;
+	const struct pathdec_param *p = NULL;
 	const char *filter = "#";
 	const union MHD_ConnectionInfo *ci;
 	struct MHD_Response *resp;
 	struct watcher *w;
 	size_t np = 0;
+	uint64_t since_q = UINT64_MAX;   /* absent */
 	int64_t since = -1;
-	bool snapshot = false;
+	int snapshot = 0;
 	int r;
 
 	if (query && (r = pathdec_query(query, query_len, params, PATHDEC_MAX_PARAMS, &np)) < 0) {
-		*ret_reason = r == -E2BIG ? "too many query parameters"
-					  : "bad percent-encoding in the query";
+		*ret_reason = pathdec_query_reason(r);
 		return -EINVAL;
 	}
-	if ((r = pathdec_get(params, np, "filter", &p)) != -ENOENT) {
-		if (r < 0 || memchr(p->val, '\0', p->val_len) || topic_filter_check(p->val) < 0) {
-			*ret_reason = "invalid filter";
-			return -EINVAL;
-		}
+	if (pathdec_str(params, np, "filter", &p) < 0 || (p && topic_filter_check(p->val) < 0)) {
+		*ret_reason = "invalid filter";
+		return -EINVAL;
+	}
+	if (p)
 		filter = p->val;
+	if (pathdec_bool(params, np, "snapshot", &snapshot) < 0) {
+		*ret_reason = "invalid snapshot (true or false)";
+		return -EINVAL;
 	}
-	if ((r = pathdec_get(params, np, "snapshot", &p)) != -ENOENT) {
-		if (r == 0 && p->val_len == 4 && memcmp(p->val, "true", 4) == 0) {
-			snapshot = true;
-		} else if (!(r == 0 && p->val_len == 5 && memcmp(p->val, "false", 5) == 0)) {
-			*ret_reason = "invalid snapshot (true or false)";
-			return -EINVAL;
-		}
+	if (pathdec_uint(params, np, "since", 0, INT64_MAX, &since_q) < 0) {
+		*ret_reason = "invalid since (a revision)";
+		return -EINVAL;
 	}
-	if ((r = pathdec_get(params, np, "since", &p)) != -ENOENT) {
-		if (r < 0 || parse_rev(p->val, p->val_len, &since) < 0) {
-			*ret_reason = "invalid since (a revision)";
-			return -EINVAL;
-		}
-	}
+	if (since_q != UINT64_MAX)
+		since = (int64_t)since_q;
 	/* EventSource sends Last-Event-ID on reconnect while the URL still
 	 * holds the first since=: the header is newer. */
 	if (last_event_id && last_event_id[0] &&
@@ -789,6 +835,7 @@ int watch_open(struct watch *h, struct MHD_Connection *c, char *query, size_t qu
 	}
 	w->hub = h;
 	w->conn = c;
+	w->replay_from = -1;
 	atomic_init(&w->need_rev, -1);
 	ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
 	w->fd = ci ? ci->connect_fd : -1;
@@ -884,6 +931,7 @@ int watch_new(const struct conf *conf, struct index *ix, struct changes *cl, str
 	pthread_mutex_init(&h->resume_mu, NULL);
 	index_rdlock(ix);
 	h->pos = changes_head(cl);
+	h->run_base = h->pos;
 	index_unlock(ix);
 	if ((h->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0 ||
 	    (h->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0) {

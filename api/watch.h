@@ -51,6 +51,18 @@ int watch_new(const struct conf *conf, struct index *ix, struct changes *cl,
 	      struct watch **ret);
 
 /*
+** Where a listener may resume from when the change log no longer holds its
+** revision: the previous run's revisions [file_floor, file_max] that the
+** file kept (file_max 0: none), and this run's from run_base (the change
+** log's base; the default is the log's head at watch_new). Such a listener
+** gets the records changed since its revision (deletes included) as
+** `update`/`delete` events without ids, then one `resumed` event whose id
+** is the revision it is now at; anything else gets a full snapshot. Call
+** before serving.
+*/
+void watch_set_resume(struct watch *w, int64_t file_floor, int64_t file_max, int64_t run_base);
+
+/*
 ** The mirror's mirror_deps.on_changes (ctx = the struct watch *): new changes
 ** were appended. Called without locks from the thread that appended them:
 ** the MQTT session thread after each run of applied messages, the mirror

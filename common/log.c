@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: MIT */
-/* log.c: leveled one-line logging to stderr, each line a single write(2). */
+/* log.c: leveled one-line logging to stderr, each line a single write that never blocks (dropped and counted instead). */
 #include "common/log.h"
 
 #include <errno.h>
+#include <poll.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -10,10 +12,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "common/clock.h"
+#include "common/stats.h"
 
 #define LOG_LINE_MAX 2048
 
@@ -85,6 +90,82 @@ static bool journal_stderr(void)
 	return j != 0;
 }
 
+/*
+** Writing a line must never block: the caller may hold the index lock, and
+** a stderr pipe nobody drains (a stuck journald, a paused terminal, a
+** supervisor that stopped reading) would then stall ingest. Setting
+** O_NONBLOCK on fd 2 is not an option: the flag belongs to the open file
+** description, shared with whoever else holds it (the shell and the
+** terminal under ./run, a supervisor's pipe), and would change their
+** behaviour too. So each write is made non-blocking on its own:
+**  - a socket (journald's stream): send(MSG_DONTWAIT), the per-call flag;
+**  - anything else (pipe, tty, file): poll() with a zero timeout, then one
+**    write. A pipe that polls writable has a free page, which takes any
+**    line (at most LOG_LINE_MAX bytes) whole. The mutex makes poll+write
+**    one step among our threads, so two of them cannot both see the last
+**    free page; only another process writing to the same pipe between the
+**    two calls could still make us wait.
+** A line that cannot be written is dropped and counted (log_dropped,
+** statemirror_log_dropped_total). A socket that took only part of a line
+** gets a newline first next time, so that the torn line ends.
+*/
+static pthread_mutex_t emit_mu = PTHREAD_MUTEX_INITIALIZER;
+static bool stderr_torn;     /* under emit_mu */
+
+static ssize_t emit_try(const char *p, size_t len)
+{
+	struct pollfd pfd = { .fd = STDERR_FILENO, .events = POLLOUT };
+	struct stat st;
+	bool sock;
+	ssize_t w;
+	int pr;
+
+	/* Asked each time (one fstat), not cached: fd 2 may be replaced. */
+	sock = fstat(STDERR_FILENO, &st) == 0 && S_ISSOCK(st.st_mode);
+	for (;;) {
+		if (sock) {
+			w = send(STDERR_FILENO, p, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+		} else {
+			pr = poll(&pfd, 1, 0);
+			if (pr < 0 && errno == EINTR)
+				continue;
+			/* Not writable now, or an error or hang-up, where a write
+			 * would fail (or raise SIGPIPE): the line is dropped. */
+			if (pr != 1 || !(pfd.revents & POLLOUT) ||
+			    (pfd.revents & (POLLERR | POLLHUP | POLLNVAL))) {
+				errno = EAGAIN;
+				return -1;
+			}
+			w = write(STDERR_FILENO, p, len);
+		}
+		if (w < 0 && errno == EINTR)
+			continue;
+		return w;
+	}
+}
+
+static void emit_line(const char *line, size_t len)
+{
+	ssize_t w;
+
+	pthread_mutex_lock(&emit_mu);
+	if (stderr_torn) {
+		if (emit_try("\n", 1) != 1)
+			goto dropped;
+		stderr_torn = false;
+	}
+	w = emit_try(line, len);
+	if (w < 0 || (size_t)w < len) {
+		stderr_torn = w > 0;
+		goto dropped;
+	}
+	pthread_mutex_unlock(&emit_mu);
+	return;
+dropped:
+	pthread_mutex_unlock(&emit_mu);
+	STAT_INC(log_dropped);
+}
+
 /* Appends at most what fits; returns the new length (never past cap - 1). */
 static size_t line_add(char *line, size_t len, size_t cap, const char *s)
 {
@@ -128,16 +209,7 @@ static void log_vemit(enum log_level level, const char *errstr, const char *fmt,
 		len = sizeof(line) - 2;
 	line[len++] = '\n';
 
-	const char *p = line;
-	while (len > 0) {
-		ssize_t w = write(STDERR_FILENO, p, len);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			break;
-		p += w;
-		len -= (size_t)w;
-	}
+	emit_line(line, len);
 }
 
 static bool enabled(enum log_level level)

@@ -17,7 +17,9 @@ enum log_level {
 int log_level_parse(const char *s, enum log_level *ret_level);
 const char *log_level_name(enum log_level level);
 
-/* Thread-safe: the level is an atomic, each line is one write(2). */
+/* Thread-safe: the level is an atomic, each line is one write(2) that
+ * never blocks: a line stderr cannot take now is dropped and counted
+ * (g_stats.log_dropped, statemirror_log_dropped_total). See log.c. */
 void log_set_level(enum log_level level);
 enum log_level log_get_level(void);
 

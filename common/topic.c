@@ -99,3 +99,10 @@ size_t topic_filter_prefix_len(const char *filter)
 			level = i;
 	}
 }
+
+size_t topic_group_prefix(const char *topic, size_t len)
+{
+	const char *slash = len ? memrchr(topic, '/', len) : NULL;
+
+	return slash ? (size_t)(slash - topic) : 0;
+}

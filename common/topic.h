@@ -32,4 +32,9 @@ bool topic_matches(const char *filter, const char *topic, size_t len);
  * the candidates with topic_matches(). */
 size_t topic_filter_prefix_len(const char *filter);
 
+/* The grouping prefix of a topic (alerts, GET /v1/stale): its length, the
+ * topic without its last level ("dc1/hall2/rack17/temp" -> 16, i.e.
+ * "dc1/hall2/rack17"; a one-level topic "top" -> 0; "/a" -> 0). */
+size_t topic_group_prefix(const char *topic, size_t len);
+
 #endif

@@ -10,12 +10,9 @@ import argparse
 import json
 import os
 import random
-import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                '..', 'tests', 'integration'))
-import mqttlite  # noqa: E402
+import paho.mqtt.client as mqtt  # Debian: python3-paho-mqtt
 
 
 def main():
@@ -25,7 +22,9 @@ def main():
     ap.add_argument('--racks', type=int, default=4)
     ap.add_argument('--cadence', type=float, default=2.0)
     a = ap.parse_args()
-    c = mqttlite.Client(a.host, a.port, 'statemirror-demo-%d' % os.getpid())
+    c = mqtt.Client('statemirror-demo-%d' % os.getpid())
+    c.connect(a.host, a.port, keepalive=30)
+    c.loop_start()  # paho's thread: keepalive, acks, and reconnecting if the broker restarts
     for r in range(1, a.racks + 1):
         meta = {'model': 'R750', 'row': 'B', 'rack': r, 'ts': int(time.time() * 1000)}
         c.publish('demo/hall1/rack%02d/meta' % r, json.dumps(meta), qos=1, retain=True)
@@ -39,8 +38,7 @@ def main():
             for point, value in (('temp', temps[r]), ('power', 3200 + r * 10)):
                 msg = {'value': value, 'ts': int(time.time() * 1000)}
                 c.publish('demo/hall1/rack%02d/%s' % (r, point), json.dumps(msg))
-        c.ping()
-        time.sleep(a.cadence)
+        time.sleep(a.cadence)  # the producer's cadence
 
 
 if __name__ == '__main__':

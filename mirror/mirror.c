@@ -12,6 +12,7 @@
 #include "common/log.h"
 #include "common/stats.h"
 #include "mirror/mirror.h"
+#include "mirror/state/rows.h"
 
 /*
 ** Two threads change records, always under the index write lock:
@@ -60,11 +61,15 @@ struct mirror {
 	atomic_bool ready;
 	atomic_bool synced;
 
+	struct clock_src clk;     /* every reading of time below goes through it */
+
 	/* Wakes the keeper thread before its timeout (link change, reload, the
 	 * first change to write, stop). */
 	pthread_mutex_t wake_mu;
 	pthread_cond_t wake_cv;
 	bool wake;
+	uint64_t turns;           /* keeper turns begun (mirror_wait_turn), under wake_mu */
+	pthread_cond_t turn_cv;   /* signalled when one begins */
 
 	/* Under the index write lock (either thread). */
 	int64_t rev;
@@ -91,6 +96,16 @@ struct mirror {
 	char reason[256];         /* why not ready, "" when ready */
 };
 
+static int64_t mirror_mono_ms(struct mirror *c)
+{
+	return c->clk.mono_ms(c->clk.ctx);
+}
+
+static int64_t mirror_wall_ms(struct mirror *c)
+{
+	return c->clk.wall_ns(c->clk.ctx) / 1000000;
+}
+
 static void mirror_wake(struct mirror *c)
 {
 	pthread_mutex_lock(&c->wake_mu);
@@ -99,24 +114,34 @@ static void mirror_wake(struct mirror *c)
 	pthread_cond_signal(&c->wake_cv);
 }
 
-/* Sleep until woken or timeout_ms passed (0: just look). */
+/* The CLOCK_MONOTONIC time (real, as the condition variables wait) ms from now. */
+static void mirror_deadline(struct timespec *dl, int64_t ms)
+{
+	clock_gettime(CLOCK_MONOTONIC, dl);
+	dl->tv_sec += (time_t)(ms / 1000);
+	dl->tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (dl->tv_nsec >= 1000000000L) {
+		dl->tv_sec++;
+		dl->tv_nsec -= 1000000000L;
+	}
+}
+
+/* Sleep until woken or timeout_ms passed (0: just look); a turn begins.
+ * The wait is in real time whatever c->clk says (at most
+ * MIRROR_TICK_MAX_MS): a clock moved by hand is seen at the next turn. */
 static void mirror_sleep(struct mirror *c, int64_t timeout_ms)
 {
 	struct timespec dl;
 
 	pthread_mutex_lock(&c->wake_mu);
 	if (!c->wake && timeout_ms > 0) {
-		clock_gettime(CLOCK_MONOTONIC, &dl);
-		dl.tv_sec += (time_t)(timeout_ms / 1000);
-		dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-		if (dl.tv_nsec >= 1000000000L) {
-			dl.tv_sec++;
-			dl.tv_nsec -= 1000000000L;
-		}
+		mirror_deadline(&dl, timeout_ms);
 		while (!c->wake && pthread_cond_timedwait(&c->wake_cv, &c->wake_mu, &dl) == 0)
 			;
 	}
 	c->wake = false;
+	c->turns++;
+	pthread_cond_broadcast(&c->turn_cv);
 	pthread_mutex_unlock(&c->wake_mu);
 }
 
@@ -148,7 +173,7 @@ static void mirror_mark_dirty(struct mirror *c, struct rec *r)
 	}
 	c->dirty[c->ndirty++] = r;
 	if (c->first_dirty_ms == 0) {
-		c->first_dirty_ms = clock_mono_ms();
+		c->first_dirty_ms = mirror_mono_ms(c);
 		c->wake_keeper = true; /* the commit timer starts now */
 	} else if (c->ndirty == MIRROR_FLUSH_ROWS) {
 		c->wake_keeper = true; /* commit early */
@@ -312,7 +337,7 @@ static size_t mirror_stage(struct mirror *c, bool force, int64_t mono)
 		if (!(r->flags & REC_DIRTY))
 			continue; /* a repeat: staged already */
 		if (n == MIRROR_STAGE_ROWS || bytes >= MIRROR_STAGE_BYTES ||
-		    store_stage(c->d.store, c->d.ix, r) < 0) {
+		    rows_stage(c->d.store, c->d.ix, r) < 0) {
 			c->dirty[kept++] = r; /* stays dirty: the next write takes it */
 			continue;
 		}
@@ -335,9 +360,9 @@ static void mirror_commit(struct mirror *c, size_t n)
 	int64_t t0, t1;
 	int rc;
 
-	t0 = clock_mono_ms();
+	t0 = mirror_mono_ms(c);
 	rc = store_commit(c->d.store, err, sizeof(err));
-	t1 = clock_mono_ms();
+	t1 = mirror_mono_ms(c);
 	if (rc == 0) {
 		/* The file has these values now: their payloads leave memory,
 		 * unless a record changed again meanwhile (dirty: its new value
@@ -445,8 +470,8 @@ static void *mirror_main(void *arg)
 
 		if (!stopping)
 			mirror_sleep(c, wait_ms);
-		now = clock_wall_ms();
-		mono = clock_mono_ms();
+		now = mirror_wall_ms(c);
+		mono = mirror_mono_ms(c);
 		atomic_store(&c->heartbeat, mono);
 		index_wrlock(c->d.ix);
 		mirror_check_link(c, now);
@@ -509,8 +534,9 @@ int mirror_start(const struct mirror_deps *d, struct mirror **ret)
 	c->rev = d->rev;
 	c->lim.future_skew_ms = d->conf->future_skew_ms;
 	c->lim.max_keys = d->conf->max_keys;
-	c->last_checkpoint_ms = clock_mono_ms();
-	atomic_store(&c->heartbeat, clock_mono_ms());
+	c->clk = d->clk ? *d->clk : clock_system;
+	c->last_checkpoint_ms = mirror_mono_ms(c);
+	atomic_store(&c->heartbeat, mirror_mono_ms(c));
 	pthread_mutex_init(&c->status_lock, NULL);
 	pthread_mutex_init(&c->wake_mu, NULL);
 	/* Timed waits on the monotonic clock: a wall-clock step must not
@@ -518,6 +544,7 @@ int mirror_start(const struct mirror_deps *d, struct mirror **ret)
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&c->wake_cv, &ca);
+	pthread_cond_init(&c->turn_cv, &ca);
 	pthread_condattr_destroy(&ca);
 	snprintf(c->reason, sizeof(c->reason), "starting");
 
@@ -526,12 +553,15 @@ int mirror_start(const struct mirror_deps *d, struct mirror **ret)
 	 * each its grace period. Records that changed at load (REC_DIRTY) are
 	 * written with the first commit. */
 	index_wrlock(c->d.ix);
-	stale_on_broker(c->d.stale, false, clock_wall_ms());
+	stale_on_broker(c->d.stale, false, mirror_wall_ms(c));
 	index_walk(c->d.ix, NULL, 0, NULL, 0, mirror_seed_dirty, c);
 	index_unlock(c->d.ix);
 
-	rc = pthread_create(&c->thread, NULL, mirror_main, c);
+	rc = stale_start_delivery(c->d.stale);
+	if (rc == 0 && (rc = pthread_create(&c->thread, NULL, mirror_main, c)) != 0)
+		stale_stop_delivery(c->d.stale);
 	if (rc) {
+		pthread_cond_destroy(&c->turn_cv);
 		pthread_cond_destroy(&c->wake_cv);
 		pthread_mutex_destroy(&c->wake_mu);
 		pthread_mutex_destroy(&c->status_lock);
@@ -550,8 +580,10 @@ void mirror_stop(struct mirror *c)
 	atomic_store(&c->stop, true);
 	mirror_wake(c);
 	pthread_join(c->thread, NULL);
+	stale_stop_delivery(c->d.stale); /* before the MQTT session it publishes to is freed */
 	if (c->ndirty)
 		log_warnx("store: %zu changes could not be written at shutdown", c->ndirty);
+	pthread_cond_destroy(&c->turn_cv);
 	pthread_cond_destroy(&c->wake_cv);
 	pthread_mutex_destroy(&c->wake_mu);
 	pthread_mutex_destroy(&c->status_lock);
@@ -580,6 +612,26 @@ bool mirror_synced(struct mirror *c)
 int64_t mirror_heartbeat(struct mirror *c)
 {
 	return atomic_load(&c->heartbeat);
+}
+
+int mirror_wait_turn(struct mirror *c, int timeout_ms)
+{
+	struct timespec dl;
+	uint64_t target;
+	int rc = 0;
+
+	mirror_deadline(&dl, timeout_ms);
+	pthread_mutex_lock(&c->wake_mu);
+	/* Turn target - 1 begins after this read; it is done once target begins. */
+	target = c->turns + 2;
+	while (c->turns < target && rc == 0) {
+		c->wake = true;
+		pthread_cond_signal(&c->wake_cv);
+		rc = pthread_cond_timedwait(&c->turn_cv, &c->wake_mu, &dl);
+	}
+	rc = c->turns >= target ? 0 : -ETIMEDOUT;
+	pthread_mutex_unlock(&c->wake_mu);
+	return rc;
 }
 
 static void mirror_cadence_changed(struct rec *r, void *ctx)

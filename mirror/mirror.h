@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/clock.h"
 #include "common/conf.h"
 #include "store/store.h"
 #include "mirror/state/changes.h"
@@ -35,6 +36,10 @@ struct mirror_deps {
 	/* Delete the tombstones store_load skipped (observation time before
 	 * this, ns) before the first write; 0: none. */
 	int64_t purge_before_ns;
+	/* The clock the keeper reads (deadlines, commit timer, retries,
+	 * heartbeat); NULL: clock_system. Copied. Tests move a fake one and
+	 * call mirror_wait_turn. */
+	const struct clock_src *clk;
 };
 
 /* Start the keeper thread (staleness deadlines, readiness, store writes). */
@@ -62,6 +67,16 @@ bool mirror_ready(struct mirror *c, char *buf, size_t n);
 bool mirror_synced(struct mirror *c);
 /* Monotonic ms of the keeper loop's last turn (the watchdog feeds on it). */
 int64_t mirror_heartbeat(struct mirror *c);
+
+/*
+** Wake the keeper thread and wait until it has completed a whole turn that
+** began after the call: it has read its clock (mirror_deps.clk) as it is
+** now and acted on it (deadlines, the link, a write due, readiness). For
+** tests that move an injected clock; harmless otherwise. Thread-safe; not
+** from the keeper thread (on_changes). Returns 0, or -ETIMEDOUT after
+** timeout_ms (a write that takes longer, say).
+*/
+int mirror_wait_turn(struct mirror *c, int timeout_ms);
 
 /* Take the reloadable settings of conf (staleness rules, grace, default,
  * alert settings) under the write lock. Thread-safe; conf must stay

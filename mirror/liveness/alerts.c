@@ -1,24 +1,19 @@
 /* SPDX-License-Identifier: MIT */
-/* alerts.c: staleness alerts: pending set, incidents by topic prefix, the mirror alert, MQTT and exec. */
+/* alerts.c: staleness alerts: pending set, incidents by topic prefix, the mirror alert, rendered for delivery. */
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
-#include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/types.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include "common/clock.h"
+#include "common/hash.h"
+#include "common/hmap.h"
 #include "common/log.h"
 #include "common/stats.h"
+#include "common/topic.h"
 #include "mirror/liveness/alerts.h"
-
-extern char **environ;
 
 #define NEVER INT64_MAX
 #define GROUP_INTERVAL_FACTOR 5  /* updates to an open incident: at most one per 5 group waits */
@@ -34,8 +29,8 @@ struct pend {
 /* An open alert for a topic prefix. Its keys are the AS_ALERTED records
  * whose deepest open incident it is; only their number is kept. */
 struct incident {
-	struct incident *next;  /* hash chain */
-	uint64_t hash;
+	uint32_t key;           /* its hmap key: hash_key32 of the prefix */
+	uint32_t idx;           /* its place in alerts.inc */
 	uint32_t count;         /* keys alerted in it */
 	uint32_t added, recovered; /* since the last publication */
 	struct rec *ex[EXAMPLES_KEPT];
@@ -51,36 +46,21 @@ struct incident {
 
 enum mirror_state { MIRROR_OK, MIRROR_WAITING, MIRROR_OPEN, MIRROR_RESOLVING, MIRROR_STATE_MAX };
 
-struct child {
-	pid_t pid;
-	bool killed;
-	int64_t deadline_ms;
-	char *key;
-};
-
-/* An exec run waiting for a slot. key names the alert ("group dc1/hall2",
- * "mirror"): a newer alert with the same key replaces a queued one. */
-struct job {
-	char *key, *topic, *json, *state, *group;
-	size_t len;
-};
-
 struct alerts {
-	int64_t group_wait_ms, min_hold_ms, exec_timeout_ms;
+	int64_t group_wait_ms, min_hold_ms;
 	char *topic;         /* NULL = no MQTT alerts */
 	size_t topic_len;
 	char *exec_line;     /* NULL = no exec */
-	char **argv;
-	struct stale_outlet out;
+	struct deliver *dl;  /* publishes and execs, on its own thread */
 
 	struct pend *pend;
 	size_t npend, cappend;
-	uint32_t *ptab;      /* open addressing: pend index + 1, 0 = empty */
-	size_t pcap;
+	struct hmap pmap;    /* hash_ptr(r) -> index in pend */
 	int64_t window_due;
 
-	struct incident **itab;
-	size_t icap, nincidents;
+	struct incident **inc; /* the open incidents, dense */
+	uint32_t ninc, capinc;
+	struct hmap imap;      /* prefix -> index in inc */
 	struct incident **work; /* incidents with something to publish or to settle */
 	size_t nwork, capwork;
 
@@ -89,26 +69,9 @@ struct alerts {
 	enum mirror_state mirror;
 	int64_t mirror_due_ms;
 
-	struct child kids[ALERTS_EXEC_MAX_CHILDREN];
-	size_t nkids;
-	struct job queue[ALERTS_EXEC_QUEUE];
-	size_t qhead, qlen;
-
-	struct log_ratelimit rl;
 };
 
 /* ------------------------------------------------------------ helpers */
-
-static uint64_t hash_bytes(const char *p, size_t n)
-{
-	uint64_t h = 1469598103934665603ull;
-
-	for (size_t i = 0; i < n; i++) {
-		h ^= (unsigned char)p[i];
-		h *= 1099511628211ull;
-	}
-	return h;
-}
 
 static int64_t group_interval(const struct alerts *a)
 {
@@ -155,51 +118,8 @@ static char *group_topic(const struct alerts *a, const char *prefix, size_t len)
 
 /* ---------------------------------------------------------- settings */
 
-static void free_argv(char **argv)
-{
-	if (!argv)
-		return;
-	for (char **p = argv; *p; p++)
-		free(*p);
-	free(argv);
-}
-
-/* Split the exec line into words (no quoting, no shell: anything more is
- * for a script). Returns NULL on ENOMEM or when there are no words. */
-static char **split_exec(const char *line)
-{
-	char **argv = calloc(EXEC_MAX_ARGS + 1, sizeof(*argv));
-	size_t n = 0;
-	const char *p = line;
-
-	if (!argv)
-		return NULL;
-	while (*p && n < EXEC_MAX_ARGS) {
-		size_t k;
-
-		while (*p == ' ' || *p == '\t')
-			p++;
-		k = strcspn(p, " \t");
-		if (!k)
-			break;
-		argv[n] = strndup(p, k);
-		if (!argv[n]) {
-			free_argv(argv);
-			return NULL;
-		}
-		n++;
-		p += k;
-	}
-	if (!n) {
-		free(argv);
-		return NULL;
-	}
-	return argv;
-}
-
 struct settings {
 	char *topic, *exec_line;
-	char **argv;
 };
 
 static int read_settings(const struct conf *c, struct settings *ret)
@@ -214,7 +134,7 @@ static int read_settings(const struct conf *c, struct settings *ret)
 			goto fail;
 	}
 	if (c->alert_exec && c->alert_exec[strspn(c->alert_exec, " \t")]) {
-		if (!(st.exec_line = strdup(c->alert_exec)) || !(st.argv = split_exec(c->alert_exec)))
+		if (!(st.exec_line = strdup(c->alert_exec)))
 			goto fail;
 	}
 	*ret = st;
@@ -222,7 +142,6 @@ static int read_settings(const struct conf *c, struct settings *ret)
 fail:
 	free(st.topic);
 	free(st.exec_line);
-	free_argv(st.argv);
 	return -ENOMEM;
 }
 
@@ -230,246 +149,11 @@ static void take_settings(struct alerts *a, const struct conf *c, struct setting
 {
 	free(a->topic);
 	free(a->exec_line);
-	free_argv(a->argv);
 	a->topic = st->topic;
 	a->topic_len = st->topic ? strlen(st->topic) : 0;
 	a->exec_line = st->exec_line;
-	a->argv = st->argv;
 	a->group_wait_ms = c->group_wait_ms > 0 ? c->group_wait_ms : 0;
 	a->min_hold_ms = c->min_hold_ms > 0 ? c->min_hold_ms : 0;
-	a->exec_timeout_ms = c->alert_exec_timeout_ms > 0 ? c->alert_exec_timeout_ms : 10000;
-}
-
-/* ------------------------------------------------------------- exec */
-
-static void job_free(struct job *j)
-{
-	free(j->key);
-	free(j->topic);
-	free(j->json);
-	free(j->state);
-	free(j->group);
-	*j = (struct job){ 0 };
-}
-
-static void exec_failed(struct alerts *a, int64_t now_ms, const char *key, const char *why)
-{
-	uint32_t dropped = 0;
-
-	STAT_INC(alert_exec_failures);
-	if (log_ratelimit_ok(&a->rl, now_ms, &dropped)) {
-		if (dropped)
-			log_warnx("alerts: %" PRIu32 " more exec failures not logged", dropped);
-		log_warnx("alerts: exec %s for the %s alert: %s", a->exec_line ? a->exec_line : "-", key, why);
-	}
-}
-
-static char *env_pair(const char *name, const char *value)
-{
-	size_t n = strlen(name) + strlen(value) + 2;
-	char *s = malloc(n);
-
-	if (s)
-		snprintf(s, n, "%s=%s", name, value);
-	return s;
-}
-
-/* Start one exec run: the alert JSON is written into the pipe before the
- * program starts (it fits the pipe buffer), so the keeper thread (which
- * holds the index write lock here) never blocks on it and a program that
- * does not read cannot SIGPIPE us. */
-static void exec_start(struct alerts *a, struct job *j, int64_t now_ms)
-{
-	posix_spawn_file_actions_t fa;
-	posix_spawnattr_t attr;
-	sigset_t none, deflt;
-	char *extra[3] = { 0 };
-	char **envp = NULL;
-	size_t nenv = 0;
-	int fds[2] = { -1, -1 };
-	pid_t pid;
-	int rc;
-	ssize_t w;
-
-	if (!a->argv)
-		return;
-	/* Non-blocking: should the pipe be smaller than the alert (a user
-	 * over its pipe-buffer quota gets 4 KiB pipes), the write comes up
-	 * short and the run is refused, rather than the keeper thread hanging
-	 * with the index write lock held, and ingest with it. */
-	if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0) {
-		exec_failed(a, now_ms, j->key, "cannot make a pipe, not run");
-		return;
-	}
-	w = write(fds[1], j->json, j->len);
-	close(fds[1]);
-	(void)fcntl(fds[0], F_SETFL, 0);   /* the program's stdin blocks as usual */
-	if (w < 0 || (size_t)w != j->len) {
-		close(fds[0]);
-		exec_failed(a, now_ms, j->key, "cannot write the alert to its stdin, not run");
-		return;
-	}
-
-	while (environ && environ[nenv])
-		nenv++;
-	envp = calloc(nenv + 4, sizeof(*envp));
-	extra[0] = env_pair("STATEMIRROR_ALERT_STATE", j->state);
-	extra[1] = env_pair("STATEMIRROR_ALERT_GROUP", j->group ? j->group : "");
-	extra[2] = env_pair("STATEMIRROR_ALERT_TOPIC", j->topic ? j->topic : "");
-	if (!envp || !extra[0] || !extra[1] || !extra[2]) {
-		close(fds[0]);
-		exec_failed(a, now_ms, j->key, "out of memory, not run");
-		goto out;
-	}
-	/* Ours last, and the daemon's own STATEMIRROR_ALERT_* left out: a
-	 * program reading its environment must see this alert's values. */
-	{
-		size_t k = 0;
-		for (size_t i = 0; i < nenv; i++)
-			if (strncmp(environ[i], "STATEMIRROR_ALERT_", 18) != 0)
-				envp[k++] = environ[i];
-		memcpy(envp + k, extra, sizeof(extra));
-	}
-
-	sigemptyset(&none);
-	sigemptyset(&deflt);
-	for (int sig = 1; sig < 32; sig++)
-		if (sig != SIGKILL && sig != SIGSTOP)
-			sigaddset(&deflt, sig);
-	posix_spawn_file_actions_init(&fa);
-	posix_spawn_file_actions_adddup2(&fa, fds[0], STDIN_FILENO);
-	posix_spawn_file_actions_addclosefrom_np(&fa, STDERR_FILENO + 1);
-	posix_spawnattr_init(&attr);
-	posix_spawnattr_setsigmask(&attr, &none);
-	posix_spawnattr_setsigdefault(&attr, &deflt);
-	posix_spawnattr_setpgroup(&attr, 0); /* its own group: a timeout kills it all */
-	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF |
-					POSIX_SPAWN_SETPGROUP);
-	rc = posix_spawnp(&pid, a->argv[0], &fa, &attr, a->argv, envp);
-	posix_spawnattr_destroy(&attr);
-	posix_spawn_file_actions_destroy(&fa);
-	close(fds[0]);
-	if (rc != 0) {
-		char why[128];
-		snprintf(why, sizeof(why), "cannot start: %s", strerror(rc));
-		exec_failed(a, now_ms, j->key, why);
-		goto out;
-	}
-	a->kids[a->nkids++] = (struct child){
-		.pid = pid, .deadline_ms = now_ms + a->exec_timeout_ms, .key = j->key,
-	};
-	j->key = NULL; /* the child record owns it now */
-	log_debug("alerts: started %s (pid %d) for the %s alert", a->argv[0], (int)pid,
-		  a->kids[a->nkids - 1].key);
-out:
-	for (int i = 0; i < 3; i++)
-		free(extra[i]);
-	free(envp);
-}
-
-static void exec_pump(struct alerts *a, int64_t now_ms)
-{
-	while (a->qlen && a->nkids < ALERTS_EXEC_MAX_CHILDREN) {
-		struct job *j = &a->queue[a->qhead];
-
-		exec_start(a, j, now_ms);
-		job_free(j);
-		a->qhead = (a->qhead + 1) % ALERTS_EXEC_QUEUE;
-		a->qlen--;
-	}
-}
-
-/* Queue an exec run. The queue holds current states: a newer alert for
- * the same key replaces a queued older one; when full, the oldest goes. */
-static void exec_enqueue(struct alerts *a, const char *key, const char *topic, const char *json,
-			 size_t len, const char *state, const char *group, int64_t now_ms)
-{
-	struct job j = { 0 };
-
-	if (!a->argv)
-		return;
-	j.key = strdup(key);
-	j.topic = topic ? strdup(topic) : NULL;
-	j.json = malloc(len + 1);
-	j.state = strdup(state);
-	j.group = group ? strdup(group) : NULL;
-	if (!j.key || (topic && !j.topic) || !j.json || !j.state || (group && !j.group)) {
-		job_free(&j);
-		exec_failed(a, now_ms, key, "out of memory, not run");
-		return;
-	}
-	memcpy(j.json, json, len);
-	j.json[len] = '\n';
-	j.len = len + 1;
-	for (size_t i = 0; i < a->qlen; i++) {
-		struct job *q = &a->queue[(a->qhead + i) % ALERTS_EXEC_QUEUE];
-		if (strcmp(q->key, key) == 0) {
-			job_free(q);
-			*q = j;
-			return;
-		}
-	}
-	if (a->qlen == ALERTS_EXEC_QUEUE) {
-		struct job *old = &a->queue[a->qhead];
-		exec_failed(a, now_ms, old->key, "too many alerts waiting for exec, dropped");
-		job_free(old);
-		a->qhead = (a->qhead + 1) % ALERTS_EXEC_QUEUE;
-		a->qlen--;
-	}
-	a->queue[(a->qhead + a->qlen) % ALERTS_EXEC_QUEUE] = j;
-	a->qlen++;
-	exec_pump(a, now_ms);
-}
-
-/* Reap finished children without blocking; kill the ones past their time. */
-static int64_t exec_reap(struct alerts *a, int64_t now_ms)
-{
-	int64_t next = NEVER;
-	size_t i = 0;
-
-	while (i < a->nkids) {
-		struct child *k = &a->kids[i];
-		int st = 0;
-		pid_t rc = waitpid(k->pid, &st, WNOHANG);
-
-		if (rc == 0) {
-			if (!k->killed && now_ms >= k->deadline_ms) {
-				char why[64];
-				if (kill(-k->pid, SIGKILL) < 0)
-					kill(k->pid, SIGKILL);
-				k->killed = true;
-				snprintf(why, sizeof(why), "timed out after %" PRId64 " ms, killed",
-					 a->exec_timeout_ms);
-				exec_failed(a, now_ms, k->key, why);
-			}
-			if (!k->killed && k->deadline_ms - now_ms < next)
-				next = k->deadline_ms - now_ms;
-			if (ALERTS_REAP_MS < next)
-				next = ALERTS_REAP_MS; /* poll again, without spinning */
-			i++;
-			continue;
-		}
-		if (rc == k->pid && !k->killed) {
-			char why[64];
-			if (WIFEXITED(st) && WEXITSTATUS(st) == 0) {
-				log_debug("alerts: exec for the %s alert done", k->key);
-			} else {
-				if (WIFEXITED(st))
-					snprintf(why, sizeof(why), "exit status %d", WEXITSTATUS(st));
-				else
-					snprintf(why, sizeof(why), "killed by signal %d",
-						 WIFSIGNALED(st) ? WTERMSIG(st) : 0);
-				exec_failed(a, now_ms, k->key, why);
-			}
-		} else if (rc < 0 && errno != ECHILD) {
-			i++; /* EINTR: next time */
-			continue;
-		}
-		free(k->key);
-		a->kids[i] = a->kids[--a->nkids];
-	}
-	exec_pump(a, now_ms);
-	return next;
 }
 
 /* ---------------------------------------------------------- delivery */
@@ -482,8 +166,10 @@ static void put_time(json_t *o, const char *name, int64_t ms)
 }
 
 /*
-** Send one alert: log it, count it, publish it (retained, when topic) and
-** hand it to exec. clear: publish an empty retained payload afterwards, so
+** Send one alert: log it, count it, and queue it for delivery (retained
+** MQTT when topic, and exec): the delivery thread does the I/O, never this
+** one, which holds the index write lock. clear: publish an empty retained
+** payload afterwards, so
 ** that the broker no longer holds an alert that is over (subscribers still
 ** see the resolution first). mqtt_only: a republication (the alerts topic
 ** moved), not a new alert.
@@ -504,13 +190,11 @@ static void emit(struct alerts *a, const char *key, const char *topic, json_t *o
 		log_warnx("alert: %s", json_string_value(summary) ? json_string_value(summary) : text);
 		STAT_INC(alerts_sent);
 	}
-	if (topic && a->out.publish) {
-		a->out.publish(a->out.ctx, topic, text, len);
-		if (clear)
-			a->out.publish(a->out.ctx, topic, "", 0);
-	}
-	if (!mqtt_only)
-		exec_enqueue(a, key, topic, text, len, state, group, now_ms);
+	if (topic || (!mqtt_only && a->exec_line))
+		deliver_push(a->dl, &(struct deliver_alert){
+			.key = key, .topic = topic, .payload = text, .len = len, .state = state,
+			.group = group, .clear = clear, .exec = !mqtt_only && a->exec_line,
+		}, now_ms);
 	free(text);
 }
 
@@ -559,15 +243,30 @@ static json_t *incident_json(const struct incident *inc, int64_t now_ms, size_t 
 	return o;
 }
 
+static bool incident_is(uint32_t val, const void *k, const void *ctx)
+{
+	const struct alerts *a = ctx;
+	const struct incident *want = k;
+
+	return a->inc[val] == want;
+}
+
 static void incident_remove(struct alerts *a, struct incident *inc)
 {
-	struct incident **p = &a->itab[inc->hash & (a->icap - 1)];
+	uint32_t last = a->ninc - 1;
 
-	while (*p && *p != inc)
-		p = &(*p)->next;
-	if (*p)
-		*p = inc->next;
-	a->nincidents--;
+	hmap_del(&a->imap, inc->key, incident_is, inc, a);
+	if (inc->idx != last) {
+		/* The last one fills the hole; its entry follows it. */
+		struct incident *m = a->inc[last];
+		uint32_t *v = hmap_find(&a->imap, m->key, incident_is, m, a);
+
+		a->inc[inc->idx] = m;
+		m->idx = inc->idx;
+		if (v)
+			*v = m->idx;
+	}
+	a->ninc--;
 	free(inc);
 }
 
@@ -650,67 +349,67 @@ static void mirror_publish(struct alerts *a, bool open, int64_t now_ms)
 
 /* ------------------------------------------------------- incidents */
 
-static int itab_grow(struct alerts *a)
-{
-	size_t ncap = a->icap ? a->icap * 2 : 64;
-	struct incident **nt = calloc(ncap, sizeof(*nt));
+struct pkey {
+	const char *p;
+	size_t len;
+};
 
-	if (!nt)
-		return -ENOMEM;
-	for (size_t i = 0; i < a->icap; i++) {
-		struct incident *p = a->itab[i], *next;
-		for (; p; p = next) {
-			next = p->next;
-			p->next = nt[p->hash & (ncap - 1)];
-			nt[p->hash & (ncap - 1)] = p;
-		}
-	}
-	free(a->itab);
-	a->itab = nt;
-	a->icap = ncap;
-	return 0;
+static bool incident_eq(uint32_t val, const void *k, const void *ctx)
+{
+	const struct alerts *a = ctx;
+	const struct pkey *want = k;
+	const struct incident *i = a->inc[val];
+
+	return i->len == want->len && memcmp(i->prefix, want->p, want->len) == 0;
 }
 
 static struct incident *incident_get(const struct alerts *a, const char *p, size_t len)
 {
-	uint64_t h = hash_bytes(p, len);
+	uint32_t *v = hmap_find(&a->imap, hash_key32(hash_bytes(p, len)), incident_eq,
+				&(struct pkey){ p, len }, a);
 
-	for (struct incident *i = a->itab[h & (a->icap - 1)]; i; i = i->next)
-		if (i->hash == h && i->len == len && memcmp(i->prefix, p, len) == 0)
-			return i;
-	return NULL;
+	return v ? a->inc[*v] : NULL;
 }
 
 static struct incident *incident_new(struct alerts *a, const char *p, size_t len, int64_t now_ms)
 {
 	struct incident *inc;
 
-	if (a->nincidents >= a->icap)
-		itab_grow(a);
+	if (a->ninc == a->capinc) {
+		uint32_t ncap = a->capinc ? 2 * a->capinc : 64;
+		struct incident **ni = ncap > a->capinc ? realloc(a->inc, ncap * sizeof(*ni)) : NULL;
+		if (!ni)
+			return NULL;
+		a->inc = ni;
+		a->capinc = ncap;
+	}
 	inc = calloc(1, sizeof(*inc) + len + 1);
 	if (!inc)
 		return NULL;
-	inc->hash = hash_bytes(p, len);
+	inc->key = hash_key32(hash_bytes(p, len));
+	inc->idx = a->ninc;
 	inc->len = len;
 	memcpy(inc->prefix, p, len);
 	inc->since_ms = now_ms;
-	inc->next = a->itab[inc->hash & (a->icap - 1)];
-	a->itab[inc->hash & (a->icap - 1)] = inc;
-	a->nincidents++;
+	if (hmap_put(&a->imap, inc->key, inc->idx) < 0) {
+		free(inc);
+		return NULL;
+	}
+	a->inc[a->ninc++] = inc;
 	return inc;
 }
 
 /* The deepest open incident that contains topic t. */
 static struct incident *incident_find(const struct alerts *a, const char *t, size_t len)
 {
-	const char *slash;
 	size_t end = len;
 
 	if (!memchr(t, '/', len))
 		return incident_get(a, t, 0);
-	while (end > 0 && (slash = memrchr(t, '/', end))) {
+	/* Up one level at a time while there is a level to go up. */
+	while (memchr(t, '/', end)) {
 		struct incident *inc;
-		end = (size_t)(slash - t);
+		end = topic_group_prefix(t, end);
 		if ((inc = incident_get(a, t, end)))
 			return inc;
 	}
@@ -769,64 +468,41 @@ struct ng {
 
 struct ngset {
 	struct ng *v;
-	size_t n, cap;
-	size_t *slot;   /* open addressing over v: index + 1, 0 empty */
-	size_t scap;
+	uint32_t n, cap;
+	struct hmap map; /* prefix -> index in v */
 };
 
-static size_t ngset_slot(const struct ngset *g, const char *p, size_t len, bool *found)
+static bool ng_eq(uint32_t val, const void *k, const void *ctx)
 {
-	size_t i = hash_bytes(p, len) & (g->scap - 1);
+	const struct ngset *g = ctx;
+	const struct pkey *want = k;
 
-	for (; g->slot[i]; i = (i + 1) & (g->scap - 1)) {
-		const struct ng *x = &g->v[g->slot[i] - 1];
-		if (x->len == len && memcmp(x->p, p, len) == 0) {
-			*found = true;
-			return i;
-		}
-	}
-	*found = false;
-	return i;
+	return g->v[val].len == want->len && memcmp(g->v[val].p, want->p, want->len) == 0;
 }
 
-/* The index of group (p, len), made if absent. Returns SIZE_MAX on ENOMEM. */
+/* The index of group (p, len), made if absent when create. Returns
+ * SIZE_MAX when absent, or on ENOMEM. A plain lookup never fails for want
+ * of memory (rollup indexes with what it returns). */
 static size_t ngset_get(struct ngset *g, const char *p, size_t len, bool create)
 {
-	bool found;
-	size_t s;
+	uint32_t key = hash_key32(hash_bytes(p, len));
+	uint32_t *v = hmap_find(&g->map, key, ng_eq, &(struct pkey){ p, len }, g);
 
-	/* Only a creating call grows the table: a plain lookup never fails
-	 * for want of memory (rollup indexes with what it returns). */
-	if (!create && g->scap == 0)
-		return SIZE_MAX;
-	if (create && 2 * (g->n + 1) > g->scap) {
-		size_t ncap = g->scap ? 2 * g->scap : 256;
-		size_t *ns = calloc(ncap, sizeof(*ns));
-		if (!ns)
-			return SIZE_MAX;
-		free(g->slot);
-		g->slot = ns;
-		g->scap = ncap;
-		for (size_t i = 0; i < g->n; i++) {
-			s = ngset_slot(g, g->v[i].p, g->v[i].len, &found);
-			g->slot[s] = i + 1;
-		}
-	}
-	s = ngset_slot(g, p, len, &found);
-	if (found)
-		return g->slot[s] - 1;
+	if (v)
+		return *v;
 	if (!create)
 		return SIZE_MAX;
 	if (g->n == g->cap) {
-		size_t ncap = g->cap ? 2 * g->cap : 64;
-		struct ng *nv = realloc(g->v, ncap * sizeof(*nv));
+		uint32_t ncap = g->cap ? 2 * g->cap : 64;
+		struct ng *nv = ncap > g->cap ? realloc(g->v, ncap * sizeof(*nv)) : NULL;
 		if (!nv)
 			return SIZE_MAX;
 		g->v = nv;
 		g->cap = ncap;
 	}
+	if (hmap_put(&g->map, key, g->n) < 0)
+		return SIZE_MAX;
 	g->v[g->n] = (struct ng){ .p = p, .len = len, .into = g->n };
-	g->slot[s] = g->n + 1;
 	return g->n++;
 }
 
@@ -852,11 +528,11 @@ static void ng_merge(struct ng *v, size_t from, size_t to)
 /* The parent of a group prefix, never the empty top. */
 static bool parent_of(const char *p, size_t len, size_t *ret_len)
 {
-	const char *slash = len ? memrchr(p, '/', len) : NULL;
+	size_t n = topic_group_prefix(p, len);
 
-	if (!slash || slash == p)
+	if (n == 0)
 		return false;
-	*ret_len = (size_t)(slash - p);
+	*ret_len = n;
 	return true;
 }
 
@@ -912,14 +588,13 @@ static int rollup(struct ngset *g)
 
 static void open_new(struct alerts *a, struct rec **keys, size_t n, int64_t now_ms)
 {
-	struct ngset g = { 0 };
+	struct ngset g = { .map = HMAP_INIT(UINT32_MAX / 2) };
 
 	if (!n)
 		return;
 	for (size_t i = 0; i < n; i++) {
 		struct rec *r = keys[i];
-		const char *slash = memrchr(r->data, '/', r->topic_len);
-		size_t gi = ngset_get(&g, r->data, slash ? (size_t)(slash - r->data) : 0, true);
+		size_t gi = ngset_get(&g, r->data, topic_group_prefix(r->data, r->topic_len), true);
 
 		if (gi == SIZE_MAX)
 			goto fallback;
@@ -951,15 +626,14 @@ static void open_new(struct alerts *a, struct rec **keys, size_t n, int64_t now_
 		work_add(a, inc);
 	}
 	free(g.v);
-	free(g.slot);
+	hmap_free(&g.map);
 	return;
 fallback:
 	/* Out of memory for the roll-up: one incident per key's group. */
 	free(g.v);
-	free(g.slot);
+	hmap_free(&g.map);
 	for (size_t i = 0; i < n; i++) {
-		const char *slash = memrchr(keys[i]->data, '/', keys[i]->topic_len);
-		size_t len = slash ? (size_t)(slash - keys[i]->data) : 0;
+		size_t len = topic_group_prefix(keys[i]->data, keys[i]->topic_len);
 		struct incident *inc = incident_get(a, keys[i]->data, len);
 		if (!inc && !(inc = incident_new(a, keys[i]->data, len, now_ms)))
 			continue;
@@ -969,55 +643,35 @@ fallback:
 
 /* ------------------------------------------------------------ pending */
 
-static size_t ptr_hash(const void *p, size_t cap)
+static bool pend_is(uint32_t val, const void *k, const void *ctx)
 {
-	uint64_t x = (uint64_t)(uintptr_t)p;
+	const struct alerts *a = ctx;
 
-	x ^= x >> 33;
-	x *= 0xff51afd7ed558ccdull;
-	x ^= x >> 33;
-	return (size_t)x & (cap - 1);
+	return a->pend[val].r == k;
 }
 
-static int ptab_rebuild(struct alerts *a, size_t want)
+static int pmap_rebuild(struct alerts *a)
 {
-	size_t cap = 64;
-	uint32_t *t;
+	int rc;
 
-	while (cap < 2 * want)
-		cap <<= 1;
-	if (cap != a->pcap) {
-		if (!(t = calloc(cap, sizeof(*t))))
-			return -ENOMEM;
-		free(a->ptab);
-		a->ptab = t;
-		a->pcap = cap;
-	} else {
-		memset(a->ptab, 0, cap * sizeof(*a->ptab));
-	}
-	for (size_t i = 0; i < a->npend; i++) {
-		size_t s = ptr_hash(a->pend[i].r, a->pcap);
-		while (a->ptab[s])
-			s = (s + 1) & (a->pcap - 1);
-		a->ptab[s] = (uint32_t)(i + 1);
-	}
+	hmap_clear(&a->pmap);
+	if ((rc = hmap_reserve(&a->pmap, (uint32_t)a->npend)) < 0)
+		return rc;
+	for (size_t i = 0; i < a->npend; i++)
+		hmap_put(&a->pmap, hash_key32(hash_ptr(a->pend[i].r)), (uint32_t)i); /* reserved */
 	return 0;
 }
 
 static struct pend *pend_find(struct alerts *a, const struct rec *r)
 {
-	if (!a->pcap)
-		return NULL;
-	for (size_t s = ptr_hash(r, a->pcap); a->ptab[s]; s = (s + 1) & (a->pcap - 1))
-		if (a->pend[a->ptab[s] - 1].r == r)
-			return &a->pend[a->ptab[s] - 1];
-	return NULL;
+	uint32_t *v = hmap_find(&a->pmap, hash_key32(hash_ptr(r)), pend_is, r, a);
+
+	return v ? &a->pend[*v] : NULL;
 }
 
 void alerts_key_changed(struct alerts *a, struct rec *r, int64_t now_ms)
 {
 	struct pend *p;
-	size_t s;
 
 	if (r->alert_state & AS_PENDING) {
 		if ((p = pend_find(a, r)))
@@ -1032,13 +686,9 @@ void alerts_key_changed(struct alerts *a, struct rec *r, int64_t now_ms)
 		a->pend = np;
 		a->cappend = ncap;
 	}
-	if (2 * (a->npend + 1) > a->pcap && ptab_rebuild(a, 2 * (a->npend + 1)) < 0)
+	if (hmap_put(&a->pmap, hash_key32(hash_ptr(r)), (uint32_t)a->npend) < 0)
 		goto nomem;
-	a->pend[a->npend] = (struct pend){ r, now_ms };
-	s = ptr_hash(r, a->pcap);
-	while (a->ptab[s])
-		s = (s + 1) & (a->pcap - 1);
-	a->ptab[s] = (uint32_t)++a->npend;
+	a->pend[a->npend++] = (struct pend){ r, now_ms };
 	r->alert_state |= AS_PENDING;
 	if (a->window_due == NEVER)
 		a->window_due = now_ms + a->min_hold_ms + a->group_wait_ms;
@@ -1088,7 +738,7 @@ static void flush(struct alerts *a, int64_t now_ms, alerts_eligible_fn eligible,
 		}
 	}
 	a->npend = keep;
-	if (ptab_rebuild(a, keep) < 0) {
+	if (pmap_rebuild(a) < 0) {
 		/* Without the table a pending key cannot be found again: give the
 		 * kept ones up; they are re-reported by their next change. */
 		for (size_t i = 0; i < keep; i++)
@@ -1100,6 +750,7 @@ static void flush(struct alerts *a, int64_t now_ms, alerts_eligible_fn eligible,
 		free(a->pend);
 		a->pend = NULL;
 		a->cappend = 0;
+		hmap_free(&a->pmap);
 	}
 	open_new(a, fresh_keys, nnew, now_ms);
 	free(fresh_keys);
@@ -1108,56 +759,60 @@ static void flush(struct alerts *a, int64_t now_ms, alerts_eligible_fn eligible,
 
 /* --------------------------------------------------------------- API */
 
-struct alerts *alerts_new(const struct conf *c, const struct stale_outlet *out)
+struct alerts *alerts_new(const struct conf *c, const struct deliver_outlet *out)
 {
 	struct alerts *a = calloc(1, sizeof(*a));
 	struct settings st;
 
 	if (!a)
 		return NULL;
-	if (read_settings(c, &st) < 0 || itab_grow(a) < 0) {
-		free(a->itab);
+	if (!(a->dl = deliver_new(out)) ||
+	    deliver_configure(a->dl, c->alert_exec, c->alert_exec_timeout_ms) < 0 ||
+	    read_settings(c, &st) < 0) {
+		deliver_free(a->dl);
 		free(a);
 		return NULL;
 	}
 	take_settings(a, c, &st);
-	if (out)
-		a->out = *out;
 	a->window_due = NEVER;
-	a->rl = (struct log_ratelimit)LOG_RATELIMIT_INIT(10000, 10);
+	a->imap = (struct hmap)HMAP_INIT(UINT32_MAX / 2);
+	a->pmap = (struct hmap)HMAP_INIT(UINT32_MAX / 2);
 	return a;
+}
+
+int alerts_start(struct alerts *a)
+{
+	return deliver_start(a->dl);
+}
+
+void alerts_stop(struct alerts *a)
+{
+	deliver_stop(a->dl);
 }
 
 void alerts_free(struct alerts *a)
 {
 	if (!a)
 		return;
-	for (size_t i = 0; i < a->nkids; i++) {
-		int st;
-		if (waitpid(a->kids[i].pid, &st, WNOHANG) == 0)
-			log_info("alerts: leaving %s (pid %d) for %s to finish", a->argv ? a->argv[0] : "exec",
-				 (int)a->kids[i].pid, a->kids[i].key);
-		free(a->kids[i].key);
-	}
-	for (size_t i = 0; i < a->qlen; i++)
-		job_free(&a->queue[(a->qhead + i) % ALERTS_EXEC_QUEUE]);
-	if (a->qlen)
-		log_warnx("alerts: %zu queued exec runs dropped at shutdown", a->qlen);
-	for (size_t i = 0; i < a->icap; i++) {
-		struct incident *p = a->itab[i], *next;
-		for (; p; p = next) {
-			next = p->next;
-			free(p);
-		}
-	}
-	free(a->itab);
+	deliver_free(a->dl);
+	for (uint32_t i = 0; i < a->ninc; i++)
+		free(a->inc[i]);
+	free(a->inc);
+	hmap_free(&a->imap);
 	free(a->work);
 	free(a->pend);
-	free(a->ptab);
+	hmap_free(&a->pmap);
 	free(a->topic);
 	free(a->exec_line);
-	free_argv(a->argv);
 	free(a);
+}
+
+/* A bare clear of a retained alert (the alerts topic moved away). A reload
+ * has no time of its own here: 0 only makes a full queue's log line
+ * unconditional, which is fine once per reload. */
+static void clear_retained(struct alerts *a, const char *topic)
+{
+	deliver_push(a->dl, &(struct deliver_alert){ .key = "clear", .topic = topic, .payload = "" }, 0);
 }
 
 int alerts_reconfigure(struct alerts *a, const struct conf *c)
@@ -1168,36 +823,39 @@ int alerts_reconfigure(struct alerts *a, const struct conf *c)
 
 	if (read_settings(c, &st) < 0)
 		return -ENOMEM;
+	if (deliver_configure(a->dl, c->alert_exec, c->alert_exec_timeout_ms) < 0) {
+		free(st.topic);
+		free(st.exec_line);
+		return -ENOMEM;
+	}
 	moved = (a->topic == NULL) != (st.topic == NULL) ||
 		(a->topic && strcmp(a->topic, st.topic) != 0);
-	if (moved && a->topic && a->out.publish) {
+	if (moved && a->topic) {
 		/* Clear what we hold under the old topic; republish under the new. */
-		for (size_t i = 0; i < a->icap; i++) {
-			for (struct incident *p = a->itab[i]; p; p = p->next) {
-				if (!p->published || !(old = group_topic(a, p->prefix, p->len)))
-					continue;
-				a->out.publish(a->out.ctx, old, "", 0);
-				free(old);
-			}
+		for (uint32_t i = 0; i < a->ninc; i++) {
+			struct incident *p = a->inc[i];
+			if (!p->published || !(old = group_topic(a, p->prefix, p->len)))
+				continue;
+			clear_retained(a, old);
+			free(old);
 		}
 		if (a->mirror == MIRROR_OPEN) {
 			size_t n = a->topic_len + 8;
 			if ((old = malloc(n))) {
 				snprintf(old, n, "%s/mirror", a->topic);
-				a->out.publish(a->out.ctx, old, "", 0);
+				clear_retained(a, old);
 				free(old);
 			}
 		}
 	}
 	take_settings(a, c, &st);
 	if (moved) {
-		for (size_t i = 0; i < a->icap; i++) {
-			for (struct incident *p = a->itab[i]; p; p = p->next) {
-				if (p->published && !p->adopted) {
-					p->mqtt_only = true;
-					p->last_pub_ms = 0;
-					work_add(a, p);
-				}
+		for (uint32_t i = 0; i < a->ninc; i++) {
+			struct incident *p = a->inc[i];
+			if (p->published && !p->adopted) {
+				p->mqtt_only = true;
+				p->last_pub_ms = 0;
+				work_add(a, p);
 			}
 		}
 	}
@@ -1226,13 +884,13 @@ void alerts_link(struct alerts *a, bool synced, int64_t now_ms)
 	else if (a->mirror == MIRROR_OPEN)
 		a->mirror = MIRROR_RESOLVING;
 	/* Adopted alerts settle from this re-sync on. */
-	for (size_t i = 0; i < a->icap; i++)
-		for (struct incident *p = a->itab[i]; p; p = p->next)
-			if (p->adopted)
-				work_add(a, p);
+	for (uint32_t i = 0; i < a->ninc; i++)
+		if (a->inc[i]->adopted)
+			work_add(a, a->inc[i]);
 }
 
-void alerts_adopt(struct alerts *a, const struct rec *r, int64_t now_ms)
+void alerts_adopt(struct alerts *a, const struct index *ix, const struct rec *r,
+		  int64_t now_ms)
 {
 	json_t *o, *kind, *state, *group;
 	json_error_t err;
@@ -1240,7 +898,7 @@ void alerts_adopt(struct alerts *a, const struct rec *r, int64_t now_ms)
 	size_t n;
 
 	if (!a->topic || !r->payload_len || r->topic_len <= a->topic_len ||
-	    rec_payload(r, &pv, &n) < 0 || !n)
+	    rec_payload(ix, r, &pv, &n) < 0 || !n)
 		return;
 	o = json_loadb(pv, n, 0, &err);
 	if (!o)
@@ -1281,7 +939,7 @@ void alerts_adopt(struct alerts *a, const struct rec *r, int64_t now_ms)
 int64_t alerts_tick(struct alerts *a, int64_t now_ms, int64_t settle_ms,
 		    alerts_eligible_fn eligible, void *ctx)
 {
-	int64_t next = NEVER, t;
+	int64_t next = NEVER;
 	size_t keep = 0;
 
 	if (a->mirror == MIRROR_WAITING && now_ms >= a->mirror_due_ms) {
@@ -1321,16 +979,12 @@ int64_t alerts_tick(struct alerts *a, int64_t now_ms, int64_t settle_ms,
 		incident_publish(a, inc, now_ms); /* may free inc */
 	}
 	a->nwork = keep;
-
-	t = exec_reap(a, now_ms);
-	if (t < next)
-		next = t;
 	return next < 1 ? 1 : next;
 }
 
 size_t alerts_open_incidents(const struct alerts *a)
 {
-	return a->nincidents;
+	return a->ninc;
 }
 
 size_t alerts_pending(const struct alerts *a)
@@ -1338,12 +992,7 @@ size_t alerts_pending(const struct alerts *a)
 	return a->npend;
 }
 
-size_t alerts_exec_running(const struct alerts *a)
+struct deliver *alerts_delivery(struct alerts *a)
 {
-	return a->nkids;
-}
-
-size_t alerts_exec_queued(const struct alerts *a)
-{
-	return a->qlen;
+	return a->dl;
 }

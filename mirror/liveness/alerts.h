@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* alerts.h: staleness alerts: grouping, hysteresis, the mirror's own alert, MQTT and exec delivery. */
+/* alerts.h: staleness alerts: grouping, hysteresis, the mirror's own alert, rendered for delivery. */
 #ifndef SM_ALERTS_H
 #define SM_ALERTS_H
 
@@ -8,18 +8,22 @@
 
 #include "common/conf.h"
 #include "mirror/state/index.h"
-#include "mirror/liveness/stale.h"
+#include "mirror/liveness/deliver.h"
 
 /*
 ** This is the staleness engine's back half (stale.c is the front half and
-** its only caller); it is not used by anything else. Once the threads run,
+** its only caller); it is not used by anything else. Dependencies run one
+** way: stale -> alerts -> deliver; nothing here knows stale.h (the outlet
+** is deliver.h's, the eligibility question a callback). Once the threads run,
 ** every call is made with the index write lock held, which serialises the
 ** two that make transitions: the MQTT session thread, as it applies a
 ** message, and the keeper thread, at its timers (a reload takes the lock
 ** too). Changes (alerts_key_changed, alerts_link, alerts_adopt) come from
-** either; alerts_tick, the only call that publishes and starts or reaps
-** exec runs, from the keeper thread only. It never reads the clock: time is
-** passed in, except that exec children are reaped with waitpid(WNOHANG).
+** either; alerts_tick, the only call that sends alerts, from the keeper
+** thread only. It never reads the clock: time is passed in. Sending an
+** alert renders it (topic and JSON) and pushes it into the delivery queue
+** (deliver.h): the publish and the exec run happen on the delivery thread,
+** never under the index lock.
 **
 ** The model (see README "Staleness and alerts"):
 **
@@ -53,10 +57,7 @@ enum alert_state_bits {
 };
 
 #define ALERTS_EXAMPLES 5          /* example keys per alert message */
-#define ALERTS_EXEC_MAX_CHILDREN 4 /* exec programs running at once */
-#define ALERTS_EXEC_QUEUE 64       /* alerts waiting for an exec slot */
 #define ALERTS_JSON_MAX 16384      /* alert JSON size bound (fits a pipe buffer) */
-#define ALERTS_REAP_MS 50          /* how often running exec children are polled */
 
 struct alerts;
 
@@ -67,9 +68,14 @@ struct alerts;
 */
 typedef bool (*alerts_eligible_fn)(struct rec *r, int64_t now_ms, void *ctx);
 
-/* Returns NULL on ENOMEM. Copies what it needs from c; out is copied. */
-struct alerts *alerts_new(const struct conf *c, const struct stale_outlet *out);
-/* Accepts NULL. Running exec children are left to finish on their own. */
+/* Returns NULL on ENOMEM. Copies what it needs from c; out is copied (it
+ * is called on the delivery thread). The delivery thread is not started. */
+struct alerts *alerts_new(const struct conf *c, const struct deliver_outlet *out);
+/* Start / stop the delivery thread (deliver_start, deliver_stop). Stop it
+ * before what out->ctx names is freed. */
+int alerts_start(struct alerts *a);
+void alerts_stop(struct alerts *a);
+/* Accepts NULL. Stops delivery; running exec children finish on their own. */
 void alerts_free(struct alerts *a);
 /* New group wait, hold, topic, exec. Returns 0 or -ENOMEM (old kept). */
 int alerts_reconfigure(struct alerts *a, const struct conf *c);
@@ -92,13 +98,14 @@ void alerts_link(struct alerts *a, bool synced, int64_t now_ms);
 ** the alerts topic, loaded from the store or replayed by the broker): if it
 ** holds an open alert we do not know, adopt it, so that it is resolved
 ** (and its retained copy cleared) once the keys under it turn out fresh.
+** ix is r's index (a payload in the file is read through it).
 */
-void alerts_adopt(struct alerts *a, const struct rec *r, int64_t now_ms);
+void alerts_adopt(struct alerts *a, const struct index *ix, const struct rec *r,
+		  int64_t now_ms);
 
 /*
 ** Flush what is due: pending changes whose group wait passed, incident
-** updates, the mirror alert; reap and time out exec children, start queued
-** ones. settle_ms: the longest grace x cadence of any key (adopted alerts
+** updates, the mirror alert (queued for delivery). settle_ms: the longest grace x cadence of any key (adopted alerts
 ** are resolved when still empty that long after a re-sync). Returns the ms
 ** until something is next due, INT64_MAX when nothing is.
 */
@@ -106,10 +113,10 @@ int64_t alerts_tick(struct alerts *a, int64_t now_ms, int64_t settle_ms,
 		    alerts_eligible_fn eligible, void *ctx);
 
 /* For tests and /metrics-like introspection: open incidents, pending
- * changes, running and queued exec jobs. */
+ * changes; the delivery queue (a test without a started thread drives it
+ * with deliver_pump). */
 size_t alerts_open_incidents(const struct alerts *a);
 size_t alerts_pending(const struct alerts *a);
-size_t alerts_exec_running(const struct alerts *a);
-size_t alerts_exec_queued(const struct alerts *a);
+struct deliver *alerts_delivery(struct alerts *a);
 
 #endif

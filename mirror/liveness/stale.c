@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/hash.h"
+#include "common/hmap.h"
 #include "common/log.h"
 #include "common/stats.h"
 #include "common/topic.h"
@@ -55,9 +57,9 @@ struct rule {
 
 /* Stale keys per group prefix, for GET /v1/stale. */
 struct gcount {
-	struct gcount *next;
-	uint64_t hash;
 	uint64_t n;
+	uint32_t key;       /* its hmap key: hash_key32 of the prefix */
+	uint32_t idx;       /* its place in stale.groups */
 	size_t len;
 	char prefix[];
 };
@@ -79,8 +81,9 @@ struct stale {
 	struct rec **held;     /* stale keys held while not synced (AS_LISTED) */
 	size_t nheld, capheld;
 
-	struct gcount **gtab;  /* chained hash of group counters */
-	size_t gcap, ngroups;
+	struct gcount **groups; /* group counters, dense */
+	uint32_t ngroups, capgroups;
+	struct hmap gmap;       /* prefix -> index in groups */
 	uint64_t nstale;
 
 	int64_t max_window_ms; /* longest window of any key seen (never shrinks but at reload) */
@@ -239,102 +242,87 @@ static void heapify(struct stale *s)
 
 /* ----------------------------------------------------- group counters */
 
-static uint64_t hash_bytes(const char *p, size_t n)
-{
-	uint64_t h = 1469598103934665603ull;
+struct gkey {
+	const char *p;
+	size_t len;
+};
 
-	for (size_t i = 0; i < n; i++) {
-		h ^= (unsigned char)p[i];
-		h *= 1099511628211ull;
+static bool group_eq(uint32_t val, const void *k, const void *ctx)
+{
+	const struct stale *s = ctx;
+	const struct gkey *want = k;
+	const struct gcount *g = s->groups[val];
+
+	return g->len == want->len && memcmp(g->prefix, want->p, want->len) == 0;
+}
+
+static bool group_is(uint32_t val, const void *k, const void *ctx)
+{
+	const struct stale *s = ctx;
+
+	return s->groups[val] == k;
+}
+
+static void group_drop(struct stale *s, struct gcount *g)
+{
+	uint32_t last = s->ngroups - 1;
+
+	hmap_del(&s->gmap, g->key, group_is, g, s);
+	if (g->idx != last) {
+		/* The last one fills the hole; its entry follows it. */
+		struct gcount *m = s->groups[last];
+		uint32_t *v = hmap_find(&s->gmap, m->key, group_is, m, s);
+
+		s->groups[g->idx] = m;
+		m->idx = g->idx;
+		if (v)
+			*v = m->idx;
 	}
-	return h;
-}
-
-size_t stale_group_prefix(const char *topic, size_t len, char *out, size_t n)
-{
-	const char *slash = len ? memrchr(topic, '/', len) : NULL;
-	size_t plen = slash ? (size_t)(slash - topic) : 0;
-
-	if (n > 0) {
-		size_t k = plen < n - 1 ? plen : n - 1;
-		memcpy(out, topic, k);
-		out[k] = '\0';
-	}
-	return plen;
-}
-
-static size_t group_len(const struct rec *r)
-{
-	const char *slash = memrchr(r->data, '/', r->topic_len);
-
-	return slash ? (size_t)(slash - r->data) : 0;
-}
-
-static struct gcount **group_slot(struct stale *s, const char *p, size_t len, uint64_t h)
-{
-	struct gcount **g = &s->gtab[h & (s->gcap - 1)];
-
-	while (*g && !((*g)->hash == h && (*g)->len == len && memcmp((*g)->prefix, p, len) == 0))
-		g = &(*g)->next;
-	return g;
-}
-
-static void group_grow(struct stale *s)
-{
-	size_t ncap = s->gcap ? s->gcap * 2 : 64;
-	struct gcount **nt = calloc(ncap, sizeof(*nt));
-
-	if (!nt)
-		return; /* chains just get longer */
-	for (size_t i = 0; i < s->gcap; i++) {
-		struct gcount *g = s->gtab[i], *next;
-		for (; g; g = next) {
-			next = g->next;
-			g->next = nt[g->hash & (ncap - 1)];
-			nt[g->hash & (ncap - 1)] = g;
-		}
-	}
-	free(s->gtab);
-	s->gtab = nt;
-	s->gcap = ncap;
+	s->ngroups--;
+	free(g);
 }
 
 static void group_add(struct stale *s, const struct rec *r, int delta)
 {
-	size_t len = group_len(r);
-	uint64_t h = hash_bytes(r->data, len);
-	struct gcount **slot, *g;
+	size_t len = topic_group_prefix(r->data, r->topic_len);
+	uint32_t key = hash_key32(hash_bytes(r->data, len));
+	uint32_t *v = hmap_find(&s->gmap, key, group_eq, &(struct gkey){ r->data, len }, s);
+	struct gcount *g;
 
-	if (s->ngroups >= s->gcap)
-		group_grow(s);
-	if (!s->gcap)
-		return;
-	slot = group_slot(s, r->data, len, h);
-	g = *slot;
-	if (!g) {
+	if (!v) {
 		if (delta < 0)
 			return;
+		if (s->ngroups == s->capgroups) {
+			uint32_t ncap = s->capgroups ? 2 * s->capgroups : 64;
+			struct gcount **ng = ncap > s->capgroups ? realloc(s->groups, ncap * sizeof(*ng)) : NULL;
+			if (!ng)
+				return; /* /v1/stale misses this group; the flag is still right */
+			s->groups = ng;
+			s->capgroups = ncap;
+		}
 		g = malloc(sizeof(*g) + len + 1);
 		if (!g)
-			return; /* /v1/stale misses this group; the flag is still right */
-		g->next = NULL;
-		g->hash = h;
+			return;
 		g->n = 0;
+		g->key = key;
+		g->idx = s->ngroups;
 		g->len = len;
 		memcpy(g->prefix, r->data, len);
 		g->prefix[len] = '\0';
-		*slot = g;
-		s->ngroups++;
-	}
-	if (delta > 0) {
-		g->n++;
-	} else if (g->n <= 1) {
-		*slot = g->next;
-		free(g);
-		s->ngroups--;
+		if (hmap_put(&s->gmap, key, g->idx) < 0) {
+			free(g);
+			return;
+		}
+		s->groups[s->ngroups++] = g;
 	} else {
-		g->n--;
+		g = s->groups[*v];
 	}
+	if (delta > 0)
+		g->n++;
+	else if (g->n <= 1)
+		group_drop(s, g);
+	else
+		g->n--;
 }
 
 /* ----------------------------------------------------------- cadence */
@@ -670,7 +658,7 @@ static void take_settings(struct stale *s, const struct conf *c, struct rule *ru
 	s->default_ms = c->default_cadence_ms;
 }
 
-struct stale *stale_new(const struct conf *c, struct index *ix, const struct stale_outlet *out)
+struct stale *stale_new(const struct conf *c, struct index *ix, const struct deliver_outlet *out)
 {
 	struct stale *s = calloc(1, sizeof(*s));
 	struct rule *rules = NULL;
@@ -683,11 +671,9 @@ struct stale *stale_new(const struct conf *c, struct index *ix, const struct sta
 	if (copy_rules(c, &rules) < 0)
 		goto fail;
 	take_settings(s, c, rules);
+	s->gmap = (struct hmap)HMAP_INIT(UINT32_MAX / 2);
 	s->alerts = alerts_new(c, out);
 	if (!s->alerts)
-		goto fail;
-	group_grow(s);
-	if (!s->gcap)
 		goto fail;
 	return s;
 fail:
@@ -703,17 +689,23 @@ void stale_free(struct stale *s)
 		hrec(s, i)->heap_idx = STALE_NO_IDX;
 	free(s->heap);
 	free(s->held);
-	for (size_t i = 0; i < s->gcap; i++) {
-		struct gcount *g = s->gtab[i], *next;
-		for (; g; g = next) {
-			next = g->next;
-			free(g);
-		}
-	}
-	free(s->gtab);
+	for (uint32_t i = 0; i < s->ngroups; i++)
+		free(s->groups[i]);
+	free(s->groups);
+	hmap_free(&s->gmap);
 	free_rules(s->rules, s->nrules);
 	alerts_free(s->alerts);
 	free(s);
+}
+
+int stale_start_delivery(struct stale *s)
+{
+	return alerts_start(s->alerts);
+}
+
+void stale_stop_delivery(struct stale *s)
+{
+	alerts_stop(s->alerts);
 }
 
 int stale_reconfigure(struct stale *s, const struct conf *c,
@@ -774,7 +766,7 @@ bool stale_on_load(struct stale *s, struct rec *r, int64_t now_ms)
 		changed = was || !(r->flags & REC_NO_STALE);
 		r->flags = (uint16_t)((r->flags | REC_NO_STALE) & ~REC_STALE);
 		r->stale_since_ms = 0;
-		alerts_adopt(s->alerts, r, now_ms);
+		alerts_adopt(s->alerts, s->ix, r, now_ms);
 		return changed;
 	}
 	changed = r->flags & REC_NO_STALE;
@@ -818,7 +810,7 @@ void stale_on_message(struct stale *s, struct rec *r, bool live_seen, bool is_ne
 				cb(r, false, ctx);
 		}
 		if (!live_seen)
-			alerts_adopt(s->alerts, r, now_ms);
+			alerts_adopt(s->alerts, s->ix, r, now_ms);
 		return;
 	}
 	if (r->flags & REC_NO_STALE) {
@@ -961,13 +953,12 @@ void stale_groups(struct stale *s, struct index *ix,
 	size_t k = 0;
 
 	(void)ix;
-	for (size_t i = 0; i < s->gcap; i++) {
-		for (struct gcount *g = s->gtab[i]; g; g = g->next) {
-			if (!v)
-				fn(g->prefix, g->n, ctx); /* out of memory: unsorted */
-			else if (k < s->ngroups)
-				v[k++] = (struct gsort){ g->prefix, g->n };
-		}
+	for (uint32_t i = 0; i < s->ngroups; i++) {
+		struct gcount *g = s->groups[i];
+		if (!v)
+			fn(g->prefix, g->n, ctx); /* out of memory: unsorted */
+		else
+			v[k++] = (struct gsort){ g->prefix, g->n };
 	}
 	if (!v)
 		return;

@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "common/conf.h"
+#include "mirror/liveness/deliver.h"
 #include "mirror/state/index.h"
 
 struct stale;
@@ -18,20 +19,16 @@ struct stale;
 */
 typedef void (*stale_transition_fn)(struct rec *r, bool became_stale, void *ctx);
 
-/*
-** Where alerts go. `publish` sends a retained MQTT message (may be NULL);
-** it must not block (libmosquitto queues it). Exec and logging are done by
-** the engine itself.
-*/
-struct stale_outlet {
-	void (*publish)(void *ctx, const char *topic, const char *payload, size_t len);
-	void *ctx;
-};
-
 /* Returns NULL on ENOMEM. Copies what it needs from c. Every record given
- * to the engine must be one of ix's (its heap names records by index_ref). */
-struct stale *stale_new(const struct conf *c, struct index *ix, const struct stale_outlet *out);
+ * to the engine must be one of ix's (its heap names records by index_ref).
+ * out is where alerts go (deliver.h), called on the delivery thread. */
+struct stale *stale_new(const struct conf *c, struct index *ix, const struct deliver_outlet *out);
 void stale_free(struct stale *s);   /* accepts NULL */
+
+/* Start the alert delivery thread (0 or -errno); stop it (idempotent) before
+ * what the outlet's ctx names is freed. Any thread; no lock needed. */
+int stale_start_delivery(struct stale *s);
+void stale_stop_delivery(struct stale *s);
 
 /*
 ** Take new rules, grace, default, alert settings (SIGHUP). Every tracked key
@@ -88,23 +85,16 @@ void stale_on_broker(struct stale *s, bool synced, int64_t now_ms);
 ** Advance to now_ms: fire the transitions whose deadlines passed (cb for
 ** each), flush alert groups whose wait elapsed. Cost: O(log n) per due
 ** deadline, O(1) otherwise; at most 65536 due keys per call (then it
-** returns 1 to come back at once). Also reaps finished exec children.
-** Returns the ms until the next thing is due, 1..100. Write lock held.
+** returns 1 to come back at once). Returns the ms until the next thing is due, 1..100. Write lock held.
 */
 int64_t stale_tick(struct stale *s, int64_t now_ms, stale_transition_fn cb, void *ctx);
 
 /* Group counts of stale keys for GET /v1/stale: calls fn(prefix, count, ctx)
- * for each group (stale_group_prefix of the keys), in byte order of prefix.
+ * for each group (topic_group_prefix of the keys), in byte order of prefix.
  * Counters are kept per transition, so this costs O(groups), not O(keys).
  * ix is unused. Read lock held by the caller. */
 void stale_groups(struct stale *s, struct index *ix,
 		  void (*fn)(const char *prefix, uint64_t count, void *ctx), void *ctx);
-
-/* The grouping prefix of a topic (used for alerts and /v1/stale):
- * the topic without its last level ("dc1/hall2/rack17/temp" ->
- * "dc1/hall2/rack17"; a one-level topic -> ""). Writes at most n bytes
- * (NUL-terminated, truncated if need be); returns the prefix's length. */
-size_t stale_group_prefix(const char *topic, size_t len, char *out, size_t n);
 
 /* Introspection for tests: keys tracked in the deadline heap, whether the
  * heap is consistent (O(n)), the earliest due time (INT64_MAX if none). */

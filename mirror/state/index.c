@@ -8,6 +8,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/hash.h"
+#include "common/hmap.h"
 #include "mirror/state/index.h"
 
 /*
@@ -36,8 +38,8 @@
 ** their cadence), so a record has no field for one. The keys that learn
 ** find theirs through a map from the record's reference to a slot in a
 ** slab of states (40 bytes each, no malloc header); REC_LEARNS on the
-** record says there is one to find. The map is open addressing with linear
-** probing, at most 3/4 full; states are never given back before
+** record says there is one to find. The map is common/hmap (8 bytes an
+** entry, at most 3/4 full); states are never given back before
 ** index_free(), like the records.
 */
 typedef uint32_t cb_ref;
@@ -68,12 +70,12 @@ struct block_at {
 
 #define LEARN_CHUNK_SHIFT 10
 
-struct learn_ent {
-	uint32_t key;                /* the record's ref | 1; 0 = empty */
-	uint32_t slot;               /* its state in the slab */
-};
-
 struct index {
+	/* Where payloads in the file come from (index_set_payload_source). */
+	rec_fetch_fn fetch;
+	rec_scan_fn scan;
+	rec_scan_end_fn scan_end;
+	void *source_ctx;
 	cb_ref root;
 	struct cb_node **chunks;     /* node n is chunks[n >> 13][n & 8191] */
 	uint32_t nnodes, capchunks;
@@ -82,8 +84,8 @@ struct index {
 	struct block_at *by_addr;    /* the blocks sorted by address, for index_ref() */
 	size_t block_used;
 	size_t nrec, nlive;
-	struct learn_ent *lmap;
-	uint32_t lcap, nlearn;       /* map capacity (a power of 2), states */
+	struct hmap lmap;            /* the record's ref | 1 -> its state in the slab */
+	uint32_t nlearn;             /* states */
 	struct rec_learn **lchunks;  /* state n is lchunks[n >> 10][n & 1023] */
 	uint32_t lcapchunks;
 	pthread_rwlock_t lock;
@@ -201,45 +203,11 @@ int rec_set_payload(struct rec *r, const void *p, size_t n)
 	return 0;
 }
 
-/* The process's hash seed: payload hashes never leave the process (the
- * loader recomputes them), so a seed nobody can guess costs nothing. */
-static uint64_t hash_seed;
-static pthread_once_t hash_once = PTHREAD_ONCE_INIT;
-
-static void hash_seed_init(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	hash_seed = ((uint64_t)ts.tv_nsec << 32 ^ (uint64_t)ts.tv_sec ^ (uint64_t)getpid() << 16 ^
-		     (uintptr_t)&ts) * 0x9e3779b97f4a7c15ULL;
-}
-
-static inline uint64_t mix64(uint64_t x)
-{
-	/* MurmurHash3's finalizer: every input bit reaches every output bit. */
-	x ^= x >> 33;
-	x *= 0xff51afd7ed558ccdULL;
-	x ^= x >> 33;
-	x *= 0xc4ceb9fe1a85ec53ULL;
-	x ^= x >> 33;
-	return x;
-}
-
+/* Payload hashes never leave the process (the loader recomputes them):
+ * common/hash.h's seeded hash. */
 uint64_t rec_payload_hash(const void *p, size_t n)
 {
-	const unsigned char *s = p;
-	uint64_t h, w;
-
-	pthread_once(&hash_once, hash_seed_init);
-	h = hash_seed ^ (n * 0x9e3779b97f4a7c15ULL);
-	for (; n >= 8; s += 8, n -= 8) {
-		memcpy(&w, s, 8);
-		h = mix64(h ^ w) + 0x9e3779b97f4a7c15ULL;
-	}
-	w = 0;
-	memcpy(&w, s, n);
-	return mix64(h ^ w ^ ((uint64_t)n << 56));
+	return hash_bytes(p, n);
 }
 
 void rec_drop_payload(struct rec *r)
@@ -263,37 +231,31 @@ void rec_set_payload_in_file(struct rec *r, size_t n, uint64_t hash)
 	r->flags |= REC_IN_FILE;
 }
 
-static rec_fetch_fn fetch_fn;
-static rec_scan_fn scan_fn;
-static rec_scan_end_fn scan_end_fn;
-static void *fetch_ctx;
-
-void rec_payload_scanner(rec_scan_fn scan, rec_scan_end_fn scan_end)
+void index_set_payload_source(struct index *ix, rec_fetch_fn fetch, rec_scan_fn scan,
+			      rec_scan_end_fn scan_end, void *ctx)
 {
-	scan_fn = scan;
-	scan_end_fn = scan_end;
+	ix->fetch = fetch;
+	ix->scan = scan;
+	ix->scan_end = scan_end;
+	ix->source_ctx = ctx;
 }
 
-void rec_payload_scan(const char *from, size_t len)
+void rec_payload_scan(const struct index *ix, const char *from, size_t len)
 {
-	if (scan_fn)
-		scan_fn(fetch_ctx, from, len);
+	if (ix && ix->scan)
+		ix->scan(ix->source_ctx, from, len);
 }
 
-void rec_payload_scan_end(void)
+void rec_payload_scan_end(const struct index *ix)
 {
-	if (scan_end_fn)
-		scan_end_fn(fetch_ctx);
+	if (ix && ix->scan_end)
+		ix->scan_end(ix->source_ctx);
 }
 
-void rec_payload_source(rec_fetch_fn fetch, void *ctx)
+int rec_payload(const struct index *ix, const struct rec *r, const void **p, size_t *n)
 {
-	fetch_fn = fetch;
-	fetch_ctx = ctx;
-}
+	int rc;
 
-int rec_payload(const struct rec *r, const void **p, size_t *n)
-{
 	if (!(r->flags & REC_IN_FILE)) {
 		*p = r->payload;
 		*n = r->payload ? r->payload_len : 0;
@@ -301,7 +263,16 @@ int rec_payload(const struct rec *r, const void **p, size_t *n)
 	}
 	*p = NULL;
 	*n = 0;
-	return fetch_fn ? fetch_fn(fetch_ctx, r, p, n) : -ENOENT;
+	if (!ix || !ix->fetch)
+		return -ENOENT;
+	rc = ix->fetch(ix->source_ctx, rec_topic(r), r->topic_len, p, n);
+	if (rc == 0 && *n != r->payload_len)
+		rc = -EIO;
+	if (rc < 0) {
+		*p = NULL;
+		*n = 0;
+	}
+	return rc;
 }
 
 /* The slot size of a record with this topic (8-aligned). */
@@ -362,6 +333,7 @@ struct index *index_new(void)
 	if (!ix)
 		return NULL;
 	ix->root = CB_NONE;
+	ix->lmap = (struct hmap)HMAP_INIT(UINT32_MAX / 2);
 	if (pthread_rwlockattr_init(&attr) != 0)
 		goto fail;
 	pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
@@ -399,7 +371,7 @@ void index_free(struct index *ix)
 	for (uint32_t i = 0; i < (ix->nlearn + (1u << LEARN_CHUNK_SHIFT) - 1) >> LEARN_CHUNK_SHIFT; i++)
 		free(ix->lchunks[i]);
 	free(ix->lchunks);
-	free(ix->lmap);
+	hmap_free(&ix->lmap);
 	pthread_rwlock_destroy(&ix->lock);
 	free(ix);
 }
@@ -437,13 +409,6 @@ struct rec *index_rec(const struct index *ix, uint32_t ref)
 
 /* ---- learning states ---- */
 
-/* Fibonacci hashing: the product's top bits, as many as cap (a power of 2,
- * at least 64) needs; they depend on every bit of the key. */
-static inline uint32_t learn_hash(uint32_t key, uint32_t cap)
-{
-	return (key * 0x9e3779b1u) >> (32 - __builtin_ctz(cap));
-}
-
 static inline struct rec_learn *learn_at(const struct index *ix, uint32_t slot)
 {
 	return &ix->lchunks[slot >> LEARN_CHUNK_SHIFT][slot & ((1u << LEARN_CHUNK_SHIFT) - 1)];
@@ -451,58 +416,31 @@ static inline struct rec_learn *learn_at(const struct index *ix, uint32_t slot)
 
 struct rec_learn *index_learn(const struct index *ix, const struct rec *r)
 {
-	uint32_t key, i;
+	const uint32_t *slot;
 
-	if (!(r->flags & REC_LEARNS) || ix->lcap == 0)
+	if (!(r->flags & REC_LEARNS))
 		return NULL;
-	key = index_ref(ix, r) | 1;
-	for (i = learn_hash(key, ix->lcap); ix->lmap[i].key; i = (i + 1) & (ix->lcap - 1))
-		if (ix->lmap[i].key == key)
-			return learn_at(ix, ix->lmap[i].slot);
-	return NULL; /* not reached: REC_LEARNS is set with the entry */
-}
-
-static void learn_put(struct learn_ent *map, uint32_t cap, struct learn_ent e)
-{
-	uint32_t i = learn_hash(e.key, cap);
-
-	while (map[i].key)
-		i = (i + 1) & (cap - 1);
-	map[i] = e;
+	slot = hmap_find(&ix->lmap, index_ref(ix, r) | 1, NULL, NULL, NULL);
+	return slot ? learn_at(ix, *slot) : NULL; /* NULL not reached: REC_LEARNS is set with the entry */
 }
 
 struct rec_learn *index_learn_make(struct index *ix, struct rec *r)
 {
 	uint32_t slot = ix->nlearn, c = slot >> LEARN_CHUNK_SHIFT;
-	struct rec_learn *l;
-
 	uint32_t key = index_ref(ix, r) | 1;
+	const uint32_t *have;
+	struct rec_learn *l;
 
 	/* Looked up by key, not by REC_LEARNS: one who rewrote the flags
 	 * (they are not supposed to) finds the state again, not a twin. */
-	for (uint32_t i = ix->lcap ? learn_hash(key, ix->lcap) : 0; ix->lcap && ix->lmap[i].key;
-	     i = (i + 1) & (ix->lcap - 1)) {
-		if (ix->lmap[i].key == key) {
-			r->flags |= REC_LEARNS;
-			return learn_at(ix, ix->lmap[i].slot);
-		}
+	if ((have = hmap_find(&ix->lmap, key, NULL, NULL, NULL))) {
+		r->flags |= REC_LEARNS;
+		return learn_at(ix, *have);
 	}
-	if (slot == UINT32_MAX / 2)
+	/* Every allocation first: a failure leaves the index as it was (a
+	 * grown map is no change). The map's max is the bound. */
+	if (hmap_reserve(&ix->lmap, slot + 1) < 0)
 		return NULL;
-	/* Every allocation first: a failure leaves the index as it was. */
-	if ((uint64_t)(slot + 1) * 4 > (uint64_t)ix->lcap * 3) {
-		uint32_t ncap = ix->lcap ? 2 * ix->lcap : 64;
-		struct learn_ent *nm = calloc(ncap, sizeof(*nm));
-
-		if (!nm)
-			return NULL;
-		for (uint32_t i = 0; i < ix->lcap; i++)
-			if (ix->lmap[i].key)
-				learn_put(nm, ncap, ix->lmap[i]);
-		free(ix->lmap);
-		ix->lmap = nm;
-		ix->lcap = ncap;
-	}
 	if ((slot & ((1u << LEARN_CHUNK_SHIFT) - 1)) == 0) {
 		if (c == ix->lcapchunks) {
 			uint32_t ncap = ix->lcapchunks ? 2 * ix->lcapchunks : 16;
@@ -517,7 +455,7 @@ struct rec_learn *index_learn_make(struct index *ix, struct rec *r)
 			return NULL;
 	}
 	ix->nlearn++;
-	learn_put(ix->lmap, ix->lcap, (struct learn_ent){ key, slot });
+	hmap_put(&ix->lmap, key, slot); /* reserved above: cannot fail */
 	r->flags |= REC_LEARNS;
 	l = learn_at(ix, slot);
 	memset(l, 0, sizeof(*l));

@@ -2,6 +2,7 @@
 /* fuzz_pathdec.c: libFuzzer target for request-path decoding and query parsing. */
 #include <assert.h>
 #include <errno.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -82,6 +83,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			assert(params[i].val[params[i].val_len] == '\0');
 		}
 		(void)pathdec_get(params, np, "filter", &p);
+		/* The typed helpers never read outside a parameter, and a
+		 * number they accept is what the digits say. */
+		for (size_t i = 0; i < np; i++) {
+			uint64_t v = 0, ref = 0;
+			bool digits = params[i].val_len > 0 && params[i].val_len <= 19;
+			int bv;
+
+			for (size_t j = 0; j < params[i].val_len && digits; j++) {
+				digits = params[i].val[j] >= '0' && params[i].val[j] <= '9';
+				ref = ref * 10 + (uint64_t)(params[i].val[j] - '0');
+			}
+			if (pathdec_parse_uint(params[i].val, params[i].val_len, UINT64_MAX, &v) == 0)
+				assert(params[i].val_len > 19 || (digits && v == ref));
+			else
+				assert(!digits);
+			(void)pathdec_bool(params, np, params[i].key, &bv);
+			(void)pathdec_str(params, np, params[i].key, &p);
+		}
 	} else {
 		assert(rq == -EINVAL || rq == -E2BIG);
 	}

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: MIT
 """Shared harness for the integration tests: a real mosquitto on a free
-port, the real statemirrord, real HTTP. Standard library only.
+port, the real statemirrord, real HTTP, and Debian's paho-mqtt as the MQTT
+client on the other side (python3-paho-mqtt; otherwise the standard library).
 
 Every wait polls a condition with a deadline (wait_for); nothing sleeps
 blindly, no port is fixed.
@@ -10,16 +11,21 @@ import json
 import os
 import re
 import shutil
+import collections
+import queue
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import mqttlite  # noqa: E402
+try:
+    import paho.mqtt.client as paho
+except ImportError:  # reported by Env(), so that a missing package names itself
+    paho = None
 
 DAEMON = os.environ.get('SM_DAEMON', 'build/statemirrord')
 MOSQUITTO = shutil.which('mosquitto') or '/usr/sbin/mosquitto'
@@ -84,13 +90,178 @@ class Broker:
             self.proc.wait(10)
         self.proc = None
 
-    def client(self, client_id=None):
-        return mqttlite.Client('127.0.0.1', self.port,
-                               client_id or 'test-%d-%d' % (os.getpid(), time.monotonic_ns()))
+    def client(self, client_id=None, **kw):
+        """A connected MqttClient (see there for the keywords)."""
+        return MqttClient('127.0.0.1', self.port,
+                          client_id or 'test-%d-%d' % (os.getpid(), time.monotonic_ns()), **kw)
 
     @property
     def url(self):
         return 'mqtt://127.0.0.1:%d' % self.port
+
+
+Message = collections.namedtuple('Message', 'topic payload retain')
+Message.__doc__ = 'One message received: topic str, payload bytes, retain bool.'
+
+
+class MqttClient:
+    """One MQTT 3.1.1 session through paho-mqtt, with blocking calls.
+
+    paho's own network thread reads and writes; this object turns its
+    callbacks into calls that return once the broker has answered. A lost
+    connection is final (no reconnect): every later call raises
+    ConnectionError, as a test that stops the broker expects. Thread-safe
+    the way paho is: publishing from one thread while another reads is fine.
+    """
+
+    QOS0_BACKLOG = 1000  # QoS 0 messages queued in paho before publish() waits
+
+    def __init__(self, host, port, client_id, keepalive=60, timeout=10,
+                 clean_session=True, will=None):
+        """Connect and wait for the CONNACK. will: (topic, payload, qos,
+        retain), published by the broker if this session ends without a
+        DISCONNECT (drop()). Raises OSError when nothing answers,
+        ConnectionError when the broker refuses."""
+        self.timeout = timeout
+        self._msgs = queue.Queue()
+        self._cond = threading.Condition()
+        self._connack = None
+        self._suback = {}
+        self._lost = None
+        self._qos0 = collections.deque()  # QoS 0 messages paho may not have written yet
+        self._qos0_lock = threading.Lock()
+        c = paho.Client(client_id, clean_session=clean_session, reconnect_on_failure=False)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_subscribe = self._on_subscribe
+        c.on_message = self._on_message
+        if will:
+            c.will_set(*will)
+        c.connect(host, port, keepalive)
+        self._c = c
+        c.loop_start()
+        try:
+            self._wait(lambda: self._connack is not None, 'CONNACK')
+            if self._connack != 0:
+                raise ConnectionError('CONNACK refused: %s' % paho.connack_string(self._connack))
+        except (ConnectionError, TimeoutError):
+            self.drop()
+            raise
+
+    def _on_connect(self, _c, _u, _flags, rc):
+        with self._cond:
+            self._connack = rc
+            self._cond.notify_all()
+
+    def _on_disconnect(self, _c, _u, rc):
+        with self._cond:
+            self._lost = 'disconnected' if rc == 0 else 'connection lost (%s)' % paho.error_string(rc)
+            self._cond.notify_all()
+
+    def _on_subscribe(self, _c, _u, mid, granted):
+        with self._cond:
+            self._suback[mid] = granted
+            self._cond.notify_all()
+
+    def _on_message(self, _c, _u, m):
+        self._msgs.put(Message(m.topic, m.payload, bool(m.retain)))
+
+    def _wait(self, cond, what):
+        """Wait for cond() (under the lock); raise when the session ends first."""
+        deadline = time.monotonic() + self.timeout
+        with self._cond:
+            while not cond():
+                if self._lost:
+                    raise ConnectionError('%s while waiting for %s' % (self._lost, what))
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError('no %s within %.0fs' % (what, self.timeout))
+                self._cond.wait(min(left, 0.1))
+
+    def _alive(self):
+        if self._lost:
+            raise ConnectionError(self._lost)
+
+    def publish(self, topic, payload, qos=0, retain=False):
+        """Publish; with qos 1 or 2, return once the broker has acknowledged.
+        QoS 0 messages are queued in order ahead of anything published later
+        (a QoS 1 marker after them is acknowledged only once they are written)."""
+        self._alive()
+        info = self._c.publish(topic, payload, qos, retain)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise ConnectionError('publish %s: %s' % (topic, paho.error_string(info.rc)))
+        if qos:
+            self._published(info, 'the ack of %s' % topic)
+            return
+        with self._qos0_lock:  # publishers on several threads share it
+            self._qos0.append(info)
+            while self._qos0 and self._qos0[0].is_published():
+                self._qos0.popleft()
+            oldest = self._qos0[0] if len(self._qos0) > self.QOS0_BACKLOG else None
+        if oldest:
+            self._published(oldest, 'QoS 0 backlog to drain')
+
+    def _published(self, info, what):
+        """Wait on paho's own signal for info (its ack, or for QoS 0 its write)."""
+        deadline = time.monotonic() + self.timeout
+        while not info.is_published():
+            self._alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError('no %s within %.0fs' % (what, self.timeout))
+            info.wait_for_publish(0.1)
+
+    def subscribe(self, topic_filter, qos=0):
+        """Subscribe and wait for the SUBACK; ConnectionError if refused."""
+        self._alive()
+        rc, mid = self._c.subscribe(topic_filter, qos)
+        if rc != paho.MQTT_ERR_SUCCESS:
+            raise ConnectionError('subscribe %s: %s' % (topic_filter, paho.error_string(rc)))
+        self._wait(lambda: mid in self._suback, 'the SUBACK for %s' % topic_filter)
+        if self._suback.pop(mid)[0] == 0x80:
+            raise ConnectionError('SUBACK failure for %s' % topic_filter)
+
+    def read_message(self, timeout=5.0):
+        """The next message received, a Message (topic, payload, retain), or
+        None when none arrives within timeout. Raises ConnectionError once the
+        session has ended and every message received before is read."""
+        try:
+            return self._msgs.get(timeout=timeout)
+        except queue.Empty:
+            self._alive()
+            return None
+
+    def ping(self):
+        """paho keeps the session alive on its own: this only raises
+        ConnectionError when the session has ended."""
+        self._alive()
+
+    def close(self):
+        """DISCONNECT after every message queued before, then close."""
+        if not self._lost:
+            self._c.disconnect()
+            try:
+                self._wait(lambda: False, 'the end of the session')
+            except ConnectionError:
+                pass
+            except TimeoutError:
+                self.drop()
+                return
+        self._c.loop_stop()
+
+    def drop(self):
+        """End the session abruptly, without DISCONNECT: the broker publishes
+        the will, if any."""
+        sock = self._c.socket()
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        try:
+            self._wait(lambda: False, 'the end of the session')
+        except (ConnectionError, TimeoutError):
+            pass
+        self._c.loop_stop()
 
 
 class Daemon:
@@ -219,6 +390,10 @@ class Env:
         if not os.path.exists(MOSQUITTO):
             print('SKIP: mosquitto is not installed')
             sys.exit(SKIP)
+        if paho is None:
+            print('paho-mqtt is missing for %s: tests/install-deps test (python3-paho-mqtt)'
+                  % sys.executable)
+            sys.exit(1)
         self.dir = tempfile.mkdtemp(prefix='smit-')
         self.broker = Broker(self.dir)
         self.daemons = []

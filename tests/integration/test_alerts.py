@@ -131,7 +131,10 @@ def test_many_keys_stop_few_alerts(env):
     assert got['groups'] == [{'prefix': 'plant/gw7', 'count': 1000}], got['groups']
     wait_for(lambda: any(a['count'] == 1000 for _, a in col.alerts()), timeout=10,
              what='an alert for all 1000 keys')
-    time.sleep(3)  # let any straggler updates arrive (several group intervals)
+    # Waits for nothing more to arrive: the assertion below is that no more
+    # than a handful of messages come, which no condition can signal; 3 s
+    # is several group intervals (1 s), so a straggler update would be in.
+    time.sleep(3)
     alerts = col.alerts()
     assert 1 <= len(alerts) <= 5, 'a handful of alert messages, not 1000: %d' % len(alerts)
     topic, a = alerts[-1]
@@ -177,6 +180,8 @@ def test_broker_outage_one_mirror_alert(env):
     # ...but the only alert is the mirror's own (after the 3 s mirror wait).
     wait_for(lambda: any(a.get('alert') == 'mirror' for a in exec_alerts(env.dir)), timeout=10,
              what='the mirror alert')
+    # Waits for nothing more to arrive: no key alert may follow while the
+    # broker is away (the absence of one has no event to poll for).
     time.sleep(1)
     got = exec_alerts(env.dir)
     assert [a['state'] for a in got] == ['disconnected'], got
@@ -184,7 +189,9 @@ def test_broker_outage_one_mirror_alert(env):
     d.wait_ready(timeout=30)
     wait_for(lambda: d.get_json('/v1/stale')['count'] == 0, timeout=10, what='all fresh again')
     wait_for(lambda: len(exec_alerts(env.dir)) == 2, timeout=10, what='the mirror alert resolved')
-    time.sleep(3)  # more than every key's window after the re-sync
+    # Waits for nothing more to arrive: every key's window (2 s) after the
+    # re-sync passes without a key alert, which has no event to poll for.
+    time.sleep(3)
     got = exec_alerts(env.dir)
     assert [(a['alert'], a['state']) for a in got] == [('mirror', 'disconnected'),
                                                        ('mirror', 'resolved')], got
@@ -200,8 +207,12 @@ def test_mirror_restart_pages_only_for_the_dead(env):
     wait_for(lambda: len(d.get_json('/v1/keys?limit=1000')['items']) >= 40, what='keys')
     wait_for(lambda: alive.rounds >= 3 and dead.rounds >= 3, what='a few rounds')
     d.stop()
+    stopped = time.monotonic()
     dead.close()          # a producer dies while the mirror is down
-    time.sleep(4)         # longer than any window: everything is stale at load
+    # Everything the mirror holds must be older than any window (2 s) at
+    # load: wait for that much time since the stop, polled, with margin.
+    wait_for(lambda: time.monotonic() - stopped > 3.0, timeout=10,
+             what='the stored keys to age past their window')
     d.start()
     # The stale flag is truthful at once, before the re-sync. The alive
     # producer's next message may already be in (it does not wait for our
@@ -221,6 +232,13 @@ def test_mirror_restart_pages_only_for_the_dead(env):
     d.wait_ready()
     wait_for(lambda: any(t == ALERTS + '/group/dead' for t, _ in col.alerts()), timeout=15,
              what='the dead producer alerted')
+    # The alive producer's keys were stale at load; once heard again they
+    # are fresh: poll for that, then wait for nothing more to arrive (an
+    # alert for them would come within the group wait, 200 ms, plus the
+    # hold-back, their 2 s window from the re-sync).
+    wait_for(lambda: all(not k['stale'] for k in
+                         d.get_json('/v1/keys?filter=alive/%23&limit=100')['items']),
+             timeout=10, what='the alive keys fresh')
     time.sleep(2)
     alerts = [(t, a) for t, a in col.alerts() if a['state'] != 'resolved']
     assert [t for t, _ in alerts] == [ALERTS + '/group/dead'], alerts

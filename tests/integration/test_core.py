@@ -153,7 +153,7 @@ def test_ready_holds_under_live_traffic(env):
             c.publish('live/k%d' % (i % 200), json.dumps({'v': i, 'ts': ts_ms()}))
             i += 1
             if i % 20 == 0:
-                time.sleep(0.001)
+                time.sleep(0.001)  # paces the stream: steady live traffic, not one burst
 
     t = threading.Thread(target=publish)
     t.start()

@@ -121,7 +121,10 @@ def run_checks(work, version, arch):
               '/usr/share/man/man8/statemirrord.8.gz',
               '/usr/share/doc/statemirror/copyright',
               '/usr/share/doc/statemirror/changelog.gz',
-              '/usr/lib/sysusers.d/statemirror.conf']:
+              '/usr/lib/sysusers.d/statemirror.conf',
+              '/usr/bin/statemirrorctl',
+              '/usr/share/man/man1/statemirrorctl.1.gz',
+              '/usr/share/bash-completion/completions/statemirrorctl']:
         check(p in paths, 'package contains %s' % p)
     modes = {line.split()[-1].lstrip('.'): line.split()[0] for line in listing.splitlines()}
     check(modes.get('/usr/sbin/statemirrord', '').startswith('-rwxr-xr-x'),

@@ -55,7 +55,7 @@ def test_rule_key_goes_stale_on_time_and_fresh_again(env):
     # Alive: a message every 500 ms keeps it fresh well past its window.
     for i in range(8):
         pub(c, 'it/rule/a', i)
-        time.sleep(0.5)
+        time.sleep(0.5)  # the producer's cadence: wall-clock time must pass
         assert fresh(d, 'it/rule/a')
     last = time.monotonic()
     pub(c, 'it/rule/a', 99)

@@ -88,6 +88,17 @@ static struct rec *keys[MAXKEYS];
 static unsigned nkeys;
 
 #define A stale_alerts(st)
+#define D alerts_delivery(A)
+
+/* One keeper turn at T, then the delivery thread's turn (no thread runs in
+ * these tests: deliver_pump with the injected clock stands for it). */
+static int64_t tick_at(void)
+{
+	int64_t w = stale_tick(st, T, NULL, NULL);
+
+	deliver_pump(D, T);
+	return w;
+}
 
 /* A record for the topic printf(fmt, ...). */
 static struct rec *mk(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -140,7 +151,7 @@ static void teardown(void)
 
 static void start(void)
 {
-	st = stale_new(&conf, ix, &(struct stale_outlet){ record, NULL });
+	st = stale_new(&conf, ix, &(struct deliver_outlet){ record, NULL });
 	ck_assert_ptr_nonnull(st);
 	stale_on_broker(st, false, T);
 }
@@ -157,12 +168,12 @@ static void live(struct rec *r)
 static void run_until(int64_t until)
 {
 	while (T < until) {
-		int64_t w = stale_tick(st, T, NULL, NULL);
+		int64_t w = tick_at();
 		ck_assert_int_ge(w, 1);
 		ck_assert_int_le(w, 100);
 		T = T + w < until ? T + w : until;
 	}
-	stale_tick(st, T, NULL, NULL);
+	tick_at();
 }
 
 /* Started and synced long ago, so that no hold-back is in the way. */
@@ -248,6 +259,19 @@ START_TEST(staggered_stop_few_alerts)
 		ck_assert_int_eq(jint(o, "count"), 1000);
 		json_decref(o);
 	}
+}
+END_TEST
+
+/* A thousand unrelated producers die in one flush: a thousand alerts, and
+ * the delivery queue takes every one (each retained state must get out). */
+START_TEST(thousand_groups_all_delivered)
+{
+	start_synced();
+	for (int i = 0; i < 1000; i++)
+		live(mk("prod%04d/x", i));
+	run_until(T + 10 * SEC);
+	ck_assert_uint_eq(alerts_under("statemirror/alerts/group/prod"), 1000);
+	ck_assert_uint_eq(STAT_GET(alerts_dropped), 0);
 }
 END_TEST
 
@@ -631,8 +655,8 @@ static void wait_children(void)
 	struct timespec ts = { 0, 5 * 1000 * 1000 };
 
 	for (int i = 0; i < 2000; i++) {
-		stale_tick(st, T, NULL, NULL);
-		if (!alerts_exec_running(A) && !alerts_exec_queued(A))
+		tick_at();
+		if (!deliver_exec_running(D) && !deliver_exec_queued(D))
 			return;
 		nanosleep(&ts, NULL);
 	}
@@ -744,10 +768,10 @@ START_TEST(exec_timeout_kills)
 	start_synced();
 	live(mk("x/%d", 1));
 	run_until(T + 10 * SEC);
-	ck_assert_uint_eq(alerts_exec_running(A), 1);
+	ck_assert_uint_eq(deliver_exec_running(D), 1);
 	nanosleep(&ts, NULL); /* let it really start; the timeout itself is injected */
 	T += 5 * SEC;
-	stale_tick(st, T, NULL, NULL);
+	tick_at();
 	ck_assert_uint_eq(STAT_GET(alert_exec_failures), 1);
 	wait_children();
 	ck_assert_uint_eq(STAT_GET(alert_exec_failures), 1); /* counted once */
@@ -760,22 +784,22 @@ START_TEST(exec_bounded_and_coalesced)
 	exec_conf("slow");
 	start_synced();
 	/* 200 unrelated groups stale in one flush: 200 alerts; at most
-	 * ALERTS_EXEC_MAX_CHILDREN run, ALERTS_EXEC_QUEUE wait, the rest are
+	 * DELIVER_EXEC_MAX_CHILDREN run, DELIVER_EXEC_QUEUE wait, the rest are
 	 * dropped and counted. */
 	for (int i = 0; i < 200; i++)
 		live(mk("p%d/x", i));
 	run_until(T + 10 * SEC);
 	ck_assert_uint_eq(alerts_under("statemirror/alerts/"), 200);
-	ck_assert_uint_eq(alerts_exec_running(A), ALERTS_EXEC_MAX_CHILDREN);
-	ck_assert_uint_eq(alerts_exec_queued(A), ALERTS_EXEC_QUEUE);
-	ck_assert_uint_eq(STAT_GET(alert_exec_failures), 200 - ALERTS_EXEC_MAX_CHILDREN - ALERTS_EXEC_QUEUE);
+	ck_assert_uint_eq(deliver_exec_running(D), DELIVER_EXEC_MAX_CHILDREN);
+	ck_assert_uint_eq(deliver_exec_queued(D), DELIVER_EXEC_QUEUE);
+	ck_assert_uint_eq(STAT_GET(alert_exec_failures), 200 - DELIVER_EXEC_MAX_CHILDREN - DELIVER_EXEC_QUEUE);
 	/* The timeouts free the slots; every queued one runs and is killed. */
-	for (int round = 0; round < 40 && (alerts_exec_running(A) || alerts_exec_queued(A)); round++) {
+	for (int round = 0; round < 40 && (deliver_exec_running(D) || deliver_exec_queued(D)); round++) {
 		struct timespec ts = { 0, 10 * 1000 * 1000 };
 		T += 5 * SEC;
-		stale_tick(st, T, NULL, NULL);
+		tick_at();
 		nanosleep(&ts, NULL);
-		stale_tick(st, T, NULL, NULL);
+		tick_at();
 	}
 	wait_children();
 	ck_assert_uint_eq(STAT_GET(alert_exec_failures), 200);
@@ -791,6 +815,7 @@ static Suite *suite(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, thousand_keys_one_alert);
+	tcase_add_test(tc, thousand_groups_all_delivered);
 	tcase_add_test(tc, staggered_stop_few_alerts);
 	tcase_add_test(tc, rollup_to_common_parent);
 	tcase_add_test(tc, updates_rate_limited);

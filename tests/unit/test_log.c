@@ -1,13 +1,18 @@
 /* SPDX-License-Identifier: MIT */
-/* test_log.c: unit tests of log levels, line format and the rate limiter. */
+/* test_log.c: unit tests of log levels, line format, the rate limiter, and lines dropped rather than blocking. */
 #include <check.h>
+#include <stdbool.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/ioctl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "common/log.h"
+#include "common/stats.h"
 #include "clock_fake.h"
 
 /* Run fn with stderr captured; returns what it wrote (static buffer). */
@@ -201,6 +206,77 @@ START_TEST(test_ratelimit)
 }
 END_TEST
 
+/*
+** stderr is a pipe nobody reads. Before, the write blocked once the pipe was
+** full (the test would hang until check's timeout); now the call returns,
+** the lines that did not fit are counted, and the ones in the pipe are
+** whole lines.
+*/
+static void full_pipe(bool nonblock)
+{
+	static char buf[1 << 20];
+	int fds[2], saved = dup(STDERR_FILENO), avail = 0;
+	const unsigned lines = 20000;
+	unsigned got = 0;
+	ssize_t n;
+
+	memset(&g_stats, 0, sizeof(g_stats));
+	log_set_level(LOG_LEVEL_INFO);
+	ck_assert_int_eq(pipe(fds), 0);
+	ck_assert_int_ge(fcntl(fds[1], F_SETPIPE_SZ, 4096), 0); /* small: quick to fill */
+	if (nonblock)
+		ck_assert_int_eq(fcntl(fds[1], F_SETFL, O_NONBLOCK), 0);
+	ck_assert_int_ge(dup2(fds[1], STDERR_FILENO), 0);
+	for (unsigned i = 0; i < lines; i++)
+		log_info("line %u of a log nobody reads, padded to take some room: %64s", i, "x");
+	ck_assert_int_ge(dup2(saved, STDERR_FILENO), 0);
+	close(saved);
+	close(fds[1]);
+	ck_assert_uint_gt(STAT_GET(log_dropped), 0);
+	ck_assert_int_eq(ioctl(fds[0], FIONREAD, &avail), 0);
+	ck_assert_int_gt(avail, 0);
+	n = read(fds[0], buf, sizeof(buf) - 1);
+	ck_assert_int_eq(n, avail);
+	buf[n] = '\0';
+	ck_assert_int_eq(buf[n - 1], '\n');        /* nothing torn */
+	for (ssize_t i = 0; i < n; i++)
+		got += buf[i] == '\n';
+	ck_assert_uint_eq(got + STAT_GET(log_dropped), lines);
+	ck_assert_ptr_nonnull(strstr(buf, "line 0 of"));
+	close(fds[0]);
+}
+
+START_TEST(test_full_pipe_drops_not_blocks)
+{
+	full_pipe(false);
+}
+END_TEST
+
+START_TEST(test_full_nonblocking_pipe_drops)
+{
+	full_pipe(true);
+}
+END_TEST
+
+/* A socket (journald's stream) takes MSG_DONTWAIT: same answer. */
+START_TEST(test_full_socket_drops_not_blocks)
+{
+	int sv[2], saved = dup(STDERR_FILENO), sz = 4096;
+
+	memset(&g_stats, 0, sizeof(g_stats));
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	ck_assert_int_eq(setsockopt(sv[1], SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz)), 0);
+	ck_assert_int_ge(dup2(sv[1], STDERR_FILENO), 0);
+	for (unsigned i = 0; i < 20000; i++)
+		log_warnx("socket line %u %64s", i, "y");
+	ck_assert_int_ge(dup2(saved, STDERR_FILENO), 0);
+	close(saved);
+	ck_assert_uint_gt(STAT_GET(log_dropped), 0);
+	close(sv[0]);
+	close(sv[1]);
+}
+END_TEST
+
 static Suite *log_suite(void)
 {
 	Suite *s = suite_create("log");
@@ -215,6 +291,9 @@ static Suite *log_suite(void)
 	tcase_add_test(tc, test_level_parse);
 	tcase_add_exit_test(tc, test_fatalx_exits_2, 2);
 	tcase_add_test(tc, test_ratelimit);
+	tcase_add_test(tc, test_full_pipe_drops_not_blocks);
+	tcase_add_test(tc, test_full_nonblocking_pipe_drops);
+	tcase_add_test(tc, test_full_socket_drops_not_blocks);
 	suite_add_tcase(s, tc);
 	return s;
 }

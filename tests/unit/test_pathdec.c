@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
-/* test_pathdec.c: strict percent-decoding and query-string parsing of the HTTP API. */
+/* test_pathdec.c: strict percent-decoding, query-string parsing and typed query parameters of the HTTP API. */
 #include <check.h>
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -245,6 +246,117 @@ START_TEST(query_overlong)
 }
 END_TEST
 
+/* Parse q (a literal) into p; returns the count. */
+static size_t parse_lit(const char *q, char *store, struct pathdec_param *p)
+{
+	size_t n = 0;
+
+	snprintf(store, 256, "%s", q);
+	ck_assert_int_eq(pathdec_query(store, strlen(store), p, PATHDEC_MAX_PARAMS, &n), 0);
+	return n;
+}
+
+START_TEST(param_bool)
+{
+	struct pathdec_param p[PATHDEC_MAX_PARAMS];
+	char q[256];
+	size_t n;
+	int v;
+
+	n = parse_lit("a=true&b=false&c=TRUE&d=1&e=&a2=true&a2=true", q, p);
+	v = -1;
+	ck_assert_int_eq(pathdec_bool(p, n, "a", &v), 0);
+	ck_assert_int_eq(v, 1);
+	ck_assert_int_eq(pathdec_bool(p, n, "b", &v), 0);
+	ck_assert_int_eq(v, 0);
+	/* Absent: the default stands. */
+	v = 7;
+	ck_assert_int_eq(pathdec_bool(p, n, "zz", &v), 0);
+	ck_assert_int_eq(v, 7);
+	/* Only the two words, once. */
+	ck_assert_int_eq(pathdec_bool(p, n, "c", &v), -EINVAL);
+	ck_assert_int_eq(pathdec_bool(p, n, "d", &v), -EINVAL);
+	ck_assert_int_eq(pathdec_bool(p, n, "e", &v), -EINVAL);
+	ck_assert_int_eq(pathdec_bool(p, n, "a2", &v), -EINVAL);
+	ck_assert_int_eq(v, 7);
+}
+END_TEST
+
+START_TEST(param_uint)
+{
+	struct pathdec_param p[PATHDEC_MAX_PARAMS];
+	char q[256];
+	uint64_t v;
+	size_t n;
+
+	n = parse_lit("l=100&z=0&big=10001&neg=-1&sp=%2010&x=1e3&e=&max=10000&h=0x10&lead=007", q, p);
+	v = 5;
+	ck_assert_int_eq(pathdec_uint(p, n, "l", 1, 10000, &v), 0);
+	ck_assert_uint_eq(v, 100);
+	ck_assert_int_eq(pathdec_uint(p, n, "max", 1, 10000, &v), 0);
+	ck_assert_uint_eq(v, 10000);
+	ck_assert_int_eq(pathdec_uint(p, n, "lead", 1, 10000, &v), 0);
+	ck_assert_uint_eq(v, 7);
+	v = 5;
+	ck_assert_int_eq(pathdec_uint(p, n, "absent", 1, 10000, &v), 0);
+	ck_assert_uint_eq(v, 5);
+	ck_assert_int_eq(pathdec_uint(p, n, "z", 1, 10000, &v), -EINVAL);
+	ck_assert_int_eq(pathdec_uint(p, n, "z", 0, 10000, &v), 0);
+	ck_assert_uint_eq(v, 0);
+	v = 5;
+	for (const char *const *k = (const char *const[]){ "big", "neg", "sp", "x", "e", "h", NULL };
+	     *k; k++)
+		ck_assert_int_eq(pathdec_uint(p, n, *k, 1, 10000, &v), -EINVAL);
+	ck_assert_uint_eq(v, 5);
+}
+END_TEST
+
+START_TEST(parse_uint_bounds)
+{
+	uint64_t v = 0;
+
+	ck_assert_int_eq(pathdec_parse_uint("18446744073709551615", 20, UINT64_MAX, &v), 0);
+	ck_assert_uint_eq(v, UINT64_MAX);
+	/* One more overflows: refused, not wrapped. */
+	ck_assert_int_eq(pathdec_parse_uint("18446744073709551616", 20, UINT64_MAX, &v), -EINVAL);
+	ck_assert_int_eq(pathdec_parse_uint("99999999999999999999999", 23, UINT64_MAX, &v), -EINVAL);
+	ck_assert_int_eq(pathdec_parse_uint("9223372036854775807", 19, INT64_MAX, &v), 0);
+	ck_assert_uint_eq(v, INT64_MAX);
+	ck_assert_int_eq(pathdec_parse_uint("9223372036854775808", 19, INT64_MAX, &v), -EINVAL);
+	ck_assert_int_eq(pathdec_parse_uint("", 0, 10, &v), -EINVAL);
+	ck_assert_int_eq(pathdec_parse_uint("10", 2, 9, &v), -EINVAL);
+	ck_assert_int_eq(pathdec_parse_uint("9", 1, 0, &v), -EINVAL);
+	ck_assert_int_eq(pathdec_parse_uint("0", 1, 0, &v), 0);
+	ck_assert_uint_eq(v, 0);
+	/* Length-bounded: what follows does not count. */
+	ck_assert_int_eq(pathdec_parse_uint("12x", 2, 100, &v), 0);
+	ck_assert_uint_eq(v, 12);
+}
+END_TEST
+
+START_TEST(param_str)
+{
+	struct pathdec_param p[PATHDEC_MAX_PARAMS];
+	const struct pathdec_param *v = NULL;
+	char q[256];
+	size_t n;
+
+	n = parse_lit("f=a/%2B/b&nul=a%00b&twice=1&twice=2&empty=", q, p);
+	ck_assert_int_eq(pathdec_str(p, n, "f", &v), 0);
+	ck_assert_str_eq(v->val, "a/+/b");
+	ck_assert_int_eq(pathdec_str(p, n, "empty", &v), 0);
+	ck_assert_str_eq(v->val, "");
+	v = NULL;
+	ck_assert_int_eq(pathdec_str(p, n, "absent", &v), 0);
+	ck_assert_ptr_null(v);
+	ck_assert_int_eq(pathdec_str(p, n, "nul", &v), -EINVAL);
+	ck_assert_int_eq(pathdec_str(p, n, "twice", &v), -EINVAL);
+	ck_assert_ptr_null(v);
+	ck_assert_str_eq(pathdec_query_reason(-E2BIG), "too many query parameters");
+	ck_assert_str_eq(pathdec_query_reason(-EINVAL), "bad percent-encoding in the query");
+}
+END_TEST
+
 static Suite *pathdec_suite(void)
 {
 	Suite *s = suite_create("pathdec");
@@ -260,6 +372,10 @@ static Suite *pathdec_suite(void)
 	tcase_add_test(tc, query_shapes);
 	tcase_add_test(tc, query_errors);
 	tcase_add_test(tc, query_overlong);
+	tcase_add_test(tc, param_bool);
+	tcase_add_test(tc, param_uint);
+	tcase_add_test(tc, parse_uint_bounds);
+	tcase_add_test(tc, param_str);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -7,6 +7,7 @@
 
 #include "common/conf.h"
 #include "common/stats.h"
+#include "common/topic.h"
 #include "mirror/liveness/alerts.h"
 #include "mirror/liveness/stale.h"
 #include "clock_fake.h"
@@ -83,7 +84,7 @@ static void teardown(void)
 
 static void start(bool synced)
 {
-	st = stale_new(&conf, ix, &(struct stale_outlet){ count_publish, NULL });
+	st = stale_new(&conf, ix, &(struct deliver_outlet){ count_publish, NULL });
 	ck_assert_ptr_nonnull(st);
 	stale_on_broker(st, false, T);
 	if (synced)
@@ -545,12 +546,11 @@ START_TEST(groups_for_v1_stale)
 	const char *topics[] = { "b/r1/t", "b/r1/h", "a/x", "a/y", "a/z", "top", "b/r2/t" };
 	struct rec *r[7];
 	struct gseen g = { 0 };
-	char buf[8];
 
-	ck_assert_uint_eq(stale_group_prefix("dc1/hall2/rack17/temp", 21, buf, sizeof(buf)), 16);
-	ck_assert_str_eq(buf, "dc1/hal");
-	ck_assert_uint_eq(stale_group_prefix("top", 3, buf, sizeof(buf)), 0);
-	ck_assert_str_eq(buf, "");
+	ck_assert_uint_eq(topic_group_prefix("dc1/hall2/rack17/temp", 21), 16);
+	ck_assert_uint_eq(topic_group_prefix("top", 3), 0);
+	ck_assert_uint_eq(topic_group_prefix("/a", 2), 0);
+	ck_assert_uint_eq(topic_group_prefix("a/", 2), 1);
 
 	conf.default_kind = CONF_DEFAULT_FIXED;
 	conf.default_cadence_ms = SEC;
