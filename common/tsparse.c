@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: MIT */
-/* tsparse.c: epoch and RFC 3339 timestamps, a one-pass JSON scanner, UTF-8 checks. */
+/* tsparse.c: epoch and RFC 3339 timestamps, a one-pass JSON scanner. */
 #include "common/tsparse.h"
 
 #include <errno.h>
 #include <string.h>
+
+#include "common/utf8.h"
 
 static inline bool is_digit(char c)
 {
@@ -227,64 +229,6 @@ int ts_parse_rfc3339(const char *s, size_t len, int64_t *ret_ns)
 	return 0;
 }
 
-/* ---- UTF-8 -------------------------------------------------------------- */
-
-/* Length of the valid UTF-8 sequence starting at p (lead byte >= 0x80), or 0. */
-static inline size_t utf8_seq_len(const unsigned char *p, const unsigned char *end)
-{
-	unsigned char c = p[0], lo = 0x80, hi = 0xbf;
-	size_t need;
-
-	if (c >= 0xc2 && c <= 0xdf) {
-		need = 1;
-	} else if (c >= 0xe0 && c <= 0xef) {
-		need = 2;
-		if (c == 0xe0)
-			lo = 0xa0;  /* no overlongs */
-		else if (c == 0xed)
-			hi = 0x9f;  /* no surrogates */
-	} else if (c >= 0xf0 && c <= 0xf4) {
-		need = 3;
-		if (c == 0xf0)
-			lo = 0x90;  /* no overlongs */
-		else if (c == 0xf4)
-			hi = 0x8f;  /* <= U+10FFFF */
-	} else {
-		return 0;
-	}
-	if ((size_t)(end - p) <= need || p[1] < lo || p[1] > hi)
-		return 0;
-	for (size_t i = 2; i <= need; i++)
-		if ((p[i] & 0xc0) != 0x80)
-			return 0;
-	return need + 1;
-}
-
-bool utf8_valid(const char *buf, size_t len)
-{
-	const unsigned char *p = (const unsigned char *)buf, *end = p + len;
-
-	while (p < end) {
-		/* ASCII runs eight bytes at a time. */
-		while (end - p >= 8) {
-			uint64_t w;
-			memcpy(&w, p, 8);
-			if (w & 0x8080808080808080ULL)
-				break;
-			p += 8;
-		}
-		while (p < end && *p < 0x80)
-			p++;
-		if (p == end)
-			break;
-		size_t n = utf8_seq_len(p, end);
-		if (!n)
-			return false;
-		p += n;
-	}
-	return true;
-}
-
 /* ---- the JSON scanner --------------------------------------------------- */
 
 /* Character classes for string bodies: 0 = plain ASCII, else look closer. */
@@ -405,7 +349,7 @@ static const unsigned char *scan_string(const unsigned char *p, const unsigned c
 		} else if (c < 0x20) {
 			return NULL;
 		} else {
-			size_t n = utf8_seq_len(p, end);
+			size_t n = utf8_seq_len(p, (size_t)(end - p), NULL);
 			if (!n)
 				return NULL;
 			p += n;

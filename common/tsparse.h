@@ -58,7 +58,4 @@ struct jscan_result {
 void jscan_payload(const char *payload, size_t len, const char *const *names,
 		   size_t nnames, struct jscan_result *ret);
 
-/* Is buf valid UTF-8 (no overlongs, no surrogates, <= U+10FFFF)? */
-bool utf8_valid(const char *buf, size_t len);
-
 #endif

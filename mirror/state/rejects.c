@@ -8,7 +8,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/stats.h"
-#include "common/tsparse.h"
+#include "common/utf8.h"
 #include "mirror/state/rejects.h"
 
 /* Topics longer than this are kept cut (the over-long topic is itself a

@@ -8,6 +8,7 @@
 #include <jansson.h>
 
 #include "common/tsparse.h"
+#include "common/utf8.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* test_tsparse.c: unit tests of timestamp decoding, the JSON scanner and UTF-8 checks. */
+/* test_tsparse.c: unit tests of timestamp decoding and the JSON scanner. */
 #include <check.h>
 #include <errno.h>
 #include <jansson.h>
@@ -204,47 +204,6 @@ START_TEST(test_rfc3339_roundtrip)
 	ck_assert_str_eq(clock_format_rfc3339(fake_now_ms, buf), "2026-11-22T02:10:02.123Z");
 	ck_assert_str_eq(clock_format_rfc3339(-1, buf), "1969-12-31T23:59:59.999Z");
 	ck_assert_str_eq(clock_format_rfc3339(951782400000, buf), "2000-02-29T00:00:00.000Z");
-}
-END_TEST
-
-/* ---- utf8_valid ------------------------------------------------------------ */
-
-static const struct {
-	const char *s;
-	bool ok;
-} utf8_cases[] = {
-	{ "", true },
-	{ "plain ascii", true },
-	{ "caf\xc3\xa9", true },
-	{ "\xe2\x82\xac", true },
-	{ "\xf0\x9f\x98\x80", true },
-	{ "\xf4\x8f\xbf\xbf", true },          /* U+10FFFF */
-	{ "\xef\xbf\xbd", true },
-	{ "\xc0\x80", false },                 /* overlong NUL */
-	{ "\xc1\xbf", false },
-	{ "\xe0\x80\xaf", false },             /* overlong */
-	{ "\xe0\x9f\xbf", false },
-	{ "\xf0\x8f\xbf\xbf", false },
-	{ "\xed\xa0\x80", false },             /* surrogate */
-	{ "\xed\xbf\xbf", false },
-	{ "\xf4\x90\x80\x80", false },         /* > U+10FFFF */
-	{ "\xf5\x80\x80\x80", false },
-	{ "\xff", false },
-	{ "\x80", false },
-	{ "\xe2\x82", false },                 /* truncated */
-	{ "\xe2\x82x", false },
-	{ "0123456789abcdef\xc3", false },     /* after the 8-byte fast path */
-	{ "0123456789abcdef\xc3\xa9xyz", true },
-	{ "01234567\x80" "89abcdef", false },
-};
-
-START_TEST(test_utf8)
-{
-	for (size_t i = 0; i < sizeof(utf8_cases) / sizeof(utf8_cases[0]); i++)
-		ck_assert_msg(utf8_valid(utf8_cases[i].s, strlen(utf8_cases[i].s)) == utf8_cases[i].ok,
-			      "case %zu", i);
-	ck_assert(!utf8_valid("a\0\xff", 3));
-	ck_assert(utf8_valid("a\0b", 3)); /* NUL is valid UTF-8; topics check it apart */
 }
 END_TEST
 
@@ -519,7 +478,6 @@ static Suite *tsparse_suite(void)
 	tcase_add_test(tc, test_rfc3339_good);
 	tcase_add_test(tc, test_rfc3339_bad);
 	tcase_add_test(tc, test_rfc3339_roundtrip);
-	tcase_add_test(tc, test_utf8);
 	tcase_add_test(tc, test_jscan_valid);
 	tcase_add_test(tc, test_jscan_invalid);
 	tcase_add_test(tc, test_jscan_depth);
