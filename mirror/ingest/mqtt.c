@@ -22,7 +22,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/stats.h"
-#include "common/tsparse.h"
+#include "mirror/ingest/jscan.h"
 #include "mirror/state/rejects.h"
 
 /*

@@ -9,6 +9,7 @@
 
 #include "common/tsparse.h"
 #include "common/utf8.h"
+#include "mirror/ingest/jscan.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
