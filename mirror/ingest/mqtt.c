@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* mqtt.c: the MQTT session thread: connect with backoff, subscribe, track the retained sync, decode and deliver messages. */
+/* mqtt.c: the MQTT session thread: connect with backoff, subscribe, track the retained sync, hand messages to their decoder. */
 #include "mirror/ingest/mqtt.h"
 
 #include <errno.h>
@@ -22,7 +22,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/stats.h"
-#include "mirror/ingest/jscan.h"
+#include "mirror/ingest/decode_json.h"
 #include "mirror/state/rejects.h"
 
 /*
@@ -52,9 +52,10 @@
 ** reads are untouched (a non-blocking read returns what is there,
 ** whatever the mark).
 **
-** Delivery. Each message goes straight to the sink (the mirror's apply) from
-** on_message, in libmosquitto's buffer: no copy, no allocation, no queue
-** and no other thread to wake. One wake-up's run of messages ends with
+** Delivery. Each message goes from on_message to the first decoder that
+** claims its topic (decode.h; JSON last) and its updates straight to the
+** sink (the mirror's apply), in libmosquitto's buffer: no copy, no
+** allocation, no queue and no other thread to wake. One wake-up's run of messages ends with
 ** sink.flush. The kernel's receive buffer is the ingest queue: while the
 ** sink works, the socket is not read and TCP pushes back on the broker.
 **
@@ -112,13 +113,13 @@ struct mqtt {
 	struct sub *subs;
 	size_t nsubs;
 	size_t max_payload, max_topic_len;
-	bool format_json;
-	char *ts_field;
-	const char *ts_names[3];
-	size_t nts_names;
 	int64_t connack_timeout_ms;
 
+	/* Decoders in the order they are asked; the JSON one last. */
+	struct decoder *dec[MQTT_MAX_DECODERS + 1];
+	size_t ndec;
 	struct mqtt_sink sink;
+	struct decode_out dout;    /* the sink's message(), and publish back through us */
 	struct mosquitto *mosq;
 	bool mosq_tls;
 	int wakefd;
@@ -155,6 +156,10 @@ struct mqtt {
 	char fail_logged[160];     /* the failure reason last logged */
 	bool status_dirty;
 	bool local_synced;
+	unsigned turn_pubs;        /* decoder publications in this turn */
+	uint64_t pub_dropped;      /* decoder publications refused (-ENOBUFS) so far */
+	uint64_t pub_dropped_logged;
+	int64_t pub_logged_ms;
 
 	/* Shared with other threads. */
 	_Atomic bool connected;
@@ -332,10 +337,19 @@ static void on_subscribe(struct mosquitto *mosq, void *obj, int mid, int count,
 	}
 }
 
+/* The first decoder that claims the topic; the last (JSON) takes the rest. */
+static struct decoder *pick_decoder(const struct mqtt *m, const char *topic, size_t len)
+{
+	for (size_t i = 0; i + 1 < m->ndec; i++)
+		if (m->dec[i]->ops->claims(m->dec[i], topic, len))
+			return m->dec[i];
+	return m->dec[m->ndec - 1];
+}
+
 /*
-** The hot path. Limits are checked first; the payload is scanned once, in
-** libmosquitto's buffer, and handed to the sink from there (only its first
-** bytes when it is refused).
+** The hot path. The whole-message limits are checked first; then the
+** message goes, in libmosquitto's buffer, to its decoder, which hands
+** each update to the sink (only the first bytes of a refused one).
 */
 static void on_message(struct mosquitto *mosq, void *obj, const struct mosquitto_message *msg,
 		       const mosquitto_property *props)
@@ -343,9 +357,8 @@ static void on_message(struct mosquitto *mosq, void *obj, const struct mosquitto
 	struct mqtt *m = obj;
 	size_t plen = msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0;
 	size_t tlen = strnlen(msg->topic, m->max_topic_len + 1);
+	const void *payload = msg->payload ? msg->payload : ""; /* never NULL, even empty */
 	enum reject_reason why = REJECT_NONE;
-	struct jscan_result js = { 0 };
-	struct msg d;
 	int64_t now_ns;
 
 	(void)mosq;
@@ -363,25 +376,27 @@ static void on_message(struct mosquitto *mosq, void *obj, const struct mosquitto
 		tlen = m->max_topic_len; /* keep a bounded prefix for the rejects list */
 	} else if (plen > m->max_payload) {
 		why = REJECT_TOO_LARGE;
-	} else if (plen > 0) {
-		jscan_payload(msg->payload, plen, m->ts_names, m->nts_names, &js);
-		if (js.ts_bad)
-			why = REJECT_BAD_TS;
-		else if (m->format_json && !js.is_json)
-			why = REJECT_NOT_JSON;
 	}
-	d = (struct msg){
-		.topic = msg->topic, .topic_len = tlen,
-		.payload = msg->payload ? msg->payload : "", /* never NULL, even empty */
-		.payload_len = why == REJECT_NONE || plen < REJECTS_KEEP_BYTES ? plen
-									: REJECTS_KEEP_BYTES,
-		.ts_ns = js.ts_found ? js.ts_ns : now_ns,
-		.recv_ms = now_ns / 1000000,
-		.retained = msg->retain,
-		.ts_from_payload = js.ts_found,
-		.is_json = js.is_json,
-	};
-	m->sink.message(m->sink.ctx, &d, why, plen);
+	if (why == REJECT_NONE) {
+		struct decode_in in = {
+			.topic = msg->topic, .topic_len = tlen,
+			.payload = payload, .payload_len = plen,
+			.recv_ns = now_ns, .retained = msg->retain,
+		};
+		struct decoder *d = pick_decoder(m, msg->topic, tlen);
+
+		d->ops->decode(d, &in, &m->dout);
+	} else {
+		struct msg d = {
+			.topic = msg->topic, .topic_len = tlen,
+			.payload = payload,
+			.payload_len = plen < REJECTS_KEEP_BYTES ? plen : REJECTS_KEEP_BYTES,
+			.ts_ns = now_ns, .recv_ms = now_ns / 1000000,
+			.retained = msg->retain,
+		};
+
+		m->sink.message(m->sink.ctx, &d, why, plen);
+	}
 	m->delivered = true;
 	/* Quiet is counted from the hand-over: the time the sink took is not
 	 * a pause in the burst, the rest of which waits in the socket. */
@@ -389,6 +404,56 @@ static void on_message(struct mosquitto *mosq, void *obj, const struct mosquitto
 		m->quiet_since_ms = clock_mono_ms();
 		m->retained_burst++;
 	}
+}
+
+/*
+** decode_out.publish (decode.h): a decoder's message to the broker, from
+** the session thread inside decode() or link(). libmosquitto copies it
+** into a packet and, inside its callbacks, only queues it; session_turn
+** writes what is queued right after the reads.
+*/
+static int decoder_publish(void *ctx, const char *topic, const void *payload, size_t len,
+			   int qos, bool retain)
+{
+	struct mqtt *m = ctx;
+	int rc;
+
+	if (!topic || (len && !payload) || (qos != 0 && qos != 1))
+		return -EINVAL;
+	if (m->link != LINK_UP || !m->mosq)
+		return -ENOTCONN;
+	if (len > 268435455 - strlen(topic) - 16)
+		return -EMSGSIZE;
+	if (m->turn_pubs >= MQTT_DECODER_PUB_MAX) {
+		m->pub_dropped++;
+		return -ENOBUFS;
+	}
+	errno = 0;
+	rc = mosquitto_publish(m->mosq, NULL, topic, (int)len, payload, qos, retain);
+	if (rc != MOSQ_ERR_SUCCESS)
+		return mosq_errno(rc, errno);
+	m->turn_pubs++;
+	return 0;
+}
+
+/* Tell the decoders the link went up or down (decode.h, link). */
+static void decoders_link(struct mqtt *m, bool up)
+{
+	for (size_t i = 0; i < m->ndec; i++)
+		if (m->dec[i]->ops->link)
+			m->dec[i]->ops->link(m->dec[i], up, &m->dout);
+}
+
+/* Decoder publications over the per-turn budget: logged once a minute at most. */
+static void report_pub_drops(struct mqtt *m, int64_t now)
+{
+	if (m->pub_dropped == m->pub_dropped_logged || now - m->pub_logged_ms < 60000)
+		return;
+	log_warnx("mqtt: %llu decoder publication(s) dropped (more than %d in one turn), %llu in all",
+		  (unsigned long long)(m->pub_dropped - m->pub_dropped_logged), MQTT_DECODER_PUB_MAX,
+		  (unsigned long long)m->pub_dropped);
+	m->pub_dropped_logged = m->pub_dropped;
+	m->pub_logged_ms = now;
 }
 
 /* The end of a run of messages: the sink publishes what it applied. */
@@ -612,6 +677,7 @@ static void went_up(struct mqtt *m, int64_t now)
 	/* Resubscribe even when the broker resumed the session: the SUBACKs
 	 * and the retained messages after them are how we know we are synced. */
 	subscribe_all(m);
+	decoders_link(m, true);
 	m->status_dirty = true;
 }
 
@@ -634,6 +700,7 @@ static void went_down(struct mqtt *m, int rc, int e, int64_t now)
 	STAT_SET(broker_connected, 0);
 	STAT_SET(ingest_queue_bytes, 0);
 	link_changed(m);
+	decoders_link(m, false);
 	log_warnx("mqtt: connection to %s lost: %s; reconnecting", url, m->why);
 	snprintf(m->fail_logged, sizeof(m->fail_logged), "%s", m->why);
 	m->fail_logged_ms = now;
@@ -753,6 +820,7 @@ static void session_turn(struct mqtt *m)
 	int sock = mosquitto_socket(m->mosq);
 	int rc = MOSQ_ERR_SUCCESS, e = 0;
 
+	m->turn_pubs = 0;
 	if (m->link == LINK_CONNECTING) {
 		int64_t left = m->attempt_ms + m->connack_timeout_ms - now;
 		timeout = left < timeout ? left : timeout;
@@ -809,6 +877,7 @@ static void session_turn(struct mqtt *m)
 	}
 	now = clock_mono_ms();
 	sample_backlog(m, mosquitto_socket(m->mosq), now);
+	report_pub_drops(m, now);
 	if (m->just_connected && mosquitto_socket(m->mosq) >= 0)
 		went_up(m, now);
 	if (rc != MOSQ_ERR_SUCCESS || mosquitto_socket(m->mosq) < 0 || m->refused) {
@@ -942,9 +1011,11 @@ int mqtt_new(const struct conf *c, struct mqtt **ret, char *err, size_t errlen)
 	if (dup_str(&m->client_id, c->client_id) < 0 || dup_str(&m->username, c->username) < 0 ||
 	    dup_str(&m->password_file, c->password_file) < 0 ||
 	    dup_str(&m->tls_ca, c->tls_ca_file) < 0 || dup_str(&m->tls_cert, c->tls_cert_file) < 0 ||
-	    dup_str(&m->tls_key, c->tls_key_file) < 0 ||
-	    dup_str(&m->ts_field, c->timestamp_field) < 0)
+	    dup_str(&m->tls_key, c->tls_key_file) < 0)
 		goto fail;
+	if (decode_json_new(c, &m->dec[0]) < 0)
+		goto fail;
+	m->ndec = 1;
 	m->protocol = c->protocol == 5 ? 5 : 311;
 	m->qos = c->qos == 1 ? 1 : 0;
 	m->persistent = c->session == CONF_SESSION_PERSISTENT;
@@ -962,13 +1033,6 @@ int mqtt_new(const struct conf *c, struct mqtt **ret, char *err, size_t errlen)
 	m->sync_quiet_ms = c->sync_quiet_ms > 0 ? c->sync_quiet_ms : 200;
 	m->max_payload = c->max_payload > 0 ? (size_t)c->max_payload : SIZE_MAX / 4;
 	m->max_topic_len = c->max_topic_len > 0 ? (size_t)c->max_topic_len : 65535;
-	m->format_json = c->format == CONF_FORMAT_JSON;
-	if (m->ts_field)
-		m->ts_names[m->nts_names++] = m->ts_field;
-	if (!m->ts_field || strcmp(m->ts_field, "timestamp") != 0)
-		m->ts_names[m->nts_names++] = "timestamp";
-	if (!m->ts_field || strcmp(m->ts_field, "time") != 0)
-		m->ts_names[m->nts_names++] = "time";
 	m->connack_timeout_ms = (int64_t)m->keepalive_s * 1000;
 	if (m->connack_timeout_ms > 30000)
 		m->connack_timeout_ms = 30000;
@@ -1000,6 +1064,21 @@ nomem:
 	return rc;
 }
 
+int mqtt_add_decoder(struct mqtt *m, struct decoder *d)
+{
+	if (!m || !d || !d->ops || !d->ops->claims || !d->ops->decode || !d->ops->free)
+		return -EINVAL;
+	if (m->started)
+		return -EBUSY;
+	if (m->ndec > MQTT_MAX_DECODERS)
+		return -ENOSPC;
+	/* Before the JSON decoder, after those added earlier. */
+	m->dec[m->ndec] = m->dec[m->ndec - 1];
+	m->dec[m->ndec - 1] = d;
+	m->ndec++;
+	return 0;
+}
+
 int mqtt_start(struct mqtt *m, const struct mqtt_sink *sink)
 {
 	int rc;
@@ -1009,6 +1088,8 @@ int mqtt_start(struct mqtt *m, const struct mqtt_sink *sink)
 	if (!sink || !sink->message || !sink->flush)
 		return -EINVAL;
 	m->sink = *sink;
+	m->dout = (struct decode_out){ .value = sink->message, .ctx = sink->ctx,
+				       .publish = decoder_publish, .pub_ctx = m };
 	set_status(m, "connecting to %s", m->urls[0]);
 	rc = pthread_create(&m->thread, NULL, session_main, m);
 	if (rc != 0)
@@ -1067,7 +1148,8 @@ void mqtt_free(struct mqtt *m)
 	free(m->tls_ca);
 	free(m->tls_cert);
 	free(m->tls_key);
-	free(m->ts_field);
+	for (size_t i = 0; i < m->ndec; i++)
+		decoder_free(m->dec[i]);
 	if (m->wakefd >= 0)
 		close(m->wakefd);
 	pthread_mutex_destroy(&m->mu);

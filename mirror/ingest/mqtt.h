@@ -8,7 +8,11 @@
 #include <stdint.h>
 
 #include "common/conf.h"
+#include "mirror/ingest/decode.h"
 #include "mirror/state/apply.h"
+
+#define MQTT_MAX_DECODERS 8       /* decoders besides the JSON one */
+#define MQTT_DECODER_PUB_MAX 256  /* decoder publications per session turn (decode.h) */
 
 struct mqtt;
 
@@ -16,11 +20,13 @@ struct mqtt;
 ** Where the session thread hands what it receives. Every callback runs on
 ** the session thread, never inside a lock of the session's own.
 **
-**   message  one message, in arrival order. why != REJECT_NONE: refused by
-**            the session already (max_topic_len, max_payload, format, a
-**            bad timestamp); then only the first REJECTS_KEEP_BYTES of the
-**            payload are passed (m->payload_len) and full_len is its size
-**            as received. The pointers are borrowed for the call.
+**   message  one key update, in arrival order: a message's decoder
+**            (decode.h) emits zero or more per message. why != REJECT_NONE:
+**            refused by the session (max_topic_len, max_payload) or the
+**            decoder (format, a bad timestamp, ...); then only the first
+**            REJECTS_KEEP_BYTES of the payload are passed (m->payload_len)
+**            and full_len is its size as received. The pointers are
+**            borrowed for the call.
 **   flush    the end of a run of messages (one wake-up's worth, at most
 **            a few hundred): the sink publishes what it applied.
 **   link     connected or synced may have changed (mqtt_synced tells).
@@ -39,11 +45,23 @@ struct mqtt_sink {
 
 /*
 ** Create a session from c (URLs, client id, protocol, QoS, session kind,
-** keepalive, credentials, TLS, filters, payload limits and format, the
-** timestamp field names). Nothing connects yet.
+** keepalive, credentials, TLS, filters, payload limits), with the JSON
+** decoder made from c (format, timestamp field: decode_json.h) as its
+** only decoder. Nothing connects yet.
 ** Returns 0 or -errno with a reason in err.
 */
 int mqtt_new(const struct conf *c, struct mqtt **ret, char *err, size_t errlen);
+
+/*
+** Give the session one more decoder (decode.h), before mqtt_start. Each
+** message goes to the first decoder that claims its topic, in the order
+** they were added; the JSON decoder stays last and takes the rest. On 0
+** the session owns d (freed by mqtt_free); on error the caller keeps it.
+** Returns 0, -EINVAL (an op missing), -EBUSY (started already) or
+** -ENOSPC (MQTT_MAX_DECODERS added already). Not thread-safe: call it
+** from the thread that made the session.
+*/
+int mqtt_add_decoder(struct mqtt *m, struct decoder *d);
 
 /*
 ** Start the session's own thread, delivering to sink (copied). It connects to the URLs in turn
@@ -53,7 +71,7 @@ int mqtt_new(const struct conf *c, struct mqtt **ret, char *err, size_t errlen);
 ** reports synced. Returns 0 or -errno (-EALREADY when started twice).
 **
 ** Every libmosquitto call happens on that thread. Messages are checked
-** (max_topic_len, max_payload, format, timestamp) and decoded there, and
+** (max_topic_len, max_payload) and decoded there, and their updates
 ** handed to the sink (see struct mqtt_sink); every message received before
 ** synced becomes true (the retained burst) has been handed over and
 ** flushed by then. The thread keeps g_stats.broker_connected, synced,

@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +20,7 @@
 
 #include "common/conf.h"
 #include "common/stats.h"
+#include "mirror/ingest/decode.h"
 #include "mirror/ingest/mqtt.h"
 #include "mirror/state/rejects.h"
 
@@ -858,6 +860,146 @@ START_TEST(test_slow_sink_backpressure)
 }
 END_TEST
 
+/*
+** A decoder of our own, given to the session: it claims "multi/", emits two
+** keys per message (topic + "/a", topic + "/b"), and answers a payload
+** "ask" with a publication through the session; it counts link changes.
+*/
+struct tdec {
+	struct decoder base;
+	_Atomic unsigned ups, downs, decoded;
+	_Atomic int pub_rc;
+	_Atomic int pub_rc_down;
+};
+
+static bool tdec_claims(const struct decoder *d, const char *topic, size_t len)
+{
+	(void)d;
+	return len >= 6 && memcmp(topic, "multi/", 6) == 0;
+}
+
+static size_t tdec_decode(struct decoder *d, const struct decode_in *in, const struct decode_out *out)
+{
+	struct tdec *t = (struct tdec *)d;
+	char key[128];
+	size_t n = 0;
+
+	t->decoded++;
+	for (const char *suffix = "ab"; *suffix; suffix++) {
+		int w = snprintf(key, sizeof(key), "%.*s/%c", (int)in->topic_len, in->topic, *suffix);
+		struct msg m = { .topic = key, .topic_len = (size_t)w, .payload = in->payload,
+				 .payload_len = in->payload_len, .ts_ns = in->recv_ns,
+				 .recv_ms = in->recv_ns / 1000000, .retained = in->retained };
+
+		out->value(out->ctx, &m, REJECT_NONE, in->payload_len);
+		n++;
+	}
+	if (in->payload_len == 3 && memcmp(in->payload, "ask", 3) == 0)
+		t->pub_rc = out->publish(out->pub_ctx, "reply/rebirth", "please", 6, 0, false);
+	return n;
+}
+
+static void tdec_link(struct decoder *d, bool up, const struct decode_out *out)
+{
+	struct tdec *t = (struct tdec *)d;
+
+	if (up) {
+		t->ups++;
+		/* Publishing works from link(up): a hello per connect. */
+		ck_assert_int_eq(out->publish(out->pub_ctx, "reply/hello", "hi", 2, 1, false), 0);
+	} else {
+		t->downs++;
+		t->pub_rc_down = out->publish(out->pub_ctx, "reply/x", "x", 1, 0, false);
+	}
+}
+
+static void tdec_free(struct decoder *d)
+{
+	free(d);
+}
+
+static const struct decoder_ops tdec_ops = {
+	.name = "test", .claims = tdec_claims, .decode = tdec_decode,
+	.link = tdec_link, .free = tdec_free,
+};
+
+static struct tdec *tdec_new(void)
+{
+	struct tdec *t = calloc(1, sizeof(*t));
+
+	ck_assert_ptr_nonnull(t);
+	t->base.ops = &tdec_ops;
+	t->pub_rc = 1;
+	t->pub_rc_down = 1;
+	return t;
+}
+
+/* Each message goes to the first decoder that claims it, JSON last; a
+ * decoder emits several keys and publishes through the session. */
+START_TEST(test_decoder_dispatch)
+{
+	struct broker b = { 0 };
+	struct conf c;
+	struct tsink *q = tsink_new();
+	struct tdec *t = tdec_new(), *spare[MQTT_MAX_DECODERS];
+	struct mqtt *m;
+	char err[256];
+	struct tmsg *x;
+
+	broker_start(&b, NULL);
+	pub(&b, "multi/r", "{\"ts\": 1795313402}", true);
+	pub(&b, "plain/r", "{\"ts\": 1795313402}", true);
+	make_conf(&c, b.port);
+	ck_assert_int_eq(mqtt_new(&c, &m, err, sizeof(err)), 0);
+	conf_free(&c);
+	ck_assert_int_eq(mqtt_add_decoder(m, NULL), -EINVAL);
+	ck_assert_int_eq(mqtt_add_decoder(m, &t->base), 0);
+	/* Room for MQTT_MAX_DECODERS besides JSON, no more. */
+	for (size_t i = 0; i < MQTT_MAX_DECODERS; i++)
+		spare[i] = tdec_new();
+	for (size_t i = 0; i + 1 < MQTT_MAX_DECODERS; i++)
+		ck_assert_int_eq(mqtt_add_decoder(m, &spare[i]->base), 0);
+	ck_assert_int_eq(mqtt_add_decoder(m, &spare[MQTT_MAX_DECODERS - 1]->base), -ENOSPC);
+	ck_assert_int_eq(mqtt_start(m, &q->s), 0);
+	ck_assert_int_eq(mqtt_add_decoder(m, &spare[MQTT_MAX_DECODERS - 1]->base), -EBUSY);
+	free(spare[MQTT_MAX_DECODERS - 1]); /* refused: still ours */
+
+	WAIT_FOR(mqtt_synced(m, NULL), DEADLINE_MS);
+	ck_assert_uint_eq(t->ups, 1);
+	/* The first claimant only: the spares claim the same prefix. */
+	ck_assert_uint_eq(t->decoded, 1);
+	for (size_t i = 0; i + 1 < MQTT_MAX_DECODERS; i++)
+		ck_assert_uint_eq(spare[i]->decoded, 0);
+	x = find(q, "multi/r/a");
+	ck_assert_ptr_nonnull(x);
+	ck_assert(x->m.retained && !x->m.ts_from_payload);
+	ck_assert_ptr_nonnull(find(q, "multi/r/b"));
+	ck_assert_ptr_null(find(q, "multi/r"));
+	x = find(q, "plain/r"); /* JSON took the rest */
+	ck_assert_ptr_nonnull(x);
+	ck_assert(x->m.ts_from_payload && x->m.is_json);
+	/* link(up)'s publication went out (and came back through '#'). */
+	WAIT_FOR(find(q, "reply/hello") != NULL, DEADLINE_MS);
+
+	/* A publication from decode() goes out too. */
+	pub(&b, "multi/live", "ask", false);
+	WAIT_FOR(find(q, "reply/rebirth") != NULL, DEADLINE_MS);
+	ck_assert_int_eq(t->pub_rc, 0);
+	x = find(q, "reply/rebirth");
+	ck_assert_uint_eq(x->m.payload_len, 6);
+	ck_assert(!x->m.retained);
+
+	/* Down: the decoder hears it, and cannot publish then. */
+	broker_kill(&b);
+	WAIT_FOR(t->downs == 1, DEADLINE_MS);
+	ck_assert_int_eq(t->pub_rc_down, -ENOTCONN);
+
+	mqtt_free(m); /* frees every decoder it took */
+	tsink_free(q);
+	broker_cleanup(&b);
+}
+END_TEST
+
 static Suite *mqtt_suite(void)
 {
 	Suite *s = suite_create("mqtt");
@@ -872,6 +1014,7 @@ static Suite *mqtt_suite(void)
 	tcase_add_test(tc, test_retry_log_rate_limited);
 	tcase_add_test(tc, test_slow_sink_backpressure);
 	tcase_add_test(tc, test_slow_sink_is_not_quiet);
+	tcase_add_test(tc, test_decoder_dispatch);
 	suite_add_tcase(s, tc);
 	return s;
 }
