@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* clock.c: wall and monotonic clocks and RFC 3339 formatting of epoch ms. */
+/* clock.c: wall and monotonic clocks, the injectable clock's real source, RFC 3339 formatting of epoch ms. */
 #include "common/clock.h"
 
 #include <time.h>
@@ -27,6 +27,20 @@ int64_t clock_mono_ms(void)
 {
 	return read_ns(CLOCK_MONOTONIC) / 1000000;
 }
+
+static int64_t system_mono_ms(void *ctx)
+{
+	(void)ctx;
+	return clock_mono_ms();
+}
+
+static int64_t system_wall_ns(void *ctx)
+{
+	(void)ctx;
+	return clock_wall_ns();
+}
+
+const struct clock_src clock_system = { .mono_ms = system_mono_ms, .wall_ns = system_wall_ns };
 
 /* Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm): no
  * gmtime_r, no locale, valid for any int64 day count we can be given. */

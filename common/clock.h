@@ -19,4 +19,20 @@ int64_t clock_mono_ms(void);  /* CLOCK_MONOTONIC, ms */
  * "2026-11-22T02:10:02.123Z". buf must hold 32 bytes. Returns buf. */
 char *clock_format_rfc3339(int64_t ms, char buf[32]);
 
+/*
+** A clock a thread reads through, for the threads at the edges that must
+** read time themselves (the MQTT session's backoff, CONNACK timeout and
+** retained-burst quiet): tests give them a fake one and move it by hand
+** (mosquitto stubs mosquitto_time() the same way). Both functions must be
+** callable from any thread. clock_system is the real one: mono_ms is
+** clock_mono_ms, wall_ns clock_wall_ns, ctx unused.
+*/
+struct clock_src {
+	int64_t (*mono_ms)(void *ctx);  /* monotonic ms */
+	int64_t (*wall_ns)(void *ctx);  /* epoch ns */
+	void *ctx;
+};
+
+extern const struct clock_src clock_system;
+
 #endif

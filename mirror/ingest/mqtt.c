@@ -118,6 +118,7 @@ struct mqtt {
 	/* Decoders in the order they are asked; the JSON one last. */
 	struct decoder *dec[MQTT_MAX_DECODERS + 1];
 	size_t ndec;
+	struct clock_src clk;      /* every reading of time below goes through it */
 	struct mqtt_sink sink;
 	struct decode_out dout;    /* the sink's message(), and publish back through us */
 	struct mosquitto *mosq;
@@ -126,6 +127,7 @@ struct mqtt {
 	pthread_t thread;
 	bool started, joined, abandoned;
 	_Atomic bool stop;
+	_Atomic uint64_t turns;    /* session loop iterations begun (mqtt_wait_turn) */
 
 	/* Session state: the session thread only. */
 	enum link_state link;
@@ -173,6 +175,11 @@ struct mqtt {
 };
 
 static pthread_once_t lib_once = PTHREAD_ONCE_INIT;
+
+static inline int64_t now_ms(struct mqtt *m)
+{
+	return m->clk.mono_ms(m->clk.ctx);
+}
 
 static void lib_init(void)
 {
@@ -331,7 +338,7 @@ static void on_subscribe(struct mosquitto *mosq, void *obj, int mid, int count,
 			s->state = SUB_OK;
 		}
 		m->subs_pending--;
-		m->quiet_since_ms = clock_mono_ms();
+		m->quiet_since_ms = now_ms(m);
 		m->status_dirty = true;
 		break;
 	}
@@ -401,7 +408,7 @@ static void on_message(struct mosquitto *mosq, void *obj, const struct mosquitto
 	/* Quiet is counted from the hand-over: the time the sink took is not
 	 * a pause in the burst, the rest of which waits in the socket. */
 	if (msg->retain && !m->local_synced) {
-		m->quiet_since_ms = clock_mono_ms();
+		m->quiet_since_ms = now_ms(m);
 		m->retained_burst++;
 	}
 }
@@ -815,7 +822,7 @@ static void set_lowat(struct mqtt *m, int sock, bool busy)
 static void session_turn(struct mqtt *m)
 {
 	struct pollfd pfd[2];
-	int64_t now = clock_mono_ms();
+	int64_t now = now_ms(m);
 	int64_t timeout = MQTT_IDLE_TICK_MS;
 	int sock = mosquitto_socket(m->mosq);
 	int rc = MOSQ_ERR_SUCCESS, e = 0;
@@ -855,7 +862,7 @@ static void session_turn(struct mqtt *m)
 			uint64_t before = m->events;
 
 			if (i % MQTT_CLOCK_EVERY == 0)
-				m->recv_clock_ns = clock_wall_ns();
+				m->recv_clock_ns = m->clk.wall_ns(m->clk.ctx);
 			errno = 0;
 			rc = mosquitto_loop_read(m->mosq, 1);
 			e = errno;
@@ -875,7 +882,7 @@ static void session_turn(struct mqtt *m)
 		rc = mosquitto_loop_misc(m->mosq);
 		e = errno;
 	}
-	now = clock_mono_ms();
+	now = now_ms(m);
 	sample_backlog(m, mosquitto_socket(m->mosq), now);
 	report_pub_drops(m, now);
 	if (m->just_connected && mosquitto_socket(m->mosq) >= 0)
@@ -914,7 +921,10 @@ static void *session_main(void *arg)
 	struct mqtt *m = arg;
 
 	while (!atomic_load(&m->stop)) {
-		int64_t now = clock_mono_ms();
+		int64_t now;
+
+		atomic_fetch_add_explicit(&m->turns, 1, memory_order_release);
+		now = now_ms(m);
 
 		if (m->link != LINK_IDLE) {
 			session_turn(m);
@@ -932,7 +942,7 @@ static void *session_main(void *arg)
 			set_status(m, "connecting to %s", m->urls[m->url_idx]);
 		m->attempt_ms = now;
 		if (session_connect(m) < 0) {
-			attempt_failed(m, clock_mono_ms());
+			attempt_failed(m, now_ms(m));
 			continue;
 		}
 		m->link = LINK_CONNECTING;
@@ -1038,10 +1048,12 @@ int mqtt_new(const struct conf *c, struct mqtt **ret, char *err, size_t errlen)
 		m->connack_timeout_ms = 30000;
 	m->lowat_fd = -1;
 	m->disconnect_rc = -1;
+	m->clk = clock_system;
 	m->rng = (uint64_t)clock_wall_ns() ^ ((uint64_t)getpid() << 32) ^ (uintptr_t)m;
 	if (!m->rng)
 		m->rng = 0x9e3779b97f4a7c15ULL;
 	atomic_init(&m->stop, false);
+	atomic_init(&m->turns, 0);
 	atomic_init(&m->connected, false);
 	atomic_init(&m->synced, false);
 	atomic_init(&m->epoch, 0);
@@ -1077,6 +1089,38 @@ int mqtt_add_decoder(struct mqtt *m, struct decoder *d)
 	m->dec[m->ndec - 1] = d;
 	m->ndec++;
 	return 0;
+}
+
+int mqtt_set_clock(struct mqtt *m, const struct clock_src *clk)
+{
+	if (!m || !clk || !clk->mono_ms || !clk->wall_ns)
+		return -EINVAL;
+	if (m->started)
+		return -EBUSY;
+	m->clk = *clk;
+	return 0;
+}
+
+int mqtt_wait_turn(struct mqtt *m, int timeout_ms)
+{
+	struct timespec t0, t;
+	uint64_t target;
+
+	if (!m || !m->started || m->joined || m->abandoned)
+		return -ESRCH;
+	/* Begun after this read: the turn numbered target - 1; done once
+	 * target begins. */
+	target = atomic_load_explicit(&m->turns, memory_order_acquire) + 2;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (;;) {
+		wake(m);
+		if (atomic_load_explicit(&m->turns, memory_order_acquire) >= target)
+			return 0;
+		clock_gettime(CLOCK_MONOTONIC, &t);
+		if ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000 >= timeout_ms)
+			return -ETIMEDOUT;
+		poll(NULL, 0, 1);
+	}
 }
 
 int mqtt_start(struct mqtt *m, const struct mqtt_sink *sink)

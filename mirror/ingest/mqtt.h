@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/clock.h"
 #include "common/conf.h"
 #include "mirror/ingest/decode.h"
 #include "mirror/state/apply.h"
@@ -62,6 +63,26 @@ int mqtt_new(const struct conf *c, struct mqtt **ret, char *err, size_t errlen);
 ** from the thread that made the session.
 */
 int mqtt_add_decoder(struct mqtt *m, struct decoder *d);
+
+/*
+** Read time from clk (copied) instead of the system's clocks, before
+** mqtt_start: the backoff between attempts, the CONNACK timeout, the
+** retained burst's quiet and the receive times all follow it, so tests
+** move time by hand. The thread's poll timeouts stay real time: a clock
+** moved by hand is seen at the next turn (mqtt_wait_turn). Returns 0,
+** -EINVAL or -EBUSY (started already).
+*/
+int mqtt_set_clock(struct mqtt *m, const struct clock_src *clk);
+
+/*
+** Wake the session thread and wait until it has completed a whole turn
+** that began after the call: it has read its clock (mqtt_set_clock) as it
+** is now and acted on it (sync, timeouts, retries). For tests that move an
+** injected clock; harmless otherwise. Thread-safe; never call it from a
+** sink callback (the session thread). Returns 0, -ETIMEDOUT after
+** timeout_ms (the thread is held, e.g. in the sink) or -ESRCH (not running).
+*/
+int mqtt_wait_turn(struct mqtt *m, int timeout_ms);
 
 /*
 ** Start the session's own thread, delivering to sink (copied). It connects to the URLs in turn

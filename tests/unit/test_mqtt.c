@@ -20,6 +20,7 @@
 
 #include "common/conf.h"
 #include "common/stats.h"
+#include "clock_fake.h"
 #include "mirror/ingest/decode.h"
 #include "mirror/ingest/mqtt.h"
 #include "mirror/state/rejects.h"
@@ -684,7 +685,8 @@ static void fake_stop(struct fake *f)
 ** after the last message was handed over: time the sink takes (a slow
 ** consumer) is not quiet. (It was once measured from the message's arrival,
 ** so a slow consumer made the session report synced while the rest of the
-** burst still waited in the socket.)
+** burst still waited in the socket.) The session reads the fake clock:
+** time passes only where the test moves it.
 */
 START_TEST(test_slow_sink_is_not_quiet)
 {
@@ -694,32 +696,43 @@ START_TEST(test_slow_sink_is_not_quiet)
 	struct conf c;
 	char err[256];
 
+	int64_t wall0_ms = fake_clock.wall_ns(NULL) / 1000000;
+
 	make_conf(&c, fake_start(&f));
 	c.protocol = 311;
 	c.sync_quiet_ms = 1000;
 	ck_assert_int_eq(mqtt_new(&c, &m, err, sizeof(err)), 0);
 	conf_free(&c);
+	ck_assert_int_eq(mqtt_set_clock(m, &fake_clock), 0);
 	q->gated = true;
 	ck_assert_int_eq(mqtt_start(m, &q->s), 0);
+	ck_assert_int_eq(mqtt_set_clock(m, &fake_clock), -EBUSY);
 
 	/* r/0 is held in the sink well past sync_quiet: not synced. */
 	WAIT_FOR(tsink_blocked(q) == 1, DEADLINE_MS);
-	usleep(1200 * 1000);
+	fake_clock_advance(1200);
 	ck_assert(!mqtt_synced(m, NULL));
 	/* r/0 done, r/1 held as long again: still not synced. */
 	tsink_allow(q, 1, false);
 	WAIT_FOR(tsink_n(q) == 1 && tsink_blocked(q) == 1, DEADLINE_MS);
-	usleep(1200 * 1000);
 	ck_assert(!mqtt_synced(m, NULL));
+	fake_clock_advance(1200);
 	/* r/1 done: quiet counts from there. */
 	tsink_allow(q, 1, false);
 	WAIT_FOR(tsink_n(q) == 2, DEADLINE_MS);
-	usleep(200 * 1000);
-	ck_assert_msg(!mqtt_synced(m, NULL), "synced 200 ms after a message (sync_quiet 1 s)");
-	WAIT_FOR(mqtt_synced(m, NULL), DEADLINE_MS);
+	ck_assert_int_eq(mqtt_wait_turn(m, DEADLINE_MS), 0);
+	ck_assert_msg(!mqtt_synced(m, NULL), "synced right after a slow hand-over (sync_quiet 1 s)");
+	fake_clock_advance(999);
+	ck_assert_int_eq(mqtt_wait_turn(m, DEADLINE_MS), 0);
+	ck_assert_msg(!mqtt_synced(m, NULL), "synced 999 ms after a message (sync_quiet 1 s)");
+	fake_clock_advance(1);
+	ck_assert_int_eq(mqtt_wait_turn(m, DEADLINE_MS), 0);
+	ck_assert_msg(mqtt_synced(m, NULL), "not synced sync_quiet after the last message");
 	ck_assert_str_eq(q->m[0]->m.topic, "r/0");
 	ck_assert_str_eq(q->m[1]->m.topic, "r/1");
 	ck_assert(q->m[0]->m.retained && q->m[1]->m.retained);
+	/* Receive times come from the injected wall clock. */
+	ck_assert_int_eq(q->m[0]->m.recv_ms, wall0_ms);
 
 	tsink_allow(q, 0, true);
 	mqtt_free(m);
@@ -818,6 +831,103 @@ START_TEST(test_retry_log_rate_limited)
 	for (char *p = buf; (p = strstr(p, "cannot connect")) != NULL; p++)
 		lines++;
 	ck_assert_msg(lines == 1, "%d connect-failure lines for %d attempts:\n%s", lines, accepted, buf);
+	close(logfd);
+	unlink(logpath);
+	close(lfd);
+	mqtt_free(m);
+	tsink_free(q);
+}
+END_TEST
+
+/* Accept one connection on lfd within the deadline and close it at once. */
+static void accept_close(int lfd)
+{
+	int64_t dl = mono_ms() + DEADLINE_MS;
+
+	while (mono_ms() < dl) {
+		struct pollfd p = { .fd = lfd, .events = POLLIN };
+
+		if (poll(&p, 1, 100) > 0) {
+			int cfd = accept(lfd, NULL, NULL);
+
+			if (cfd >= 0) {
+				close(cfd);
+				return;
+			}
+		}
+	}
+	ck_abort_msg("no connection attempt within %d ms", DEADLINE_MS);
+}
+
+/* Count the lines of the file at fd holding needle. */
+static int count_in(int fd, const char *needle, char *buf, size_t n)
+{
+	ssize_t r;
+	int lines = 0;
+
+	lseek(fd, 0, SEEK_SET);
+	r = read(fd, buf, n - 1);
+	ck_assert_int_ge(r, 0);
+	buf[r] = '\0';
+	for (char *p = buf; (p = strstr(p, needle)) != NULL; p++)
+		lines++;
+	return lines;
+}
+
+/*
+** An unchanged connect failure is logged once, then repeated only after
+** MQTT_FAIL_REMIND_MS (5 minutes) with the count: with the fake clock the
+** test moves the backoff and the five minutes by hand, attempt by attempt.
+*/
+START_TEST(test_retry_reminder)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t len = sizeof(a);
+	char logpath[] = "/tmp/sm-test-mqtt-log-XXXXXX";
+	struct tsink *q = tsink_new();
+	int lfd = socket(AF_INET, SOCK_STREAM, 0), logfd, saved;
+	struct mqtt *m;
+	struct conf c;
+	char err[256], buf[8192];
+
+	ck_assert_int_eq(bind(lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+	ck_assert_int_eq(listen(lfd, 16), 0);
+	ck_assert_int_eq(getsockname(lfd, (struct sockaddr *)&a, &len), 0);
+	make_conf(&c, ntohs(a.sin_port));
+	c.reconnect_min_ms = 10;
+	c.reconnect_max_ms = 20;
+	ck_assert_int_eq(mqtt_new(&c, &m, err, sizeof(err)), 0);
+	conf_free(&c);
+	ck_assert_int_eq(mqtt_set_clock(m, &fake_clock), 0);
+
+	logfd = mkstemp(logpath);
+	ck_assert_int_ge(logfd, 0);
+	saved = dup(2);
+	dup2(logfd, 2);
+	ck_assert_int_eq(mqtt_start(m, &q->s), 0);
+	for (int i = 0; i < 5; i++) {
+		accept_close(lfd);
+		ck_assert_int_eq(mqtt_wait_turn(m, DEADLINE_MS), 0);
+		/* No time has passed: no new attempt until the backoff is over. */
+		ck_assert_int_eq(mqtt_wait_turn(m, DEADLINE_MS), 0);
+		{
+			struct pollfd p = { .fd = lfd, .events = POLLIN };
+
+			ck_assert_int_eq(poll(&p, 1, 0), 0);
+		}
+		fake_clock_advance(20);
+	}
+	ck_assert_int_eq(count_in(logfd, "cannot connect to", buf, sizeof(buf)), 1);
+	ck_assert_int_eq(count_in(logfd, "still cannot connect", buf, sizeof(buf)), 0);
+	fake_clock_advance(300000);
+	accept_close(lfd);
+	ck_assert_int_eq(mqtt_wait_turn(m, DEADLINE_MS), 0);
+	mqtt_stop(m);
+	dup2(saved, 2);
+	close(saved);
+	ck_assert_int_eq(count_in(logfd, "cannot connect to", buf, sizeof(buf)), 1);
+	ck_assert_msg(count_in(logfd, "still cannot connect after 6 attempts", buf, sizeof(buf)) == 1,
+		      "no reminder after 5 minutes:\n%s", buf);
 	close(logfd);
 	unlink(logpath);
 	close(lfd);
@@ -1015,6 +1125,7 @@ static Suite *mqtt_suite(void)
 	tcase_add_test(tc, test_slow_sink_backpressure);
 	tcase_add_test(tc, test_slow_sink_is_not_quiet);
 	tcase_add_test(tc, test_decoder_dispatch);
+	tcase_add_test(tc, test_retry_reminder);
 	suite_add_tcase(s, tc);
 	return s;
 }
