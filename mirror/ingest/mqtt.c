@@ -82,6 +82,7 @@ enum sub_state { SUB_PENDING, SUB_OK, SUB_FAILED };
 
 struct sub {
 	char *filter;
+	bool exact;            /* no wildcard: a topic ([subscribe] retained, or a plain filter) */
 	int mid;
 	enum sub_state state;
 	int reason;            /* SUBACK reason code or MOSQ_ERR_* when failed */
@@ -102,7 +103,7 @@ struct mqtt {
 	char *urls[CONF_MAX_URLS];
 	size_t nurls;
 	char *client_id;           /* NULL: the broker or library picks one */
-	int protocol;              /* 5 or 311 */
+	int proto_conf;            /* as configured: 0 (auto: offer 5, fall back to 3.1.1), 5 or 311 */
 	int qos;
 	bool persistent;
 	int keepalive_s;
@@ -112,6 +113,8 @@ struct mqtt {
 	int64_t reconnect_min_ms, reconnect_max_ms, sync_quiet_ms;
 	struct sub *subs;
 	size_t nsubs;
+	size_t nexact;             /* subs that are exact topics... */
+	const char **exact_sorted; /* ... their topics, sorted (strcmp) */
 	size_t max_payload, max_topic_len;
 	int64_t connack_timeout_ms;
 
@@ -144,6 +147,12 @@ struct mqtt {
 	bool ever_connected;
 	bool just_connected;       /* on_connect fired; the loop finishes the work */
 	bool refused;              /* CONNACK refused; reason in why */
+	int refused_rc;            /* its reason code (3.1.1 return code or MQTT 5 reason) */
+	bool got_connack;          /* a CONNACK arrived on this attempt */
+	int protocol;              /* offered on this attempt (and the link's): 5 or 311 */
+	bool fallback_try;         /* auto: this attempt is the 3.1.1 retry after MQTT 5 failed */
+	int url_proto[CONF_MAX_URLS];   /* auto: the version a URL answered, 0 not known */
+	char url_note[CONF_MAX_URLS][96]; /* auto: why a URL speaks 3.1.1 ("" when 5) */
 	bool session_present;
 	int disconnect_rc;         /* reason from on_disconnect, -1 = none */
 	size_t subs_pending;
@@ -152,6 +161,7 @@ struct mqtt {
 	int64_t quiet_since_ms;    /* monotonic: last SUBACK or retained message */
 	int64_t next_attempt_ms;
 	uint64_t retained_burst;
+	uint64_t retained_exact;   /* of which on a topic subscribed exactly */
 	uint64_t failed_attempts;
 	int64_t fail_logged_ms;
 	char why[160];             /* the current failure reason */
@@ -169,7 +179,7 @@ struct mqtt {
 	_Atomic uint64_t epoch;
 	_Atomic uint64_t sub_failures;
 	pthread_mutex_t mu;        /* status, outbox */
-	char status[320];
+	char status[512];
 	struct outmsg *outbox;
 	size_t noutbox;
 };
@@ -285,6 +295,82 @@ static void drain_wake(struct mqtt *m)
 		;
 }
 
+/* Is rc a CONNACK's "this protocol version is not spoken here"? */
+static bool refused_version(int protocol, int rc)
+{
+	return protocol == 5 ? rc == MQTT_RC_UNSUPPORTED_PROTOCOL_VERSION
+			     : rc == CONNACK_REFUSED_PROTOCOL_VERSION;
+}
+
+/*
+** The cause of a refused CONNECT, named for an operator, with the setting
+** to look at. rc is the 3.1.1 return code or the MQTT 5 reason code (for a
+** 3.1.1-only broker answering an MQTT 5 CONNECT libmosquitto reports 0x84).
+*/
+static void connack_cause(int protocol, int rc, char *buf, size_t n)
+{
+	const char *what = NULL;
+
+	if (refused_version(protocol, rc)) {
+		what = protocol == 5 ? "unsupported protocol version: the broker does not speak MQTT 5 "
+				       "(set [broker] protocol = auto or 3.1.1)"
+				     : "unacceptable protocol version: the broker does not speak MQTT 3.1.1";
+	} else if (protocol == 5) {
+		switch (rc) {
+		case MQTT_RC_CLIENTID_NOT_VALID:
+			what = "client id rejected (check [broker] client_id)";
+			break;
+		case MQTT_RC_BAD_USERNAME_OR_PASSWORD:
+			what = "bad user name or password (check [broker] username and password_file)";
+			break;
+		case MQTT_RC_NOT_AUTHORIZED:
+			what = "not authorised (the broker's access control refuses this client)";
+			break;
+		case MQTT_RC_SERVER_UNAVAILABLE:
+			what = "server unavailable";
+			break;
+		case MQTT_RC_SERVER_BUSY:
+			what = "server busy";
+			break;
+		case MQTT_RC_BANNED:
+			what = "this client is banned";
+			break;
+		case MQTT_RC_BAD_AUTHENTICATION_METHOD:
+			what = "bad authentication method";
+			break;
+		default:
+			break;
+		}
+	} else {
+		switch (rc) {
+		case CONNACK_REFUSED_IDENTIFIER_REJECTED:
+			what = "client id rejected (check [broker] client_id)";
+			break;
+		case CONNACK_REFUSED_SERVER_UNAVAILABLE:
+			what = "server unavailable";
+			break;
+		case CONNACK_REFUSED_BAD_USERNAME_PASSWORD:
+			what = "bad user name or password (check [broker] username and password_file)";
+			break;
+		case CONNACK_REFUSED_NOT_AUTHORIZED:
+			what = "not authorised (the broker's access control refuses this client)";
+			break;
+		default:
+			break;
+		}
+	}
+	if (what)
+		snprintf(buf, n, "the broker refused the connection: %s", what);
+	else
+		snprintf(buf, n, "the broker refused the connection: %s (code %d)",
+			 protocol == 5 ? mosquitto_reason_string(rc) : mosquitto_connack_string(rc), rc);
+}
+
+static const char *proto_name(int protocol)
+{
+	return protocol == 5 ? "5" : "3.1.1";
+}
+
 /* ---- callbacks (session thread, inside libmosquitto) ---- */
 
 static void on_connect(struct mosquitto *mosq, void *obj, int rc, int flags,
@@ -295,10 +381,11 @@ static void on_connect(struct mosquitto *mosq, void *obj, int rc, int flags,
 	(void)mosq;
 	(void)props;
 	m->events++;
+	m->got_connack = true;
 	if (rc != 0) {
 		m->refused = true;
-		snprintf(m->why, sizeof(m->why), "connection refused by the broker: %s",
-			 m->protocol == 5 ? mosquitto_reason_string(rc) : mosquitto_connack_string(rc));
+		m->refused_rc = rc;
+		connack_cause(m->protocol, rc, m->why, sizeof(m->why));
 		return;
 	}
 	m->just_connected = true;
@@ -342,6 +429,17 @@ static void on_subscribe(struct mosquitto *mosq, void *obj, int mid, int count,
 		m->status_dirty = true;
 		break;
 	}
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Is topic one of the exact subscriptions? (Retained burst only: a bsearch.) */
+static bool is_exact(const struct mqtt *m, const char *topic)
+{
+	return bsearch(&topic, m->exact_sorted, m->nexact, sizeof(*m->exact_sorted), cmp_str) != NULL;
 }
 
 /* The first decoder that claims the topic; the last (JSON) takes the rest. */
@@ -410,6 +508,8 @@ static void on_message(struct mosquitto *mosq, void *obj, const struct mosquitto
 	if (msg->retain && !m->local_synced) {
 		m->quiet_since_ms = now_ms(m);
 		m->retained_burst++;
+		if (m->nexact && is_exact(m, msg->topic))
+			m->retained_exact++;
 	}
 }
 
@@ -511,9 +611,8 @@ static int ensure_handle(struct mqtt *m, bool tls)
 			 strerror_r(errno ? errno : ENOMEM, (char[128]){ 0 }, 128));
 		return errno ? -errno : -ENOMEM;
 	}
-	rc = mosquitto_int_option(mosq, MOSQ_OPT_PROTOCOL_VERSION,
-				  m->protocol == 5 ? MQTT_PROTOCOL_V5 : MQTT_PROTOCOL_V311);
-	if (rc == MOSQ_ERR_SUCCESS && tls) {
+	rc = MOSQ_ERR_SUCCESS;
+	if (tls) {
 		if (m->tls_ca) {
 			rc = mosquitto_tls_set(mosq, m->tls_ca, NULL, m->tls_cert, m->tls_key, NULL);
 		} else {
@@ -557,6 +656,20 @@ static int session_connect(struct mqtt *m)
 	rc = ensure_handle(m, u.tls);
 	if (rc < 0)
 		return rc;
+	/* The version to offer: as configured; with auto, what this URL
+	 * answered before, else 5, or 3.1.1 on the retry after 5 failed. */
+	if (m->proto_conf)
+		m->protocol = m->proto_conf;
+	else if (m->fallback_try)
+		m->protocol = 311;
+	else
+		m->protocol = m->url_proto[m->url_idx] ? m->url_proto[m->url_idx] : 5;
+	rc = mosquitto_int_option(m->mosq, MOSQ_OPT_PROTOCOL_VERSION,
+				  m->protocol == 5 ? MQTT_PROTOCOL_V5 : MQTT_PROTOCOL_V311);
+	if (rc != MOSQ_ERR_SUCCESS) {
+		mosq_reason(rc, errno, m->why, sizeof(m->why));
+		return mosq_errno(rc, errno);
+	}
 	if (m->username || m->password_file) {
 		/* Read at every connect so a rotated secret is picked up. */
 		if (m->password_file) {
@@ -590,6 +703,8 @@ static int session_connect(struct mqtt *m)
 		}
 	}
 	m->refused = false;
+	m->refused_rc = 0;
+	m->got_connack = false;
 	m->just_connected = false;
 	m->disconnect_rc = -1;
 	errno = 0;
@@ -632,6 +747,43 @@ static void attempt_failed(struct mqtt *m, int64_t now)
 		   (long long)delay);
 }
 
+/*
+** An attempt ended before the link came up. suspect (NULL if not): the
+** failure may mean the broker does not speak the version offered (a
+** refusal of the version, a hang-up or silence instead of a CONNACK), said
+** for the status ("the broker refused MQTT 5"). With protocol
+** = auto an MQTT 5 attempt that failed so is retried at once, on the same
+** URL, with 3.1.1; a URL that answered 3.1.1 keeps it for the session.
+*/
+static void connect_failed(struct mqtt *m, int64_t now, const char *suspect)
+{
+	const char *url = m->urls[m->url_idx];
+	bool was_fallback = m->fallback_try;
+
+	m->fallback_try = false;
+	if (!m->proto_conf && m->protocol == 5 && suspect) {
+		snprintf(m->url_note[m->url_idx], sizeof(m->url_note[m->url_idx]), "%s", suspect);
+		log_warnx("mqtt: %s: %s; trying MQTT 3.1.1", url, m->why);
+		m->fallback_try = true;
+		m->link = LINK_IDLE;
+		m->next_attempt_ms = now;
+		set_status(m, "%s: %s; trying MQTT 3.1.1", url, m->url_note[m->url_idx]);
+		return;
+	}
+	if (!m->proto_conf && m->protocol == 311) {
+		if (m->got_connack) {
+			/* It answered in 3.1.1: it speaks it, whatever it refused. */
+			m->url_proto[m->url_idx] = 311;
+		} else if (was_fallback) {
+			/* 3.1.1 fared no better: the version was not the cause. */
+			m->url_note[m->url_idx][0] = '\0';
+			snprintf(m->why + strlen(m->why), sizeof(m->why) - strlen(m->why),
+				 "; with MQTT 5 too");
+		}
+	}
+	attempt_failed(m, now);
+}
+
 static void subscribe_all(struct mqtt *m)
 {
 	m->subs_pending = 0;
@@ -655,6 +807,7 @@ static void subscribe_all(struct mqtt *m)
 static void went_up(struct mqtt *m, int64_t now)
 {
 	const char *url = m->urls[m->url_idx];
+	char after[48] = "";
 
 	m->just_connected = false;
 	m->link = LINK_UP;
@@ -663,6 +816,7 @@ static void went_up(struct mqtt *m, int64_t now)
 	m->up_ms = now;
 	m->quiet_since_ms = now;
 	m->retained_burst = 0;
+	m->retained_exact = 0;
 	m->local_synced = false;
 	atomic_store(&m->connected, true);
 	STAT_SET(broker_connected, 1);
@@ -670,15 +824,18 @@ static void went_up(struct mqtt *m, int64_t now)
 	if (m->ever_connected)
 		STAT_INC(reconnects);
 	m->ever_connected = true;
+	m->fallback_try = false;
+	if (!m->proto_conf) {
+		if (m->protocol == 5)
+			m->url_note[m->url_idx][0] = '\0';
+		m->url_proto[m->url_idx] = m->protocol;
+	}
 	if (m->failed_attempts)
-		log_info("mqtt: connected to %s (MQTT %s, %s session%s) after %llu failed attempt(s)",
-			 url, m->protocol == 5 ? "5" : "3.1.1", m->persistent ? "persistent" : "clean",
-			 m->session_present ? ", resumed" : "",
+		snprintf(after, sizeof(after), " after %llu failed attempt(s)",
 			 (unsigned long long)m->failed_attempts);
-	else
-		log_info("mqtt: connected to %s (MQTT %s, %s session%s)", url,
-			 m->protocol == 5 ? "5" : "3.1.1", m->persistent ? "persistent" : "clean",
-			 m->session_present ? ", resumed" : "");
+	log_info("mqtt: connected to %s (MQTT %s%s%s, %s session%s)%s", url, proto_name(m->protocol),
+		 m->url_note[m->url_idx][0] ? ": " : "", m->url_note[m->url_idx],
+		 m->persistent ? "persistent" : "clean", m->session_present ? ", resumed" : "", after);
 	m->failed_attempts = 0;
 	m->fail_logged[0] = '\0';
 	/* Resubscribe even when the broker resumed the session: the SUBACKs
@@ -721,6 +878,17 @@ static void went_down(struct mqtt *m, int rc, int e, int64_t now)
 	set_status(m, "connection to %s lost: %s; reconnecting", url, m->why);
 }
 
+/* "12 retained message(s) from 3 wildcard and 40 exact subscription(s) (10 on the exact ones)" */
+static void bootstrap_text(const struct mqtt *m, char *buf, size_t n)
+{
+	int w = snprintf(buf, n, "%llu retained message(s) from %zu wildcard and %zu exact subscription(s)",
+			 (unsigned long long)m->retained_burst, m->nsubs - m->nexact, m->nexact);
+
+	if (m->nexact && m->nexact < m->nsubs && w > 0 && (size_t)w < n)
+		snprintf(buf + w, n - (size_t)w, " (%llu on the exact ones)",
+			 (unsigned long long)m->retained_exact);
+}
+
 static void update_status(struct mqtt *m)
 {
 	const char *url = m->urls[m->url_idx];
@@ -759,10 +927,16 @@ static void update_status(struct mqtt *m)
 			   url, m->nsubs - m->subs_pending, m->nsubs);
 	else if (!m->local_synced)
 		set_status(m, "receiving retained messages from %s", url);
-	else if (nfailed)
-		set_status(m, "synced with %s; %zu subscription(s) refused: %s", url, nfailed, failed);
-	else
-		set_status(m, "synced with %s", url);
+	else {
+		char boot[160], refused[240] = "";
+
+		bootstrap_text(m, boot, sizeof(boot));
+		if (nfailed)
+			snprintf(refused, sizeof(refused), "; %zu subscription(s) refused: %s", nfailed,
+				 failed);
+		set_status(m, "synced with %s (MQTT %s%s%s): %s%s", url, proto_name(m->protocol),
+			   m->url_note[m->url_idx][0] ? ": " : "", m->url_note[m->url_idx], boot, refused);
+	}
 }
 
 /* Send what waits in the outbox. Session thread, link up. */
@@ -792,6 +966,8 @@ static void flush_outbox(struct mqtt *m)
 
 static void check_sync(struct mqtt *m, int64_t now)
 {
+	char boot[160];
+
 	if (m->link != LINK_UP || m->local_synced || m->subs_pending)
 		return;
 	if (now - m->quiet_since_ms < m->sync_quiet_ms)
@@ -802,9 +978,17 @@ static void check_sync(struct mqtt *m, int64_t now)
 	atomic_store(&m->synced, true);
 	STAT_SET(synced, 1);
 	link_changed(m);
-	log_info("mqtt: synced with %s: %zu subscription(s), %llu retained message(s) in %lld ms",
-		 m->urls[m->url_idx], m->nsubs, (unsigned long long)m->retained_burst,
-		 (long long)(now - m->up_ms));
+	bootstrap_text(m, boot, sizeof(boot));
+	log_info("mqtt: synced with %s (MQTT %s): %s in %lld ms", m->urls[m->url_idx],
+		 proto_name(m->protocol), boot, (long long)(now - m->up_ms));
+	/* Nothing silent: a broker that gave retained messages to the exact
+	 * subscriptions and none to the wildcard ones does not deliver them
+	 * to wildcards at all (RabbitMQ, rabbitmq-server#8824). */
+	if (m->nexact && m->nexact < m->nsubs && m->retained_exact &&
+	    m->retained_burst == m->retained_exact)
+		log_warnx("mqtt: %s gave retained messages to exact subscriptions only: it does not "
+			  "deliver them to wildcard subscriptions; retained values are bootstrapped "
+			  "only for the topics under [subscribe] retained", m->urls[m->url_idx]);
 	m->status_dirty = true;
 }
 
@@ -890,18 +1074,31 @@ static void session_turn(struct mqtt *m)
 	if (rc != MOSQ_ERR_SUCCESS || mosquitto_socket(m->mosq) < 0 || m->refused) {
 		if (m->link == LINK_UP) {
 			went_down(m, rc, e, now);
-		} else {
+		} else if (m->refused || m->got_connack ||
+			   (rc != MOSQ_ERR_SUCCESS && rc != MOSQ_ERR_CONN_LOST)) {
 			if (!m->refused)
 				mosq_reason(rc ? rc : MOSQ_ERR_CONN_LOST, e, m->why, sizeof(m->why));
-			attempt_failed(m, now);
+			connect_failed(m, now, m->refused && refused_version(m->protocol, m->refused_rc)
+						       ? "the broker refused MQTT 5" : NULL);
+		} else {
+			/* TCP was up (connect is blocking) and CONNECT sent: the
+			 * broker hung up without a CONNACK. RabbitMQ 3.10 answers
+			 * an MQTT 5 CONNECT so. */
+			snprintf(m->why, sizeof(m->why),
+				 "the broker closed the connection without answering CONNECT (MQTT %s)%s",
+				 proto_name(m->protocol),
+				 m->protocol == 5 && m->proto_conf == 5
+					 ? ": a broker that does not speak MQTT 5 does this "
+					   "(set [broker] protocol = auto or 3.1.1)" : "");
+			connect_failed(m, now, "the broker closed the connection after an MQTT 5 CONNECT");
 		}
 		return;
 	}
 	if (m->link == LINK_CONNECTING && now - m->attempt_ms >= m->connack_timeout_ms) {
-		snprintf(m->why, sizeof(m->why), "no CONNACK within %lld ms",
-			 (long long)m->connack_timeout_ms);
+		snprintf(m->why, sizeof(m->why), "no CONNACK within %lld ms (MQTT %s)",
+			 (long long)m->connack_timeout_ms, proto_name(m->protocol));
 		/* The next connect (or mqtt_free) closes the half-open socket. */
-		attempt_failed(m, now);
+		connect_failed(m, now, "the broker did not answer an MQTT 5 CONNECT");
 		return;
 	}
 	if (m->link == LINK_UP) {
@@ -942,6 +1139,7 @@ static void *session_main(void *arg)
 			set_status(m, "connecting to %s", m->urls[m->url_idx]);
 		m->attempt_ms = now;
 		if (session_connect(m) < 0) {
+			m->fallback_try = false;
 			attempt_failed(m, now_ms(m));
 			continue;
 		}
@@ -973,6 +1171,43 @@ static int dup_str(char **dst, const char *src)
 		return 0;
 	*dst = strdup(src);
 	return *dst ? 0 : -ENOMEM;
+}
+
+/* One SUBSCRIBE per filter or topic; a topic given twice is subscribed once. */
+static int add_sub(struct mqtt *m, const char *filter)
+{
+	struct sub *s;
+
+	if (!filter || !*filter)
+		return 0;
+	for (size_t i = 0; i < m->nsubs; i++)
+		if (strcmp(m->subs[i].filter, filter) == 0)
+			return 0;
+	s = &m->subs[m->nsubs];
+	s->filter = strdup(filter);
+	if (!s->filter)
+		return -ENOMEM;
+	s->exact = !strpbrk(filter, "+#");
+	m->nsubs++;
+	m->nexact += s->exact;
+	return 0;
+}
+
+/* The exact topics, sorted, to tell the retained messages they bring. */
+static int index_exact(struct mqtt *m)
+{
+	size_t k = 0;
+
+	if (!m->nexact)
+		return 0;
+	m->exact_sorted = calloc(m->nexact, sizeof(*m->exact_sorted));
+	if (!m->exact_sorted)
+		return -ENOMEM;
+	for (size_t i = 0; i < m->nsubs; i++)
+		if (m->subs[i].exact)
+			m->exact_sorted[k++] = m->subs[i].filter;
+	qsort(m->exact_sorted, m->nexact, sizeof(*m->exact_sorted), cmp_str);
+	return 0;
 }
 
 int mqtt_new(const struct conf *c, struct mqtt **ret, char *err, size_t errlen)
@@ -1013,11 +1248,11 @@ int mqtt_new(const struct conf *c, struct mqtt **ret, char *err, size_t errlen)
 		if (dup_str(&m->urls[i], c->urls[i]) < 0)
 			goto fail;
 	m->nurls = c->nurls;
-	for (size_t i = 0; i < c->nfilters; i++) {
-		if (dup_str(&m->subs[i].filter, c->filters[i]) < 0 || !m->subs[i].filter)
+	for (size_t i = 0; i < c->nfilters; i++)
+		if (add_sub(m, c->filters[i]) < 0)
 			goto fail;
-		m->nsubs++;
-	}
+	if (index_exact(m) < 0)
+		goto fail;
 	if (dup_str(&m->client_id, c->client_id) < 0 || dup_str(&m->username, c->username) < 0 ||
 	    dup_str(&m->password_file, c->password_file) < 0 ||
 	    dup_str(&m->tls_ca, c->tls_ca_file) < 0 || dup_str(&m->tls_cert, c->tls_cert_file) < 0 ||
@@ -1026,7 +1261,8 @@ int mqtt_new(const struct conf *c, struct mqtt **ret, char *err, size_t errlen)
 	if (decode_json_new(c, &m->dec[0]) < 0)
 		goto fail;
 	m->ndec = 1;
-	m->protocol = c->protocol == 5 ? 5 : 311;
+	m->proto_conf = c->protocol == 5 || c->protocol == 311 ? c->protocol : 0;
+	m->protocol = m->proto_conf ? m->proto_conf : 5;
 	m->qos = c->qos == 1 ? 1 : 0;
 	m->persistent = c->session == CONF_SESSION_PERSISTENT;
 	/* libmosquitto refuses a keepalive under 5 s. */
@@ -1184,6 +1420,7 @@ void mqtt_free(struct mqtt *m)
 	for (size_t i = 0; i < m->nsubs; i++)
 		free(m->subs[i].filter);
 	free(m->subs);
+	free(m->exact_sorted);
 	for (size_t i = 0; i < m->nurls; i++)
 		free(m->urls[i]);
 	free(m->client_id);

@@ -581,15 +581,31 @@ START_TEST(test_publish_while_disconnected)
 END_TEST
 
 /*
-** A fake MQTT 3.1.1 broker, just enough to answer CONNECT and SUBSCRIBE:
-** stock mosquitto 2.0 grants every well-formed subscription (its ACLs act
-** at delivery), so a refusing SUBACK needs a broker of our own.
+** A fake MQTT broker, just enough to answer CONNECT and SUBSCRIBE: stock
+** mosquitto 2.0 grants every well-formed subscription (its ACLs act at
+** delivery) and speaks every version, so a refusing SUBACK, a broker that
+** does not speak MQTT 5 or one that refuses a login needs one of our own.
+** It serves up to max_conns connections (1 when 0), one after the other,
+** and records the protocol level of each CONNECT (4 = 3.1.1, 5 = MQTT 5).
 */
+enum fake_v5 {
+	FAKE_V5_OK,       /* MQTT 5 accepted (answered in MQTT 5) */
+	FAKE_V5_REASON,   /* MQTT 5 CONNACK 0x84 unsupported protocol version */
+	FAKE_V5_V3ACK,    /* a 3.1.1 CONNACK with return code 1, as a 3.1.1-only broker answers */
+	FAKE_V5_CLOSE,    /* the connection closed, no CONNACK (RabbitMQ 3.10) */
+};
+
 struct fake {
 	int lfd;
 	pthread_t th;
 	const char *refuse; /* the filter answered with 0x80 */
 	int nretained;      /* retained messages sent after the (last) SUBACK */
+	enum fake_v5 v5;
+	int refuse_code;    /* CONNACK code for every CONNECT (3.1.1 code; x 0x80 + 2.. for 5), 0 none */
+	int max_conns;
+	_Atomic int nconns;
+	int levels[16];
+	_Atomic int cfd;    /* the client being served, -1 none */
 };
 
 static bool read_full(int fd, unsigned char *p, size_t n)
@@ -605,65 +621,131 @@ static bool read_full(int fd, unsigned char *p, size_t n)
 	return true;
 }
 
-static void *fake_broker(void *arg)
+/* The MQTT 5 reason for a 3.1.1 CONNACK return code. */
+static unsigned char v5_reason(int code)
 {
-	struct fake *f = arg;
-	int fd = accept(f->lfd, NULL, NULL);
-	unsigned char h, body[1024];
+	switch (code) {
+	case 1: return 0x84;
+	case 2: return 0x85;
+	case 3: return 0x88;
+	case 4: return 0x86;
+	default: return 0x87;
+	}
+}
 
-	while (fd >= 0 && read_full(fd, &h, 1)) {
+/* Serve one client; returns when it goes (or is dropped). */
+static void fake_serve(struct fake *f, int fd)
+{
+	unsigned char h, body[1024];
+	int level = 4;
+
+	while (read_full(fd, &h, 1)) {
 		size_t len = 0, mul = 1;
 		unsigned char b;
 
 		do {
 			if (!read_full(fd, &b, 1))
-				goto out;
+				return;
 			len += (b & 0x7f) * mul;
 			mul *= 128;
 		} while (b & 0x80);
 		if (len > sizeof(body) || !read_full(fd, body, len))
-			break;
-		if ((h & 0xf0) == 0x10) { /* CONNECT */
-			static const unsigned char connack[] = { 0x20, 2, 0, 0 };
+			return;
+		if ((h & 0xf0) == 0x10) { /* CONNECT: "\0\4MQTT" then the level */
+			level = len > 6 ? body[6] : 0;
+			if (f->nconns <= (int)(sizeof(f->levels) / sizeof(f->levels[0])))
+				f->levels[f->nconns - 1] = level;
+			if (level == 5 && f->v5 == FAKE_V5_CLOSE)
+				return;
+			if (level == 5 && f->v5 == FAKE_V5_V3ACK) {
+				static const unsigned char nack[] = { 0x20, 2, 0, 1 };
 
-			if (write(fd, connack, 4) != 4)
-				break;
+				(void)!write(fd, nack, 4);
+				return;
+			}
+			if (level == 5 && (f->v5 == FAKE_V5_REASON || f->refuse_code)) {
+				unsigned char nack[] = { 0x20, 3, 0,
+							 f->v5 == FAKE_V5_REASON ? 0x84 : v5_reason(f->refuse_code), 0 };
+
+				(void)!write(fd, nack, 5);
+				return;
+			}
+			if (f->refuse_code) {
+				unsigned char nack[] = { 0x20, 2, 0, (unsigned char)f->refuse_code };
+
+				(void)!write(fd, nack, 4);
+				return;
+			}
+			if (level == 5) {
+				static const unsigned char connack[] = { 0x20, 3, 0, 0, 0 };
+
+				if (write(fd, connack, 5) != 5)
+					return;
+			} else {
+				static const unsigned char connack[] = { 0x20, 2, 0, 0 };
+
+				if (write(fd, connack, 4) != 4)
+					return;
+			}
 		} else if ((h & 0xf0) == 0x80 && len >= 5) { /* SUBSCRIBE, one filter */
-			size_t tl = (size_t)body[2] << 8 | body[3];
-			bool refuse = tl == strlen(f->refuse) && memcmp(body + 4, f->refuse, tl) == 0;
-			unsigned char suback[] = { 0x90, 3, body[0], body[1], refuse ? 0x80 : 0x01 };
+			size_t off = level == 5 ? 3 : 2; /* MQTT 5: a properties length (0) */
+			size_t tl = (size_t)body[off] << 8 | body[off + 1];
+			bool refuse = f->refuse && tl == strlen(f->refuse) &&
+				      memcmp(body + off + 2, f->refuse, tl) == 0;
+			unsigned char code = refuse ? 0x80 : 0x01;
+			unsigned char suback3[] = { 0x90, 3, body[0], body[1], code };
+			unsigned char suback5[] = { 0x90, 4, body[0], body[1], 0, code };
 
-			if (write(fd, suback, 5) != 5)
-				break;
+			if (level == 5 ? write(fd, suback5, 6) != 6 : write(fd, suback3, 5) != 5)
+				return;
 			/* QoS 0 retained PUBLISH "r/N" with payload "{}". */
 			for (int i = 0; i < f->nretained; i++) {
-				unsigned char pb[] = { 0x31, 7, 0, 3, 'r', '/', (unsigned char)('0' + i),
-						       '{', '}' };
+				unsigned char pb3[] = { 0x31, 7, 0, 3, 'r', '/', (unsigned char)('0' + i),
+							'{', '}' };
+				unsigned char pb5[] = { 0x31, 8, 0, 3, 'r', '/', (unsigned char)('0' + i),
+							0, '{', '}' };
 
-				if (write(fd, pb, sizeof(pb)) != (ssize_t)sizeof(pb))
-					goto out;
+				if (level == 5 ? write(fd, pb5, sizeof(pb5)) != (ssize_t)sizeof(pb5)
+					       : write(fd, pb3, sizeof(pb3)) != (ssize_t)sizeof(pb3))
+					return;
 			}
 		} else if ((h & 0xf0) == 0xc0) { /* PINGREQ */
 			static const unsigned char pingresp[] = { 0xd0, 0 };
 
 			if (write(fd, pingresp, 2) != 2)
-				break;
+				return;
 		} else if ((h & 0xf0) == 0xe0) { /* DISCONNECT */
-			break;
+			return;
 		}
 	}
-out:
-	if (fd >= 0)
+}
+
+static void *fake_broker(void *arg)
+{
+	struct fake *f = arg;
+	int max = f->max_conns > 0 ? f->max_conns : 1;
+
+	while (f->nconns < max) {
+		int fd = accept(f->lfd, NULL, NULL);
+
+		if (fd < 0)
+			break; /* fake_stop shut the listener down */
+		f->nconns++;
+		f->cfd = fd;
+		fake_serve(f, fd);
+		f->cfd = -1;
 		close(fd);
+	}
 	return NULL;
 }
 
-/* Listen on a free loopback port and serve one client there; returns the port. */
+/* Listen on a free loopback port and serve clients there; returns the port. */
 static int fake_start(struct fake *f)
 {
 	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 	socklen_t alen = sizeof(a);
 
+	f->cfd = -1;
 	f->lfd = socket(AF_INET, SOCK_STREAM, 0);
 	ck_assert_int_ge(f->lfd, 0);
 	ck_assert_int_eq(bind(f->lfd, (struct sockaddr *)&a, sizeof(a)), 0);
@@ -673,9 +755,20 @@ static int fake_start(struct fake *f)
 	return ntohs(a.sin_port);
 }
 
-/* Wait for the fake broker's client to go (mqtt_free sends DISCONNECT). */
+/* Hang up on the client being served (a broker restart, as the client sees it). */
+static void fake_drop(struct fake *f)
+{
+	int fd = f->cfd;
+
+	if (fd >= 0)
+		shutdown(fd, SHUT_RDWR);
+}
+
+/* Wait for the fake broker's client to go (mqtt_free sends DISCONNECT),
+ * and stop listening. */
 static void fake_stop(struct fake *f)
 {
+	shutdown(f->lfd, SHUT_RDWR); /* wakes an accept() waiting for more */
 	pthread_join(f->th, NULL);
 	close(f->lfd);
 }
@@ -931,6 +1024,189 @@ START_TEST(test_retry_reminder)
 }
 END_TEST
 
+/* stderr (the log) to a temporary file, to read back what was logged. */
+struct logcap {
+	char path[40];
+	int fd, saved;
+	char text[16384];
+};
+
+static void logcap_start(struct logcap *l)
+{
+	snprintf(l->path, sizeof(l->path), "/tmp/sm-test-mqtt-log-XXXXXX");
+	l->fd = mkstemp(l->path);
+	ck_assert_int_ge(l->fd, 0);
+	l->saved = dup(2);
+	dup2(l->fd, 2);
+}
+
+/* What was logged so far (the capture goes on). */
+static const char *logcap_text(struct logcap *l)
+{
+	ssize_t n = pread(l->fd, l->text, sizeof(l->text) - 1, 0);
+
+	l->text[n > 0 ? n : 0] = '\0';
+	return l->text;
+}
+
+static void logcap_stop(struct logcap *l)
+{
+	dup2(l->saved, 2);
+	close(l->saved);
+	logcap_text(l);
+	close(l->fd);
+	unlink(l->path);
+}
+
+/* A session with protocol = auto against fake broker f, synced or not. */
+static struct mqtt *auto_session(struct fake *f, struct tsink *q, int protocol)
+{
+	struct mqtt *m;
+	struct conf c;
+	char err[256];
+
+	make_conf(&c, fake_start(f));
+	c.protocol = protocol; /* 0: auto */
+	ck_assert_int_eq(mqtt_new(&c, &m, err, sizeof(err)), 0);
+	conf_free(&c);
+	ck_assert_int_eq(mqtt_start(m, &q->s), 0);
+	return m;
+}
+
+/*
+** protocol = auto against a broker that does not speak MQTT 5, in each of
+** the three ways such a broker answers an MQTT 5 CONNECT: it falls back to
+** 3.1.1 at once, says so in the log and the status, and remembers it.
+*/
+START_TEST(test_auto_falls_back_to_311)
+{
+	static const struct {
+		enum fake_v5 v5;
+		const char *note;
+	} cases[] = {
+		{ FAKE_V5_REASON, "the broker refused MQTT 5" },
+		{ FAKE_V5_V3ACK, "the broker refused MQTT 5" },
+		{ FAKE_V5_CLOSE, "the broker closed the connection after an MQTT 5 CONNECT" },
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct fake f = { .v5 = cases[i].v5, .nretained = 1, .max_conns = 3 };
+		struct tsink *q = tsink_new();
+		struct logcap l;
+		struct mqtt *m;
+		char want[160];
+
+		logcap_start(&l);
+		m = auto_session(&f, q, 0);
+		WAIT_FOR(synced_epoch(m, 1), DEADLINE_MS);
+		ck_assert_int_eq(f.nconns, 2);
+		ck_assert_int_eq(f.levels[0], 5);
+		ck_assert_int_eq(f.levels[1], 4);
+		snprintf(want, sizeof(want), "(MQTT 3.1.1: %s)", cases[i].note);
+		ck_assert_msg(status_has(m, want), "case %zu: status lacks '%s'", i, want);
+		ck_assert(status_has(m, "1 retained message(s) from 1 wildcard and 0 exact"));
+		ck_assert_msg(strstr(logcap_text(&l), "trying MQTT 3.1.1"), "case %zu:\n%s", i, l.text);
+		snprintf(want, sizeof(want), "(MQTT 3.1.1: %s, clean session)", cases[i].note);
+		ck_assert_msg(strstr(l.text, want), "case %zu: no '%s' in\n%s", i, want, l.text);
+		ck_assert_msg(!strstr(l.text, "retrying with backoff"), "case %zu:\n%s", i, l.text);
+		/* Reconnected: 3.1.1 straight away, the URL's version is known. */
+		fake_drop(&f);
+		WAIT_FOR(synced_epoch(m, 2), DEADLINE_MS);
+		ck_assert_int_eq(f.nconns, 3);
+		ck_assert_int_eq(f.levels[2], 4);
+		ck_assert(status_has(m, cases[i].note));
+		mqtt_free(m);
+		fake_stop(&f);
+		logcap_stop(&l);
+		tsink_free(q);
+	}
+}
+END_TEST
+
+/* A broker that speaks MQTT 5 keeps it: no fallback, no note. */
+START_TEST(test_auto_keeps_5)
+{
+	struct fake f = { .v5 = FAKE_V5_OK, .nretained = 2 };
+	struct tsink *q = tsink_new();
+	struct mqtt *m = auto_session(&f, q, 0);
+
+	WAIT_FOR(mqtt_synced(m, NULL), DEADLINE_MS);
+	ck_assert_int_eq(f.nconns, 1);
+	ck_assert_int_eq(f.levels[0], 5);
+	ck_assert(status_has(m, "(MQTT 5): 2 retained message(s)"));
+	mqtt_free(m);
+	fake_stop(&f);
+	tsink_free(q);
+}
+END_TEST
+
+/* With protocol = 5 set, a broker hanging up on CONNECT is named as such. */
+START_TEST(test_fixed_5_hangup_named)
+{
+	struct fake f = { .v5 = FAKE_V5_CLOSE, .max_conns = 1 };
+	struct tsink *q = tsink_new();
+	struct logcap l;
+	struct mqtt *m;
+
+	logcap_start(&l);
+	m = auto_session(&f, q, 5);
+	WAIT_FOR(status_has(m, "closed the connection without answering CONNECT (MQTT 5)"),
+		 DEADLINE_MS);
+	ck_assert(status_has(m, "set [broker] protocol = auto or 3.1.1"));
+	ck_assert(!status_has(m, "connection lost"));
+	mqtt_free(m);
+	fake_stop(&f);
+	logcap_stop(&l);
+	ck_assert_int_eq(f.levels[0], 5);
+	ck_assert_msg(strstr(l.text, "cannot connect to") &&
+		      strstr(l.text, "closed the connection without answering CONNECT"), "%s", l.text);
+	tsink_free(q);
+}
+END_TEST
+
+/*
+** A refused CONNECT names its cause in the log and the status, in either
+** version, and refusals other than the version do not trigger a fallback.
+*/
+START_TEST(test_refused_connect_named)
+{
+	static const struct {
+		int code; /* 3.1.1 return code; the fake answers MQTT 5 with its reason */
+		const char *cause;
+	} cases[] = {
+		{ 2, "client id rejected" },
+		{ 3, "server unavailable" },
+		{ 4, "bad user name or password (check [broker] username and password_file)" },
+		{ 5, "not authorised" },
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		for (int proto = 0; proto <= 311; proto += 311) {
+			struct fake f = { .refuse_code = cases[i].code, .max_conns = 1 };
+			struct tsink *q = tsink_new();
+			struct logcap l;
+			struct mqtt *m;
+
+			logcap_start(&l);
+			m = auto_session(&f, q, proto);
+			WAIT_FOR(status_has(m, cases[i].cause), DEADLINE_MS);
+			ck_assert(status_has(m, "the broker refused the connection: "));
+			ck_assert(!status_has(m, "connection lost"));
+			ck_assert(!mqtt_connected(m));
+			mqtt_free(m);
+			fake_stop(&f);
+			logcap_stop(&l);
+			ck_assert_int_eq(f.nconns, 1);
+			ck_assert_int_eq(f.levels[0], proto ? 4 : 5); /* auto offers 5 first */
+			ck_assert_msg(strstr(l.text, cases[i].cause), "case %zu/%d:\n%s", i, proto, l.text);
+			ck_assert_msg(!strstr(l.text, "trying MQTT 3.1.1"), "case %zu/%d:\n%s", i, proto,
+				      l.text);
+			tsink_free(q);
+		}
+	}
+}
+END_TEST
+
 /* Backpressure: while the sink holds the session thread, nothing more is
  * read; once it lets go, every message arrives and the session syncs. */
 START_TEST(test_slow_sink_backpressure)
@@ -1121,6 +1397,10 @@ static Suite *mqtt_suite(void)
 	tcase_add_test(tc, test_slow_sink_is_not_quiet);
 	tcase_add_test(tc, test_decoder_dispatch);
 	tcase_add_test(tc, test_retry_reminder);
+	tcase_add_test(tc, test_auto_falls_back_to_311);
+	tcase_add_test(tc, test_auto_keeps_5);
+	tcase_add_test(tc, test_fixed_5_hangup_named);
+	tcase_add_test(tc, test_refused_connect_named);
 	suite_add_tcase(s, tc);
 	return s;
 }
