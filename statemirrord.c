@@ -175,11 +175,11 @@ static void report_restart_needed(const struct conf *old, const struct conf *nc)
 		      str_differs(old->tls_ca_file, nc->tls_ca_file) ||
 		      str_differs(old->tls_cert_file, nc->tls_cert_file) ||
 		      str_differs(old->tls_key_file, nc->tls_key_file);
-	bool subs = old->nfilters != nc->nfilters;
+	bool subs = old->nfilters != nc->nfilters || old->nretained != nc->nretained;
 	bool store = str_differs(old->db_path, nc->db_path) || old->max_keys != nc->max_keys ||
 		     old->max_payload != nc->max_payload || old->format != nc->format ||
 		     str_differs(old->timestamp_field, nc->timestamp_field) ||
-		     old->future_skew_ms != nc->future_skew_ms;
+		     old->future_skew_ms != nc->future_skew_ms || old->on_corrupt != nc->on_corrupt;
 	bool http = str_differs(old->http_listen, nc->http_listen) ||
 		    str_differs(old->token_file, nc->token_file);
 
@@ -187,6 +187,8 @@ static void report_restart_needed(const struct conf *old, const struct conf *nc)
 		broker = str_differs(old->urls[i], nc->urls[i]);
 	for (size_t i = 0; !subs && i < nc->nfilters; i++)
 		subs = str_differs(old->filters[i], nc->filters[i]);
+	for (size_t i = 0; !subs && i < nc->nretained; i++)
+		subs = str_differs(old->retained[i], nc->retained[i]);
 	if (broker || subs || store || http)
 		log_warnx("reload: changes to%s%s%s%s take effect only after a restart",
 			  broker ? " [broker]" : "", subs ? " [subscribe]" : "",

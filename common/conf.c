@@ -279,6 +279,20 @@ static const char *fmt_duration(int64_t ms, char *buf, size_t len)
 	return buf;
 }
 
+/* Blanks (and a line's end) off both ends of s, in place. */
+static char *trim(char *s)
+{
+	char *e;
+
+	while (*s == ' ' || *s == '\t')
+		s++;
+	e = s + strlen(s);
+	while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r' || e[-1] == '\n'))
+		e--;
+	*e = '\0';
+	return s;
+}
+
 /* ---- the table ---------------------------------------------------------- */
 
 enum item_type {
@@ -293,11 +307,13 @@ enum item_type {
 	T_SIZE,       /* int64 bytes, min..max */
 	T_DOUBLE,     /* double, > min, <= max */
 	T_ENUM,       /* int, one of names[] */
-	T_PROTOCOL,   /* "5" | "3.1.1" -> 5 | 311 */
+	T_PROTOCOL,   /* "auto" | "5" | "3.1.1" -> 0 | 5 | 311 */
 	T_MODE,       /* octal file mode */
 	T_LOGLEVEL,
 	T_URLS,       /* repeatable, comma-separated */
 	T_FILTERS,    /* repeatable */
+	T_TOPICS,     /* repeatable exact topic names, into retained[] */
+	T_TOPICS_FILE,/* a path; its lines join retained[] */
 	T_RULES,      /* repeatable "FILTER CADENCE|never" */
 	T_CADENCE,    /* learn | never | DURATION */
 	T_MAX
@@ -315,6 +331,7 @@ struct item {
 
 static const char *const format_names[] = { "auto", "json", NULL };
 static const char *const session_names[] = { "clean", "persistent", NULL };
+static const char *const on_corrupt_names[] = { "rebuild", "fail", NULL };
 
 #define O(f) offsetof(struct conf, f)
 #define SEC(n) ((int64_t)(n) * 1000)
@@ -327,7 +344,7 @@ static const char *const session_names[] = { "clean", "persistent", NULL };
 static const struct item items[] = {
 	{ "broker", "url", T_URLS, "mqtt://127.0.0.1:1883", 0, 0, O(urls), NULL },
 	{ "broker", "client_id", T_CLIENT_ID, "statemirror-%h", 0, 0, O(client_id), NULL },
-	{ "broker", "protocol", T_PROTOCOL, "5", 0, 0, O(protocol), NULL },
+	{ "broker", "protocol", T_PROTOCOL, "auto", 0, 0, O(protocol), NULL },
 	{ "broker", "qos", T_INT, "1", 0, 1, O(qos), NULL },
 	{ "broker", "session", T_ENUM, "clean", 0, 0, O(session), session_names },
 	{ "broker", "keepalive", T_DURATION, "30s", SEC(1), SEC(65535), O(keepalive_ms), NULL },
@@ -342,6 +359,8 @@ static const struct item items[] = {
 	{ "broker", "sync_quiet", T_DURATION, "200ms", 10, MIN(1), O(sync_quiet_ms), NULL },
 
 	{ "subscribe", "filter", T_FILTERS, "#", 0, 0, O(filters), NULL },
+	{ "subscribe", "retained", T_TOPICS, NULL, 0, 0, O(retained), NULL },
+	{ "subscribe", "retained_file", T_TOPICS_FILE, NULL, 0, 0, O(retained_file), NULL },
 
 	{ "store", "path", T_STR, "statemirror.db", 0, 0, O(db_path), NULL },
 	{ "store", "max_keys", T_INT64, "1000000", 1, INT64_C(1000000000), O(max_keys), NULL },
@@ -349,6 +368,7 @@ static const struct item items[] = {
 	{ "store", "max_topic_len", T_INT64, "1024", 1, 65535, O(max_topic_len), NULL },
 	{ "store", "commit_interval", T_DURATION, "500ms", 1, SEC(1), O(commit_interval_ms), NULL },
 	{ "store", "max_rejects", T_INT64, "100", 0, 100000, O(max_rejects), NULL },
+	{ "store", "on_corrupt", T_ENUM, "rebuild", 0, 0, O(on_corrupt), on_corrupt_names },
 
 	{ "payload", "format", T_ENUM, "auto", 0, 0, O(format), format_names },
 	{ "payload", "timestamp_field", T_STR, "ts", 0, 0, O(timestamp_field), NULL },
@@ -501,6 +521,13 @@ static void clear_list(struct conf *c, const struct item *it)
 		}
 		c->nfilters = 0;
 		break;
+	case T_TOPICS:
+		for (size_t i = 0; i < c->nretained; i++) {
+			free(c->retained[i]);
+			c->retained[i] = NULL;
+		}
+		c->nretained = 0;
+		break;
 	case T_RULES:
 		for (size_t i = 0; i < c->nrules; i++) {
 			free(c->rules[i].filter);
@@ -534,6 +561,78 @@ static int range_error(const struct item *it, const char *v, char *why, size_t w
 			       fmt_duration(it->min, a, sizeof(a)), fmt_duration(it->max, b, sizeof(b)));
 	return why_ret(why, whylen, -EINVAL, "'%s' out of range (%lld..%lld)", v,
 		       (long long)it->min, (long long)it->max);
+}
+
+/* Add one exact topic name to c->retained (a duplicate is dropped). */
+static int retained_add(struct conf *c, const char *v, char *why, size_t whylen)
+{
+	if (!*v)
+		return why_ret(why, whylen, -EINVAL, "must not be empty");
+	if (topic_name_check(v, strlen(v)) < 0)
+		return why_ret(why, whylen, -EINVAL,
+			       "'%s' is not a valid MQTT topic name (exact names, no + or #)", v);
+	for (size_t i = 0; i < c->nretained; i++)
+		if (strcmp(c->retained[i], v) == 0)
+			return 0;
+	if (c->nretained >= CONF_MAX_FILTERS)
+		return why_ret(why, whylen, -EINVAL,
+			       "more than %d retained topics (retained and retained_file together)",
+			       CONF_MAX_FILTERS);
+	if (!(c->retained[c->nretained] = strdup(v)))
+		return why_ret(why, whylen, -ENOMEM, "out of memory");
+	c->nretained++;
+	return 0;
+}
+
+/* Read a retained_file: one topic per line, '#' comments, blank lines.
+ * Errors name the file's own line: "PATH:LINE: reason". */
+static int retained_read(struct conf *c, const char *path, char *why, size_t whylen)
+{
+	char *line = NULL;
+	size_t cap = 0, total = 0;
+	unsigned lineno = 0;
+	ssize_t n;
+	FILE *fp;
+	int rc = 0;
+
+	if (!(fp = fopen(path, "re"))) {
+		rc = -errno;
+		return why_ret(why, whylen, rc == -ENOMEM ? rc : -EINVAL, "cannot open '%s': %s",
+			       path, strerror(-rc));
+	}
+	while ((n = getline(&line, &cap, fp)) >= 0) {
+		char *s, *hash;
+
+		lineno++;
+		total += (size_t)n;
+		if (total > CONF_RETAINED_FILE_MAX) {
+			rc = why_ret(why, whylen, -EINVAL, "%s:%u: file larger than %d bytes", path,
+				     lineno, CONF_RETAINED_FILE_MAX);
+			goto out;
+		}
+		if (strlen(line) != (size_t)n) {
+			rc = why_ret(why, whylen, -EINVAL, "%s:%u: NUL byte in line", path, lineno);
+			goto out;
+		}
+		if ((hash = strchr(line, '#')))
+			*hash = '\0';
+		s = trim(line);
+		if (!*s)
+			continue;
+		if ((rc = retained_add(c, s, why, whylen)) < 0) {
+			char inner[WHY_MAX];
+
+			snprintf(inner, sizeof(inner), "%s", why);
+			why_ret(why, whylen, rc, "%s:%u: %s", path, lineno, inner);
+			goto out;
+		}
+	}
+	if (ferror(fp))
+		rc = why_ret(why, whylen, -EINVAL, "%s:%u: read error", path, lineno);
+out:
+	free(line);
+	fclose(fp);
+	return rc;
 }
 
 /* Set one value of item `it` from text v. Returns 0, -EINVAL or -ENOMEM
@@ -631,12 +730,14 @@ static int item_set(struct conf *c, const struct item *it, const char *v, char *
 		return why_ret(why, whylen, -EINVAL, "'%s' is not one of %s%s%s", v, it->names[0],
 			       it->names[1] ? " | " : "", it->names[1] ? it->names[1] : "");
 	case T_PROTOCOL:
-		if (strcmp(v, "5") == 0 || strcmp(v, "5.0") == 0)
+		if (strcmp(v, "auto") == 0)
+			*(int *)f = CONF_PROTOCOL_AUTO;
+		else if (strcmp(v, "5") == 0 || strcmp(v, "5.0") == 0)
 			*(int *)f = 5;
 		else if (strcmp(v, "3.1.1") == 0 || strcmp(v, "311") == 0)
 			*(int *)f = 311;
 		else
-			return why_ret(why, whylen, -EINVAL, "'%s' is not 5 or 3.1.1", v);
+			return why_ret(why, whylen, -EINVAL, "'%s' is not auto, 5 or 3.1.1", v);
 		return 0;
 	case T_MODE:
 		errno = 0;
@@ -692,6 +793,17 @@ static int item_set(struct conf *c, const struct item *it, const char *v, char *
 			return why_ret(why, whylen, -ENOMEM, "out of memory");
 		c->nfilters++;
 		return 0;
+	case T_TOPICS:
+		return retained_add(c, v, why, whylen);
+	case T_TOPICS_FILE:
+		if (!*v) {
+			free(c->retained_file);
+			c->retained_file = NULL;
+			return 0;
+		}
+		if (conf_set_str(&c->retained_file, v) < 0)
+			return why_ret(why, whylen, -ENOMEM, "out of memory");
+		return retained_read(c, v, why, whylen);
 	case T_RULES: {
 		struct conf_rule r;
 		if (c->nrules >= CONF_MAX_RULES)
@@ -749,8 +861,13 @@ void conf_free(struct conf *c)
 			free(*(char **)field(c, it));
 			*(char **)field(c, it) = NULL;
 			break;
+		case T_TOPICS_FILE:
+			free(c->retained_file);
+			c->retained_file = NULL;
+			break;
 		case T_URLS:
 		case T_FILTERS:
+		case T_TOPICS:
 		case T_RULES:
 			clear_list(c, it);
 			break;
@@ -779,19 +896,6 @@ int conf_defaults(struct conf *c)
 }
 
 /* ---- the file ----------------------------------------------------------- */
-
-static char *trim(char *s)
-{
-	char *e;
-
-	while (*s == ' ' || *s == '\t')
-		s++;
-	e = s + strlen(s);
-	while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r' || e[-1] == '\n'))
-		e--;
-	*e = '\0';
-	return s;
-}
 
 /* Cut a trailing comment off a value: a ';' or '#' at the value's start or
  * after whitespace, except a leading '#' where the value is a filter. */
@@ -954,9 +1058,12 @@ int conf_load_file(struct conf *c, const char *path, char *err, size_t errlen)
 		val = trim(val);
 		cut_comment(val, it->type == T_FILTERS || it->type == T_RULES);
 		val = trim(val);
-		if (it->type == T_URLS || it->type == T_FILTERS || it->type == T_RULES) {
-			/* The file's first value replaces the default list. */
-			if (!seen[idx])
+		if (it->type == T_URLS || it->type == T_FILTERS || it->type == T_RULES ||
+		    it->type == T_TOPICS) {
+			/* The file's first value replaces the default list (a
+			 * list without default may already hold retained_file's
+			 * topics). */
+			if (!seen[idx] && it->def)
 				clear_list(c, it);
 		} else if (seen[idx]) {
 			rc = fail_at(err, errlen, path, lineno, -EINVAL,
@@ -1060,8 +1167,12 @@ int conf_validate(const struct conf *c, char *err, size_t errlen)
 		if (topic_filter_check(c->rules[i].filter) < 0 || c->rules[i].cadence_ms < 0)
 			return vfail(c, err, errlen, "rule", "invalid rule filter '%s'",
 				     c->rules[i].filter ? c->rules[i].filter : "");
-	if (c->protocol != 5 && c->protocol != 311)
-		return vfail(c, err, errlen, "protocol", "protocol must be 5 or 3.1.1");
+	for (size_t i = 0; i < c->nretained; i++)
+		if (!c->retained[i] || topic_name_check(c->retained[i], strlen(c->retained[i])) < 0)
+			return vfail(c, err, errlen, NULL, "invalid retained topic '%s'",
+				     c->retained[i] ? c->retained[i] : "");
+	if (c->protocol != CONF_PROTOCOL_AUTO && c->protocol != 5 && c->protocol != 311)
+		return vfail(c, err, errlen, "protocol", "protocol must be auto, 5 or 3.1.1");
 	if (c->qos != 0 && c->qos != 1)
 		return vfail(c, err, errlen, "qos", "qos must be 0 or 1");
 	if (c->session == CONF_SESSION_PERSISTENT && (!c->client_id || !*c->client_id))

@@ -945,7 +945,7 @@ int mqtt_new(const struct conf *c, struct mqtt **ret, char *err, size_t errlen)
 	    dup_str(&m->tls_key, c->tls_key_file) < 0 ||
 	    dup_str(&m->ts_field, c->timestamp_field) < 0)
 		goto fail;
-	m->protocol = c->protocol == 5 ? 5 : 311;
+	m->protocol = c->protocol == 311 ? 311 : 5; /* auto offers 5 */
 	m->qos = c->qos == 1 ? 1 : 0;
 	m->persistent = c->session == CONF_SESSION_PERSISTENT;
 	/* libmosquitto refuses a keepalive under 5 s. */
