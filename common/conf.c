@@ -293,13 +293,14 @@ static char *trim(char *s)
 	return s;
 }
 
-/* ---- the table ---------------------------------------------------------- */
+/* ---- the types ---------------------------------------------------------- */
 
+/* The value types; each has a row of operations in types[] below. */
 enum item_type {
 	T_STR,        /* non-empty string */
 	T_STR_OPT,    /* empty = NULL */
 	T_CLIENT_ID,  /* %h = hostname */
-	T_TOPIC,      /* empty or a valid topic name (no wildcards) */
+	T_TOPIC,      /* empty or a valid topic name (no wildcards); %h = hostname */
 	T_LISTEN,     /* HOST:PORT or unix:/path */
 	T_INT,        /* int, min..max */
 	T_INT64,      /* int64, min..max */
@@ -308,26 +309,595 @@ enum item_type {
 	T_DOUBLE,     /* double, > min, <= max */
 	T_ENUM,       /* int, one of names[] */
 	T_PROTOCOL,   /* "auto" | "5" | "3.1.1" -> 0 | 5 | 311 */
-	T_MODE,       /* octal file mode */
-	T_LOGLEVEL,
-	T_URLS,       /* repeatable, comma-separated */
-	T_FILTERS,    /* repeatable */
+	T_MODE,       /* octal file mode, min..max */
+	T_LOGLEVEL,   /* enum log_level */
+	T_URLS,       /* repeatable, comma-separated, into urls[] */
+	T_FILTERS,    /* repeatable, into filters[] */
 	T_TOPICS,     /* repeatable exact topic names, into retained[] */
 	T_TOPICS_FILE,/* a path; its lines join retained[] */
-	T_RULES,      /* repeatable "FILTER CADENCE|never" */
-	T_CADENCE,    /* learn | never | DURATION */
+	T_RULES,      /* repeatable "FILTER CADENCE|never", into rules[] */
+	T_CADENCE,    /* learn | never | DURATION, min..max */
 	T_MAX
 };
 
+/* One configuration key: where it lives in struct conf and how it parses. */
 struct item {
 	const char *section;
 	const char *name;
 	enum item_type type;
 	const char *def;         /* the default, parsed like file text; NULL = none */
-	int64_t min, max;
-	size_t off;
-	const char *const *names; /* T_ENUM */
+	int64_t min, max;        /* bounds, for the types that have them */
+	size_t off;              /* the field in struct conf */
+	const char *const *names; /* T_ENUM: the values, NULL-terminated */
 };
+
+/*
+** The operations of one type (in the manner of redis' standardConfig):
+**   parse   sets (or, for a list, adds) the value from text v. Returns 0,
+**           -EINVAL or -ENOMEM with the reason, without file, line or key,
+**           in why. A failed parse leaves the field as it was, or holding
+**           the values added before (always freeable).
+**   clear   frees what the field owns and resets it (NULL = owns nothing).
+**           conf_free clears every key; a list's first value in the file
+**           clears its default.
+**   list    repeatable: every occurrence adds a value.
+**   hash_first  the value may begin with '#' (a filter): not a comment.
+*/
+struct item_ops {
+	int (*parse)(struct conf *c, const struct item *it, const char *v, char *why,
+		     size_t whylen);
+	void (*clear)(struct conf *c, const struct item *it);
+	bool list;
+	bool hash_first;
+};
+
+static inline void *field(struct conf *c, const struct item *it)
+{
+	return (char *)c + it->off;
+}
+
+static int why_ret(char *why, size_t whylen, int rc, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static int why_ret(char *why, size_t whylen, int rc, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(why, whylen, fmt, ap);
+	va_end(ap);
+	return rc;
+}
+
+static int range_error(const struct item *it, const char *v, char *why, size_t whylen)
+{
+	char a[32], b[32];
+
+	if (it->type == T_DURATION)
+		return why_ret(why, whylen, -EINVAL, "'%s' out of range (%s..%s)", v,
+			       fmt_duration(it->min, a, sizeof(a)), fmt_duration(it->max, b, sizeof(b)));
+	return why_ret(why, whylen, -EINVAL, "'%s' out of range (%lld..%lld)", v,
+		       (long long)it->min, (long long)it->max);
+}
+
+int conf_set_str(char **fieldp, const char *value)
+{
+	char *s = NULL;
+
+	if (value && !(s = strdup(value)))
+		return -ENOMEM;
+	free(*fieldp);
+	*fieldp = s;
+	return 0;
+}
+
+/* A copy of v with every %h replaced by the host name. */
+static int expand_host(const char *v, char **ret)
+{
+	char host[256];
+	size_t n = 0, cap = strlen(v) + 1, hlen;
+	char *out;
+
+	if (gethostname(host, sizeof(host)) < 0)
+		snprintf(host, sizeof(host), "localhost");
+	host[sizeof(host) - 1] = '\0';
+	hlen = strlen(host);
+	for (const char *p = v; *p; p++)
+		if (p[0] == '%' && p[1] == 'h')
+			cap += hlen;
+	out = malloc(cap);
+	if (!out)
+		return -ENOMEM;
+	for (const char *p = v; *p; p++) {
+		if (p[0] == '%' && p[1] == 'h') {
+			memcpy(out + n, host, hlen);
+			n += hlen;
+			p++;
+		} else {
+			out[n++] = *p;
+		}
+	}
+	out[n] = '\0';
+	*ret = out;
+	return 0;
+}
+
+/* ---- strings ---- */
+
+static int set_str(struct conf *c, const struct item *it, const char *v, char *why, size_t whylen)
+{
+	if (conf_set_str((char **)field(c, it), v) < 0)
+		return why_ret(why, whylen, -ENOMEM, "out of memory");
+	return 0;
+}
+
+static int parse_str(struct conf *c, const struct item *it, const char *v, char *why,
+		     size_t whylen)
+{
+	if (!*v)
+		return why_ret(why, whylen, -EINVAL, "must not be empty");
+	return set_str(c, it, v, why, whylen);
+}
+
+static int parse_str_opt(struct conf *c, const struct item *it, const char *v, char *why,
+			 size_t whylen)
+{
+	return set_str(c, it, *v ? v : NULL, why, whylen);
+}
+
+static int parse_client_id(struct conf *c, const struct item *it, const char *v, char *why,
+			   size_t whylen)
+{
+	char *s;
+
+	if (expand_host(v, &s) < 0)
+		return why_ret(why, whylen, -ENOMEM, "out of memory");
+	free(*(char **)field(c, it));
+	*(char **)field(c, it) = s;
+	return 0;
+}
+
+static int parse_topic(struct conf *c, const struct item *it, const char *v, char *why,
+		       size_t whylen)
+{
+	char *s;
+
+	if (expand_host(v, &s) < 0) /* %h: one alert topic per host */
+		return why_ret(why, whylen, -ENOMEM, "out of memory");
+	if (*s && topic_name_check(s, strlen(s)) < 0) {
+		free(s);
+		return why_ret(why, whylen, -EINVAL,
+			       "'%s' is not a valid MQTT topic name (no + or #)", v);
+	}
+	free(*(char **)field(c, it));
+	*(char **)field(c, it) = s;
+	return 0;
+}
+
+static int parse_listen(struct conf *c, const struct item *it, const char *v, char *why,
+			size_t whylen)
+{
+	const char *reason = listen_check(v);
+
+	if (reason)
+		return why_ret(why, whylen, -EINVAL, "'%s': %s", v, reason);
+	return set_str(c, it, v, why, whylen);
+}
+
+static void clear_str(struct conf *c, const struct item *it)
+{
+	free(*(char **)field(c, it));
+	*(char **)field(c, it) = NULL;
+}
+
+/* ---- numbers ---- */
+
+/* A decimal integer within the row's bounds. */
+static int integer_parse(const struct item *it, const char *v, int64_t *ret, char *why,
+			 size_t whylen)
+{
+	char *end;
+	int64_t n;
+
+	errno = 0;
+	n = strtoll(v, &end, 10);
+	if (!*v || *end || errno || !(isdigit((unsigned char)*v) || *v == '-'))
+		return why_ret(why, whylen, -EINVAL, "'%s' is not an integer", v);
+	if (n < it->min || n > it->max)
+		return range_error(it, v, why, whylen);
+	*ret = n;
+	return 0;
+}
+
+static int parse_int(struct conf *c, const struct item *it, const char *v, char *why,
+		     size_t whylen)
+{
+	int64_t n;
+	int rc = integer_parse(it, v, &n, why, whylen);
+
+	if (rc == 0)
+		*(int *)field(c, it) = (int)n;
+	return rc;
+}
+
+static int parse_int64(struct conf *c, const struct item *it, const char *v, char *why,
+		       size_t whylen)
+{
+	return integer_parse(it, v, (int64_t *)field(c, it), why, whylen);
+}
+
+static int parse_duration(struct conf *c, const struct item *it, const char *v, char *why,
+			  size_t whylen)
+{
+	int64_t n;
+
+	if (conf_parse_duration(v, &n) < 0)
+		return why_ret(why, whylen, -EINVAL,
+			       "invalid duration '%s' (e.g. 250ms, 10s, 5m, 2h, 1d)", v);
+	if (n < it->min || n > it->max)
+		return range_error(it, v, why, whylen);
+	*(int64_t *)field(c, it) = n;
+	return 0;
+}
+
+static int parse_size(struct conf *c, const struct item *it, const char *v, char *why,
+		      size_t whylen)
+{
+	int64_t n;
+
+	if (conf_parse_size(v, &n) < 0)
+		return why_ret(why, whylen, -EINVAL, "invalid size '%s' (e.g. 512, 256KiB, 1MiB)", v);
+	if (n < it->min || n > it->max)
+		return range_error(it, v, why, whylen);
+	*(int64_t *)field(c, it) = n;
+	return 0;
+}
+
+static int parse_double(struct conf *c, const struct item *it, const char *v, char *why,
+			size_t whylen)
+{
+	char *end;
+	double d;
+
+	errno = 0;
+	d = strtod(v, &end);
+	if (!*v || *end || errno || !(isdigit((unsigned char)*v) || *v == '.'))
+		return why_ret(why, whylen, -EINVAL, "'%s' is not a number", v);
+	if (!(d > (double)it->min && d <= (double)it->max))
+		return why_ret(why, whylen, -EINVAL, "'%s' out of range (above %lld, at most %lld)",
+			       v, (long long)it->min, (long long)it->max);
+	*(double *)field(c, it) = d;
+	return 0;
+}
+
+static int parse_mode(struct conf *c, const struct item *it, const char *v, char *why,
+		      size_t whylen)
+{
+	char *end;
+	int64_t n;
+
+	errno = 0;
+	n = strtoll(v, &end, 8);
+	if (!*v || *end || errno || !isdigit((unsigned char)*v) || n < it->min || n > it->max)
+		return why_ret(why, whylen, -EINVAL, "'%s' is not an octal mode (0000..0777)", v);
+	*(int *)field(c, it) = (int)n;
+	return 0;
+}
+
+/* ---- names ---- */
+
+static int parse_enum(struct conf *c, const struct item *it, const char *v, char *why,
+		      size_t whylen)
+{
+	for (int i = 0; it->names[i]; i++) {
+		if (strcmp(v, it->names[i]) == 0) {
+			*(int *)field(c, it) = i;
+			return 0;
+		}
+	}
+	return why_ret(why, whylen, -EINVAL, "'%s' is not one of %s%s%s", v, it->names[0],
+		       it->names[1] ? " | " : "", it->names[1] ? it->names[1] : "");
+}
+
+static int parse_protocol(struct conf *c, const struct item *it, const char *v, char *why,
+			  size_t whylen)
+{
+	int *f = field(c, it);
+
+	if (strcmp(v, "auto") == 0)
+		*f = CONF_PROTOCOL_AUTO;
+	else if (strcmp(v, "5") == 0 || strcmp(v, "5.0") == 0)
+		*f = 5;
+	else if (strcmp(v, "3.1.1") == 0 || strcmp(v, "311") == 0)
+		*f = 311;
+	else
+		return why_ret(why, whylen, -EINVAL, "'%s' is not auto, 5 or 3.1.1", v);
+	return 0;
+}
+
+static int parse_loglevel(struct conf *c, const struct item *it, const char *v, char *why,
+			  size_t whylen)
+{
+	if (log_level_parse(v, (enum log_level *)field(c, it)) < 0)
+		return why_ret(why, whylen, -EINVAL,
+			       "'%s' is not a level (error, warn, info, debug)", v);
+	return 0;
+}
+
+static int parse_cadence(struct conf *c, const struct item *it, const char *v, char *why,
+			 size_t whylen)
+{
+	enum conf_default_cadence *kind = field(c, it);
+	int64_t n = 0;
+
+	if (strcmp(v, "learn") == 0) {
+		*kind = CONF_DEFAULT_LEARN;
+	} else if (strcmp(v, "never") == 0) {
+		*kind = CONF_DEFAULT_NEVER;
+	} else if (conf_parse_duration(v, &n) == 0) {
+		if (n < it->min || n > it->max)
+			return range_error(it, v, why, whylen);
+		*kind = CONF_DEFAULT_FIXED;
+	} else {
+		return why_ret(why, whylen, -EINVAL, "'%s' is not learn, never or a duration", v);
+	}
+	c->default_cadence_ms = n;
+	return 0;
+}
+
+/* ---- lists ---- */
+
+static void strv_clear(char **v, size_t *n)
+{
+	for (size_t i = 0; i < *n; i++) {
+		free(v[i]);
+		v[i] = NULL;
+	}
+	*n = 0;
+}
+
+static int parse_urls(struct conf *c, const struct item *it, const char *v, char *why,
+		      size_t whylen)
+{
+	const char *p = v;
+
+	for (;;) {
+		const char *comma = strchr(p, ','), *e = comma ? comma : p + strlen(p), *reason;
+		struct conf_url u;
+		char *one;
+
+		while (p < e && isspace((unsigned char)*p))
+			p++;
+		while (e > p && isspace((unsigned char)e[-1]))
+			e--;
+		if (p == e)
+			return why_ret(why, whylen, -EINVAL, "empty URL in the list");
+		if (!(one = strndup(p, (size_t)(e - p))))
+			return why_ret(why, whylen, -ENOMEM, "out of memory");
+		if ((reason = url_parse(one, &u))) {
+			char shown[256];
+			int rc = why_ret(why, whylen, -EINVAL, "'%s': %s",
+					 url_shown(one, shown, sizeof(shown)), reason);
+			free(one);
+			return rc;
+		}
+		if (c->nurls >= CONF_MAX_URLS) {
+			free(one);
+			return why_ret(why, whylen, -EINVAL, "more than %d URLs", CONF_MAX_URLS);
+		}
+		c->urls[c->nurls++] = one;
+		if (!comma)
+			return 0;
+		p = comma + 1;
+	}
+}
+
+static void clear_urls(struct conf *c, const struct item *it)
+{
+	strv_clear(c->urls, &c->nurls);
+}
+
+static int parse_filter(struct conf *c, const struct item *it, const char *v, char *why,
+			size_t whylen)
+{
+	if (topic_filter_check(v) < 0)
+		return why_ret(why, whylen, -EINVAL, "'%s' is not a valid MQTT topic filter", v);
+	if (c->nfilters >= CONF_MAX_FILTERS)
+		return why_ret(why, whylen, -EINVAL, "more than %d filters", CONF_MAX_FILTERS);
+	if (!(c->filters[c->nfilters] = strdup(v)))
+		return why_ret(why, whylen, -ENOMEM, "out of memory");
+	c->nfilters++;
+	return 0;
+}
+
+static void clear_filters(struct conf *c, const struct item *it)
+{
+	strv_clear(c->filters, &c->nfilters);
+}
+
+/* Add one exact topic name to c->retained (a duplicate is dropped). */
+static int retained_add(struct conf *c, const char *v, char *why, size_t whylen)
+{
+	if (!*v)
+		return why_ret(why, whylen, -EINVAL, "must not be empty");
+	if (topic_name_check(v, strlen(v)) < 0)
+		return why_ret(why, whylen, -EINVAL,
+			       "'%s' is not a valid MQTT topic name (exact names, no + or #)", v);
+	for (size_t i = 0; i < c->nretained; i++)
+		if (strcmp(c->retained[i], v) == 0)
+			return 0;
+	if (c->nretained >= CONF_MAX_FILTERS)
+		return why_ret(why, whylen, -EINVAL,
+			       "more than %d retained topics (retained and retained_file together)",
+			       CONF_MAX_FILTERS);
+	if (!(c->retained[c->nretained] = strdup(v)))
+		return why_ret(why, whylen, -ENOMEM, "out of memory");
+	c->nretained++;
+	return 0;
+}
+
+static int parse_retained(struct conf *c, const struct item *it, const char *v, char *why,
+			  size_t whylen)
+{
+	return retained_add(c, v, why, whylen);
+}
+
+static void clear_retained(struct conf *c, const struct item *it)
+{
+	strv_clear(c->retained, &c->nretained);
+}
+
+/* Read a retained_file into c->retained: one topic per line, '#' comments,
+ * blank lines. Errors name the file's own line: "PATH:LINE: reason". */
+static int retained_read(struct conf *c, const char *path, char *why, size_t whylen)
+{
+	char *line = NULL;
+	size_t cap = 0, total = 0;
+	unsigned lineno = 0;
+	ssize_t n;
+	FILE *fp;
+	int rc = 0;
+
+	if (!(fp = fopen(path, "re"))) {
+		rc = -errno;
+		return why_ret(why, whylen, rc == -ENOMEM ? rc : -EINVAL, "cannot open '%s': %s",
+			       path, strerror(-rc));
+	}
+	while ((n = getline(&line, &cap, fp)) >= 0) {
+		char *s, *hash;
+
+		lineno++;
+		total += (size_t)n;
+		if (total > CONF_RETAINED_FILE_MAX) {
+			rc = why_ret(why, whylen, -EINVAL, "%s:%u: file larger than %d bytes", path,
+				     lineno, CONF_RETAINED_FILE_MAX);
+			goto out;
+		}
+		if (strlen(line) != (size_t)n) {
+			rc = why_ret(why, whylen, -EINVAL, "%s:%u: NUL byte in line", path, lineno);
+			goto out;
+		}
+		if ((hash = strchr(line, '#')))  /* a topic name holds no '#' */
+			*hash = '\0';
+		s = trim(line);
+		if (!*s)
+			continue;
+		if ((rc = retained_add(c, s, why, whylen)) < 0) {
+			char inner[WHY_MAX];
+
+			snprintf(inner, sizeof(inner), "%s", why);
+			why_ret(why, whylen, rc, "%s:%u: %s", path, lineno, inner);
+			goto out;
+		}
+	}
+	if (ferror(fp))
+		rc = why_ret(why, whylen, -EINVAL, "%s:%u: read error", path, lineno);
+out:
+	free(line);
+	fclose(fp);
+	return rc;
+}
+
+/* The path is kept (for the reload report); its topics join retained[]. */
+static int parse_retained_file(struct conf *c, const struct item *it, const char *v, char *why,
+			       size_t whylen)
+{
+	int rc = parse_str_opt(c, it, v, why, whylen);
+
+	return rc < 0 || !*v ? rc : retained_read(c, v, why, whylen);
+}
+
+/* Why a rule is refused, or NULL; *ret is filled on success (filter owned). */
+static const char *rule_parse(const struct item *it, const char *v, struct conf_rule *ret,
+			      char *why, size_t whylen)
+{
+	const char *sp = v, *cad;
+	int64_t ms;
+	char *filter;
+
+	while (*sp && !isspace((unsigned char)*sp))
+		sp++;
+	cad = sp;
+	while (isspace((unsigned char)*cad))
+		cad++;
+	if (sp == v || !*cad)
+		return "expected 'FILTER CADENCE' (a duration or never)";
+	filter = strndup(v, (size_t)(sp - v));
+	if (!filter)
+		return "out of memory";
+	if (topic_filter_check(filter) < 0) {
+		snprintf(why, whylen, "'%s' is not a valid MQTT topic filter", filter);
+		free(filter);
+		return why;
+	}
+	if (strcmp(cad, "never") == 0) {
+		ms = 0;
+	} else if (conf_parse_duration(cad, &ms) < 0) {
+		snprintf(why, whylen, "invalid cadence '%s' (a duration such as 10s, or never)", cad);
+		free(filter);
+		return why;
+	} else if (ms < it->min || ms > it->max) {
+		char a[32], b[32];
+		snprintf(why, whylen, "cadence '%s' out of range (%s..%s, or never)", cad,
+			 fmt_duration(it->min, a, sizeof(a)), fmt_duration(it->max, b, sizeof(b)));
+		free(filter);
+		return why;
+	}
+	ret->filter = filter;
+	ret->cadence_ms = ms;
+	return NULL;
+}
+
+static int parse_rule(struct conf *c, const struct item *it, const char *v, char *why,
+		      size_t whylen)
+{
+	struct conf_rule r;
+	const char *reason;
+
+	if (c->nrules >= CONF_MAX_RULES)
+		return why_ret(why, whylen, -EINVAL, "more than %d rules", CONF_MAX_RULES);
+	if ((reason = rule_parse(it, v, &r, why, whylen))) {
+		if (reason != why)
+			snprintf(why, whylen, "%s", reason);
+		return strcmp(reason, "out of memory") == 0 ? -ENOMEM : -EINVAL;
+	}
+	c->rules[c->nrules++] = r;
+	return 0;
+}
+
+static void clear_rules(struct conf *c, const struct item *it)
+{
+	for (size_t i = 0; i < c->nrules; i++) {
+		free(c->rules[i].filter);
+		c->rules[i].filter = NULL;
+	}
+	c->nrules = 0;
+}
+
+/* One row per type: parse, clear, list, hash_first. */
+static const struct item_ops types[T_MAX] = {
+	[T_STR]         = { parse_str, clear_str, false, false },
+	[T_STR_OPT]     = { parse_str_opt, clear_str, false, false },
+	[T_CLIENT_ID]   = { parse_client_id, clear_str, false, false },
+	[T_TOPIC]       = { parse_topic, clear_str, false, false },
+	[T_LISTEN]      = { parse_listen, clear_str, false, false },
+	[T_INT]         = { parse_int, NULL, false, false },
+	[T_INT64]       = { parse_int64, NULL, false, false },
+	[T_DURATION]    = { parse_duration, NULL, false, false },
+	[T_SIZE]        = { parse_size, NULL, false, false },
+	[T_DOUBLE]      = { parse_double, NULL, false, false },
+	[T_ENUM]        = { parse_enum, NULL, false, false },
+	[T_PROTOCOL]    = { parse_protocol, NULL, false, false },
+	[T_MODE]        = { parse_mode, NULL, false, false },
+	[T_LOGLEVEL]    = { parse_loglevel, NULL, false, false },
+	[T_URLS]        = { parse_urls, clear_urls, true, false },
+	[T_FILTERS]     = { parse_filter, clear_filters, true, true },
+	[T_TOPICS]      = { parse_retained, clear_retained, true, false },
+	[T_TOPICS_FILE] = { parse_retained_file, clear_str, false, false },
+	[T_RULES]       = { parse_rule, clear_rules, true, true },
+	[T_CADENCE]     = { parse_cadence, NULL, false, false },
+};
+
+/* ---- the keys ----------------------------------------------------------- */
 
 static const char *const format_names[] = { "auto", "json", NULL };
 static const char *const session_names[] = { "clean", "persistent", NULL };
@@ -406,11 +976,6 @@ static const char *const sections[] = {
 	"broker", "subscribe", "store", "payload", "staleness", "alerts", "http", "log",
 };
 
-static inline void *field(struct conf *c, const struct item *it)
-{
-	return (char *)c + it->off;
-}
-
 static int item_index(const char *name)
 {
 	for (size_t i = 0; i < NITEMS; i++)
@@ -419,429 +984,18 @@ static int item_index(const char *name)
 	return -1;
 }
 
-/* ---- setters ------------------------------------------------------------ */
-
-int conf_set_str(char **fieldp, const char *value)
-{
-	char *s = NULL;
-
-	if (value && !(s = strdup(value)))
-		return -ENOMEM;
-	free(*fieldp);
-	*fieldp = s;
-	return 0;
-}
-
-/* A copy of v with every %h replaced by the host name. */
-static int expand_host(const char *v, char **ret)
-{
-	char host[256];
-	size_t n = 0, cap = strlen(v) + 1, hlen;
-	char *out;
-
-	if (gethostname(host, sizeof(host)) < 0)
-		snprintf(host, sizeof(host), "localhost");
-	host[sizeof(host) - 1] = '\0';
-	hlen = strlen(host);
-	for (const char *p = v; *p; p++)
-		if (p[0] == '%' && p[1] == 'h')
-			cap += hlen;
-	out = malloc(cap);
-	if (!out)
-		return -ENOMEM;
-	for (const char *p = v; *p; p++) {
-		if (p[0] == '%' && p[1] == 'h') {
-			memcpy(out + n, host, hlen);
-			n += hlen;
-			p++;
-		} else {
-			out[n++] = *p;
-		}
-	}
-	out[n] = '\0';
-	*ret = out;
-	return 0;
-}
-
-/* Why a rule is refused, or NULL; *ret is filled on success (filter owned). */
-static const char *rule_parse(const struct item *it, const char *v, struct conf_rule *ret,
-			      char *why, size_t whylen)
-{
-	const char *sp = v, *cad;
-	int64_t ms;
-	char *filter;
-
-	while (*sp && !isspace((unsigned char)*sp))
-		sp++;
-	cad = sp;
-	while (isspace((unsigned char)*cad))
-		cad++;
-	if (sp == v || !*cad)
-		return "expected 'FILTER CADENCE' (a duration or never)";
-	filter = strndup(v, (size_t)(sp - v));
-	if (!filter)
-		return "out of memory";
-	if (topic_filter_check(filter) < 0) {
-		snprintf(why, whylen, "'%s' is not a valid MQTT topic filter", filter);
-		free(filter);
-		return why;
-	}
-	if (strcmp(cad, "never") == 0) {
-		ms = 0;
-	} else if (conf_parse_duration(cad, &ms) < 0) {
-		snprintf(why, whylen, "invalid cadence '%s' (a duration such as 10s, or never)", cad);
-		free(filter);
-		return why;
-	} else if (ms < it->min || ms > it->max) {
-		char a[32], b[32];
-		snprintf(why, whylen, "cadence '%s' out of range (%s..%s, or never)", cad,
-			 fmt_duration(it->min, a, sizeof(a)), fmt_duration(it->max, b, sizeof(b)));
-		free(filter);
-		return why;
-	}
-	ret->filter = filter;
-	ret->cadence_ms = ms;
-	return NULL;
-}
-
-static void clear_list(struct conf *c, const struct item *it)
-{
-	switch (it->type) {
-	case T_URLS:
-		for (size_t i = 0; i < c->nurls; i++) {
-			free(c->urls[i]);
-			c->urls[i] = NULL;
-		}
-		c->nurls = 0;
-		break;
-	case T_FILTERS:
-		for (size_t i = 0; i < c->nfilters; i++) {
-			free(c->filters[i]);
-			c->filters[i] = NULL;
-		}
-		c->nfilters = 0;
-		break;
-	case T_TOPICS:
-		for (size_t i = 0; i < c->nretained; i++) {
-			free(c->retained[i]);
-			c->retained[i] = NULL;
-		}
-		c->nretained = 0;
-		break;
-	case T_RULES:
-		for (size_t i = 0; i < c->nrules; i++) {
-			free(c->rules[i].filter);
-			c->rules[i].filter = NULL;
-		}
-		c->nrules = 0;
-		break;
-	default:
-		break;
-	}
-}
-
-static int why_ret(char *why, size_t whylen, int rc, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-static int why_ret(char *why, size_t whylen, int rc, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(why, whylen, fmt, ap);
-	va_end(ap);
-	return rc;
-}
-
-static int range_error(const struct item *it, const char *v, char *why, size_t whylen)
-{
-	char a[32], b[32];
-
-	if (it->type == T_DURATION)
-		return why_ret(why, whylen, -EINVAL, "'%s' out of range (%s..%s)", v,
-			       fmt_duration(it->min, a, sizeof(a)), fmt_duration(it->max, b, sizeof(b)));
-	return why_ret(why, whylen, -EINVAL, "'%s' out of range (%lld..%lld)", v,
-		       (long long)it->min, (long long)it->max);
-}
-
-/* Add one exact topic name to c->retained (a duplicate is dropped). */
-static int retained_add(struct conf *c, const char *v, char *why, size_t whylen)
-{
-	if (!*v)
-		return why_ret(why, whylen, -EINVAL, "must not be empty");
-	if (topic_name_check(v, strlen(v)) < 0)
-		return why_ret(why, whylen, -EINVAL,
-			       "'%s' is not a valid MQTT topic name (exact names, no + or #)", v);
-	for (size_t i = 0; i < c->nretained; i++)
-		if (strcmp(c->retained[i], v) == 0)
-			return 0;
-	if (c->nretained >= CONF_MAX_FILTERS)
-		return why_ret(why, whylen, -EINVAL,
-			       "more than %d retained topics (retained and retained_file together)",
-			       CONF_MAX_FILTERS);
-	if (!(c->retained[c->nretained] = strdup(v)))
-		return why_ret(why, whylen, -ENOMEM, "out of memory");
-	c->nretained++;
-	return 0;
-}
-
-/* Read a retained_file: one topic per line, '#' comments, blank lines.
- * Errors name the file's own line: "PATH:LINE: reason". */
-static int retained_read(struct conf *c, const char *path, char *why, size_t whylen)
-{
-	char *line = NULL;
-	size_t cap = 0, total = 0;
-	unsigned lineno = 0;
-	ssize_t n;
-	FILE *fp;
-	int rc = 0;
-
-	if (!(fp = fopen(path, "re"))) {
-		rc = -errno;
-		return why_ret(why, whylen, rc == -ENOMEM ? rc : -EINVAL, "cannot open '%s': %s",
-			       path, strerror(-rc));
-	}
-	while ((n = getline(&line, &cap, fp)) >= 0) {
-		char *s, *hash;
-
-		lineno++;
-		total += (size_t)n;
-		if (total > CONF_RETAINED_FILE_MAX) {
-			rc = why_ret(why, whylen, -EINVAL, "%s:%u: file larger than %d bytes", path,
-				     lineno, CONF_RETAINED_FILE_MAX);
-			goto out;
-		}
-		if (strlen(line) != (size_t)n) {
-			rc = why_ret(why, whylen, -EINVAL, "%s:%u: NUL byte in line", path, lineno);
-			goto out;
-		}
-		if ((hash = strchr(line, '#')))
-			*hash = '\0';
-		s = trim(line);
-		if (!*s)
-			continue;
-		if ((rc = retained_add(c, s, why, whylen)) < 0) {
-			char inner[WHY_MAX];
-
-			snprintf(inner, sizeof(inner), "%s", why);
-			why_ret(why, whylen, rc, "%s:%u: %s", path, lineno, inner);
-			goto out;
-		}
-	}
-	if (ferror(fp))
-		rc = why_ret(why, whylen, -EINVAL, "%s:%u: read error", path, lineno);
-out:
-	free(line);
-	fclose(fp);
-	return rc;
-}
-
-/* Set one value of item `it` from text v. Returns 0, -EINVAL or -ENOMEM
- * with the reason (without file, line or key) in why. */
+/* Set one value of item `it` from text v (see struct item_ops). */
 static int item_set(struct conf *c, const struct item *it, const char *v, char *why, size_t whylen)
 {
-	void *f = field(c, it);
-	const char *reason;
-	int64_t n;
-	char *end;
-	int rc;
+	if (it->type >= T_MAX || !types[it->type].parse)
+		return why_ret(why, whylen, -EINVAL, "internal: bad item type");
+	return types[it->type].parse(c, it, v, why, whylen);
+}
 
-	switch (it->type) {
-	case T_STR:
-		if (!*v)
-			return why_ret(why, whylen, -EINVAL, "must not be empty");
-		goto set_str;
-	case T_STR_OPT:
-		if (!*v)
-			v = NULL;
-		goto set_str;
-	case T_TOPIC: {
-		char *s;
-		if ((rc = expand_host(v, &s)) < 0)  /* %h: one alert topic per host */
-			return why_ret(why, whylen, rc, "out of memory");
-		if (*s && topic_name_check(s, strlen(s)) < 0) {
-			free(s);
-			return why_ret(why, whylen, -EINVAL,
-				       "'%s' is not a valid MQTT topic name (no + or #)", v);
-		}
-		free(*(char **)f);
-		*(char **)f = s;
-		return 0;
-	}
-	case T_LISTEN:
-		if ((reason = listen_check(v)))
-			return why_ret(why, whylen, -EINVAL, "'%s': %s", v, reason);
-		goto set_str;
-	case T_CLIENT_ID: {
-		char *s;
-		if ((rc = expand_host(v, &s)) < 0)
-			return why_ret(why, whylen, rc, "out of memory");
-		free(*(char **)f);
-		*(char **)f = s;
-		return 0;
-	}
-	case T_INT:
-	case T_INT64:
-		errno = 0;
-		n = strtoll(v, &end, 10);
-		if (!*v || *end || errno || !(isdigit((unsigned char)*v) || *v == '-'))
-			return why_ret(why, whylen, -EINVAL, "'%s' is not an integer", v);
-		if (n < it->min || n > it->max)
-			return range_error(it, v, why, whylen);
-		if (it->type == T_INT)
-			*(int *)f = (int)n;
-		else
-			*(int64_t *)f = n;
-		return 0;
-	case T_DURATION:
-		if (conf_parse_duration(v, &n) < 0)
-			return why_ret(why, whylen, -EINVAL,
-				       "invalid duration '%s' (e.g. 250ms, 10s, 5m, 2h, 1d)", v);
-		if (n < it->min || n > it->max)
-			return range_error(it, v, why, whylen);
-		*(int64_t *)f = n;
-		return 0;
-	case T_SIZE:
-		if (conf_parse_size(v, &n) < 0)
-			return why_ret(why, whylen, -EINVAL,
-				       "invalid size '%s' (e.g. 512, 256KiB, 1MiB)", v);
-		if (n < it->min || n > it->max)
-			return range_error(it, v, why, whylen);
-		*(int64_t *)f = n;
-		return 0;
-	case T_DOUBLE: {
-		double d;
-		errno = 0;
-		d = strtod(v, &end);
-		if (!*v || *end || errno || !(isdigit((unsigned char)*v) || *v == '.'))
-			return why_ret(why, whylen, -EINVAL, "'%s' is not a number", v);
-		if (!(d > (double)it->min && d <= (double)it->max))
-			return why_ret(why, whylen, -EINVAL, "'%s' out of range (above %lld, at most %lld)",
-				       v, (long long)it->min, (long long)it->max);
-		*(double *)f = d;
-		return 0;
-	}
-	case T_ENUM:
-		for (int i = 0; it->names[i]; i++) {
-			if (strcmp(v, it->names[i]) == 0) {
-				*(int *)f = i;
-				return 0;
-			}
-		}
-		return why_ret(why, whylen, -EINVAL, "'%s' is not one of %s%s%s", v, it->names[0],
-			       it->names[1] ? " | " : "", it->names[1] ? it->names[1] : "");
-	case T_PROTOCOL:
-		if (strcmp(v, "auto") == 0)
-			*(int *)f = CONF_PROTOCOL_AUTO;
-		else if (strcmp(v, "5") == 0 || strcmp(v, "5.0") == 0)
-			*(int *)f = 5;
-		else if (strcmp(v, "3.1.1") == 0 || strcmp(v, "311") == 0)
-			*(int *)f = 311;
-		else
-			return why_ret(why, whylen, -EINVAL, "'%s' is not auto, 5 or 3.1.1", v);
-		return 0;
-	case T_MODE:
-		errno = 0;
-		n = strtoll(v, &end, 8);
-		if (!*v || *end || errno || !isdigit((unsigned char)*v) || n < it->min || n > it->max)
-			return why_ret(why, whylen, -EINVAL, "'%s' is not an octal mode (0000..0777)", v);
-		*(int *)f = (int)n;
-		return 0;
-	case T_LOGLEVEL:
-		if (log_level_parse(v, (enum log_level *)f) < 0)
-			return why_ret(why, whylen, -EINVAL,
-				       "'%s' is not a level (error, warn, info, debug)", v);
-		return 0;
-	case T_URLS: {
-		const char *p = v;
-		for (;;) {
-			const char *comma = strchr(p, ','), *e = comma ? comma : p + strlen(p);
-			struct conf_url u;
-			char *one;
-
-			while (p < e && isspace((unsigned char)*p))
-				p++;
-			while (e > p && isspace((unsigned char)e[-1]))
-				e--;
-			if (p == e)
-				return why_ret(why, whylen, -EINVAL, "empty URL in the list");
-			if (!(one = strndup(p, (size_t)(e - p))))
-				return why_ret(why, whylen, -ENOMEM, "out of memory");
-			if ((reason = url_parse(one, &u))) {
-				char shown[256];
-
-				rc = why_ret(why, whylen, -EINVAL, "'%s': %s",
-					     url_shown(one, shown, sizeof(shown)), reason);
-				free(one);
-				return rc;
-			}
-			if (c->nurls >= CONF_MAX_URLS) {
-				free(one);
-				return why_ret(why, whylen, -EINVAL, "more than %d URLs", CONF_MAX_URLS);
-			}
-			c->urls[c->nurls++] = one;
-			if (!comma)
-				return 0;
-			p = comma + 1;
-		}
-	}
-	case T_FILTERS:
-		if (topic_filter_check(v) < 0)
-			return why_ret(why, whylen, -EINVAL, "'%s' is not a valid MQTT topic filter", v);
-		if (c->nfilters >= CONF_MAX_FILTERS)
-			return why_ret(why, whylen, -EINVAL, "more than %d filters", CONF_MAX_FILTERS);
-		if (!(c->filters[c->nfilters] = strdup(v)))
-			return why_ret(why, whylen, -ENOMEM, "out of memory");
-		c->nfilters++;
-		return 0;
-	case T_TOPICS:
-		return retained_add(c, v, why, whylen);
-	case T_TOPICS_FILE:
-		if (!*v) {
-			free(c->retained_file);
-			c->retained_file = NULL;
-			return 0;
-		}
-		if (conf_set_str(&c->retained_file, v) < 0)
-			return why_ret(why, whylen, -ENOMEM, "out of memory");
-		return retained_read(c, v, why, whylen);
-	case T_RULES: {
-		struct conf_rule r;
-		if (c->nrules >= CONF_MAX_RULES)
-			return why_ret(why, whylen, -EINVAL, "more than %d rules", CONF_MAX_RULES);
-		if ((reason = rule_parse(it, v, &r, why, whylen))) {
-			if (reason != why)
-				snprintf(why, whylen, "%s", reason);
-			return -EINVAL;
-		}
-		c->rules[c->nrules++] = r;
-		return 0;
-	}
-	case T_CADENCE:
-		if (strcmp(v, "learn") == 0) {
-			c->default_kind = CONF_DEFAULT_LEARN;
-			c->default_cadence_ms = 0;
-		} else if (strcmp(v, "never") == 0) {
-			c->default_kind = CONF_DEFAULT_NEVER;
-			c->default_cadence_ms = 0;
-		} else if (conf_parse_duration(v, &n) == 0) {
-			if (n < it->min || n > it->max)
-				return range_error(it, v, why, whylen);
-			c->default_kind = CONF_DEFAULT_FIXED;
-			c->default_cadence_ms = n;
-		} else {
-			return why_ret(why, whylen, -EINVAL,
-				       "'%s' is not learn, never or a duration", v);
-		}
-		return 0;
-	case T_MAX:
-		break;
-	}
-	return why_ret(why, whylen, -EINVAL, "internal: bad item type");
-
-set_str:
-	if (conf_set_str((char **)f, v) < 0)
-		return why_ret(why, whylen, -ENOMEM, "out of memory");
-	return 0;
+static void item_clear(struct conf *c, const struct item *it)
+{
+	if (types[it->type].clear)
+		types[it->type].clear(c, it);
 }
 
 /* ---- defaults, free ----------------------------------------------------- */
@@ -850,31 +1004,8 @@ void conf_free(struct conf *c)
 {
 	if (!c)
 		return;
-	for (size_t i = 0; i < NITEMS; i++) {
-		const struct item *it = &items[i];
-		switch (it->type) {
-		case T_STR:
-		case T_STR_OPT:
-		case T_CLIENT_ID:
-		case T_TOPIC:
-		case T_LISTEN:
-			free(*(char **)field(c, it));
-			*(char **)field(c, it) = NULL;
-			break;
-		case T_TOPICS_FILE:
-			free(c->retained_file);
-			c->retained_file = NULL;
-			break;
-		case T_URLS:
-		case T_FILTERS:
-		case T_TOPICS:
-		case T_RULES:
-			clear_list(c, it);
-			break;
-		default:
-			break;
-		}
-	}
+	for (size_t i = 0; i < NITEMS; i++)
+		item_clear(c, &items[i]);
 	free(c->src_path);
 	c->src_path = NULL;
 }
@@ -1056,15 +1187,14 @@ int conf_load_file(struct conf *c, const char *path, char *err, size_t errlen)
 			goto next;
 		}
 		val = trim(val);
-		cut_comment(val, it->type == T_FILTERS || it->type == T_RULES);
+		cut_comment(val, types[it->type].hash_first);
 		val = trim(val);
-		if (it->type == T_URLS || it->type == T_FILTERS || it->type == T_RULES ||
-		    it->type == T_TOPICS) {
+		if (types[it->type].list) {
 			/* The file's first value replaces the default list (a
 			 * list without default may already hold retained_file's
 			 * topics). */
 			if (!seen[idx] && it->def)
-				clear_list(c, it);
+				item_clear(c, it);
 		} else if (seen[idx]) {
 			rc = fail_at(err, errlen, path, lineno, -EINVAL,
 				     "'%s' in [%s] given twice (first on line %u)", key, section,
