@@ -1261,7 +1261,7 @@ int mqtt_new(const struct conf *c, struct mqtt **ret, char *err, size_t errlen)
 	if (decode_json_new(c, &m->dec[0]) < 0)
 		goto fail;
 	m->ndec = 1;
-	m->proto_conf = c->protocol == 5 || c->protocol == 311 ? c->protocol : 0;
+	m->proto_conf = c->protocol == 5 || c->protocol == 311 ? c->protocol : CONF_PROTOCOL_AUTO;
 	m->protocol = m->proto_conf ? m->proto_conf : 5;
 	m->qos = c->qos == 1 ? 1 : 0;
 	m->persistent = c->session == CONF_SESSION_PERSISTENT;
