@@ -22,6 +22,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/stats.h"
+#include "common/topic.h"
 #include "mirror/ingest/decode_json.h"
 #include "mirror/state/rejects.h"
 
@@ -115,6 +116,7 @@ struct mqtt {
 	size_t nsubs;
 	size_t nexact;             /* subs that are exact topics... */
 	const char **exact_sorted; /* ... their topics, sorted (strcmp) */
+	bool *exact_seen;          /* per exact topic: a retained message came in this burst */
 	size_t max_payload, max_topic_len;
 	int64_t connack_timeout_ms;
 
@@ -153,6 +155,7 @@ struct mqtt {
 	bool fallback_try;         /* auto: this attempt is the 3.1.1 retry after MQTT 5 failed */
 	int url_proto[CONF_MAX_URLS];   /* auto: the version a URL answered, 0 not known */
 	char url_note[CONF_MAX_URLS][96]; /* auto: why a URL speaks 3.1.1 ("" when 5) */
+	bool url_fallback_logged[CONF_MAX_URLS]; /* the retry with 3.1.1 was logged (once per outage) */
 	bool session_present;
 	int disconnect_rc;         /* reason from on_disconnect, -1 = none */
 	size_t subs_pending;
@@ -161,7 +164,8 @@ struct mqtt {
 	int64_t quiet_since_ms;    /* monotonic: last SUBACK or retained message */
 	int64_t next_attempt_ms;
 	uint64_t retained_burst;
-	uint64_t retained_exact;   /* of which on a topic subscribed exactly */
+	uint64_t retained_exact;   /* of which on a topic subscribed exactly... */
+	uint64_t retained_exact_dups; /* ... and again (a wildcard subscription matched it too) */
 	uint64_t failed_attempts;
 	int64_t fail_logged_ms;
 	char why[160];             /* the current failure reason */
@@ -436,10 +440,40 @@ static int cmp_str(const void *a, const void *b)
 	return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-/* Is topic one of the exact subscriptions? (Retained burst only: a bsearch.) */
-static bool is_exact(const struct mqtt *m, const char *topic)
+/* A retained message of the burst on one of the exact topics? (A bsearch.) */
+static void count_exact(struct mqtt *m, const char *topic)
 {
-	return bsearch(&topic, m->exact_sorted, m->nexact, sizeof(*m->exact_sorted), cmp_str) != NULL;
+	const char **p = bsearch(&topic, m->exact_sorted, m->nexact, sizeof(*m->exact_sorted),
+				 cmp_str);
+
+	if (!p)
+		return;
+	m->retained_exact++;
+	if (m->exact_seen[p - m->exact_sorted])
+		m->retained_exact_dups++;
+	m->exact_seen[p - m->exact_sorted] = true;
+}
+
+/*
+** Did the broker give retained messages to the exact subscriptions only?
+** A broker that serves wildcards too sends a topic matched by both kinds
+** once per subscription; so: no message off the exact topics, none twice,
+** and at least one that a wildcard filter matches (else no evidence).
+*/
+static bool exact_only_bootstrap(const struct mqtt *m)
+{
+	if (!m->nexact || m->nexact == m->nsubs || !m->retained_exact ||
+	    m->retained_burst != m->retained_exact || m->retained_exact_dups)
+		return false;
+	for (size_t i = 0; i < m->nexact; i++) {
+		if (!m->exact_seen[i])
+			continue;
+		for (size_t j = 0; j < m->nsubs; j++)
+			if (!m->subs[j].exact &&
+			    topic_matches(m->subs[j].filter, m->exact_sorted[i], strlen(m->exact_sorted[i])))
+				return true;
+	}
+	return false;
 }
 
 /* The first decoder that claims the topic; the last (JSON) takes the rest. */
@@ -508,8 +542,8 @@ static void on_message(struct mosquitto *mosq, void *obj, const struct mosquitto
 	if (msg->retain && !m->local_synced) {
 		m->quiet_since_ms = now_ms(m);
 		m->retained_burst++;
-		if (m->nexact && is_exact(m, msg->topic))
-			m->retained_exact++;
+		if (m->nexact)
+			count_exact(m, msg->topic);
 	}
 }
 
@@ -763,7 +797,11 @@ static void connect_failed(struct mqtt *m, int64_t now, const char *suspect)
 	m->fallback_try = false;
 	if (!m->proto_conf && m->protocol == 5 && suspect) {
 		snprintf(m->url_note[m->url_idx], sizeof(m->url_note[m->url_idx]), "%s", suspect);
-		log_warnx("mqtt: %s: %s; trying MQTT 3.1.1", url, m->why);
+		/* Logged once: a broker that hangs up on both versions would
+		 * otherwise log a line per attempt. */
+		if (!m->url_fallback_logged[m->url_idx])
+			log_warnx("mqtt: %s: %s; trying MQTT 3.1.1", url, m->why);
+		m->url_fallback_logged[m->url_idx] = true;
 		m->fallback_try = true;
 		m->link = LINK_IDLE;
 		m->next_attempt_ms = now;
@@ -817,6 +855,9 @@ static void went_up(struct mqtt *m, int64_t now)
 	m->quiet_since_ms = now;
 	m->retained_burst = 0;
 	m->retained_exact = 0;
+	m->retained_exact_dups = 0;
+	if (m->nexact)
+		memset(m->exact_seen, 0, m->nexact * sizeof(*m->exact_seen));
 	m->local_synced = false;
 	atomic_store(&m->connected, true);
 	STAT_SET(broker_connected, 1);
@@ -825,6 +866,7 @@ static void went_up(struct mqtt *m, int64_t now)
 		STAT_INC(reconnects);
 	m->ever_connected = true;
 	m->fallback_try = false;
+	m->url_fallback_logged[m->url_idx] = false;
 	if (!m->proto_conf) {
 		if (m->protocol == 5)
 			m->url_note[m->url_idx][0] = '\0';
@@ -878,14 +920,14 @@ static void went_down(struct mqtt *m, int rc, int e, int64_t now)
 	set_status(m, "connection to %s lost: %s; reconnecting", url, m->why);
 }
 
-/* "12 retained message(s) from 3 wildcard and 40 exact subscription(s) (10 on the exact ones)" */
+/* "12 retained message(s) from 3 wildcard and 40 exact subscription(s) (10 on exact topics)" */
 static void bootstrap_text(const struct mqtt *m, char *buf, size_t n)
 {
 	int w = snprintf(buf, n, "%llu retained message(s) from %zu wildcard and %zu exact subscription(s)",
 			 (unsigned long long)m->retained_burst, m->nsubs - m->nexact, m->nexact);
 
 	if (m->nexact && m->nexact < m->nsubs && w > 0 && (size_t)w < n)
-		snprintf(buf + w, n - (size_t)w, " (%llu on the exact ones)",
+		snprintf(buf + w, n - (size_t)w, " (%llu on exact topics)",
 			 (unsigned long long)m->retained_exact);
 }
 
@@ -984,11 +1026,11 @@ static void check_sync(struct mqtt *m, int64_t now)
 	/* Nothing silent: a broker that gave retained messages to the exact
 	 * subscriptions and none to the wildcard ones does not deliver them
 	 * to wildcards at all (RabbitMQ, rabbitmq-server#8824). */
-	if (m->nexact && m->nexact < m->nsubs && m->retained_exact &&
-	    m->retained_burst == m->retained_exact)
-		log_warnx("mqtt: %s gave retained messages to exact subscriptions only: it does not "
-			  "deliver them to wildcard subscriptions; retained values are bootstrapped "
-			  "only for the topics under [subscribe] retained", m->urls[m->url_idx]);
+	if (exact_only_bootstrap(m))
+		log_warnx("mqtt: %s gave retained messages to exact subscriptions only, none to "
+			  "the wildcard ones that match them: it does not deliver retained messages "
+			  "to wildcard subscriptions (RabbitMQ does not); only the topics under "
+			  "[subscribe] retained are bootstrapped", m->urls[m->url_idx]);
 	m->status_dirty = true;
 }
 
@@ -1201,7 +1243,8 @@ static int index_exact(struct mqtt *m)
 	if (!m->nexact)
 		return 0;
 	m->exact_sorted = calloc(m->nexact, sizeof(*m->exact_sorted));
-	if (!m->exact_sorted)
+	m->exact_seen = calloc(m->nexact, sizeof(*m->exact_seen));
+	if (!m->exact_sorted || !m->exact_seen)
 		return -ENOMEM;
 	for (size_t i = 0; i < m->nsubs; i++)
 		if (m->subs[i].exact)
@@ -1241,7 +1284,7 @@ int mqtt_new(const struct conf *c, struct mqtt **ret, char *err, size_t errlen)
 		goto nomem;
 	}
 	m->outbox = calloc(MQTT_OUTBOX_MAX, sizeof(*m->outbox));
-	m->subs = calloc(c->nfilters ? c->nfilters : 1, sizeof(*m->subs));
+	m->subs = calloc(c->nfilters + c->nretained + 1, sizeof(*m->subs));
 	if (!m->outbox || !m->subs)
 		goto fail;
 	for (size_t i = 0; i < c->nurls; i++)
@@ -1250,6 +1293,11 @@ int mqtt_new(const struct conf *c, struct mqtt **ret, char *err, size_t errlen)
 	m->nurls = c->nurls;
 	for (size_t i = 0; i < c->nfilters; i++)
 		if (add_sub(m, c->filters[i]) < 0)
+			goto fail;
+	/* Exact topics as well, for brokers that give retained messages
+	 * only to exact subscriptions (RabbitMQ). */
+	for (size_t i = 0; i < c->nretained; i++)
+		if (add_sub(m, c->retained[i]) < 0)
 			goto fail;
 	if (index_exact(m) < 0)
 		goto fail;
@@ -1421,6 +1469,7 @@ void mqtt_free(struct mqtt *m)
 		free(m->subs[i].filter);
 	free(m->subs);
 	free(m->exact_sorted);
+	free(m->exact_seen);
 	for (size_t i = 0; i < m->nurls; i++)
 		free(m->urls[i]);
 	free(m->client_id);

@@ -46,7 +46,8 @@ struct mqtt_sink {
 
 /*
 ** Create a session from c (URLs, client id, protocol, QoS, session kind,
-** keepalive, credentials, TLS, filters, payload limits), with the JSON
+** keepalive, credentials, TLS, filters and [subscribe] retained topics,
+** payload limits), with the JSON
 ** decoder made from c (format, timestamp field: decode_json.h) as its
 ** only decoder. Nothing connects yet.
 ** Returns 0 or -errno with a reason in err.
@@ -87,9 +88,16 @@ int mqtt_wait_turn(struct mqtt *m, int timeout_ms);
 /*
 ** Start the session's own thread, delivering to sink (copied). It connects to the URLs in turn
 ** (a broker down at start is not an error: it keeps trying with
-** exponential backoff and jitter), subscribes, and after every (re)connect
-** re-subscribes and waits for the retained burst to go quiet before it
+** exponential backoff and jitter), subscribes (one SUBSCRIBE per filter and
+** per exact retained topic), and after every (re)connect re-subscribes and
+** waits for every SUBACK and for the retained burst to go quiet before it
 ** reports synced. Returns 0 or -errno (-EALREADY when started twice).
+**
+** protocol = auto offers MQTT 5; when a broker refuses the version, or
+** hangs up or stays silent instead of answering the CONNECT, the same URL
+** is tried at once with 3.1.1, and a URL that answered 3.1.1 is offered
+** 3.1.1 from then on (for the session's life). Both are logged and shown
+** in mqtt_status.
 **
 ** Every libmosquitto call happens on that thread. Messages are checked
 ** (max_topic_len, max_payload) and decoded there, and their updates
@@ -115,8 +123,12 @@ bool mqtt_connected(struct mqtt *m);
  * *ret_epoch (may be NULL) counts the syncs so far: a change means a
  * disconnect and re-sync happened in between. */
 bool mqtt_synced(struct mqtt *m, uint64_t *ret_epoch);
-/* Thread-safe. A short reason while not synced ("connecting to mqtt://h:1883: connection
- * refused", "waiting for subscription acknowledgements", ...), copied into buf. */
+/* Thread-safe. A short reason while not synced ("cannot connect to mqtt://h:1883: the
+ * broker refused the connection: bad user name or password (check ...)", "waiting for
+ * subscription acknowledgements", ...), and once synced the version and the bootstrap:
+ * "synced with URL (MQTT 3.1.1: the broker refused MQTT 5): 12 retained message(s) from 3
+ * wildcard and 40 exact subscription(s) (12 on exact topics)". Copied into buf (512 bytes
+ * hold it all). */
 void mqtt_status(struct mqtt *m, char *buf, size_t n);
 
 /* SUBACK refusals (and filters that could not be sent) so far, for metrics. */

@@ -600,6 +600,8 @@ struct fake {
 	pthread_t th;
 	const char *refuse; /* the filter answered with 0x80 */
 	int nretained;      /* retained messages sent after the (last) SUBACK */
+	bool exact_only;    /* instead: a retained message on each exact topic subscribed,
+			     * none for wildcards (RabbitMQ, rabbitmq-server#8824) */
 	enum fake_v5 v5;
 	int refuse_code;    /* CONNACK code for every CONNECT (3.1.1 code; x 0x80 + 2.. for 5), 0 none */
 	int max_conns;
@@ -698,6 +700,22 @@ static void fake_serve(struct fake *f, int fd)
 
 			if (level == 5 ? write(fd, suback5, 6) != 6 : write(fd, suback3, 5) != 5)
 				return;
+			if (f->exact_only && tl < 100 && !memchr(body + off + 2, '#', tl) &&
+			    !memchr(body + off + 2, '+', tl)) {
+				unsigned char pb[128];
+				size_t n = 0;
+
+				pb[n++] = 0x31;
+				pb[n++] = (unsigned char)(2 + tl + (level == 5) + 2);
+				memcpy(pb + n, body + off, 2 + tl);
+				n += 2 + tl;
+				if (level == 5)
+					pb[n++] = 0;
+				pb[n++] = '{';
+				pb[n++] = '}';
+				if (write(fd, pb, n) != (ssize_t)n)
+					return;
+			}
 			/* QoS 0 retained PUBLISH "r/N" with payload "{}". */
 			for (int i = 0; i < f->nretained; i++) {
 				unsigned char pb3[] = { 0x31, 7, 0, 3, 'r', '/', (unsigned char)('0' + i),
@@ -924,6 +942,13 @@ START_TEST(test_retry_log_rate_limited)
 	for (char *p = buf; (p = strstr(p, "cannot connect")) != NULL; p++)
 		lines++;
 	ck_assert_msg(lines == 1, "%d connect-failure lines for %d attempts:\n%s", lines, accepted, buf);
+	/* protocol = auto (the default) tried 3.1.1 after each MQTT 5 hang-up,
+	 * and said so once. */
+	lines = 0;
+	for (char *p = buf; (p = strstr(p, "trying MQTT 3.1.1")) != NULL; p++)
+		lines++;
+	ck_assert_msg(lines == 1, "%d fallback lines for %d attempts:\n%s", lines, accepted, buf);
+	ck_assert(strstr(buf, "with MQTT 5 too"));
 	close(logfd);
 	unlink(logpath);
 	close(lfd);
@@ -989,6 +1014,7 @@ START_TEST(test_retry_reminder)
 	make_conf(&c, ntohs(a.sin_port));
 	c.reconnect_min_ms = 10;
 	c.reconnect_max_ms = 20;
+	c.protocol = 5; /* one attempt per connection: no fallback to count */
 	ck_assert_int_eq(mqtt_new(&c, &m, err, sizeof(err)), 0);
 	conf_free(&c);
 	ck_assert_int_eq(mqtt_set_clock(m, &fake_clock), 0);
@@ -1207,6 +1233,90 @@ START_TEST(test_refused_connect_named)
 }
 END_TEST
 
+/* Add an exact topic to c's [subscribe] retained. */
+static void conf_retained(struct conf *c, const char *topic)
+{
+	c->retained[c->nretained] = strdup(topic);
+	ck_assert_ptr_nonnull(c->retained[c->nretained]);
+	c->nretained++;
+}
+
+/*
+** [subscribe] retained against mosquitto: the exact topics are subscribed
+** as well, count for readiness, and the status says which bootstrap came.
+*/
+START_TEST(test_retained_exact_topics)
+{
+	struct broker b = { 0 };
+	struct conf c;
+	struct tsink *q = tsink_new();
+	struct logcap l;
+	struct mqtt *m;
+	char err[256];
+
+	broker_start(&b, NULL);
+	pub(&b, "meta/a", "{\"unit\":\"C\"}", true);
+	pub(&b, "meta/b", "{\"unit\":\"F\"}", true);
+	pub(&b, "data/x", "{\"v\":1}", true);
+	make_conf(&c, b.port);
+	ck_assert_int_eq(conf_set_str(&c.filters[0], "data/#"), 0);
+	conf_retained(&c, "meta/a");
+	conf_retained(&c, "data/x"); /* also under data/#: delivered twice, applied once */
+	ck_assert_int_eq(mqtt_new(&c, &m, err, sizeof(err)), 0);
+	conf_free(&c);
+	logcap_start(&l);
+	ck_assert_int_eq(mqtt_start(m, &q->s), 0);
+	WAIT_FOR(mqtt_synced(m, NULL), DEADLINE_MS);
+	ck_assert_ptr_nonnull(find(q, "meta/a"));
+	ck_assert_ptr_null(find(q, "meta/b")); /* not subscribed */
+	ck_assert_ptr_nonnull(find(q, "data/x"));
+	ck_assert_msg(status_has(m, "3 retained message(s) from 1 wildcard and 2 exact subscription(s) "
+				    "(3 on exact topics)"), "%s", (mqtt_status(m, err, sizeof(err)), err));
+	/* Live messages on an exact topic flow too. */
+	pub(&b, "meta/a", "{\"unit\":\"K\"}", false);
+	WAIT_FOR(tsink_n(q) == 4, DEADLINE_MS);
+	mqtt_free(m);
+	logcap_stop(&l);
+	/* mosquitto serves wildcards too: data/x came through both. */
+	ck_assert_msg(!strstr(l.text, "exact subscriptions only"), "%s", l.text);
+	tsink_free(q);
+	broker_cleanup(&b);
+}
+END_TEST
+
+/* A broker that gives retained messages to exact subscriptions only: said. */
+START_TEST(test_retained_exact_only_broker)
+{
+	struct fake f = { .exact_only = true };
+	struct tsink *q = tsink_new();
+	struct logcap l;
+	struct mqtt *m;
+	struct conf c;
+	char err[256];
+
+	make_conf(&c, fake_start(&f));
+	c.protocol = 311;
+	ck_assert_int_eq(conf_set_str(&c.filters[0], "meta/#"), 0);
+	conf_retained(&c, "meta/a");
+	conf_retained(&c, "meta/b");
+	ck_assert_int_eq(mqtt_new(&c, &m, err, sizeof(err)), 0);
+	conf_free(&c);
+	logcap_start(&l);
+	ck_assert_int_eq(mqtt_start(m, &q->s), 0);
+	WAIT_FOR(mqtt_synced(m, NULL), DEADLINE_MS);
+	ck_assert(status_has(m, "2 retained message(s) from 1 wildcard and 2 exact subscription(s) "
+				"(2 on exact topics)"));
+	ck_assert_ptr_nonnull(find(q, "meta/a"));
+	ck_assert_ptr_nonnull(find(q, "meta/b"));
+	mqtt_free(m);
+	fake_stop(&f);
+	logcap_stop(&l);
+	ck_assert_msg(strstr(l.text, "gave retained messages to exact subscriptions only"), "%s", l.text);
+	ck_assert_msg(strstr(l.text, "2 retained message(s) from 1 wildcard and 2 exact"), "%s", l.text);
+	tsink_free(q);
+}
+END_TEST
+
 /* Backpressure: while the sink holds the session thread, nothing more is
  * read; once it lets go, every message arrives and the session syncs. */
 START_TEST(test_slow_sink_backpressure)
@@ -1401,6 +1511,8 @@ static Suite *mqtt_suite(void)
 	tcase_add_test(tc, test_auto_keeps_5);
 	tcase_add_test(tc, test_fixed_5_hangup_named);
 	tcase_add_test(tc, test_refused_connect_named);
+	tcase_add_test(tc, test_retained_exact_topics);
+	tcase_add_test(tc, test_retained_exact_only_broker);
 	suite_add_tcase(s, tc);
 	return s;
 }
