@@ -56,8 +56,8 @@
 ** Delivery. Each message goes from on_message to the first decoder that
 ** claims its topic (decode.h; JSON last) and its updates straight to the
 ** sink (the mirror's apply), in libmosquitto's buffer: no copy, no
-** allocation, no queue and no other thread to wake. One wake-up's run of messages ends with
-** sink.flush. The kernel's receive buffer is the ingest queue: while the
+** allocation, no queue and no other thread to wake. One wake-up's run of
+** messages ends with sink.flush. The kernel's receive buffer is the ingest queue: while the
 ** sink works, the socket is not read and TCP pushes back on the broker.
 **
 ** The loop. Instead of mosquitto_loop() (one select() per packet) the thread
@@ -168,8 +168,8 @@ struct mqtt {
 	uint64_t retained_exact_dups; /* ... and again (a wildcard subscription matched it too) */
 	uint64_t failed_attempts;
 	int64_t fail_logged_ms;
-	char why[160];             /* the current failure reason */
-	char fail_logged[160];     /* the failure reason last logged */
+	char why[200];             /* the current failure reason */
+	char fail_logged[200];     /* the failure reason last logged */
 	bool status_dirty;
 	bool local_synced;
 	unsigned turn_pubs;        /* decoder publications in this turn */
@@ -328,7 +328,8 @@ static void connack_cause(int protocol, int rc, char *buf, size_t n)
 			what = "bad user name or password (check [broker] username and password_file)";
 			break;
 		case MQTT_RC_NOT_AUTHORIZED:
-			what = "not authorised (the broker's access control refuses this client)";
+			what = "not authorised (check [broker] username and password_file, "
+			       "and the broker's ACL)";
 			break;
 		case MQTT_RC_SERVER_UNAVAILABLE:
 			what = "server unavailable";
@@ -357,7 +358,8 @@ static void connack_cause(int protocol, int rc, char *buf, size_t n)
 			what = "bad user name or password (check [broker] username and password_file)";
 			break;
 		case CONNACK_REFUSED_NOT_AUTHORIZED:
-			what = "not authorised (the broker's access control refuses this client)";
+			what = "not authorised (check [broker] username and password_file, "
+			       "and the broker's ACL)";
 			break;
 		default:
 			break;
