@@ -23,6 +23,8 @@
 **
 ** Decoders are given to the session before it starts (mqtt_add_decoder,
 ** mqtt.h), which owns them from then on and frees them with the session.
+** The session also calls their tick (about once a second) and link_lost
+** (when the broker link drops), both optional.
 **
 ** Threads: decoders run on the session thread only (no locking inside);
 ** their state is theirs (Sparkplug keeps sessions and alias tables).
@@ -58,16 +60,19 @@ struct decode_in {
 **            (a Sparkplug metric's key), valid until value() returns.
 **
 **   publish  send a message through the session's connection (Sparkplug's
-**            NCMD/DCMD rebirth requests). Only from within decode() or
-**            link() (the session thread: libmosquitto is not used from
-**            any other). topic and payload are copied into the outgoing
+**            NCMD/DCMD rebirth requests). Only on the session thread,
+**            within decode(), tick() or link_lost() (libmosquitto is not
+**            used from any other); pub_ctx is the session, so a decoder
+**            may keep the pair for its tick, or be given
+**            mqtt_decoder_publish and the session at creation (mqtt.h). topic and payload are copied into the outgoing
 **            packet before it returns; the packet is written when the
 **            session next writes, at most a poll turn later, never
 **            blocking the caller. qos 0 or 1; retain as MQTT says.
 **            Returns 0, -ENOTCONN (no connection right now: nothing is
-**            queued; a decoder asks again on the next link(up)),
-**            -EINVAL (bad topic or qos, bad UTF-8), -EMSGSIZE,
-**            -ENOBUFS (more than MQTT_DECODER_PUB_MAX publications in
+**            queued; a decoder asks again when data comes again),
+**            -EINVAL (bad topic or qos, bad UTF-8), -EPERM (not on the
+**            session thread), -EMSGSIZE,
+**            -ENOBUFS (more than MQTT_DECODER_PUB_MAX (mqtt.h) publications in
 **            this turn: dropped, counted and logged by the session, so a
 **            stream that provokes a request per message cannot grow
 **            libmosquitto's queue without bound) or -ENOMEM.
@@ -90,12 +95,15 @@ struct decoder_ops {
 	/* Decode in and emit its updates; returns how many were emitted
 	 * (refusals included). */
 	size_t (*decode)(struct decoder *d, const struct decode_in *in, const struct decode_out *out);
-	/* May be NULL. The session's link changed: up (called after every
-	 * connect, once the subscriptions are sent: out->publish works, e.g.
-	 * to ask every known node for a rebirth) or down (what the decoder
-	 * knows of its producers' sessions may be stale by the next connect:
-	 * publish returns -ENOTCONN). */
-	void (*link)(struct decoder *d, bool up, const struct decode_out *out);
+	/* May be NULL. About once a second, connected or not: timers (a
+	 * Sparkplug seq gap that did not fill). now_ns is the clock of
+	 * decode_in.recv_ns. May publish (when connected). */
+	void (*tick)(struct decoder *d, int64_t now_ns);
+	/* May be NULL. The broker link was lost: what the decoder knows of
+	 * its producers' sessions may be stale by the next connect (a node
+	 * reborn meanwhile with other aliases). Publishing fails here
+	 * (-ENOTCONN). */
+	void (*link_lost)(struct decoder *d);
 	void (*free)(struct decoder *d);   /* accepts NULL */
 };
 

@@ -70,7 +70,6 @@ static const struct decoder_ops json_ops = {
 	.name = "json",
 	.claims = json_claims,
 	.decode = json_decode,
-	.link = NULL,
 	.free = json_free,
 };
 

@@ -78,6 +78,7 @@
 #define MQTT_IDLE_TICK_MS 1000    /* libmosquitto's keepalive clock has 1 s resolution */
 #define MQTT_STOP_JOIN_MS 5000
 #define MQTT_FAIL_REMIND_MS 300000 /* repeat an unchanged connect failure at most this often */
+#define MQTT_DECODER_TICK_MS 1000  /* decoders' timers (decode.h, tick) */
 
 enum sub_state { SUB_PENDING, SUB_OK, SUB_FAILED };
 
@@ -135,6 +136,8 @@ struct mqtt {
 	_Atomic uint64_t turns;    /* session loop iterations begun (mqtt_wait_turn) */
 
 	/* Session state: the session thread only. */
+	pthread_t self;            /* the session thread, as it knows itself... */
+	_Atomic bool in_thread;    /* ... once it runs */
 	enum link_state link;
 	size_t url_idx;
 	unsigned fail_round;       /* backoff exponent: full rounds over the URLs */
@@ -176,6 +179,7 @@ struct mqtt {
 	uint64_t pub_dropped;      /* decoder publications refused (-ENOBUFS) so far */
 	uint64_t pub_dropped_logged;
 	int64_t pub_logged_ms;
+	int64_t tick_ms;           /* monotonic: the decoders' last tick */
 
 	/* Shared with other threads. */
 	_Atomic bool connected;
@@ -550,19 +554,22 @@ static void on_message(struct mosquitto *mosq, void *obj, const struct mosquitto
 }
 
 /*
-** decode_out.publish (decode.h): a decoder's message to the broker, from
-** the session thread inside decode() or link(). libmosquitto copies it
-** into a packet and, inside its callbacks, only queues it; session_turn
-** writes what is queued right after the reads.
+** decode_out.publish and mqtt_decoder_publish (decode.h, mqtt.h): a
+** decoder's message to the broker, on the session thread. libmosquitto
+** copies it into a packet and, inside its callbacks, only queues it;
+** session_turn writes what is queued right after the reads.
 */
-static int decoder_publish(void *ctx, const char *topic, const void *payload, size_t len,
-			   int qos, bool retain)
+int mqtt_decoder_publish(void *ctx, const char *topic, const void *payload, size_t len, int qos,
+			 bool retain)
 {
 	struct mqtt *m = ctx;
 	int rc;
 
 	if (!topic || (len && !payload) || (qos != 0 && qos != 1))
 		return -EINVAL;
+	/* libmosquitto is used from the session thread only. */
+	if (!m->in_thread || !pthread_equal(pthread_self(), m->self))
+		return -EPERM;
 	if (m->link != LINK_UP || !m->mosq)
 		return -ENOTCONN;
 	if (len > 268435455 - strlen(topic) - 16)
@@ -579,12 +586,26 @@ static int decoder_publish(void *ctx, const char *topic, const void *payload, si
 	return 0;
 }
 
-/* Tell the decoders the link went up or down (decode.h, link). */
-static void decoders_link(struct mqtt *m, bool up)
+/* Tell the decoders the link was lost (decode.h, link_lost). */
+static void decoders_link_lost(struct mqtt *m)
 {
 	for (size_t i = 0; i < m->ndec; i++)
-		if (m->dec[i]->ops->link)
-			m->dec[i]->ops->link(m->dec[i], up, &m->dout);
+		if (m->dec[i]->ops->link_lost)
+			m->dec[i]->ops->link_lost(m->dec[i]);
+}
+
+/* About once a second, the decoders' timers (decode.h, tick). */
+static void decoders_tick(struct mqtt *m, int64_t now)
+{
+	int64_t now_ns;
+
+	if (now - m->tick_ms < MQTT_DECODER_TICK_MS)
+		return;
+	m->tick_ms = now;
+	now_ns = m->clk.wall_ns(m->clk.ctx);
+	for (size_t i = 0; i < m->ndec; i++)
+		if (m->dec[i]->ops->tick)
+			m->dec[i]->ops->tick(m->dec[i], now_ns);
 }
 
 /* Decoder publications over the per-turn budget: logged once a minute at most. */
@@ -885,7 +906,6 @@ static void went_up(struct mqtt *m, int64_t now)
 	/* Resubscribe even when the broker resumed the session: the SUBACKs
 	 * and the retained messages after them are how we know we are synced. */
 	subscribe_all(m);
-	decoders_link(m, true);
 	m->status_dirty = true;
 }
 
@@ -908,7 +928,7 @@ static void went_down(struct mqtt *m, int rc, int e, int64_t now)
 	STAT_SET(broker_connected, 0);
 	STAT_SET(ingest_queue_bytes, 0);
 	link_changed(m);
-	decoders_link(m, false);
+	decoders_link_lost(m);
 	log_warnx("mqtt: connection to %s lost: %s; reconnecting", url, m->why);
 	snprintf(m->fail_logged, sizeof(m->fail_logged), "%s", m->why);
 	m->fail_logged_ms = now;
@@ -1161,11 +1181,15 @@ static void *session_main(void *arg)
 {
 	struct mqtt *m = arg;
 
+	m->self = pthread_self();
+	atomic_store(&m->in_thread, true);
+
 	while (!atomic_load(&m->stop)) {
 		int64_t now;
 
 		atomic_fetch_add_explicit(&m->turns, 1, memory_order_release);
 		now = now_ms(m);
+		decoders_tick(m, now);
 
 		if (m->link != LINK_IDLE) {
 			session_turn(m);
@@ -1419,7 +1443,7 @@ int mqtt_start(struct mqtt *m, const struct mqtt_sink *sink)
 		return -EINVAL;
 	m->sink = *sink;
 	m->dout = (struct decode_out){ .value = sink->message, .ctx = sink->ctx,
-				       .publish = decoder_publish, .pub_ctx = m };
+				       .publish = mqtt_decoder_publish, .pub_ctx = m };
 	set_status(m, "connecting to %s", m->urls[0]);
 	rc = pthread_create(&m->thread, NULL, session_main, m);
 	if (rc != 0)

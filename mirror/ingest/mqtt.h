@@ -66,6 +66,17 @@ int mqtt_new(const struct conf *c, struct mqtt **ret, char *err, size_t errlen);
 int mqtt_add_decoder(struct mqtt *m, struct decoder *d);
 
 /*
+** Publish through the session's connection, for decoders: the same as
+** decode_out.publish (decode.h: arguments, -ENOTCONN, -ENOBUFS, ...), for
+** a decoder that publishes from its tick or from hooks of its own, with
+** session = the struct mqtt (the type fits a hook's ctx). Session thread
+** only: inside a decoder's decode(), tick() or link_lost(); from any other
+** thread it returns -EPERM.
+*/
+int mqtt_decoder_publish(void *session, const char *topic, const void *payload, size_t len,
+			 int qos, bool retain);
+
+/*
 ** Read time from clk (copied) instead of the system's clocks, before
 ** mqtt_start: the backoff between attempts, the CONNACK timeout, the
 ** retained burst's quiet and the receive times all follow it, so tests

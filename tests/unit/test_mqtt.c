@@ -1365,14 +1365,17 @@ END_TEST
 
 /*
 ** A decoder of our own, given to the session: it claims "multi/", emits two
-** keys per message (topic + "/a", topic + "/b"), and answers a payload
-** "ask" with a publication through the session; it counts link changes.
+** keys per message (topic + "/a", topic + "/b"), answers a payload "ask"
+** with a publication through decode_out, publishes once from its tick
+** through mqtt_decoder_publish, and counts ticks and lost links.
 */
 struct tdec {
 	struct decoder base;
-	_Atomic unsigned ups, downs, decoded;
+	struct mqtt *session;  /* for mqtt_decoder_publish, as a hook's ctx */
+	_Atomic unsigned ticks, downs, decoded;
 	_Atomic int pub_rc;
 	_Atomic int pub_rc_down;
+	_Atomic int pub_rc_tick;  /* 1 until the tick published successfully */
 };
 
 static bool tdec_claims(const struct decoder *d, const char *topic, size_t len)
@@ -1402,18 +1405,23 @@ static size_t tdec_decode(struct decoder *d, const struct decode_in *in, const s
 	return n;
 }
 
-static void tdec_link(struct decoder *d, bool up, const struct decode_out *out)
+static void tdec_tick(struct decoder *d, int64_t now_ns)
 {
 	struct tdec *t = (struct tdec *)d;
 
-	if (up) {
-		t->ups++;
-		/* Publishing works from link(up): a hello per connect. */
-		ck_assert_int_eq(out->publish(out->pub_ctx, "reply/hello", "hi", 2, 1, false), 0);
-	} else {
-		t->downs++;
-		t->pub_rc_down = out->publish(out->pub_ctx, "reply/x", "x", 1, 0, false);
-	}
+	ck_assert_int_gt(now_ns, 1700000000LL * 1000000000);
+	t->ticks++;
+	if (t->session && t->pub_rc_tick != 0)
+		t->pub_rc_tick = mqtt_decoder_publish(t->session, "reply/tick", "hi", 2, 1, false);
+}
+
+static void tdec_link_lost(struct decoder *d)
+{
+	struct tdec *t = (struct tdec *)d;
+
+	t->downs++;
+	if (t->session)
+		t->pub_rc_down = mqtt_decoder_publish(t->session, "reply/x", "x", 1, 0, false);
 }
 
 static void tdec_free(struct decoder *d)
@@ -1423,7 +1431,7 @@ static void tdec_free(struct decoder *d)
 
 static const struct decoder_ops tdec_ops = {
 	.name = "test", .claims = tdec_claims, .decode = tdec_decode,
-	.link = tdec_link, .free = tdec_free,
+	.tick = tdec_tick, .link_lost = tdec_link_lost, .free = tdec_free,
 };
 
 static struct tdec *tdec_new(void)
@@ -1434,6 +1442,7 @@ static struct tdec *tdec_new(void)
 	t->base.ops = &tdec_ops;
 	t->pub_rc = 1;
 	t->pub_rc_down = 1;
+	t->pub_rc_tick = 1;
 	return t;
 }
 
@@ -1456,6 +1465,7 @@ START_TEST(test_decoder_dispatch)
 	ck_assert_int_eq(mqtt_new(&c, &m, err, sizeof(err)), 0);
 	conf_free(&c);
 	ck_assert_int_eq(mqtt_add_decoder(m, NULL), -EINVAL);
+	t->session = m;
 	ck_assert_int_eq(mqtt_add_decoder(m, &t->base), 0);
 	/* Room for MQTT_MAX_DECODERS besides JSON, no more. */
 	for (size_t i = 0; i < MQTT_MAX_DECODERS; i++)
@@ -1468,7 +1478,6 @@ START_TEST(test_decoder_dispatch)
 	free(spare[MQTT_MAX_DECODERS - 1]); /* refused: still ours */
 
 	WAIT_FOR(mqtt_synced(m, NULL), DEADLINE_MS);
-	ck_assert_uint_eq(t->ups, 1);
 	/* The first claimant only: the spares claim the same prefix. */
 	ck_assert_uint_eq(t->decoded, 1);
 	for (size_t i = 0; i + 1 < MQTT_MAX_DECODERS; i++)
@@ -1481,8 +1490,11 @@ START_TEST(test_decoder_dispatch)
 	x = find(q, "plain/r"); /* JSON took the rest */
 	ck_assert_ptr_nonnull(x);
 	ck_assert(x->m.ts_from_payload && x->m.is_json);
-	/* link(up)'s publication went out (and came back through '#'). */
-	WAIT_FOR(find(q, "reply/hello") != NULL, DEADLINE_MS);
+	/* The tick's publication went out (and came back through '#'). */
+	WAIT_FOR(find(q, "reply/tick") != NULL, DEADLINE_MS);
+	ck_assert_int_eq(t->pub_rc_tick, 0);
+	ck_assert_uint_ge(t->ticks, 1);
+	ck_assert_uint_eq(spare[0]->ticks > 0, 1); /* every decoder ticks */
 
 	/* A publication from decode() goes out too. */
 	pub(&b, "multi/live", "ask", false);
@@ -1492,6 +1504,8 @@ START_TEST(test_decoder_dispatch)
 	ck_assert_uint_eq(x->m.payload_len, 6);
 	ck_assert(!x->m.retained);
 
+	/* Outside the session thread, publishing is refused. */
+	ck_assert_int_eq(mqtt_decoder_publish(m, "reply/y", "y", 1, 0, false), -EPERM);
 	/* Down: the decoder hears it, and cannot publish then. */
 	broker_kill(&b);
 	WAIT_FOR(t->downs == 1, DEADLINE_MS);
