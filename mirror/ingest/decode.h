@@ -60,22 +60,23 @@ struct decode_in {
 **            (a Sparkplug metric's key), valid until value() returns.
 **
 **   publish  send a message through the session's connection (Sparkplug's
-**            NCMD/DCMD rebirth requests). Only on the session thread,
-**            within decode(), tick() or link_lost() (libmosquitto is not
-**            used from any other); pub_ctx is the session, so a decoder
-**            may keep the pair for its tick, or be given
-**            mqtt_decoder_publish and the session at creation (mqtt.h). topic and payload are copied into the outgoing
-**            packet before it returns; the packet is written when the
-**            session next writes, at most a poll turn later, never
-**            blocking the caller. qos 0 or 1; retain as MQTT says.
+**            NCMD/DCMD rebirth requests), pub_ctx being the session. Only
+**            on the session thread, within decode(), tick() or
+**            link_lost() (libmosquitto is used from no other thread). A
+**            decoder that publishes from hooks of its own is given
+**            mqtt_decoder_publish and the session instead (mqtt.h): the
+**            same function. topic and payload are copied into the
+**            outgoing packet before it returns; the session writes it
+**            right after the current read burst, never blocking the
+**            caller. qos 0 or 1; retain as MQTT says.
 **            Returns 0, -ENOTCONN (no connection right now: nothing is
 **            queued; a decoder asks again when data comes again),
 **            -EINVAL (bad topic or qos, bad UTF-8), -EPERM (not on the
-**            session thread), -EMSGSIZE,
-**            -ENOBUFS (more than MQTT_DECODER_PUB_MAX (mqtt.h) publications in
-**            this turn: dropped, counted and logged by the session, so a
-**            stream that provokes a request per message cannot grow
-**            libmosquitto's queue without bound) or -ENOMEM.
+**            session thread), -EMSGSIZE, -ENOBUFS (more than
+**            MQTT_DECODER_PUB_MAX (mqtt.h) publications in this turn:
+**            dropped, counted and logged by the session, so a stream that
+**            provokes a request per message cannot grow libmosquitto's
+**            queue without bound) or -ENOMEM.
 */
 struct decode_out {
 	void (*value)(void *ctx, const struct msg *m, enum reject_reason why, size_t full_len);
