@@ -1376,6 +1376,7 @@ struct tdec {
 	_Atomic int pub_rc;
 	_Atomic int pub_rc_down;
 	_Atomic int pub_rc_tick;  /* 1 until the tick published successfully */
+	_Atomic unsigned flood_ok, flood_nobufs; /* a "flood" message's publications */
 };
 
 static bool tdec_claims(const struct decoder *d, const char *topic, size_t len)
@@ -1402,6 +1403,16 @@ static size_t tdec_decode(struct decoder *d, const struct decode_in *in, const s
 	}
 	if (in->payload_len == 3 && memcmp(in->payload, "ask", 3) == 0)
 		t->pub_rc = out->publish(out->pub_ctx, "reply/rebirth", "please", 6, 0, false);
+	if (in->payload_len == 5 && memcmp(in->payload, "flood", 5) == 0) {
+		for (int i = 0; i < MQTT_DECODER_PUB_MAX + 44; i++) {
+			int rc = out->publish(out->pub_ctx, "flood/x", "x", 1, 0, false);
+
+			if (rc == 0)
+				t->flood_ok++;
+			else if (rc == -ENOBUFS)
+				t->flood_nobufs++;
+		}
+	}
 	return n;
 }
 
@@ -1454,6 +1465,7 @@ START_TEST(test_decoder_dispatch)
 	struct conf c;
 	struct tsink *q = tsink_new();
 	struct tdec *t = tdec_new(), *spare[MQTT_MAX_DECODERS];
+	struct logcap l;
 	struct mqtt *m;
 	char err[256];
 	struct tmsg *x;
@@ -1503,6 +1515,16 @@ START_TEST(test_decoder_dispatch)
 	x = find(q, "reply/rebirth");
 	ck_assert_uint_eq(x->m.payload_len, 6);
 	ck_assert(!x->m.retained);
+
+	/* A decoder that publishes without bound is cut off per turn, and the
+	 * session says so. */
+	logcap_start(&l);
+	pub(&b, "multi/flood", "flood", false);
+	WAIT_FOR(t->flood_ok + t->flood_nobufs == MQTT_DECODER_PUB_MAX + 44, DEADLINE_MS);
+	ck_assert_uint_eq(t->flood_ok, MQTT_DECODER_PUB_MAX);
+	ck_assert_uint_eq(t->flood_nobufs, 44);
+	WAIT_FOR(strstr(logcap_text(&l), "44 decoder publication(s) dropped") != NULL, DEADLINE_MS);
+	logcap_stop(&l);
 
 	/* Outside the session thread, publishing is refused. */
 	ck_assert_int_eq(mqtt_decoder_publish(m, "reply/y", "y", 1, 0, false), -EPERM);
