@@ -584,10 +584,18 @@ static enum MHD_Result ep_readyz(struct call *k)
 
 	if (k->a->d.core)
 		ready = mirror_ready(k->a->d.core, reason, sizeof(reason));
-	if (ready)
-		return send_literal(k, MHD_HTTP_OK, "{\"ready\":true}");
-	reason[sizeof(reason) - 1] = '\0';
 	buf_init(&b, 4096);
+	if (ready) {
+		/* Which bootstrap the broker gave, and the version spoken. */
+		char st[512];
+
+		mirror_broker_status(k->a->d.core, st, sizeof(st));
+		if ((r = buf_puts(&b, "{\"ready\":true,\"status\":")) < 0 ||
+		    (r = buf_json_str(&b, st, strlen(st))) < 0 || (r = buf_putc(&b, '}')) < 0)
+			return send_render_error(k, &b, r);
+		return send_buf(k, MHD_HTTP_OK, &b, CT_JSON);
+	}
+	reason[sizeof(reason) - 1] = '\0';
 	if ((r = buf_puts(&b, "{\"ready\":false,\"reason\":")) < 0 ||
 	    (r = buf_json_str(&b, reason, strlen(reason))) < 0 || (r = buf_putc(&b, '}')) < 0)
 		return send_render_error(k, &b, r);

@@ -133,6 +133,9 @@ int metrics_render(struct buf *b, const struct metrics_extra *x)
 			"SQLite batch commits that failed.", STAT_GET(commit_errors))) < 0 ||
 	    (r = scalar(b, "statemirror_store_rows_written_total", "counter",
 			"Rows written to SQLite.", STAT_GET(rows_written))) < 0 ||
+	    (r = scalar(b, "statemirror_store_rebuilds_total", "counter",
+			"Database files found corrupt or not ours at start, moved aside and "
+			"rebuilt from the broker.", STAT_GET(store_rebuilds))) < 0 ||
 	    (r = commit_histogram(b)) < 0)
 		return r;
 

@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "common/clock.h"
-#include "common/tsparse.h"
+#include "common/utf8.h"
 
 /*
 ** The fixed-size tail of a record (everything after the payload) is built

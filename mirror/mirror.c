@@ -604,6 +604,14 @@ bool mirror_ready(struct mirror *c, char *buf, size_t n)
 	return ready;
 }
 
+void mirror_broker_status(struct mirror *c, char *buf, size_t n)
+{
+	if (c->d.mqtt)
+		mqtt_status(c->d.mqtt, buf, n);
+	else if (n)
+		snprintf(buf, n, "no broker session");
+}
+
 bool mirror_synced(struct mirror *c)
 {
 	return atomic_load(&c->synced);
