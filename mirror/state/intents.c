@@ -563,6 +563,19 @@ void intents_unwait(struct intents *in, struct intent_waiter *w)
 	pthread_mutex_unlock(&in->mu);
 }
 
+void intents_release_waiters(struct intents *in)
+{
+	pthread_mutex_lock(&in->mu);
+	while (in->waiters) {
+		struct intent_waiter *w = in->waiters;
+
+		in->waiters = w->next;
+		w->fired = true;
+		w->done(w->ctx);
+	}
+	pthread_mutex_unlock(&in->mu);
+}
+
 /* ---- the session's side ---- */
 
 /* The broker has it (or, QoS 0, it was sent). Mutex held. */

@@ -140,6 +140,8 @@ struct intent_waiter {
 };
 int intents_wait(struct intents *in, struct intent_waiter *w);
 void intents_unwait(struct intents *in, struct intent_waiter *w);
+/* Fire every waiter now (the API is stopping). */
+void intents_release_waiters(struct intents *in);
 
 /*
 ** The session's side (its thread; the link up): publish what is due, in
