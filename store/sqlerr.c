@@ -8,6 +8,9 @@
 int store_sql_errno(int rc)
 {
 	switch (rc & 0xff) {
+	case SQLITE_CORRUPT:
+	case SQLITE_NOTADB:
+		return -EBADMSG; /* a damaged file (store_open says which kind) */
 	case SQLITE_FULL:
 		return -ENOSPC;
 	case SQLITE_BUSY:
