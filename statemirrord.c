@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "api/http.h"
+#include "api/intents.h"
 #include "api/watch.h"
 #include "common/clock.h"
 #include "common/conf.h"
@@ -385,6 +386,8 @@ static int daemon_open_intents(struct daemon *d)
 		log_error("intents: cannot open the outbox: %s", err);
 		return rc;
 	}
+	/* Intent events go to watchers: the hub exists by now. */
+	intents_set_observer(d->intents, api_intent_event, d->watch);
 	if ((rc = intents_start(d->intents, clock_wall_ms, mqtt_kick, d->mqtt)) < 0) {
 		log_error("intents: cannot start: %s", strerror(-rc));
 		return rc;
@@ -439,14 +442,14 @@ static int daemon_start(struct daemon *d)
 	if ((rc = load_index(d->store, d->stale, d->ix, &rev, &purge_before_ns, resume)) < 0)
 		return rc;
 
-	if ((rc = daemon_open_intents(d)) < 0)
-		return rc;
 	if (!(d->changes = changes_new((size_t)conf->watch_log_size, rev)))
 		goto nomem;
 	if ((rc = watch_new(conf, d->ix, d->changes, &d->watch)) < 0) {
 		log_error("watch: cannot start: %s", strerror(-rc));
 		return rc;
 	}
+	if ((rc = daemon_open_intents(d)) < 0)
+		return rc;
 	watch_set_resume(d->watch, resume[0], resume[1], rev);
 	struct mirror_deps cd = { .conf = conf, .ix = d->ix, .store = d->store,
 				  .stale = d->stale, .mqtt = d->mqtt, .rejects = d->rejects,

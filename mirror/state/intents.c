@@ -68,6 +68,8 @@ struct intents {
 	int64_t (*clock)(void);
 	void (*wake)(void *ctx);
 	void *wake_ctx;
+	intent_visit_fn observer;
+	void *observer_ctx;
 };
 
 static const char *const state_names[INTENT_STATE_MAX] = {
@@ -195,6 +197,21 @@ static void queue_write(struct intents *in, const struct intent *it)
 	pthread_cond_signal(&in->cv);
 }
 
+static int visit(const struct intent *it, intent_visit_fn fn, void *ctx);
+
+/* Tell the observer (mutex held). */
+static void notify(struct intents *in, const struct intent *it)
+{
+	if (in->observer)
+		(void)visit(it, in->observer, in->observer_ctx);
+}
+
+void intents_set_observer(struct intents *in, intent_visit_fn fn, void *ctx)
+{
+	in->observer = fn;
+	in->observer_ctx = ctx;
+}
+
 /* Fire (under the mutex: see intents_wait) the waiters of it. */
 static void fire_waiters(struct intents *in, int64_t id)
 {
@@ -232,6 +249,7 @@ static void decide(struct intents *in, struct intent *it, enum intent_state s, i
 	list_append(&in->done, it);
 	in->st.outcomes[s]++;
 	queue_write(in, it);
+	notify(in, it);
 	fire_waiters(in, it->id);
 	while (in->done.n > in->lim.history) {
 		struct intent *old = in->done.head;
@@ -447,6 +465,7 @@ int intents_submit(struct intents *in, const struct intent_request *req, int64_t
 	in->pending++;
 	atomic_fetch_add(&in->publishable, 1);
 	*ret_id = it->id;
+	notify(in, it);
 	in->kick = true;
 	pthread_cond_signal(&in->cv);
 	pthread_mutex_unlock(&in->mu);
@@ -592,6 +611,7 @@ static void mark_published(struct intents *in, struct intent *it, int64_t now_ms
 		return;
 	}
 	queue_write(in, it);
+	notify(in, it);
 	in->kick = true; /* its timeout starts now */
 	pthread_cond_signal(&in->cv);
 }
