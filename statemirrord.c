@@ -20,6 +20,7 @@
 #include "mirror/state/index.h"
 #include "mirror/ingest/mqtt.h"
 #include "mirror/state/rejects.h"
+#include "mirror/state/rows.h"
 #include "mirror/liveness/stale.h"
 #include "store/store.h"
 
@@ -265,7 +266,7 @@ static int load_index(struct store *st, struct stale *stale, struct index *ix, i
 	/* Tombstones older than a day are forgotten now and deleted from the
 	 * file by the keeper thread once serving (mirror_deps.purge_before_ns). */
 	*ret_purge_before_ns = (lc.now_ms - TOMBSTONE_TTL_MS) * 1000000;
-	rc = store_load(st, ix, *ret_purge_before_ns, ret_rev, err, sizeof(err));
+	rc = rows_load(st, ix, *ret_purge_before_ns, ret_rev, err, sizeof(err));
 	if (rc < 0) {
 		log_error("store: cannot load: %s", err);
 		return rc;
@@ -339,8 +340,7 @@ static int daemon_config(struct daemon *d)
 	return 0;
 }
 
-/* Open the database (d->store) and make it the payloads' read-back.
- * Returns 0 or -errno (logged). */
+/* Open the database (d->store). Returns 0 or -errno (logged). */
 static int daemon_open_store(struct daemon *d)
 {
 	char err[512];
@@ -350,9 +350,6 @@ static int daemon_open_store(struct daemon *d)
 		log_error("store: cannot open %s: %s", d->conf.db_path, err);
 		return rc;
 	}
-	/* Payloads the index no longer holds are read back from the file. */
-	rec_payload_source(store_fetch_payload, d->store);
-	rec_payload_scanner(store_scan, store_scan_end);
 	return 0;
 }
 
@@ -382,6 +379,8 @@ static int daemon_start(struct daemon *d)
 	d->rejects = rejects_new((size_t)conf->max_rejects);
 	if (!d->ix || !d->rejects)
 		goto nomem;
+	/* Payloads the index no longer holds are read back from the file. */
+	index_set_payload_source(d->ix, store_fetch_payload, store_scan, store_scan_end, d->store);
 	if ((rc = mqtt_new(conf, &d->mqtt, err, sizeof(err))) < 0) {
 		log_error("mqtt: %s", err);
 		return rc;

@@ -260,6 +260,7 @@ static int param_str(const struct pathdec_param *p, size_t n, const char *key,
 
 struct walk {
 	struct buf *b;
+	const struct index *ix; /* the walked index (payloads in the file, walk_run) */
 	const char *filter;
 	int stale;              /* -1 any, 0 fresh only, 1 stale only */
 	size_t limit, n;
@@ -304,7 +305,7 @@ static int walk_visit(struct rec *r, void *ctx)
 	mark = w->b->len;
 	ret = w->n ? buf_putc(w->b, ',') : 0;
 	if (ret == 0)
-		ret = render_record(w->b, r, w->now_ms);
+		ret = render_record(w->b, w->ix, r, w->now_ms);
 	if (ret < 0) {
 		w->b->len = mark;
 		w->b->data[mark] = '\0';
@@ -337,6 +338,7 @@ static int walk_run(struct api *a, struct walk *w, const char *after, size_t aft
 	const char *cur = after;
 	size_t cur_len = after_len;
 
+	w->ix = a->d.ix;
 	do {
 		w->paused = false;
 		w->chunk_left = API_CHUNK_RECORDS;
@@ -345,9 +347,9 @@ static int walk_run(struct api *a, struct walk *w, const char *after, size_t aft
 		w->prev = NULL;
 		index_rdlock(a->d.ix);
 		/* Payloads in the file come from one range scan per hold. */
-		rec_payload_scan(cur ? cur : w->filter, cur ? cur_len : plen);
+		rec_payload_scan(a->d.ix, cur ? cur : w->filter, cur ? cur_len : plen);
 		index_walk(a->d.ix, w->filter, plen, cur, cur_len, walk_visit, w);
-		rec_payload_scan_end();
+		rec_payload_scan_end(a->d.ix);
 		index_unlock(a->d.ix);
 		cur = w->resume.data;
 		cur_len = w->resume.len;
@@ -463,7 +465,7 @@ static enum MHD_Result ep_key(struct call *k, char *t, size_t tlen)
 	r = index_get(a->d.ix, t, n);
 	if (r && !(r->flags & REC_DELETED)) {
 		found = true;
-		ret = render_record(&b, r, now_ms);
+		ret = render_record(&b, a->d.ix, r, now_ms);
 	}
 	index_unlock(a->d.ix);
 	if (!found) {
@@ -574,7 +576,7 @@ static enum MHD_Result ep_rejects(struct call *k)
 
 	buf_init(&b, k->a->body_max);
 	if (k->a->d.rejects)
-		r = rejects_render(k->a->d.rejects, &b);
+		r = render_rejects(&b, k->a->d.rejects);
 	else
 		r = buf_puts(&b, "{\"items\":[]}");
 	if (r < 0)

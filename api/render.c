@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* render.c: the contract's key record as JSON, without an intermediate tree. */
+/* render.c: key records and rejected messages as JSON, without an intermediate tree. */
 #include "api/render.h"
 
 #include <string.h>
@@ -113,7 +113,7 @@ static int put_json_payload(struct buf *b, const char *p, size_t n)
 	return 0;
 }
 
-int render_record(struct buf *b, const struct rec *r, int64_t now_ms)
+int render_record(struct buf *b, const struct index *ix, const struct rec *r, int64_t now_ms)
 {
 	/* The tail: fixed keys plus 4 times (< 32 each) and 5 numbers (<= 20). */
 	char tail[512];
@@ -126,7 +126,7 @@ int render_record(struct buf *b, const struct rec *r, int64_t now_ms)
 	int ret;
 
 	/* From memory, or from the file (a committed value: index.h). */
-	if ((ret = rec_payload(r, &pv, &plen)) < 0)
+	if ((ret = rec_payload(ix, r, &pv, &plen)) < 0)
 		return ret;
 	payload = pv ? pv : "";
 
@@ -220,4 +220,75 @@ int render_error(struct buf *b, const char *reason)
 	if ((ret = buf_json_str(b, reason, strlen(reason))) < 0)
 		return ret;
 	return buf_putc(b, '}');
+}
+
+/*
+** Kept payload bytes as text when they are UTF-8. A cut payload may end
+** inside a character: drop that incomplete tail rather than fall back to
+** base64. Returns the length to show as text, or -1 for base64.
+*/
+static long reject_text_len(const struct rejects_entry *e)
+{
+	const char *p = (const char *)e->payload;
+	size_t n = e->kept;
+
+	if (utf8_valid(p, n))
+		return (long)n;
+	if (n < e->payload_size)
+		for (size_t cut = 1; cut <= 3 && cut < n; cut++)
+			if (((unsigned char)p[n - cut] & 0x80) && utf8_valid(p, n - cut))
+				return (long)(n - cut);
+	return -1;
+}
+
+int render_reject(struct buf *b, const struct rejects_entry *e)
+{
+	char ts[32];
+	long tl = reject_text_len(e);
+	int rc;
+
+	if ((rc = buf_puts(b, "{\"topic\":")) < 0 ||
+	    (rc = buf_json_str(b, e->topic, e->topic_len)) < 0 ||
+	    (e->topic_cut && (rc = buf_puts(b, ",\"topic_truncated\":true")) < 0) ||
+	    (rc = buf_printf(b, ",\"reason\":\"%s\",\"time\":\"%s\",\"payload_size\":%llu",
+			     reject_reason_name(e->reason), clock_format_rfc3339(e->time_ms, ts),
+			     (unsigned long long)e->payload_size)) < 0)
+		return rc;
+	if (tl >= 0) {
+		if ((rc = buf_puts(b, ",\"payload_text\":")) < 0 ||
+		    (rc = buf_json_str(b, (const char *)e->payload, (size_t)tl)) < 0)
+			return rc;
+	} else {
+		if ((rc = buf_puts(b, ",\"payload_base64\":\"")) < 0 ||
+		    (rc = buf_base64(b, e->payload, e->kept)) < 0 ||
+		    (rc = buf_putc(b, '"')) < 0)
+			return rc;
+	}
+	return buf_putc(b, '}');
+}
+
+struct rejects_out {
+	struct buf *b;
+	size_t n;
+};
+
+static int reject_visit(const struct rejects_entry *e, void *ctx)
+{
+	struct rejects_out *o = ctx;
+	int rc;
+
+	if ((o->n++ && (rc = buf_putc(o->b, ',')) < 0) || (rc = render_reject(o->b, e)) < 0)
+		return rc;
+	return 0;
+}
+
+int render_rejects(struct buf *b, struct rejects *r)
+{
+	struct rejects_out o = { b, 0 };
+	int rc;
+
+	if ((rc = buf_puts(b, "{\"items\":[")) < 0 ||
+	    (rc = rejects_visit(r, reject_visit, &o)) < 0)
+		return rc;
+	return buf_puts(b, "]}");
 }

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* render.h: key records as JSON, written straight into a buffer. */
+/* render.h: key records and rejected messages as JSON, written straight into a buffer. */
 #ifndef SM_RENDER_H
 #define SM_RENDER_H
 
@@ -7,6 +7,7 @@
 
 #include "common/buf.h"
 #include "mirror/state/index.h"
+#include "mirror/state/rejects.h"
 
 /*
 ** Append r as the contract's key record (one line, no trailing newline):
@@ -23,15 +24,31 @@
 **   cadence_source is null for CADENCE_NONE, else "rule", "learned",
 **   "default". stale_since is null while 0.
 **
-** Caller holds the index read lock. Returns 0, -ENOMEM or -E2BIG (the
-** buffer's limit); on error b may hold part of the record: the caller
-** truncates back to its previous length if it wants to keep b.
+** r is a record of ix: a payload in the file only is read through ix's
+** payload source (index.h). Caller holds the index read lock. Returns 0,
+** -ENOMEM, -E2BIG (the buffer's limit) or rec_payload's error; on error b
+** may hold part of the record: the caller truncates back to its previous
+** length if it wants to keep b.
 */
-int render_record(struct buf *b, const struct rec *r, int64_t now_ms);
+int render_record(struct buf *b, const struct index *ix, const struct rec *r, int64_t now_ms);
 
 /* For a tombstone: {"topic":...,"deleted":true,"ts":...,"rev":N}.
  * Same locking and return codes as render_record(). */
 int render_tombstone(struct buf *b, const struct rec *r);
+
+/*
+** Append one rejected message: {"topic":..,["topic_truncated":true,]
+** "reason":..,"time":..,"payload_size":N,"payload_text"|"payload_base64":..}.
+** The kept bytes are payload_text when they are UTF-8 (a cut that ends
+** inside a character drops that incomplete tail), else payload_base64.
+** Returns 0 or a buf error.
+*/
+int render_reject(struct buf *b, const struct rejects_entry *e);
+
+/* Append {"items":[...]} of every entry of r (render_reject), newest
+ * first (GET /v1/rejects). Holds the ring's lock while it renders.
+ * Returns 0 or a buf error. */
+int render_rejects(struct buf *b, struct rejects *r);
 
 /* Append {"error":"<reason>"} (reason is escaped). Returns 0 or a buf error. */
 int render_error(struct buf *b, const char *reason);

@@ -136,8 +136,8 @@ static const char *render_failure(int err)
 	return err == -ENOMEM ? "out of memory" : "cannot read a payload from the database";
 }
 
-static int render_event(struct buf *b, const char *type, int64_t id, const struct rec *r,
-			int64_t now_ms)
+static int render_event(struct buf *b, const struct index *ix, const char *type, int64_t id,
+			const struct rec *r, int64_t now_ms)
 {
 	size_t mark = b->len;
 	int ret;
@@ -147,7 +147,7 @@ static int render_event(struct buf *b, const char *type, int64_t id, const struc
 	else
 		ret = buf_printf(b, "event: %s\ndata: ", type);
 	if (ret == 0)
-		ret = (r->flags & REC_DELETED) ? render_tombstone(b, r) : render_record(b, r, now_ms);
+		ret = (r->flags & REC_DELETED) ? render_tombstone(b, r) : render_record(b, ix, r, now_ms);
 	if (ret == 0)
 		ret = buf_puts(b, "\n\n");
 	if (ret < 0 && b->data) {
@@ -339,7 +339,7 @@ static size_t hub_pump_batch(struct watch *h, int64_t now_ms)
 				continue;
 			if (!rendered && !failed) {
 				buf_reset(&h->ev);
-				failed = render_event(&h->ev, change_type_name(c->type), c->rev,
+				failed = render_event(&h->ev, h->ix, change_type_name(c->type), c->rev,
 						      c->rec, now_ms);
 				rendered = failed == 0;
 			}
@@ -485,6 +485,7 @@ void watch_wake(void *ctx)
 
 struct snap_ctx {
 	struct watcher *w;
+	const struct index *ix;
 	int64_t now_ms;
 	size_t visits, renders;
 	bool paused;
@@ -508,7 +509,7 @@ static int snap_visit(struct rec *r, void *arg)
 	 * `synced`, with its id: sending it here too would be a duplicate. */
 	if ((r->flags & REC_DELETED) || r->rev > w->snap_rev || !w_match(w, r))
 		return 0;
-	if ((ret = render_event(&w->out, "update", -1, r, s->now_ms)) < 0) {
+	if ((ret = render_event(&w->out, s->ix, "update", -1, r, s->now_ms)) < 0) {
 		s->err = ret;
 		return 1;
 	}
@@ -526,7 +527,7 @@ static int snap_visit(struct rec *r, void *arg)
 */
 static int snapshot_step(struct watch *h, struct watcher *w)
 {
-	struct snap_ctx s = { .w = w, .now_ms = clock_wall_ms() };
+	struct snap_ctx s = { .w = w, .ix = h->ix, .now_ms = clock_wall_ms() };
 	int ret;
 
 	index_rdlock(h->ix);
@@ -538,13 +539,13 @@ static int snapshot_step(struct watch *h, struct watcher *w)
 		w->snap_count = 0;
 	}
 	if (w->snap_last)
-		rec_payload_scan(rec_topic(w->snap_last), w->snap_last->topic_len);
+		rec_payload_scan(h->ix, rec_topic(w->snap_last), w->snap_last->topic_len);
 	else
-		rec_payload_scan(w->filter, w->plen);
+		rec_payload_scan(h->ix, w->filter, w->plen);
 	ret = index_walk(h->ix, w->filter, w->plen,
 			 w->snap_last ? rec_topic(w->snap_last) : NULL,
 			 w->snap_last ? w->snap_last->topic_len : 0, snap_visit, &s);
-	rec_payload_scan_end();
+	rec_payload_scan_end(h->ix);
 	index_unlock(h->ix);
 	if (s.err)
 		return s.err;
@@ -601,7 +602,8 @@ static int catchup_step(struct watch *h, struct watcher *w)
 		const struct change *c = &batch[i];
 
 		if (c->rec->rev == c->rev && w_match(w, c->rec))
-			ret = render_event(&w->out, change_type_name(c->type), c->rev, c->rec, now_ms);
+			ret = render_event(&w->out, h->ix, change_type_name(c->type), c->rev, c->rec,
+					   now_ms);
 		if (ret == 0)
 			w->cursor = c->rev;
 	}

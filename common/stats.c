@@ -1,5 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* stats.c: the process-wide counters and the commit latency histogram. */
+#include <stddef.h>
+
 #include "common/stats.h"
 
 struct stats g_stats;

@@ -6,10 +6,13 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-#include "mirror/state/apply.h"
-
 #define STATS_COMMIT_BUCKETS 12  /* commit latency histogram, see stats.c */
 #define STATS_HTTP_CODES 8       /* 200 204 400 401 404 405 413 414 431 503 other... see api */
+/* Room for the apply outcomes and reject reasons (enum apply_result,
+ * enum reject_reason in mirror/state/apply.h; apply.c asserts that they fit):
+ * common/ names no type of the layers above it. */
+#define STATS_RESULTS 8
+#define STATS_REASONS 16
 
 /*
 ** Everything here is written by exactly one thread (noted per field) or with
@@ -18,8 +21,8 @@
 */
 struct stats {
 	/* the ingest (session) thread applies; the keeper thread ticks */
-	_Atomic uint64_t messages[APPLY_RESULT_MAX];   /* by apply_result */
-	_Atomic uint64_t rejects[REJECT_REASON_MAX];   /* by reject_reason */
+	_Atomic uint64_t messages[STATS_RESULTS];      /* by enum apply_result */
+	_Atomic uint64_t rejects[STATS_REASONS];       /* by enum reject_reason */
 	_Atomic uint64_t keys;                         /* live keys */
 	_Atomic uint64_t stale_keys;
 	_Atomic uint64_t stale_transitions;            /* fresh->stale */

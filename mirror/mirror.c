@@ -12,6 +12,7 @@
 #include "common/log.h"
 #include "common/stats.h"
 #include "mirror/mirror.h"
+#include "mirror/state/rows.h"
 
 /*
 ** Two threads change records, always under the index write lock:
@@ -312,7 +313,7 @@ static size_t mirror_stage(struct mirror *c, bool force, int64_t mono)
 		if (!(r->flags & REC_DIRTY))
 			continue; /* a repeat: staged already */
 		if (n == MIRROR_STAGE_ROWS || bytes >= MIRROR_STAGE_BYTES ||
-		    store_stage(c->d.store, c->d.ix, r) < 0) {
+		    rows_stage(c->d.store, c->d.ix, r) < 0) {
 			c->dirty[kept++] = r; /* stays dirty: the next write takes it */
 			continue;
 		}

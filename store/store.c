@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* store.c: the SQLite file: open and migrate, load at startup, batched upserts. */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
@@ -10,6 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <sqlite3.h>
 
@@ -19,8 +23,8 @@
 extern const char *const schema_migrations[];
 extern const size_t schema_nmigrations;
 
-/* The learn column: one byte nlearn, then up to REC_LEARN_SLOTS varints. */
-#define LEARN_BLOB_MAX (1 + REC_LEARN_SLOTS * 5)
+/* The learn column: one byte nlearn, then up to STORE_LEARN_SLOTS varints. */
+#define LEARN_BLOB_MAX (1 + STORE_LEARN_SLOTS * 5)
 
 /* The -wal file size (pages) past which a commit wakes the checkpointer,
  * and past which the writer waits for a checkpoint to finish: only then can
@@ -29,11 +33,12 @@ extern const size_t schema_nmigrations;
 #define CKPT_WAL_PAGES 1000
 #define CKPT_WAL_HARD_PAGES 16384
 
+/* PRAGMA application_id of our files ("stmr"): a file with another one is
+ * not ours. Files from before it was set carry 0 and get it at open. */
+#define STORE_APPLICATION_ID 0x73746d72u
+
 /* The staging buffer's room kept between writes; more is freed. */
 #define STAGE_KEEP_BYTES (16u << 20)
-
-/* Bits of rec.flags that describe the record rather than our bookkeeping. */
-#define PERSISTED_FLAGS ((uint16_t)~(REC_DIRTY | REC_IN_FILE | REC_LEARNS))
 
 enum {
 	UPSERT_TOPIC = 1, UPSERT_TS_NS, UPSERT_RECEIVED, UPSERT_LAST_SEEN, UPSERT_REV,
@@ -49,7 +54,7 @@ static const char sql_upsert[] =
 	" last_live_ms, updates, cadence_ms, cadence_source, flags, learn, payload)"
 	" VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
 
-/* A record whose payload is in the file already (REC_IN_FILE: a staleness
+/* A row whose payload is in the file already (payload_kept: a staleness
  * change, a confirmation) is written without it: the same parameters but
  * the last. */
 static const char sql_update[] =
@@ -58,7 +63,7 @@ static const char sql_update[] =
 	" cadence_source = ?10, flags = ?11, learn = ?12 WHERE topic = ?1";
 
 /* Reading a payload back (struct reader): one, or a walk's worth in topic
- * order (BINARY collation: memcmp order, a prefix first, as the index). */
+ * order (BINARY collation: memcmp order, a prefix first). */
 static const char sql_payload[] = "SELECT payload FROM rec WHERE topic = ?1";
 static const char sql_scan[] = "SELECT topic, payload FROM rec WHERE topic >= ?1 ORDER BY topic";
 /* Rows a scan steps over before it seeks instead (a sparse filter). */
@@ -116,9 +121,9 @@ struct store {
 	size_t nbytes, capbytes;
 };
 
-/* A record's state as store_stage copied it: what the upsert binds. */
+/* A row as store_stage copied it: what the upsert binds. */
 struct staged {
-	const char *topic;      /* the record's own: a topic never changes */
+	const char *topic;      /* the caller's: a topic never changes */
 	int64_t ts_ns, received_ms, last_seen_ms, rev, stale_since_ms, last_live_ms;
 	size_t payload_off;     /* in st->bytes */
 	uint32_t payload_len;
@@ -131,8 +136,8 @@ struct staged {
 };
 
 /*
-** A thread's read-only connection, for payloads the index no longer holds
-** (rec_payload). WAL: it never waits for the writer, nor the writer for
+** A thread's read-only connection, for payloads the mirror no longer holds
+** in memory (store_fetch_payload). WAL: it never waits for the writer, nor the writer for
 ** it, and each read sees every commit made before it. Made at a thread's
 ** first read and closed when the thread ends (the key's destructor).
 */
@@ -177,6 +182,9 @@ static void seterr(char *err, size_t errlen, const char *fmt, ...)
 static int sql_errno(int rc)
 {
 	switch (rc & 0xff) {
+	case SQLITE_CORRUPT:
+	case SQLITE_NOTADB:
+		return -EBADMSG; /* a damaged file (store_open says which kind) */
 	case SQLITE_FULL:
 		return -ENOSPC;
 	case SQLITE_BUSY:
@@ -400,6 +408,121 @@ static int prepare(sqlite3 *db, const char *sql, sqlite3_stmt **ret, char *err, 
 	return 0;
 }
 
+static uint32_t be32(const unsigned char *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* Size of the file at path, 0 when there is none; -errno if stat fails
+ * otherwise. */
+static int64_t file_size(const char *path)
+{
+	struct stat sb;
+
+	if (stat(path, &sb) < 0)
+		return errno == ENOENT ? 0 : -errno;
+	return (int64_t)sb.st_size;
+}
+
+/*
+** What the file's 100-byte header says, before SQLite opens it (so that a
+** file refused here is never touched, not even by a recovery): not an
+** SQLite file (-EINVAL), cut short (-ENODATA), a header no SQLite wrote
+** (-EBADMSG), another application's (-EMEDIUMTYPE: its application_id),
+** written by a newer release (-ENOTSUP: user_version as of the last
+** checkpoint; store_open looks again once the WAL is read). A missing or
+** empty file is a new database: 0. Costs a stat and one read.
+*/
+static int check_header(const char *path, char *err, size_t errlen)
+{
+	static const char magic[16] = "SQLite format 3";
+	unsigned char h[100];
+	char wal[PATH_MAX];
+	int64_t size, wal_size, pages;
+	uint32_t psize;
+	ssize_t n;
+	int fd, r = 0;
+
+	size = file_size(path);
+	if (size <= 0)
+		return 0; /* none yet, or stat fails: sqlite3_open says why */
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0; /* the same */
+	n = pread(fd, h, sizeof(h), 0);
+	close(fd);
+	if (n < 0)
+		return 0;
+	if (memcmp(h, magic, (size_t)n < sizeof(magic) ? (size_t)n : sizeof(magic)) != 0) {
+		seterr(err, errlen, "%s: not a statemirror database (not an SQLite file)", path);
+		return -EINVAL;
+	}
+	if ((size_t)n < sizeof(h)) {
+		seterr(err, errlen, "%s: truncated: %zd bytes, not even an SQLite header", path, n);
+		return -ENODATA;
+	}
+	psize = (uint32_t)h[16] << 8 | h[17];
+	if (psize == 1)
+		psize = 65536;
+	if (psize < 512 || psize > 65536 || (psize & (psize - 1))) {
+		seterr(err, errlen, "%s: corrupt: page size %u in the header", path, psize);
+		return -EBADMSG;
+	}
+	if (be32(h + 68) != 0 && be32(h + 68) != STORE_APPLICATION_ID) {
+		seterr(err, errlen, "%s: not a statemirror database (application_id %#x)", path,
+		       be32(h + 68));
+		return -EMEDIUMTYPE;
+	}
+	if ((int32_t)be32(h + 60) < 0 || be32(h + 60) > schema_nmigrations) {
+		seterr(err, errlen, "%s: schema version %" PRId32 " is newer than this "
+		       "statemirrord knows (%zu): written by a newer release, refused",
+		       path, (int32_t)be32(h + 60), schema_nmigrations);
+		return -ENOTSUP;
+	}
+	/* With a WAL the file may lack pages the WAL holds (a checkpoint cut
+	 * short by a crash is redone): only a file on its own must be whole. */
+	if ((size_t)snprintf(wal, sizeof(wal), "%s-wal", path) >= sizeof(wal))
+		return 0;
+	wal_size = file_size(wal);
+	if (wal_size != 0)
+		return 0;
+	/* The page count is valid when written by the change that wrote the
+	 * header last (SQLite >= 3.7.0 always does). */
+	pages = be32(h + 24) == be32(h + 92) ? (int64_t)be32(h + 28) : 0;
+	if (size % psize != 0 || size < pages * psize) {
+		seterr(err, errlen, "%s: truncated: %" PRId64 " bytes, the header says %" PRId64
+		       " pages of %u", path, size, pages, psize);
+		r = -ENODATA;
+	}
+	return r;
+}
+
+/*
+** A file SQLite reads, at user_version v: ours when it is new (no table at
+** all, v = 0) or holds our tables (v > 0). Returns 0, -EMEDIUMTYPE (another
+** application's database), -EBADMSG (its schema cannot be read: corrupt)
+** or another error of the read, with err set.
+*/
+static int check_ours(sqlite3 *db, const char *path, int64_t v, char *err, size_t errlen)
+{
+	int64_t all, ours;
+	int r;
+
+	if ((r = query_int(db, "SELECT count(*) FROM sqlite_schema", &all, err, errlen)) < 0 ||
+	    (r = query_int(db, "SELECT count(*) FROM sqlite_schema WHERE type = 'table'"
+			   " AND name IN ('rec', 'meta')", &ours, err, errlen)) < 0) {
+		if (r == -EBADMSG)
+			seterr(err, errlen, "%s: corrupt: %s", path, sqlite3_errmsg(db));
+		return r;
+	}
+	if ((v == 0 && all > 0) || (v > 0 && ours != 2)) {
+		seterr(err, errlen, "%s: not a statemirror database (an SQLite database "
+		       "without our tables)", path);
+		return -EMEDIUMTYPE;
+	}
+	return 0;
+}
+
 int store_open(const char *path, struct store **ret_st, char *err, size_t errlen)
 {
 	struct store *st;
@@ -421,6 +544,8 @@ int store_open(const char *path, struct store **ret_st, char *err, size_t errlen
 		r = -ENOMEM;
 		goto fail;
 	}
+	if ((r = check_header(path, err, errlen)) < 0)
+		goto fail;
 	rc = sqlite3_open_v2(path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
 			     SQLITE_OPEN_NOMUTEX, NULL);
 	if (rc != SQLITE_OK) {
@@ -443,15 +568,12 @@ int store_open(const char *path, struct store **ret_st, char *err, size_t errlen
 	 * writer makes store_write fail with -EBUSY, and the caller retries. */
 	sqlite3_busy_timeout(st->db, 100);
 
-	/* The first read: a file that is not a database fails here. */
+	/* The first read: a file SQLite cannot make sense of fails here (its
+	 * header looked right: the file is damaged). */
 	r = query_int(st->db, "PRAGMA user_version", &v, err, errlen);
 	if (r < 0) {
-		rc = sqlite3_extended_errcode(st->db);
-		if ((rc & 0xff) == SQLITE_NOTADB || (rc & 0xff) == SQLITE_CORRUPT) {
-			seterr(err, errlen, "%s: not a statemirror database (%s)", path,
-			       sqlite3_errmsg(st->db));
-			r = -EINVAL;
-		}
+		if (r == -EBADMSG)
+			seterr(err, errlen, "%s: corrupt: %s", path, sqlite3_errmsg(st->db));
 		goto fail;
 	}
 	if (v < 0 || (uint64_t)v > schema_nmigrations) {
@@ -461,6 +583,8 @@ int store_open(const char *path, struct store **ret_st, char *err, size_t errlen
 		r = -ENOTSUP;
 		goto fail;
 	}
+	if ((r = check_ours(st->db, path, v, err, errlen)) < 0)
+		goto fail;
 	/* WAL lets `sqlite3 -readonly` readers run while we write; NORMAL
 	 * sync keeps every commit atomic and loses at most the last ones on
 	 * power loss, never on a process crash. */
@@ -481,6 +605,17 @@ int store_open(const char *path, struct store **ret_st, char *err, size_t errlen
 	if (r < 0)
 		goto fail;
 	r = migrate(st->db, v, err, errlen);
+	if (r < 0)
+		goto fail;
+	/* Ours now: say so in the header (files from before carry 0). */
+	r = query_int(st->db, "PRAGMA application_id", &v, err, errlen);
+	if (r == 0 && v != STORE_APPLICATION_ID) {
+		char pragma[64];
+
+		snprintf(pragma, sizeof(pragma), "PRAGMA application_id = %u",
+			 (unsigned)STORE_APPLICATION_ID);
+		r = exec(st->db, pragma, "application_id", err, errlen);
+	}
 	if (r < 0)
 		goto fail;
 
@@ -530,20 +665,20 @@ void store_close(struct store *st)
 	free(st);
 }
 
-/* Encode l, a learning state or NULL; returns the length, 0 for none (bound as NULL). */
-static size_t learn_encode(const struct rec_learn *l, unsigned char out[LEARN_BLOB_MAX])
+/* Encode row's learning state; returns the length, 0 for none (bound as NULL). */
+static size_t learn_encode(const struct store_row *row, unsigned char out[LEARN_BLOB_MAX])
 {
-	size_t k = REC_LEARN_SLOTS, n = 0;
+	size_t k = STORE_LEARN_SLOTS, n = 0;
 
-	if (!l)
+	if (!row->has_learn)
 		return 0;
-	while (k > 0 && l->iv[k - 1] == 0)
+	while (k > 0 && row->learn_iv[k - 1] == 0)
 		k--;
-	if (k == 0 && l->n == 0)
+	if (k == 0 && row->learn_n == 0)
 		return 0;
-	out[n++] = l->n;
+	out[n++] = row->learn_n;
 	for (size_t i = 0; i < k; i++) {
-		uint32_t x = l->iv[i];
+		uint32_t x = row->learn_iv[i];
 
 		while (x >= 0x80) {
 			out[n++] = (unsigned char)(x | 0x80);
@@ -554,23 +689,22 @@ static size_t learn_encode(const struct rec_learn *l, unsigned char out[LEARN_BL
 	return n;
 }
 
-/* Decode a learn blob (and last_live_ms) into r's learning state. No blob,
- * or a malformed one, leaves r without one: the intervals are relearned
- * from the next messages (last_live_ms alone is no use after a restart:
- * an interval never spans one). Returns 0, or -ENOMEM. */
-static int learn_decode(struct index *ix, struct rec *r, int64_t last_live_ms,
-			const unsigned char *p, size_t len)
+/* Decode a learn blob into row's learning state. No blob, or a malformed
+ * one, leaves has_learn false: the intervals are relearned from the next
+ * messages (last_live_ms alone is no use after a restart: an interval
+ * never spans one). */
+static void learn_decode(struct store_row *row, const unsigned char *p, size_t len)
 {
-	uint32_t iv[REC_LEARN_SLOTS] = { 0 };
-	struct rec_learn *l;
+	uint32_t iv[STORE_LEARN_SLOTS] = { 0 };
 	size_t i = 1, k = 0;
 	bool ok = p && len > 0;
 
+	row->has_learn = false;
 	while (ok && i < len) {
 		uint64_t x = 0;
 		unsigned shift = 0;
 
-		if (k == REC_LEARN_SLOTS) {
+		if (k == STORE_LEARN_SLOTS) {
 			ok = false;
 			break;
 		}
@@ -591,13 +725,10 @@ static int learn_decode(struct index *ix, struct rec *r, int64_t last_live_ms,
 		iv[k++] = (uint32_t)x;
 	}
 	if (!ok)
-		return 0;
-	if (!(l = index_learn_make(ix, r)))
-		return -ENOMEM;
-	l->last_live_ms = last_live_ms;
-	l->n = p[0];
-	memcpy(l->iv, iv, sizeof(iv));
-	return 0;
+		return;
+	row->has_learn = true;
+	row->learn_n = p[0];
+	memcpy(row->learn_iv, iv, sizeof(iv));
 }
 
 static int bind_row(struct store *st, sqlite3_stmt *s, const struct staged *w)
@@ -615,7 +746,7 @@ static int bind_row(struct store *st, sqlite3_stmt *s, const struct staged *w)
 	rc |= sqlite3_bind_int64(s, UPSERT_UPDATES, w->updates);
 	rc |= sqlite3_bind_int64(s, UPSERT_CADENCE, w->cadence_ms);
 	rc |= sqlite3_bind_int(s, UPSERT_CADENCE_SOURCE, w->cadence_source);
-	rc |= sqlite3_bind_int(s, UPSERT_FLAGS, w->flags & PERSISTED_FLAGS);
+	rc |= sqlite3_bind_int(s, UPSERT_FLAGS, w->flags);
 	if (w->learn_len)
 		rc |= sqlite3_bind_blob(s, UPSERT_LEARN, payload + w->payload_len, w->learn_len,
 					SQLITE_STATIC);
@@ -623,9 +754,9 @@ static int bind_row(struct store *st, sqlite3_stmt *s, const struct staged *w)
 		rc |= sqlite3_bind_null(s, UPSERT_LEARN);
 	if (w->keep_payload)
 		;
-	else if ((w->flags & REC_DELETED) || !w->has_payload)
+	else if ((w->flags & STORE_DELETED) || !w->has_payload)
 		rc |= sqlite3_bind_null(s, UPSERT_PAYLOAD);
-	else if (w->flags & REC_IS_JSON)
+	else if (w->flags & STORE_IS_JSON)
 		/* Valid JSON is UTF-8: TEXT keeps json_extract() usable on it. */
 		rc |= sqlite3_bind_text(s, UPSERT_PAYLOAD, payload, (int)w->payload_len,
 					SQLITE_STATIC);
@@ -657,14 +788,13 @@ static int grow(void **p, size_t *cap, size_t need, size_t elem)
 	return 0;
 }
 
-int store_stage(struct store *st, const struct index *ix, const struct rec *r)
+int store_stage(struct store *st, const struct store_row *row)
 {
-	const struct rec_learn *l = ix ? index_learn(ix, r) : NULL;
 	unsigned char learn[LEARN_BLOB_MAX];
-	size_t nlearn = learn_encode(l, learn);
-	bool in_file = (r->flags & REC_IN_FILE) != 0;
-	bool has_payload = !in_file && r->payload && !(r->flags & REC_DELETED);
-	size_t plen = has_payload ? r->payload_len : 0;
+	size_t nlearn = learn_encode(row, learn);
+	bool kept = row->payload_kept;
+	bool has_payload = !kept && row->payload && !(row->flags & STORE_DELETED);
+	size_t plen = has_payload ? row->payload_len : 0;
 	struct staged *w;
 
 	if (grow((void **)&st->rows, &st->caprows, st->nrows + 1, sizeof(*st->rows)) < 0 ||
@@ -672,19 +802,19 @@ int store_stage(struct store *st, const struct index *ix, const struct rec *r)
 		return -ENOMEM;
 	w = &st->rows[st->nrows++];
 	*w = (struct staged){
-		.topic = rec_topic(r), .topic_len = r->topic_len,
-		.ts_ns = r->ts_ns, .received_ms = r->received_ms,
-		.last_seen_ms = r->last_seen_ms, .rev = r->rev,
-		.stale_since_ms = r->stale_since_ms,
-		.last_live_ms = l ? l->last_live_ms : 0,
+		.topic = row->topic, .topic_len = row->topic_len,
+		.ts_ns = row->ts_ns, .received_ms = row->received_ms,
+		.last_seen_ms = row->last_seen_ms, .rev = row->rev,
+		.stale_since_ms = row->stale_since_ms,
+		.last_live_ms = row->last_live_ms,
 		.payload_off = st->nbytes, .payload_len = (uint32_t)plen,
-		.updates = r->updates, .cadence_ms = r->cadence_ms,
-		.flags = r->flags, .learn_len = (uint8_t)nlearn,
-		.cadence_source = r->cadence_source, .has_payload = has_payload,
-		.keep_payload = in_file,
+		.updates = row->updates, .cadence_ms = row->cadence_ms,
+		.flags = row->flags, .learn_len = (uint8_t)nlearn,
+		.cadence_source = (uint8_t)row->cadence_source, .has_payload = has_payload,
+		.keep_payload = kept,
 	};
 	if (plen)
-		memcpy(st->bytes + st->nbytes, r->payload, plen);
+		memcpy(st->bytes + st->nbytes, row->payload, plen);
 	if (nlearn)
 		memcpy(st->bytes + st->nbytes + plen, learn, nlearn);
 	st->nbytes += plen + nlearn;
@@ -770,11 +900,11 @@ fail:
 	return sql_errno(rc);
 }
 
-int store_write(struct store *st, const struct index *ix, struct rec *const *recs, size_t n,
-		char *err, size_t errlen)
+int store_write(struct store *st, const struct store_row *rows, size_t n, char *err,
+		size_t errlen)
 {
 	for (size_t i = 0; i < n; i++) {
-		if (store_stage(st, ix, recs[i]) < 0) {
+		if (store_stage(st, &rows[i]) < 0) {
 			st->nrows = st->nbytes = 0;
 			seterr(err, errlen, "store write of %zu records: out of memory", n);
 			return -ENOMEM;
@@ -783,12 +913,11 @@ int store_write(struct store *st, const struct index *ix, struct rec *const *rec
 	return store_commit(st, err, errlen);
 }
 
-int store_load(struct store *st, struct index *ix, int64_t skip_before_ns, int64_t *ret_rev,
-	       char *err, size_t errlen)
+int store_load(struct store *st, int64_t skip_before_ns, store_row_fn fn, void *ctx,
+	       int64_t *ret_rev, char *err, size_t errlen)
 {
 	sqlite3_stmt *s = NULL;
 	int64_t rev = 0, mark = 0;
-	struct rec *r;
 	int rc, ret;
 
 	ret = query_int(st->db, "SELECT coalesce((SELECT value FROM meta WHERE name = 'rev'), 0)",
@@ -801,10 +930,7 @@ int store_load(struct store *st, struct index *ix, int64_t skip_before_ns, int64
 	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
 		const char *topic = (const char *)sqlite3_column_text(s, 0);
 		size_t tlen = (size_t)sqlite3_column_bytes(s, 0);
-		const void *payload;
-		size_t plen;
-		int64_t source;
-		uint16_t flags;
+		struct store_row row;
 
 		if (!topic || tlen == 0 || tlen > UINT16_MAX || memchr(topic, '\0', tlen)) {
 			seterr(err, errlen, "load: a stored topic is empty, too long or "
@@ -812,39 +938,38 @@ int store_load(struct store *st, struct index *ix, int64_t skip_before_ns, int64
 			ret = -EIO;
 			goto fail;
 		}
-		flags = (uint16_t)(sqlite3_column_int64(s, 10) & PERSISTED_FLAGS);
-		if ((flags & REC_DELETED) && sqlite3_column_int64(s, 1) < skip_before_ns)
+		row = (struct store_row){
+			.topic = topic, .topic_len = (uint16_t)tlen,
+			.flags = (uint16_t)sqlite3_column_int64(s, 10),
+			.ts_ns = sqlite3_column_int64(s, 1),
+		};
+		if ((row.flags & STORE_DELETED) && row.ts_ns < skip_before_ns)
 			continue; /* forgotten: store_purge_tombstones deletes it */
-		payload = sqlite3_column_blob(s, 12);
-		plen = (size_t)sqlite3_column_bytes(s, 12);
-		if ((flags & REC_DELETED) || !payload)
-			plen = 0;
-		/* The payload stays in the file: the index keeps its hash. */
-		r = index_add(ix, topic, tlen, NULL, 0, flags);
-		if (!r) {
-			if (errno == ENOMEM)
-				goto fail_nomem;
-			seterr(err, errlen, "load: cannot index %s: %s", topic, strerror(errno));
-			ret = -EIO;
+		row.payload = sqlite3_column_blob(s, 12);
+		row.payload_len = (uint32_t)sqlite3_column_bytes(s, 12);
+		if ((row.flags & STORE_DELETED) || !row.payload) {
+			row.payload = NULL;
+			row.payload_len = 0;
+		}
+		row.received_ms = sqlite3_column_int64(s, 2);
+		row.last_seen_ms = sqlite3_column_int64(s, 3);
+		row.rev = sqlite3_column_int64(s, 4);
+		row.stale_since_ms = sqlite3_column_int64(s, 5);
+		row.last_live_ms = sqlite3_column_int64(s, 6);
+		row.updates = (uint32_t)sqlite3_column_int64(s, 7);
+		row.cadence_ms = (uint32_t)sqlite3_column_int64(s, 8);
+		row.cadence_source = sqlite3_column_int64(s, 9);
+		learn_decode(&row, sqlite3_column_blob(s, 11), (size_t)sqlite3_column_bytes(s, 11));
+		ret = fn(ctx, &row);
+		if (ret < 0) {
+			if (ret == -ENOMEM)
+				seterr(err, errlen, "load: out of memory");
+			else
+				seterr(err, errlen, "load: %s: %s", topic, strerror(-ret));
 			goto fail;
 		}
-		if (plen)
-			rec_set_payload_in_file(r, plen, rec_payload_hash(payload, plen));
-		r->ts_ns = sqlite3_column_int64(s, 1);
-		r->received_ms = sqlite3_column_int64(s, 2);
-		r->last_seen_ms = sqlite3_column_int64(s, 3);
-		r->rev = sqlite3_column_int64(s, 4);
-		r->stale_since_ms = sqlite3_column_int64(s, 5);
-		r->updates = (uint32_t)sqlite3_column_int64(s, 7);
-		r->cadence_ms = (uint32_t)sqlite3_column_int64(s, 8);
-		source = sqlite3_column_int64(s, 9);
-		r->cadence_source = source >= 0 && source < CADENCE_SOURCE_MAX ?
-			(uint8_t)source : CADENCE_NONE;
-		if (learn_decode(ix, r, sqlite3_column_int64(s, 6), sqlite3_column_blob(s, 11),
-				 (size_t)sqlite3_column_bytes(s, 11)) < 0)
-			goto fail_nomem;
-		if (r->rev > rev)
-			rev = r->rev;
+		if (row.rev > rev)
+			rev = row.rev;
 	}
 	if (rc != SQLITE_DONE)
 		goto fail_sql;
@@ -853,10 +978,6 @@ int store_load(struct store *st, struct index *ix, int64_t skip_before_ns, int64
 	*ret_rev = st->rev_written;
 	return 0;
 
-fail_nomem:
-	seterr(err, errlen, "load: out of memory");
-	ret = -ENOMEM;
-	goto fail;
 fail_sql:
 	ret = sql_fail(st->db, rc, "load", err, errlen);
 fail:
@@ -891,18 +1012,12 @@ static struct reader *reader_get(struct store *st)
 	return rd;
 }
 
-/* Copy column col of s (r's payload) into rd->buf for the caller. */
-static int copy_payload(struct reader *rd, sqlite3_stmt *s, int col, const struct rec *r,
-			const void **p, size_t *n)
+/* Copy column col of s (a payload) into rd->buf for the caller. */
+static int copy_payload(struct reader *rd, sqlite3_stmt *s, int col, const void **p, size_t *n)
 {
 	const void *v = sqlite3_column_blob(s, col);
 	size_t len = (size_t)sqlite3_column_bytes(s, col);
 
-	if (len != r->payload_len) {
-		/* Not the value the index describes (a file changed behind our
-		 * back): never serve it as that value. */
-		return -EIO;
-	}
 	if (len + 1 > rd->cap) {
 		char *nb = realloc(rd->buf, len + 1);
 
@@ -927,9 +1042,11 @@ static void scan_seek(struct reader *rd, const char *t, size_t tl)
 	rd->have_row = false;
 }
 
-/* r's payload from the scan, stepping over rows the walk skipped. Returns
- * 1 when the scan cannot tell (the caller looks r up), else as fetch. */
-static int scan_fetch(struct reader *rd, const struct rec *r, const void **p, size_t *n)
+/* topic's payload from the scan, stepping over rows the walk skipped.
+ * Returns 1 when the scan cannot tell (the caller looks it up), else as
+ * store_fetch_payload. */
+static int scan_fetch(struct reader *rd, const char *topic, size_t len, const void **p,
+		      size_t *n)
 {
 	for (int i = 0; i < SCAN_SKIP_MAX; i++) {
 		const char *t;
@@ -943,24 +1060,24 @@ static int scan_fetch(struct reader *rd, const struct rec *r, const void **p, si
 		}
 		t = (const char *)sqlite3_column_text(rd->scan, 0);
 		tl = (size_t)sqlite3_column_bytes(rd->scan, 0);
-		m = tl < r->topic_len ? tl : r->topic_len;
-		c = m ? memcmp(t, rec_topic(r), m) : 0;
+		m = tl < len ? tl : len;
+		c = m ? memcmp(t, topic, m) : 0;
 		if (c == 0)
-			c = tl < r->topic_len ? -1 : tl > r->topic_len;
+			c = tl < len ? -1 : tl > len;
 		if (c == 0) {
 			rd->have_row = false;
-			return copy_payload(rd, rd->scan, 1, r, p, n);
+			return copy_payload(rd, rd->scan, 1, p, n);
 		}
 		if (c > 0)
 			break;
 		rd->have_row = false; /* a row the walk did not want */
 	}
 	/* A sparse walk: seek there, and go on from there next time. */
-	scan_seek(rd, rec_topic(r), r->topic_len);
+	scan_seek(rd, topic, len);
 	return 1;
 }
 
-int store_fetch_payload(void *ctx, const struct rec *r, const void **p, size_t *n)
+int store_fetch_payload(void *ctx, const char *topic, size_t len, const void **p, size_t *n)
 {
 	struct store *st = ctx;
 	struct reader *rd = reader_get(st);
@@ -968,12 +1085,12 @@ int store_fetch_payload(void *ctx, const struct rec *r, const void **p, size_t *
 
 	if (!rd)
 		return -EIO;
-	if (rd->scanning && (ret = scan_fetch(rd, r, p, n)) <= 0)
+	if (rd->scanning && (ret = scan_fetch(rd, topic, len, p, n)) <= 0)
 		return ret;
-	sqlite3_bind_text(rd->get, 1, rec_topic(r), r->topic_len, SQLITE_STATIC);
+	sqlite3_bind_text(rd->get, 1, topic, (int)len, SQLITE_STATIC);
 	rc = sqlite3_step(rd->get);
 	if (rc == SQLITE_ROW)
-		ret = copy_payload(rd, rd->get, 0, r, p, n);
+		ret = copy_payload(rd, rd->get, 0, p, n);
 	else
 		ret = rc == SQLITE_DONE ? -ENOENT : sql_errno(rc);
 	sqlite3_reset(rd->get);
@@ -1014,7 +1131,7 @@ int store_purge_tombstones(struct store *st, int64_t before_ns, int64_t *ret_n, 
 
 	if (rc != SQLITE_OK)
 		return sql_fail(st->db, rc, "purge", err, errlen);
-	sqlite3_bind_int64(s, 1, REC_DELETED);
+	sqlite3_bind_int64(s, 1, STORE_DELETED);
 	sqlite3_bind_int64(s, 2, before_ns);
 	rc = sqlite3_step(s);
 	sqlite3_finalize(s);
@@ -1029,6 +1146,119 @@ int store_checkpoint(struct store *st)
 {
 	ckpt_request(&st->ck);
 	return atomic_load_explicit(&st->ck.result, memory_order_relaxed);
+}
+
+/* Rename from to to, never over an existing file. Returns 0 or -errno
+ * (-EEXIST when to exists). */
+static int rename_new(const char *from, const char *to)
+{
+	struct stat sb;
+
+	if (renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0)
+		return 0;
+	if (errno != EINVAL && errno != ENOSYS)
+		return -errno;
+	/* A file system without RENAME_NOREPLACE: look first (the name has a
+	 * timestamp; nobody else makes such names). */
+	if (lstat(to, &sb) == 0)
+		return -EEXIST;
+	return rename(from, to) == 0 ? 0 : -errno;
+}
+
+/* fsync the directory holding path, so that renames in it last. */
+static void sync_dir(const char *path)
+{
+	char dir[PATH_MAX];
+	const char *slash = strrchr(path, '/');
+	int fd;
+
+	if (!slash)
+		snprintf(dir, sizeof(dir), ".");
+	else if ((size_t)(slash - path) >= sizeof(dir))
+		return;
+	else
+		snprintf(dir, sizeof(dir), "%.*s", slash == path ? 1 : (int)(slash - path), path);
+	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd >= 0) {
+		fsync(fd);
+		close(fd);
+	}
+}
+
+int store_set_aside(const char *path, int64_t now_ms, char *ret_path, size_t ret_len,
+		    char *err, size_t errlen)
+{
+	static const char *const side[] = { "-wal", "-shm", "-journal" };
+	char to[PATH_MAX], from[PATH_MAX], sfx[8] = "", stamp[32];
+	struct stat sb;
+	time_t t = (time_t)(now_ms >= 0 ? now_ms / 1000 : -((-now_ms + 999) / 1000));
+	struct tm tm;
+	int r = -EEXIST;
+
+	if (lstat(path, &sb) < 0) {
+		r = -errno;
+		seterr(err, errlen, "%s: %s", path, strerror(errno));
+		return r;
+	}
+	if (!gmtime_r(&t, &tm) || strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%SZ", &tm) == 0) {
+		seterr(err, errlen, "%s: no time to name it after", path);
+		return -EINVAL;
+	}
+	/* A name free for the database and every side file. */
+	for (int i = 1; i <= 100; i++) {
+		bool taken = false;
+
+		if (i > 1)
+			snprintf(sfx, sizeof(sfx), "-%d", i);
+		if ((size_t)snprintf(to, sizeof(to), "%s.bad-%s%s-journal", path, stamp, sfx) >=
+		    sizeof(to)) {
+			seterr(err, errlen, "%s: the new name is too long", path);
+			return -ENAMETOOLONG;
+		}
+		snprintf(to, sizeof(to), "%s.bad-%s%s", path, stamp, sfx);
+		taken = lstat(to, &sb) == 0;
+		for (size_t k = 0; k < sizeof(side) / sizeof(side[0]) && !taken; k++) {
+			snprintf(from, sizeof(from), "%s%s", to, side[k]);
+			taken = lstat(from, &sb) == 0;
+		}
+		if (!taken) {
+			r = 0;
+			break;
+		}
+	}
+	if (r < 0) {
+		seterr(err, errlen, "%s: 100 names for it taken already", path);
+		return r;
+	}
+	if (strlen(to) >= ret_len) {
+		seterr(err, errlen, "%s: the new name does not fit", path);
+		return -ENAMETOOLONG;
+	}
+	/* The side files first: a WAL left beside a new database at path
+	 * would be replayed into it. */
+	for (size_t k = 0; k < sizeof(side) / sizeof(side[0]); k++) {
+		char dst[PATH_MAX];
+
+		snprintf(from, sizeof(from), "%s%s", path, side[k]);
+		snprintf(dst, sizeof(dst), "%s%s", to, side[k]);
+		if (lstat(from, &sb) < 0)
+			continue;
+		if ((r = rename_new(from, dst)) < 0) {
+			seterr(err, errlen, "%s: cannot move it to %s: %s%s", from, dst,
+			       strerror(-r), k ? " (the side files before it moved)" : "");
+			sync_dir(path);
+			return r;
+		}
+	}
+	if ((r = rename_new(path, to)) < 0) {
+		seterr(err, errlen, "%s: cannot move it to %s: %s (its side files moved there)",
+		       path, to, strerror(-r));
+		sync_dir(path);
+		return r;
+	}
+	sync_dir(path);
+	snprintf(ret_path, ret_len, "%s", to);
+	return 0;
 }
 
 int store_schema_version(void)

@@ -1232,7 +1232,8 @@ void alerts_link(struct alerts *a, bool synced, int64_t now_ms)
 				work_add(a, p);
 }
 
-void alerts_adopt(struct alerts *a, const struct rec *r, int64_t now_ms)
+void alerts_adopt(struct alerts *a, const struct index *ix, const struct rec *r,
+		  int64_t now_ms)
 {
 	json_t *o, *kind, *state, *group;
 	json_error_t err;
@@ -1240,7 +1241,7 @@ void alerts_adopt(struct alerts *a, const struct rec *r, int64_t now_ms)
 	size_t n;
 
 	if (!a->topic || !r->payload_len || r->topic_len <= a->topic_len ||
-	    rec_payload(r, &pv, &n) < 0 || !n)
+	    rec_payload(ix, r, &pv, &n) < 0 || !n)
 		return;
 	o = json_loadb(pv, n, 0, &err);
 	if (!o)

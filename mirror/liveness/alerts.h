@@ -92,8 +92,10 @@ void alerts_link(struct alerts *a, bool synced, int64_t now_ms);
 ** the alerts topic, loaded from the store or replayed by the broker): if it
 ** holds an open alert we do not know, adopt it, so that it is resolved
 ** (and its retained copy cleared) once the keys under it turn out fresh.
+** ix is r's index (a payload in the file is read through it).
 */
-void alerts_adopt(struct alerts *a, const struct rec *r, int64_t now_ms);
+void alerts_adopt(struct alerts *a, const struct index *ix, const struct rec *r,
+		  int64_t now_ms);
 
 /*
 ** Flush what is due: pending changes whose group wait passed, incident

@@ -774,7 +774,7 @@ bool stale_on_load(struct stale *s, struct rec *r, int64_t now_ms)
 		changed = was || !(r->flags & REC_NO_STALE);
 		r->flags = (uint16_t)((r->flags | REC_NO_STALE) & ~REC_STALE);
 		r->stale_since_ms = 0;
-		alerts_adopt(s->alerts, r, now_ms);
+		alerts_adopt(s->alerts, s->ix, r, now_ms);
 		return changed;
 	}
 	changed = r->flags & REC_NO_STALE;
@@ -818,7 +818,7 @@ void stale_on_message(struct stale *s, struct rec *r, bool live_seen, bool is_ne
 				cb(r, false, ctx);
 		}
 		if (!live_seen)
-			alerts_adopt(s->alerts, r, now_ms);
+			alerts_adopt(s->alerts, s->ix, r, now_ms);
 		return;
 	}
 	if (r->flags & REC_NO_STALE) {

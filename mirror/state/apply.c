@@ -3,7 +3,12 @@
 #include <errno.h>
 #include <string.h>
 
+#include "common/stats.h"
 #include "mirror/state/apply.h"
+
+/* g_stats counts messages and rejects by these enums. */
+_Static_assert(APPLY_RESULT_MAX <= STATS_RESULTS, "stats.h: STATS_RESULTS too small");
+_Static_assert(REJECT_REASON_MAX <= STATS_REASONS, "stats.h: STATS_REASONS too small");
 
 static const char *const result_names[APPLY_RESULT_MAX] = {
 	[APPLY_APPLIED] = "applied",
@@ -73,7 +78,8 @@ static bool same_bytes(const struct msg *m, const struct rec *r)
 ** Should that read fail, *failed is set (the caller rejects m: counted and
 ** listed, never silently ordered).
 */
-static int cmp_current(const struct msg *m, const struct rec *r, bool *failed)
+static int cmp_current(const struct index *ix, const struct msg *m, const struct rec *r,
+		       bool *failed)
 {
 	const void *p;
 	size_t n;
@@ -85,7 +91,7 @@ static int cmp_current(const struct msg *m, const struct rec *r, bool *failed)
 				 r->payload ? r->payload_len : 0);
 	if (same_bytes(m, r))
 		return 0;
-	if (rec_payload(r, &p, &n) < 0) {
+	if (rec_payload(ix, r, &p, &n) < 0) {
 		*failed = true;
 		return -1;
 	}
@@ -124,11 +130,13 @@ static void set_value(struct rec *r, bool was_live, const struct msg *m, int64_t
 		      int64_t *rev_counter)
 {
 	bool del = m->payload_len == 0;
-	uint16_t keep = r->flags & (REC_STALE | REC_NO_STALE | REC_LEARNS);
+	/* The staleness engine's bits and the mirror's (REC_DIRTY: marking a
+	 * change for the store is the caller's) are not the apply's. */
+	uint16_t keep = r->flags & (REC_STALE | REC_NO_STALE | REC_LEARNS | REC_DIRTY);
 
 	r->ts_ns = m->ts_ns;
 	r->received_ms = now_ms;
-	r->flags = (uint16_t)(keep | REC_DIRTY |
+	r->flags = (uint16_t)(keep |
 			      (del ? REC_DELETED : 0) |
 			      (m->retained ? REC_RETAINED : 0) |
 			      (m->ts_from_payload ? REC_TS_PAYLOAD : 0) |
@@ -193,7 +201,7 @@ enum apply_result apply_message(struct index *ix, const struct msg *m, int64_t n
 		res = APPLY_DUPLICATE;
 		goto done;
 	}
-	c = cmp_current(m, r, &failed);
+	c = cmp_current(ix, m, r, &failed);
 	if (failed) {
 		r = NULL;
 		why = REJECT_STORE_READ;

@@ -59,7 +59,12 @@ struct apply_limits {
 ** rules exactly: the order is (ts, payload bytes), a delete being the empty
 ** payload; the greater one is the current value, equal is a duplicate.
 ** On APPLIED/DELETED the record's value, flags, received_ms, updates and
-** rev (= ++*rev_counter) change and REC_DIRTY is set. A delete of a key
+** rev (= ++*rev_counter) change. REC_DIRTY is never touched, whatever the
+** outcome: the apply decides and changes the value, marking the change for
+** the store is the caller's. The caller marks every APPLIED/DELETED record
+** dirty before it releases the lock (mirror_mark_dirty): once a write
+** commits, the payloads of clean records leave memory (rec_drop_payload),
+** and a new value not written yet would go with them. A delete of a key
 ** not held yet inserts a tombstone (DELETED), so that an older message
 ** arriving later cannot create the key. updates counts applied messages
 ** (deletes too) and restarts at 1 when a key comes back from a tombstone,
@@ -67,8 +72,8 @@ struct apply_limits {
 ** On DUPLICATE and on APPLIED/DELETED the last_seen rule is applied (live:
 ** now_ms; retained: the observation time, never later than now_ms and
 ** never earlier than the previous last_seen; a retained duplicate leaves
-** it). A DUPLICATE never sets REC_DIRTY: the caller marks it if it
-** persists last_seen. *ret_live_seen is set true when a live delivery
+** it); the caller marks the record dirty if it persists last_seen.
+** *ret_live_seen is set true when a live delivery
 ** confirmed a live key (APPLIED or DUPLICATE, not a tombstone): the
 ** staleness engine's sign of life.
 ** Rejections (future ts; a new key while lim->max_keys records are held,

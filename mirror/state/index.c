@@ -74,6 +74,11 @@ struct learn_ent {
 };
 
 struct index {
+	/* Where payloads in the file come from (index_set_payload_source). */
+	rec_fetch_fn fetch;
+	rec_scan_fn scan;
+	rec_scan_end_fn scan_end;
+	void *source_ctx;
 	cb_ref root;
 	struct cb_node **chunks;     /* node n is chunks[n >> 13][n & 8191] */
 	uint32_t nnodes, capchunks;
@@ -263,37 +268,31 @@ void rec_set_payload_in_file(struct rec *r, size_t n, uint64_t hash)
 	r->flags |= REC_IN_FILE;
 }
 
-static rec_fetch_fn fetch_fn;
-static rec_scan_fn scan_fn;
-static rec_scan_end_fn scan_end_fn;
-static void *fetch_ctx;
-
-void rec_payload_scanner(rec_scan_fn scan, rec_scan_end_fn scan_end)
+void index_set_payload_source(struct index *ix, rec_fetch_fn fetch, rec_scan_fn scan,
+			      rec_scan_end_fn scan_end, void *ctx)
 {
-	scan_fn = scan;
-	scan_end_fn = scan_end;
+	ix->fetch = fetch;
+	ix->scan = scan;
+	ix->scan_end = scan_end;
+	ix->source_ctx = ctx;
 }
 
-void rec_payload_scan(const char *from, size_t len)
+void rec_payload_scan(const struct index *ix, const char *from, size_t len)
 {
-	if (scan_fn)
-		scan_fn(fetch_ctx, from, len);
+	if (ix && ix->scan)
+		ix->scan(ix->source_ctx, from, len);
 }
 
-void rec_payload_scan_end(void)
+void rec_payload_scan_end(const struct index *ix)
 {
-	if (scan_end_fn)
-		scan_end_fn(fetch_ctx);
+	if (ix && ix->scan_end)
+		ix->scan_end(ix->source_ctx);
 }
 
-void rec_payload_source(rec_fetch_fn fetch, void *ctx)
+int rec_payload(const struct index *ix, const struct rec *r, const void **p, size_t *n)
 {
-	fetch_fn = fetch;
-	fetch_ctx = ctx;
-}
+	int rc;
 
-int rec_payload(const struct rec *r, const void **p, size_t *n)
-{
 	if (!(r->flags & REC_IN_FILE)) {
 		*p = r->payload;
 		*n = r->payload ? r->payload_len : 0;
@@ -301,7 +300,16 @@ int rec_payload(const struct rec *r, const void **p, size_t *n)
 	}
 	*p = NULL;
 	*n = 0;
-	return fetch_fn ? fetch_fn(fetch_ctx, r, p, n) : -ENOENT;
+	if (!ix || !ix->fetch)
+		return -ENOENT;
+	rc = ix->fetch(ix->source_ctx, rec_topic(r), r->topic_len, p, n);
+	if (rc == 0 && *n != r->payload_len)
+		rc = -EIO;
+	if (rc < 0) {
+		*p = NULL;
+		*n = 0;
+	}
+	return rc;
 }
 
 /* The slot size of a record with this topic (8-aligned). */

@@ -48,7 +48,8 @@ struct rec_learn {
 ** has committed that value the mirror drops the buffer (rec_drop_payload):
 ** REC_IN_FILE is set and `payload_hash` takes the pointer's place. So a
 ** million keys cost their index, not their payloads, whatever the payload
-** size. rec_payload() reads a payload from wherever it is; only code that
+** size. rec_payload() reads a payload from wherever it is (the file through
+** the index's payload source); only code that
 ** has checked REC_IN_FILE may touch `payload`. payload_len is always the
 ** current value's length.
 **
@@ -112,32 +113,40 @@ void rec_set_payload_in_file(struct rec *r, size_t n, uint64_t hash);
  * without a read of the file); the odds of a false match are 2^-64. */
 uint64_t rec_payload_hash(const void *p, size_t n);
 
-/*
-** Where payloads in the file are read from: fetch puts r's payload in *p /
-** *n (valid until the calling thread's next fetch) and returns 0 or
-** -errno. Set once at startup (the store's, statemirrord.c); NULL: payloads
-** in the file read as -ENOENT.
-*/
-typedef int (*rec_fetch_fn)(void *ctx, const struct rec *r, const void **p, size_t *n);
-void rec_payload_source(rec_fetch_fn fetch, void *ctx);
-/* r's payload, from memory or the file (see above): 0 with *p, *n set
- * (*p NULL and *n 0 when empty), or -errno. Hold a lock on the index. */
-int rec_payload(const struct rec *r, const void **p, size_t *n);
+struct index;
 
 /*
-** A hint around a walk in topic order (index_walk, one hold of the lock):
-** the payloads read next belong to topics >= from, in order, so the source
-** may read them with one range scan instead of a lookup each. Call
-** rec_payload_scan_end() before the lock is released (the scan holds the
-** file's read snapshot). Optional for the source (rec_payload_scanner).
+** Where an index reads the payloads that are in the file only: fetch puts
+** the payload stored for topic (len bytes) in *p / *n (valid until the
+** calling thread's next fetch) and returns 0 or -errno; scan / scan_end
+** (both optional, NULL) bracket a walk's reads (rec_payload_scan). The
+** store's are store_fetch_payload, store_scan and store_scan_end, ctx the
+** store (statemirrord.c). Set it before the index is shared between
+** threads: it is read without a lock. Without one (fetch NULL, as after
+** index_new) payloads in the file read as -ENOENT.
 */
+typedef int (*rec_fetch_fn)(void *ctx, const char *topic, size_t len, const void **p, size_t *n);
 typedef void (*rec_scan_fn)(void *ctx, const char *from, size_t len);
 typedef void (*rec_scan_end_fn)(void *ctx);
-void rec_payload_scanner(rec_scan_fn scan, rec_scan_end_fn scan_end);
-void rec_payload_scan(const char *from, size_t len);
-void rec_payload_scan_end(void);
+void index_set_payload_source(struct index *ix, rec_fetch_fn fetch, rec_scan_fn scan,
+			      rec_scan_end_fn scan_end, void *ctx);
 
-struct index;
+/* r's payload (r a record of ix), from memory or through ix's payload
+ * source (ix NULL: none, for a record outside any index): 0 with *p, *n
+ * set (*p NULL and *n 0 when empty), or -errno; -EIO also when the file
+ * holds bytes of another length than r says (a file changed behind our
+ * back: never served as r's value). Hold a lock on the index. */
+int rec_payload(const struct index *ix, const struct rec *r, const void **p, size_t *n);
+
+/*
+** A hint around a walk of ix in topic order (index_walk, one hold of the
+** lock): the payloads read next belong to topics >= from, in order, so the
+** source may read them with one range scan instead of a lookup each. Call
+** rec_payload_scan_end() before the lock is released (the scan holds the
+** file's read snapshot). No-ops when the source has no scan (or ix is NULL).
+*/
+void rec_payload_scan(const struct index *ix, const char *from, size_t len);
+void rec_payload_scan_end(const struct index *ix);
 
 struct index *index_new(void);
 /* Frees every record. Accepts NULL. */

@@ -5,33 +5,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/clock.h"
 #include "common/log.h"
 #include "common/stats.h"
-#include "common/tsparse.h"
 #include "mirror/state/rejects.h"
 
-/* Topics longer than this are kept cut (the over-long topic is itself a
- * reason to reject, and MQTT allows 64 KiB); the entry says so. */
-#define REJECTS_KEEP_TOPIC 1024
 #define REJECTS_LOG_TOPIC 200     /* bytes of a topic quoted in a log line */
-
-struct reject_entry {
-	int64_t time_ms;
-	uint64_t payload_size;            /* the full payload's size */
-	uint16_t topic_len;               /* bytes kept */
-	uint8_t kept;                     /* payload bytes kept */
-	bool topic_cut;
-	enum reject_reason reason;
-	char topic[REJECTS_KEEP_TOPIC];
-	unsigned char payload[REJECTS_KEEP_BYTES];
-};
 
 struct rejects {
 	pthread_mutex_t lock;
 	size_t cap, n, next;              /* next: the slot the next entry takes */
 	struct log_ratelimit rl;
-	struct reject_entry e[];          /* preallocated: adding never allocates */
+	struct rejects_entry e[];         /* preallocated: adding never allocates */
 };
 
 struct rejects *rejects_new(size_t cap)
@@ -91,7 +75,7 @@ void rejects_add(struct rejects *r, const char *topic, size_t topic_len,
 		 const void *payload, size_t payload_len, size_t full_len,
 		 enum reject_reason reason, int64_t now_ms)
 {
-	struct reject_entry *e;
+	struct rejects_entry *e;
 	uint32_t suppressed = 0;
 
 	if ((unsigned)reason < REJECT_REASON_MAX)
@@ -128,66 +112,13 @@ void rejects_add(struct rejects *r, const char *topic, size_t topic_len,
 	}
 }
 
-/*
-** Kept payload bytes as text when they are UTF-8. A cut payload may end
-** inside a character: drop that incomplete tail rather than fall back to
-** base64. Returns the length to show as text, or -1 for base64.
-*/
-static long text_len(const struct reject_entry *e)
+int rejects_visit(struct rejects *r, rejects_visit_fn fn, void *ctx)
 {
-	const char *p = (const char *)e->payload;
-	size_t n = e->kept;
-
-	if (utf8_valid(p, n))
-		return (long)n;
-	if (n < e->payload_size)
-		for (size_t cut = 1; cut <= 3 && cut < n; cut++)
-			if (((unsigned char)p[n - cut] & 0x80) && utf8_valid(p, n - cut))
-				return (long)(n - cut);
-	return -1;
-}
-
-static int render_entry(struct buf *b, const struct reject_entry *e)
-{
-	char ts[32];
-	long tl = text_len(e);
-	int rc;
-
-	if ((rc = buf_puts(b, "{\"topic\":")) < 0 ||
-	    (rc = buf_json_str(b, e->topic, e->topic_len)) < 0 ||
-	    (e->topic_cut && (rc = buf_puts(b, ",\"topic_truncated\":true")) < 0) ||
-	    (rc = buf_printf(b, ",\"reason\":\"%s\",\"time\":\"%s\",\"payload_size\":%llu",
-			     reject_reason_name(e->reason), clock_format_rfc3339(e->time_ms, ts),
-			     (unsigned long long)e->payload_size)) < 0)
-		return rc;
-	if (tl >= 0) {
-		if ((rc = buf_puts(b, ",\"payload_text\":")) < 0 ||
-		    (rc = buf_json_str(b, (const char *)e->payload, (size_t)tl)) < 0)
-			return rc;
-	} else {
-		if ((rc = buf_puts(b, ",\"payload_base64\":\"")) < 0 ||
-		    (rc = buf_base64(b, e->payload, e->kept)) < 0 ||
-		    (rc = buf_putc(b, '"')) < 0)
-			return rc;
-	}
-	return buf_putc(b, '}');
-}
-
-int rejects_render(struct rejects *r, struct buf *b)
-{
-	int rc;
+	int rc = 0;
 
 	pthread_mutex_lock(&r->lock);
-	if ((rc = buf_puts(b, "{\"items\":[")) < 0)
-		goto out;
-	for (size_t i = 0; i < r->n; i++) {
-		const struct reject_entry *e = &r->e[(r->next + r->cap - 1 - i) % r->cap];
-
-		if ((i && (rc = buf_putc(b, ',')) < 0) || (rc = render_entry(b, e)) < 0)
-			goto out;
-	}
-	rc = buf_puts(b, "]}");
-out:
+	for (size_t i = 0; i < r->n && rc == 0; i++)
+		rc = fn(&r->e[(r->next + r->cap - 1 - i) % r->cap], ctx);
 	pthread_mutex_unlock(&r->lock);
 	return rc;
 }

@@ -85,7 +85,7 @@ START_TEST(new_key_applies)
 	ck_assert_uint_eq(o.r->updates, 1);
 	ck_assert_int_eq(o.r->rev, 1);
 	ck_assert_int_eq(rev, 1);
-	ck_assert_uint_eq(o.r->flags, REC_DIRTY | REC_TS_PAYLOAD | REC_IS_JSON);
+	ck_assert_uint_eq(o.r->flags, REC_TS_PAYLOAD | REC_IS_JSON); /* dirty: the mirror's */
 	ck_assert_uint_eq(index_live(ix), 1);
 	ck_assert_uint_eq(index_size(ix), 1);
 }
@@ -175,7 +175,6 @@ START_TEST(same_duplicate)
 	int64_t now = fake_now_ms;
 
 	put("k", "v", T, false, now - 1000, NULL);
-	get("k")->flags &= (uint16_t)~REC_DIRTY;      /* as after a store write */
 	ck_assert_int_eq(put("k", "v", T, false, now, &o), APPLY_DUPLICATE);
 	ck_assert(o.live);
 	ck_assert_int_eq(o.r->last_seen_ms, now);
@@ -184,6 +183,35 @@ START_TEST(same_duplicate)
 	ck_assert_int_eq(o.r->rev, 1);
 	ck_assert_int_eq(rev, 1);
 	ck_assert(!(o.r->flags & REC_DIRTY));
+}
+END_TEST
+
+/* Marking a record for the store is the mirror's (mirror_mark_dirty):
+ * an apply decides and changes the value, and leaves REC_DIRTY as it
+ * found it, set or clear, whatever the outcome. */
+START_TEST(dirty_bit_untouched)
+{
+	static const struct { const char *payload; int64_t ts; enum apply_result want; } step[] = {
+		{ "v", T + 1, APPLY_APPLIED },
+		{ "v", T + 1, APPLY_DUPLICATE },
+		{ "u", T, APPLY_OUT_OF_ORDER },
+		{ "", T + 2, APPLY_DELETED },
+		{ "w", T + 3, APPLY_APPLIED },
+	};
+	static const char *const topic[2] = { "clean", "dirty" };
+	struct out o;
+
+	for (int dirty = 0; dirty < 2; dirty++) {
+		ck_assert_int_eq(put(topic[dirty], "v", T, false, fake_now_ms, &o), APPLY_APPLIED);
+		ck_assert(!(o.r->flags & REC_DIRTY));
+		if (dirty)
+			o.r->flags |= REC_DIRTY;
+		for (size_t i = 0; i < sizeof(step) / sizeof(step[0]); i++) {
+			ck_assert_int_eq(put(topic[dirty], step[i].payload, step[i].ts, false,
+					     fake_now_ms, &o), step[i].want);
+			ck_assert_int_eq((get(topic[dirty])->flags & REC_DIRTY) != 0, dirty);
+		}
+	}
 }
 END_TEST
 
@@ -224,10 +252,11 @@ END_TEST
 static bool fetch_fails;
 static int fetches;
 
-static int fetch_abc(void *ctx, const struct rec *r, const void **p, size_t *n)
+static int fetch_abc(void *ctx, const char *topic, size_t len, const void **p, size_t *n)
 {
 	(void)ctx;
-	(void)r;
+	(void)topic;
+	(void)len;
 	fetches++;
 	if (fetch_fails)
 		return -EIO;
@@ -244,7 +273,7 @@ START_TEST(tie_against_payload_in_file)
 	struct out o;
 	int64_t now = fake_now_ms;
 
-	rec_payload_source(fetch_abc, NULL);
+	index_set_payload_source(ix, fetch_abc, NULL, NULL, NULL);
 	fetch_fails = true;
 	fetches = 0;
 	put("k", "abc", T, false, now, NULL);
@@ -268,7 +297,7 @@ START_TEST(tie_against_payload_in_file)
 	fetch_fails = true;
 	ck_assert_int_eq(put("k", "a", T + 1, false, now, &o), APPLY_APPLIED);
 	ck_assert_int_eq(fetches, 3);
-	rec_payload_source(NULL, NULL);
+	index_set_payload_source(ix, NULL, NULL, NULL, NULL);
 }
 END_TEST
 
@@ -281,7 +310,7 @@ START_TEST(delete_writes_tombstone)
 	ck_assert_uint_eq(index_live(ix), 1);
 	ck_assert_int_eq(put("k", "", T + 5, false, now, &o), APPLY_DELETED);
 	ck_assert(o.r->flags & REC_DELETED);
-	ck_assert(o.r->flags & REC_DIRTY);
+	ck_assert(!(o.r->flags & REC_DIRTY));
 	ck_assert(!(o.r->flags & REC_IS_JSON));
 	ck_assert_ptr_null(o.r->payload);
 	ck_assert_uint_eq(o.r->payload_len, 0);
@@ -485,9 +514,10 @@ START_TEST(flags_follow_message)
 
 	ck_assert_int_eq(apply_message(ix, &m, fake_now_ms, &lim, &rev, &o.r, &o.live, &o.why),
 			 APPLY_APPLIED);
-	ck_assert_uint_eq(o.r->flags, REC_DIRTY);
-	/* the staleness engine's flags survive an apply */
-	o.r->flags = REC_STALE | REC_NO_STALE;
+	ck_assert_uint_eq(o.r->flags, 0);
+	/* the staleness engine's flags survive an apply, and the mirror's
+	 * dirty bit (a change not written yet) */
+	o.r->flags = REC_STALE | REC_NO_STALE | REC_DIRTY;
 	o.r->stale_since_ms = 5;
 	m.payload = "{}";
 	m.payload_len = 2;
@@ -579,6 +609,7 @@ static Suite *apply_suite(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, names);
 	tcase_add_test(tc, new_key_applies);
+	tcase_add_test(tc, dirty_bit_untouched);
 	tcase_add_test(tc, future_skew_rejected);
 	tcase_add_test(tc, max_keys_counts_tombstones);
 	tcase_add_test(tc, newer_applies);

@@ -58,6 +58,7 @@ static void gen(struct tmsg *m, size_t n, int64_t now)
 struct snap {
 	char s[SNAP_MAX];
 	size_t live;
+	const struct index *ix;   /* the walk's, for payloads in the "file" */
 };
 
 /*
@@ -68,17 +69,17 @@ struct snap {
 */
 static char *filed[NKEYS];
 
-static int key_of(const char *topic)
+static int key_of(const char *topic, size_t len)
 {
 	for (int k = 0; k < NKEYS; k++)
-		if (strcmp(topics[k], topic) == 0)
+		if (strlen(topics[k]) == len && memcmp(topics[k], topic, len) == 0)
 			return k;
 	return -1;
 }
 
-static int file_fetch(void *ctx, const struct rec *r, const void **p, size_t *n)
+static int file_fetch(void *ctx, const char *topic, size_t len, const void **p, size_t *n)
 {
-	int k = key_of(rec_topic(r));
+	int k = key_of(topic, len);
 
 	(void)ctx;
 	if (k < 0 || !filed[k])
@@ -95,7 +96,7 @@ static int snap_fn(struct rec *r, void *ctx)
 	const void *p;
 	size_t n;
 
-	ck_assert_int_eq(rec_payload(r, &p, &n), 0);
+	ck_assert_int_eq(rec_payload(sn->ix, r, &p, &n), 0);
 	snprintf(sn->s + len, sizeof(sn->s) - len, "%s=%.*s@%" PRId64 "%s;", rec_topic(r),
 		 (int)n, p ? (const char *)p : "", r->ts_ns,
 		 (r->flags & REC_DELETED) ? "(deleted)" : "");
@@ -150,7 +151,7 @@ static void apply_all(const struct tmsg *m, const size_t *seq, size_t n, int64_t
 	int64_t rev = 0, last_rev = 0;
 
 	ck_assert_ptr_nonnull(ix);
-	rec_payload_source(file_fetch, NULL);
+	index_set_payload_source(ix, file_fetch, NULL, NULL, NULL);
 	for (size_t i = 0; i < n; i++) {
 		const struct tmsg *t = &m[seq[i]];
 		struct msg msg = {
@@ -176,7 +177,7 @@ static void apply_all(const struct tmsg *m, const size_t *seq, size_t n, int64_t
 		}
 		last_rev = rev;
 		if (r && !(r->flags & (REC_IN_FILE | REC_DELETED)) && r->payload && rnd(2)) {
-			int k = key_of(rec_topic(r));
+			int k = key_of(rec_topic(r), r->topic_len);
 
 			free(filed[k]);
 			filed[k] = strdup(r->payload);
@@ -185,6 +186,7 @@ static void apply_all(const struct tmsg *m, const size_t *seq, size_t n, int64_t
 		}
 	}
 	memset(out, 0, sizeof(*out));
+	out->ix = ix;
 	ck_assert_int_eq(index_walk(ix, NULL, 0, NULL, 0, snap_fn, out), 0);
 	if (out->live != index_live(ix))
 		ck_abort_msg("seed %" PRIu64 " perm %d: live count %zu, walk saw %zu", seed, perm,

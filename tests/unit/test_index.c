@@ -242,15 +242,31 @@ END_TEST
 static const char *fake_stored;
 static int fake_fetches;
 
-static int fake_fetch(void *ctx, const struct rec *r, const void **p, size_t *n)
+static int fake_fetch(void *ctx, const char *topic, size_t len, const void **p, size_t *n)
 {
 	(void)ctx;
 	fake_fetches++;
-	if (!fake_stored || strcmp(rec_topic(r), "k") != 0)
+	if (!fake_stored || len != 1 || memcmp(topic, "k", 1) != 0)
 		return -ENOENT;
 	*p = fake_stored;
 	*n = strlen(fake_stored);
 	return 0;
+}
+
+static int fake_scans, fake_scan_ends;
+
+static void fake_scan(void *ctx, const char *from, size_t len)
+{
+	ck_assert_ptr_eq(ctx, &fake_scans);
+	ck_assert_uint_eq(len, 2);
+	ck_assert_int_eq(memcmp(from, "k/", 2), 0);
+	fake_scans++;
+}
+
+static void fake_scan_end(void *ctx)
+{
+	ck_assert_ptr_eq(ctx, &fake_scans);
+	fake_scan_ends++;
 }
 
 /* A payload lives in memory until the store has it, then only its hash
@@ -271,7 +287,7 @@ START_TEST(payload_in_file)
 	ck_assert_ptr_nonnull(r);
 	ck_assert(!(r->flags & REC_IN_FILE));
 	ck_assert_str_eq(r->payload, v1);
-	ck_assert_int_eq(rec_payload(r, &p, &n), 0);
+	ck_assert_int_eq(rec_payload(ix, r, &p, &n), 0);
 	ck_assert_ptr_eq(p, r->payload);
 	ck_assert_uint_eq(n, strlen(v1));
 
@@ -282,23 +298,41 @@ START_TEST(payload_in_file)
 	rec_drop_payload(r); /* twice: no-op */
 	ck_assert(r->payload_hash == rec_payload_hash(v1, strlen(v1)));
 	/* No source: the payload cannot be read. */
-	rec_payload_source(NULL, NULL);
-	ck_assert_int_eq(rec_payload(r, &p, &n), -ENOENT);
-	rec_payload_source(fake_fetch, NULL);
+	ck_assert_int_eq(rec_payload(ix, r, &p, &n), -ENOENT);
+	ck_assert_int_eq(rec_payload(NULL, r, &p, &n), -ENOENT);
+	index_set_payload_source(ix, fake_fetch, NULL, NULL, NULL);
 	fake_stored = v1;
 	fake_fetches = 0;
-	ck_assert_int_eq(rec_payload(r, &p, &n), 0);
+	ck_assert_int_eq(rec_payload(ix, r, &p, &n), 0);
 	ck_assert_int_eq(fake_fetches, 1);
 	ck_assert_uint_eq(n, strlen(v1));
 	ck_assert_int_eq(memcmp(p, v1, n), 0);
+	/* The source is the index's own: another index has none. */
+	{
+		struct index *other = index_new();
+
+		ck_assert_ptr_nonnull(other);
+		ck_assert_int_eq(rec_payload(other, r, &p, &n), -ENOENT);
+		ck_assert_int_eq(fake_fetches, 1);
+		index_free(other);
+	}
+	ck_assert_int_eq(rec_payload(ix, r, &p, &n), 0);
+	ck_assert_int_eq(fake_fetches, 2);
+	/* Bytes of another length than the record says: a file changed
+	 * behind our back, never served as this value. */
+	fake_stored = "{\"v\":2}";
+	ck_assert_int_eq(rec_payload(ix, r, &p, &n), -EIO);
+	ck_assert_ptr_null(p);
+	ck_assert_uint_eq(n, 0);
+	fake_stored = v1;
 
 	/* A new value: in memory again, the hash forgotten. */
 	ck_assert_int_eq(rec_set_payload(r, big, sizeof(big)), 0);
 	ck_assert(!(r->flags & REC_IN_FILE));
 	ck_assert_int_eq(memcmp(r->payload, big, sizeof(big)), 0);
 	ck_assert_int_eq(r->payload[sizeof(big)], '\0');
-	ck_assert_int_eq(rec_payload(r, &p, &n), 0);
-	ck_assert_int_eq(fake_fetches, 1);
+	ck_assert_int_eq(rec_payload(ix, r, &p, &n), 0);
+	ck_assert_int_eq(fake_fetches, 3);
 	ck_assert_ptr_eq(index_get(ix, "k", 1), r);
 
 	/* Loaded records: in the file from the start. */
@@ -314,7 +348,17 @@ START_TEST(payload_in_file)
 	ck_assert(!(t->flags & REC_IN_FILE));
 	ck_assert_ptr_null(t->payload);
 	ck_assert_ptr_nonnull(index_learn_make(ix, t)); /* freed by index_free */
-	rec_payload_source(NULL, NULL);
+	/* A walk's scan hint reaches the source with its context, when it
+	 * has a scan; without one (or without an index) it is a no-op. */
+	rec_payload_scan(ix, "k/", 2);
+	rec_payload_scan_end(ix);
+	index_set_payload_source(ix, fake_fetch, fake_scan, fake_scan_end, &fake_scans);
+	rec_payload_scan(ix, "k/", 2);
+	rec_payload_scan_end(ix);
+	rec_payload_scan(NULL, "k/", 2);
+	rec_payload_scan_end(NULL);
+	ck_assert_int_eq(fake_scans, 1);
+	ck_assert_int_eq(fake_scan_ends, 1);
 	fake_stored = NULL;
 	index_free(ix);
 }

@@ -8,7 +8,13 @@
 
 #include "api/render.h"
 #include "clock_fake.h"
+#include "common/log.h"
 #include "mirror/state/index.h"
+#include "mirror/state/rejects.h"
+
+/* The records here are outside any index (no payload source), but in
+ * payload_from_source. */
+static struct index *ix;
 
 /* The contract's example record. */
 #define T0_MS 1795313402123LL /* 2026-11-22T02:10:02.123Z */
@@ -39,7 +45,7 @@ static json_t *render(const struct rec *r, int64_t now_ms, struct buf *keep)
 	json_t *j;
 
 	buf_init(&b, 0);
-	ck_assert_int_eq(render_record(&b, r, now_ms), 0);
+	ck_assert_int_eq(render_record(&b, ix, r, now_ms), 0);
 	ck_assert_ptr_nonnull(b.data);
 	ck_assert_ptr_null(memchr(b.data, '\n', b.len));
 	ck_assert_ptr_null(memchr(b.data, '\r', b.len));
@@ -317,16 +323,199 @@ START_TEST(buffer_limit)
 	memset(big, 'x', sizeof(big));
 	r = mk("k", big, sizeof(big), 0);
 	buf_init(&b, 256);
-	ck_assert_int_eq(render_record(&b, r, fake_now_ms), -E2BIG);
+	ck_assert_int_eq(render_record(&b, ix, r, fake_now_ms), -E2BIG);
 	ck_assert_uint_le(b.len, 256);
 	buf_free(&b);
 	/* The tail alone does not fit either. */
 	buf_init(&b, 64);
 	rec_free(r);
 	r = mk("k", "1", 1, REC_IS_JSON);
-	ck_assert_int_eq(render_record(&b, r, fake_now_ms), -E2BIG);
+	ck_assert_int_eq(render_record(&b, ix, r, fake_now_ms), -E2BIG);
 	buf_free(&b);
 	rec_free(r);
+}
+END_TEST
+
+/* A payload the index no longer holds is rendered from its index's
+ * payload source; without one (or when the file disagrees) the record is
+ * not rendered at all, never with a wrong payload. */
+static int fetch_stored(void *ctx, const char *topic, size_t len, const void **p, size_t *n)
+{
+	(void)ctx;
+	if (len != 1 || topic[0] != 'k')
+		return -ENOENT;
+	*p = "{\"v\": 7}";
+	*n = 8;
+	return 0;
+}
+
+START_TEST(payload_from_source)
+{
+	struct rec *r;
+	struct buf b;
+	json_t *j;
+
+	ix = index_new();
+	ck_assert_ptr_nonnull(ix);
+	r = index_add(ix, "k", 1, "{\"v\": 7}", 8, REC_IS_JSON);
+	ck_assert_ptr_nonnull(r);
+	rec_drop_payload(r);
+	ck_assert(r->flags & REC_IN_FILE);
+	buf_init(&b, 0);
+	ck_assert_int_eq(render_record(&b, ix, r, fake_now_ms), -ENOENT);
+	buf_free(&b);
+	index_set_payload_source(ix, fetch_stored, NULL, NULL, NULL);
+	j = render(r, fake_now_ms, NULL);
+	ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(j, "payload"), "v")), 7);
+	json_decref(j);
+	r->payload_len = 9;
+	buf_init(&b, 0);
+	ck_assert_int_eq(render_record(&b, ix, r, fake_now_ms), -EIO);
+	buf_free(&b);
+	index_free(ix);
+	ix = NULL;
+}
+END_TEST
+
+/* ---- rejected messages (GET /v1/rejects) ------------------------------ */
+
+static json_t *render_rej(struct rejects *r)
+{
+	struct buf b;
+	json_error_t err;
+	json_t *j;
+
+	buf_init(&b, 1 << 20);
+	ck_assert_int_eq(render_rejects(&b, r), 0);
+	ck_assert_ptr_null(memchr(b.data, '\n', b.len));
+	j = json_loadb(b.data, b.len, 0, &err);
+	if (!j)
+		ck_abort_msg("not JSON (%s): %s", err.text, b.data);
+	buf_free(&b);
+	ck_assert(json_is_array(json_object_get(j, "items")));
+	return j;
+}
+
+static json_t *rej_item(json_t *j, size_t i)
+{
+	json_t *it = json_array_get(json_object_get(j, "items"), i);
+
+	ck_assert_ptr_nonnull(it);
+	return it;
+}
+
+static struct rejects *rej_new(size_t cap)
+{
+	struct rejects *r = rejects_new(cap);
+
+	ck_assert_ptr_nonnull(r);
+	log_set_level(LOG_LEVEL_ERROR);   /* rejects_add's warnings would clutter the output */
+	return r;
+}
+
+START_TEST(rejects_empty)
+{
+	struct rejects *r = rej_new(4);
+	json_t *j = render_rej(r);
+
+	ck_assert_uint_eq(json_array_size(json_object_get(j, "items")), 0);
+	json_decref(j);
+	rejects_free(r);
+}
+END_TEST
+
+START_TEST(rejects_fields_newest_first)
+{
+	struct rejects *r = rej_new(8);
+	const unsigned char bin[] = { 0x00, 0x01, 0x02, 0xff };
+	json_t *j, *it;
+
+	rejects_add(r, "dc1/t", 5, "{\"ts\":99}", 9, 9, REJECT_FUTURE_TS, fake_now_ms);
+	rejects_add(r, "bin", 3, bin, sizeof(bin), sizeof(bin), REJECT_NOT_JSON, fake_now_ms);
+	j = render_rej(r);
+	ck_assert_uint_eq(json_array_size(json_object_get(j, "items")), 2);
+	it = rej_item(j, 0);
+	ck_assert_str_eq(str(it, "topic"), "bin");
+	ck_assert_str_eq(str(it, "payload_base64"), "AAEC/w==");
+	ck_assert_ptr_null(json_object_get(it, "payload_text"));
+	it = rej_item(j, 1);
+	ck_assert_str_eq(str(it, "topic"), "dc1/t");
+	ck_assert_str_eq(str(it, "reason"), "future_timestamp");
+	ck_assert_str_eq(str(it, "time"), "2026-11-22T02:10:02.123Z");
+	ck_assert_int_eq(json_integer_value(json_object_get(it, "payload_size")), 9);
+	ck_assert_str_eq(str(it, "payload_text"), "{\"ts\":99}");
+	ck_assert_ptr_null(json_object_get(it, "payload_base64"));
+	ck_assert_ptr_null(json_object_get(it, "topic_truncated"));
+	json_decref(j);
+	rejects_free(r);
+}
+END_TEST
+
+START_TEST(rejects_payload_cut)
+{
+	struct rejects *r = rej_new(2);
+	char big[1000];
+	char utf[80];
+	json_t *j, *it;
+
+	memset(big, 'z', sizeof(big));
+	rejects_add(r, "big", 3, big, sizeof(big), 300000, REJECT_TOO_LARGE, fake_now_ms);
+	/* "a" + "é" x 39: the 64-byte cut falls inside a character */
+	utf[0] = 'a';
+	for (int i = 0; i < 39; i++) {
+		utf[1 + 2 * i] = (char)0xc3;
+		utf[2 + 2 * i] = (char)0xa9;
+	}
+	rejects_add(r, "utf", 3, utf, 79, 79, REJECT_NOT_JSON, fake_now_ms);
+	j = render_rej(r);
+	it = rej_item(j, 1);
+	ck_assert_int_eq(json_integer_value(json_object_get(it, "payload_size")), 300000);
+	ck_assert_uint_eq(strlen(str(it, "payload_text")), REJECTS_KEEP_BYTES);
+	it = rej_item(j, 0);
+	ck_assert_int_eq(json_integer_value(json_object_get(it, "payload_size")), 79);
+	ck_assert_ptr_nonnull(str(it, "payload_text"));
+	ck_assert_uint_eq(strlen(str(it, "payload_text")), REJECTS_KEEP_BYTES - 1);
+	ck_assert_int_eq(memcmp(str(it, "payload_text"), utf, REJECTS_KEEP_BYTES - 1), 0);
+	json_decref(j);
+	rejects_free(r);
+}
+END_TEST
+
+START_TEST(rejects_hostile_topic_is_valid_json)
+{
+	struct rejects *r = rej_new(4);
+	const char evil[] = "a\"b\\c\n\x01/\xff\xfe/\xc3\xa9";
+	char *longt = malloc(5000);
+	json_t *j;
+
+	ck_assert_ptr_nonnull(longt);
+	memset(longt, 'L', 5000);
+	rejects_add(r, evil, sizeof(evil) - 1, "", 0, 0, REJECT_BAD_TS, fake_now_ms);
+	rejects_add(r, longt, 5000, "p", 1, 1, REJECT_TOPIC_LEN, fake_now_ms);
+	free(longt);
+	j = render_rej(r);
+	ck_assert(json_is_true(json_object_get(rej_item(j, 0), "topic_truncated")));
+	ck_assert_uint_eq(strlen(str(rej_item(j, 0), "topic")), 1024);
+	ck_assert_str_eq(str(rej_item(j, 0), "reason"), "topic_too_long");
+	/* invalid bytes become U+FFFD, the rest survives */
+	ck_assert_str_eq(str(rej_item(j, 1), "topic"),
+			 "a\"b\\c\n\x01/\xef\xbf\xbd\xef\xbf\xbd/\xc3\xa9");
+	ck_assert_str_eq(str(rej_item(j, 1), "payload_text"), "");
+	json_decref(j);
+	rejects_free(r);
+}
+END_TEST
+
+START_TEST(rejects_respect_buf_limit)
+{
+	struct rejects *r = rej_new(4);
+	struct buf b;
+
+	rejects_add(r, "t", 1, "x", 1, 1, REJECT_NOT_JSON, fake_now_ms);
+	buf_init(&b, 16);
+	ck_assert_int_eq(render_rejects(&b, r), -E2BIG);
+	buf_free(&b);
+	rejects_free(r);
 }
 END_TEST
 
@@ -346,6 +535,12 @@ static Suite *render_suite(void)
 	tcase_add_test(tc, tombstone);
 	tcase_add_test(tc, error_body);
 	tcase_add_test(tc, buffer_limit);
+	tcase_add_test(tc, payload_from_source);
+	tcase_add_test(tc, rejects_empty);
+	tcase_add_test(tc, rejects_fields_newest_first);
+	tcase_add_test(tc, rejects_payload_cut);
+	tcase_add_test(tc, rejects_hostile_topic_is_valid_json);
+	tcase_add_test(tc, rejects_respect_buf_limit);
 	suite_add_tcase(s, tc);
 	return s;
 }

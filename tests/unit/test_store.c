@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* test_store.c: the SQLite store on real files: migrations, round trips, views, faults. */
 #include <check.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdbool.h>
@@ -14,6 +15,7 @@
 #include <sqlite3.h>
 
 #include "mirror/state/index.h"
+#include "mirror/state/rows.h"
 #include "store/store.h"
 
 /* ---- a temporary directory per test ---------------------------------- */
@@ -33,14 +35,19 @@ static void setup(void)
 
 static void teardown(void)
 {
-	static const char *const sfx[] = { "", "-wal", "-shm", "-journal" };
-	char p[160];
+	DIR *d = opendir(tmpdir);
+	struct dirent *de;
+	char p[400];
 
-	for (size_t i = 0; i < sizeof(sfx) / sizeof(sfx[0]); i++) {
-		snprintf(p, sizeof(p), "%s%s", dbpath, sfx[i]);
-		unlink(p);
-	}
-	rmdir(tmpdir);
+	/* The database, its side files, and whatever a test set aside. */
+	ck_assert_ptr_nonnull(d);
+	while ((de = readdir(d)))
+		if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0) {
+			snprintf(p, sizeof(p), "%s/%s", tmpdir, de->d_name);
+			unlink(p);
+		}
+	closedir(d);
+	ck_assert_int_eq(rmdir(tmpdir), 0);
 	index_free(tix);
 	tix = NULL;
 }
@@ -141,11 +148,25 @@ static struct rec_learn *learning(struct rec *r)
 }
 
 
+/* store_write of the records' rows, as the mirror converts them. */
+static int write_recs(struct store *st, struct rec *const *v, size_t n, char *err, size_t errlen)
+{
+	struct store_row *rows = calloc(n, sizeof(*rows));
+	int rc;
+
+	ck_assert_ptr_nonnull(rows);
+	for (size_t i = 0; i < n; i++)
+		rows_from_rec(tix, v[i], &rows[i]);
+	rc = store_write(st, rows, n, err, errlen);
+	free(rows);
+	return rc;
+}
+
 static void write_ok(struct store *st, struct rec **v, size_t n)
 {
 	char err[256] = "";
 
-	ck_assert_msg(store_write(st, tix, v, n, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_msg(write_recs(st, v, n, err, sizeof(err)) == 0, "%s", err);
 }
 
 /* Load the file into a fresh index through a fresh store. */
@@ -157,7 +178,7 @@ static struct index *load_all(int64_t *ret_rev)
 	int64_t rev = -1;
 
 	ck_assert_ptr_nonnull(ix);
-	ck_assert_msg(store_load(st, ix, INT64_MIN, &rev, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_msg(rows_load(st, ix, INT64_MIN, &rev, err, sizeof(err)) == 0, "%s", err);
 	store_close(st);
 	if (ret_rev)
 		*ret_rev = rev;
@@ -474,11 +495,11 @@ START_TEST(test_reader_during_writes)
 			 SQLITE_OK);
 	ck_assert_int_eq(sqlite3_step(s), SQLITE_ROW);
 
-	ck_assert_msg(store_write(st, tix, v + 50, 50, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_msg(write_recs(st, v + 50, 50, err, sizeof(err)) == 0, "%s", err);
 	ck_assert_int_eq(store_checkpoint(st), 0);  /* passive: does not wait */
 	for (int i = 0; i < 50; i++)
 		v[i]->rev += 1000;
-	ck_assert_msg(store_write(st, tix, v, 50, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_msg(write_recs(st, v, 50, err, sizeof(err)) == 0, "%s", err);
 
 	/* Its snapshot is stable ... */
 	ck_assert_int_eq(foreign_int(db, "SELECT count(*) FROM keys"), 50);
@@ -544,6 +565,354 @@ START_TEST(test_garbage_file_refused)
 }
 END_TEST
 
+/* ---- broken files: told apart at open, never touched ------------------ */
+
+static unsigned char *slurp(const char *path, size_t *ret_len)
+{
+	struct stat sb;
+	unsigned char *p;
+	int fd = open(path, O_RDONLY);
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(fstat(fd, &sb), 0);
+	p = malloc((size_t)sb.st_size + 1);
+	ck_assert_ptr_nonnull(p);
+	ck_assert_int_eq(read(fd, p, (size_t)sb.st_size), sb.st_size);
+	close(fd);
+	*ret_len = (size_t)sb.st_size;
+	return p;
+}
+
+static void spill(const char *path, const void *p, size_t n)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(write(fd, p, n), (ssize_t)n);
+	close(fd);
+}
+
+static bool exists(const char *path)
+{
+	struct stat sb;
+
+	return stat(path, &sb) == 0;
+}
+
+static bool side_file(const char *sfx)
+{
+	char p[200];
+
+	snprintf(p, sizeof(p), "%s%s", dbpath, sfx);
+	return exists(p);
+}
+
+/* The size of dbpath's side file, -1 when there is none. */
+static off_t side_size(const char *sfx)
+{
+	struct stat sb;
+	char p[200];
+
+	snprintf(p, sizeof(p), "%s%s", dbpath, sfx);
+	return stat(p, &sb) == 0 ? sb.st_size : -1;
+}
+
+/* A file of ours with n rows of 3 kB payloads (spans pages), closed:
+ * the last close checkpoints and removes the WAL. */
+static void make_db(int n)
+{
+	struct store *st = open_store();
+	char payload[3000], topic[32];
+
+	memset(payload, 'q', sizeof(payload));
+	for (int i = 0; i < n; i++) {
+		struct rec *r;
+
+		snprintf(topic, sizeof(topic), "db/%04d", i);
+		r = mkrec(topic, payload, sizeof(payload), i + 1);
+		write_ok(st, &r, 1);
+	}
+	store_close(st);
+	ck_assert(!side_file("-wal"));
+}
+
+/* store_open refuses the file at dbpath with want, err mentioning what,
+ * and leaves it as it was: same bytes, no WAL or shm made beside it (a
+ * foreign reader may have left empty ones: they stay as they were). */
+static void assert_refused(int want, const char *what)
+{
+	struct store *st = NULL;
+	unsigned char *before, *after;
+	size_t n0, n1;
+	char err[256] = "";
+	off_t wal = side_size("-wal"), shm = side_size("-shm");
+
+	before = slurp(dbpath, &n0);
+	ck_assert_int_eq(store_open(dbpath, &st, err, sizeof(err)), want);
+	ck_assert_ptr_null(st);
+	ck_assert_msg(strstr(err, what) != NULL, "err: %s (want \"%s\")", err, what);
+	ck_assert_msg(strstr(err, dbpath) != NULL, "err: %s", err);
+	after = slurp(dbpath, &n1);
+	ck_assert_uint_eq(n0, n1);
+	ck_assert_int_eq(memcmp(before, after, n0), 0);
+	ck_assert_int_le(wal, 0);
+	ck_assert_int_eq(side_size("-wal"), wal);
+	ck_assert_int_eq(side_size("-shm"), shm);
+	free(before);
+	free(after);
+}
+
+START_TEST(test_short_files)
+{
+	unsigned char *db;
+	size_t n;
+	struct store *st;
+
+	/* Not even the first bytes of an SQLite header. */
+	spill(dbpath, "hello, world\n", 13);
+	assert_refused(-EINVAL, "not a statemirror database");
+	/* The first 60 bytes of a real one: cut short. */
+	unlink(dbpath);
+	make_db(1);
+	db = slurp(dbpath, &n);
+	spill(dbpath, db, 60);
+	assert_refused(-ENODATA, "truncated");
+	spill(dbpath, db, 10);
+	assert_refused(-ENODATA, "truncated");
+	free(db);
+	/* An empty file is a new database. */
+	spill(dbpath, "", 0);
+	st = open_store();
+	store_close(st);
+	ck_assert_int_eq(file_int("PRAGMA user_version"), store_schema_version());
+}
+END_TEST
+
+START_TEST(test_truncated_refused)
+{
+	int64_t pages = 0;
+	size_t n;
+	unsigned char *db;
+
+	make_db(40);
+	pages = file_int("PRAGMA page_count");
+	ck_assert_int_gt(pages, 40);
+	db = slurp(dbpath, &n);
+	ck_assert_uint_eq(n % 4096, 0);
+	/* Half of it (whole pages), and a page cut in the middle. */
+	spill(dbpath, db, n / 2 - (n / 2) % 4096);
+	assert_refused(-ENODATA, "truncated");
+	spill(dbpath, db, n - 100);
+	assert_refused(-ENODATA, "truncated");
+	/* Whole again: it opens and loads. */
+	spill(dbpath, db, n);
+	free(db);
+	{
+		int64_t rev;
+		struct index *ix = load_all(&rev);
+
+		ck_assert_uint_eq(index_size(ix), 40);
+		index_free(ix);
+	}
+}
+END_TEST
+
+START_TEST(test_corrupt_refused)
+{
+	unsigned char *db;
+	size_t n;
+
+	make_db(40);
+	db = slurp(dbpath, &n);
+	/* The schema's page (page 1 after the header) overwritten. */
+	{
+		unsigned char *bad = malloc(n);
+
+		ck_assert_ptr_nonnull(bad);
+		memcpy(bad, db, n);
+		memset(bad + 100, 0xff, 200);
+		spill(dbpath, bad, n);
+		assert_refused(-EBADMSG, "corrupt");
+		/* A page size no SQLite writes. */
+		memcpy(bad, db, n);
+		bad[16] = 0x03;
+		bad[17] = 0x00;
+		spill(dbpath, bad, n);
+		assert_refused(-EBADMSG, "corrupt");
+		/* Damage deeper in (the table's pages) shows when the rows are
+		 * read: store_load says -EBADMSG too. */
+		memcpy(bad, db, n);
+		memset(bad + 4096, 0xa5, n - 4096);
+		spill(dbpath, bad, n);
+		{
+			struct store *st = NULL;
+			struct index *ix = index_new();
+			char err[256] = "";
+			int64_t rev;
+			int rc = store_open(dbpath, &st, err, sizeof(err));
+
+			ck_assert_ptr_nonnull(ix);
+			if (rc == 0) {
+				rc = rows_load(st, ix, INT64_MIN, &rev, err, sizeof(err));
+				store_close(st);
+			}
+			ck_assert_msg(rc == -EBADMSG, "rc %d: %s", rc, err);
+			index_free(ix);
+		}
+		free(bad);
+	}
+	free(db);
+}
+END_TEST
+
+START_TEST(test_not_ours_refused)
+{
+	sqlite3 *db;
+	struct store *st;
+
+	/* Another application's database (tables, user_version 0). */
+	db = open_foreign(SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+	ck_assert_int_eq(sqlite3_exec(db, "CREATE TABLE invoices(id INTEGER PRIMARY KEY);"
+				      "INSERT INTO invoices VALUES (1)", NULL, NULL, NULL),
+			 SQLITE_OK);
+	sqlite3_close(db);
+	assert_refused(-EMEDIUMTYPE, "not a statemirror database");
+	/* One that sets a user_version of its own, without our tables. */
+	db = open_foreign(SQLITE_OPEN_READWRITE);
+	ck_assert_int_eq(sqlite3_exec(db, "PRAGMA user_version = 1", NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(db);
+	assert_refused(-EMEDIUMTYPE, "without our tables");
+	unlink(dbpath);
+
+	/* Ours, marked at open; another application_id is not ours. */
+	st = open_store();
+	store_close(st);
+	ck_assert_int_eq(file_int("PRAGMA application_id"), 0x73746d72);
+	db = open_foreign(SQLITE_OPEN_READWRITE);
+	ck_assert_int_eq(sqlite3_exec(db, "PRAGMA application_id = 42", NULL, NULL, NULL),
+			 SQLITE_OK);
+	sqlite3_close(db);
+	assert_refused(-EMEDIUMTYPE, "application_id");
+	/* A file of ours from before the mark (0) opens, and gets it. */
+	db = open_foreign(SQLITE_OPEN_READWRITE);
+	ck_assert_int_eq(sqlite3_exec(db, "PRAGMA application_id = 0", NULL, NULL, NULL),
+			 SQLITE_OK);
+	sqlite3_close(db);
+	st = open_store();
+	store_close(st);
+	ck_assert_int_eq(file_int("PRAGMA application_id"), 0x73746d72);
+}
+END_TEST
+
+/* ---- setting a file aside --------------------------------------------- */
+
+#define NOW_MS 1795313402123LL /* 2026-11-22T02:10:02.123Z */
+
+static void side(const char *sfx, const char *content)
+{
+	char p[200];
+
+	snprintf(p, sizeof(p), "%s%s", dbpath, sfx);
+	spill(p, content, strlen(content));
+}
+
+static void assert_content(const char *path, const char *want)
+{
+	size_t n;
+	unsigned char *p = slurp(path, &n);
+
+	ck_assert_uint_eq(n, strlen(want));
+	ck_assert_int_eq(memcmp(p, want, n), 0);
+	free(p);
+}
+
+START_TEST(test_set_aside)
+{
+	char got[300], want[300], p[320], err[256] = "";
+
+	side("", "D1");
+	side("-wal", "W1");
+	side("-shm", "S1");
+	ck_assert_msg(store_set_aside(dbpath, NOW_MS, got, sizeof(got), err, sizeof(err)) == 0,
+		      "%s", err);
+	snprintf(want, sizeof(want), "%s.bad-20261122T021002Z", dbpath);
+	ck_assert_str_eq(got, want);
+	assert_content(got, "D1");
+	snprintf(p, sizeof(p), "%s-wal", got);
+	assert_content(p, "W1");
+	snprintf(p, sizeof(p), "%s-shm", got);
+	assert_content(p, "S1");
+	snprintf(p, sizeof(p), "%s-journal", got);
+	ck_assert(!exists(p));
+	ck_assert(!exists(dbpath) && !side_file("-wal") && !side_file("-shm"));
+
+	/* The same second again: a name of its own, nothing overwritten. */
+	side("", "D2");
+	side("-journal", "J2");
+	ck_assert_msg(store_set_aside(dbpath, NOW_MS + 500, got, sizeof(got), err, sizeof(err)) == 0,
+		      "%s", err);
+	snprintf(p, sizeof(p), "%s-2", want);
+	ck_assert_str_eq(got, p);
+	assert_content(got, "D2");
+	snprintf(p, sizeof(p), "%s-journal", got);
+	assert_content(p, "J2");
+	snprintf(p, sizeof(p), "%s.bad-20261122T021002Z", dbpath);
+	assert_content(p, "D1");
+
+	/* Nothing there; a name that does not fit: nothing moves. */
+	ck_assert_int_eq(store_set_aside(dbpath, NOW_MS, got, sizeof(got), err, sizeof(err)),
+			 -ENOENT);
+	side("", "D3");
+	side("-wal", "W3");
+	ck_assert_int_eq(store_set_aside(dbpath, NOW_MS, got, 20, err, sizeof(err)), -ENAMETOOLONG);
+	assert_content(dbpath, "D3");
+	ck_assert(side_file("-wal"));
+}
+END_TEST
+
+/* A crash image (database and WAL, as kill -9 leaves them) set aside keeps
+ * its WAL beside it: sqlite3 on the moved file sees every commit, and a
+ * new database at the old path starts empty. */
+START_TEST(test_set_aside_keeps_wal)
+{
+	char crash[200], p[220], got[300], err[256] = "";
+	unsigned char *b;
+	size_t n;
+	sqlite3 *db;
+	struct store *st;
+
+	db = open_foreign(SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+	ck_assert_int_eq(sqlite3_exec(db, "PRAGMA journal_mode = WAL;"
+				      "CREATE TABLE t(x); INSERT INTO t VALUES (1), (2), (3)",
+				      NULL, NULL, NULL), SQLITE_OK);
+	ck_assert(side_file("-wal"));
+	snprintf(crash, sizeof(crash), "%s/crash.db", tmpdir);
+	b = slurp(dbpath, &n);
+	spill(crash, b, n);
+	free(b);
+	snprintf(p, sizeof(p), "%s-wal", dbpath);
+	b = slurp(p, &n);
+	ck_assert_uint_gt(n, 0);
+	snprintf(p, sizeof(p), "%s-wal", crash);
+	spill(p, b, n);
+	free(b);
+	sqlite3_close(db);
+	unlink(dbpath);
+
+	ck_assert_msg(store_set_aside(crash, NOW_MS, got, sizeof(got), err, sizeof(err)) == 0,
+		      "%s", err);
+	snprintf(p, sizeof(p), "%s-wal", crash);
+	ck_assert(!exists(crash) && !exists(p));
+	ck_assert_int_eq(sqlite3_open_v2(got, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+	ck_assert_int_eq(foreign_int(db, "SELECT count(*) FROM t"), 3);
+	sqlite3_close(db);
+
+	/* And the path is free for a new database of ours. */
+	ck_assert_int_eq(store_open(crash, &st, err, sizeof(err)), 0);
+	store_close(st);
+}
+END_TEST
+
 START_TEST(test_unopenable_path)
 {
 	struct store *st = NULL;
@@ -577,13 +946,13 @@ START_TEST(test_disk_full)
 	/* No room for the next 99 payloads of 4 kB: SQLITE_FULL. */
 	ck_assert_int_eq(foreign_int(caught, "PRAGMA max_page_count = 1"), pages);
 
-	rc = store_write(st, tix, v + 1, 99, err, sizeof(err));
+	rc = write_recs(st, v + 1, 99, err, sizeof(err));
 	ck_assert_int_eq(rc, -ENOSPC);
 	ck_assert_msg(strstr(err, "full") != NULL, "err: %s", err);
 	ck_assert_int_eq(sqlite3_get_autocommit(caught), 1);  /* no transaction left open */
 	ck_assert_int_eq(file_int("SELECT count(*) FROM keys"), 1);
 	/* Failing again is just as clean. */
-	ck_assert_int_eq(store_write(st, tix, v + 1, 99, err, sizeof(err)), -ENOSPC);
+	ck_assert_int_eq(write_recs(st, v + 1, 99, err, sizeof(err)), -ENOSPC);
 	ck_assert_int_eq(sqlite3_get_autocommit(caught), 1);
 
 	/* Space comes back: the same call succeeds. */
@@ -613,7 +982,7 @@ START_TEST(test_failed_batch_is_atomic)
 	v[1] = mkrec("x/2", big, sizeof(big), 2);
 	v[2] = mkrec("x/3", "3", 1, 3);
 	sqlite3_limit(caught, SQLITE_LIMIT_LENGTH, 1000);
-	ck_assert_int_eq(store_write(st, tix, v, 3, err, sizeof(err)), -EIO);
+	ck_assert_int_eq(write_recs(st, v, 3, err, sizeof(err)), -EIO);
 	ck_assert_msg(strstr(err, "too big") != NULL, "err: %s", err);
 	ck_assert_int_eq(sqlite3_get_autocommit(caught), 1);
 	ck_assert_int_eq(file_int("SELECT count(*) FROM rec"), 0);
@@ -641,7 +1010,7 @@ START_TEST(test_busy_fails_fast)
 	ck_assert_int_eq(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
 	r->rev = 2;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	rc = store_write(st, tix, &r, 1, err, sizeof(err));
+	rc = write_recs(st, &r, 1, err, sizeof(err));
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
 	ck_assert_int_eq(rc, -EBUSY);
@@ -704,7 +1073,7 @@ START_TEST(test_purge_tombstones)
 		int64_t rev = 0;
 
 		ck_assert_ptr_nonnull(ix);
-		ck_assert_msg(store_load(st, ix, v[0]->ts_ns + 10, &rev, err, sizeof(err)) == 0,
+		ck_assert_msg(rows_load(st, ix, v[0]->ts_ns + 10, &rev, err, sizeof(err)) == 0,
 			      "%s", err);
 		ck_assert_ptr_null(index_get(ix, "old/deleted", 11));
 		ck_assert_ptr_nonnull(index_get(ix, "new/deleted", 11));
@@ -793,7 +1162,7 @@ START_TEST(test_stage_is_a_snapshot)
 
 	learning(r)->iv[0] = 5000;
 	learning(r)->n = 1;
-	ck_assert_int_eq(store_stage(st, tix, r), 0);
+	ck_assert_int_eq(rows_stage(st, tix, r), 0);
 	ck_assert_uint_eq(store_staged(st), 1);
 	/* Ingest changes the record before the write runs. */
 	ck_assert_int_eq(rec_set_payload(r, "{\"v\":2, \"much\": \"longer now\"}", 30), 0);
@@ -807,7 +1176,7 @@ START_TEST(test_stage_is_a_snapshot)
 	/* Nothing staged: a commit is a no-op. */
 	ck_assert_int_eq(store_commit(st, err, sizeof(err)), 0);
 	/* The next stage takes the record as it is now. */
-	ck_assert_int_eq(store_stage(st, tix, r), 0);
+	ck_assert_int_eq(rows_stage(st, tix, r), 0);
 	ck_assert_msg(store_commit(st, err, sizeof(err)) == 0, "%s", err);
 	ck_assert_int_eq(file_int("SELECT rev FROM rec WHERE topic = 'snap/a'"), 11);
 	ck_assert_int_eq(file_int("SELECT length(payload) FROM rec WHERE topic = 'snap/a'"), 30);
@@ -817,10 +1186,11 @@ START_TEST(test_stage_is_a_snapshot)
 		const void *p;
 		size_t n;
 
-		ck_assert_int_eq(store_fetch_payload(st, r, &p, &n), 0);
+		ck_assert_int_eq(store_fetch_payload(st, rec_topic(r), r->topic_len, &p, &n), 0);
 		ck_assert_uint_eq(n, 30);
 		ck_assert_int_eq(memcmp(p, "{\"v\":2, \"much\": \"longer now\"}", 30), 0);
-		ck_assert_int_eq(store_fetch_payload(st, none, &p, &n), -ENOENT);
+		ck_assert_int_eq(store_fetch_payload(st, rec_topic(none), none->topic_len, &p, &n),
+				 -ENOENT);
 	}
 	/* ... and a record whose payload is in the file is written without
 	 * it: only its other fields change. */
@@ -828,7 +1198,7 @@ START_TEST(test_stage_is_a_snapshot)
 	ck_assert(r->flags & REC_IN_FILE);
 	r->rev = 12;
 	r->flags |= REC_STALE;
-	ck_assert_int_eq(store_stage(st, tix, r), 0);
+	ck_assert_int_eq(rows_stage(st, tix, r), 0);
 	ck_assert_msg(store_commit(st, err, sizeof(err)) == 0, "%s", err);
 	ck_assert_int_eq(file_int("SELECT rev FROM rec WHERE topic = 'snap/a'"), 12);
 	ck_assert_int_eq(file_int("SELECT length(payload) FROM rec WHERE topic = 'snap/a'"), 30);
@@ -861,26 +1231,161 @@ START_TEST(test_scan_reads_in_order)
 		int i = order[k];
 
 		snprintf(pl, sizeof(pl), "v-%c", 'a' + i);
-		ck_assert_int_eq(store_fetch_payload(st, v[i], &p, &n), 0);
+		ck_assert_int_eq(store_fetch_payload(st, rec_topic(v[i]), v[i]->topic_len, &p, &n), 0);
 		ck_assert_uint_eq(n, 3);
 		ck_assert_int_eq(memcmp(p, pl, 3), 0);
 	}
-	ck_assert_int_eq(store_fetch_payload(st, none, &p, &n), -ENOENT);
-	/* A length the index does not expect: not served as that value. */
-	v[7]->payload_len = 9;
-	ck_assert_int_eq(store_fetch_payload(st, v[7], &p, &n), -EIO);
-	v[7]->payload_len = 3;
+	ck_assert_int_eq(store_fetch_payload(st, rec_topic(none), none->topic_len, &p, &n),
+			 -ENOENT);
+	/* Back to a topic the scan passed: a seek, the right bytes. */
+	ck_assert_int_eq(store_fetch_payload(st, rec_topic(v[7]), v[7]->topic_len, &p, &n), 0);
+	ck_assert_uint_eq(n, 3);
+	ck_assert_int_eq(memcmp(p, "v-h", 3), 0);
 	store_scan_end(st);
 	ck_assert_int_eq(rec_set_payload(v[0], "w-a!", 4), 0);
-	ck_assert_int_eq(store_stage(st, tix, v[0]), 0);
+	ck_assert_int_eq(rows_stage(st, tix, v[0]), 0);
 	ck_assert_msg(store_commit(st, err, sizeof(err)) == 0, "%s", err);
 	store_scan(st, NULL, 0);
-	ck_assert_int_eq(store_fetch_payload(st, v[0], &p, &n), 0);
+	ck_assert_int_eq(store_fetch_payload(st, rec_topic(v[0]), v[0]->topic_len, &p, &n), 0);
 	ck_assert_uint_eq(n, 4);
 	ck_assert_int_eq(memcmp(p, "w-a!", 4), 0);
 	store_scan_end(st);
 	store_scan_end(st); /* twice: no-op */
 	store_close(st);
+}
+END_TEST
+
+/* ---- rows, without an index --------------------------------------------- */
+
+/* What store_load handed over: copies of the rows (their pointers die
+ * with the call). */
+struct got {
+	struct store_row row[8];
+	char topic[8][32];
+	char payload[8][32];
+	int n;
+	int fail_at;  /* return -ENOMEM at this row (1-based), 0 never */
+};
+
+static int collect(void *ctx, const struct store_row *row)
+{
+	struct got *g = ctx;
+
+	if (g->fail_at && g->n + 1 == g->fail_at)
+		return -ENOMEM;
+	ck_assert_int_lt(g->n, 8);
+	ck_assert_uint_lt(row->topic_len, sizeof(g->topic[0]));
+	ck_assert_uint_lt(row->payload_len, sizeof(g->payload[0]));
+	g->row[g->n] = *row;
+	memcpy(g->topic[g->n], row->topic, row->topic_len);
+	g->topic[g->n][row->topic_len] = '\0';
+	if (row->payload)
+		memcpy(g->payload[g->n], row->payload, row->payload_len);
+	g->payload[g->n][row->payload_len] = '\0';
+	g->n++;
+	return 0;
+}
+
+/* The store knows rows, not records: every field of a row it is given
+ * comes back as written, the learning state as its fields (a malformed
+ * learn column as none), a cadence source as stored (the reader checks
+ * it); a kept payload stays; the callback's error stops the load. */
+START_TEST(test_rows_round_trip)
+{
+	struct store_row w[3] = {
+		{ .topic = "r/json", .topic_len = 6, .payload = "{\"a\":1}", .payload_len = 7,
+		  .ts_ns = -3, .received_ms = 4, .last_seen_ms = 5, .rev = 6,
+		  .stale_since_ms = 7, .last_live_ms = 8, .cadence_source = 200,
+		  .updates = 9, .cadence_ms = 10, .flags = STORE_IS_JSON | 8 | 64,
+		  .has_learn = true, .learn_n = 3, .learn_iv = { 1, 200, 70000 } },
+		{ .topic = "r/bin", .topic_len = 5, .payload = "b\0n", .payload_len = 3,
+		  .rev = 2, .flags = 1 },
+		{ .topic = "r/tomb", .topic_len = 6, .payload = "ignored", .payload_len = 7,
+		  .ts_ns = 100, .rev = 3, .flags = STORE_DELETED },
+	};
+	struct got g = { .n = 0 };
+	struct store *st = open_store();
+	char err[256] = "";
+	int64_t rev = -1;
+
+	ck_assert_msg(store_write(st, w, 3, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_int_eq(file_int("SELECT typeof(payload) = 'text' FROM rec WHERE topic = 'r/json'"), 1);
+	ck_assert_int_eq(file_int("SELECT typeof(payload) = 'blob' FROM rec WHERE topic = 'r/bin'"), 1);
+	ck_assert_int_eq(file_int("SELECT payload IS NULL FROM rec WHERE topic = 'r/tomb'"), 1);
+	ck_assert_msg(store_load(st, INT64_MIN, collect, &g, &rev, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_int_eq(rev, 6);
+	ck_assert_int_eq(g.n, 3);
+	/* topic order */
+	ck_assert_str_eq(g.topic[0], "r/bin");
+	ck_assert_str_eq(g.topic[1], "r/json");
+	ck_assert_str_eq(g.topic[2], "r/tomb");
+	ck_assert_uint_eq(g.row[0].payload_len, 3);
+	ck_assert_mem_eq(g.payload[0], "b\0n", 3);
+	ck_assert(!g.row[0].has_learn);
+	ck_assert_uint_eq(g.row[0].flags, 1);
+	ck_assert_str_eq(g.payload[1], "{\"a\":1}");
+	ck_assert_int_eq(g.row[1].ts_ns, -3);
+	ck_assert_int_eq(g.row[1].received_ms, 4);
+	ck_assert_int_eq(g.row[1].last_seen_ms, 5);
+	ck_assert_int_eq(g.row[1].rev, 6);
+	ck_assert_int_eq(g.row[1].stale_since_ms, 7);
+	ck_assert_int_eq(g.row[1].last_live_ms, 8);
+	ck_assert_int_eq(g.row[1].cadence_source, 200);
+	ck_assert_uint_eq(g.row[1].updates, 9);
+	ck_assert_uint_eq(g.row[1].cadence_ms, 10);
+	ck_assert_uint_eq(g.row[1].flags, STORE_IS_JSON | 8 | 64);
+	ck_assert(g.row[1].has_learn);
+	ck_assert_uint_eq(g.row[1].learn_n, 3);
+	ck_assert_uint_eq(g.row[1].learn_iv[0], 1);
+	ck_assert_uint_eq(g.row[1].learn_iv[1], 200);
+	ck_assert_uint_eq(g.row[1].learn_iv[2], 70000);
+	ck_assert_uint_eq(g.row[1].learn_iv[3], 0);
+	ck_assert(!g.row[1].payload_kept);
+	ck_assert_ptr_null(g.row[2].payload);
+	ck_assert_uint_eq(g.row[2].payload_len, 0);
+
+	/* A kept payload: the other columns change, the payload stays. */
+	w[1].payload = NULL;
+	w[1].payload_len = 0;
+	w[1].payload_kept = true;
+	w[1].rev = 12;
+	ck_assert_msg(store_write(st, &w[1], 1, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_int_eq(file_int("SELECT rev * (length(payload) = 3) FROM rec WHERE topic = 'r/bin'"),
+			 12);
+
+	/* A learn column the store cannot read is no learning state. */
+	{
+		sqlite3 *db = open_foreign(SQLITE_OPEN_READWRITE);
+
+		ck_assert_int_eq(sqlite3_exec(db, "UPDATE rec SET learn = x'0380' "
+					      "WHERE topic = 'r/json'", NULL, NULL, NULL), SQLITE_OK);
+		sqlite3_close(db);
+	}
+	/* Old tombstones are skipped; the callback's error stops the load. */
+	memset(&g, 0, sizeof(g));
+	ck_assert_msg(store_load(st, 101, collect, &g, &rev, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_int_eq(g.n, 2);
+	ck_assert_int_eq(rev, 12);
+	ck_assert(!g.row[1].has_learn);
+	memset(&g, 0, sizeof(g));
+	g.fail_at = 2;
+	ck_assert_int_eq(store_load(st, INT64_MIN, collect, &g, &rev, err, sizeof(err)), -ENOMEM);
+	ck_assert_int_eq(g.n, 1);
+	ck_assert_msg(strstr(err, "out of memory") != NULL, "err: %s", err);
+	store_close(st);
+
+	/* Through the mirror's reader: a cadence source out of range is none. */
+	{
+		struct index *ix = load_all(&rev);
+		struct rec *r = index_get(ix, "r/json", 6);
+
+		ck_assert_ptr_nonnull(r);
+		ck_assert_uint_eq(r->cadence_source, CADENCE_NONE);
+		ck_assert_ptr_null(index_learn(ix, r));
+		ck_assert(r->flags & REC_IN_FILE);
+		ck_assert_uint_eq(r->flags & ~(unsigned)REC_IN_FILE, REC_IS_JSON | REC_STALE | REC_NO_STALE);
+		index_free(ix);
+	}
 }
 END_TEST
 
@@ -892,6 +1397,7 @@ static Suite *store_suite(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_create_migrates);
 	tcase_add_test(tc, test_round_trip);
+	tcase_add_test(tc, test_rows_round_trip);
 	tcase_add_test(tc, test_stage_is_a_snapshot);
 	tcase_add_test(tc, test_scan_reads_in_order);
 	tcase_add_test(tc, test_empty_file_loads_nothing);
@@ -900,6 +1406,12 @@ static Suite *store_suite(void)
 	tcase_add_test(tc, test_reader_during_writes);
 	tcase_add_test(tc, test_newer_version_refused);
 	tcase_add_test(tc, test_garbage_file_refused);
+	tcase_add_test(tc, test_short_files);
+	tcase_add_test(tc, test_truncated_refused);
+	tcase_add_test(tc, test_corrupt_refused);
+	tcase_add_test(tc, test_not_ours_refused);
+	tcase_add_test(tc, test_set_aside);
+	tcase_add_test(tc, test_set_aside_keeps_wal);
 	tcase_add_test(tc, test_unopenable_path);
 	tcase_add_test(tc, test_disk_full);
 	tcase_add_test(tc, test_failed_batch_is_atomic);

@@ -1,0 +1,97 @@
+/* SPDX-License-Identifier: MIT */
+/* rows.c: records to store rows for a write, rows to records at startup. */
+#include <errno.h>
+#include <string.h>
+
+#include "mirror/state/rows.h"
+
+/* The file's flags are the record's (schema/001_init.sql). */
+_Static_assert((unsigned)STORE_DELETED == (unsigned)REC_DELETED, "the tombstone bit");
+_Static_assert((unsigned)STORE_IS_JSON == (unsigned)REC_IS_JSON, "the JSON bit");
+_Static_assert(STORE_LEARN_SLOTS == REC_LEARN_SLOTS, "a stored learning state is a record's");
+
+/* Bits of rec.flags that describe the record rather than our bookkeeping. */
+#define PERSISTED_FLAGS ((uint16_t)~(REC_DIRTY | REC_IN_FILE | REC_LEARNS))
+
+void rows_from_rec(const struct index *ix, const struct rec *r, struct store_row *ret_row)
+{
+	const struct rec_learn *l = ix ? index_learn(ix, r) : NULL;
+	bool in_file = (r->flags & REC_IN_FILE) != 0;
+	struct store_row *w = ret_row;
+
+	/* Field by field, no zeroing pass: this runs under the index lock
+	 * for every row of a write (rows_stage). */
+	w->topic = rec_topic(r);
+	w->topic_len = r->topic_len;
+	/* payload_hash shares the payload's place: never pass it on. */
+	w->payload = in_file ? NULL : r->payload;
+	w->payload_len = in_file || !r->payload ? 0 : r->payload_len;
+	w->payload_kept = in_file;
+	w->ts_ns = r->ts_ns;
+	w->received_ms = r->received_ms;
+	w->last_seen_ms = r->last_seen_ms;
+	w->rev = r->rev;
+	w->stale_since_ms = r->stale_since_ms;
+	w->updates = r->updates;
+	w->cadence_ms = r->cadence_ms;
+	w->cadence_source = r->cadence_source;
+	w->flags = r->flags & PERSISTED_FLAGS;
+	w->has_learn = l != NULL;
+	w->last_live_ms = l ? l->last_live_ms : 0;
+	w->learn_n = l ? l->n : 0;
+	if (l)
+		memcpy(w->learn_iv, l->iv, sizeof(w->learn_iv));
+	else
+		memset(w->learn_iv, 0, sizeof(w->learn_iv));
+}
+
+int rows_stage(struct store *st, const struct index *ix, const struct rec *r)
+{
+	struct store_row row;
+
+	rows_from_rec(ix, r, &row);
+	return store_stage(st, &row);
+}
+
+/* A store_row_fn: one stored row becomes a record of ix (the ctx). */
+static int rows_add(void *ctx, const struct store_row *row)
+{
+	struct index *ix = ctx;
+	uint16_t flags = row->flags & PERSISTED_FLAGS;
+	struct rec_learn *l;
+	struct rec *r;
+
+	/* The payload stays in the file: the index keeps its hash. */
+	r = index_add(ix, row->topic, row->topic_len, NULL, 0, flags);
+	if (!r)
+		return -errno;
+	if (row->payload_len)
+		rec_set_payload_in_file(r, row->payload_len,
+					rec_payload_hash(row->payload, row->payload_len));
+	r->ts_ns = row->ts_ns;
+	r->received_ms = row->received_ms;
+	r->last_seen_ms = row->last_seen_ms;
+	r->rev = row->rev;
+	r->stale_since_ms = row->stale_since_ms;
+	r->updates = row->updates;
+	r->cadence_ms = row->cadence_ms;
+	r->cadence_source = row->cadence_source >= 0 && row->cadence_source < CADENCE_SOURCE_MAX ?
+		(uint8_t)row->cadence_source : CADENCE_NONE;
+	if (!row->has_learn)
+		return 0;
+	if (!(l = index_learn_make(ix, r)))
+		return -ENOMEM;
+	l->last_live_ms = row->last_live_ms;
+	l->n = row->learn_n;
+	memcpy(l->iv, row->learn_iv, sizeof(l->iv));
+	return 0;
+}
+
+int rows_load(struct store *st, struct index *ix, int64_t skip_before_ns, int64_t *ret_rev,
+	      char *err, size_t errlen)
+{
+	int rc = store_load(st, skip_before_ns, rows_add, ix, ret_rev, err, errlen);
+
+	/* A row the index refuses (a topic twice) is a broken file. */
+	return rc == -EEXIST || rc == -EINVAL || rc == -E2BIG ? -EIO : rc;
+}
