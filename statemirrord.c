@@ -20,8 +20,10 @@
 #include "mirror/state/index.h"
 #include "mirror/ingest/mqtt.h"
 #include "mirror/state/rejects.h"
+#include "mirror/state/intents.h"
 #include "mirror/state/rows.h"
 #include "mirror/liveness/stale.h"
+#include "store/outbox.h"
 #include "store/store.h"
 
 enum { EXIT_CONFIG = 1, EXIT_RUNTIME = 2 };
@@ -323,6 +325,8 @@ struct daemon {
 	struct mirror *core;
 	struct api *api;
 	struct watch *watch;
+	struct outbox *outbox;    /* the intents' table ([intents] allow set) */
+	struct intents *intents;
 	sigset_t sigs;            /* taken by the main loop, blocked in every thread */
 	uint64_t wd_usec;         /* the systemd watchdog interval, 0 = none */
 };
@@ -358,6 +362,40 @@ static int daemon_open_store(struct daemon *d)
 	if ((rc = store_open(d->conf.db_path, &d->store, err, sizeof(err))) < 0) {
 		log_error("store: cannot open %s: %s", d->conf.db_path, err);
 		return rc;
+	}
+	return 0;
+}
+
+/* The intent outbox and its engine, when [intents] allow is set: the
+ * outbox's undecided intents are taken back (published again if still
+ * due). Returns 0 or -errno (logged). */
+static int daemon_open_intents(struct daemon *d)
+{
+	const struct conf *conf = &d->conf;
+	struct intents_limits lim = { .outbox_max = (size_t)conf->intent_outbox_max,
+				      .history = (size_t)conf->intent_history,
+				      .qos = conf->intent_qos };
+	char err[512];
+	int rc;
+
+	if (conf->nintent_allow == 0)
+		return 0;
+	if ((rc = outbox_open(conf->db_path, 5000, &d->outbox, err, sizeof(err))) < 0 ||
+	    (rc = intents_new(&lim, d->outbox, clock_wall_ms(), &d->intents, err, sizeof(err))) < 0) {
+		log_error("intents: cannot open the outbox: %s", err);
+		return rc;
+	}
+	if ((rc = intents_start(d->intents, clock_wall_ms, mqtt_kick, d->mqtt)) < 0) {
+		log_error("intents: cannot start: %s", strerror(-rc));
+		return rc;
+	}
+	mqtt_set_intents(d->mqtt, d->intents);
+	{
+		struct intents_stats st;
+
+		intents_stats(d->intents, &st);
+		log_info("intents: on for %zu filter(s); %zu undecided in the outbox",
+			 conf->nintent_allow, st.undecided);
 	}
 	return 0;
 }
@@ -401,6 +439,8 @@ static int daemon_start(struct daemon *d)
 	if ((rc = load_index(d->store, d->stale, d->ix, &rev, &purge_before_ns, resume)) < 0)
 		return rc;
 
+	if ((rc = daemon_open_intents(d)) < 0)
+		return rc;
 	if (!(d->changes = changes_new((size_t)conf->watch_log_size, rev)))
 		goto nomem;
 	if ((rc = watch_new(conf, d->ix, d->changes, &d->watch)) < 0) {
@@ -410,7 +450,7 @@ static int daemon_start(struct daemon *d)
 	watch_set_resume(d->watch, resume[0], resume[1], rev);
 	struct mirror_deps cd = { .conf = conf, .ix = d->ix, .store = d->store,
 				  .stale = d->stale, .mqtt = d->mqtt, .rejects = d->rejects,
-				  .changes = d->changes, .rev = rev,
+				  .changes = d->changes, .intents = d->intents, .rev = rev,
 				  .purge_before_ns = purge_before_ns,
 				  .on_changes = watch_wake, .on_changes_ctx = d->watch };
 	if ((rc = mirror_start(&cd, &d->core)) < 0) {
@@ -418,7 +458,8 @@ static int daemon_start(struct daemon *d)
 		return rc;
 	}
 	struct api_deps ad = { .conf = conf, .ix = d->ix, .core = d->core,
-			       .rejects = d->rejects, .stale = d->stale, .watch = d->watch };
+			       .rejects = d->rejects, .stale = d->stale, .watch = d->watch,
+			       .intents = d->intents };
 	if ((rc = api_start(&ad, &d->api, err, sizeof(err))) < 0) {
 		log_error("http: %s", err);
 		return rc;
@@ -506,6 +547,8 @@ static void daemon_stop(struct daemon *d)
 	mqtt_stop(d->mqtt);
 	api_stop(d->api);
 	mirror_stop(d->core);
+	intents_free(d->intents); /* nobody submits, pumps or observes any more */
+	outbox_close(d->outbox);
 	watch_free(d->watch); /* after api_stop (no stream left) and mirror_stop (no wake) */
 	mqtt_free(d->mqtt);
 	stale_free(d->stale);

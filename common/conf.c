@@ -711,22 +711,44 @@ static void clear_urls(struct conf *c, const struct item *it)
 	strv_clear(c->urls, &c->nurls);
 }
 
+/* A filter list: CONF_MAX_FILTERS pointers at it->off, then their count. */
+_Static_assert(offsetof(struct conf, nfilters) ==
+	       offsetof(struct conf, filters) + sizeof(((struct conf *)0)->filters),
+	       "a filter list's count follows its array");
+_Static_assert(offsetof(struct conf, nintent_allow) ==
+	       offsetof(struct conf, intent_allow) + sizeof(((struct conf *)0)->intent_allow),
+	       "a filter list's count follows its array");
+
+static char **filter_list(struct conf *c, const struct item *it, size_t **ret_n)
+{
+	char **v = (char **)((char *)c + it->off);
+
+	*ret_n = (size_t *)(void *)(v + CONF_MAX_FILTERS);
+	return v;
+}
+
 static int parse_filter(struct conf *c, const struct item *it, const char *v, char *why,
 			size_t whylen)
 {
+	size_t *n;
+	char **list = filter_list(c, it, &n);
+
 	if (topic_filter_check(v) < 0)
 		return why_ret(why, whylen, -EINVAL, "'%s' is not a valid MQTT topic filter", v);
-	if (c->nfilters >= CONF_MAX_FILTERS)
+	if (*n >= CONF_MAX_FILTERS)
 		return why_ret(why, whylen, -EINVAL, "more than %d filters", CONF_MAX_FILTERS);
-	if (!(c->filters[c->nfilters] = strdup(v)))
+	if (!(list[*n] = strdup(v)))
 		return why_ret(why, whylen, -ENOMEM, "out of memory");
-	c->nfilters++;
+	(*n)++;
 	return 0;
 }
 
 static void clear_filters(struct conf *c, const struct item *it)
 {
-	strv_clear(c->filters, &c->nfilters);
+	size_t *n;
+	char **list = filter_list(c, it, &n);
+
+	strv_clear(list, n);
 }
 
 /* Add one exact topic name to c->retained (a duplicate is dropped). */
@@ -982,6 +1004,15 @@ static const struct item items[] = {
 	{ "http", "watch_buffer", T_SIZE, "1MiB", KIB(4), MIB(1024), O(watch_buffer), NULL },
 	{ "http", "watch_log_size", T_INT64, "65536", 0, INT64_C(16777216), O(watch_log_size), NULL },
 
+	{ "intents", "allow", T_FILTERS, NULL, 0, 0, O(intent_allow), NULL },
+	{ "intents", "qos", T_INT, "1", 0, 1, O(intent_qos), NULL },
+	{ "intents", "expire", T_DURATION, "30s", SEC(1), HOUR(24), O(intent_expire_ms), NULL },
+	{ "intents", "timeout", T_DURATION, "10s", 100, HOUR(24), O(intent_timeout_ms), NULL },
+	{ "intents", "outbox_max", T_INT64, "10000", 1, 1000000, O(intent_outbox_max), NULL },
+	{ "intents", "max_body", T_SIZE, "64KiB", 256, MIB(16), O(intent_max_body), NULL },
+	{ "intents", "history", T_INT64, "1000", 1, 1000000, O(intent_history), NULL },
+	{ "intents", "intent_token_file", T_STR_OPT, NULL, 0, 0, O(intent_token_file), NULL },
+
 	/* Sparkplug B host mode (mirror/ingest/sparkplug.h); defaults as sparkplug_conf_default. */
 	{ "sparkplug", "enabled", T_BOOL, "false", 0, 0, O(sp_enabled), NULL },
 	{ "sparkplug", "rebirth", T_BOOL, "false", 0, 0, O(sp_rebirth), NULL },
@@ -1003,7 +1034,8 @@ static const struct item items[] = {
 _Static_assert(sizeof(items) / sizeof(items[0]) <= CONF_NKEYS, "raise CONF_NKEYS");
 
 static const char *const sections[] = {
-	"broker", "subscribe", "store", "payload", "staleness", "alerts", "http", "sparkplug", "log",
+	"broker", "subscribe", "store", "payload", "staleness", "alerts", "http", "intents",
+	"sparkplug", "log",
 };
 
 static int item_index(const char *name)

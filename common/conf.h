@@ -105,6 +105,17 @@ struct conf {
 	int64_t watch_buffer;         /* bytes buffered per watcher before it is cut off, default 1MiB */
 	int64_t watch_log_size;       /* changes kept for resume, default 65536 */
 
+	/* [intents] */
+	char *intent_allow[CONF_MAX_FILTERS]; /* topics intents may be published to; none: off */
+	size_t nintent_allow;         /* (follows intent_allow: conf.c's filter lists) */
+	int intent_qos;               /* 0 or 1, default 1 */
+	int64_t intent_expire_ms;     /* never published later than this, default 30s */
+	int64_t intent_timeout_ms;    /* wait for confirmation this long, default 10s */
+	int64_t intent_outbox_max;    /* undecided intents at most, default 10000 */
+	int64_t intent_max_body;      /* bytes of a POST body, default 64KiB */
+	int64_t intent_history;       /* decided intents kept for GET, default 1000 */
+	char *intent_token_file;      /* NULL: the [http] token grants intents */
+
 	/* [sparkplug]: the Sparkplug B host mode (mirror/ingest/sparkplug.h,
 	 * struct sparkplug_conf has the meaning of each limit) */
 	bool sp_enabled;              /* default false */

@@ -66,6 +66,22 @@ int mqtt_new(const struct conf *c, struct mqtt **ret, char *err, size_t errlen);
 int mqtt_add_decoder(struct mqtt *m, struct decoder *d);
 
 /*
+** The intent outbox (mirror/state/intents.h), before mqtt_start: at every
+** turn with the link up the session publishes what is due through
+** intents_pump (QoS as configured; with MQTT 5 the correlation id also as
+** correlation data, and the time left before `expire` as the message
+** expiry), reports each PUBACK (intents_acked) and a lost link
+** (intents_link_down). When intents were in flight at a lost link, the
+** session drops its libmosquitto handle before reconnecting, so that
+** libmosquitto cannot resend them itself after their expiry: the engine
+** publishes them again if they are still due. mqtt_kick (any thread) wakes
+** the session when intents were submitted.
+*/
+struct intents;
+void mqtt_set_intents(struct mqtt *m, struct intents *in);
+void mqtt_kick(void *m);
+
+/*
 ** Publish through the session's connection, for decoders: the same as
 ** decode_out.publish (decode.h: arguments, -ENOTCONN, -ENOBUFS, ...), for
 ** a decoder that publishes from its tick or from hooks of its own, with
