@@ -10,6 +10,7 @@
 
 #include "common/stats.h"
 #include "mirror/state/apply.h"
+#include "mirror/liveness/stale.h"
 
 static const unsigned http_codes[STATS_HTTP_CODES - 1] = { 200, 400, 401, 404, 405, 500, 503 };
 
@@ -168,9 +169,17 @@ int metrics_render(struct buf *b, const struct metrics_extra *x)
 	if ((r = scalar(b, "statemirror_received_total", "counter",
 			"Messages received from the broker.", STAT_GET(received))) < 0 ||
 	    (r = scalar(b, "statemirror_keys", "gauge", "Live keys held.", STAT_GET(keys))) < 0 ||
-	    (r = scalar(b, "statemirror_stale_keys", "gauge", "Keys judged stale now.",
-			STAT_GET(stale_keys))) < 0 ||
-	    (r = scalar(b, "statemirror_rev", "gauge", "Current revision counter.",
+	    (r = scalar(b, "statemirror_stale_keys", "gauge",
+			"Keys judged stale now: in all (no label) and by reason.",
+			STAT_GET(stale_keys))) < 0)
+		return r;
+	/* The same family, by why: the unlabelled sample stays the total. */
+	for (int i = STALE_REASON_NONE + 1; i < STALE_REASON_MAX; i++)
+		if ((r = buf_printf(b, "statemirror_stale_keys{reason=\"%s\"} %" PRIu64 "\n",
+				    stale_reason_name((enum stale_reason)i),
+				    stale_reason_count((enum stale_reason)i))) < 0)
+			return r;
+	if ((r = scalar(b, "statemirror_rev", "gauge", "Current revision counter.",
 			(uint64_t)STAT_GET(rev))) < 0)
 		return r;
 
