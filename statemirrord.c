@@ -187,6 +187,17 @@ static void report_restart_needed(const struct conf *old, const struct conf *nc)
 		     old->future_skew_ms != nc->future_skew_ms || old->on_corrupt != nc->on_corrupt;
 	bool http = str_differs(old->http_listen, nc->http_listen) ||
 		    str_differs(old->token_file, nc->token_file);
+	bool sparkplug = old->sp_enabled != nc->sp_enabled || old->sp_rebirth != nc->sp_rebirth ||
+			 old->sp_reorder_window_ms != nc->sp_reorder_window_ms ||
+			 old->sp_rebirth_interval_ms != nc->sp_rebirth_interval_ms ||
+			 old->sp_max_nodes != nc->sp_max_nodes ||
+			 old->sp_max_devices != nc->sp_max_devices ||
+			 old->sp_max_node_metrics != nc->sp_max_node_metrics ||
+			 old->sp_max_metrics != nc->sp_max_metrics ||
+			 old->sp_max_message_metrics != nc->sp_max_message_metrics ||
+			 old->sp_max_value != nc->sp_max_value ||
+			 old->sp_max_decode_mem != nc->sp_max_decode_mem ||
+			 str_differs(old->sp_primary_host, nc->sp_primary_host);
 
 	for (size_t i = 0; !broker && i < nc->nurls; i++)
 		broker = str_differs(old->urls[i], nc->urls[i]);
@@ -194,10 +205,11 @@ static void report_restart_needed(const struct conf *old, const struct conf *nc)
 		subs = str_differs(old->filters[i], nc->filters[i]);
 	for (size_t i = 0; !subs && i < nc->nretained; i++)
 		subs = str_differs(old->retained[i], nc->retained[i]);
-	if (broker || subs || store || http)
-		log_warnx("reload: changes to%s%s%s%s take effect only after a restart",
+	if (broker || subs || store || http || sparkplug)
+		log_warnx("reload: changes to%s%s%s%s%s take effect only after a restart",
 			  broker ? " [broker]" : "", subs ? " [subscribe]" : "",
-			  store ? " [store]/[payload]" : "", http ? " [http]" : "");
+			  store ? " [store]/[payload]" : "", http ? " [http]" : "",
+			  sparkplug ? " [sparkplug]" : "");
 }
 
 static void stale_publish(void *ctx, const char *topic, const char *payload, size_t len)
