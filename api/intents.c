@@ -6,6 +6,7 @@
 
 #include "api/intents.h"
 #include "api/render.h"
+#include "api/watch.h"
 #include "common/conf.h"
 #include "common/stats.h"
 #include "common/topic.h"
@@ -232,4 +233,16 @@ unsigned api_intent_list(const struct api_intents *ai, enum intent_state only, s
 	if (buf_puts(out, "]}") < 0)
 		return fail(out, 500, "out of memory");
 	return 200;
+}
+
+int api_intent_event(const struct intent_info *it, void *ctx)
+{
+	struct buf b;
+
+	buf_init(&b, 1u << 20);
+	if (buf_puts(&b, "event: intent\ndata: ") == 0 && render_intent(&b, it) == 0 &&
+	    buf_puts(&b, "\n\n") == 0)
+		watch_event(ctx, it->topic, strlen(it->topic), b.data, b.len);
+	buf_free(&b);
+	return 0;
 }

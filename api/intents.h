@@ -45,4 +45,9 @@ unsigned api_intent_get(const struct api_intents *ai, int64_t id, struct buf *ou
 unsigned api_intent_list(const struct api_intents *ai, enum intent_state only, size_t limit,
 			 struct buf *out);
 
+/* An intent_visit_fn for intents_set_observer: each change of an intent
+ * as an `intent` event to /v1/watch listeners whose filter matches its
+ * topic (ctx: the struct watch). */
+int api_intent_event(const struct intent_info *it, void *ctx);
+
 #endif

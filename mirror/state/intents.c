@@ -9,6 +9,7 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "mirror/state/intents.h"
 
 /*
@@ -68,6 +69,8 @@ struct intents {
 	int64_t (*clock)(void);
 	void (*wake)(void *ctx);
 	void *wake_ctx;
+	intent_visit_fn observer;
+	void *observer_ctx;
 };
 
 static const char *const state_names[INTENT_STATE_MAX] = {
@@ -195,6 +198,21 @@ static void queue_write(struct intents *in, const struct intent *it)
 	pthread_cond_signal(&in->cv);
 }
 
+static int visit(const struct intent *it, intent_visit_fn fn, void *ctx);
+
+/* Tell the observer (mutex held). */
+static void notify(struct intents *in, const struct intent *it)
+{
+	if (in->observer)
+		(void)visit(it, in->observer, in->observer_ctx);
+}
+
+void intents_set_observer(struct intents *in, intent_visit_fn fn, void *ctx)
+{
+	in->observer = fn;
+	in->observer_ctx = ctx;
+}
+
 /* Fire (under the mutex: see intents_wait) the waiters of it. */
 static void fire_waiters(struct intents *in, int64_t id)
 {
@@ -232,6 +250,7 @@ static void decide(struct intents *in, struct intent *it, enum intent_state s, i
 	list_append(&in->done, it);
 	in->st.outcomes[s]++;
 	queue_write(in, it);
+	notify(in, it);
 	fire_waiters(in, it->id);
 	while (in->done.n > in->lim.history) {
 		struct intent *old = in->done.head;
@@ -312,7 +331,16 @@ int intents_new(const struct intents_limits *lim, struct outbox *ob, int64_t now
 		in->lim.history = 1;
 	in->ob = ob;
 	pthread_mutex_init(&in->mu, NULL);
-	pthread_cond_init(&in->cv, NULL);
+	{
+		pthread_condattr_t ca;
+
+		/* Its waits are timed on the monotonic clock: a step of the wall
+		 * clock neither stalls nor hurries the deadlines' thread. */
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&in->cv, &ca);
+		pthread_condattr_destroy(&ca);
+	}
 	if (ob && (r = outbox_load(ob, in->lim.history, take_row, in, err, errlen)) < 0) {
 		intents_free(in);
 		return r;
@@ -447,6 +475,7 @@ int intents_submit(struct intents *in, const struct intent_request *req, int64_t
 	in->pending++;
 	atomic_fetch_add(&in->publishable, 1);
 	*ret_id = it->id;
+	notify(in, it);
 	in->kick = true;
 	pthread_cond_signal(&in->cv);
 	pthread_mutex_unlock(&in->mu);
@@ -592,6 +621,7 @@ static void mark_published(struct intents *in, struct intent *it, int64_t now_ms
 		return;
 	}
 	queue_write(in, it);
+	notify(in, it);
 	in->kick = true; /* its timeout starts now */
 	pthread_cond_signal(&in->cv);
 }
@@ -791,13 +821,7 @@ static void *intents_main(void *arg)
 		int64_t wait = intents_tick(in, in->clock());
 		struct timespec dl;
 
-		clock_gettime(CLOCK_REALTIME, &dl);
-		dl.tv_sec += (time_t)(wait / 1000);
-		dl.tv_nsec += (long)(wait % 1000) * 1000000L;
-		if (dl.tv_nsec >= 1000000000L) {
-			dl.tv_sec++;
-			dl.tv_nsec -= 1000000000L;
-		}
+		clock_deadline(CLOCK_MONOTONIC, wait, &dl);
 		pthread_mutex_lock(&in->mu);
 		while (!in->kick && !in->stop &&
 		       pthread_cond_timedwait(&in->cv, &in->mu, &dl) == 0)

@@ -169,6 +169,11 @@ size_t intents_link_down(struct intents *in);
 void intents_observe(struct intents *in, const char *topic, size_t topic_len,
 		     const void *payload, size_t len, int64_t ts_ns);
 
+/* fn(ctx, it) at every change of state (accepted, published, decided),
+ * called with the engine's mutex held: it must not call the engine (the
+ * watch hub's intent events). Set before the threads run. */
+void intents_set_observer(struct intents *in, intent_visit_fn fn, void *ctx);
+
 /* Counts for /metrics: by state (decided ones since start), and the outbox. */
 struct intents_stats {
 	uint64_t outcomes[INTENT_STATE_MAX]; /* decisions made since start */

@@ -213,6 +213,33 @@ def test_wait_many_concurrent(env, bms):
     assert st == 202 and rec['state'] == 'published' and rec['decided'] is None, (st, rec)
 
 
+@with_bms
+def test_watchers_get_intent_events(env, bms):
+    from test_watch import SSE
+    d = daemon(env)
+    d.wait_ready()
+    w = SSE(d, '/v1/watch?filter=bms/ahu1/%23', headers=[('Authorization', 'Bearer ' + TOKEN)])
+    other = SSE(d, '/v1/watch?filter=elsewhere/%23',
+                headers=[('Authorization', 'Bearer ' + TOKEN)])
+    st, _, rec = post(d, 'bms/ahu1/setpoint/set',
+                      {'value': 24, 'confirm': {'topic': 'bms/ahu1/setpoint'}})
+    assert st == 202
+    evs = w.events(lambda e: e['event'] == 'intent' and e['data']['state'] == 'confirmed')
+    states = [e['data']['state'] for e in evs if e['event'] == 'intent']
+    assert states == ['pending', 'published', 'confirmed'], states
+    assert all('id' not in e for e in evs if e['event'] == 'intent')
+    assert all(e['data']['id'] == rec['id'] for e in evs if e['event'] == 'intent')
+    # A watcher whose filter does not cover the intent's topic gets none:
+    # only heartbeats could come (none within this second).
+    try:
+        ev = other.next(1.0)
+        assert 'comment' in ev, ev
+    except AssertionError as e:
+        assert 'timed out' in str(e), e
+    w.close()
+    other.close()
+
+
 def test_broker_down_then_back_in_order(env):
     d = daemon(env)
     d.wait_ready()
@@ -319,6 +346,6 @@ def test_off_without_allow(env):
 
 
 if __name__ == '__main__':
-    run([test_confirmed_clamped_ignored, test_wait_many_concurrent,
+    run([test_confirmed_clamped_ignored, test_wait_many_concurrent, test_watchers_get_intent_events,
          test_broker_down_then_back_in_order, test_kill9_before_publishing,
          test_expired_never_published, test_outbox_full_and_refusals, test_off_without_allow])
