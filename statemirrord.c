@@ -10,6 +10,7 @@
 
 #include "api/http.h"
 #include "api/intents.h"
+#include "api/metrics.h"
 #include "api/watch.h"
 #include "common/clock.h"
 #include "common/conf.h"
@@ -20,6 +21,7 @@
 #include "mirror/mirror.h"
 #include "mirror/state/index.h"
 #include "mirror/ingest/mqtt.h"
+#include "mirror/ingest/sparkplug.h"
 #include "mirror/state/rejects.h"
 #include "mirror/state/intents.h"
 #include "mirror/state/rows.h"
@@ -186,6 +188,17 @@ static void report_restart_needed(const struct conf *old, const struct conf *nc)
 		     old->future_skew_ms != nc->future_skew_ms || old->on_corrupt != nc->on_corrupt;
 	bool http = str_differs(old->http_listen, nc->http_listen) ||
 		    str_differs(old->token_file, nc->token_file);
+	bool sparkplug = old->sp_enabled != nc->sp_enabled || old->sp_rebirth != nc->sp_rebirth ||
+			 old->sp_reorder_window_ms != nc->sp_reorder_window_ms ||
+			 old->sp_rebirth_interval_ms != nc->sp_rebirth_interval_ms ||
+			 old->sp_max_nodes != nc->sp_max_nodes ||
+			 old->sp_max_devices != nc->sp_max_devices ||
+			 old->sp_max_node_metrics != nc->sp_max_node_metrics ||
+			 old->sp_max_metrics != nc->sp_max_metrics ||
+			 old->sp_max_message_metrics != nc->sp_max_message_metrics ||
+			 old->sp_max_value != nc->sp_max_value ||
+			 old->sp_max_decode_mem != nc->sp_max_decode_mem ||
+			 str_differs(old->sp_primary_host, nc->sp_primary_host);
 
 	for (size_t i = 0; !broker && i < nc->nurls; i++)
 		broker = str_differs(old->urls[i], nc->urls[i]);
@@ -193,10 +206,11 @@ static void report_restart_needed(const struct conf *old, const struct conf *nc)
 		subs = str_differs(old->filters[i], nc->filters[i]);
 	for (size_t i = 0; !subs && i < nc->nretained; i++)
 		subs = str_differs(old->retained[i], nc->retained[i]);
-	if (broker || subs || store || http)
-		log_warnx("reload: changes to%s%s%s%s take effect only after a restart",
+	if (broker || subs || store || http || sparkplug)
+		log_warnx("reload: changes to%s%s%s%s%s take effect only after a restart",
 			  broker ? " [broker]" : "", subs ? " [subscribe]" : "",
-			  store ? " [store]/[payload]" : "", http ? " [http]" : "");
+			  store ? " [store]/[payload]" : "", http ? " [http]" : "",
+			  sparkplug ? " [sparkplug]" : "");
 }
 
 static void stale_publish(void *ctx, const char *topic, const char *payload, size_t len)
@@ -307,6 +321,226 @@ static void ingest_flush(void *ctx)
 static void ingest_link(void *ctx)
 {
 	mirror_link_changed(ctx);
+}
+
+/* ---- the Sparkplug B host mode ------------------------------------------ */
+
+/*
+** The Sparkplug decoder (mirror/ingest/sparkplug.h) goes to the session
+** inside a thin decoder of ours that forwards every call and adds what the
+** decoder leaves to its host: deaths and a lost link turn keys stale
+** (mirror_keys_stale, grouped by edge node "spBv1.0/G/E"), rebirth
+** requests go out through the session, the counters reach /metrics.
+**
+** Locks: all of it runs on the session thread, inside the decoder's
+** decode(), tick() or link_lost(); the session holds no lock of ours
+** around them (mirror_ingest, the sink, takes the index lock per value and
+** releases it before returning), so mirror_keys_stale may take it.
+*/
+struct sp_host {
+	struct decoder base;      /* ops = sp_host_ops */
+	struct decoder *sp;       /* the Sparkplug decoder, ours */
+	struct mirror *core;
+	struct mqtt *mqtt;
+};
+
+/* One node's (or device's) keys for mirror_keys_stale. */
+struct sp_keys {
+	struct decoder *sp;
+	const char *group, *edge, *device;
+	int listed;               /* sparkplug_foreach_key's answer */
+};
+
+/* mirror_keys_fn: a session's keys (none when the decoder no longer holds it). */
+static void sp_keys_list(void *ectx, mirror_key_fn key, void *kctx)
+{
+	struct sp_keys *k = ectx;
+
+	k->listed = sparkplug_foreach_key(k->sp, k->group, k->edge, k->device, key, kctx);
+}
+
+static void sp_keys_stale(struct sp_host *h, const char *group, const char *edge,
+			  const char *device, enum stale_reason reason, int64_t ts_ms)
+{
+	struct sp_keys k = { h->sp, group, edge, device, 0 };
+	char producer[512];
+	size_t changed;
+
+	snprintf(producer, sizeof(producer), "spBv1.0/%s/%s", group, edge);
+	changed = mirror_keys_stale(h->core, producer, reason, sp_keys_list, &k, ts_ms);
+	if (k.listed < 0 && k.listed != -ENOENT)
+		log_warnx("sparkplug: cannot list the keys of %s%s%s: %s; they stay as they are",
+			  producer, device ? "/" : "", device ? device : "", strerror(-k.listed));
+	else
+		log_debug("sparkplug: %zu of %d key(s) of %s%s%s stale (%s)", changed,
+			  k.listed > 0 ? k.listed : 0, producer, device ? "/" : "",
+			  device ? device : "", reason == STALE_REASON_BROKER ? "broker" : "producer_offline");
+}
+
+static void sp_node_death(void *ctx, const char *group, const char *edge, int64_t ts_ms)
+{
+	log_info("sparkplug: edge node spBv1.0/%s/%s is offline (NDEATH)", group, edge);
+	sp_keys_stale(ctx, group, edge, NULL, STALE_REASON_PRODUCER_OFFLINE, ts_ms);
+}
+
+static void sp_device_death(void *ctx, const char *group, const char *edge, const char *device,
+			    int64_t ts_ms)
+{
+	log_info("sparkplug: device spBv1.0/%s/%s/%s is offline (DDEATH)", group, edge, device);
+	sp_keys_stale(ctx, group, edge, device, STALE_REASON_PRODUCER_OFFLINE, ts_ms);
+}
+
+static int sp_publish(void *ctx, const char *topic, const void *payload, size_t len, int qos,
+		      bool retain)
+{
+	struct sp_host *h = ctx;
+
+	return mqtt_decoder_publish(h->mqtt, topic, payload, len, qos, retain);
+}
+
+static void sp_sample(const struct sp_host *h)
+{
+	struct sparkplug_stats st;
+
+	sparkplug_get_stats(h->sp, &st);
+	metrics_set_sparkplug(&st);
+}
+
+static bool sp_host_claims(const struct decoder *d, const char *topic, size_t len)
+{
+	const struct sp_host *h = (const struct sp_host *)d;
+
+	return h->sp->ops->claims(h->sp, topic, len);
+}
+
+static size_t sp_host_decode(struct decoder *d, const struct decode_in *in,
+			     const struct decode_out *out)
+{
+	struct sp_host *h = (struct sp_host *)d;
+	size_t n = h->sp->ops->decode(h->sp, in, out);
+
+	sp_sample(h);
+	return n;
+}
+
+static void sp_host_tick(struct decoder *d, int64_t now_ns)
+{
+	struct sp_host *h = (struct sp_host *)d;
+
+	sparkplug_tick(h->sp, now_ns);
+	sp_sample(h);
+}
+
+struct sp_lost {
+	struct sp_host *h;
+	int64_t ts_ms;
+};
+
+static void sp_lost_node(void *ctx, const char *group, const char *edge)
+{
+	struct sp_lost *l = ctx;
+
+	sp_keys_stale(l->h, group, edge, NULL, STALE_REASON_BROKER, l->ts_ms);
+}
+
+/* The link is lost: every Sparkplug key is stale (broker) until its node
+ * is born again; the sessions are listed before the decoder ends them. */
+static void sp_host_link_lost(struct decoder *d)
+{
+	struct sp_host *h = (struct sp_host *)d;
+	struct sp_lost l = { h, clock_wall_ms() };
+
+	sparkplug_foreach_node(h->sp, sp_lost_node, &l);
+	sparkplug_link_lost(h->sp);
+	sp_sample(h);
+}
+
+static void sp_host_free(struct decoder *d)
+{
+	struct sp_host *h = (struct sp_host *)d;
+
+	if (!h)
+		return;
+	decoder_free(h->sp);
+	free(h);
+}
+
+static const struct decoder_ops sp_host_ops = {
+	.name = "sparkplug",
+	.claims = sp_host_claims,
+	.decode = sp_host_decode,
+	.tick = sp_host_tick,
+	.link_lost = sp_host_link_lost,
+	.free = sp_host_free,
+};
+
+/* Our STATE as a Sparkplug 3.0 primary host: {"online":B,"timestamp":MS}. */
+static int sp_state_payload(void *ctx, bool online, int64_t ts_ms, char *buf, size_t n)
+{
+	int w = snprintf(buf, n, "{\"online\":%s,\"timestamp\":%lld}", online ? "true" : "false",
+			 (long long)ts_ms);
+
+	(void)ctx;
+	return w < 0 ? -EINVAL : w;
+}
+
+/*
+** When [sparkplug] enabled: give the session the Sparkplug decoder (its
+** keys, deaths, rebirth requests) and, with primary_host, our own STATE
+** birth and will. Before mqtt_start, after mirror_start. Returns 0 or
+** -errno (logged).
+*/
+static int sparkplug_host_start(const struct conf *c, struct mirror *core, struct mqtt *mqtt)
+{
+	struct sparkplug_conf sc;
+	struct sp_host *h;
+	int rc;
+
+	if (!c->sp_enabled)
+		return 0;
+	sparkplug_conf_default(&sc);
+	sc.rebirth = c->sp_rebirth;
+	sc.reorder_window_ms = c->sp_reorder_window_ms;
+	sc.rebirth_interval_ms = c->sp_rebirth_interval_ms;
+	sc.max_nodes = (size_t)c->sp_max_nodes;
+	sc.max_devices = (size_t)c->sp_max_devices;
+	sc.max_node_metrics = (size_t)c->sp_max_node_metrics;
+	sc.max_metrics = (size_t)c->sp_max_metrics;
+	sc.max_message_metrics = (size_t)c->sp_max_message_metrics;
+	sc.max_value_len = (size_t)c->sp_max_value;
+	sc.max_decode_mem = (size_t)c->sp_max_decode_mem;
+	if (!(h = calloc(1, sizeof(*h))))
+		return -ENOMEM;
+	h->base.ops = &sp_host_ops;
+	h->core = core;
+	h->mqtt = mqtt;
+	struct sparkplug_hooks hooks = { .node_death = sp_node_death,
+					 .device_death = sp_device_death,
+					 .publish = sp_publish, .ctx = h };
+	if ((rc = sparkplug_new(&sc, &hooks, &h->sp)) < 0) {
+		free(h);
+		log_error("sparkplug: cannot start the decoder: %s", strerror(-rc));
+		return rc;
+	}
+	if ((rc = mqtt_add_decoder(mqtt, &h->base)) < 0) {
+		sp_host_free(&h->base);
+		log_error("sparkplug: cannot add the decoder: %s", strerror(-rc));
+		return rc;
+	}
+	sp_sample(h);
+	if (c->sp_primary_host) {
+		char topic[512];
+
+		snprintf(topic, sizeof(topic), "spBv1.0/STATE/%s", c->sp_primary_host);
+		if ((rc = mqtt_set_presence(mqtt, topic, sp_state_payload, NULL)) < 0) {
+			log_error("sparkplug: cannot set the STATE of %s: %s", topic, strerror(-rc));
+			return rc;
+		}
+	}
+	log_info("sparkplug: host mode on (rebirth %s%s%s)", c->sp_rebirth ? "on" : "off",
+		 c->sp_primary_host ? ", primary host " : "",
+		 c->sp_primary_host ? c->sp_primary_host : "");
+	return 0;
 }
 
 /* ---- the process in phases ---------------------------------------------- */
@@ -538,6 +772,8 @@ static int daemon_start(struct daemon *d)
 		log_error("http: %s", err);
 		return rc;
 	}
+	if ((rc = sparkplug_host_start(conf, d->core, d->mqtt)) < 0)
+		return rc;
 	/* The session thread applies what it reads, through the mirror. */
 	struct mqtt_sink sink = { .message = ingest_message, .flush = ingest_flush,
 				  .link = ingest_link, .ctx = d->core };

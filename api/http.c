@@ -508,8 +508,9 @@ struct groups_ctx {
 	int err;
 };
 
-static void group_visit(const char *prefix, uint64_t count, void *ctx)
+static void group_visit(const char *prefix, enum stale_reason why, uint64_t count, void *ctx)
 {
+	const char *rn = stale_reason_name(why);
 	struct groups_ctx *g = ctx;
 	size_t mark = g->b->len;
 	int r;
@@ -521,8 +522,13 @@ static void group_visit(const char *prefix, uint64_t count, void *ctx)
 		g->truncated = true;
 		return;
 	}
+	/* "prefix" for the clients of before; "producer" says what it is. */
 	if ((r = buf_puts(g->b, g->ngroups ? ",{\"prefix\":" : "{\"prefix\":")) < 0 ||
 	    (r = buf_json_str(g->b, prefix, strlen(prefix))) < 0 ||
+	    (r = buf_puts(g->b, ",\"producer\":")) < 0 ||
+	    (r = buf_json_str(g->b, prefix, strlen(prefix))) < 0 ||
+	    (r = buf_puts(g->b, ",\"reason\":")) < 0 ||
+	    (r = rn ? buf_json_str(g->b, rn, strlen(rn)) : buf_puts(g->b, "null")) < 0 ||
 	    (r = buf_printf(g->b, ",\"count\":%llu}", (unsigned long long)count)) < 0) {
 		g->b->len = mark;
 		g->b->data[mark] = '\0';

@@ -3,9 +3,14 @@
 #include "api/metrics.h"
 
 #include <inttypes.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
 
 #include "common/stats.h"
 #include "mirror/state/apply.h"
+#include "mirror/liveness/stale.h"
 
 static const unsigned http_codes[STATS_HTTP_CODES - 1] = { 200, 400, 401, 404, 405, 500, 503 };
 
@@ -26,6 +31,51 @@ static const char *const result_labels[APPLY_RESULT_MAX] = {
 	[APPLY_OUT_OF_ORDER] = "out_of_order",
 	[APPLY_REJECTED] = "rejected",
 };
+
+/* The Sparkplug counters, in struct sparkplug_stats order: name, help. */
+#define SP_STAT(f, help) { #f, help, offsetof(struct sparkplug_stats, f) }
+static const struct {
+	const char *name, *help;
+	size_t off;
+} sp_rows[] = {
+	SP_STAT(messages, "Sparkplug messages decoded."),
+	SP_STAT(metrics, "Sparkplug metrics emitted as key updates."),
+	SP_STAT(births, "Sparkplug NBIRTH and DBIRTH accepted."),
+	SP_STAT(node_deaths, "Sparkplug NDEATH that ended a live session (its keys stale)."),
+	SP_STAT(deaths_ignored, "Sparkplug deaths of another bdSeq or of no live session, ignored."),
+	SP_STAT(device_deaths, "Sparkplug DDEATH that ended a device (its keys stale)."),
+	SP_STAT(commands_ignored, "Sparkplug NCMD and DCMD seen (commands, not state)."),
+	SP_STAT(undecodable, "Sparkplug messages refused whole (topic, protobuf, depth, memory)."),
+	SP_STAT(metrics_refused, "Sparkplug metrics refused alone (type, UTF-8, size, limits)."),
+	SP_STAT(no_birth, "Sparkplug data for a node or device without a live birth."),
+	SP_STAT(unknown_alias, "Sparkplug metrics naming no metric of the birth."),
+	SP_STAT(seq_gaps, "Sparkplug seq gaps not filled within reorder_window."),
+	SP_STAT(rebirth_sent, "Sparkplug rebirth requests (NCMD) sent."),
+	SP_STAT(rebirth_suppressed, "Sparkplug rebirth requests wanted but off or within rebirth_interval."),
+	SP_STAT(rebirth_failed, "Sparkplug rebirth requests that could not be published."),
+	SP_STAT(refused_nodes, "Sparkplug edge nodes refused: max_nodes reached."),
+	SP_STAT(refused_devices, "Sparkplug devices refused: max_devices reached."),
+	SP_STAT(refused_metrics, "Sparkplug metrics refused: max_node_metrics or max_metrics reached."),
+	SP_STAT(refused_messages, "Sparkplug messages refused: more than max_message_metrics."),
+	SP_STAT(evicted, "Sparkplug nodes and devices without a live session forgotten for room."),
+};
+#define SP_NROWS (sizeof(sp_rows) / sizeof(sp_rows[0]))
+_Static_assert(SP_NROWS == sizeof(struct sparkplug_stats) / sizeof(uint64_t),
+	       "a sparkplug_stats field has no metric");
+
+static _Atomic uint64_t sp_vals[SP_NROWS];
+static atomic_bool sp_on;
+
+void metrics_set_sparkplug(const struct sparkplug_stats *st)
+{
+	for (size_t i = 0; i < SP_NROWS; i++) {
+		uint64_t v;
+
+		memcpy(&v, (const char *)st + sp_rows[i].off, sizeof(v));
+		atomic_store_explicit(&sp_vals[i], v, memory_order_relaxed);
+	}
+	atomic_store_explicit(&sp_on, true, memory_order_release);
+}
 
 static int head(struct buf *b, const char *name, const char *type, const char *help)
 {
@@ -119,9 +169,17 @@ int metrics_render(struct buf *b, const struct metrics_extra *x)
 	if ((r = scalar(b, "statemirror_received_total", "counter",
 			"Messages received from the broker.", STAT_GET(received))) < 0 ||
 	    (r = scalar(b, "statemirror_keys", "gauge", "Live keys held.", STAT_GET(keys))) < 0 ||
-	    (r = scalar(b, "statemirror_stale_keys", "gauge", "Keys judged stale now.",
-			STAT_GET(stale_keys))) < 0 ||
-	    (r = scalar(b, "statemirror_rev", "gauge", "Current revision counter.",
+	    (r = scalar(b, "statemirror_stale_keys", "gauge",
+			"Keys judged stale now: in all (no label) and by reason.",
+			STAT_GET(stale_keys))) < 0)
+		return r;
+	/* The same family, by why: the unlabelled sample stays the total. */
+	for (int i = STALE_REASON_NONE + 1; i < STALE_REASON_MAX; i++)
+		if ((r = buf_printf(b, "statemirror_stale_keys{reason=\"%s\"} %" PRIu64 "\n",
+				    stale_reason_name((enum stale_reason)i),
+				    stale_reason_count((enum stale_reason)i))) < 0)
+			return r;
+	if ((r = scalar(b, "statemirror_rev", "gauge", "Current revision counter.",
 			(uint64_t)STAT_GET(rev))) < 0)
 		return r;
 
@@ -191,6 +249,15 @@ int metrics_render(struct buf *b, const struct metrics_extra *x)
 			    STAT_GET(http_conns_closed[0]), STAT_GET(http_conns_closed[1]),
 			    STAT_GET(http_conns_closed[2]))) < 0)
 		return r;
+
+	for (size_t i = 0; atomic_load_explicit(&sp_on, memory_order_acquire) && i < SP_NROWS; i++) {
+		char name[96];
+
+		snprintf(name, sizeof(name), "statemirror_sparkplug_%s_total", sp_rows[i].name);
+		if ((r = scalar(b, name, "counter", sp_rows[i].help,
+				atomic_load_explicit(&sp_vals[i], memory_order_relaxed))) < 0)
+			return r;
+	}
 
 	if ((r = scalar(b, "statemirror_watchers", "gauge", "Open /v1/watch streams.",
 			STAT_GET(watchers))) < 0 ||

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "common/buf.h"
+#include "mirror/ingest/sparkplug.h"
 #include "mirror/state/intents.h"
 
 /*
@@ -26,6 +27,15 @@ struct metrics_extra {
 	const struct intents_stats *intents; /* NULL: intents are off */
 	int64_t now_ms;          /* for the oldest pending intent's age */
 };
+
+/*
+** The Sparkplug decoder's counters (sparkplug.h), rendered as
+** statemirror_sparkplug_<name>_total once this has been called (the
+** host mode is on). Copied field by field into relaxed atomics: a scrape
+** may see counters a few messages apart, never torn values. One writer
+** (the session thread); any thread may render.
+*/
+void metrics_set_sparkplug(const struct sparkplug_stats *st);
 
 /*
 ** Append the whole exposition (text/plain; version=0.0.4): HELP and TYPE

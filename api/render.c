@@ -8,6 +8,7 @@
 
 #include "common/clock.h"
 #include "common/utf8.h"
+#include "mirror/liveness/stale.h"
 
 /*
 ** The fixed-size tail of a record (everything after the payload) is built
@@ -189,6 +190,14 @@ int render_record(struct buf *b, const struct index *ix, const struct rec *r, in
 		put_time(&o, r->stale_since_ms);
 	else
 		PUT(&o, "null");
+	PUT(&o, ",\"stale_reason\":");
+	if ((cs = stale_reason_name(rec_stale_reason(r)))) {
+		*o.p++ = '"';
+		put_lit(&o, cs, strlen(cs));
+		*o.p++ = '"';
+	} else {
+		PUT(&o, "null");
+	}
 	PUT(&o, ",\"rev\":");
 	put_i64(&o, r->rev);
 	*o.p++ = '}';

@@ -308,6 +308,7 @@ enum item_type {
 	T_SIZE,       /* int64 bytes, min..max */
 	T_DOUBLE,     /* double, > min, <= max */
 	T_ENUM,       /* int, one of names[] */
+	T_BOOL,       /* bool: true | false (yes | no, on | off) */
 	T_PROTOCOL,   /* "auto" | "5" | "3.1.1" -> 0 | 5 | 311 */
 	T_MODE,       /* octal file mode, min..max */
 	T_LOGLEVEL,   /* enum log_level */
@@ -596,6 +597,20 @@ static int parse_enum(struct conf *c, const struct item *it, const char *v, char
 	}
 	return why_ret(why, whylen, -EINVAL, "'%s' is not one of %s%s%s", v, it->names[0],
 		       it->names[1] ? " | " : "", it->names[1] ? it->names[1] : "");
+}
+
+static int parse_bool(struct conf *c, const struct item *it, const char *v, char *why,
+		      size_t whylen)
+{
+	static const char *const yes[] = { "true", "yes", "on", "1" }, *const no[] = { "false", "no", "off", "0" };
+
+	for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
+		if (strcasecmp(v, yes[i]) == 0 || strcasecmp(v, no[i]) == 0) {
+			*(bool *)field(c, it) = strcasecmp(v, yes[i]) == 0;
+			return 0;
+		}
+	}
+	return why_ret(why, whylen, -EINVAL, "'%s' is not true or false", v);
 }
 
 static int parse_protocol(struct conf *c, const struct item *it, const char *v, char *why,
@@ -908,6 +923,7 @@ static const struct item_ops types[T_MAX] = {
 	[T_SIZE]        = { parse_size, NULL, false, false },
 	[T_DOUBLE]      = { parse_double, NULL, false, false },
 	[T_ENUM]        = { parse_enum, NULL, false, false },
+	[T_BOOL]        = { parse_bool, NULL, false, false },
 	[T_PROTOCOL]    = { parse_protocol, NULL, false, false },
 	[T_MODE]        = { parse_mode, NULL, false, false },
 	[T_LOGLEVEL]    = { parse_loglevel, NULL, false, false },
@@ -997,6 +1013,20 @@ static const struct item items[] = {
 	{ "intents", "history", T_INT64, "1000", 1, 1000000, O(intent_history), NULL },
 	{ "intents", "intent_token_file", T_STR_OPT, NULL, 0, 0, O(intent_token_file), NULL },
 
+	/* Sparkplug B host mode (mirror/ingest/sparkplug.h); defaults as sparkplug_conf_default. */
+	{ "sparkplug", "enabled", T_BOOL, "false", 0, 0, O(sp_enabled), NULL },
+	{ "sparkplug", "rebirth", T_BOOL, "false", 0, 0, O(sp_rebirth), NULL },
+	{ "sparkplug", "reorder_window", T_DURATION, "2s", 0, MIN(10), O(sp_reorder_window_ms), NULL },
+	{ "sparkplug", "rebirth_interval", T_DURATION, "30s", 0, HOUR(24), O(sp_rebirth_interval_ms), NULL },
+	{ "sparkplug", "max_nodes", T_INT64, "10000", 1, INT64_C(1000000), O(sp_max_nodes), NULL },
+	{ "sparkplug", "max_devices", T_INT64, "1000", 1, INT64_C(1000000), O(sp_max_devices), NULL },
+	{ "sparkplug", "max_node_metrics", T_INT64, "100000", 1, INT64_C(100000000), O(sp_max_node_metrics), NULL },
+	{ "sparkplug", "max_metrics", T_INT64, "1000000", 1, INT64_C(1000000000), O(sp_max_metrics), NULL },
+	{ "sparkplug", "max_message_metrics", T_INT64, "10000", 1, INT64_C(10000000), O(sp_max_message_metrics), NULL },
+	{ "sparkplug", "max_value", T_SIZE, "64KiB", 64, MIB(256), O(sp_max_value), NULL },
+	{ "sparkplug", "max_decode_mem", T_SIZE, "32MiB", KIB(64), MIB(4096), O(sp_max_decode_mem), NULL },
+	{ "sparkplug", "primary_host", T_STR_OPT, NULL, 0, 0, O(sp_primary_host), NULL },
+
 	{ "log", "level", T_LOGLEVEL, "info", 0, 0, O(log_level), NULL },
 };
 
@@ -1004,7 +1034,8 @@ static const struct item items[] = {
 _Static_assert(sizeof(items) / sizeof(items[0]) <= CONF_NKEYS, "raise CONF_NKEYS");
 
 static const char *const sections[] = {
-	"broker", "subscribe", "store", "payload", "staleness", "alerts", "http", "intents", "log",
+	"broker", "subscribe", "store", "payload", "staleness", "alerts", "http", "intents",
+	"sparkplug", "log",
 };
 
 static int item_index(const char *name)
@@ -1377,6 +1408,11 @@ int conf_validate(const struct conf *c, char *err, size_t errlen)
 			     c->http_listen);
 	if (c->max_keys < 1 || c->max_payload < 1 || c->max_topic_len < 1)
 		return vfail(c, err, errlen, NULL, "store limits must be positive");
+	if (c->sp_primary_host && (!*c->sp_primary_host || strpbrk(c->sp_primary_host, "/+#") ||
+				   topic_name_check(c->sp_primary_host, strlen(c->sp_primary_host)) < 0))
+		return vfail(c, err, errlen, "primary_host",
+			     "[sparkplug] primary_host '%s' must be one topic level (no /, + or #)",
+			     c->sp_primary_host);
 	if ((rc = check_readable(c, "password_file", c->password_file, err, errlen)) < 0 ||
 	    (rc = check_readable(c, "tls_ca_file", c->tls_ca_file, err, errlen)) < 0 ||
 	    (rc = check_readable(c, "tls_cert_file", c->tls_cert_file, err, errlen)) < 0 ||

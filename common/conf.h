@@ -12,7 +12,7 @@
 #define CONF_MAX_URLS 16
 #define CONF_MAX_FILTERS 256
 #define CONF_MAX_RULES 4096
-#define CONF_NKEYS 64 /* table rows in conf.c (a static assertion checks) */
+#define CONF_NKEYS 80 /* table rows in conf.c (a static assertion checks) */
 
 enum conf_format { CONF_FORMAT_AUTO, CONF_FORMAT_JSON, CONF_FORMAT_MAX };
 enum conf_session { CONF_SESSION_CLEAN, CONF_SESSION_PERSISTENT, CONF_SESSION_MAX };
@@ -116,6 +116,21 @@ struct conf {
 	int64_t intent_history;       /* decided intents kept for GET, default 1000 */
 	char *intent_token_file;      /* NULL: the [http] token grants intents */
 
+	/* [sparkplug]: the Sparkplug B host mode (mirror/ingest/sparkplug.h,
+	 * struct sparkplug_conf has the meaning of each limit) */
+	bool sp_enabled;              /* default false */
+	bool sp_rebirth;              /* send rebirth requests, default false */
+	int64_t sp_reorder_window_ms; /* default 2s */
+	int64_t sp_rebirth_interval_ms; /* default 30s */
+	int64_t sp_max_nodes;         /* default 10000 */
+	int64_t sp_max_devices;       /* per node, default 1000 */
+	int64_t sp_max_node_metrics;  /* default 100000 */
+	int64_t sp_max_metrics;       /* all nodes, default 1000000 */
+	int64_t sp_max_message_metrics; /* default 10000 */
+	int64_t sp_max_value;         /* JSON bytes per key, default 64KiB */
+	int64_t sp_max_decode_mem;    /* default 32MiB */
+	char *sp_primary_host;        /* host id of our own STATE; NULL = none */
+
 	/* [log] */
 	enum log_level log_level;
 
@@ -144,6 +159,9 @@ int conf_defaults(struct conf *c);
 **   [staleness] group_wait min_hold      [alerts] exec_timeout
 **   [http] max_connections per_ip_connections timeout threads
 **          watch_max_clients watch_buffer watch_log_size
+**   [sparkplug] enabled rebirth reorder_window rebirth_interval max_nodes
+**          max_devices max_node_metrics max_metrics max_message_metrics
+**          max_value max_decode_mem primary_host
 **   [log] level
 ** Values from the file replace defaults; a repeated key of a repeatable
 ** item (url list, filter, rule, retained) adds a value, and the first

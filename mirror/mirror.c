@@ -297,6 +297,80 @@ void mirror_ingest_flush(struct mirror *c)
 		mirror_wake(c);
 }
 
+/* ---- producer liveness ---- */
+
+struct dead_ctx {
+	struct mirror *c;
+	const char *producer;
+	size_t plen;
+	enum stale_reason reason;
+	int64_t ts_ms;
+	size_t changed;
+};
+
+static void mirror_on_dead(struct rec *r, bool became_stale, void *ctx)
+{
+	struct dead_ctx *k = ctx;
+
+	k->changed++;
+	mirror_on_transition(r, became_stale, k->c);
+}
+
+/* One key of a dead producer (write lock held). */
+static void mirror_dead_key(void *kctx, const char *topic, size_t len)
+{
+	struct dead_ctx *k = kctx;
+	struct rec *r = index_get(k->c->d.ix, topic, len);
+	uint32_t glen = ALERTS_NO_GROUP;
+
+	if (!r || (r->flags & REC_DELETED))
+		return;
+	if (k->plen <= len && memcmp(topic, k->producer, k->plen) == 0 &&
+	    (k->plen == len || topic[k->plen] == '/'))
+		glen = (uint32_t)k->plen;
+	stale_mark_dead(k->c->d.stale, r, k->reason, glen, k->ts_ms, mirror_on_dead, k);
+}
+
+/* Under the write lock, from the apply path or mirror_keys_stale. */
+static size_t mirror_dead_locked(struct mirror *c, const char *producer, enum stale_reason reason,
+				 mirror_keys_fn keys, void *ectx, int64_t ts_ms)
+{
+	struct dead_ctx k = { c, producer ? producer : "", producer ? strlen(producer) : 0,
+			      reason, ts_ms, 0 };
+
+	if (!producer)
+		k.plen = SIZE_MAX; /* matches nothing: grouped by topic */
+	keys(ectx, mirror_dead_key, &k);
+	if (k.changed)
+		log_info("liveness: %s gone (%s): %zu keys stale", producer ? producer : "a producer",
+			 stale_reason_name(reason) ? stale_reason_name(reason) : "?", k.changed);
+	return k.changed;
+}
+
+size_t mirror_keys_stale(struct mirror *c, const char *producer, enum stale_reason reason,
+			 mirror_keys_fn keys, void *ectx, int64_t ts_ms)
+{
+	bool changed, wake;
+	size_t n;
+
+	index_wrlock(c->d.ix);
+	mirror_check_link(c, ts_ms);
+	n = mirror_dead_locked(c, producer, reason, keys, ectx, ts_ms);
+	/* Inside a run of messages the run's flush tells watchers. */
+	changed = c->changed && !c->in_run;
+	if (changed)
+		c->changed = false;
+	wake = c->wake_keeper && !c->in_run;
+	if (wake)
+		c->wake_keeper = false;
+	index_unlock(c->d.ix);
+	if (changed && c->d.on_changes)
+		c->d.on_changes(c->d.on_changes_ctx);
+	if (wake)
+		mirror_wake(c);
+	return n;
+}
+
 void mirror_link_changed(struct mirror *c)
 {
 	mirror_wake(c);

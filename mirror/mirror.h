@@ -57,6 +57,33 @@ void mirror_stop(struct mirror *c);
 */
 void mirror_ingest(struct mirror *c, const struct msg *m, enum reject_reason why, size_t full_len);
 void mirror_ingest_flush(struct mirror *c);
+/*
+** Producer liveness. keys enumerates topics: it calls key(kctx, topic, len)
+** for each (the topic need not be NUL-terminated; unknown topics are
+** skipped), on the caller's thread, with the index write lock held (key
+** must not call back into the mirror).
+*/
+typedef void (*mirror_key_fn)(void *kctx, const char *topic, size_t len);
+typedef void (*mirror_keys_fn)(void *ectx, mirror_key_fn key, void *kctx);
+
+/*
+** Every key `keys` enumerates (existing, not deleted) turns stale at once
+** with `reason` (usually STALE_REASON_PRODUCER_OFFLINE), stale_since =
+** ts_ms (wall ms), with one alert for `producer` (NUL-terminated: the
+** group name, a topic prefix of its keys: an edge node "spBv1.0/G/E", an
+** availability topic's bound producer), not one per key; keys not under
+** that prefix are grouped by topic as usual. A key stale already takes the
+** reason and keeps its stale_since. Keys turn fresh again only when heard
+** from again (a live message; a value whose payload time is after ts_ms),
+** whatever their cadence says. Takes the index write lock itself: call it
+** from the MQTT session thread outside the sink's message callback (e.g.
+** from a decoder hook) or from the keeper, never with the lock held. Wakes
+** watch streams (on_changes) before it returns. Returns the number of keys
+** that changed.
+*/
+size_t mirror_keys_stale(struct mirror *m, const char *producer, enum stale_reason reason,
+			 mirror_keys_fn keys, void *ectx, int64_t ts_ms);
+
 /* The broker link changed: readiness and staleness look again. Thread-safe. */
 void mirror_link_changed(struct mirror *c);
 

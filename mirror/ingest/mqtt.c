@@ -128,6 +128,11 @@ struct mqtt {
 	struct decoder *dec[MQTT_MAX_DECODERS + 1];
 	size_t ndec;
 	struct clock_src clk;      /* every reading of time below goes through it */
+	/* Our own retained presence (mqtt_set_presence): NULL topic = none. */
+	char *presence_topic;
+	mqtt_presence_fn presence;
+	void *presence_ctx;
+	int64_t presence_ts_ms;    /* wall time of the current connect attempt */
 	struct mqtt_sink sink;
 	struct decode_out dout;    /* the sink's message(), and publish back through us */
 	struct mosquitto *mosq;
@@ -760,6 +765,33 @@ static int ensure_handle(struct mqtt *m, bool tls)
 	return 0;
 }
 
+/* Our presence for this connect (mqtt_set_presence): the will now, or
+ * the birth once connected. Returns 0 or -errno (m->why says why). */
+static int presence_send(struct mqtt *m, bool online)
+{
+	char buf[MQTT_PRESENCE_MAX];
+	int n, rc;
+
+	if (!m->presence_topic)
+		return 0;
+	if (!online)
+		m->presence_ts_ms = m->clk.wall_ns(m->clk.ctx) / 1000000;
+	n = m->presence(m->presence_ctx, online, m->presence_ts_ms, buf, sizeof(buf));
+	if (n < 0 || (size_t)n >= sizeof(buf)) {
+		snprintf(m->why, sizeof(m->why), "cannot build the presence message");
+		return n < 0 ? n : -EMSGSIZE;
+	}
+	if (online)
+		rc = mosquitto_publish_v5(m->mosq, NULL, m->presence_topic, n, buf, 1, true, NULL);
+	else
+		rc = mosquitto_will_set_v5(m->mosq, m->presence_topic, n, buf, 1, true, NULL);
+	if (rc != MOSQ_ERR_SUCCESS) {
+		mosq_reason(rc, errno, m->why, sizeof(m->why));
+		return mosq_errno(rc, errno);
+	}
+	return 0;
+}
+
 /* Open the TCP (and TLS) connection and send CONNECT. The CONNACK comes later. */
 static int session_connect(struct mqtt *m)
 {
@@ -822,6 +854,10 @@ static int session_connect(struct mqtt *m)
 			mosq_reason(rc, errno, m->why, sizeof(m->why));
 			return mosq_errno(rc, errno);
 		}
+	}
+	if ((rc = presence_send(m, false)) < 0) {
+		mosquitto_property_free_all(&props);
+		return rc;
 	}
 	m->refused = false;
 	m->refused_rc = 0;
@@ -970,6 +1006,9 @@ static void went_up(struct mqtt *m, int64_t now)
 	/* Resubscribe even when the broker resumed the session: the SUBACKs
 	 * and the retained messages after them are how we know we are synced. */
 	subscribe_all(m);
+	/* After the SUBSCRIBEs: a Sparkplug host subscribes, then says it is online. */
+	if (presence_send(m, true) < 0)
+		log_warnx("mqtt: cannot publish our presence on %s: %s", m->presence_topic, m->why);
 	m->status_dirty = true;
 }
 
@@ -1469,6 +1508,23 @@ int mqtt_add_decoder(struct mqtt *m, struct decoder *d)
 	return 0;
 }
 
+int mqtt_set_presence(struct mqtt *m, const char *topic, mqtt_presence_fn payload, void *ctx)
+{
+	char *t;
+
+	if (!m || !topic || !payload || topic_name_check(topic, strlen(topic)) < 0)
+		return -EINVAL;
+	if (m->started)
+		return -EBUSY;
+	if (!(t = strdup(topic)))
+		return -ENOMEM;
+	free(m->presence_topic);
+	m->presence_topic = t;
+	m->presence = payload;
+	m->presence_ctx = ctx;
+	return 0;
+}
+
 int mqtt_set_clock(struct mqtt *m, const struct clock_src *clk)
 {
 	if (!m || !clk || !clk->mono_ms || !clk->wall_ns)
@@ -1567,6 +1623,7 @@ void mqtt_free(struct mqtt *m)
 	for (size_t i = 0; i < m->nurls; i++)
 		free(m->urls[i]);
 	free(m->client_id);
+	free(m->presence_topic);
 	free(m->username);
 	free(m->password_file);
 	free(m->tls_ca);

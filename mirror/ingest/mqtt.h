@@ -93,6 +93,22 @@ int mqtt_decoder_publish(void *session, const char *topic, const void *payload, 
 			 int qos, bool retain);
 
 /*
+** Our own retained presence, for a Sparkplug primary host's STATE: on
+** every connect the will (set on the CONNECT, sent by the broker when the
+** session ends without a DISCONNECT) is payload(ctx, false, ts_ms, ...),
+** and once connected, after the SUBSCRIBEs, payload(ctx, true, ts_ms, ...)
+** is published; both QoS 1, retained, topic as given (copied). ts_ms is
+** the wall time (the session's clock) of that connect attempt, the same
+** for its will and its birth. payload writes at most n bytes into buf and
+** returns the length (< n), or -errno (the connect attempt fails, and is
+** retried). Called on the session thread. Before mqtt_start. Returns 0,
+** -EINVAL (not a topic name), -EBUSY (started) or -ENOMEM.
+*/
+#define MQTT_PRESENCE_MAX 512
+typedef int (*mqtt_presence_fn)(void *ctx, bool online, int64_t ts_ms, char *buf, size_t n);
+int mqtt_set_presence(struct mqtt *m, const char *topic, mqtt_presence_fn payload, void *ctx);
+
+/*
 ** Read time from clk (copied) instead of the system's clocks, before
 ** mqtt_start: the backoff between attempts, the CONNACK timeout, the
 ** retained burst's quiet and the receive times all follow it, so tests

@@ -24,6 +24,7 @@
 struct pend {
 	struct rec *r;
 	int64_t t; /* time of the key's latest change */
+	uint32_t glen; /* its producer's prefix length, ALERTS_NO_GROUP none */
 };
 
 /* An open alert for a topic prefix. Its keys are the AS_ALERTED records
@@ -40,6 +41,7 @@ struct incident {
 	bool listed;            /* in the work list */
 	bool adopted;           /* from an earlier run: resolve if still empty after settling */
 	bool mqtt_only;         /* republish under a new topic without running exec */
+	bool producer;          /* a producer's: its keys joined by name (alerts_key_changed_in) */
 	size_t len;
 	char prefix[];
 };
@@ -223,7 +225,11 @@ static json_t *incident_json(const struct incident *inc, int64_t now_ms, size_t 
 			first = inc->ex[i]->data;
 	}
 	clock_format_rfc3339(inc->since_ms, since);
-	if (inc->count)
+	if (inc->count && inc->producer)
+		snprintf(summary, sizeof(summary), "producer %.200s offline: %" PRIu32 " key%s stale%s%.200s",
+			 where, inc->count, inc->count == 1 ? "" : "s", first ? ", e.g. " : "",
+			 first ? first : "");
+	else if (inc->count)
 		snprintf(summary, sizeof(summary), "%" PRIu32 " key%s stale under %.200s%s%.200s",
 			 inc->count, inc->count == 1 ? "" : "s", where, first ? ", e.g. " : "",
 			 first ? first : "");
@@ -232,6 +238,8 @@ static json_t *incident_json(const struct incident *inc, int64_t now_ms, size_t 
 			 where, since);
 	json_object_set_new(o, "alert", json_string("stale"));
 	json_object_set_new(o, "group", json_stringn(inc->prefix, inc->len));
+	if (inc->producer)
+		json_object_set_new(o, "producer", json_stringn(inc->prefix, inc->len));
 	json_object_set_new(o, "state", json_string(inc->count ? "stale" : "resolved"));
 	json_object_set_new(o, "count", json_integer(inc->count));
 	json_object_set_new(o, "new", json_integer(inc->added));
@@ -671,11 +679,20 @@ static struct pend *pend_find(struct alerts *a, const struct rec *r)
 
 void alerts_key_changed(struct alerts *a, struct rec *r, int64_t now_ms)
 {
+	alerts_key_changed_in(a, r, ALERTS_NO_GROUP, now_ms);
+}
+
+void alerts_key_changed_in(struct alerts *a, struct rec *r, uint32_t glen, int64_t now_ms)
+{
 	struct pend *p;
 
+	if (glen != ALERTS_NO_GROUP && (glen > r->topic_len || (glen < r->topic_len && r->data[glen] != '/')))
+		glen = ALERTS_NO_GROUP; /* not a prefix of its topic: grouped as usual */
 	if (r->alert_state & AS_PENDING) {
-		if ((p = pend_find(a, r)))
+		if ((p = pend_find(a, r))) {
 			p->t = now_ms;
+			p->glen = glen;
+		}
 		return;
 	}
 	if (a->npend == a->cappend) {
@@ -688,7 +705,7 @@ void alerts_key_changed(struct alerts *a, struct rec *r, int64_t now_ms)
 	}
 	if (hmap_put(&a->pmap, hash_key32(hash_ptr(r)), (uint32_t)a->npend) < 0)
 		goto nomem;
-	a->pend[a->npend++] = (struct pend){ r, now_ms };
+	a->pend[a->npend++] = (struct pend){ r, now_ms, glen };
 	r->alert_state |= AS_PENDING;
 	if (a->window_due == NEVER)
 		a->window_due = now_ms + a->min_hold_ms + a->group_wait_ms;
@@ -727,13 +744,24 @@ static void flush(struct alerts *a, int64_t now_ms, alerts_eligible_fn eligible,
 			if (!eligible(r, now_ms, ctx))
 				continue;
 			r->alert_state |= AS_ALERTED;
-			if ((inc = incident_find(a, r->data, r->topic_len)))
+			if (e.glen != ALERTS_NO_GROUP) {
+				/* A producer's key: its producer's incident, whatever else is open. */
+				inc = incident_get(a, r->data, e.glen);
+				if (!inc && (inc = incident_new(a, r->data, e.glen, now_ms)))
+					inc->producer = true;
+				if (inc)
+					incident_join(a, inc, r);
+				else
+					log_warnx("alerts: out of memory, %s not alerted", r->data);
+			} else if ((inc = incident_find(a, r->data, r->topic_len))) {
 				incident_join(a, inc, r);
-			else
+			} else {
 				fresh_keys[nnew++] = r;
+			}
 		} else {
 			r->alert_state &= (uint8_t)~AS_ALERTED;
-			if ((inc = incident_find(a, r->data, r->topic_len)))
+			inc = e.glen != ALERTS_NO_GROUP ? incident_get(a, r->data, e.glen) : NULL;
+			if (inc || (inc = incident_find(a, r->data, r->topic_len)))
 				incident_leave(a, inc);
 		}
 	}

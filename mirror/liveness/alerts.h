@@ -90,6 +90,16 @@ bool alerts_own_topic(const struct alerts *a, const char *topic, size_t len);
 */
 void alerts_key_changed(struct alerts *a, struct rec *r, int64_t now_ms);
 
+/*
+** The same for a key whose producer is known (a death certificate, an
+** offline status): group_len is the length of the producer's name, a topic
+** prefix of r's (ALERTS_NO_GROUP: none, as alerts_key_changed). Such keys
+** join the incident for exactly that prefix, opened for them if need be,
+** not rolled up with other groups: one alert per producer.
+*/
+#define ALERTS_NO_GROUP UINT32_MAX
+void alerts_key_changed_in(struct alerts *a, struct rec *r, uint32_t group_len, int64_t now_ms);
+
 /* The mirror's link changed (synced or not). */
 void alerts_link(struct alerts *a, bool synced, int64_t now_ms);
 

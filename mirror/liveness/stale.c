@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -55,14 +56,22 @@ struct rule {
 	int64_t cadence_ms; /* 0 = never */
 };
 
-/* Stale keys per group prefix, for GET /v1/stale. */
+/* Stale keys per group prefix and reason, for GET /v1/stale. A key's
+ * group is its producer's name when it has one (pgrp), else its topic
+ * without the last level. */
 struct gcount {
 	uint64_t n;
-	uint32_t key;       /* its hmap key: hash_key32 of the prefix */
+	uint32_t key;       /* its hmap key: group_hash of prefix and reason */
 	uint32_t idx;       /* its place in stale.groups */
+	uint8_t reason;     /* enum stale_reason */
 	size_t len;
 	char prefix[];
 };
+
+/* Stale keys per reason, process-wide like g_stats (/metrics). */
+static _Atomic uint64_t g_by_reason[STALE_REASON_MAX];
+
+#define NO_GROUP ALERTS_NO_GROUP
 
 struct stale {
 	double grace;
@@ -85,6 +94,14 @@ struct stale {
 	uint32_t ngroups, capgroups;
 	struct hmap gmap;       /* prefix -> index in groups */
 	uint64_t nstale;
+	uint64_t nby[STALE_REASON_MAX]; /* stale keys per reason */
+	/* The producer of each REC_STICKY key (made stale by stale_mark_dead)
+	 * whose producer names a prefix of its topic: index_ref + 1 -> the
+	 * prefix's length. Only such keys have an entry; lost at a restart
+	 * (they are then grouped by topic). */
+	struct hmap pgrp;
+	struct rule *unjudged;  /* status topics (availability): never judged by cadence */
+	size_t nunjudged;
 
 	int64_t max_window_ms; /* longest window of any key seen (never shrinks but at reload) */
 	struct alerts *alerts;
@@ -245,7 +262,13 @@ static void heapify(struct stale *s)
 struct gkey {
 	const char *p;
 	size_t len;
+	uint8_t reason;
 };
+
+static uint32_t group_hash(const char *p, size_t len, unsigned reason)
+{
+	return hash_key32(hash_bytes(p, len) + (uint64_t)reason * 0x9e3779b97f4a7c15ull);
+}
 
 static bool group_eq(uint32_t val, const void *k, const void *ctx)
 {
@@ -253,7 +276,8 @@ static bool group_eq(uint32_t val, const void *k, const void *ctx)
 	const struct gkey *want = k;
 	const struct gcount *g = s->groups[val];
 
-	return g->len == want->len && memcmp(g->prefix, want->p, want->len) == 0;
+	return g->len == want->len && g->reason == want->reason &&
+	       memcmp(g->prefix, want->p, want->len) == 0;
 }
 
 static bool group_is(uint32_t val, const void *k, const void *ctx)
@@ -282,11 +306,51 @@ static void group_drop(struct stale *s, struct gcount *g)
 	free(g);
 }
 
+/* The prefix length of r's producer (stale_mark_dead), NO_GROUP none. */
+static uint32_t pgroup_len(const struct stale *s, const struct rec *r)
+{
+	uint32_t ref, *v;
+
+	if (!(r->flags & REC_STICKY) || s->pgrp.n == 0)
+		return NO_GROUP;
+	ref = index_ref(s->ix, r);
+	v = ref == UINT32_MAX ? NULL : hmap_find(&s->pgrp, ref + 1, NULL, NULL, NULL);
+	return v ? *v : NO_GROUP;
+}
+
+static void pgroup_set(struct stale *s, const struct rec *r, uint32_t glen)
+{
+	uint32_t ref = index_ref(s->ix, r), *v;
+
+	if (ref == UINT32_MAX)
+		return;
+	v = hmap_find(&s->pgrp, ref + 1, NULL, NULL, NULL);
+	if (glen == NO_GROUP) {
+		if (v)
+			hmap_del(&s->pgrp, ref + 1, NULL, NULL, NULL);
+	} else if (v) {
+		*v = glen;
+	} else if (hmap_put(&s->pgrp, ref + 1, glen) < 0) {
+		/* Grouped by its topic instead: /v1/stale and the alert say
+		 * less, the key's state is still right. */
+		log_warnx("staleness: out of memory, %s grouped by topic, not by producer", r->data);
+	}
+}
+
+/* r's group for /v1/stale: its producer's name, else its topic's parent. */
+static size_t group_len(const struct stale *s, const struct rec *r)
+{
+	uint32_t g = pgroup_len(s, r);
+
+	return g != NO_GROUP ? g : topic_group_prefix(r->data, r->topic_len);
+}
+
 static void group_add(struct stale *s, const struct rec *r, int delta)
 {
-	size_t len = topic_group_prefix(r->data, r->topic_len);
-	uint32_t key = hash_key32(hash_bytes(r->data, len));
-	uint32_t *v = hmap_find(&s->gmap, key, group_eq, &(struct gkey){ r->data, len }, s);
+	size_t len = group_len(s, r);
+	uint8_t reason = (uint8_t)rec_stale_reason(r);
+	uint32_t key = group_hash(r->data, len, reason);
+	uint32_t *v = hmap_find(&s->gmap, key, group_eq, &(struct gkey){ r->data, len, reason }, s);
 	struct gcount *g;
 
 	if (!v) {
@@ -305,6 +369,7 @@ static void group_add(struct stale *s, const struct rec *r, int delta)
 			return;
 		g->n = 0;
 		g->key = key;
+		g->reason = reason;
 		g->idx = s->ngroups;
 		g->len = len;
 		memcpy(g->prefix, r->data, len);
@@ -374,6 +439,10 @@ static bool derive(struct stale *s, struct rec *r)
 	uint8_t src = CADENCE_NONE;
 	bool changed;
 
+	for (size_t i = 0; i < s->nunjudged; i++) {
+		if (topic_matches(s->unjudged[i].filter, r->data, r->topic_len))
+			goto done; /* a status topic: its producer's word, not a cadence */
+	}
 	for (size_t i = 0; i < s->nrules; i++) {
 		if (topic_matches(s->rules[i].filter, r->data, r->topic_len)) {
 			ms = clamp_ms(s->rules[i].cadence_ms);
@@ -497,13 +566,38 @@ static void log_transition(struct stale *s, const struct rec *r, bool to_stale, 
 		log_info("fresh: %s, heard again", r->data);
 }
 
-static void mark_stale(struct stale *s, struct rec *r, int64_t now_ms, bool count)
+static void count_reason(struct stale *s, enum stale_reason why, int delta)
+{
+	if (delta > 0)
+		s->nby[why]++;
+	else if (s->nby[why])
+		s->nby[why]--;
+	atomic_store_explicit(&g_by_reason[why], s->nby[why], memory_order_relaxed);
+}
+
+/* The reason a key is stale by its cadence: its own silence, or ours (the
+ * deadline passed while we were not synced: we cannot tell). */
+static enum stale_reason cadence_reason(const struct stale *s)
+{
+	return s->synced ? STALE_REASON_CADENCE : STALE_REASON_BROKER;
+}
+
+/* When a key stale by its cadence became stale. */
+static int64_t cadence_since(const struct stale *s, const struct rec *r, int64_t now_ms)
 {
 	int64_t since = r->last_seen_ms + window_of(s, r);
 
+	return since > now_ms || since <= 0 ? now_ms : since;
+}
+
+static void mark_stale(struct stale *s, struct rec *r, int64_t now_ms, bool count,
+		       enum stale_reason why, int64_t since)
+{
 	r->flags |= REC_STALE;
-	r->stale_since_ms = since > now_ms || since <= 0 ? now_ms : since;
+	rec_set_stale_reason(r, why);
+	r->stale_since_ms = since;
 	group_add(s, r, +1);
+	count_reason(s, why, +1);
 	s->nstale++;
 	STAT_SET(stale_keys, s->nstale);
 	if (count) {
@@ -512,11 +606,26 @@ static void mark_stale(struct stale *s, struct rec *r, int64_t now_ms, bool coun
 	}
 }
 
+/* A stale key's reason changes (its counters follow). */
+static void set_reason(struct stale *s, struct rec *r, enum stale_reason why, uint32_t glen)
+{
+	group_add(s, r, -1);
+	count_reason(s, rec_stale_reason(r), -1);
+	rec_set_stale_reason(r, why);
+	if (glen != NO_GROUP || (r->flags & REC_STICKY))
+		pgroup_set(s, r, glen);
+	group_add(s, r, +1);
+	count_reason(s, why, +1);
+}
+
 static void mark_fresh(struct stale *s, struct rec *r, int64_t now_ms, bool count)
 {
-	r->flags &= (uint16_t)~REC_STALE;
-	r->stale_since_ms = 0;
 	group_add(s, r, -1);
+	count_reason(s, rec_stale_reason(r), -1);
+	if (r->flags & REC_STICKY)
+		pgroup_set(s, r, NO_GROUP);
+	r->flags &= (uint16_t)~(REC_STALE | REC_STICKY | REC_REASON_MASK);
+	r->stale_since_ms = 0;
 	if (s->nstale)
 		s->nstale--;
 	STAT_SET(stale_keys, s->nstale);
@@ -558,7 +667,8 @@ static bool eligible(struct rec *r, int64_t now_ms, void *ctx)
 		}
 		return false;
 	}
-	release = s->synced_since_ms + window_of(s, r);
+	/* A producer said it is gone: nothing to wait for. */
+	release = r->flags & REC_STICKY ? now_ms : s->synced_since_ms + window_of(s, r);
 	if (now_ms < release) {
 		r->alert_state |= AS_HELD;
 		heap_set_due(s, r, release);
@@ -574,16 +684,16 @@ static void consider(struct stale *s, struct rec *r, int64_t now_ms)
 {
 	if (r->alert_state & (AS_ALERTED | AS_PENDING)) {
 		heap_set_due(s, r, STALE_NEVER);
-		alerts_key_changed(s->alerts, r, now_ms);
+		alerts_key_changed_in(s->alerts, r, pgroup_len(s, r), now_ms);
 		return;
 	}
 	if (eligible(r, now_ms, s))
-		alerts_key_changed(s->alerts, r, now_ms);
+		alerts_key_changed_in(s->alerts, r, pgroup_len(s, r), now_ms);
 }
 
 static void to_stale(struct stale *s, struct rec *r, int64_t now_ms, stale_transition_fn cb, void *ctx)
 {
-	mark_stale(s, r, now_ms, true);
+	mark_stale(s, r, now_ms, true, cadence_reason(s), cadence_since(s, r, now_ms));
 	if (cb)
 		cb(r, true, ctx);
 	consider(s, r, now_ms);
@@ -591,24 +701,28 @@ static void to_stale(struct stale *s, struct rec *r, int64_t now_ms, stale_trans
 
 static void to_fresh(struct stale *s, struct rec *r, int64_t now_ms, stale_transition_fn cb, void *ctx)
 {
+	uint32_t glen = pgroup_len(s, r); /* the incident it leaves */
+
 	mark_fresh(s, r, now_ms, true);
 	r->alert_state &= (uint8_t)~AS_HELD;
 	heap_set_due(s, r, deadline_due(s, r));
 	if (cb)
 		cb(r, false, ctx);
 	if (r->alert_state & (AS_ALERTED | AS_PENDING))
-		alerts_key_changed(s->alerts, r, now_ms);
+		alerts_key_changed_in(s->alerts, r, glen, now_ms);
 }
 
 /* Stop judging r (deleted, or now under our alerts topic). */
 static void untrack(struct stale *s, struct rec *r, int64_t now_ms)
 {
+	uint32_t glen = pgroup_len(s, r);
+
 	heap_remove(s, r);
 	r->alert_state &= (uint8_t)~AS_HELD;
 	if (r->flags & REC_STALE)
 		mark_fresh(s, r, now_ms, false);
 	if (r->alert_state & (AS_ALERTED | AS_PENDING))
-		alerts_key_changed(s->alerts, r, now_ms);
+		alerts_key_changed_in(s->alerts, r, glen, now_ms);
 }
 
 static void track(struct stale *s, struct rec *r, int64_t now_ms)
@@ -672,6 +786,7 @@ struct stale *stale_new(const struct conf *c, struct index *ix, const struct del
 		goto fail;
 	take_settings(s, c, rules);
 	s->gmap = (struct hmap)HMAP_INIT(UINT32_MAX / 2);
+	s->pgrp = (struct hmap)HMAP_INIT(UINT32_MAX / 2);
 	s->alerts = alerts_new(c, out);
 	if (!s->alerts)
 		goto fail;
@@ -693,7 +808,9 @@ void stale_free(struct stale *s)
 		free(s->groups[i]);
 	free(s->groups);
 	hmap_free(&s->gmap);
+	hmap_free(&s->pgrp);
 	free_rules(s->rules, s->nrules);
+	free_rules(s->unjudged, s->nunjudged);
 	alerts_free(s->alerts);
 	free(s);
 }
@@ -754,31 +871,48 @@ static void announce(struct stale *s, struct rec *r)
 bool stale_on_load(struct stale *s, struct rec *r, int64_t now_ms)
 {
 	bool was = r->flags & REC_STALE, changed;
+	bool sticky = was && (r->flags & REC_STICKY);
+	enum stale_reason why = rec_stale_reason(r);
 
 	heap_rebase(s, now_ms);
 	r->alert_state = 0;
 	r->heap_idx = STALE_NO_IDX;
 	if (r->flags & REC_DELETED) {
-		r->flags &= (uint16_t)~REC_STALE;
+		r->flags &= (uint16_t)~(REC_STALE | REC_STICKY | REC_REASON_MASK);
 		return was;
 	}
 	if (alerts_own_topic(s->alerts, r->data, r->topic_len)) {
 		changed = was || !(r->flags & REC_NO_STALE);
-		r->flags = (uint16_t)((r->flags | REC_NO_STALE) & ~REC_STALE);
+		r->flags = (uint16_t)((r->flags | REC_NO_STALE) &
+				      ~(REC_STALE | REC_STICKY | REC_REASON_MASK));
 		r->stale_since_ms = 0;
 		alerts_adopt(s->alerts, s->ix, r, now_ms);
 		return changed;
 	}
 	changed = r->flags & REC_NO_STALE;
-	r->flags &= (uint16_t)~(REC_NO_STALE | REC_STALE);
+	r->flags &= (uint16_t)~(REC_NO_STALE | REC_STALE | REC_STICKY | REC_REASON_MASK);
 	changed |= derive(s, r);
 	track(s, r, now_ms);
+	if (sticky) {
+		/* Its producer was gone when we stopped, and nothing since has
+		 * said otherwise: stale still, until it is heard from. */
+		int64_t since = r->stale_since_ms;
+
+		r->flags |= REC_STICKY;
+		mark_stale(s, r, now_ms, false, why,
+			   since > 0 && since <= now_ms ? since : now_ms);
+		heap_set_due(s, r, STALE_NEVER);
+		consider(s, r, now_ms);
+		return changed;
+	}
 	if (stale_by_truth(s, r, now_ms)) {
 		int64_t since = r->stale_since_ms;
 
-		mark_stale(s, r, now_ms, false);
-		if (was && since > 0 && since <= now_ms)
-			r->stale_since_ms = since; /* it has been stale since before */
+		/* Stale since before keeps its reason; else it turned stale
+		 * while we were away: not synced (broker). */
+		mark_stale(s, r, now_ms, false,
+			   was && why != STALE_REASON_NONE ? why : cadence_reason(s),
+			   was && since > 0 && since <= now_ms ? since : cadence_since(s, r, now_ms));
 		consider(s, r, now_ms);
 		if (!was)
 			announce(s, r);
@@ -830,6 +964,14 @@ void stale_on_message(struct stale *s, struct rec *r, bool live_seen, bool is_ne
 	if (live_seen)
 		learn(s, r, now_ms);
 
+	if ((r->flags & REC_STALE) && (r->flags & REC_STICKY)) {
+		/* Its producer said it is gone: only the key itself, heard
+		 * live (or a value observed after its death), says otherwise. */
+		if (live_seen || ((r->flags & REC_TS_PAYLOAD) && r->ts_ns / 1000000 > r->stale_since_ms))
+			to_fresh(s, r, now_ms, cb, ctx);
+		else
+			return;
+	}
 	stale = stale_by_truth(s, r, now_ms);
 	if (r->flags & REC_STALE) {
 		/* A retained copy is no sign of life: without the producer's own
@@ -870,7 +1012,7 @@ void stale_on_broker(struct stale *s, bool synced, int64_t now_ms)
 
 		r->alert_state &= (uint8_t)~AS_LISTED;
 		if ((r->alert_state & AS_HELD) && (r->flags & REC_STALE) && !(r->flags & REC_DELETED))
-			heap_set_due(s, r, now_ms + window_of(s, r));
+			heap_set_due(s, r, r->flags & REC_STICKY ? now_ms : now_ms + window_of(s, r));
 	}
 	s->nheld = 0;
 	if (s->capheld > 4096) {
@@ -900,6 +1042,13 @@ static void on_due(struct stale *s, struct rec *r, int64_t now_ms, stale_transit
 		if (cb)
 			cb(r, r->flags & REC_STALE, ctx);
 	}
+	if ((r->flags & REC_STALE) && (r->flags & REC_STICKY)) {
+		/* Stale until heard from, whatever its cadence says. */
+		heap_set_due(s, r, STALE_NEVER);
+		if (!(r->alert_state & (AS_ALERTED | AS_PENDING)))
+			consider(s, r, now_ms);
+		return;
+	}
 	stale = stale_by_truth(s, r, now_ms);
 	if (!(r->flags & REC_STALE)) {
 		if (stale)
@@ -913,9 +1062,46 @@ static void on_due(struct stale *s, struct rec *r, int64_t now_ms, stale_transit
 		to_fresh(s, r, now_ms, cb, ctx);
 		return;
 	}
+	if (rec_stale_reason(r) == STALE_REASON_BROKER && s->synced &&
+	    now_ms >= s->synced_since_ms + window_of(s, r)) {
+		/* Synced again and given its window: unheard, now its own doing. */
+		set_reason(s, r, STALE_REASON_CADENCE, NO_GROUP);
+		if (cb)
+			cb(r, true, ctx);
+	}
 	heap_set_due(s, r, STALE_NEVER);
 	if (!(r->alert_state & (AS_ALERTED | AS_PENDING)))
 		consider(s, r, now_ms); /* a hold-back ended */
+}
+
+void stale_mark_dead(struct stale *s, struct rec *r, enum stale_reason why, uint32_t group_len,
+		     int64_t ts_ms, stale_transition_fn cb, void *ctx)
+{
+	if ((r->flags & (REC_DELETED | REC_NO_STALE)) || why <= STALE_REASON_NONE ||
+	    why >= STALE_REASON_MAX || r->heap_idx == STALE_NO_IDX)
+		return; /* not judged: deleted, ours, or never tracked */
+	heap_rebase(s, ts_ms);
+	if (group_len != NO_GROUP &&
+	    (group_len > r->topic_len || (group_len < r->topic_len && r->data[group_len] != '/')))
+		group_len = NO_GROUP; /* not a prefix of its topic: grouped by topic */
+	if (r->flags & REC_STALE) {
+		if ((r->flags & REC_STICKY) && rec_stale_reason(r) == why &&
+		    pgroup_len(s, r) == group_len)
+			return; /* told already */
+		/* Stale already (and since then): it now has its producer's reason. */
+		r->flags |= REC_STICKY;
+		set_reason(s, r, why, group_len);
+	} else {
+		r->flags |= REC_STICKY;
+		if (group_len != NO_GROUP)
+			pgroup_set(s, r, group_len);
+		mark_stale(s, r, ts_ms, true, why, ts_ms);
+	}
+	if (cb)
+		cb(r, true, ctx);
+	heap_set_due(s, r, STALE_NEVER);
+	if (!(r->alert_state & AS_ALERTED))
+		consider(s, r, ts_ms);
 }
 
 int64_t stale_tick(struct stale *s, int64_t now_ms, stale_transition_fn cb, void *ctx)
@@ -939,15 +1125,20 @@ int64_t stale_tick(struct stale *s, int64_t now_ms, stale_transition_fn cb, void
 struct gsort {
 	const char *prefix;
 	uint64_t n;
+	enum stale_reason reason;
 };
 
 static int gsort_cmp(const void *a, const void *b)
 {
-	return strcmp(((const struct gsort *)a)->prefix, ((const struct gsort *)b)->prefix);
+	const struct gsort *x = a, *y = b;
+	int c = strcmp(x->prefix, y->prefix);
+
+	return c ? c : (int)x->reason - (int)y->reason;
 }
 
 void stale_groups(struct stale *s, struct index *ix,
-		  void (*fn)(const char *prefix, uint64_t count, void *ctx), void *ctx)
+		  void (*fn)(const char *prefix, enum stale_reason reason, uint64_t count, void *ctx),
+		  void *ctx)
 {
 	struct gsort *v = s->ngroups ? malloc(s->ngroups * sizeof(*v)) : NULL;
 	size_t k = 0;
@@ -956,16 +1147,44 @@ void stale_groups(struct stale *s, struct index *ix,
 	for (uint32_t i = 0; i < s->ngroups; i++) {
 		struct gcount *g = s->groups[i];
 		if (!v)
-			fn(g->prefix, g->n, ctx); /* out of memory: unsorted */
+			fn(g->prefix, (enum stale_reason)g->reason, g->n, ctx); /* out of memory: unsorted */
 		else
-			v[k++] = (struct gsort){ g->prefix, g->n };
+			v[k++] = (struct gsort){ g->prefix, g->n, (enum stale_reason)g->reason };
 	}
 	if (!v)
 		return;
 	qsort(v, k, sizeof(*v), gsort_cmp);
 	for (size_t i = 0; i < k; i++)
-		fn(v[i].prefix, v[i].n, ctx);
+		fn(v[i].prefix, v[i].reason, v[i].n, ctx);
 	free(v);
+}
+
+const char *stale_reason_name(enum stale_reason r)
+{
+	switch (r) {
+	case STALE_REASON_CADENCE:
+		return "cadence";
+	case STALE_REASON_PRODUCER_OFFLINE:
+		return "producer_offline";
+	case STALE_REASON_BROKER:
+		return "broker";
+	case STALE_REASON_NONE:
+	case STALE_REASON_MAX:
+		break;
+	}
+	return NULL;
+}
+
+uint64_t stale_reason_count(enum stale_reason r)
+{
+	if (r <= STALE_REASON_NONE || r >= STALE_REASON_MAX)
+		return 0;
+	return atomic_load_explicit(&g_by_reason[r], memory_order_relaxed);
+}
+
+uint64_t stale_count_by_reason(const struct stale *s, enum stale_reason r)
+{
+	return r > STALE_REASON_NONE && r < STALE_REASON_MAX ? s->nby[r] : 0;
 }
 
 size_t stale_tracked(const struct stale *s)

@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "common/conf.h"
+#include "mirror/liveness/alerts.h"
 #include "mirror/liveness/deliver.h"
 #include "mirror/state/index.h"
 
@@ -89,12 +90,39 @@ void stale_on_broker(struct stale *s, bool synced, int64_t now_ms);
 */
 int64_t stale_tick(struct stale *s, int64_t now_ms, stale_transition_fn cb, void *ctx);
 
-/* Group counts of stale keys for GET /v1/stale: calls fn(prefix, count, ctx)
- * for each group (topic_group_prefix of the keys), in byte order of prefix.
+/*
+** The key's producer is gone (a will, an offline status, a death
+** certificate; why: usually STALE_REASON_PRODUCER_OFFLINE): r turns stale
+** at once with stale_since = ts_ms (a key stale already keeps its
+** stale_since and takes the reason), and stays stale whatever its cadence
+** says (REC_STICKY) until a live message of its own (or a value whose
+** payload time is after ts_ms) makes it fresh. group_len: the length of
+** the producer's name, a topic prefix of r's: the key's group in
+** stale_groups and its alert's (one incident per producer, not rolled up);
+** ALERTS_NO_GROUP: grouped by its topic as usual. The alert skips the
+** hold-back (nothing to wait for) but not the group wait. Deleted keys,
+** our own alert topics and keys not tracked are left alone. cb is called
+** when r changed. Write lock held.
+*/
+void stale_mark_dead(struct stale *s, struct rec *r, enum stale_reason why, uint32_t group_len,
+		     int64_t ts_ms, stale_transition_fn cb, void *ctx);
+
+/* Group counts of stale keys for GET /v1/stale: calls fn(prefix, reason,
+ * count, ctx) for each group (the keys' producer, else topic_group_prefix
+ * of the keys) and reason, in byte order of prefix, then reason.
  * Counters are kept per transition, so this costs O(groups), not O(keys).
  * ix is unused. Read lock held by the caller. */
 void stale_groups(struct stale *s, struct index *ix,
-		  void (*fn)(const char *prefix, uint64_t count, void *ctx), void *ctx);
+		  void (*fn)(const char *prefix, enum stale_reason reason, uint64_t count, void *ctx),
+		  void *ctx);
+
+/* "cadence", "producer_offline", "broker"; NULL for NONE (fresh). */
+const char *stale_reason_name(enum stale_reason r);
+/* Stale keys with reason r now, process-wide (the last engine to change:
+ * there is one in the daemon), for /metrics. Any thread, no lock. */
+uint64_t stale_reason_count(enum stale_reason r);
+/* The same for engine s (tests). Lock held. */
+uint64_t stale_count_by_reason(const struct stale *s, enum stale_reason r);
 
 /* Introspection for tests: keys tracked in the deadline heap, whether the
  * heap is consistent (O(n)), the earliest due time (INT64_MAX if none). */

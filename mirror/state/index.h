@@ -17,7 +17,24 @@ enum rec_flags {
 	REC_NO_STALE   = 1u << 6, /* never judged (our own alert topics) */
 	REC_IN_FILE    = 1u << 7, /* the payload is in the store only: payload_hash holds its hash */
 	REC_LEARNS     = 1u << 8, /* has a learning state in its index (index_learn) */
+	/* Bits 9-10: why a stale key is stale (enum stale_reason; 0 while
+	 * fresh), rec_stale_reason(). Stored with the other flags. */
+	REC_REASON_0   = 1u << 9,
+	REC_REASON_1   = 1u << 10,
+	REC_STICKY     = 1u << 11, /* stale until heard from live again (a producer's death), whatever its cadence says */
 };
+
+/* Why a key is stale (a record's bits 9-10, rec_stale_reason). */
+enum stale_reason {
+	STALE_REASON_NONE,             /* fresh */
+	STALE_REASON_CADENCE,          /* not heard from for grace x cadence */
+	STALE_REASON_PRODUCER_OFFLINE, /* its producer said it is gone (a will, a status, a death certificate) */
+	STALE_REASON_BROKER,           /* its deadline passed while the mirror was not synced with the broker */
+	STALE_REASON_MAX
+};
+
+#define REC_REASON_SHIFT 9
+#define REC_REASON_MASK ((uint16_t)(REC_REASON_0 | REC_REASON_1))
 
 enum cadence_source {
 	CADENCE_NONE,    /* unknown: never stale */
@@ -88,6 +105,23 @@ struct rec {
 };
 
 static inline const char *rec_topic(const struct rec *r) { return r->data; }
+
+/* Why r is stale: STALE_REASON_NONE while fresh (or for a record stored
+ * before reasons were: a stale one then reads as CADENCE). */
+static inline enum stale_reason rec_stale_reason(const struct rec *r)
+{
+	unsigned v = (r->flags & REC_REASON_MASK) >> REC_REASON_SHIFT;
+
+	if (!(r->flags & REC_STALE))
+		return STALE_REASON_NONE;
+	return v ? (enum stale_reason)v : STALE_REASON_CADENCE;
+}
+
+static inline void rec_set_stale_reason(struct rec *r, enum stale_reason why)
+{
+	r->flags = (uint16_t)((r->flags & ~REC_REASON_MASK) |
+			      (((unsigned)why << REC_REASON_SHIFT) & REC_REASON_MASK));
+}
 
 /* A record outside any index (tests, tools): topic copied, no payload.
  * Other fields are zero, heap_idx = UINT32_MAX. Returns NULL

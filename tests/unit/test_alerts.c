@@ -319,6 +319,59 @@ START_TEST(rollup_to_common_parent)
 }
 END_TEST
 
+/* Two edge nodes of one group die together: one alert each, named after
+ * the producer, not rolled up into the group; keys of a producer that is
+ * not a prefix of them are grouped as usual. */
+START_TEST(one_alert_per_dead_producer)
+{
+	json_t *o;
+	unsigned n1 = 0;
+
+	conf_free(&conf);
+	ck_assert_int_eq(conf_defaults(&conf), 0);
+	add_rule("#", 600 * SEC); /* cadence alone would wait half an hour */
+	start_synced();
+	for (int i = 0; i < 50; i++)
+		live(mk("spBv1.0/G/E1/D%d/m", i));
+	for (int i = 0; i < 50; i++)
+		live(mk("spBv1.0/G/E2/m%d", i));
+	live(mk("spBv1.0/G/E3/m"));
+	T += SEC;
+	for (unsigned i = 0; i < 50; i++)
+		stale_mark_dead(st, keys[i], STALE_REASON_PRODUCER_OFFLINE, 12, T, NULL, NULL);
+	for (unsigned i = 50; i < 100; i++)
+		stale_mark_dead(st, keys[i], STALE_REASON_PRODUCER_OFFLINE, 12, T, NULL, NULL);
+	ck_assert_uint_eq(STAT_GET(stale_keys), 100);
+	run_until(T + 5 * SEC); /* the group wait, not grace x cadence */
+	ck_assert_uint_eq(alerts_under("statemirror/alerts/"), 2);
+	for (unsigned i = 0; i < nmsgs; i++) {
+		o = msg_json(i);
+		ck_assert_int_eq(jint(o, "count"), 50);
+		ck_assert(!strcmp(jstr(o, "producer"), "spBv1.0/G/E1") ||
+			  !strcmp(jstr(o, "producer"), "spBv1.0/G/E2"));
+		ck_assert_str_eq(jstr(o, "group"), jstr(o, "producer"));
+		ck_assert_ptr_nonnull(strstr(jstr(o, "summary"), "offline"));
+		if (!strcmp(msgs[i].topic, "statemirror/alerts/group/spBv1.0/G/E1"))
+			n1++;
+		json_decref(o);
+	}
+	ck_assert_uint_eq(n1, 1);
+	ck_assert_uint_eq(alerts_open_incidents(A), 2);
+
+	/* E1's keys are heard again: its alert resolves, E2's stays. */
+	clear_msgs();
+	for (unsigned i = 0; i < 50; i++)
+		live(keys[i]);
+	run_until(T + 30 * SEC);
+	ck_assert_uint_eq(alerts_open_incidents(A), 1);
+	ck_assert_uint_eq(alerts_under("statemirror/alerts/group/spBv1.0/G/E1"), 1);
+	ck_assert_uint_eq(alerts_under("statemirror/alerts/group/spBv1.0/G/E2"), 0);
+	o = msg_json(0);
+	ck_assert_str_eq(jstr(o, "state"), "resolved");
+	json_decref(o);
+}
+END_TEST
+
 START_TEST(updates_rate_limited)
 {
 	/* Keys of one group go stale one by one every second: the open alert
@@ -818,6 +871,7 @@ static Suite *suite(void)
 	tcase_add_test(tc, thousand_groups_all_delivered);
 	tcase_add_test(tc, staggered_stop_few_alerts);
 	tcase_add_test(tc, rollup_to_common_parent);
+	tcase_add_test(tc, one_alert_per_dead_producer);
 	tcase_add_test(tc, updates_rate_limited);
 	tcase_add_test(tc, flapping_within_group_wait);
 	tcase_add_test(tc, min_hold);

@@ -439,6 +439,64 @@ START_TEST(deadline_turns_a_key_stale_on_the_keeper)
 }
 END_TEST
 
+
+/* ---- a dead producer's keys (mirror_keys_stale) ---- */
+
+static const char *const n1_keys[] = { "e/n1/a", "e/n1/b", "e/n1/never-seen" };
+
+static void enum_n1(void *ectx, mirror_key_fn key, void *kctx)
+{
+	(void)ectx;
+	for (size_t i = 0; i < sizeof(n1_keys) / sizeof(n1_keys[0]); i++)
+		key(kctx, n1_keys[i], strlen(n1_keys[i]));
+}
+
+START_TEST(dead_producer_keys_turn_stale_and_are_written)
+{
+	int64_t rev, ts;
+	unsigned before;
+
+	conf.rules[0].filter = strdup("e/#");
+	ck_assert_ptr_nonnull(conf.rules[0].filter);
+	conf.rules[0].cadence_ms = 60000;
+	conf.nrules = 1;
+	start();
+	put("e/n1/a", "1");
+	put("e/n1/b", "2");
+	put("e/n2/c", "3");
+	mirror_ingest_flush(mr);
+	ck_assert_int_eq(mirror_wait_turn(mr, TURN_MS), 0);
+	rev = head();
+	before = atomic_load(&woken);
+	fake_clock_advance(10);
+	ts = wall_ms();
+	ck_assert_uint_eq(mirror_keys_stale(mr, "e/n1", STALE_REASON_PRODUCER_OFFLINE, enum_n1, NULL, ts), 2);
+	ck_assert(flags_of("e/n1/a") & REC_STALE);
+	ck_assert(flags_of("e/n1/b") & REC_STALE);
+	ck_assert(!(flags_of("e/n2/c") & REC_STALE));
+	ck_assert_int_eq(head(), rev + 2);          /* a revision each */
+	ck_assert_uint_gt(atomic_load(&woken), before); /* watchers told */
+	/* Again: nothing new. */
+	ck_assert_uint_eq(mirror_keys_stale(mr, "e/n1", STALE_REASON_PRODUCER_OFFLINE, enum_n1, NULL, ts), 0);
+	/* Written with its reason (flag bits), stale since the death. */
+	advance(mr, conf.commit_interval_ms);
+	ck_assert_int_eq(file_int("SELECT count(*) FROM stale_keys"), 2);
+	ck_assert_int_eq(file_int("SELECT stale_since_ms FROM rec WHERE topic = 'e/n1/a'"), ts);
+	ck_assert_int_eq((file_int("SELECT flags FROM rec WHERE topic = 'e/n1/a'") & REC_REASON_MASK) >>
+			 REC_REASON_SHIFT, STALE_REASON_PRODUCER_OFFLINE);
+	ck_assert(file_int("SELECT flags FROM rec WHERE topic = 'e/n1/a'") & REC_STICKY);
+	/* Long past nothing, still stale; heard again: that key only. */
+	advance(mr, 30000);
+	put("e/n1/a", "4");
+	mirror_ingest_flush(mr);
+	ck_assert(!(flags_of("e/n1/a") & REC_STALE));
+	ck_assert(flags_of("e/n1/b") & REC_STALE);
+	advance(mr, conf.commit_interval_ms);
+	ck_assert_int_eq(file_int("SELECT flags FROM rec WHERE topic = 'e/n1/a'") &
+			 (REC_REASON_MASK | REC_STICKY), 0);
+}
+END_TEST
+
 /* ---- readiness follows the broker link (a real mosquitto) ---- */
 
 static int free_port(void)
@@ -590,6 +648,7 @@ int main(void)
 	tcase_add_test(tc, locked_file_keeps_records_dirty_and_retries);
 	tcase_add_test(tc, disk_full_keeps_records_dirty_until_space_comes_back);
 	tcase_add_test(tc, deadline_turns_a_key_stale_on_the_keeper);
+	tcase_add_test(tc, dead_producer_keys_turn_stale_and_are_written);
 	tcase_add_test(tc, ready_follows_the_link);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);

@@ -113,8 +113,9 @@ START_TEST(json_record)
 	ck_assert_str_eq(str(j, "cadence_source"), "rule");
 	ck_assert(json_is_false(json_object_get(j, "stale")));
 	is_null(j, "stale_since");
+	is_null(j, "stale_reason");
 	ck_assert_int_eq(num(j, "rev"), 90211);
-	ck_assert_uint_eq(json_object_size(j), 14);
+	ck_assert_uint_eq(json_object_size(j), 15);
 
 	/* The payload is inlined byte for byte and the key order is the contract's. */
 	ck_assert_str_eq(b.data,
@@ -123,7 +124,7 @@ START_TEST(json_record)
 		"\"ts\":\"2026-11-22T02:10:02.123Z\",\"ts_source\":\"payload\","
 		"\"received\":\"2026-11-22T02:10:02.130Z\",\"last_seen\":\"2026-11-22T02:10:12.131Z\","
 		"\"age_ms\":840,\"retained\":false,\"updates\":17,\"cadence_ms\":10000,"
-		"\"cadence_source\":\"rule\",\"stale\":false,\"stale_since\":null,\"rev\":90211}");
+		"\"cadence_source\":\"rule\",\"stale\":false,\"stale_since\":null,\"stale_reason\":null,\"rev\":90211}");
 	buf_free(&b);
 	json_decref(j);
 	rec_free(r);
@@ -213,6 +214,16 @@ START_TEST(stale_record)
 	ck_assert(json_is_true(json_object_get(j, "stale")));
 	ck_assert_str_eq(str(j, "stale_since"), "2026-11-22T02:10:32.131Z");
 	ck_assert_int_eq(num(j, "age_ms"), 30000);
+	/* Stored before reasons were (no bits): cadence. */
+	ck_assert_str_eq(str(j, "stale_reason"), "cadence");
+	json_decref(j);
+	rec_set_stale_reason(r, STALE_REASON_PRODUCER_OFFLINE);
+	j = render(r, T0_MS + 40008, NULL);
+	ck_assert_str_eq(str(j, "stale_reason"), "producer_offline");
+	json_decref(j);
+	rec_set_stale_reason(r, STALE_REASON_BROKER);
+	j = render(r, T0_MS + 40008, NULL);
+	ck_assert_str_eq(str(j, "stale_reason"), "broker");
 	json_decref(j);
 	rec_free(r);
 }

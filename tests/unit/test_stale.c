@@ -532,10 +532,11 @@ struct gseen {
 	int k;
 };
 
-static void group_fn(const char *prefix, uint64_t count, void *ctx)
+static void group_fn(const char *prefix, enum stale_reason why, uint64_t count, void *ctx)
 {
 	struct gseen *g = ctx;
 
+	(void)why;
 	ck_assert_int_lt(g->k, 8);
 	snprintf(g->prefix[g->k], sizeof(g->prefix[0]), "%s", prefix);
 	g->n[g->k++] = count;
@@ -830,6 +831,185 @@ START_TEST(reload_rederives)
 }
 END_TEST
 
+
+/* ---------------------------------------------------- producer liveness */
+
+/* stale_groups as "prefix reason count" lines. */
+static void group_line(const char *prefix, enum stale_reason why, uint64_t count, void *ctx)
+{
+	char *out = ctx;
+	size_t n = strlen(out);
+
+	snprintf(out + n, 1024 - n, "%s %s %llu\n", prefix, stale_reason_name(why),
+		 (unsigned long long)count);
+}
+
+static const char *groups_text(void)
+{
+	static char out[1024];
+
+	out[0] = '\0';
+	stale_groups(st, NULL, group_line, out);
+	return out;
+}
+
+START_TEST(dead_producer_keys_stale_at_once)
+{
+	struct rec *a = mk("dc1/ag1/temp"), *b = mk("dc1/ag1/sub/hum"), *c = mk("dc1/ag2/temp");
+	unsigned before;
+
+	add_rule("dc1/#", 60 * SEC);
+	start(true);
+	live(a);
+	live(b);
+	live(c);
+	T += SEC;
+	before = seen.to_stale;
+	stale_mark_dead(st, a, STALE_REASON_PRODUCER_OFFLINE, 7, T, on_transition, NULL);
+	stale_mark_dead(st, b, STALE_REASON_PRODUCER_OFFLINE, 7, T, on_transition, NULL);
+	ck_assert_uint_eq(seen.to_stale, before + 2);
+	ck_assert(a->flags & REC_STALE);
+	ck_assert(b->flags & REC_STALE);
+	ck_assert(!(c->flags & REC_STALE));
+	ck_assert_int_eq(rec_stale_reason(a), STALE_REASON_PRODUCER_OFFLINE);
+	ck_assert_int_eq(rec_stale_reason(c), STALE_REASON_NONE);
+	ck_assert_int_eq(a->stale_since_ms, T);
+	ck_assert_uint_eq(stale_count_by_reason(st, STALE_REASON_PRODUCER_OFFLINE), 2);
+	ck_assert_uint_eq(stale_reason_count(STALE_REASON_PRODUCER_OFFLINE), 2);
+	ck_assert_uint_eq(STAT_GET(stale_keys), 2);
+	/* Grouped by the producer, not by the topics' parents. */
+	ck_assert_str_eq(groups_text(), "dc1/ag1 producer_offline 2\n");
+	/* Told twice: nothing changes. */
+	stale_mark_dead(st, a, STALE_REASON_PRODUCER_OFFLINE, 7, T, on_transition, NULL);
+	ck_assert_uint_eq(seen.to_stale, before + 2);
+
+	/* A retained copy and time passing do not make them fresh, long
+	 * after their cadence would have. */
+	retained(a, T, false);
+	run_until(T + 30 * SEC);
+	ck_assert(a->flags & REC_STALE);
+	ck_assert(b->flags & REC_STALE);
+	ck_assert(!(c->flags & REC_STALE));
+	ck_assert(stale_heap_check(st));
+
+	/* Heard from live again: that key only. */
+	live(a);
+	ck_assert(!(a->flags & REC_STALE));
+	ck_assert(!(a->flags & REC_STICKY));
+	ck_assert_int_eq(rec_stale_reason(a), STALE_REASON_NONE);
+	ck_assert(b->flags & REC_STALE);
+	ck_assert_str_eq(groups_text(), "dc1/ag1 producer_offline 1\n");
+	ck_assert_uint_eq(stale_count_by_reason(st, STALE_REASON_PRODUCER_OFFLINE), 1);
+	/* ...and judged by its cadence again. */
+	run_until(T + 181 * SEC);
+	ck_assert(a->flags & REC_STALE);
+	ck_assert_int_eq(rec_stale_reason(a), STALE_REASON_CADENCE);
+	ck_assert_int_eq(rec_stale_reason(b), STALE_REASON_PRODUCER_OFFLINE);
+	/* c has been unheard for 182 s > 180 s: by its cadence */
+	ck_assert_int_eq(rec_stale_reason(c), STALE_REASON_CADENCE);
+	ck_assert_str_eq(groups_text(), "dc1/ag1 cadence 1\n"
+					"dc1/ag1 producer_offline 1\n"
+					"dc1/ag2 cadence 1\n");
+	/* A payload timestamp after the death makes b fresh, a retained one. */
+	b->ts_ns = (T + 1) * 1000000;
+	retained(b, T, true);
+	ck_assert(!(b->flags & REC_STALE));
+	stale_free(st);
+	st = NULL;
+}
+END_TEST
+
+START_TEST(dead_key_stale_already_takes_the_reason)
+{
+	struct rec *a = mk("n/e1/m");
+	int64_t since;
+
+	add_rule("n/#", 10 * SEC);
+	start(true);
+	live(a);
+	run_until(T + 31 * SEC);
+	ck_assert_int_eq(rec_stale_reason(a), STALE_REASON_CADENCE);
+	since = a->stale_since_ms;
+	seen.to_stale = 0;
+	stale_mark_dead(st, a, STALE_REASON_PRODUCER_OFFLINE, 4, T, on_transition, NULL);
+	ck_assert_uint_eq(seen.to_stale, 1); /* the record changed: its reason */
+	ck_assert_int_eq(rec_stale_reason(a), STALE_REASON_PRODUCER_OFFLINE);
+	ck_assert_int_eq(a->stale_since_ms, since);
+	ck_assert_uint_eq(stale_count_by_reason(st, STALE_REASON_CADENCE), 0);
+	ck_assert_uint_eq(stale_count_by_reason(st, STALE_REASON_PRODUCER_OFFLINE), 1);
+	ck_assert_str_eq(groups_text(), "n/e1 producer_offline 1\n");
+	/* A reload re-examines stale keys: this one stays. */
+	ck_assert_int_eq(stale_reconfigure(st, &conf, NULL, NULL), 0);
+	tick();
+	ck_assert(a->flags & REC_STALE);
+	ck_assert_int_eq(rec_stale_reason(a), STALE_REASON_PRODUCER_OFFLINE);
+	/* A producer that is not a prefix of the key: grouped by topic. */
+	stale_free(st);
+	st = NULL;
+}
+END_TEST
+
+START_TEST(broker_reason_while_not_synced)
+{
+	struct rec *a = mk("x/a"), *b = mk("x/b");
+
+	add_rule("x/#", 10 * SEC);
+	start(true);
+	live(a);
+	live(b);
+	T += 5 * SEC;
+	stale_on_broker(st, false, T);
+	run_until(T + 30 * SEC);
+	ck_assert(a->flags & REC_STALE);
+	ck_assert_int_eq(rec_stale_reason(a), STALE_REASON_BROKER);
+	ck_assert_uint_eq(stale_count_by_reason(st, STALE_REASON_BROKER), 2);
+	/* Synced again: b is heard from, a gets its window, then it is its own. */
+	stale_on_broker(st, true, T);
+	live(b);
+	ck_assert(!(b->flags & REC_STALE));
+	run_until(T + 29 * SEC);
+	ck_assert_int_eq(rec_stale_reason(a), STALE_REASON_BROKER);
+	live(b);
+	run_until(T + 2 * SEC);
+	ck_assert_int_eq(rec_stale_reason(a), STALE_REASON_CADENCE);
+	ck_assert_uint_eq(stale_count_by_reason(st, STALE_REASON_BROKER), 0);
+	ck_assert_uint_eq(stale_count_by_reason(st, STALE_REASON_CADENCE), 1);
+	ck_assert_str_eq(groups_text(), "x cadence 1\n");
+	stale_free(st);
+	st = NULL;
+}
+END_TEST
+
+START_TEST(dead_keys_stay_stale_across_load)
+{
+	struct rec *a = mk("dc1/ag1/temp"), *b = mk("dc1/ag1/hum");
+
+	add_rule("dc1/#", 60 * SEC);
+	start(false);
+	/* Stored: stale because its producer died, heard 5 s ago by cadence. */
+	a->last_seen_ms = T - 5 * SEC;
+	a->flags = REC_STALE | REC_STICKY;
+	rec_set_stale_reason(a, STALE_REASON_PRODUCER_OFFLINE);
+	a->stale_since_ms = T - 4 * SEC;
+	b->last_seen_ms = T - 5 * SEC;
+	stale_on_load(st, a, T);
+	stale_on_load(st, b, T);
+	ck_assert(a->flags & REC_STALE);
+	ck_assert_int_eq(rec_stale_reason(a), STALE_REASON_PRODUCER_OFFLINE);
+	ck_assert_int_eq(a->stale_since_ms, T - 4 * SEC);
+	ck_assert(!(b->flags & REC_STALE));
+	stale_on_broker(st, true, T);
+	retained(a, T - 5 * SEC, false); /* the broker's copy: no sign of life */
+	run_until(T + 10 * SEC);
+	ck_assert(a->flags & REC_STALE);
+	live(a);
+	ck_assert(!(a->flags & REC_STALE));
+	stale_free(st);
+	st = NULL;
+}
+END_TEST
+
+
 static Suite *suite(void)
 {
 	Suite *s = suite_create("stale");
@@ -856,6 +1036,10 @@ static Suite *suite(void)
 	tcase_add_test(tc, clock_steps_back);
 	tcase_add_test(tc, load_marks_dead_keys_stale);
 	tcase_add_test(tc, reload_rederives);
+	tcase_add_test(tc, dead_producer_keys_stale_at_once);
+	tcase_add_test(tc, dead_key_stale_already_takes_the_reason);
+	tcase_add_test(tc, broker_reason_while_not_synced);
+	tcase_add_test(tc, dead_keys_stay_stale_across_load);
 	suite_add_tcase(s, tc);
 	return s;
 }
