@@ -14,6 +14,7 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -137,13 +138,17 @@ class Rabbit:
 
     def start(self, timeout=START_TIMEOUT):
         """Start the node (not yet running) and wait for its MQTT listener."""
+        self.spawn()
+        self.wait_started(timeout)
+
+    def spawn(self):
+        """Start the node (not yet running); do not wait."""
         log = open(self.stdout, 'ab')
         try:
             self.proc = self._popen([SERVER], stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
         finally:
             log.close()
-        self.wait_started(timeout)
 
     def wait_started(self, timeout=START_TIMEOUT):
         wait_for(self._answers, timeout, interval=0.1,
@@ -153,7 +158,6 @@ class Rabbit:
         if self.proc.poll() is not None:
             raise AssertionError('rabbitmq-server %s exited with %s:\n%s' % (
                 self.nodename, self.proc.returncode, self.log_tail()))
-        import socket
         with socket.create_connection(('127.0.0.1', self.port), timeout=1):
             return True
 
@@ -226,6 +230,11 @@ class Rabbit:
         return 'mqtt://127.0.0.1:%d' % self.port
 
 
+def _epmd_answers(port):
+    with socket.create_connection(('127.0.0.1', port), timeout=1):
+        return True
+
+
 def stop_epmd(port):
     """Kill the epmd the nodes started on port (it outlives them). epmd
     refuses while a node is still registered: a killed VM takes a moment
@@ -252,16 +261,16 @@ class Cluster:
         self.nodes = [Rabbit(n, epmd_port=self.epmd_port, cookie=cookie, start=False)
                       for n in names]
         first = self.nodes[0]
-        # The first node starts epmd; starting the others at the same instant
-        # would race to start it too.
-        first.start()
-        for n in self.nodes[1:]:
-            log = open(n.stdout, 'ab')
-            n.proc = n._popen([SERVER], stdout=log, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL, start_new_session=True)
-            log.close()
-        for n in self.nodes[1:]:
+        # One epmd for all, started first: nodes starting at the same
+        # instant would race to start it each.
+        ep = first._popen([EPMD, '-daemon'], stdin=subprocess.DEVNULL)
+        ep.wait(10)
+        wait_for(lambda: _epmd_answers(self.epmd_port), what='epmd on port %d' % self.epmd_port)
+        for n in self.nodes:
+            n.spawn()
+        for n in self.nodes:
             n.wait_started()
+        for n in self.nodes[1:]:
             n.ctl('stop_app')
             n.ctl('join_cluster', first.nodename)
             n.ctl('start_app')
