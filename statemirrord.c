@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* statemirrord.c: the process: arguments, config, wiring, signals, shutdown. */
+/* statemirrord.c: the process in phases: arguments, config, start, reload, stop. */
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "api/http.h"
+#include "api/intents.h"
 #include "api/watch.h"
 #include "common/clock.h"
 #include "common/conf.h"
@@ -20,8 +21,10 @@
 #include "mirror/state/index.h"
 #include "mirror/ingest/mqtt.h"
 #include "mirror/state/rejects.h"
+#include "mirror/state/intents.h"
 #include "mirror/state/rows.h"
 #include "mirror/liveness/stale.h"
+#include "store/outbox.h"
 #include "store/store.h"
 
 enum { EXIT_CONFIG = 1, EXIT_RUNTIME = 2 };
@@ -176,11 +179,11 @@ static void report_restart_needed(const struct conf *old, const struct conf *nc)
 		      str_differs(old->tls_ca_file, nc->tls_ca_file) ||
 		      str_differs(old->tls_cert_file, nc->tls_cert_file) ||
 		      str_differs(old->tls_key_file, nc->tls_key_file);
-	bool subs = old->nfilters != nc->nfilters;
+	bool subs = old->nfilters != nc->nfilters || old->nretained != nc->nretained;
 	bool store = str_differs(old->db_path, nc->db_path) || old->max_keys != nc->max_keys ||
 		     old->max_payload != nc->max_payload || old->format != nc->format ||
 		     str_differs(old->timestamp_field, nc->timestamp_field) ||
-		     old->future_skew_ms != nc->future_skew_ms;
+		     old->future_skew_ms != nc->future_skew_ms || old->on_corrupt != nc->on_corrupt;
 	bool http = str_differs(old->http_listen, nc->http_listen) ||
 		    str_differs(old->token_file, nc->token_file);
 
@@ -188,6 +191,8 @@ static void report_restart_needed(const struct conf *old, const struct conf *nc)
 		broker = str_differs(old->urls[i], nc->urls[i]);
 	for (size_t i = 0; !subs && i < nc->nfilters; i++)
 		subs = str_differs(old->filters[i], nc->filters[i]);
+	for (size_t i = 0; !subs && i < nc->nretained; i++)
+		subs = str_differs(old->retained[i], nc->retained[i]);
 	if (broker || subs || store || http)
 		log_warnx("reload: changes to%s%s%s%s take effect only after a restart",
 			  broker ? " [broker]" : "", subs ? " [subscribe]" : "",
@@ -304,169 +309,281 @@ static void ingest_link(void *ctx)
 	mirror_link_changed(ctx);
 }
 
-int main(int argc, char **argv)
-{
-	struct options opt = { 0 };
-	struct conf conf = { 0 }, *reloaded = NULL;
-	struct store *store = NULL;
-	struct index *ix = NULL;
-	struct rejects *rejects = NULL;
-	struct changes *changes = NULL;
-	struct mqtt *mqtt = NULL;
-	struct stale *stale = NULL;
-	struct mirror *core = NULL;
-	struct api *api = NULL;
-	struct watch *watch = NULL;
-	char err[512];
-	int status = EXIT_RUNTIME, rc;
-	int64_t rev = 0, purge_before_ns = 0, resume[2] = { 0, 0 };
-	sigset_t sigs;
+/* ---- the process in phases ---------------------------------------------- */
 
-	if (parse_args(argc, argv, &opt) < 0)
-		return EXIT_CONFIG;
-	if (load_config(&opt, &conf, err, sizeof(err)) < 0) {
+/* The process: its options, its configuration and every module it runs.
+ * One per process; the main thread alone touches it. */
+struct daemon {
+	struct options opt;
+	struct conf conf;         /* as at start: modules keep pointers into it */
+	struct conf *reloaded;    /* the last reload's; mirror_reload keeps it */
+	struct store *store;
+	struct index *ix;
+	struct rejects *rejects;
+	struct changes *changes;
+	struct mqtt *mqtt;
+	struct stale *stale;
+	struct mirror *core;
+	struct api *api;
+	struct watch *watch;
+	struct outbox *outbox;    /* the intents' table ([intents] allow set) */
+	struct intents *intents;
+	sigset_t sigs;            /* taken by the main loop, blocked in every thread */
+	uint64_t wd_usec;         /* the systemd watchdog interval, 0 = none */
+};
+
+/* Phase 1, arguments: the command line into d->opt. Returns 0 or -1 (the
+ * reason printed). --help and --version exit here. */
+static int daemon_args(struct daemon *d, int argc, char **argv)
+{
+	return parse_args(argc, argv, &d->opt);
+}
+
+/* Phase 2, config: defaults, file, flags, validated into d->conf; the
+ * reason ("FILE:LINE: reason") goes to stderr. Returns 0 or -errno. */
+static int daemon_config(struct daemon *d)
+{
+	char err[4096];
+	int rc = load_config(&d->opt, &d->conf, err, sizeof(err));
+
+	if (rc < 0) {
 		fprintf(stderr, "%s\n", err);
-		conf_free(&conf);
-		return EXIT_CONFIG;
+		return rc;
 	}
-	if (opt.check_config) {
-		printf("configuration ok\n");
-		conf_free(&conf);
+	log_set_level(d->conf.log_level);
+	return 0;
+}
+
+/* Open the database (d->store). Returns 0 or -errno (logged). */
+static int daemon_open_store(struct daemon *d)
+{
+	char err[512];
+	int rc;
+
+	if ((rc = store_open(d->conf.db_path, &d->store, err, sizeof(err))) < 0) {
+		log_error("store: cannot open %s: %s", d->conf.db_path, err);
+		return rc;
+	}
+	return 0;
+}
+
+/* The intent outbox and its engine, when [intents] allow is set: the
+ * outbox's undecided intents are taken back (published again if still
+ * due). Returns 0 or -errno (logged). */
+static int daemon_open_intents(struct daemon *d)
+{
+	const struct conf *conf = &d->conf;
+	struct intents_limits lim = { .outbox_max = (size_t)conf->intent_outbox_max,
+				      .history = (size_t)conf->intent_history,
+				      .qos = conf->intent_qos };
+	char err[512];
+	int rc;
+
+	if (conf->nintent_allow == 0)
 		return 0;
+	if ((rc = outbox_open(conf->db_path, 5000, &d->outbox, err, sizeof(err))) < 0 ||
+	    (rc = intents_new(&lim, d->outbox, clock_wall_ms(), &d->intents, err, sizeof(err))) < 0) {
+		log_error("intents: cannot open the outbox: %s", err);
+		return rc;
 	}
-	log_set_level(conf.log_level);
+	/* Intent events go to watchers: the hub exists by now. */
+	intents_set_observer(d->intents, api_intent_event, d->watch);
+	if ((rc = intents_start(d->intents, clock_wall_ms, mqtt_kick, d->mqtt)) < 0) {
+		log_error("intents: cannot start: %s", strerror(-rc));
+		return rc;
+	}
+	mqtt_set_intents(d->mqtt, d->intents);
+	{
+		struct intents_stats st;
+
+		intents_stats(d->intents, &st);
+		log_info("intents: on for %zu filter(s); %zu undecided in the outbox",
+			 conf->nintent_allow, st.undecided);
+	}
+	return 0;
+}
+
+/* Phase 3, start: signals, the store (opened and loaded), the keeper
+ * thread, HTTP, then the MQTT session; READY=1 once serving, whatever the
+ * broker does. Returns 0 or -errno (logged); daemon_stop undoes any part. */
+static int daemon_start(struct daemon *d)
+{
+	const struct conf *conf = &d->conf;
+	int64_t rev = 0, purge_before_ns = 0, resume[2] = { 0, 0 };
+	char err[512];
+	int rc;
 
 	/* Signals are taken synchronously by the main thread; every other
 	 * thread inherits the blocked mask. */
-	sigemptyset(&sigs);
-	sigaddset(&sigs, SIGTERM);
-	sigaddset(&sigs, SIGINT);
-	sigaddset(&sigs, SIGHUP);
-	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	sigemptyset(&d->sigs);
+	sigaddset(&d->sigs, SIGTERM);
+	sigaddset(&d->sigs, SIGINT);
+	sigaddset(&d->sigs, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &d->sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
 	log_info("statemirrord %s starting", SM_VERSION);
-	if ((rc = store_open(conf.db_path, &store, err, sizeof(err))) < 0) {
-		log_error("store: cannot open %s: %s", conf.db_path, err);
-		goto out;
-	}
-	ix = index_new();
-	rejects = rejects_new((size_t)conf.max_rejects);
-	if (!ix || !rejects) {
-		log_error("out of memory at startup");
-		goto out;
-	}
+	if ((rc = daemon_open_store(d)) < 0)
+		return rc;
+	d->ix = index_new();
+	d->rejects = rejects_new((size_t)conf->max_rejects);
+	if (!d->ix || !d->rejects)
+		goto nomem;
 	/* Payloads the index no longer holds are read back from the file. */
-	index_set_payload_source(ix, store_fetch_payload, store_scan, store_scan_end, store);
-	if ((rc = mqtt_new(&conf, &mqtt, err, sizeof(err))) < 0) {
+	index_set_payload_source(d->ix, store_fetch_payload, store_scan, store_scan_end, d->store);
+	if ((rc = mqtt_new(conf, &d->mqtt, err, sizeof(err))) < 0) {
 		log_error("mqtt: %s", err);
-		goto out;
+		return rc;
 	}
-	stale = stale_new(&conf, ix, &(struct deliver_outlet){ .publish = stale_publish, .ctx = mqtt });
-	if (!stale) {
-		log_error("out of memory at startup");
-		goto out;
-	}
-	if (load_index(store, stale, ix, &rev, &purge_before_ns, resume) < 0)
-		goto out;
+	d->stale = stale_new(conf, d->ix,
+			     &(struct deliver_outlet){ .publish = stale_publish, .ctx = d->mqtt });
+	if (!d->stale)
+		goto nomem;
+	if ((rc = load_index(d->store, d->stale, d->ix, &rev, &purge_before_ns, resume)) < 0)
+		return rc;
 
-	changes = changes_new((size_t)conf.watch_log_size, rev);
-	if (!changes) {
-		log_error("out of memory at startup");
-		goto out;
-	}
-	if ((rc = watch_new(&conf, ix, changes, &watch)) < 0) {
+	if (!(d->changes = changes_new((size_t)conf->watch_log_size, rev)))
+		goto nomem;
+	if ((rc = watch_new(conf, d->ix, d->changes, &d->watch)) < 0) {
 		log_error("watch: cannot start: %s", strerror(-rc));
-		goto out;
+		return rc;
 	}
-	watch_set_resume(watch, resume[0], resume[1], rev);
-	struct mirror_deps cd = { .conf = &conf, .ix = ix, .store = store, .stale = stale,
-				.mqtt = mqtt, .rejects = rejects,
-				.changes = changes, .rev = rev,
-				.purge_before_ns = purge_before_ns,
-				.on_changes = watch_wake, .on_changes_ctx = watch };
-	if ((rc = mirror_start(&cd, &core)) < 0) {
+	if ((rc = daemon_open_intents(d)) < 0)
+		return rc;
+	watch_set_resume(d->watch, resume[0], resume[1], rev);
+	struct mirror_deps cd = { .conf = conf, .ix = d->ix, .store = d->store,
+				  .stale = d->stale, .mqtt = d->mqtt, .rejects = d->rejects,
+				  .changes = d->changes, .intents = d->intents, .rev = rev,
+				  .purge_before_ns = purge_before_ns,
+				  .on_changes = watch_wake, .on_changes_ctx = d->watch };
+	if ((rc = mirror_start(&cd, &d->core)) < 0) {
 		log_error("cannot start the keeper thread: %s", strerror(-rc));
-		goto out;
+		return rc;
 	}
-	struct api_deps ad = { .conf = &conf, .ix = ix, .core = core, .rejects = rejects,
-			       .stale = stale, .watch = watch };
-	if ((rc = api_start(&ad, &api, err, sizeof(err))) < 0) {
+	struct api_deps ad = { .conf = conf, .ix = d->ix, .core = d->core,
+			       .rejects = d->rejects, .stale = d->stale, .watch = d->watch,
+			       .intents = d->intents };
+	if ((rc = api_start(&ad, &d->api, err, sizeof(err))) < 0) {
 		log_error("http: %s", err);
-		goto out;
+		return rc;
 	}
 	/* The session thread applies what it reads, through the mirror. */
 	struct mqtt_sink sink = { .message = ingest_message, .flush = ingest_flush,
-				  .link = ingest_link, .ctx = core };
-	if ((rc = mqtt_start(mqtt, &sink)) < 0) {
+				  .link = ingest_link, .ctx = d->core };
+	if ((rc = mqtt_start(d->mqtt, &sink)) < 0) {
 		log_error("mqtt: cannot start: %s", strerror(-rc));
-		goto out;
+		return rc;
 	}
 	/* Serving from here on, whatever the broker does: systemd may go on. */
 	notify_send("READY=1");
+	d->wd_usec = notify_watchdog_usec();
+	return 0;
+nomem:
+	log_error("out of memory at startup");
+	return -ENOMEM;
+}
 
-	uint64_t wd_usec = notify_watchdog_usec();
-	int64_t tick_ms = wd_usec ? (int64_t)(wd_usec / 1000 / 3) : 1000;
+/* Phase 4, reload (SIGHUP): a fresh configuration, swapped in only when it
+ * is valid as a whole; the staleness rules, alert settings and log level
+ * take effect, the rest is reported as needing a restart. */
+static void daemon_reload(struct daemon *d)
+{
+	struct conf *nc = calloc(1, sizeof(*nc));
+	char err[4096];
+
+	notify_send("RELOADING=1");
+	if (!nc) {
+		log_warnx("reload: out of memory, configuration unchanged");
+	} else if (load_config(&d->opt, nc, err, sizeof(err)) < 0) {
+		log_warnx("reload: %s; configuration unchanged", err);
+		conf_free(nc);
+		free(nc);
+	} else {
+		report_restart_needed(&d->conf, nc);
+		log_set_level(nc->log_level);
+		mirror_reload(d->core, nc);
+		if (d->reloaded) {
+			conf_free(d->reloaded);
+			free(d->reloaded);
+		}
+		d->reloaded = nc;
+		log_info("reload: staleness rules, alert settings and log level applied");
+	}
+	notify_send("READY=1");
+}
+
+/* The main loop between start and stop: signals, the watchdog, STATUS=.
+ * Returns the exit status once SIGTERM or SIGINT arrives. */
+static int daemon_run(struct daemon *d)
+{
+	int64_t tick_ms = d->wd_usec ? (int64_t)(d->wd_usec / 1000 / 3) : 1000;
+
 	if (tick_ms > 1000)
 		tick_ms = 1000;
 	if (tick_ms < 50)
 		tick_ms = 50;
 	for (;;) {
 		struct timespec ts = { tick_ms / 1000, (tick_ms % 1000) * 1000000L };
-		int sig = sigtimedwait(&sigs, NULL, &ts);
+		int sig = sigtimedwait(&d->sigs, NULL, &ts);
 
 		if (sig == SIGTERM || sig == SIGINT) {
 			log_info("received %s, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
 			notify_send("STOPPING=1");
-			break;
+			return 0;
 		}
-		if (sig == SIGHUP) {
-			struct conf *nc = calloc(1, sizeof(*nc));
-
-			notify_send("RELOADING=1");
-			if (!nc) {
-				log_warnx("reload: out of memory, configuration unchanged");
-			} else if (load_config(&opt, nc, err, sizeof(err)) < 0) {
-				log_warnx("reload: %s; configuration unchanged", err);
-				conf_free(nc);
-				free(nc);
-			} else {
-				report_restart_needed(&conf, nc);
-				log_set_level(nc->log_level);
-				mirror_reload(core, nc);
-				if (reloaded) {
-					conf_free(reloaded);
-					free(reloaded);
-				}
-				reloaded = nc;
-				log_info("reload: staleness rules, alert settings and log level applied");
-			}
-			notify_send("READY=1");
-		}
+		if (sig == SIGHUP)
+			daemon_reload(d);
 		/* Feed the watchdog only while the keeper loop turns. */
-		if (wd_usec && clock_mono_ms() - mirror_heartbeat(core) < (int64_t)(wd_usec / 1000))
+		if (d->wd_usec &&
+		    clock_mono_ms() - mirror_heartbeat(d->core) < (int64_t)(d->wd_usec / 1000))
 			notify_send("WATCHDOG=1");
-		notify_status(core, mqtt);
+		notify_status(d->core, d->mqtt);
 	}
-	status = 0;
-out:
+}
+
+/* Phase 5, stop: everything start made, in reverse dependency order; any
+ * part may be missing (a start that failed half-way). */
+static void daemon_stop(struct daemon *d)
+{
 	/* The HTTP handlers read the mirror (readiness, sync): stop serving
 	 * before mirror_stop frees it. */
-	mqtt_stop(mqtt);
-	api_stop(api);
-	mirror_stop(core);
-	watch_free(watch); /* after api_stop (no stream left) and mirror_stop (no wake) */
-	mqtt_free(mqtt);
-	stale_free(stale);
-	rejects_free(rejects);
-	changes_free(changes);
-	index_free(ix);
-	store_close(store);
-	if (reloaded) {
-		conf_free(reloaded);
-		free(reloaded);
+	mqtt_stop(d->mqtt);
+	api_stop(d->api);
+	mirror_stop(d->core);
+	intents_free(d->intents); /* nobody submits, pumps or observes any more */
+	outbox_close(d->outbox);
+	watch_free(d->watch); /* after api_stop (no stream left) and mirror_stop (no wake) */
+	mqtt_free(d->mqtt);
+	stale_free(d->stale);
+	rejects_free(d->rejects);
+	changes_free(d->changes);
+	index_free(d->ix);
+	store_close(d->store);
+	if (d->reloaded) {
+		conf_free(d->reloaded);
+		free(d->reloaded);
 	}
-	conf_free(&conf);
+	conf_free(&d->conf);
 	log_info("statemirrord stopped");
+}
+
+int main(int argc, char **argv)
+{
+	static struct daemon d; /* struct conf is large: not on the stack */
+	int status;
+
+	if (daemon_args(&d, argc, argv) < 0)
+		return EXIT_CONFIG;
+	if (daemon_config(&d) < 0) {
+		conf_free(&d.conf);
+		return EXIT_CONFIG;
+	}
+	if (d.opt.check_config) {
+		printf("configuration ok\n");
+		conf_free(&d.conf);
+		return 0;
+	}
+	status = daemon_start(&d) < 0 ? EXIT_RUNTIME : daemon_run(&d);
+	daemon_stop(&d);
 	return status;
 }

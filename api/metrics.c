@@ -41,6 +41,36 @@ static int scalar(struct buf *b, const char *name, const char *type, const char 
 	return buf_printf(b, "%s %" PRIu64 "\n", name, v);
 }
 
+/* The intent outbox: outcomes, depth, the oldest pending one, publish latency. */
+static int intents_metrics(struct buf *b, const struct intents_stats *st, int64_t now_ms)
+{
+	int r;
+
+	if ((r = head(b, "statemirror_intents_total", "counter",
+		      "Intents decided since start, by outcome.")) < 0)
+		return r;
+	for (int s = INTENT_PUBLISHED; s < INTENT_STATE_MAX; s++)
+		if ((r = buf_printf(b, "statemirror_intents_total{outcome=\"%s\"} %" PRIu64 "\n",
+				    intent_state_name((enum intent_state)s),
+				    s == INTENT_REJECTED ? STAT_GET(intents_rejected) : st->outcomes[s])) < 0)
+			return r;
+	if ((r = scalar(b, "statemirror_outbox_depth", "gauge",
+			"Intents waiting in the outbox to be published.", st->outbox_depth)) < 0 ||
+	    (r = scalar(b, "statemirror_intents_undecided", "gauge",
+			"Intents pending or published, without an outcome yet.", st->undecided)) < 0 ||
+	    (r = head(b, "statemirror_outbox_oldest_seconds", "gauge",
+		      "Age of the oldest intent waiting in the outbox (0: none).")) < 0 ||
+	    (r = buf_printf(b, "statemirror_outbox_oldest_seconds %.3f\n",
+			    st->oldest_pending_ms ? (double)(now_ms - st->oldest_pending_ms) / 1000 : 0.0)) < 0 ||
+	    (r = head(b, "statemirror_intent_publish_seconds", "summary",
+		      "Time from an intent's request to the broker's acknowledgement.")) < 0 ||
+	    (r = buf_printf(b, "statemirror_intent_publish_seconds_sum %.3f\n"
+			    "statemirror_intent_publish_seconds_count %" PRIu64 "\n",
+			    (double)st->publish_latency_sum_ms / 1000, st->published)) < 0)
+		return r;
+	return 0;
+}
+
 static int commit_histogram(struct buf *b)
 {
 	const char *name = "statemirror_store_commit_seconds";
@@ -133,6 +163,9 @@ int metrics_render(struct buf *b, const struct metrics_extra *x)
 			"SQLite batch commits that failed.", STAT_GET(commit_errors))) < 0 ||
 	    (r = scalar(b, "statemirror_store_rows_written_total", "counter",
 			"Rows written to SQLite.", STAT_GET(rows_written))) < 0 ||
+	    (r = scalar(b, "statemirror_store_rebuilds_total", "counter",
+			"Database files found corrupt or not ours at start, moved aside and "
+			"rebuilt from the broker.", STAT_GET(store_rebuilds))) < 0 ||
 	    (r = commit_histogram(b)) < 0)
 		return r;
 
@@ -164,5 +197,7 @@ int metrics_render(struct buf *b, const struct metrics_extra *x)
 	    (r = scalar(b, "statemirror_watchers_dropped_total", "counter",
 			"Watch streams cut off for being too slow.", STAT_GET(watchers_dropped))) < 0)
 		return r;
+	if (x->intents)
+		return intents_metrics(b, x->intents, x->now_ms);
 	return 0;
 }

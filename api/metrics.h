@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "common/buf.h"
+#include "mirror/state/intents.h"
 
 /*
 ** HTTP status codes are counted in g_stats.http_requests[STATS_HTTP_CODES]
@@ -22,6 +23,8 @@ size_t metrics_http_bucket(unsigned code);
 /* What /metrics needs that g_stats does not hold; sampled by the caller. */
 struct metrics_extra {
 	bool ready;              /* mirror_ready() */
+	const struct intents_stats *intents; /* NULL: intents are off */
+	int64_t now_ms;          /* for the oldest pending intent's age */
 };
 
 /*

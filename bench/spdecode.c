@@ -89,7 +89,7 @@ int main(int argc, char **argv)
 	uint64_t n = 200000;
 	struct sparkplug_conf c;
 	struct decoder *d;
-	struct decode_out out = { count, NULL };
+	struct decode_out out = { .value = count };
 	int64_t t = INT64_C(1795313402123) * 1000000;
 	double t0, secs;
 

@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/utf8.h"
+
 void buf_init(struct buf *b, size_t max)
 {
 	b->data = NULL;
@@ -119,48 +121,6 @@ fail_fmt:
 	return -EINVAL;
 }
 
-/*
-** Length of the valid UTF-8 sequence at s (1..4), or 0 if it is invalid;
-** *ret_skip then holds the length of the maximal ill-formed subpart, which
-** becomes one U+FFFD (Unicode's "substitution of maximal subparts").
-*/
-static size_t utf8_seq(const unsigned char *s, size_t n, size_t *ret_skip)
-{
-	unsigned char c = s[0];
-	size_t need, i;
-	unsigned char lo = 0x80, hi = 0xbf;
-
-	if (c < 0x80)
-		return 1;
-	if (c >= 0xc2 && c <= 0xdf)
-		need = 1;
-	else if (c >= 0xe0 && c <= 0xef) {
-		need = 2;
-		if (c == 0xe0)
-			lo = 0xa0;
-		else if (c == 0xed)
-			hi = 0x9f;
-	} else if (c >= 0xf0 && c <= 0xf4) {
-		need = 3;
-		if (c == 0xf0)
-			lo = 0x90;
-		else if (c == 0xf4)
-			hi = 0x8f;
-	} else {
-		*ret_skip = 1;
-		return 0;
-	}
-	for (i = 1; i <= need; i++) {
-		if (i >= n || s[i] < lo || s[i] > hi) {
-			*ret_skip = i;
-			return 0;
-		}
-		lo = 0x80;
-		hi = 0xbf;
-	}
-	return need + 1;
-}
-
 /* Bytes that need attention in a JSON string: controls, '"', '\\', non-ASCII. */
 static inline int json_special(unsigned char c)
 {
@@ -212,7 +172,7 @@ int buf_json_str(struct buf *b, const char *s, size_t n)
 				elen = 6;
 				break;
 			}
-			seq = utf8_seq(p + i, n - i, &skip);
+			seq = utf8_seq_len(p + i, n - i, &skip);
 			if (seq) {
 				r = buf_append(b, p + i, seq);
 				i += seq;

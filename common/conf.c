@@ -279,13 +279,28 @@ static const char *fmt_duration(int64_t ms, char *buf, size_t len)
 	return buf;
 }
 
-/* ---- the table ---------------------------------------------------------- */
+/* Blanks (and a line's end) off both ends of s, in place. */
+static char *trim(char *s)
+{
+	char *e;
 
+	while (*s == ' ' || *s == '\t')
+		s++;
+	e = s + strlen(s);
+	while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r' || e[-1] == '\n'))
+		e--;
+	*e = '\0';
+	return s;
+}
+
+/* ---- the types ---------------------------------------------------------- */
+
+/* The value types; each has a row of operations in types[] below. */
 enum item_type {
 	T_STR,        /* non-empty string */
 	T_STR_OPT,    /* empty = NULL */
 	T_CLIENT_ID,  /* %h = hostname */
-	T_TOPIC,      /* empty or a valid topic name (no wildcards) */
+	T_TOPIC,      /* empty or a valid topic name (no wildcards); %h = hostname */
 	T_LISTEN,     /* HOST:PORT or unix:/path */
 	T_INT,        /* int, min..max */
 	T_INT64,      /* int64, min..max */
@@ -293,97 +308,47 @@ enum item_type {
 	T_SIZE,       /* int64 bytes, min..max */
 	T_DOUBLE,     /* double, > min, <= max */
 	T_ENUM,       /* int, one of names[] */
-	T_PROTOCOL,   /* "5" | "3.1.1" -> 5 | 311 */
-	T_MODE,       /* octal file mode */
-	T_LOGLEVEL,
-	T_URLS,       /* repeatable, comma-separated */
-	T_FILTERS,    /* repeatable */
-	T_RULES,      /* repeatable "FILTER CADENCE|never" */
-	T_CADENCE,    /* learn | never | DURATION */
+	T_PROTOCOL,   /* "auto" | "5" | "3.1.1" -> 0 | 5 | 311 */
+	T_MODE,       /* octal file mode, min..max */
+	T_LOGLEVEL,   /* enum log_level */
+	T_URLS,       /* repeatable, comma-separated, into urls[] */
+	T_FILTERS,    /* repeatable, into filters[] */
+	T_TOPICS,     /* repeatable exact topic names, into retained[] */
+	T_TOPICS_FILE,/* a path; its lines join retained[] */
+	T_RULES,      /* repeatable "FILTER CADENCE|never", into rules[] */
+	T_CADENCE,    /* learn | never | DURATION, min..max */
 	T_MAX
 };
 
+/* One configuration key: where it lives in struct conf and how it parses. */
 struct item {
 	const char *section;
 	const char *name;
 	enum item_type type;
 	const char *def;         /* the default, parsed like file text; NULL = none */
-	int64_t min, max;
-	size_t off;
-	const char *const *names; /* T_ENUM */
+	int64_t min, max;        /* bounds, for the types that have them */
+	size_t off;              /* the field in struct conf */
+	const char *const *names; /* T_ENUM: the values, NULL-terminated */
 };
 
-static const char *const format_names[] = { "auto", "json", NULL };
-static const char *const session_names[] = { "clean", "persistent", NULL };
-
-#define O(f) offsetof(struct conf, f)
-#define SEC(n) ((int64_t)(n) * 1000)
-#define MIN(n) ((int64_t)(n) * 60000)
-#define HOUR(n) ((int64_t)(n) * 3600000)
-#define KIB(n) ((int64_t)(n) << 10)
-#define MIB(n) ((int64_t)(n) << 20)
-
-/* One row per key; the defaults are the contract's and conf.h's. */
-static const struct item items[] = {
-	{ "broker", "url", T_URLS, "mqtt://127.0.0.1:1883", 0, 0, O(urls), NULL },
-	{ "broker", "client_id", T_CLIENT_ID, "statemirror-%h", 0, 0, O(client_id), NULL },
-	{ "broker", "protocol", T_PROTOCOL, "5", 0, 0, O(protocol), NULL },
-	{ "broker", "qos", T_INT, "1", 0, 1, O(qos), NULL },
-	{ "broker", "session", T_ENUM, "clean", 0, 0, O(session), session_names },
-	{ "broker", "keepalive", T_DURATION, "30s", SEC(1), SEC(65535), O(keepalive_ms), NULL },
-	{ "broker", "username", T_STR_OPT, NULL, 0, 0, O(username), NULL },
-	{ "broker", "password_file", T_STR_OPT, NULL, 0, 0, O(password_file), NULL },
-	{ "broker", "tls_ca_file", T_STR_OPT, NULL, 0, 0, O(tls_ca_file), NULL },
-	{ "broker", "tls_cert_file", T_STR_OPT, NULL, 0, 0, O(tls_cert_file), NULL },
-	{ "broker", "tls_key_file", T_STR_OPT, NULL, 0, 0, O(tls_key_file), NULL },
-	{ "broker", "session_expiry", T_DURATION, "1h", 0, SEC(INT64_C(4294967295)), O(session_expiry_ms), NULL },
-	{ "broker", "reconnect_min", T_DURATION, "250ms", 10, HOUR(1), O(reconnect_min_ms), NULL },
-	{ "broker", "reconnect_max", T_DURATION, "30s", 10, HOUR(1), O(reconnect_max_ms), NULL },
-	{ "broker", "sync_quiet", T_DURATION, "200ms", 10, MIN(1), O(sync_quiet_ms), NULL },
-
-	{ "subscribe", "filter", T_FILTERS, "#", 0, 0, O(filters), NULL },
-
-	{ "store", "path", T_STR, "statemirror.db", 0, 0, O(db_path), NULL },
-	{ "store", "max_keys", T_INT64, "1000000", 1, INT64_C(1000000000), O(max_keys), NULL },
-	{ "store", "max_payload", T_SIZE, "256KiB", 1, 268435455, O(max_payload), NULL },
-	{ "store", "max_topic_len", T_INT64, "1024", 1, 65535, O(max_topic_len), NULL },
-	{ "store", "commit_interval", T_DURATION, "500ms", 1, SEC(1), O(commit_interval_ms), NULL },
-	{ "store", "max_rejects", T_INT64, "100", 0, 100000, O(max_rejects), NULL },
-
-	{ "payload", "format", T_ENUM, "auto", 0, 0, O(format), format_names },
-	{ "payload", "timestamp_field", T_STR, "ts", 0, 0, O(timestamp_field), NULL },
-	{ "payload", "future_skew", T_DURATION, "5m", 0, HOUR(24) * 365, O(future_skew_ms), NULL },
-
-	{ "staleness", "grace", T_DOUBLE, "3", 0, 1000, O(grace), NULL },
-	/* Cadences are held in 32 bits of ms on each record: 49 days at most. */
-	{ "staleness", "default", T_CADENCE, "learn", 1, HOUR(24) * 49, O(default_kind), NULL },
-	{ "staleness", "rule", T_RULES, NULL, 1, HOUR(24) * 49, O(rules), NULL },
-	{ "staleness", "group_wait", T_DURATION, "2s", 0, MIN(10), O(group_wait_ms), NULL },
-	{ "staleness", "min_hold", T_DURATION, "0", 0, HOUR(1), O(min_hold_ms), NULL },
-
-	{ "alerts", "topic", T_TOPIC, "statemirror/alerts", 0, 0, O(alert_topic), NULL },
-	{ "alerts", "exec", T_STR_OPT, NULL, 0, 0, O(alert_exec), NULL },
-	{ "alerts", "exec_timeout", T_DURATION, "10s", 100, HOUR(1), O(alert_exec_timeout_ms), NULL },
-
-	{ "http", "listen", T_LISTEN, "127.0.0.1:8080", 0, 0, O(http_listen), NULL },
-	{ "http", "socket_mode", T_MODE, "0660", 0, 0777, O(socket_mode), NULL },
-	{ "http", "token_file", T_STR_OPT, NULL, 0, 0, O(token_file), NULL },
-	{ "http", "max_connections", T_INT64, "512", 1, 65536, O(http_max_conns), NULL },
-	{ "http", "per_ip_connections", T_INT64, "64", 1, 65536, O(http_per_ip_conns), NULL },
-	{ "http", "timeout", T_DURATION, "30s", SEC(1), HOUR(1), O(http_timeout_ms), NULL },
-	{ "http", "threads", T_INT64, "2", 1, 64, O(http_threads), NULL },
-	{ "http", "watch_max_clients", T_INT64, "512", 0, 65536, O(watch_max_clients), NULL },
-	{ "http", "watch_buffer", T_SIZE, "1MiB", KIB(4), MIB(1024), O(watch_buffer), NULL },
-	{ "http", "watch_log_size", T_INT64, "65536", 0, INT64_C(16777216), O(watch_log_size), NULL },
-
-	{ "log", "level", T_LOGLEVEL, "info", 0, 0, O(log_level), NULL },
-};
-
-#define NITEMS (sizeof(items) / sizeof(items[0]))
-_Static_assert(sizeof(items) / sizeof(items[0]) <= CONF_NKEYS, "raise CONF_NKEYS");
-
-static const char *const sections[] = {
-	"broker", "subscribe", "store", "payload", "staleness", "alerts", "http", "log",
+/*
+** The operations of one type (in the manner of redis' standardConfig):
+**   parse   sets (or, for a list, adds) the value from text v. Returns 0,
+**           -EINVAL or -ENOMEM with the reason, without file, line or key,
+**           in why. A failed parse leaves the field as it was, or holding
+**           the values added before (always freeable).
+**   clear   frees what the field owns and resets it (NULL = owns nothing).
+**           conf_free clears every key; a list's first value in the file
+**           clears its default.
+**   list    repeatable: every occurrence adds a value.
+**   hash_first  the value may begin with '#' (a filter): not a comment.
+*/
+struct item_ops {
+	int (*parse)(struct conf *c, const struct item *it, const char *v, char *why,
+		     size_t whylen);
+	void (*clear)(struct conf *c, const struct item *it);
+	bool list;
+	bool hash_first;
 };
 
 static inline void *field(struct conf *c, const struct item *it)
@@ -391,15 +356,28 @@ static inline void *field(struct conf *c, const struct item *it)
 	return (char *)c + it->off;
 }
 
-static int item_index(const char *name)
+static int why_ret(char *why, size_t whylen, int rc, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static int why_ret(char *why, size_t whylen, int rc, const char *fmt, ...)
 {
-	for (size_t i = 0; i < NITEMS; i++)
-		if (strcmp(items[i].name, name) == 0)
-			return (int)i;
-	return -1;
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(why, whylen, fmt, ap);
+	va_end(ap);
+	return rc;
 }
 
-/* ---- setters ------------------------------------------------------------ */
+static int range_error(const struct item *it, const char *v, char *why, size_t whylen)
+{
+	char a[32], b[32];
+
+	if (it->type == T_DURATION)
+		return why_ret(why, whylen, -EINVAL, "'%s' out of range (%s..%s)", v,
+			       fmt_duration(it->min, a, sizeof(a)), fmt_duration(it->max, b, sizeof(b)));
+	return why_ret(why, whylen, -EINVAL, "'%s' out of range (%lld..%lld)", v,
+		       (long long)it->min, (long long)it->max);
+}
 
 int conf_set_str(char **fieldp, const char *value)
 {
@@ -443,6 +421,413 @@ static int expand_host(const char *v, char **ret)
 	return 0;
 }
 
+/* ---- strings ---- */
+
+static int set_str(struct conf *c, const struct item *it, const char *v, char *why, size_t whylen)
+{
+	if (conf_set_str((char **)field(c, it), v) < 0)
+		return why_ret(why, whylen, -ENOMEM, "out of memory");
+	return 0;
+}
+
+static int parse_str(struct conf *c, const struct item *it, const char *v, char *why,
+		     size_t whylen)
+{
+	if (!*v)
+		return why_ret(why, whylen, -EINVAL, "must not be empty");
+	return set_str(c, it, v, why, whylen);
+}
+
+static int parse_str_opt(struct conf *c, const struct item *it, const char *v, char *why,
+			 size_t whylen)
+{
+	return set_str(c, it, *v ? v : NULL, why, whylen);
+}
+
+static int parse_client_id(struct conf *c, const struct item *it, const char *v, char *why,
+			   size_t whylen)
+{
+	char *s;
+
+	if (expand_host(v, &s) < 0)
+		return why_ret(why, whylen, -ENOMEM, "out of memory");
+	free(*(char **)field(c, it));
+	*(char **)field(c, it) = s;
+	return 0;
+}
+
+static int parse_topic(struct conf *c, const struct item *it, const char *v, char *why,
+		       size_t whylen)
+{
+	char *s;
+
+	if (expand_host(v, &s) < 0) /* %h: one alert topic per host */
+		return why_ret(why, whylen, -ENOMEM, "out of memory");
+	if (*s && topic_name_check(s, strlen(s)) < 0) {
+		free(s);
+		return why_ret(why, whylen, -EINVAL,
+			       "'%s' is not a valid MQTT topic name (no + or #)", v);
+	}
+	free(*(char **)field(c, it));
+	*(char **)field(c, it) = s;
+	return 0;
+}
+
+static int parse_listen(struct conf *c, const struct item *it, const char *v, char *why,
+			size_t whylen)
+{
+	const char *reason = listen_check(v);
+
+	if (reason)
+		return why_ret(why, whylen, -EINVAL, "'%s': %s", v, reason);
+	return set_str(c, it, v, why, whylen);
+}
+
+static void clear_str(struct conf *c, const struct item *it)
+{
+	free(*(char **)field(c, it));
+	*(char **)field(c, it) = NULL;
+}
+
+/* ---- numbers ---- */
+
+/* A decimal integer within the row's bounds. */
+static int integer_parse(const struct item *it, const char *v, int64_t *ret, char *why,
+			 size_t whylen)
+{
+	char *end;
+	int64_t n;
+
+	errno = 0;
+	n = strtoll(v, &end, 10);
+	if (!*v || *end || errno || !(isdigit((unsigned char)*v) || *v == '-'))
+		return why_ret(why, whylen, -EINVAL, "'%s' is not an integer", v);
+	if (n < it->min || n > it->max)
+		return range_error(it, v, why, whylen);
+	*ret = n;
+	return 0;
+}
+
+static int parse_int(struct conf *c, const struct item *it, const char *v, char *why,
+		     size_t whylen)
+{
+	int64_t n;
+	int rc = integer_parse(it, v, &n, why, whylen);
+
+	if (rc == 0)
+		*(int *)field(c, it) = (int)n;
+	return rc;
+}
+
+static int parse_int64(struct conf *c, const struct item *it, const char *v, char *why,
+		       size_t whylen)
+{
+	return integer_parse(it, v, (int64_t *)field(c, it), why, whylen);
+}
+
+static int parse_duration(struct conf *c, const struct item *it, const char *v, char *why,
+			  size_t whylen)
+{
+	int64_t n;
+
+	if (conf_parse_duration(v, &n) < 0)
+		return why_ret(why, whylen, -EINVAL,
+			       "invalid duration '%s' (e.g. 250ms, 10s, 5m, 2h, 1d)", v);
+	if (n < it->min || n > it->max)
+		return range_error(it, v, why, whylen);
+	*(int64_t *)field(c, it) = n;
+	return 0;
+}
+
+static int parse_size(struct conf *c, const struct item *it, const char *v, char *why,
+		      size_t whylen)
+{
+	int64_t n;
+
+	if (conf_parse_size(v, &n) < 0)
+		return why_ret(why, whylen, -EINVAL, "invalid size '%s' (e.g. 512, 256KiB, 1MiB)", v);
+	if (n < it->min || n > it->max)
+		return range_error(it, v, why, whylen);
+	*(int64_t *)field(c, it) = n;
+	return 0;
+}
+
+static int parse_double(struct conf *c, const struct item *it, const char *v, char *why,
+			size_t whylen)
+{
+	char *end;
+	double d;
+
+	errno = 0;
+	d = strtod(v, &end);
+	if (!*v || *end || errno || !(isdigit((unsigned char)*v) || *v == '.'))
+		return why_ret(why, whylen, -EINVAL, "'%s' is not a number", v);
+	if (!(d > (double)it->min && d <= (double)it->max))
+		return why_ret(why, whylen, -EINVAL, "'%s' out of range (above %lld, at most %lld)",
+			       v, (long long)it->min, (long long)it->max);
+	*(double *)field(c, it) = d;
+	return 0;
+}
+
+static int parse_mode(struct conf *c, const struct item *it, const char *v, char *why,
+		      size_t whylen)
+{
+	char *end;
+	int64_t n;
+
+	errno = 0;
+	n = strtoll(v, &end, 8);
+	if (!*v || *end || errno || !isdigit((unsigned char)*v) || n < it->min || n > it->max)
+		return why_ret(why, whylen, -EINVAL, "'%s' is not an octal mode (0000..0777)", v);
+	*(int *)field(c, it) = (int)n;
+	return 0;
+}
+
+/* ---- names ---- */
+
+static int parse_enum(struct conf *c, const struct item *it, const char *v, char *why,
+		      size_t whylen)
+{
+	for (int i = 0; it->names[i]; i++) {
+		if (strcmp(v, it->names[i]) == 0) {
+			*(int *)field(c, it) = i;
+			return 0;
+		}
+	}
+	return why_ret(why, whylen, -EINVAL, "'%s' is not one of %s%s%s", v, it->names[0],
+		       it->names[1] ? " | " : "", it->names[1] ? it->names[1] : "");
+}
+
+static int parse_protocol(struct conf *c, const struct item *it, const char *v, char *why,
+			  size_t whylen)
+{
+	int *f = field(c, it);
+
+	if (strcmp(v, "auto") == 0)
+		*f = CONF_PROTOCOL_AUTO;
+	else if (strcmp(v, "5") == 0 || strcmp(v, "5.0") == 0)
+		*f = 5;
+	else if (strcmp(v, "3.1.1") == 0 || strcmp(v, "311") == 0)
+		*f = 311;
+	else
+		return why_ret(why, whylen, -EINVAL, "'%s' is not auto, 5 or 3.1.1", v);
+	return 0;
+}
+
+static int parse_loglevel(struct conf *c, const struct item *it, const char *v, char *why,
+			  size_t whylen)
+{
+	if (log_level_parse(v, (enum log_level *)field(c, it)) < 0)
+		return why_ret(why, whylen, -EINVAL,
+			       "'%s' is not a level (error, warn, info, debug)", v);
+	return 0;
+}
+
+static int parse_cadence(struct conf *c, const struct item *it, const char *v, char *why,
+			 size_t whylen)
+{
+	enum conf_default_cadence *kind = field(c, it);
+	int64_t n = 0;
+
+	if (strcmp(v, "learn") == 0) {
+		*kind = CONF_DEFAULT_LEARN;
+	} else if (strcmp(v, "never") == 0) {
+		*kind = CONF_DEFAULT_NEVER;
+	} else if (conf_parse_duration(v, &n) == 0) {
+		if (n < it->min || n > it->max)
+			return range_error(it, v, why, whylen);
+		*kind = CONF_DEFAULT_FIXED;
+	} else {
+		return why_ret(why, whylen, -EINVAL, "'%s' is not learn, never or a duration", v);
+	}
+	c->default_cadence_ms = n;
+	return 0;
+}
+
+/* ---- lists ---- */
+
+static void strv_clear(char **v, size_t *n)
+{
+	for (size_t i = 0; i < *n; i++) {
+		free(v[i]);
+		v[i] = NULL;
+	}
+	*n = 0;
+}
+
+static int parse_urls(struct conf *c, const struct item *it, const char *v, char *why,
+		      size_t whylen)
+{
+	const char *p = v;
+
+	for (;;) {
+		const char *comma = strchr(p, ','), *e = comma ? comma : p + strlen(p), *reason;
+		struct conf_url u;
+		char *one;
+
+		while (p < e && isspace((unsigned char)*p))
+			p++;
+		while (e > p && isspace((unsigned char)e[-1]))
+			e--;
+		if (p == e)
+			return why_ret(why, whylen, -EINVAL, "empty URL in the list");
+		if (!(one = strndup(p, (size_t)(e - p))))
+			return why_ret(why, whylen, -ENOMEM, "out of memory");
+		if ((reason = url_parse(one, &u))) {
+			char shown[256];
+			int rc = why_ret(why, whylen, -EINVAL, "'%s': %s",
+					 url_shown(one, shown, sizeof(shown)), reason);
+			free(one);
+			return rc;
+		}
+		if (c->nurls >= CONF_MAX_URLS) {
+			free(one);
+			return why_ret(why, whylen, -EINVAL, "more than %d URLs", CONF_MAX_URLS);
+		}
+		c->urls[c->nurls++] = one;
+		if (!comma)
+			return 0;
+		p = comma + 1;
+	}
+}
+
+static void clear_urls(struct conf *c, const struct item *it)
+{
+	strv_clear(c->urls, &c->nurls);
+}
+
+/* A filter list: CONF_MAX_FILTERS pointers at it->off, then their count. */
+_Static_assert(offsetof(struct conf, nfilters) ==
+	       offsetof(struct conf, filters) + sizeof(((struct conf *)0)->filters),
+	       "a filter list's count follows its array");
+_Static_assert(offsetof(struct conf, nintent_allow) ==
+	       offsetof(struct conf, intent_allow) + sizeof(((struct conf *)0)->intent_allow),
+	       "a filter list's count follows its array");
+
+static char **filter_list(struct conf *c, const struct item *it, size_t **ret_n)
+{
+	char **v = (char **)((char *)c + it->off);
+
+	*ret_n = (size_t *)(void *)(v + CONF_MAX_FILTERS);
+	return v;
+}
+
+static int parse_filter(struct conf *c, const struct item *it, const char *v, char *why,
+			size_t whylen)
+{
+	size_t *n;
+	char **list = filter_list(c, it, &n);
+
+	if (topic_filter_check(v) < 0)
+		return why_ret(why, whylen, -EINVAL, "'%s' is not a valid MQTT topic filter", v);
+	if (*n >= CONF_MAX_FILTERS)
+		return why_ret(why, whylen, -EINVAL, "more than %d filters", CONF_MAX_FILTERS);
+	if (!(list[*n] = strdup(v)))
+		return why_ret(why, whylen, -ENOMEM, "out of memory");
+	(*n)++;
+	return 0;
+}
+
+static void clear_filters(struct conf *c, const struct item *it)
+{
+	size_t *n;
+	char **list = filter_list(c, it, &n);
+
+	strv_clear(list, n);
+}
+
+/* Add one exact topic name to c->retained (a duplicate is dropped). */
+static int retained_add(struct conf *c, const char *v, char *why, size_t whylen)
+{
+	if (!*v)
+		return why_ret(why, whylen, -EINVAL, "must not be empty");
+	if (topic_name_check(v, strlen(v)) < 0)
+		return why_ret(why, whylen, -EINVAL,
+			       "'%s' is not a valid MQTT topic name (exact names, no + or #)", v);
+	for (size_t i = 0; i < c->nretained; i++)
+		if (strcmp(c->retained[i], v) == 0)
+			return 0;
+	if (c->nretained >= CONF_MAX_FILTERS)
+		return why_ret(why, whylen, -EINVAL,
+			       "more than %d retained topics (retained and retained_file together)",
+			       CONF_MAX_FILTERS);
+	if (!(c->retained[c->nretained] = strdup(v)))
+		return why_ret(why, whylen, -ENOMEM, "out of memory");
+	c->nretained++;
+	return 0;
+}
+
+static int parse_retained(struct conf *c, const struct item *it, const char *v, char *why,
+			  size_t whylen)
+{
+	return retained_add(c, v, why, whylen);
+}
+
+static void clear_retained(struct conf *c, const struct item *it)
+{
+	strv_clear(c->retained, &c->nretained);
+}
+
+/* Read a retained_file into c->retained: one topic per line, '#' comments,
+ * blank lines. Errors name the file's own line: "PATH:LINE: reason". */
+static int retained_read(struct conf *c, const char *path, char *why, size_t whylen)
+{
+	char *line = NULL;
+	size_t cap = 0, total = 0;
+	unsigned lineno = 0;
+	ssize_t n;
+	FILE *fp;
+	int rc = 0;
+
+	if (!(fp = fopen(path, "re"))) {
+		rc = -errno;
+		return why_ret(why, whylen, rc == -ENOMEM ? rc : -EINVAL, "cannot open '%s': %s",
+			       path, strerror(-rc));
+	}
+	while ((n = getline(&line, &cap, fp)) >= 0) {
+		char *s, *hash;
+
+		lineno++;
+		total += (size_t)n;
+		if (total > CONF_RETAINED_FILE_MAX) {
+			rc = why_ret(why, whylen, -EINVAL, "%s:%u: file larger than %d bytes", path,
+				     lineno, CONF_RETAINED_FILE_MAX);
+			goto out;
+		}
+		if (strlen(line) != (size_t)n) {
+			rc = why_ret(why, whylen, -EINVAL, "%s:%u: NUL byte in line", path, lineno);
+			goto out;
+		}
+		if ((hash = strchr(line, '#')))  /* a topic name holds no '#' */
+			*hash = '\0';
+		s = trim(line);
+		if (!*s)
+			continue;
+		if ((rc = retained_add(c, s, why, whylen)) < 0) {
+			char inner[WHY_MAX];
+
+			snprintf(inner, sizeof(inner), "%s", why);
+			why_ret(why, whylen, rc, "%s:%u: %s", path, lineno, inner);
+			goto out;
+		}
+	}
+	if (ferror(fp))
+		rc = why_ret(why, whylen, -EINVAL, "%s:%u: read error", path, lineno);
+out:
+	free(line);
+	fclose(fp);
+	return rc;
+}
+
+/* The path is kept (for the reload report); its topics join retained[]. */
+static int parse_retained_file(struct conf *c, const struct item *it, const char *v, char *why,
+			       size_t whylen)
+{
+	int rc = parse_str_opt(c, it, v, why, whylen);
+
+	return rc < 0 || !*v ? rc : retained_read(c, v, why, whylen);
+}
+
 /* Why a rule is refused, or NULL; *ret is filled on success (filter owned). */
 static const char *rule_parse(const struct item *it, const char *v, struct conf_rule *ret,
 			      char *why, size_t whylen)
@@ -484,252 +869,164 @@ static const char *rule_parse(const struct item *it, const char *v, struct conf_
 	return NULL;
 }
 
-static void clear_list(struct conf *c, const struct item *it)
+static int parse_rule(struct conf *c, const struct item *it, const char *v, char *why,
+		      size_t whylen)
 {
-	switch (it->type) {
-	case T_URLS:
-		for (size_t i = 0; i < c->nurls; i++) {
-			free(c->urls[i]);
-			c->urls[i] = NULL;
-		}
-		c->nurls = 0;
-		break;
-	case T_FILTERS:
-		for (size_t i = 0; i < c->nfilters; i++) {
-			free(c->filters[i]);
-			c->filters[i] = NULL;
-		}
-		c->nfilters = 0;
-		break;
-	case T_RULES:
-		for (size_t i = 0; i < c->nrules; i++) {
-			free(c->rules[i].filter);
-			c->rules[i].filter = NULL;
-		}
-		c->nrules = 0;
-		break;
-	default:
-		break;
+	struct conf_rule r;
+	const char *reason;
+
+	if (c->nrules >= CONF_MAX_RULES)
+		return why_ret(why, whylen, -EINVAL, "more than %d rules", CONF_MAX_RULES);
+	if ((reason = rule_parse(it, v, &r, why, whylen))) {
+		if (reason != why)
+			snprintf(why, whylen, "%s", reason);
+		return strcmp(reason, "out of memory") == 0 ? -ENOMEM : -EINVAL;
 	}
+	c->rules[c->nrules++] = r;
+	return 0;
 }
 
-static int why_ret(char *why, size_t whylen, int rc, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-static int why_ret(char *why, size_t whylen, int rc, const char *fmt, ...)
+static void clear_rules(struct conf *c, const struct item *it)
 {
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(why, whylen, fmt, ap);
-	va_end(ap);
-	return rc;
+	for (size_t i = 0; i < c->nrules; i++) {
+		free(c->rules[i].filter);
+		c->rules[i].filter = NULL;
+	}
+	c->nrules = 0;
 }
 
-static int range_error(const struct item *it, const char *v, char *why, size_t whylen)
+/* One row per type: parse, clear, list, hash_first. */
+static const struct item_ops types[T_MAX] = {
+	[T_STR]         = { parse_str, clear_str, false, false },
+	[T_STR_OPT]     = { parse_str_opt, clear_str, false, false },
+	[T_CLIENT_ID]   = { parse_client_id, clear_str, false, false },
+	[T_TOPIC]       = { parse_topic, clear_str, false, false },
+	[T_LISTEN]      = { parse_listen, clear_str, false, false },
+	[T_INT]         = { parse_int, NULL, false, false },
+	[T_INT64]       = { parse_int64, NULL, false, false },
+	[T_DURATION]    = { parse_duration, NULL, false, false },
+	[T_SIZE]        = { parse_size, NULL, false, false },
+	[T_DOUBLE]      = { parse_double, NULL, false, false },
+	[T_ENUM]        = { parse_enum, NULL, false, false },
+	[T_PROTOCOL]    = { parse_protocol, NULL, false, false },
+	[T_MODE]        = { parse_mode, NULL, false, false },
+	[T_LOGLEVEL]    = { parse_loglevel, NULL, false, false },
+	[T_URLS]        = { parse_urls, clear_urls, true, false },
+	[T_FILTERS]     = { parse_filter, clear_filters, true, true },
+	[T_TOPICS]      = { parse_retained, clear_retained, true, false },
+	[T_TOPICS_FILE] = { parse_retained_file, clear_str, false, false },
+	[T_RULES]       = { parse_rule, clear_rules, true, true },
+	[T_CADENCE]     = { parse_cadence, NULL, false, false },
+};
+
+/* ---- the keys ----------------------------------------------------------- */
+
+static const char *const format_names[] = { "auto", "json", NULL };
+static const char *const session_names[] = { "clean", "persistent", NULL };
+static const char *const on_corrupt_names[] = { "rebuild", "fail", NULL };
+
+#define O(f) offsetof(struct conf, f)
+#define SEC(n) ((int64_t)(n) * 1000)
+#define MIN(n) ((int64_t)(n) * 60000)
+#define HOUR(n) ((int64_t)(n) * 3600000)
+#define KIB(n) ((int64_t)(n) << 10)
+#define MIB(n) ((int64_t)(n) << 20)
+
+/* One row per key; the defaults are the contract's and conf.h's. */
+static const struct item items[] = {
+	{ "broker", "url", T_URLS, "mqtt://127.0.0.1:1883", 0, 0, O(urls), NULL },
+	{ "broker", "client_id", T_CLIENT_ID, "statemirror-%h", 0, 0, O(client_id), NULL },
+	{ "broker", "protocol", T_PROTOCOL, "auto", 0, 0, O(protocol), NULL },
+	{ "broker", "qos", T_INT, "1", 0, 1, O(qos), NULL },
+	{ "broker", "session", T_ENUM, "clean", 0, 0, O(session), session_names },
+	{ "broker", "keepalive", T_DURATION, "30s", SEC(1), SEC(65535), O(keepalive_ms), NULL },
+	{ "broker", "username", T_STR_OPT, NULL, 0, 0, O(username), NULL },
+	{ "broker", "password_file", T_STR_OPT, NULL, 0, 0, O(password_file), NULL },
+	{ "broker", "tls_ca_file", T_STR_OPT, NULL, 0, 0, O(tls_ca_file), NULL },
+	{ "broker", "tls_cert_file", T_STR_OPT, NULL, 0, 0, O(tls_cert_file), NULL },
+	{ "broker", "tls_key_file", T_STR_OPT, NULL, 0, 0, O(tls_key_file), NULL },
+	{ "broker", "session_expiry", T_DURATION, "1h", 0, SEC(INT64_C(4294967295)), O(session_expiry_ms), NULL },
+	{ "broker", "reconnect_min", T_DURATION, "250ms", 10, HOUR(1), O(reconnect_min_ms), NULL },
+	{ "broker", "reconnect_max", T_DURATION, "30s", 10, HOUR(1), O(reconnect_max_ms), NULL },
+	{ "broker", "sync_quiet", T_DURATION, "200ms", 10, MIN(1), O(sync_quiet_ms), NULL },
+
+	{ "subscribe", "filter", T_FILTERS, "#", 0, 0, O(filters), NULL },
+	{ "subscribe", "retained", T_TOPICS, NULL, 0, 0, O(retained), NULL },
+	{ "subscribe", "retained_file", T_TOPICS_FILE, NULL, 0, 0, O(retained_file), NULL },
+
+	{ "store", "path", T_STR, "statemirror.db", 0, 0, O(db_path), NULL },
+	{ "store", "max_keys", T_INT64, "1000000", 1, INT64_C(1000000000), O(max_keys), NULL },
+	{ "store", "max_payload", T_SIZE, "256KiB", 1, 268435455, O(max_payload), NULL },
+	{ "store", "max_topic_len", T_INT64, "1024", 1, 65535, O(max_topic_len), NULL },
+	{ "store", "commit_interval", T_DURATION, "500ms", 1, SEC(1), O(commit_interval_ms), NULL },
+	{ "store", "max_rejects", T_INT64, "100", 0, 100000, O(max_rejects), NULL },
+	{ "store", "on_corrupt", T_ENUM, "rebuild", 0, 0, O(on_corrupt), on_corrupt_names },
+
+	{ "payload", "format", T_ENUM, "auto", 0, 0, O(format), format_names },
+	{ "payload", "timestamp_field", T_STR, "ts", 0, 0, O(timestamp_field), NULL },
+	{ "payload", "future_skew", T_DURATION, "5m", 0, HOUR(24) * 365, O(future_skew_ms), NULL },
+
+	{ "staleness", "grace", T_DOUBLE, "3", 0, 1000, O(grace), NULL },
+	/* Cadences are held in 32 bits of ms on each record: 49 days at most. */
+	{ "staleness", "default", T_CADENCE, "learn", 1, HOUR(24) * 49, O(default_kind), NULL },
+	{ "staleness", "rule", T_RULES, NULL, 1, HOUR(24) * 49, O(rules), NULL },
+	{ "staleness", "group_wait", T_DURATION, "2s", 0, MIN(10), O(group_wait_ms), NULL },
+	{ "staleness", "min_hold", T_DURATION, "0", 0, HOUR(1), O(min_hold_ms), NULL },
+
+	{ "alerts", "topic", T_TOPIC, "statemirror/alerts", 0, 0, O(alert_topic), NULL },
+	{ "alerts", "exec", T_STR_OPT, NULL, 0, 0, O(alert_exec), NULL },
+	{ "alerts", "exec_timeout", T_DURATION, "10s", 100, HOUR(1), O(alert_exec_timeout_ms), NULL },
+
+	{ "http", "listen", T_LISTEN, "127.0.0.1:8080", 0, 0, O(http_listen), NULL },
+	{ "http", "socket_mode", T_MODE, "0660", 0, 0777, O(socket_mode), NULL },
+	{ "http", "token_file", T_STR_OPT, NULL, 0, 0, O(token_file), NULL },
+	{ "http", "max_connections", T_INT64, "512", 1, 65536, O(http_max_conns), NULL },
+	{ "http", "per_ip_connections", T_INT64, "64", 1, 65536, O(http_per_ip_conns), NULL },
+	{ "http", "timeout", T_DURATION, "30s", SEC(1), HOUR(1), O(http_timeout_ms), NULL },
+	{ "http", "threads", T_INT64, "2", 1, 64, O(http_threads), NULL },
+	{ "http", "watch_max_clients", T_INT64, "512", 0, 65536, O(watch_max_clients), NULL },
+	{ "http", "watch_buffer", T_SIZE, "1MiB", KIB(4), MIB(1024), O(watch_buffer), NULL },
+	{ "http", "watch_log_size", T_INT64, "65536", 0, INT64_C(16777216), O(watch_log_size), NULL },
+
+	{ "intents", "allow", T_FILTERS, NULL, 0, 0, O(intent_allow), NULL },
+	{ "intents", "qos", T_INT, "1", 0, 1, O(intent_qos), NULL },
+	{ "intents", "expire", T_DURATION, "30s", SEC(1), HOUR(24), O(intent_expire_ms), NULL },
+	{ "intents", "timeout", T_DURATION, "10s", 100, HOUR(24), O(intent_timeout_ms), NULL },
+	{ "intents", "outbox_max", T_INT64, "10000", 1, 1000000, O(intent_outbox_max), NULL },
+	{ "intents", "max_body", T_SIZE, "64KiB", 256, MIB(16), O(intent_max_body), NULL },
+	{ "intents", "history", T_INT64, "1000", 1, 1000000, O(intent_history), NULL },
+	{ "intents", "intent_token_file", T_STR_OPT, NULL, 0, 0, O(intent_token_file), NULL },
+
+	{ "log", "level", T_LOGLEVEL, "info", 0, 0, O(log_level), NULL },
+};
+
+#define NITEMS (sizeof(items) / sizeof(items[0]))
+_Static_assert(sizeof(items) / sizeof(items[0]) <= CONF_NKEYS, "raise CONF_NKEYS");
+
+static const char *const sections[] = {
+	"broker", "subscribe", "store", "payload", "staleness", "alerts", "http", "intents", "log",
+};
+
+static int item_index(const char *name)
 {
-	char a[32], b[32];
-
-	if (it->type == T_DURATION)
-		return why_ret(why, whylen, -EINVAL, "'%s' out of range (%s..%s)", v,
-			       fmt_duration(it->min, a, sizeof(a)), fmt_duration(it->max, b, sizeof(b)));
-	return why_ret(why, whylen, -EINVAL, "'%s' out of range (%lld..%lld)", v,
-		       (long long)it->min, (long long)it->max);
+	for (size_t i = 0; i < NITEMS; i++)
+		if (strcmp(items[i].name, name) == 0)
+			return (int)i;
+	return -1;
 }
 
-/* Set one value of item `it` from text v. Returns 0, -EINVAL or -ENOMEM
- * with the reason (without file, line or key) in why. */
+/* Set one value of item `it` from text v (see struct item_ops). */
 static int item_set(struct conf *c, const struct item *it, const char *v, char *why, size_t whylen)
 {
-	void *f = field(c, it);
-	const char *reason;
-	int64_t n;
-	char *end;
-	int rc;
+	if (it->type >= T_MAX || !types[it->type].parse)
+		return why_ret(why, whylen, -EINVAL, "internal: bad item type");
+	return types[it->type].parse(c, it, v, why, whylen);
+}
 
-	switch (it->type) {
-	case T_STR:
-		if (!*v)
-			return why_ret(why, whylen, -EINVAL, "must not be empty");
-		goto set_str;
-	case T_STR_OPT:
-		if (!*v)
-			v = NULL;
-		goto set_str;
-	case T_TOPIC: {
-		char *s;
-		if ((rc = expand_host(v, &s)) < 0)  /* %h: one alert topic per host */
-			return why_ret(why, whylen, rc, "out of memory");
-		if (*s && topic_name_check(s, strlen(s)) < 0) {
-			free(s);
-			return why_ret(why, whylen, -EINVAL,
-				       "'%s' is not a valid MQTT topic name (no + or #)", v);
-		}
-		free(*(char **)f);
-		*(char **)f = s;
-		return 0;
-	}
-	case T_LISTEN:
-		if ((reason = listen_check(v)))
-			return why_ret(why, whylen, -EINVAL, "'%s': %s", v, reason);
-		goto set_str;
-	case T_CLIENT_ID: {
-		char *s;
-		if ((rc = expand_host(v, &s)) < 0)
-			return why_ret(why, whylen, rc, "out of memory");
-		free(*(char **)f);
-		*(char **)f = s;
-		return 0;
-	}
-	case T_INT:
-	case T_INT64:
-		errno = 0;
-		n = strtoll(v, &end, 10);
-		if (!*v || *end || errno || !(isdigit((unsigned char)*v) || *v == '-'))
-			return why_ret(why, whylen, -EINVAL, "'%s' is not an integer", v);
-		if (n < it->min || n > it->max)
-			return range_error(it, v, why, whylen);
-		if (it->type == T_INT)
-			*(int *)f = (int)n;
-		else
-			*(int64_t *)f = n;
-		return 0;
-	case T_DURATION:
-		if (conf_parse_duration(v, &n) < 0)
-			return why_ret(why, whylen, -EINVAL,
-				       "invalid duration '%s' (e.g. 250ms, 10s, 5m, 2h, 1d)", v);
-		if (n < it->min || n > it->max)
-			return range_error(it, v, why, whylen);
-		*(int64_t *)f = n;
-		return 0;
-	case T_SIZE:
-		if (conf_parse_size(v, &n) < 0)
-			return why_ret(why, whylen, -EINVAL,
-				       "invalid size '%s' (e.g. 512, 256KiB, 1MiB)", v);
-		if (n < it->min || n > it->max)
-			return range_error(it, v, why, whylen);
-		*(int64_t *)f = n;
-		return 0;
-	case T_DOUBLE: {
-		double d;
-		errno = 0;
-		d = strtod(v, &end);
-		if (!*v || *end || errno || !(isdigit((unsigned char)*v) || *v == '.'))
-			return why_ret(why, whylen, -EINVAL, "'%s' is not a number", v);
-		if (!(d > (double)it->min && d <= (double)it->max))
-			return why_ret(why, whylen, -EINVAL, "'%s' out of range (above %lld, at most %lld)",
-				       v, (long long)it->min, (long long)it->max);
-		*(double *)f = d;
-		return 0;
-	}
-	case T_ENUM:
-		for (int i = 0; it->names[i]; i++) {
-			if (strcmp(v, it->names[i]) == 0) {
-				*(int *)f = i;
-				return 0;
-			}
-		}
-		return why_ret(why, whylen, -EINVAL, "'%s' is not one of %s%s%s", v, it->names[0],
-			       it->names[1] ? " | " : "", it->names[1] ? it->names[1] : "");
-	case T_PROTOCOL:
-		if (strcmp(v, "5") == 0 || strcmp(v, "5.0") == 0)
-			*(int *)f = 5;
-		else if (strcmp(v, "3.1.1") == 0 || strcmp(v, "311") == 0)
-			*(int *)f = 311;
-		else
-			return why_ret(why, whylen, -EINVAL, "'%s' is not 5 or 3.1.1", v);
-		return 0;
-	case T_MODE:
-		errno = 0;
-		n = strtoll(v, &end, 8);
-		if (!*v || *end || errno || !isdigit((unsigned char)*v) || n < it->min || n > it->max)
-			return why_ret(why, whylen, -EINVAL, "'%s' is not an octal mode (0000..0777)", v);
-		*(int *)f = (int)n;
-		return 0;
-	case T_LOGLEVEL:
-		if (log_level_parse(v, (enum log_level *)f) < 0)
-			return why_ret(why, whylen, -EINVAL,
-				       "'%s' is not a level (error, warn, info, debug)", v);
-		return 0;
-	case T_URLS: {
-		const char *p = v;
-		for (;;) {
-			const char *comma = strchr(p, ','), *e = comma ? comma : p + strlen(p);
-			struct conf_url u;
-			char *one;
-
-			while (p < e && isspace((unsigned char)*p))
-				p++;
-			while (e > p && isspace((unsigned char)e[-1]))
-				e--;
-			if (p == e)
-				return why_ret(why, whylen, -EINVAL, "empty URL in the list");
-			if (!(one = strndup(p, (size_t)(e - p))))
-				return why_ret(why, whylen, -ENOMEM, "out of memory");
-			if ((reason = url_parse(one, &u))) {
-				char shown[256];
-
-				rc = why_ret(why, whylen, -EINVAL, "'%s': %s",
-					     url_shown(one, shown, sizeof(shown)), reason);
-				free(one);
-				return rc;
-			}
-			if (c->nurls >= CONF_MAX_URLS) {
-				free(one);
-				return why_ret(why, whylen, -EINVAL, "more than %d URLs", CONF_MAX_URLS);
-			}
-			c->urls[c->nurls++] = one;
-			if (!comma)
-				return 0;
-			p = comma + 1;
-		}
-	}
-	case T_FILTERS:
-		if (topic_filter_check(v) < 0)
-			return why_ret(why, whylen, -EINVAL, "'%s' is not a valid MQTT topic filter", v);
-		if (c->nfilters >= CONF_MAX_FILTERS)
-			return why_ret(why, whylen, -EINVAL, "more than %d filters", CONF_MAX_FILTERS);
-		if (!(c->filters[c->nfilters] = strdup(v)))
-			return why_ret(why, whylen, -ENOMEM, "out of memory");
-		c->nfilters++;
-		return 0;
-	case T_RULES: {
-		struct conf_rule r;
-		if (c->nrules >= CONF_MAX_RULES)
-			return why_ret(why, whylen, -EINVAL, "more than %d rules", CONF_MAX_RULES);
-		if ((reason = rule_parse(it, v, &r, why, whylen))) {
-			if (reason != why)
-				snprintf(why, whylen, "%s", reason);
-			return -EINVAL;
-		}
-		c->rules[c->nrules++] = r;
-		return 0;
-	}
-	case T_CADENCE:
-		if (strcmp(v, "learn") == 0) {
-			c->default_kind = CONF_DEFAULT_LEARN;
-			c->default_cadence_ms = 0;
-		} else if (strcmp(v, "never") == 0) {
-			c->default_kind = CONF_DEFAULT_NEVER;
-			c->default_cadence_ms = 0;
-		} else if (conf_parse_duration(v, &n) == 0) {
-			if (n < it->min || n > it->max)
-				return range_error(it, v, why, whylen);
-			c->default_kind = CONF_DEFAULT_FIXED;
-			c->default_cadence_ms = n;
-		} else {
-			return why_ret(why, whylen, -EINVAL,
-				       "'%s' is not learn, never or a duration", v);
-		}
-		return 0;
-	case T_MAX:
-		break;
-	}
-	return why_ret(why, whylen, -EINVAL, "internal: bad item type");
-
-set_str:
-	if (conf_set_str((char **)f, v) < 0)
-		return why_ret(why, whylen, -ENOMEM, "out of memory");
-	return 0;
+static void item_clear(struct conf *c, const struct item *it)
+{
+	if (types[it->type].clear)
+		types[it->type].clear(c, it);
 }
 
 /* ---- defaults, free ----------------------------------------------------- */
@@ -738,26 +1035,8 @@ void conf_free(struct conf *c)
 {
 	if (!c)
 		return;
-	for (size_t i = 0; i < NITEMS; i++) {
-		const struct item *it = &items[i];
-		switch (it->type) {
-		case T_STR:
-		case T_STR_OPT:
-		case T_CLIENT_ID:
-		case T_TOPIC:
-		case T_LISTEN:
-			free(*(char **)field(c, it));
-			*(char **)field(c, it) = NULL;
-			break;
-		case T_URLS:
-		case T_FILTERS:
-		case T_RULES:
-			clear_list(c, it);
-			break;
-		default:
-			break;
-		}
-	}
+	for (size_t i = 0; i < NITEMS; i++)
+		item_clear(c, &items[i]);
 	free(c->src_path);
 	c->src_path = NULL;
 }
@@ -779,19 +1058,6 @@ int conf_defaults(struct conf *c)
 }
 
 /* ---- the file ----------------------------------------------------------- */
-
-static char *trim(char *s)
-{
-	char *e;
-
-	while (*s == ' ' || *s == '\t')
-		s++;
-	e = s + strlen(s);
-	while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r' || e[-1] == '\n'))
-		e--;
-	*e = '\0';
-	return s;
-}
 
 /* Cut a trailing comment off a value: a ';' or '#' at the value's start or
  * after whitespace, except a leading '#' where the value is a filter. */
@@ -952,12 +1218,14 @@ int conf_load_file(struct conf *c, const char *path, char *err, size_t errlen)
 			goto next;
 		}
 		val = trim(val);
-		cut_comment(val, it->type == T_FILTERS || it->type == T_RULES);
+		cut_comment(val, types[it->type].hash_first);
 		val = trim(val);
-		if (it->type == T_URLS || it->type == T_FILTERS || it->type == T_RULES) {
-			/* The file's first value replaces the default list. */
-			if (!seen[idx])
-				clear_list(c, it);
+		if (types[it->type].list) {
+			/* The file's first value replaces the default list (a
+			 * list without default may already hold retained_file's
+			 * topics). */
+			if (!seen[idx] && it->def)
+				item_clear(c, it);
 		} else if (seen[idx]) {
 			rc = fail_at(err, errlen, path, lineno, -EINVAL,
 				     "'%s' in [%s] given twice (first on line %u)", key, section,
@@ -1060,8 +1328,12 @@ int conf_validate(const struct conf *c, char *err, size_t errlen)
 		if (topic_filter_check(c->rules[i].filter) < 0 || c->rules[i].cadence_ms < 0)
 			return vfail(c, err, errlen, "rule", "invalid rule filter '%s'",
 				     c->rules[i].filter ? c->rules[i].filter : "");
-	if (c->protocol != 5 && c->protocol != 311)
-		return vfail(c, err, errlen, "protocol", "protocol must be 5 or 3.1.1");
+	for (size_t i = 0; i < c->nretained; i++)
+		if (!c->retained[i] || topic_name_check(c->retained[i], strlen(c->retained[i])) < 0)
+			return vfail(c, err, errlen, NULL, "invalid retained topic '%s'",
+				     c->retained[i] ? c->retained[i] : "");
+	if (c->protocol != CONF_PROTOCOL_AUTO && c->protocol != 5 && c->protocol != 311)
+		return vfail(c, err, errlen, "protocol", "protocol must be auto, 5 or 3.1.1");
 	if (c->qos != 0 && c->qos != 1)
 		return vfail(c, err, errlen, "qos", "qos must be 0 or 1");
 	if (c->session == CONF_SESSION_PERSISTENT && (!c->client_id || !*c->client_id))

@@ -16,6 +16,16 @@
 
 enum conf_format { CONF_FORMAT_AUTO, CONF_FORMAT_JSON, CONF_FORMAT_MAX };
 enum conf_session { CONF_SESSION_CLEAN, CONF_SESSION_PERSISTENT, CONF_SESSION_MAX };
+/* What start does with a database file that is corrupt, truncated or not
+ * ours: move it aside and start empty, or refuse to start (exit 2). A file
+ * from a future schema is refused whatever this says. */
+enum conf_on_corrupt { CONF_ON_CORRUPT_REBUILD, CONF_ON_CORRUPT_FAIL, CONF_ON_CORRUPT_MAX };
+
+/* [broker] protocol: CONF_PROTOCOL_AUTO offers MQTT 5 and falls back to
+ * 3.1.1 when the broker refuses the protocol version. */
+#define CONF_PROTOCOL_AUTO 0
+/* A retained_file holds at most this many bytes. */
+#define CONF_RETAINED_FILE_MAX (4 * 1024 * 1024)
 
 /* A cadence: 0 = never (a key that is never stale), else milliseconds. */
 struct conf_rule {
@@ -30,7 +40,7 @@ struct conf {
 	char *urls[CONF_MAX_URLS];    /* "mqtt://host:port" / "mqtts://host:port" */
 	size_t nurls;
 	char *client_id;              /* with %h already expanded */
-	int protocol;                 /* 5 or 311 */
+	int protocol;                 /* CONF_PROTOCOL_AUTO (0, the default), 5 or 311 */
 	int qos;                      /* 0 or 1 */
 	enum conf_session session;
 	int64_t keepalive_ms;
@@ -46,6 +56,13 @@ struct conf {
 	/* [subscribe] */
 	char *filters[CONF_MAX_FILTERS];
 	size_t nfilters;
+	/* Exact topic names (no wildcards) subscribed one by one, so that a
+	 * broker that sends retained messages only to exact-topic
+	 * subscriptions (RabbitMQ) sends them at startup: the "retained" keys
+	 * and the lines of retained_file, in file order, without duplicates. */
+	char *retained[CONF_MAX_FILTERS];
+	size_t nretained;
+	char *retained_file;          /* NULL when unset; read by conf_load_file */
 
 	/* [store] */
 	char *db_path;
@@ -54,6 +71,7 @@ struct conf {
 	int64_t max_topic_len;        /* bytes, default 1024 */
 	int64_t commit_interval_ms;   /* default 250ms; never above 1000 */
 	int64_t max_rejects;          /* entries kept for /v1/rejects, default 100 */
+	enum conf_on_corrupt on_corrupt; /* default rebuild */
 
 	/* [payload] */
 	enum conf_format format;
@@ -87,6 +105,17 @@ struct conf {
 	int64_t watch_buffer;         /* bytes buffered per watcher before it is cut off, default 1MiB */
 	int64_t watch_log_size;       /* changes kept for resume, default 65536 */
 
+	/* [intents] */
+	char *intent_allow[CONF_MAX_FILTERS]; /* topics intents may be published to; none: off */
+	size_t nintent_allow;         /* (follows intent_allow: conf.c's filter lists) */
+	int intent_qos;               /* 0 or 1, default 1 */
+	int64_t intent_expire_ms;     /* never published later than this, default 30s */
+	int64_t intent_timeout_ms;    /* wait for confirmation this long, default 10s */
+	int64_t intent_outbox_max;    /* undecided intents at most, default 10000 */
+	int64_t intent_max_body;      /* bytes of a POST body, default 64KiB */
+	int64_t intent_history;       /* decided intents kept for GET, default 1000 */
+	char *intent_token_file;      /* NULL: the [http] token grants intents */
+
 	/* [log] */
 	enum log_level log_level;
 
@@ -110,14 +139,21 @@ int conf_defaults(struct conf *c);
 ** Unknown sections and keys are errors; a non-repeatable key given twice is
 ** an error. Section and key names are those of the contract's example plus:
 **   [broker] session_expiry reconnect_min reconnect_max sync_quiet
-**   [store] max_topic_len commit_interval max_rejects
+**   [subscribe] retained retained_file
+**   [store] max_topic_len commit_interval max_rejects on_corrupt
 **   [staleness] group_wait min_hold      [alerts] exec_timeout
 **   [http] max_connections per_ip_connections timeout threads
 **          watch_max_clients watch_buffer watch_log_size
 **   [log] level
 ** Values from the file replace defaults; a repeated key of a repeatable
-** item (url list, filter, rule) adds a value, and the first occurrence in the
-** file replaces the default list. On error returns -EINVAL (or -errno for
+** item (url list, filter, rule, retained) adds a value, and the first
+** occurrence in the file replaces the default list.
+** [subscribe] retained_file names a file read here, at load: one exact
+** topic name per line, blank lines and '#' comments ignored (a topic name
+** holds no '#'), surrounding blanks trimmed; its topics join "retained"
+** (CONF_MAX_FILTERS in all, CONF_RETAINED_FILE_MAX bytes at most); an
+** error in it is reported as "FILE:LINE: [subscribe] retained_file:
+** RFILE:RLINE: reason". On error returns -EINVAL (or -errno for
 ** I/O) and writes "FILE:LINE: reason" into err (errlen bytes); c is then in
 ** an unspecified but freeable state. Parse into a fresh struct and swap
 ** only on success.

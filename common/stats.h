@@ -37,6 +37,7 @@ struct stats {
 	_Atomic uint64_t rows_written;
 	_Atomic uint64_t commit_hist[STATS_COMMIT_BUCKETS + 1]; /* cumulative at render */
 	_Atomic uint64_t commit_sum_us;
+	_Atomic uint64_t store_rebuilds;  /* a corrupt or foreign file moved aside at start (main) */
 	/* mqtt (network thread) */
 	_Atomic uint64_t received;
 	_Atomic uint64_t reconnects;
@@ -50,6 +51,7 @@ struct stats {
 	_Atomic uint64_t http_conns_closed[3];
 	_Atomic uint64_t watchers;
 	_Atomic uint64_t watchers_dropped;
+	_Atomic uint64_t intents_rejected;             /* refused at the API (400/403) */
 	/* log (any thread) */
 	_Atomic uint64_t log_dropped;   /* lines stderr could not take at once */
 };

@@ -5,7 +5,7 @@
 #include <errno.h>
 #include <string.h>
 
-#include "common/tsparse.h" /* utf8_valid */
+#include "common/utf8.h"
 
 int topic_name_check(const char *topic, size_t len)
 {

@@ -12,6 +12,7 @@
 #include "common/log.h"
 #include "common/stats.h"
 #include "mirror/mirror.h"
+#include "mirror/state/intents.h"
 #include "mirror/state/rows.h"
 
 /*
@@ -223,6 +224,10 @@ static void mirror_apply_one(struct mirror *c, const struct msg *m, enum reject_
 		mirror_log_change(c, r, CHANGE_UPDATE);
 		stale_on_message(c->d.stale, r, live_seen, r->updates == 1, now_ms,
 				 mirror_on_transition, c);
+		/* The owners' state stream confirms (or not) what was asked. */
+		if (c->d.intents)
+			intents_observe(c->d.intents, m->topic, m->topic_len, m->payload,
+					m->payload_len, m->ts_ns);
 		break;
 	case APPLY_DELETED:
 		mirror_mark_dirty(c, r);
@@ -602,6 +607,14 @@ bool mirror_ready(struct mirror *c, char *buf, size_t n)
 		pthread_mutex_unlock(&c->status_lock);
 	}
 	return ready;
+}
+
+void mirror_broker_status(struct mirror *c, char *buf, size_t n)
+{
+	if (c->d.mqtt)
+		mqtt_status(c->d.mqtt, buf, n);
+	else if (n)
+		snprintf(buf, n, "no broker session");
 }
 
 bool mirror_synced(struct mirror *c)

@@ -27,6 +27,7 @@ struct mirror_deps {
 	struct mqtt *mqtt;        /* may be NULL in tests */
 	struct rejects *rejects;
 	struct changes *changes;  /* may be NULL: no watch streams */
+	struct intents *intents;  /* told of every applied value (confirmations); NULL none */
 	/* Called without the lock after a run of messages or a keeper turn
 	 * that appended changes (wakes watch streams), from the thread that
 	 * made them. May be NULL. */
@@ -63,6 +64,9 @@ void mirror_link_changed(struct mirror *c);
  * applied) and the store writable; live traffic does not make it flap.
  * When not ready a short reason is copied into buf. Thread-safe. */
 bool mirror_ready(struct mirror *c, char *buf, size_t n);
+/* The broker session's status (mqtt_status: the version spoken and, once
+ * synced, the bootstrap the broker gave) for /readyz. Thread-safe. */
+void mirror_broker_status(struct mirror *c, char *buf, size_t n);
 /* Synced with the broker (the Statemirror-Synced header). Thread-safe. */
 bool mirror_synced(struct mirror *c);
 /* Monotonic ms of the keeper loop's last turn (the watchdog feeds on it). */

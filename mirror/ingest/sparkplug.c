@@ -8,7 +8,8 @@
 #include <string.h>
 
 #include "common/buf.h"
-#include "common/tsparse.h"
+#include "common/utf8.h"
+#include "mirror/ingest/jscan.h"
 #include "mirror/ingest/sparkplug.h"
 #include "mirror/state/rejects.h"
 #include "sparkplug_b.pb-c.h"
@@ -1603,6 +1604,8 @@ static const struct decoder_ops sp_ops = {
 	.name = "sparkplug",
 	.claims = sp_claims,
 	.decode = sp_decode,
+	.tick = sparkplug_tick,
+	.link_lost = sparkplug_link_lost,
 	.free = sp_free,
 };
 

@@ -7,6 +7,7 @@
 
 #include "common/log.h"
 #include "common/stats.h"
+#include "common/utf8.h"
 #include "mirror/state/rejects.h"
 
 #define REJECTS_LOG_TOPIC 200     /* bytes of a topic quoted in a log line */

@@ -8,6 +8,8 @@
 #include <jansson.h>
 
 #include "common/tsparse.h"
+#include "common/utf8.h"
+#include "mirror/ingest/jscan.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -99,7 +99,8 @@ static void assert_defaults(const struct conf *c)
 	ck_assert_uint_eq(c->nurls, 1);
 	ck_assert_str_eq(c->urls[0], "mqtt://127.0.0.1:1883");
 	ck_assert_str_eq(c->client_id, cid);
-	ck_assert_int_eq(c->protocol, 5);
+	/* protocol: auto by default, 5 in the contract's example; checked by
+	 * each caller. */
 	ck_assert_int_eq(c->qos, 1);
 	ck_assert_int_eq(c->session, CONF_SESSION_CLEAN);
 	ck_assert_int_eq(c->keepalive_ms, 30000);
@@ -114,6 +115,8 @@ static void assert_defaults(const struct conf *c)
 	ck_assert_int_eq(c->sync_quiet_ms, 200);
 	ck_assert_uint_eq(c->nfilters, 1);
 	ck_assert_str_eq(c->filters[0], "#");
+	ck_assert_ptr_null(c->retained_file);
+	ck_assert_int_eq(c->on_corrupt, CONF_ON_CORRUPT_REBUILD);
 	ck_assert_int_eq(c->max_keys, 1000000);
 	ck_assert_int_eq(c->max_payload, 256 * 1024);
 	ck_assert_int_eq(c->max_topic_len, 1024);
@@ -148,6 +151,8 @@ START_TEST(test_defaults)
 
 	ck_assert_int_eq(conf_defaults(&c), 0);
 	assert_defaults(&c);
+	ck_assert_int_eq(c.protocol, CONF_PROTOCOL_AUTO);
+	ck_assert_uint_eq(c.nretained, 0);
 	ck_assert_uint_eq(c.nrules, 0);
 	ck_assert_str_eq(c.db_path, "statemirror.db");
 	ck_assert_int_eq(conf_validate(&c, err, sizeof(err)), 0);
@@ -164,6 +169,8 @@ START_TEST(test_contract_example)
 	ck_assert_msg(load(&c, contract_example) == 0, "%s", err);
 	ck_assert_msg(conf_validate(&c, err, sizeof(err)) == 0, "%s", err);
 	assert_defaults(&c);
+	ck_assert_int_eq(c.protocol, 5);
+	ck_assert_uint_eq(c.nretained, 0);
 	ck_assert_str_eq(c.db_path, "statemirror.db");
 	ck_assert_uint_eq(c.nrules, 2);
 	ck_assert_str_eq(c.rules[0].filter, "dc1/+/rack/+/temp");
@@ -206,7 +213,10 @@ START_TEST(test_packaged_conf_matches_defaults)
 	ck_assert_msg(conf_validate(&c, err, sizeof(err)) == 0, "%s", err);
 	/* The example rules are uncommented too; everything else is default. */
 	assert_defaults(&c);
+	ck_assert_int_eq(c.protocol, CONF_PROTOCOL_AUTO);
 	ck_assert_uint_eq(c.nrules, 2); /* proves the uncommenting took place */
+	ck_assert_uint_eq(c.nretained, 1);
+	ck_assert_str_eq(c.retained[0], "bms/site1/meta");
 	ck_assert_str_eq(c.db_path, "/var/lib/statemirror/state.db");
 	conf_free(&c);
 	free(out);
@@ -345,7 +355,13 @@ static const struct {
 	  "2: [broker] url: 'mqtts://***@h:1': credentials do not belong in the URL (use username and password_file)" },
 	{ "[broker]\nurl = mqtt://a,,mqtt://b\n", "2: [broker] url: empty URL in the list" },
 	{ "[broker]\nurl = mqtt://h:99999\n", "2: [broker] url: 'mqtt://h:99999': invalid port (1..65535)" },
-	{ "[broker]\nprotocol = 4\n", "2: [broker] protocol: '4' is not 5 or 3.1.1" },
+	{ "[broker]\nprotocol = 4\n", "2: [broker] protocol: '4' is not auto, 5 or 3.1.1" },
+	{ "[subscribe]\nretained = a/+/b\n",
+	  "2: [subscribe] retained: 'a/+/b' is not a valid MQTT topic name (exact names, no + or #)" },
+	{ "[subscribe]\nretained = a/#\n",
+	  "2: [subscribe] retained: 'a/#' is not a valid MQTT topic name (exact names, no + or #)" },
+	{ "[store]\non_corrupt = ignore\n",
+	  "2: [store] on_corrupt: 'ignore' is not one of rebuild | fail" },
 	{ "[broker]\nsession = dirty\n", "2: [broker] session: 'dirty' is not one of clean | persistent" },
 	{ "[subscribe]\nfilter = a/#/b\n", "2: [subscribe] filter: 'a/#/b' is not a valid MQTT topic filter" },
 	{ "[subscribe]\nfilter =\n", "2: [subscribe] filter: '' is not a valid MQTT topic filter" },
@@ -665,7 +681,7 @@ START_TEST(test_validate)
 	c.qos = 1;
 	c.protocol = 4;
 	ck_assert_int_eq(conf_validate(&c, err, sizeof(err)), -EINVAL);
-	ck_assert_str_eq(err, "protocol must be 5 or 3.1.1");
+	ck_assert_str_eq(err, "protocol must be auto, 5 or 3.1.1");
 	c.protocol = 5;
 	ck_assert_int_eq(conf_validate(&c, err, sizeof(err)), 0);
 	conf_free(&c);
@@ -694,6 +710,110 @@ START_TEST(test_reload_and_failed_load_free)
 		n += (size_t)snprintf(text + n, sizeof(text) - n, "url = mqtt://h%d\n", i);
 	ck_assert_int_eq(load(&c, text), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(err, "more than 16 URLs"));
+	conf_free(&c);
+}
+END_TEST
+
+/* The keys added for broker interop and the corrupt-database answer. */
+START_TEST(test_protocol_retained_on_corrupt)
+{
+	static const struct {
+		const char *v;
+		int want;
+	} protos[] = { { "auto", CONF_PROTOCOL_AUTO }, { "5", 5 }, { "5.0", 5 },
+		       { "3.1.1", 311 }, { "311", 311 } };
+	struct conf c;
+	char text[1024], rpath[160], want[512];
+
+	for (size_t i = 0; i < sizeof(protos) / sizeof(protos[0]); i++) {
+		snprintf(text, sizeof(text), "[broker]\nprotocol = %s\n", protos[i].v);
+		ck_assert_msg(load(&c, text) == 0, "%s: %s", protos[i].v, err);
+		ck_assert_int_eq(c.protocol, protos[i].want);
+		ck_assert_msg(conf_validate(&c, err, sizeof(err)) == 0, "%s", err);
+		conf_free(&c);
+	}
+	/* auto may send a password without a username (MQTT 5). */
+	ck_assert_int_eq(load(&c, "[broker]\npassword_file = /etc/hostname\n"), 0);
+	ck_assert_msg(conf_validate(&c, err, sizeof(err)) == 0, "%s", err);
+	conf_free(&c);
+
+	ck_assert_int_eq(load(&c, "[store]\non_corrupt = fail\n"), 0);
+	ck_assert_int_eq(c.on_corrupt, CONF_ON_CORRUPT_FAIL);
+	conf_free(&c);
+	ck_assert_int_eq(load(&c, "[store]\non_corrupt = rebuild\n"), 0);
+	ck_assert_int_eq(c.on_corrupt, CONF_ON_CORRUPT_REBUILD);
+	conf_free(&c);
+
+	/* retained and retained_file merge into one list, in file order,
+	 * without duplicates, whichever key comes first. */
+	snprintf(rpath, sizeof(rpath), "%s/retained.txt", tmpdir);
+	write_file(rpath, "# site metadata\n\n  bms/site1/meta  \nbms/site2/meta # two\n"
+		   "a/b\r\n$SYS/broker/version\n", 82);
+	snprintf(text, sizeof(text),
+		 "[subscribe]\nretained = a/b\nretained_file = %s\nretained = c d/e\n", rpath);
+	ck_assert_msg(load(&c, text) == 0, "%s", err);
+	ck_assert_msg(conf_validate(&c, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_str_eq(c.retained_file, rpath);
+	ck_assert_uint_eq(c.nretained, 5);
+	ck_assert_str_eq(c.retained[0], "a/b");
+	ck_assert_str_eq(c.retained[1], "bms/site1/meta");
+	ck_assert_str_eq(c.retained[2], "bms/site2/meta");
+	ck_assert_str_eq(c.retained[3], "$SYS/broker/version");
+	ck_assert_str_eq(c.retained[4], "c d/e");
+	ck_assert_uint_eq(c.nfilters, 1); /* the filters are untouched */
+	conf_free(&c);
+	snprintf(text, sizeof(text), "[subscribe]\nretained_file = %s\nretained = x\n", rpath);
+	ck_assert_msg(load(&c, text) == 0, "%s", err);
+	ck_assert_uint_eq(c.nretained, 5); /* the file's topics stay */
+	ck_assert_str_eq(c.retained[4], "x");
+	conf_free(&c);
+	ck_assert_int_eq(load(&c, "[subscribe]\nretained_file =\n"), 0);
+	ck_assert_ptr_null(c.retained_file);
+	conf_free(&c);
+
+	/* An error in the file names both lines. */
+	write_file(rpath, "ok/topic\nbad/+/x\n", 18);
+	snprintf(text, sizeof(text), "[subscribe]\nretained_file = %s\n", rpath);
+	ck_assert_int_eq(load(&c, text), -EINVAL);
+	snprintf(want, sizeof(want),
+		 "%s:2: [subscribe] retained_file: %s:2: 'bad/+/x' is not a valid MQTT topic "
+		 "name (exact names, no + or #)", cpath, rpath);
+	ck_assert_str_eq(err, want);
+	conf_free(&c);
+	snprintf(text, sizeof(text), "[subscribe]\nretained_file = %s/none\n", tmpdir);
+	ck_assert_int_eq(load(&c, text), -EINVAL);
+	snprintf(want, sizeof(want),
+		 "%s:2: [subscribe] retained_file: cannot open '%s/none': No such file or directory",
+		 cpath, tmpdir);
+	ck_assert_str_eq(err, want);
+	conf_free(&c);
+
+	/* Bounded: CONF_MAX_FILTERS topics in all, file and keys together. */
+	FILE *f = fopen(rpath, "w");
+	ck_assert_ptr_nonnull(f);
+	for (int i = 0; i < CONF_MAX_FILTERS; i++)
+		fprintf(f, "t/%d\n", i);
+	ck_assert_int_eq(fclose(f), 0);
+	snprintf(text, sizeof(text), "[subscribe]\nretained_file = %s\n", rpath);
+	ck_assert_msg(load(&c, text) == 0, "%s", err);
+	ck_assert_uint_eq(c.nretained, CONF_MAX_FILTERS);
+	conf_free(&c);
+	snprintf(text, sizeof(text), "[subscribe]\nretained = t/0\nretained = extra\n"
+		 "retained_file = %s\n", rpath);
+	ck_assert_int_eq(load(&c, text), -EINVAL);
+	snprintf(want, sizeof(want), "%s:4: [subscribe] retained_file: %s:256: more than %d "
+		 "retained topics (retained and retained_file together)", cpath, rpath,
+		 CONF_MAX_FILTERS);
+	ck_assert_str_eq(err, want);
+	conf_free(&c);
+	/* A file too large is refused before it is all read. */
+	f = fopen(rpath, "w");
+	ck_assert_ptr_nonnull(f);
+	for (int i = 0; i < CONF_RETAINED_FILE_MAX / 64 + 1; i++)
+		fprintf(f, "# %061d\n", i); /* 64 bytes a line */
+	ck_assert_int_eq(fclose(f), 0);
+	ck_assert_int_eq(load(&c, text), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err, "file larger than 4194304 bytes"));
 	conf_free(&c);
 }
 END_TEST
@@ -754,6 +874,7 @@ static Suite *conf_suite(void)
 	tcase_add_test(tc, test_validate);
 	tcase_add_test(tc, test_all_errors_reported);
 	tcase_add_test(tc, test_reload_and_failed_load_free);
+	tcase_add_test(tc, test_protocol_retained_on_corrupt);
 	tcase_add_test(tc, test_read_secret);
 	suite_add_tcase(s, tc);
 	return s;

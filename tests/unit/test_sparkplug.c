@@ -69,7 +69,7 @@ static void sink_value(void *ctx, const struct msg *m, enum reject_reason why, s
 	n_upds++;
 }
 
-static const struct decode_out out = { sink_value, NULL };
+static const struct decode_out out = { .value = sink_value };
 
 static void key_cb(void *ctx, const char *key, size_t len)
 {
@@ -1021,7 +1021,7 @@ START_TEST(malformed_counts_emitted)
 {
 	static uint8_t many[2 * 10000];
 	size_t count = 0;
-	struct decode_out o = { count_value, &count };
+	struct decode_out o = { .value = count_value, .ctx = &count };
 	struct decode_in in = { .topic = "spBv1.0/G/NDATA/E", .topic_len = 17,
 				.payload = many, .payload_len = sizeof(many), .recv_ns = MS(T) };
 
