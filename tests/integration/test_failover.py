@@ -138,7 +138,7 @@ def failover(workdir, first, second, stop_first, start_first, prefix, what,
     the failover must take at most bound seconds. Returns (failover seconds,
     keys not at the last value)."""
     d = MultiDaemon(workdir, first.url, name='sm-' + prefix, config=(
-        '[broker]\nurl = %s, %s\nprotocol = 3.1.1\nkeepalive = %ds\nreconnect_max = %ds\n'
+        '[broker]\nurl = %s, %s\nkeepalive = %ds\nreconnect_max = %ds\n'
         '[subscribe]\nfilter = %s/#\n' % (first.url, second.url, KEEPALIVE_S,
                                           RECONNECT_MAX_S, prefix)))
     try:
@@ -159,6 +159,8 @@ def failover(workdir, first, second, stop_first, start_first, prefix, what,
             t_ready = time.monotonic()
             took = t_ready - t_stop
             assert took <= bound, '%s: failover took %.1fs (bound %.1fs)' % (what, took, bound)
+            status = d.get_json('/readyz')['status']
+            assert status.startswith('synced with %s ' % second.url), status
             hdrs = d.get('/v1/keys/%s/k000' % prefix)[1]
             assert hdrs['statemirror-synced'] == 'true'
             # Back on its feet, under load: the stopped broker returns.

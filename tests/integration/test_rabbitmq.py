@@ -17,8 +17,9 @@ import rabbit
 import smtest
 from smtest import Daemon, ts_ms, wait_for
 
-# RabbitMQ 3.10 refuses MQTT 5: until the daemon negotiates, say 3.1.1.
-PROTO = '[broker]\nprotocol = 3.1.1\n'
+# The default protocol (auto): RabbitMQ 3.10 refuses MQTT 5, the daemon
+# falls back to 3.1.1 (test_protocol_auto_falls_back looks closer).
+PROTO = ''
 
 
 class RabbitEnv:
@@ -85,6 +86,68 @@ def test_wildcard_gets_no_retained(env):
     c.publish('rwild/live', json.dumps({'v': 2, 'ts': ts_ms()}), qos=1)
     wait_for(lambda: d.key('rwild/live'), what='a live message through the wildcard')
     assert d.key('rwild/meta/a') is None
+    c.close()
+
+
+def test_protocol_auto_falls_back(env):
+    # A default-configured daemon (protocol = auto) offers MQTT 5; RabbitMQ
+    # 3.10 hangs up; the daemon retries the same broker with 3.1.1 at once,
+    # and the log and /readyz say so.
+    d = env.daemon(config=exact(['rauto/#']))
+    d.wait_ready(timeout=20)
+    log = d.log_text()
+    url = env.broker.url
+    assert log.count('%s: the broker closed the connection without answering CONNECT (MQTT 5); '
+                     'trying MQTT 3.1.1' % url) == 1, log[-2000:]
+    assert 'mqtt: connected to %s (MQTT 3.1.1: ' % url in log, log[-2000:]
+    status = d.get_json('/readyz')['status']
+    assert 'MQTT 3.1.1: the broker closed the connection after an MQTT 5 CONNECT' in status, status
+    c = env.broker.client()
+    c.publish('rauto/a', json.dumps({'v': 1, 'ts': ts_ms()}), qos=1)
+    wait_for(lambda: d.key('rauto/a'), what='a message in 3.1.1')
+    c.close()
+    # Said as 3.1.1, spoken at once: no MQTT 5 attempt.
+    d2 = env.daemon(config=exact(['rauto/#']), proto='[broker]\nprotocol = 3.1.1\n', name='sm311')
+    d2.wait_ready(timeout=20)
+    log = d2.log_text()
+    assert 'trying MQTT 3.1.1' not in log and 'connected to %s (MQTT 3.1.1' % url in log, log[-2000:]
+
+
+def test_retained_topics(env):
+    # RabbitMQ gives retained messages to exact-topic subscriptions only
+    # (rabbitmq-server issue 8824): a wildcard alone bootstraps nothing and
+    # says "0 retained"; [subscribe] retained (and retained_file) subscribe
+    # the exact topics too, and the bootstrap says where the messages came.
+    c = env.broker.client()
+    topics = ['rret/meta/a', 'rret/meta/b', 'rret/meta/c']
+    for i, t in enumerate(topics):
+        c.publish(t, json.dumps({'v': i, 'ts': ts_ms() - 1000}), qos=1, retain=True)
+    d = env.daemon(config=exact(['rret/#']))
+    d.wait_ready(timeout=20)
+    assert all(d.key(t) is None for t in topics)
+    status = d.get_json('/readyz')['status']
+    assert '0 retained message(s) from 1 wildcard and 0 exact subscription(s)' in status, status
+    d.stop()
+    tfile = os.path.join(env.dir, 'retained-topics')
+    with open(tfile, 'w') as f:
+        f.write('rret/meta/b\nrret/meta/c\n')
+    d = env.daemon(name='sm-ret', config=exact(['rret/#']) + 'retained = rret/meta/a\n'
+                   'retained_file = %s\n' % tfile)
+    d.wait_ready(timeout=20)
+    for i, t in enumerate(topics):
+        rec = d.key(t)
+        assert rec and rec['retained'] is True and rec['payload']['v'] == i, (t, rec)
+    status = d.get_json('/readyz')['status']
+    assert ('3 retained message(s) from 1 wildcard and 3 exact subscription(s) '
+            '(3 on exact topics)') in status, status
+    log = d.log_text()
+    assert '%s gave retained messages to exact subscriptions only' % env.broker.url in log, \
+        log[-2000:]
+    # Live messages on those topics still apply once (the wildcard and the
+    # exact subscription both deliver them: the second is a duplicate).
+    c.publish('rret/meta/a', json.dumps({'v': 10, 'ts': ts_ms()}), qos=1)
+    wait_for(lambda: d.key('rret/meta/a')['payload']['v'] == 10, what='live update')
+    assert d.key('rret/meta/a')['updates'] == 2
     c.close()
 
 
@@ -199,9 +262,14 @@ def test_broker_restart(env):
     c.close()
     assert d.metric('statemirror_reconnects_total') >= 1
     assert d.key('rbr/a')['payload']['v'] == 1
+    # The URL answered 3.1.1 before: the session keeps it, no new MQTT 5 try.
+    log = d.log_text()
+    assert log.count('trying MQTT 3.1.1') == 1, log[-3000:]
+    assert '(MQTT 3.1.1' in d.get_json('/readyz')['status']
 
 
 TESTS = [test_bootstrap_exact_subscriptions, test_wildcard_gets_no_retained,
+         test_protocol_auto_falls_back, test_retained_topics,
          test_newer_wins_older_ignored, test_delete_with_empty_payload,
          test_readiness_under_live_traffic, test_broker_restart]
 
