@@ -133,14 +133,14 @@ def connected_to(d, url, since=0):
 
 
 def failover(workdir, first, second, stop_first, start_first, prefix, what,
-             bound=KEEPALIVE_S + RECONNECT_MAX_S + SYNC_SLACK_S):
+             bound=KEEPALIVE_S + RECONNECT_MAX_S + SYNC_SLACK_S, broker_conf=''):
     """The scenario, with the mirror on `first` and the publisher on `second`;
     the failover must take at most bound seconds. Returns (failover seconds,
     keys not at the last value)."""
     d = MultiDaemon(workdir, first.url, name='sm-' + prefix, config=(
         '[broker]\nurl = %s, %s\nkeepalive = %ds\nreconnect_max = %ds\n'
-        '[subscribe]\nfilter = %s/#\n' % (first.url, second.url, KEEPALIVE_S,
-                                          RECONNECT_MAX_S, prefix)))
+        '%s[subscribe]\nfilter = %s/#\n' % (first.url, second.url, KEEPALIVE_S,
+                                            RECONNECT_MAX_S, broker_conf, prefix)))
     try:
         d.wait_ready(timeout=20)
         assert connected_to(d, first.url) == 1, d.log_text()[-2000:]
@@ -262,6 +262,15 @@ def test_rabbitmq_cluster(workdir):
                                                     cl.running_nodes(b)))
         assert cl.running_nodes(b) == sorted(n.nodename for n in cl.nodes)
         failover(workdir, a, b, a.stop, a.start, 'for', 'RabbitMQ cluster')
+        # Then a crash (SIGKILL) of the node the mirror is on, the other way
+        # round. With QoS 1 the plugin keeps the subscription in a durable
+        # queue named after the client id (mqtt-subscription-ID qos1), homed
+        # on the node the client was on: once that node is gone, the same
+        # client id cannot SUBSCRIBE on another ("home node ... is down or
+        # inaccessible": the connection is closed right after CONNACK) until
+        # it returns. QoS 0 subscriptions (a non-durable queue) fail over.
+        failover(workdir, b, a, b.kill, b.start, 'fok', 'RabbitMQ cluster, node killed, QoS 0',
+                 broker_conf='qos = 0\n')
         ok = True
     except Exception:
         for n in cl.nodes:
