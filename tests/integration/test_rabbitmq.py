@@ -106,6 +106,7 @@ def test_protocol_auto_falls_back(env):
     c.publish('rauto/a', json.dumps({'v': 1, 'ts': ts_ms()}), qos=1)
     wait_for(lambda: d.key('rauto/a'), what='a message in 3.1.1')
     c.close()
+    d.stop()  # the same client id: two at once would take the session from each other
     # Said as 3.1.1, spoken at once: no MQTT 5 attempt.
     d2 = env.daemon(config=exact(['rauto/#']), proto='[broker]\nprotocol = 3.1.1\n', name='sm311')
     d2.wait_ready(timeout=20)
