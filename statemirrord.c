@@ -354,17 +354,94 @@ static int daemon_config(struct daemon *d)
 	return 0;
 }
 
-/* Open the database (d->store). Returns 0 or -errno (logged). */
-static int daemon_open_store(struct daemon *d)
+/* A file store_open or store_load refuses as damaged or not ours: what
+ * [store] on_corrupt decides about (a newer schema, -ENOTSUP, is not). */
+static bool store_unusable(int rc)
 {
-	char err[512];
-	int rc;
+	return rc == -EINVAL || rc == -ENODATA || rc == -EBADMSG || rc == -EMEDIUMTYPE;
+}
 
-	if ((rc = store_open(d->conf.db_path, &d->store, err, sizeof(err))) < 0) {
-		log_error("store: cannot open %s: %s", d->conf.db_path, err);
+/*
+** The answer to a database file that cannot be used (why: the reason, with
+** the path, as store_open words it):
+** with on_corrupt = rebuild it is moved aside, loudly, and counted, and
+** the caller starts over on an empty file; with fail the start ends here.
+** Returns 0 (moved aside) or -errno (logged).
+*/
+static int store_rebuild(const struct conf *conf, int rc, const char *why)
+{
+	char aside[4096], err[512];
+	int r;
+
+	if (conf->on_corrupt == CONF_ON_CORRUPT_FAIL) {
+		log_error("store: %s; refusing to start ([store] on_corrupt = fail)", why);
 		return rc;
 	}
+	if ((r = store_set_aside(conf->db_path, clock_wall_ms(), aside, sizeof(aside), err,
+				 sizeof(err))) < 0) {
+		log_error("store: %s, and it cannot be moved aside: %s", why, err);
+		return r;
+	}
+	STAT_INC(store_rebuilds);
+	log_error("store: %s; moved aside to %s, starting with an empty mirror that the "
+		  "broker fills again ([store] on_corrupt = rebuild)", why, aside);
 	return 0;
+}
+
+/* Open the database (d->store). A file from a newer release is refused
+ * whatever on_corrupt says: it is never replaced. Returns 0 or -errno
+ * (logged). */
+static int daemon_open_store(struct daemon *d)
+{
+	const char *path = d->conf.db_path;
+	char err[512];
+	int rc = store_open(path, &d->store, err, sizeof(err));
+
+	if (store_unusable(rc) && (rc = store_rebuild(&d->conf, rc, err)) == 0)
+		rc = store_open(path, &d->store, err, sizeof(err));
+	if (rc == -ENOTSUP)
+		log_error("store: %s; refusing to start: the file is left for the release that "
+			  "wrote it", err);
+	else if (rc < 0)
+		log_error("store: cannot open %s: %s", path, err);
+	return rc;
+}
+
+/* The index (with its payload read-back) and the staleness engine over it,
+ * loaded from the store: damage found only now (-EBADMSG, deeper in the
+ * file) is answered as at open, once, with a fresh index. */
+static int daemon_load(struct daemon *d, int64_t *ret_rev, int64_t *ret_purge_before_ns,
+		       int64_t ret_resume[2])
+{
+	const struct conf *conf = &d->conf;
+	char why[4200];
+	int rc;
+
+	snprintf(why, sizeof(why), "%s: damaged (the load error above)", conf->db_path);
+	for (int attempt = 0;; attempt++) {
+		d->ix = index_new();
+		if (!d->ix)
+			return -ENOMEM;
+		/* Payloads the index no longer holds are read back from the file. */
+		index_set_payload_source(d->ix, store_fetch_payload, store_scan, store_scan_end,
+					 d->store);
+		d->stale = stale_new(conf, d->ix, &(struct deliver_outlet){ .publish = stale_publish,
+									  .ctx = d->mqtt });
+		if (!d->stale)
+			return -ENOMEM;
+		rc = load_index(d->store, d->stale, d->ix, ret_rev, ret_purge_before_ns, ret_resume);
+		if (rc != -EBADMSG || attempt > 0)
+			return rc;
+		stale_free(d->stale);
+		index_free(d->ix);
+		store_close(d->store);
+		d->stale = NULL;
+		d->ix = NULL;
+		d->store = NULL;
+		if ((rc = store_rebuild(conf, rc, why)) < 0 ||
+		    (rc = daemon_open_store(d)) < 0)
+			return rc;
+	}
 }
 
 /* The intent outbox and its engine, when [intents] allow is set: the
@@ -425,21 +502,15 @@ static int daemon_start(struct daemon *d)
 	log_info("statemirrord %s starting", SM_VERSION);
 	if ((rc = daemon_open_store(d)) < 0)
 		return rc;
-	d->ix = index_new();
-	d->rejects = rejects_new((size_t)conf->max_rejects);
-	if (!d->ix || !d->rejects)
+	if (!(d->rejects = rejects_new((size_t)conf->max_rejects)))
 		goto nomem;
-	/* Payloads the index no longer holds are read back from the file. */
-	index_set_payload_source(d->ix, store_fetch_payload, store_scan, store_scan_end, d->store);
 	if ((rc = mqtt_new(conf, &d->mqtt, err, sizeof(err))) < 0) {
 		log_error("mqtt: %s", err);
 		return rc;
 	}
-	d->stale = stale_new(conf, d->ix,
-			     &(struct deliver_outlet){ .publish = stale_publish, .ctx = d->mqtt });
-	if (!d->stale)
+	if ((rc = daemon_load(d, &rev, &purge_before_ns, resume)) == -ENOMEM)
 		goto nomem;
-	if ((rc = load_index(d->store, d->stale, d->ix, &rev, &purge_before_ns, resume)) < 0)
+	if (rc < 0)
 		return rc;
 
 	if (!(d->changes = changes_new((size_t)conf->watch_log_size, rev)))
@@ -448,9 +519,9 @@ static int daemon_start(struct daemon *d)
 		log_error("watch: cannot start: %s", strerror(-rc));
 		return rc;
 	}
+	watch_set_resume(d->watch, resume[0], resume[1], rev);
 	if ((rc = daemon_open_intents(d)) < 0)
 		return rc;
-	watch_set_resume(d->watch, resume[0], resume[1], rev);
 	struct mirror_deps cd = { .conf = conf, .ix = d->ix, .store = d->store,
 				  .stale = d->stale, .mqtt = d->mqtt, .rejects = d->rejects,
 				  .changes = d->changes, .intents = d->intents, .rev = rev,

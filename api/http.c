@@ -1351,13 +1351,7 @@ static void *reaper_main(void *arg)
 			wait = API_REAP_TICK_MS;
 		if (wait < 1)
 			wait = 1;
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		ts.tv_sec += wait / 1000;
-		ts.tv_nsec += (wait % 1000) * 1000000;
-		if (ts.tv_nsec >= 1000000000) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000;
-		}
+		clock_deadline(CLOCK_MONOTONIC, wait, &ts);
 		pthread_cond_timedwait(&a->reap_cv, &a->reap_mu, &ts);
 	}
 	pthread_mutex_unlock(&a->reap_mu);

@@ -118,13 +118,7 @@ static void mirror_wake(struct mirror *c)
 /* The CLOCK_MONOTONIC time (real, as the condition variables wait) ms from now. */
 static void mirror_deadline(struct timespec *dl, int64_t ms)
 {
-	clock_gettime(CLOCK_MONOTONIC, dl);
-	dl->tv_sec += (time_t)(ms / 1000);
-	dl->tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (dl->tv_nsec >= 1000000000L) {
-		dl->tv_sec++;
-		dl->tv_nsec -= 1000000000L;
-	}
+	clock_deadline(CLOCK_MONOTONIC, ms, dl);
 }
 
 /* Sleep until woken or timeout_ms passed (0: just look); a turn begins.

@@ -9,6 +9,7 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "mirror/state/intents.h"
 
 /*
@@ -330,7 +331,16 @@ int intents_new(const struct intents_limits *lim, struct outbox *ob, int64_t now
 		in->lim.history = 1;
 	in->ob = ob;
 	pthread_mutex_init(&in->mu, NULL);
-	pthread_cond_init(&in->cv, NULL);
+	{
+		pthread_condattr_t ca;
+
+		/* Its waits are timed on the monotonic clock: a step of the wall
+		 * clock neither stalls nor hurries the deadlines' thread. */
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&in->cv, &ca);
+		pthread_condattr_destroy(&ca);
+	}
 	if (ob && (r = outbox_load(ob, in->lim.history, take_row, in, err, errlen)) < 0) {
 		intents_free(in);
 		return r;
@@ -811,13 +821,7 @@ static void *intents_main(void *arg)
 		int64_t wait = intents_tick(in, in->clock());
 		struct timespec dl;
 
-		clock_gettime(CLOCK_REALTIME, &dl);
-		dl.tv_sec += (time_t)(wait / 1000);
-		dl.tv_nsec += (long)(wait % 1000) * 1000000L;
-		if (dl.tv_nsec >= 1000000000L) {
-			dl.tv_sec++;
-			dl.tv_nsec -= 1000000000L;
-		}
+		clock_deadline(CLOCK_MONOTONIC, wait, &dl);
 		pthread_mutex_lock(&in->mu);
 		while (!in->kick && !in->stop &&
 		       pthread_cond_timedwait(&in->cv, &in->mu, &dl) == 0)
