@@ -511,7 +511,7 @@ static int integer_parse(const struct item *it, const char *v, int64_t *ret, cha
 static int parse_int(struct conf *c, const struct item *it, const char *v, char *why,
 		     size_t whylen)
 {
-	int64_t n;
+	int64_t n = 0;
 	int rc = integer_parse(it, v, &n, why, whylen);
 
 	if (rc == 0)

@@ -484,7 +484,7 @@ static int check_header(const char *path, char *err, size_t errlen)
 */
 static int check_ours(sqlite3 *db, const char *path, int64_t v, char *err, size_t errlen)
 {
-	int64_t all, ours;
+	int64_t all = 0, ours = 0;
 	int r;
 
 	if ((r = query_int(db, "SELECT count(*) FROM sqlite_schema", &all, err, errlen)) < 0 ||
@@ -505,7 +505,7 @@ static int check_ours(sqlite3 *db, const char *path, int64_t v, char *err, size_
 int store_open(const char *path, struct store **ret_st, char *err, size_t errlen)
 {
 	struct store *st;
-	int64_t v;
+	int64_t v = 0;
 	int rc, r;
 
 	st = calloc(1, sizeof(*st));
