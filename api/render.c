@@ -171,8 +171,8 @@ int render_record(struct buf *b, const struct index *ix, const struct rec *r, in
 	PUT(&o, ",\"updates\":");
 	put_u64(&o, r->updates);
 	PUT(&o, ",\"cadence_ms\":");
-	if (r->cadence_ms)
-		put_u64(&o, r->cadence_ms);
+	if (rec_cadence_ms(r))
+		put_u64(&o, rec_cadence_ms(r));
 	else
 		PUT(&o, "null");
 	PUT(&o, ",\"cadence_source\":");

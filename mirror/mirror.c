@@ -199,7 +199,7 @@ static void mirror_apply_one(struct mirror *c, const struct msg *m, enum reject_
 {
 	struct rec *r = NULL;
 	bool live_seen = false;
-	int64_t now_ms = m->recv_ms;
+	int64_t now_ms = m->recv_ms, prev_seen = 0;
 	enum apply_result res;
 
 	if (why != REJECT_NONE) {
@@ -207,7 +207,7 @@ static void mirror_apply_one(struct mirror *c, const struct msg *m, enum reject_
 			    full_len, why, now_ms);
 		return;
 	}
-	res = apply_message(c->d.ix, m, now_ms, &c->lim, &c->rev, &r, &live_seen, &why);
+	res = apply_message(c->d.ix, m, now_ms, &c->lim, &c->rev, &r, &live_seen, &why, &prev_seen);
 	switch (res) {
 	case APPLY_REJECTED:
 		rejects_add(c->d.rejects, m->topic, m->topic_len, m->payload, m->payload_len,
@@ -216,7 +216,7 @@ static void mirror_apply_one(struct mirror *c, const struct msg *m, enum reject_
 	case APPLY_APPLIED:
 		mirror_mark_dirty(c, r);
 		mirror_log_change(c, r, CHANGE_UPDATE);
-		stale_on_message(c->d.stale, r, live_seen, r->updates == 1, now_ms,
+		stale_on_message(c->d.stale, r, live_seen, r->updates == 1, prev_seen, now_ms,
 				 mirror_on_transition, c);
 		/* The owners' state stream confirms (or not) what was asked. */
 		if (c->d.intents)
@@ -233,7 +233,7 @@ static void mirror_apply_one(struct mirror *c, const struct msg *m, enum reject_
 		if (live_seen) {
 			if (!(r->flags & REC_DIRTY))
 				mirror_mark_dirty(c, r);
-			stale_on_message(c->d.stale, r, true, false, now_ms,
+			stale_on_message(c->d.stale, r, true, false, prev_seen, now_ms,
 					 mirror_on_transition, c);
 		}
 		break;

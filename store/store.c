@@ -24,9 +24,6 @@
 extern const char *const schema_migrations[];
 extern const size_t schema_nmigrations;
 
-/* The learn column: one byte nlearn, then up to STORE_LEARN_SLOTS varints. */
-#define LEARN_BLOB_MAX (1 + STORE_LEARN_SLOTS * 5)
-
 /* The -wal file size (pages) past which a commit wakes the checkpointer,
  * and past which the writer waits for a checkpoint to finish: only then can
  * the next write transaction restart the WAL from its beginning, so under
@@ -43,7 +40,7 @@ extern const size_t schema_nmigrations;
 
 enum {
 	UPSERT_TOPIC = 1, UPSERT_TS_NS, UPSERT_RECEIVED, UPSERT_LAST_SEEN, UPSERT_REV,
-	UPSERT_STALE_SINCE, UPSERT_LAST_LIVE, UPSERT_UPDATES, UPSERT_CADENCE,
+	UPSERT_STALE_SINCE, UPSERT_UPDATES, UPSERT_CADENCE,
 	UPSERT_CADENCE_SOURCE, UPSERT_FLAGS, UPSERT_LEARN, UPSERT_PAYLOAD,
 };
 
@@ -52,16 +49,16 @@ enum {
  * SQLite than an ON CONFLICT DO UPDATE naming each column. */
 static const char sql_upsert[] =
 	"INSERT OR REPLACE INTO rec(topic, ts_ns, received_ms, last_seen_ms, rev, stale_since_ms,"
-	" last_live_ms, updates, cadence_ms, cadence_source, flags, learn, payload)"
-	" VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+	" updates, cadence_ms, cadence_source, flags, learn, payload)"
+	" VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
 
 /* A row whose payload is in the file already (payload_kept: a staleness
  * change, a confirmation) is written without it: the same parameters but
  * the last. */
 static const char sql_update[] =
 	"UPDATE rec SET ts_ns = ?2, received_ms = ?3, last_seen_ms = ?4, rev = ?5,"
-	" stale_since_ms = ?6, last_live_ms = ?7, updates = ?8, cadence_ms = ?9,"
-	" cadence_source = ?10, flags = ?11, learn = ?12 WHERE topic = ?1";
+	" stale_since_ms = ?6, updates = ?7, cadence_ms = ?8,"
+	" cadence_source = ?9, flags = ?10, learn = ?11 WHERE topic = ?1";
 
 /* Reading a payload back (struct reader): one, or a walk's worth in topic
  * order (BINARY collation: memcmp order, a prefix first). */
@@ -77,7 +74,7 @@ static const char sql_rev_mark[] =
 
 static const char sql_load[] =
 	"SELECT topic, ts_ns, received_ms, last_seen_ms, rev, stale_since_ms,"
-	" last_live_ms, updates, cadence_ms, cadence_source, flags, learn, payload"
+	" updates, cadence_ms, cadence_source, flags, learn, payload"
 	" FROM rec";
 
 /*
@@ -115,7 +112,7 @@ struct store {
 	bool rkey_ok;
 	int64_t rev_written;  /* the greatest rev committed, to skip rev_mark */
 	/* Rows staged for the next store_commit (see store_stage): their
-	 * fields, and their payloads and learn blobs in one byte buffer. */
+	 * fields, and their payloads in one byte buffer. */
 	struct staged *rows;
 	size_t nrows, caprows;
 	char *bytes;
@@ -125,12 +122,12 @@ struct store {
 /* A row as store_stage copied it: what the upsert binds. */
 struct staged {
 	const char *topic;      /* the caller's: a topic never changes */
-	int64_t ts_ns, received_ms, last_seen_ms, rev, stale_since_ms, last_live_ms;
+	int64_t ts_ns, received_ms, last_seen_ms, rev, stale_since_ms;
 	size_t payload_off;     /* in st->bytes */
 	uint32_t payload_len;
-	uint32_t updates, cadence_ms;
+	uint32_t updates, cadence_ms, learn_ms;
 	uint16_t topic_len, flags;
-	uint8_t learn_len;      /* learn blob right after the payload; 0 = none */
+	uint8_t learn;
 	uint8_t cadence_source;
 	bool has_payload;
 	bool keep_payload;      /* in the file already: written with sql_update */
@@ -644,70 +641,23 @@ void store_close(struct store *st)
 	free(st);
 }
 
-/* Encode row's learning state; returns the length, 0 for none (bound as NULL). */
-static size_t learn_encode(const struct store_row *row, unsigned char out[LEARN_BLOB_MAX])
+/* The learn column (schema/003_learner.sql): the learner's estimate x 256
+ * + its counts, NULL for none. */
+static int64_t learn_encode(uint32_t learn_ms, uint8_t learn)
 {
-	size_t k = STORE_LEARN_SLOTS, n = 0;
-
-	if (!row->has_learn)
-		return 0;
-	while (k > 0 && row->learn_iv[k - 1] == 0)
-		k--;
-	if (k == 0 && row->learn_n == 0)
-		return 0;
-	out[n++] = row->learn_n;
-	for (size_t i = 0; i < k; i++) {
-		uint32_t x = row->learn_iv[i];
-
-		while (x >= 0x80) {
-			out[n++] = (unsigned char)(x | 0x80);
-			x >>= 7;
-		}
-		out[n++] = (unsigned char)x;
-	}
-	return n;
+	return (int64_t)learn_ms << 8 | learn;
 }
 
-/* Decode a learn blob into row's learning state. No blob, or a malformed
- * one, leaves has_learn false: the intervals are relearned from the next
- * messages (last_live_ms alone is no use after a restart: an interval
- * never spans one). */
-static void learn_decode(struct store_row *row, const unsigned char *p, size_t len)
+static void learn_decode(struct store_row *row, sqlite3_stmt *s, int col)
 {
-	uint32_t iv[STORE_LEARN_SLOTS] = { 0 };
-	size_t i = 1, k = 0;
-	bool ok = p && len > 0;
+	int64_t v = sqlite3_column_int64(s, col);
 
-	row->has_learn = false;
-	while (ok && i < len) {
-		uint64_t x = 0;
-		unsigned shift = 0;
-
-		if (k == STORE_LEARN_SLOTS) {
-			ok = false;
-			break;
-		}
-		for (;;) {
-			if (i >= len || shift > 28) {
-				ok = false;
-				break;
-			}
-			x |= (uint64_t)(p[i] & 0x7f) << shift;
-			shift += 7;
-			if (!(p[i++] & 0x80))
-				break;
-		}
-		if (!ok || x > UINT32_MAX) {
-			ok = false;
-			break;
-		}
-		iv[k++] = (uint32_t)x;
-	}
-	if (!ok)
-		return;
-	row->has_learn = true;
-	row->learn_n = p[0];
-	memcpy(row->learn_iv, iv, sizeof(iv));
+	row->learn_ms = 0;
+	row->learn = 0;
+	if (sqlite3_column_type(s, col) != SQLITE_INTEGER || v < 0 || v > ((int64_t)UINT32_MAX << 8 | 0xff))
+		return; /* none, or not ours: relearned */
+	row->learn_ms = (uint32_t)(v >> 8);
+	row->learn = (uint8_t)(v & 0xff);
 }
 
 static int bind_row(struct store *st, sqlite3_stmt *s, const struct staged *w)
@@ -721,14 +671,12 @@ static int bind_row(struct store *st, sqlite3_stmt *s, const struct staged *w)
 	rc |= sqlite3_bind_int64(s, UPSERT_LAST_SEEN, w->last_seen_ms);
 	rc |= sqlite3_bind_int64(s, UPSERT_REV, w->rev);
 	rc |= sqlite3_bind_int64(s, UPSERT_STALE_SINCE, w->stale_since_ms);
-	rc |= sqlite3_bind_int64(s, UPSERT_LAST_LIVE, w->last_live_ms);
 	rc |= sqlite3_bind_int64(s, UPSERT_UPDATES, w->updates);
 	rc |= sqlite3_bind_int64(s, UPSERT_CADENCE, w->cadence_ms);
 	rc |= sqlite3_bind_int(s, UPSERT_CADENCE_SOURCE, w->cadence_source);
 	rc |= sqlite3_bind_int(s, UPSERT_FLAGS, w->flags);
-	if (w->learn_len)
-		rc |= sqlite3_bind_blob(s, UPSERT_LEARN, payload + w->payload_len, w->learn_len,
-					SQLITE_STATIC);
+	if (w->learn_ms || w->learn)
+		rc |= sqlite3_bind_int64(s, UPSERT_LEARN, learn_encode(w->learn_ms, w->learn));
 	else
 		rc |= sqlite3_bind_null(s, UPSERT_LEARN);
 	if (w->keep_payload)
@@ -769,15 +717,13 @@ static int grow(void **p, size_t *cap, size_t need, size_t elem)
 
 int store_stage(struct store *st, const struct store_row *row)
 {
-	unsigned char learn[LEARN_BLOB_MAX];
-	size_t nlearn = learn_encode(row, learn);
 	bool kept = row->payload_kept;
 	bool has_payload = !kept && row->payload && !(row->flags & STORE_DELETED);
 	size_t plen = has_payload ? row->payload_len : 0;
 	struct staged *w;
 
 	if (grow((void **)&st->rows, &st->caprows, st->nrows + 1, sizeof(*st->rows)) < 0 ||
-	    grow((void **)&st->bytes, &st->capbytes, st->nbytes + plen + nlearn, 1) < 0)
+	    grow((void **)&st->bytes, &st->capbytes, st->nbytes + plen, 1) < 0)
 		return -ENOMEM;
 	w = &st->rows[st->nrows++];
 	*w = (struct staged){
@@ -785,18 +731,15 @@ int store_stage(struct store *st, const struct store_row *row)
 		.ts_ns = row->ts_ns, .received_ms = row->received_ms,
 		.last_seen_ms = row->last_seen_ms, .rev = row->rev,
 		.stale_since_ms = row->stale_since_ms,
-		.last_live_ms = row->last_live_ms,
 		.payload_off = st->nbytes, .payload_len = (uint32_t)plen,
 		.updates = row->updates, .cadence_ms = row->cadence_ms,
-		.flags = row->flags, .learn_len = (uint8_t)nlearn,
+		.flags = row->flags, .learn_ms = row->learn_ms, .learn = row->learn,
 		.cadence_source = (uint8_t)row->cadence_source, .has_payload = has_payload,
 		.keep_payload = kept,
 	};
 	if (plen)
 		memcpy(st->bytes + st->nbytes, row->payload, plen);
-	if (nlearn)
-		memcpy(st->bytes + st->nbytes + plen, learn, nlearn);
-	st->nbytes += plen + nlearn;
+	st->nbytes += plen;
 	return 0;
 }
 
@@ -919,13 +862,13 @@ int store_load(struct store *st, int64_t skip_before_ns, store_row_fn fn, void *
 		}
 		row = (struct store_row){
 			.topic = topic, .topic_len = (uint16_t)tlen,
-			.flags = (uint16_t)sqlite3_column_int64(s, 10),
+			.flags = (uint16_t)sqlite3_column_int64(s, 9),
 			.ts_ns = sqlite3_column_int64(s, 1),
 		};
 		if ((row.flags & STORE_DELETED) && row.ts_ns < skip_before_ns)
 			continue; /* forgotten: store_purge_tombstones deletes it */
-		row.payload = sqlite3_column_blob(s, 12);
-		row.payload_len = (uint32_t)sqlite3_column_bytes(s, 12);
+		row.payload = sqlite3_column_blob(s, 11);
+		row.payload_len = (uint32_t)sqlite3_column_bytes(s, 11);
 		if ((row.flags & STORE_DELETED) || !row.payload) {
 			row.payload = NULL;
 			row.payload_len = 0;
@@ -934,11 +877,10 @@ int store_load(struct store *st, int64_t skip_before_ns, store_row_fn fn, void *
 		row.last_seen_ms = sqlite3_column_int64(s, 3);
 		row.rev = sqlite3_column_int64(s, 4);
 		row.stale_since_ms = sqlite3_column_int64(s, 5);
-		row.last_live_ms = sqlite3_column_int64(s, 6);
-		row.updates = (uint32_t)sqlite3_column_int64(s, 7);
-		row.cadence_ms = (uint32_t)sqlite3_column_int64(s, 8);
-		row.cadence_source = sqlite3_column_int64(s, 9);
-		learn_decode(&row, sqlite3_column_blob(s, 11), (size_t)sqlite3_column_bytes(s, 11));
+		row.updates = (uint32_t)sqlite3_column_int64(s, 6);
+		row.cadence_ms = (uint32_t)sqlite3_column_int64(s, 7);
+		row.cadence_source = sqlite3_column_int64(s, 8);
+		learn_decode(&row, s, 10);
 		ret = fn(ctx, &row);
 		if (ret < 0) {
 			if (ret == -ENOMEM)

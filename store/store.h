@@ -19,9 +19,6 @@ enum store_flag {
 	STORE_IS_JSON = 1u << 4, /* the payload is stored as TEXT, else BLOB */
 };
 
-/* Intervals in a row's learning state (the learn column). */
-#define STORE_LEARN_SLOTS 7
-
 /*
 ** One row of the rec table: a key's state as the file keeps it, in plain
 ** fields (schema/001_init.sql says what each means). The store knows rows,
@@ -38,16 +35,14 @@ struct store_row {
 	int64_t last_seen_ms;
 	int64_t rev;
 	int64_t stale_since_ms;
-	int64_t last_live_ms;    /* learning: the last live message, 0 none */
 	int64_t cadence_source;  /* as stored: the reader checks its range */
 	uint32_t payload_len;
 	uint32_t updates;
 	uint32_t cadence_ms;
-	uint32_t learn_iv[STORE_LEARN_SLOTS]; /* learning: the interval ring (ms) */
+	uint32_t learn_ms;       /* the cadence learner's estimate (ms), 0 none */
 	uint16_t topic_len;
 	uint16_t flags;          /* enum store_flag and the record's other stored bits */
-	uint8_t learn_n;         /* learning: intervals recorded so far */
-	bool has_learn;          /* learn_n and learn_iv hold a learning state */
+	uint8_t learn;           /* the cadence learner's counts (opaque here) */
 	bool payload_kept;       /* store_stage: the file has the payload already, keep it
 				  * (payload ignored); never set by store_load */
 };
@@ -97,8 +92,8 @@ void store_close(struct store *st);
 ** (observation time; INT64_MIN keeps all): those are forgotten, and
 ** store_purge_tombstones() with the same bound deletes them later, off the
 ** startup path. A row's payload is its stored bytes (NULL for a tombstone
-** or none); has_learn is false when the learn column is NULL or malformed
-** (the intervals are relearned); payload_kept is false. fn returns 0 to go
+** or none); learn_ms and learn are 0 when the learn column is NULL or not
+** an integer that fits (the cadence is relearned); payload_kept is false. fn returns 0 to go
 ** on, or a negative errno to stop: store_load returns it, with
 ** "load: <topic>: <reason>" in err. *ret_rev receives the highest rev ever
 ** written (the greatest of the rows fn took and the file's high-water
@@ -130,7 +125,7 @@ int store_write(struct store *st, const struct store_row *rows, size_t n, char *
 		size_t errlen);
 
 /*
-** Copy row (every field, its payload bytes and learning state) into the
+** Copy row (every field and its payload bytes) into the
 ** store's staging buffer for the next store_commit(). The copy is what lets
 ** the mirror stage records under the index lock, cheaply (a memcpy per row,
 ** no allocation once the buffers have grown), and write them without it

@@ -394,11 +394,12 @@ static void group_add(struct stale *s, const struct rec *r, int delta)
 
 static int64_t window_of(const struct stale *s, const struct rec *r)
 {
+	uint32_t c = rec_cadence_ms(r);
 	double w;
 
-	if (!r->cadence_ms)
+	if (!c)
 		return 0;
-	w = ceil(s->grace * (double)r->cadence_ms);
+	w = ceil(s->grace * (double)c);
 	return w < 1 ? 1 : w > 1e15 ? (int64_t)1e15 : (int64_t)w;
 }
 
@@ -407,28 +408,51 @@ static uint32_t clamp_ms(int64_t v)
 	return v <= 0 ? 0 : v >= UINT32_MAX ? UINT32_MAX : (uint32_t)v;
 }
 
-/* The median of the recorded intervals (the upper one of an even count):
- * a single late, early or doubled message cannot move it. */
-static uint32_t learned_ms(const struct stale *s, const struct rec *r)
-{
-	const struct rec_learn *l = index_learn(s->ix, r);
-	uint32_t v[REC_LEARN_SLOTS];
-	unsigned k;
+/*
+** The learner's state in the record (index.h): its estimate in cadence_ms,
+** and in learn: bits 0-1 the intervals that agreed (0..3: learned at 3),
+** 2-3 the run of outliers on one side, 4 that side is the long one, 5-7
+** the intervals that agreed since the last outlier (0..LEARN_CALM). Its
+** anchor is learn_lag ms behind last_seen_ms (lag_enc), LAG_NONE for none.
+*/
+#define LEARN_N_MASK 0x03u
+#define LEARN_RUN_SHIFT 2
+#define LEARN_RUN_MASK (0x03u << LEARN_RUN_SHIFT)
+#define LEARN_LONG 0x10u
+#define LEARN_CALM_SHIFT 5
+#define LEARN_CALM_MASK (0x07u << LEARN_CALM_SHIFT)
+#define LEARN_CALM 7             /* agreeing intervals that forget a run of long ones */
+#define LAG_NONE UINT16_MAX
 
-	if (!l)
+static bool learned(const struct rec *r)
+{
+	return (r->learn & LEARN_N_MASK) >= LEARN_NEED;
+}
+
+static void learn_reset(struct rec *r)
+{
+	r->learn = 0;
+	r->learn_lag = 0;
+}
+
+/* A lag in 16 bits: 11 bits of mantissa, 5 of exponent (m << e): exact
+ * below 2048 ms, within 0.05 % above; never LAG_NONE (e <= 21 for 32 bits). */
+static uint16_t lag_enc(int64_t lag)
+{
+	unsigned e = 0;
+
+	if (lag <= 0)
 		return 0;
-	k = l->n < REC_LEARN_SLOTS ? l->n : REC_LEARN_SLOTS;
-	if (k < LEARN_NEED)
-		return 0;
-	memcpy(v, l->iv, sizeof(v));
-	for (unsigned i = 1; i < k; i++) {
-		uint32_t x = v[i];
-		unsigned j = i;
-		for (; j > 0 && v[j - 1] > x; j--)
-			v[j] = v[j - 1];
-		v[j] = x;
-	}
-	return v[k / 2];
+	if (lag > UINT32_MAX)
+		return LAG_NONE;
+	while ((lag >> e) > 0x7ff)
+		e++;
+	return (uint16_t)(e << 11 | (uint64_t)(lag >> e));
+}
+
+static int64_t lag_dec(uint16_t v)
+{
+	return (int64_t)(v & 0x7ff) << (v >> 11);
 }
 
 /* Derive r's cadence: the first matching rule, else the default. Returns
@@ -460,18 +484,21 @@ static bool derive(struct stale *s, struct rec *r)
 		break;
 	case CONF_DEFAULT_LEARN:
 	case CONF_DEFAULT_MAX:
-		ms = learned_ms(s, r);
-		if (ms) {
-			src = CADENCE_LEARNED;
-		} else if (r->cadence_source == CADENCE_LEARNED && r->cadence_ms) {
-			/* Learned before (stored), the ring not yet refilled. */
+		/* What the learner has learned so far, if it was learning (its
+		 * estimate is cadence_ms); from a rule or a default it starts
+		 * from nothing. */
+		if (r->cadence_source == CADENCE_LEARNED && r->cadence_ms && !learned(r))
+			r->learn = (uint8_t)((r->learn & ~LEARN_N_MASK) | LEARN_NEED); /* learned, counts lost */
+		if (r->learn && (r->cadence_source == CADENCE_NONE || r->cadence_source == CADENCE_LEARNED)) {
 			ms = r->cadence_ms;
-			src = CADENCE_LEARNED;
+			src = learned(r) ? CADENCE_LEARNED : CADENCE_NONE;
 		}
 		break;
 	}
 done:
-	changed = ms != r->cadence_ms || src != r->cadence_source;
+	if (src != CADENCE_LEARNED && !(src == CADENCE_NONE && ms))
+		learn_reset(r);
+	changed = (src == CADENCE_NONE ? 0 : ms) != rec_cadence_ms(r) || src != r->cadence_source;
 	r->cadence_ms = ms;
 	r->cadence_source = src;
 	if (window_of(s, r) > s->max_window_ms)
@@ -481,54 +508,93 @@ done:
 
 static bool learns(const struct stale *s, const struct rec *r)
 {
-	return r->cadence_source != CADENCE_RULE &&
+	return (r->cadence_source == CADENCE_NONE || r->cadence_source == CADENCE_LEARNED) &&
 	       (s->default_kind == CONF_DEFAULT_LEARN || s->default_kind == CONF_DEFAULT_MAX);
 }
 
 /*
-** Learn from a live message at now_ms. Intervals are measured only between
-** live messages both heard while synced in the current session: an interval
-** that spans our own absence (or a restart) is not the producer's cadence.
-** A message closer to the previous one than a quarter of the learned cadence
-** (or LEARN_MIN_MS) is another copy of it: it neither counts as an interval
-** nor moves the anchor, so a producer that always publishes twice is learned
-** right; one that really speeds up is still followed, a few steps at a time.
+** Learn from a live message at now_ms (prev_seen_ms: last_seen before it).
+**
+** The anchor is the last live message that counted; the interval is from
+** it to now. Intervals are measured only between live messages both heard
+** while synced in the current session: one that spans our own absence (or
+** a restart) is not the producer's cadence. A message closer to the anchor
+** than a quarter of the estimate (or LEARN_MIN_MS) is another copy of it:
+** it neither counts as an interval nor moves the anchor, so a producer that
+** always publishes twice, or in bursts, is learned right; one that really
+** speeds up is still followed, a few steps at a time.
+**
+** An interval within [estimate / 2, 2 x estimate] agrees: the estimate
+** moves a quarter of the way to it (an EWMA; jitter averages out). One
+** outside is an outlier and leaves the estimate alone; three outliers on
+** the same side re-seed it with the latest (the cadence changed). Long ones
+** need not be consecutive: the run of long outliers is forgotten only after
+** LEARN_CALM intervals that agree, so a producer that pauses now and then
+** is not taken for a slower one, while one whose bursts leave regular gaps
+** is learned by the gaps. Short ones must be consecutive: too short a
+** cadence would raise false alarms, too long one only detects later.
+** The cadence is learned once three intervals agreed (or re-seeded it).
 */
-static void learn(struct stale *s, struct rec *r, int64_t now_ms)
+static void learn(struct stale *s, struct rec *r, int64_t prev_seen_ms, int64_t now_ms)
 {
-	struct rec_learn *l;
-	int64_t prev;
-	uint32_t ms, dropped;
+	unsigned n, run, calm;
+	bool long_side;
+	int64_t anchor, iv, floor_ms;
+	uint32_t est;
 
-	/* Only keys that learn keep the state to learn from (a key with a
-	 * rule starts learning if a reload takes its rule away). */
 	if (!learns(s, r))
 		return;
-	l = index_learn_make(s->ix, r);
-	if (!l) {
-		if (log_ratelimit_ok(&s->rl_err, now_ms, &dropped))
-			log_warnx("staleness: out of memory, %s cannot learn its cadence", r->data);
+	anchor = r->learn_lag == LAG_NONE ? 0 : prev_seen_ms - lag_dec(r->learn_lag);
+	if (anchor <= 0 || !s->synced || anchor < s->synced_since_ms || now_ms <= anchor) {
+		r->learn_lag = 0; /* this message is the anchor */
 		return;
 	}
-	prev = l->last_live_ms;
-	if (prev > 0 && s->synced && prev >= s->synced_since_ms && now_ms > prev) {
-		int64_t iv = now_ms - prev;
-		int64_t floor_ms = LEARN_MIN_MS;
-
-		if (r->cadence_source == CADENCE_LEARNED && r->cadence_ms / 4 > floor_ms)
-			floor_ms = r->cadence_ms / 4;
-		if (iv < floor_ms)
-			return;
-		l->iv[l->n % REC_LEARN_SLOTS] = clamp_ms(iv);
-		/* n counts intervals; past 2 x slots it steps back by the ring
-		 * size so that n % slots stays the write position. */
-		if (++l->n >= 2 * REC_LEARN_SLOTS)
-			l->n -= REC_LEARN_SLOTS;
+	iv = now_ms - anchor;
+	n = r->learn & LEARN_N_MASK;
+	est = n ? r->cadence_ms : 0;
+	floor_ms = est / 4 > LEARN_MIN_MS ? est / 4 : LEARN_MIN_MS;
+	if (iv < floor_ms) {
+		r->learn_lag = lag_enc(now_ms - prev_seen_ms + lag_dec(r->learn_lag));
+		return;
 	}
-	l->last_live_ms = now_ms;
-	ms = learned_ms(s, r);
-	if (ms) {
-		r->cadence_ms = ms;
+	r->learn_lag = 0;
+	run = (r->learn & LEARN_RUN_MASK) >> LEARN_RUN_SHIFT;
+	calm = (r->learn & LEARN_CALM_MASK) >> LEARN_CALM_SHIFT;
+	long_side = r->learn & LEARN_LONG;
+	if (iv > UINT32_MAX)
+		iv = UINT32_MAX;
+	if (n == 0) {
+		est = (uint32_t)iv;
+		n = 1;
+		run = 0;
+	} else if (iv > 2 * (int64_t)est || 2 * iv < (int64_t)est) {
+		bool lng = iv > 2 * (int64_t)est;
+
+		run = run && lng == long_side ? run + 1 : 1;
+		long_side = lng;
+		calm = 0;
+		if (run >= LEARN_NEED) {
+			est = (uint32_t)iv;
+			n = LEARN_NEED;
+			run = 0;
+		}
+	} else {
+		int64_t d = iv - (int64_t)est;
+
+		/* A quarter of the way, at least a ms: a steady producer is
+		 * followed to the ms. */
+		est = (uint32_t)((int64_t)est + (d / 4 ? d / 4 : d > 0 ? 1 : d < 0 ? -1 : 0));
+		if (n < LEARN_NEED)
+			n++;
+		if (!long_side)
+			run = 0;
+		if (calm < LEARN_CALM && ++calm == LEARN_CALM)
+			run = 0;
+	}
+	r->learn = (uint8_t)(n | run << LEARN_RUN_SHIFT | calm << LEARN_CALM_SHIFT |
+			     (long_side ? LEARN_LONG : 0));
+	r->cadence_ms = est ? est : 1;
+	if (learned(r)) {
 		r->cadence_source = CADENCE_LEARNED;
 		if (window_of(s, r) > s->max_window_ms)
 			s->max_window_ms = window_of(s, r);
@@ -561,7 +627,7 @@ static void log_transition(struct stale *s, const struct rec *r, bool to_stale, 
 		log_info("staleness: %" PRIu32 " more transitions not logged", dropped);
 	if (to_stale)
 		log_info("stale: %s, unheard for %" PRId64 " ms (cadence %" PRIu32 " ms, grace %g)",
-			 r->data, now_ms - r->last_seen_ms, r->cadence_ms, s->grace);
+			 r->data, now_ms - r->last_seen_ms, rec_cadence_ms(r), s->grace);
 	else
 		log_info("fresh: %s, heard again", r->data);
 }
@@ -924,8 +990,8 @@ bool stale_on_load(struct stale *s, struct rec *r, int64_t now_ms)
 	return changed || was;
 }
 
-void stale_on_message(struct stale *s, struct rec *r, bool live_seen, bool is_new, int64_t now_ms,
-		      stale_transition_fn cb, void *ctx)
+void stale_on_message(struct stale *s, struct rec *r, bool live_seen, bool is_new,
+		      int64_t prev_seen_ms, int64_t now_ms, stale_transition_fn cb, void *ctx)
 {
 	bool stale;
 
@@ -962,7 +1028,9 @@ void stale_on_message(struct stale *s, struct rec *r, bool live_seen, bool is_ne
 			track(s, r, now_ms);
 	}
 	if (live_seen)
-		learn(s, r, now_ms);
+		learn(s, r, prev_seen_ms, now_ms);
+	else if (r->last_seen_ms != prev_seen_ms)
+		r->learn_lag = LAG_NONE; /* a retained copy moved last_seen: the next live message anchors */
 
 	if ((r->flags & REC_STALE) && (r->flags & REC_STICKY)) {
 		/* Its producer said it is gone: only the key itself, heard

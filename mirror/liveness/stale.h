@@ -60,10 +60,12 @@ bool stale_on_load(struct stale *s, struct rec *r, int64_t now_ms);
 ** A message was applied or confirmed r (APPLIED or DUPLICATE, or a retained
 ** delivery). live_seen: a live delivery refreshed last_seen (learn from it,
 ** push the deadline, and turn a stale key fresh). is_new: first sight of
-** the key (derive its cadence). Write lock held.
+** the key (derive its cadence). prev_seen_ms: r's last_seen before this
+** message (apply_message's *ret_prev_seen): the learner's anchor is kept
+** relative to it. Write lock held.
 */
-void stale_on_message(struct stale *s, struct rec *r, bool live_seen, bool is_new, int64_t now_ms,
-		      stale_transition_fn cb, void *ctx);
+void stale_on_message(struct stale *s, struct rec *r, bool live_seen, bool is_new,
+		      int64_t prev_seen_ms, int64_t now_ms, stale_transition_fn cb, void *ctx);
 
 /* The key was deleted: stop tracking it (and clear its stale state; no
  * callback: a deleted key is not served, the delete is its change). If it

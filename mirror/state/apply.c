@@ -135,7 +135,7 @@ static void set_value(struct rec *r, bool was_live, const struct msg *m, int64_t
 	/* The staleness engine's bits and the mirror's (REC_DIRTY: marking a
 	 * change for the store is the caller's) are not the apply's. */
 	uint16_t keep = r->flags & (REC_STALE | REC_REASON_MASK | REC_STICKY | REC_NO_STALE |
-				      REC_LEARNS | REC_DIRTY);
+				      REC_DIRTY);
 
 	r->ts_ns = m->ts_ns;
 	r->received_ms = now_ms;
@@ -166,13 +166,14 @@ static enum reject_reason insert_error(int rc)
 enum apply_result apply_message(struct index *ix, const struct msg *m, int64_t now_ms,
 				const struct apply_limits *lim, int64_t *rev_counter,
 				struct rec **ret_rec, bool *ret_live_seen,
-				enum reject_reason *ret_reason)
+				enum reject_reason *ret_reason, int64_t *ret_prev_seen)
 {
 	enum reject_reason why = REJECT_NONE;
 	enum apply_result res;
 	struct rec *r = NULL;
 	bool del = m->payload_len == 0;
 	bool was_live, failed = false;
+	int64_t prev_seen = 0;
 	int c, rc;
 
 	if (floor_div(m->ts_ns, 1000000) > now_ms + lim->future_skew_ms) {
@@ -195,6 +196,7 @@ enum apply_result apply_message(struct index *ix, const struct msg *m, int64_t n
 		res = del ? APPLY_DELETED : APPLY_APPLIED;
 		goto done;
 	}
+	prev_seen = r->last_seen_ms;
 
 	/* A retained copy without a timestamp of its own carries only the
 	 * time we received it: when its bytes are what we already hold, it is
@@ -239,6 +241,8 @@ done:
 				 (res == APPLY_APPLIED || res == APPLY_DUPLICATE);
 	if (ret_reason)
 		*ret_reason = REJECT_NONE;
+	if (ret_prev_seen)
+		*ret_prev_seen = prev_seen;
 	return res;
 reject:
 	if (ret_rec)
@@ -247,5 +251,7 @@ reject:
 		*ret_live_seen = false;
 	if (ret_reason)
 		*ret_reason = why;
+	if (ret_prev_seen)
+		*ret_prev_seen = 0;
 	return APPLY_REJECTED;
 }

@@ -77,7 +77,10 @@ struct apply_limits {
 ** it); the caller marks the record dirty if it persists last_seen.
 ** *ret_live_seen is set true when a live delivery
 ** confirmed a live key (APPLIED or DUPLICATE, not a tombstone): the
-** staleness engine's sign of life.
+** staleness engine's sign of life. *ret_prev_seen receives last_seen as
+** it was before this message (0 for a new key, or on REJECTED): the
+** staleness engine measures the interval since the previous live message
+** from it.
 ** Rejections (future ts; a new key while lim->max_keys records are held,
 ** tombstones included, max_keys <= 0 = no limit; out of memory) set
 ** *ret_reason and touch nothing. Every ret_* (each may be NULL) is written
@@ -88,6 +91,6 @@ struct apply_limits {
 enum apply_result apply_message(struct index *ix, const struct msg *m, int64_t now_ms,
 				const struct apply_limits *lim, int64_t *rev_counter,
 				struct rec **ret_rec, bool *ret_live_seen,
-				enum reject_reason *ret_reason);
+				enum reject_reason *ret_reason, int64_t *ret_prev_seen);
 
 #endif

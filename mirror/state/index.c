@@ -9,7 +9,6 @@
 #include <unistd.h>
 
 #include "common/hash.h"
-#include "common/hmap.h"
 #include "mirror/state/index.h"
 
 /*
@@ -33,14 +32,6 @@
 ** yet is malloc'd, and released by index_free(). Every record hangs below
 ** exactly one internal node (or is the root), which is how index_free()
 ** finds them.
-**
-** Learning states: most keys never learn (a rule or a fixed default gives
-** their cadence), so a record has no field for one. The keys that learn
-** find theirs through a map from the record's reference to a slot in a
-** slab of states (40 bytes each, no malloc header); REC_LEARNS on the
-** record says there is one to find. The map is common/hmap (8 bytes an
-** entry, at most 3/4 full); states are never given back before
-** index_free(), like the records.
 */
 typedef uint32_t cb_ref;
 
@@ -52,7 +43,7 @@ struct cb_node {
 	uint8_t otherbits;
 };
 _Static_assert(sizeof(struct cb_node) == 12, "a crit-bit node is 12 bytes");
-_Static_assert(offsetof(struct rec, data) == 70, "rec_slot_size says 70");
+_Static_assert(offsetof(struct rec, data) == 73, "rec_slot_size says 73");
 
 #define NODE_CHUNK_SHIFT 13
 #define NODE_CHUNK (1u << NODE_CHUNK_SHIFT)
@@ -68,8 +59,6 @@ struct block_at {
 	uint32_t num;
 };
 
-#define LEARN_CHUNK_SHIFT 10
-
 struct index {
 	/* Where payloads in the file come from (index_set_payload_source). */
 	rec_fetch_fn fetch;
@@ -84,10 +73,6 @@ struct index {
 	struct block_at *by_addr;    /* the blocks sorted by address, for index_ref() */
 	size_t block_used;
 	size_t nrec, nlive;
-	struct hmap lmap;            /* the record's ref | 1 -> its state in the slab */
-	uint32_t nlearn;             /* states */
-	struct rec_learn **lchunks;  /* state n is lchunks[n >> 10][n & 1023] */
-	uint32_t lcapchunks;
 	pthread_rwlock_t lock;
 };
 
@@ -278,8 +263,8 @@ int rec_payload(const struct index *ix, const struct rec *r, const void **p, siz
 /* The slot size of a record with this topic (8-aligned). */
 static size_t rec_slot_size(size_t topic_len)
 {
-	/* The topic starts right after the fields (70 bytes), not at
-	 * sizeof(struct rec), which rounds them up to 72. */
+	/* The topic starts right after the fields (73 bytes), not at
+	 * sizeof(struct rec), which rounds them up to 80. */
 	return (offsetof(struct rec, data) + topic_len + 1 + 7) & ~(size_t)7;
 }
 
@@ -333,7 +318,6 @@ struct index *index_new(void)
 	if (!ix)
 		return NULL;
 	ix->root = CB_NONE;
-	ix->lmap = (struct hmap)HMAP_INIT(UINT32_MAX / 2);
 	if (pthread_rwlockattr_init(&attr) != 0)
 		goto fail;
 	pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
@@ -368,10 +352,6 @@ void index_free(struct index *ix)
 	free(ix->chunks);
 	free(ix->blocks);
 	free(ix->by_addr);
-	for (uint32_t i = 0; i < (ix->nlearn + (1u << LEARN_CHUNK_SHIFT) - 1) >> LEARN_CHUNK_SHIFT; i++)
-		free(ix->lchunks[i]);
-	free(ix->lchunks);
-	hmap_free(&ix->lmap);
 	pthread_rwlock_destroy(&ix->lock);
 	free(ix);
 }
@@ -405,61 +385,6 @@ uint32_t index_ref(const struct index *ix, const struct rec *r)
 struct rec *index_rec(const struct index *ix, uint32_t ref)
 {
 	return to_rec(ix, ref);
-}
-
-/* ---- learning states ---- */
-
-static inline struct rec_learn *learn_at(const struct index *ix, uint32_t slot)
-{
-	return &ix->lchunks[slot >> LEARN_CHUNK_SHIFT][slot & ((1u << LEARN_CHUNK_SHIFT) - 1)];
-}
-
-struct rec_learn *index_learn(const struct index *ix, const struct rec *r)
-{
-	const uint32_t *slot;
-
-	if (!(r->flags & REC_LEARNS))
-		return NULL;
-	slot = hmap_find(&ix->lmap, index_ref(ix, r) | 1, NULL, NULL, NULL);
-	return slot ? learn_at(ix, *slot) : NULL; /* NULL not reached: REC_LEARNS is set with the entry */
-}
-
-struct rec_learn *index_learn_make(struct index *ix, struct rec *r)
-{
-	uint32_t slot = ix->nlearn, c = slot >> LEARN_CHUNK_SHIFT;
-	uint32_t key = index_ref(ix, r) | 1;
-	const uint32_t *have;
-	struct rec_learn *l;
-
-	/* Looked up by key, not by REC_LEARNS: one who rewrote the flags
-	 * (they are not supposed to) finds the state again, not a twin. */
-	if ((have = hmap_find(&ix->lmap, key, NULL, NULL, NULL))) {
-		r->flags |= REC_LEARNS;
-		return learn_at(ix, *have);
-	}
-	/* Every allocation first: a failure leaves the index as it was (a
-	 * grown map is no change). The map's max is the bound. */
-	if (hmap_reserve(&ix->lmap, slot + 1) < 0)
-		return NULL;
-	if ((slot & ((1u << LEARN_CHUNK_SHIFT) - 1)) == 0) {
-		if (c == ix->lcapchunks) {
-			uint32_t ncap = ix->lcapchunks ? 2 * ix->lcapchunks : 16;
-			struct rec_learn **nc = realloc(ix->lchunks, ncap * sizeof(*nc));
-
-			if (!nc)
-				return NULL;
-			ix->lchunks = nc;
-			ix->lcapchunks = ncap;
-		}
-		if (!(ix->lchunks[c] = malloc(sizeof(struct rec_learn) << LEARN_CHUNK_SHIFT)))
-			return NULL;
-	}
-	ix->nlearn++;
-	hmap_put(&ix->lmap, key, slot); /* reserved above: cannot fail */
-	r->flags |= REC_LEARNS;
-	l = learn_at(ix, slot);
-	memset(l, 0, sizeof(*l));
-	return l;
 }
 
 /* Walk down by k's bits to the leaf that shares the longest prefix with it. */
@@ -589,7 +514,7 @@ struct rec *index_add(struct index *ix, const char *k, size_t len,
 		ix->block_used -= size; /* the slot just carved: give it back */
 		goto nomem;
 	}
-	r->flags = flags & (uint16_t)~REC_LEARNS;
+	r->flags = flags;
 
 	if (!nn) {
 		ix->root = rref;

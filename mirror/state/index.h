@@ -16,7 +16,7 @@ enum rec_flags {
 	REC_DIRTY      = 1u << 5, /* changed since the store last wrote it */
 	REC_NO_STALE   = 1u << 6, /* never judged (our own alert topics) */
 	REC_IN_FILE    = 1u << 7, /* the payload is in the store only: payload_hash holds its hash */
-	REC_LEARNS     = 1u << 8, /* has a learning state in its index (index_learn) */
+	/* Bit 8 is free (it was the learning state's side map). */
 	/* Bits 9-10: why a stale key is stale (enum stale_reason; 0 while
 	 * fresh), rec_stale_reason(). Stored with the other flags. */
 	REC_REASON_0   = 1u << 9,
@@ -42,18 +42,6 @@ enum cadence_source {
 	CADENCE_LEARNED,
 	CADENCE_DEFAULT,
 	CADENCE_SOURCE_MAX
-};
-
-#define REC_LEARN_SLOTS 7 /* intervals kept for the learned-cadence median */
-
-/* What the staleness engine learns a key's cadence from. Only keys that
- * learn have one (most keys have a rule or a fixed default), so the record
- * has no field for it: the index keeps it aside (index_learn_make), from
- * the first live message worth learning from until index_free(). */
-struct rec_learn {
-	int64_t last_live_ms;   /* last live message time; 0 none */
-	uint32_t iv[REC_LEARN_SLOTS]; /* recent live intervals (ms), ring */
-	uint8_t n;              /* intervals recorded so far (see stale.c) */
 };
 
 /*
@@ -82,6 +70,13 @@ struct rec_learn {
 ** (REC_DELETED, payload NULL, payload_len 0) so that an older message can
 ** never bring it back; tombstones are not counted as keys and are not
 ** served.  Fields are ordered widest first: no padding.
+**
+** A key that learns its cadence keeps what it learns from in the record
+** itself (stale.c, "the learner"): its running estimate in cadence_ms
+** (while cadence_source is still CADENCE_NONE, too: read a key's cadence
+** with rec_cadence_ms()), 8 bits of counts in learn and its anchor, the
+** last live message counted, as learn_lag behind last_seen_ms. They fill
+** what was the 8-byte alignment's padding after a 14-byte topic.
 */
 struct rec {
 	int64_t ts_ns;          /* observation time of the current value */
@@ -94,13 +89,15 @@ struct rec {
 		uint64_t payload_hash;  /* REC_IN_FILE: rec_payload_hash() of the stored payload */
 	};
 	uint32_t updates;
-	uint32_t cadence_ms;    /* 0 when unknown or never */
+	uint32_t cadence_ms;    /* 0 when unknown or never; the learner's estimate while CADENCE_NONE */
 	uint32_t payload_len;
 	uint32_t heap_idx;      /* position in the staleness heap, UINT32_MAX if none */
 	uint16_t flags;         /* enum rec_flags */
 	uint16_t topic_len;
+	uint16_t learn_lag;     /* private to the staleness engine: the learner's anchor */
 	uint8_t cadence_source; /* enum cadence_source */
 	uint8_t alert_state;    /* private to the staleness engine */
+	uint8_t learn;          /* private to the staleness engine: the learner's counts */
 	char data[];            /* topic '\0' */
 };
 
@@ -121,6 +118,12 @@ static inline void rec_set_stale_reason(struct rec *r, enum stale_reason why)
 {
 	r->flags = (uint16_t)((r->flags & ~REC_REASON_MASK) |
 			      (((unsigned)why << REC_REASON_SHIFT) & REC_REASON_MASK));
+}
+
+/* r's cadence as served and judged: 0 when unknown or never. */
+static inline uint32_t rec_cadence_ms(const struct rec *r)
+{
+	return r->cadence_source == CADENCE_NONE ? 0 : r->cadence_ms;
 }
 
 /* A record outside any index (tests, tools): topic copied, no payload.
@@ -217,16 +220,6 @@ struct rec *index_add(struct index *ix, const char *topic, size_t topic_len,
 */
 uint32_t index_ref(const struct index *ix, const struct rec *r);
 struct rec *index_rec(const struct index *ix, uint32_t ref);
-
-/*
-** r's learning state (r a record of ix): index_learn() finds it, NULL when r
-** has none (REC_LEARNS clear: no lookup); index_learn_make() creates it,
-** zeroed, at the first call (NULL on ENOMEM). Hold the write lock to make
-** or change one. 40 bytes and a map entry a key that learns, nothing for
-** the others.
-*/
-struct rec_learn *index_learn(const struct index *ix, const struct rec *r);
-struct rec_learn *index_learn_make(struct index *ix, struct rec *r);
 
 /*
 ** The index's reader-writer lock. Writers: the MQTT session thread around

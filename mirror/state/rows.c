@@ -8,14 +8,12 @@
 /* The file's flags are the record's (schema/001_init.sql). */
 _Static_assert((unsigned)STORE_DELETED == (unsigned)REC_DELETED, "the tombstone bit");
 _Static_assert((unsigned)STORE_IS_JSON == (unsigned)REC_IS_JSON, "the JSON bit");
-_Static_assert(STORE_LEARN_SLOTS == REC_LEARN_SLOTS, "a stored learning state is a record's");
 
 /* Bits of rec.flags that describe the record rather than our bookkeeping. */
-#define PERSISTED_FLAGS ((uint16_t)~(REC_DIRTY | REC_IN_FILE | REC_LEARNS))
+#define PERSISTED_FLAGS ((uint16_t)~(REC_DIRTY | REC_IN_FILE))
 
 void rows_from_rec(const struct index *ix, const struct rec *r, struct store_row *ret_row)
 {
-	const struct rec_learn *l = ix ? index_learn(ix, r) : NULL;
 	bool in_file = (r->flags & REC_IN_FILE) != 0;
 	struct store_row *w = ret_row;
 
@@ -33,16 +31,14 @@ void rows_from_rec(const struct index *ix, const struct rec *r, struct store_row
 	w->rev = r->rev;
 	w->stale_since_ms = r->stale_since_ms;
 	w->updates = r->updates;
-	w->cadence_ms = r->cadence_ms;
+	/* The file's cadence_ms is the served one; a learner's estimate goes
+	 * with its counts (the anchor, learn_lag, is not kept: an interval
+	 * never spans a restart). */
+	w->cadence_ms = rec_cadence_ms(r);
 	w->cadence_source = r->cadence_source;
 	w->flags = r->flags & PERSISTED_FLAGS;
-	w->has_learn = l != NULL;
-	w->last_live_ms = l ? l->last_live_ms : 0;
-	w->learn_n = l ? l->n : 0;
-	if (l)
-		memcpy(w->learn_iv, l->iv, sizeof(w->learn_iv));
-	else
-		memset(w->learn_iv, 0, sizeof(w->learn_iv));
+	w->learn = r->learn;
+	w->learn_ms = r->learn ? r->cadence_ms : 0;
 }
 
 int rows_stage(struct store *st, const struct index *ix, const struct rec *r)
@@ -58,7 +54,6 @@ static int rows_add(void *ctx, const struct store_row *row)
 {
 	struct index *ix = ctx;
 	uint16_t flags = row->flags & PERSISTED_FLAGS;
-	struct rec_learn *l;
 	struct rec *r;
 
 	/* The payload stays in the file: the index keeps its hash. */
@@ -77,13 +72,12 @@ static int rows_add(void *ctx, const struct store_row *row)
 	r->cadence_ms = row->cadence_ms;
 	r->cadence_source = row->cadence_source >= 0 && row->cadence_source < CADENCE_SOURCE_MAX ?
 		(uint8_t)row->cadence_source : CADENCE_NONE;
-	if (!row->has_learn)
-		return 0;
-	if (!(l = index_learn_make(ix, r)))
-		return -ENOMEM;
-	l->last_live_ms = row->last_live_ms;
-	l->n = row->learn_n;
-	memcpy(l->iv, row->learn_iv, sizeof(l->iv));
+	/* A learner's state: its estimate is the record's cadence_ms (the
+	 * staleness engine checks both at stale_on_load). */
+	if (row->learn && (r->cadence_source == CADENCE_NONE || r->cadence_source == CADENCE_LEARNED)) {
+		r->learn = row->learn;
+		r->cadence_ms = row->learn_ms;
+	}
 	return 0;
 }
 

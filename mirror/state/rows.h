@@ -10,11 +10,11 @@
 #include "store/store.h"
 
 /*
-** r's state as the store keeps it (r a record of ix, where its learning
-** state is; ix NULL: a record outside any index, no learning state). The
+** r's state as the store keeps it (ix unused; NULL for a record outside
+** any index). The
 ** row borrows r's topic and, unless the file has it already (REC_IN_FILE:
 ** payload_kept), its payload: valid while r is unchanged. Bookkeeping bits
-** (REC_DIRTY, REC_IN_FILE, REC_LEARNS) are not stored. Hold a lock on ix.
+** (REC_DIRTY, REC_IN_FILE) and the learner's anchor are not stored. Hold a lock on ix.
 */
 void rows_from_rec(const struct index *ix, const struct rec *r, struct store_row *ret_row);
 

@@ -159,10 +159,11 @@ static void start(void)
 static void live(struct rec *r)
 {
 	bool is_new = r->updates == 0;
+	int64_t prev = r->last_seen_ms;
 
 	r->updates++;
 	r->last_seen_ms = T;
-	stale_on_message(st, r, true, is_new, T, NULL, NULL);
+	stale_on_message(st, r, true, is_new, prev, T, NULL, NULL);
 }
 
 static void run_until(int64_t until)

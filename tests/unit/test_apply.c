@@ -48,7 +48,7 @@ static enum apply_result put(const char *t, const char *p, int64_t ts_ms, bool r
 
 	if (!o)
 		o = &tmp;
-	return apply_message(ix, &m, now_ms, &lim, &rev, &o->r, &o->live, &o->why);
+	return apply_message(ix, &m, now_ms, &lim, &rev, &o->r, &o->live, &o->why, NULL);
 }
 
 static struct rec *get(const char *t)
@@ -474,12 +474,12 @@ START_TEST(retained_replay_without_ts_is_duplicate)
 		.ts_ns = (now - 5000) * MS, .recv_ms = now - 5000, .retained = true,
 	};
 
-	ck_assert_int_eq(apply_message(ix, &m, now - 5000, &lim, &rev, &o.r, &o.live, &o.why),
+	ck_assert_int_eq(apply_message(ix, &m, now - 5000, &lim, &rev, &o.r, &o.live, &o.why, NULL),
 			 APPLY_APPLIED);
 	int64_t rev0 = o.r->rev, seen0 = o.r->last_seen_ms;
 	m.ts_ns = now * MS;   /* replayed after a reconnect: a newer receive time */
 	m.recv_ms = now;
-	ck_assert_int_eq(apply_message(ix, &m, now, &lim, &rev, &o.r, &o.live, &o.why),
+	ck_assert_int_eq(apply_message(ix, &m, now, &lim, &rev, &o.r, &o.live, &o.why, NULL),
 			 APPLY_DUPLICATE);
 	ck_assert_int_eq(o.r->rev, rev0);
 	ck_assert_int_eq(o.r->updates, 1);
@@ -487,7 +487,7 @@ START_TEST(retained_replay_without_ts_is_duplicate)
 	ck_assert(!o.live);
 	/* different bytes are news, even without a timestamp */
 	m.payload = "rack 18";
-	ck_assert_int_eq(apply_message(ix, &m, now, &lim, &rev, &o.r, &o.live, &o.why),
+	ck_assert_int_eq(apply_message(ix, &m, now, &lim, &rev, &o.r, &o.live, &o.why, NULL),
 			 APPLY_APPLIED);
 }
 END_TEST
@@ -512,7 +512,7 @@ START_TEST(flags_follow_message)
 		.ts_ns = T * MS, .recv_ms = fake_now_ms,
 	};
 
-	ck_assert_int_eq(apply_message(ix, &m, fake_now_ms, &lim, &rev, &o.r, &o.live, &o.why),
+	ck_assert_int_eq(apply_message(ix, &m, fake_now_ms, &lim, &rev, &o.r, &o.live, &o.why, NULL),
 			 APPLY_APPLIED);
 	ck_assert_uint_eq(o.r->flags, 0);
 	/* the staleness engine's flags survive an apply, and the mirror's
@@ -525,7 +525,7 @@ START_TEST(flags_follow_message)
 	m.is_json = true;
 	m.ts_from_payload = true;
 	m.retained = true;
-	ck_assert_int_eq(apply_message(ix, &m, fake_now_ms, &lim, &rev, NULL, NULL, NULL),
+	ck_assert_int_eq(apply_message(ix, &m, fake_now_ms, &lim, &rev, NULL, NULL, NULL, NULL),
 			 APPLY_APPLIED);
 	ck_assert_uint_eq(o.r->flags, REC_STALE | REC_NO_STALE | REC_DIRTY | REC_IS_JSON |
 			  REC_TS_PAYLOAD | REC_RETAINED);
@@ -559,7 +559,7 @@ START_TEST(payload_bytes_kept)
 		.ts_ns = T * MS,
 	};
 
-	ck_assert_int_eq(apply_message(ix, &m, fake_now_ms, &lim, &rev, &o.r, NULL, NULL),
+	ck_assert_int_eq(apply_message(ix, &m, fake_now_ms, &lim, &rev, &o.r, NULL, NULL, NULL),
 			 APPLY_APPLIED);
 	ck_assert_uint_eq(o.r->payload_len, 4);
 	ck_assert_int_eq(memcmp(o.r->payload, bin, 4), 0);
@@ -567,7 +567,7 @@ START_TEST(payload_bytes_kept)
 	/* an embedded NUL is part of the compared bytes */
 	m.payload = "a";
 	m.payload_len = 1;
-	ck_assert_int_eq(apply_message(ix, &m, fake_now_ms, &lim, &rev, NULL, NULL, NULL),
+	ck_assert_int_eq(apply_message(ix, &m, fake_now_ms, &lim, &rev, NULL, NULL, NULL, NULL),
 			 APPLY_OUT_OF_ORDER);
 }
 END_TEST
@@ -580,7 +580,7 @@ START_TEST(nul_in_topic_rejected)
 	};
 
 	put("a", "v", T, false, fake_now_ms, NULL);
-	ck_assert_int_eq(apply_message(ix, &m, fake_now_ms, &lim, &rev, &o.r, &o.live, &o.why),
+	ck_assert_int_eq(apply_message(ix, &m, fake_now_ms, &lim, &rev, &o.r, &o.live, &o.why, NULL),
 			 APPLY_REJECTED);
 	ck_assert_int_eq(o.why, REJECT_TOPIC_LEN);
 	ck_assert_uint_eq(index_size(ix), 1);
@@ -593,10 +593,10 @@ START_TEST(no_key_limit)
 	struct msg m = { .topic = "k", .topic_len = 1, .payload = "v", .payload_len = 1,
 			 .ts_ns = fake_now_ms * MS };
 
-	ck_assert_int_eq(apply_message(ix, &m, fake_now_ms, &nolim, &rev, NULL, NULL, NULL),
+	ck_assert_int_eq(apply_message(ix, &m, fake_now_ms, &nolim, &rev, NULL, NULL, NULL, NULL),
 			 APPLY_APPLIED);
 	m.ts_ns += MS;
-	ck_assert_int_eq(apply_message(ix, &m, fake_now_ms, &nolim, &rev, NULL, NULL, NULL),
+	ck_assert_int_eq(apply_message(ix, &m, fake_now_ms, &nolim, &rev, NULL, NULL, NULL, NULL),
 			 APPLY_REJECTED);
 }
 END_TEST

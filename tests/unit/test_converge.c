@@ -167,7 +167,7 @@ static void apply_all(const struct tmsg *m, const size_t *seq, size_t n, int64_t
 		enum apply_result res;
 
 		/* now moves on between deliveries; decisions must not depend on it */
-		res = apply_message(ix, &msg, now + (int64_t)i, lim, &rev, &r, &live, &why);
+		res = apply_message(ix, &msg, now + (int64_t)i, lim, &rev, &r, &live, &why, NULL);
 		if (res == APPLY_APPLIED || res == APPLY_DELETED) {
 			if (rev != last_rev + 1 || r->rev != rev)
 				ck_abort_msg("seed %" PRIu64 " perm %d: rev not incremented", seed, perm);

@@ -138,15 +138,6 @@ static struct rec *mkrec(const char *topic, const void *payload, size_t len, int
 	return r;
 }
 
-/* r's learning state, created if need be. */
-static struct rec_learn *learning(struct rec *r)
-{
-	struct rec_learn *l = index_learn_make(tix, r);
-
-	ck_assert_ptr_nonnull(l);
-	return l;
-}
-
 
 /* store_write of the records' rows, as the mirror converts them. */
 static int write_recs(struct store *st, struct rec *const *v, size_t n, char *err, size_t errlen)
@@ -188,8 +179,7 @@ static struct index *load_all(int64_t *ret_rev)
 /* a: a record of the test's index; b: its copy loaded into ixb. */
 static void assert_same(const struct rec *a, const struct rec *b, const struct index *ixb)
 {
-	const struct rec_learn *la = index_learn(tix, a), *lb = index_learn(ixb, b);
-
+	(void)ixb;
 	ck_assert_str_eq(rec_topic(a), rec_topic(b));
 	ck_assert_uint_eq(a->topic_len, b->topic_len);
 	ck_assert_int_eq(a->ts_ns, b->ts_ns);
@@ -200,18 +190,11 @@ static void assert_same(const struct rec *a, const struct rec *b, const struct i
 	ck_assert_uint_eq(a->updates, b->updates);
 	ck_assert_uint_eq(a->cadence_ms, b->cadence_ms);
 	ck_assert_uint_eq(a->cadence_source, b->cadence_source);
-	ck_assert_uint_eq(a->flags & ~(REC_DIRTY | REC_IN_FILE | REC_LEARNS), b->flags & ~(REC_IN_FILE | REC_LEARNS));
-	/* Learning state comes back when it holds intervals (a count or a
-	 * slot); without them there is nothing to restore. */
-	if (la && (la->n || memcmp(la->iv, (uint32_t[REC_LEARN_SLOTS]){ 0 }, sizeof(la->iv)) != 0)) {
-		ck_assert_ptr_nonnull(lb);
-		ck_assert_int_eq(la->last_live_ms, lb->last_live_ms);
-		ck_assert_uint_eq(la->n, lb->n);
-		for (int i = 0; i < REC_LEARN_SLOTS; i++)
-			ck_assert_uint_eq(la->iv[i], lb->iv[i]);
-	} else {
-		ck_assert_ptr_null(lb);
-	}
+	ck_assert_uint_eq(a->flags & ~(REC_DIRTY | REC_IN_FILE), b->flags & ~REC_IN_FILE);
+	/* The learner's counts come back with its estimate (cadence_ms,
+	 * above); its anchor does not (an interval never spans a restart). */
+	ck_assert_uint_eq(a->learn, b->learn);
+	ck_assert_uint_eq(b->learn_lag, 0);
 	/* Payloads stay in the file: the record keeps length and hash. */
 	ck_assert_uint_eq(a->payload_len, b->payload_len);
 	if (a->payload_len) {
@@ -286,22 +269,16 @@ START_TEST(test_round_trip)
 	v[0] = mkrec("dc1/hall2/rack17/temp", json, strlen(json), 11);
 	v[0]->flags = REC_TS_PAYLOAD | REC_IS_JSON | REC_STALE | REC_DIRTY;
 	v[0]->stale_since_ms = 1795313999000LL;
-	learning(v[0])->last_live_ms = 1795313412000LL;
+	v[0]->learn_lag = 77;
 	v[0]->updates = 4000000000u;
 	v[0]->cadence_ms = 10000;
 	v[0]->cadence_source = CADENCE_LEARNED;
-	learning(v[0])->n = 255;
-	for (int i = 0; i < REC_LEARN_SLOTS; i++)
-		learning(v[0])->iv[i] = 9990u + (uint32_t)i;
-	learning(v[0])->iv[3] = UINT32_MAX;
+	v[0]->learn = 0xff;
 
 	v[1] = mkrec("bin/\xc3\xa9t\xc3\xa9", binary, sizeof(binary), 12);
 	v[1]->flags = REC_RETAINED;
 	v[1]->cadence_ms = 60000;
 	v[1]->cadence_source = CADENCE_RULE;
-	learning(v[1])->n = 2;
-	learning(v[1])->iv[0] = 1;
-	learning(v[1])->iv[1] = 127;
 
 	v[2] = mkrec("big", big, biglen, 13);
 	v[2]->cadence_source = CADENCE_DEFAULT;
@@ -313,8 +290,8 @@ START_TEST(test_round_trip)
 
 	v[4] = mkrec("$SYS/x", "x", 1, 14);
 	v[4]->flags = REC_NO_STALE;
-	learning(v[4])->iv[6] = 128;  /* a ring with holes */
-	learning(v[4])->n = 0;
+	v[4]->cadence_ms = UINT32_MAX; /* still learning: the estimate, not served */
+	v[4]->learn = 2;
 
 	v[5] = mkrec("n", "not json \xff", 10, 15);
 	v[5]->ts_ns = -5;  /* nothing stops a negative time from round-tripping */
@@ -339,8 +316,7 @@ START_TEST(test_round_trip)
 	v[0]->rev = 100;
 	v[0]->flags = REC_RETAINED;
 	v[0]->stale_since_ms = 0;
-	learning(v[0])->n = 0;
-	memset(learning(v[0])->iv, 0, sizeof(uint32_t[REC_LEARN_SLOTS]));
+	v[0]->learn = 1;
 	ck_assert_int_eq(rec_set_payload(v[0], "2", 1), 0);
 	v[3]->flags = 0;  /* the deleted key comes back */
 	ck_assert_int_eq(rec_set_payload(v[3], "back", 4), 0);
@@ -1191,19 +1167,20 @@ START_TEST(test_stage_is_a_snapshot)
 	struct rec *r = mkrec("snap/a", "{\"v\":1}", 7, 10);
 	char err[256] = "";
 
-	learning(r)->iv[0] = 5000;
-	learning(r)->n = 1;
+	r->cadence_ms = 5000;  /* one interval learned */
+	r->learn = 1;
 	ck_assert_int_eq(rows_stage(st, tix, r), 0);
 	ck_assert_uint_eq(store_staged(st), 1);
 	/* Ingest changes the record before the write runs. */
 	ck_assert_int_eq(rec_set_payload(r, "{\"v\":2, \"much\": \"longer now\"}", 30), 0);
 	r->rev = 11;
-	learning(r)->iv[0] = 9000;
+	r->cadence_ms = 9000;
 	ck_assert_msg(store_commit(st, err, sizeof(err)) == 0, "%s", err);
 	ck_assert_uint_eq(store_staged(st), 0);
 	ck_assert_int_eq(file_int("SELECT rev FROM rec WHERE topic = 'snap/a'"), 10);
 	ck_assert_int_eq(file_int("SELECT CAST(payload AS TEXT) = '{\"v\":1}' FROM rec WHERE topic = 'snap/a'"), 1);
-	ck_assert_int_eq(file_int("SELECT length(learn) FROM rec WHERE topic = 'snap/a'"), 3);
+	ck_assert_int_eq(file_int("SELECT learn FROM rec WHERE topic = 'snap/a'"), 5000 * 256 + 1);
+	ck_assert_int_eq(file_int("SELECT cadence_ms FROM rec WHERE topic = 'snap/a'"), 0); /* not served yet */
 	/* Nothing staged: a commit is a no-op. */
 	ck_assert_int_eq(store_commit(st, err, sizeof(err)), 0);
 	/* The next stage takes the record as it is now. */
@@ -1318,17 +1295,17 @@ static int collect(void *ctx, const struct store_row *row)
 }
 
 /* The store knows rows, not records: every field of a row it is given
- * comes back as written, the learning state as its fields (a malformed
- * learn column as none), a cadence source as stored (the reader checks
+ * comes back as written, the learner's state as its fields (a learn
+ * column that is not one as none), a cadence source as stored (the reader checks
  * it); a kept payload stays; the callback's error stops the load. */
 START_TEST(test_rows_round_trip)
 {
 	struct store_row w[3] = {
 		{ .topic = "r/json", .topic_len = 6, .payload = "{\"a\":1}", .payload_len = 7,
 		  .ts_ns = -3, .received_ms = 4, .last_seen_ms = 5, .rev = 6,
-		  .stale_since_ms = 7, .last_live_ms = 8, .cadence_source = 200,
+		  .stale_since_ms = 7, .cadence_source = 200,
 		  .updates = 9, .cadence_ms = 10, .flags = STORE_IS_JSON | 8 | 64,
-		  .has_learn = true, .learn_n = 3, .learn_iv = { 1, 200, 70000 } },
+		  .learn_ms = UINT32_MAX, .learn = 0xfe },
 		{ .topic = "r/bin", .topic_len = 5, .payload = "b\0n", .payload_len = 3,
 		  .rev = 2, .flags = 1 },
 		{ .topic = "r/tomb", .topic_len = 6, .payload = "ignored", .payload_len = 7,
@@ -1352,7 +1329,8 @@ START_TEST(test_rows_round_trip)
 	ck_assert_str_eq(g.topic[2], "r/tomb");
 	ck_assert_uint_eq(g.row[0].payload_len, 3);
 	ck_assert_mem_eq(g.payload[0], "b\0n", 3);
-	ck_assert(!g.row[0].has_learn);
+	ck_assert_uint_eq(g.row[0].learn, 0);
+	ck_assert_uint_eq(g.row[0].learn_ms, 0);
 	ck_assert_uint_eq(g.row[0].flags, 1);
 	ck_assert_str_eq(g.payload[1], "{\"a\":1}");
 	ck_assert_int_eq(g.row[1].ts_ns, -3);
@@ -1360,17 +1338,12 @@ START_TEST(test_rows_round_trip)
 	ck_assert_int_eq(g.row[1].last_seen_ms, 5);
 	ck_assert_int_eq(g.row[1].rev, 6);
 	ck_assert_int_eq(g.row[1].stale_since_ms, 7);
-	ck_assert_int_eq(g.row[1].last_live_ms, 8);
 	ck_assert_int_eq(g.row[1].cadence_source, 200);
 	ck_assert_uint_eq(g.row[1].updates, 9);
 	ck_assert_uint_eq(g.row[1].cadence_ms, 10);
 	ck_assert_uint_eq(g.row[1].flags, STORE_IS_JSON | 8 | 64);
-	ck_assert(g.row[1].has_learn);
-	ck_assert_uint_eq(g.row[1].learn_n, 3);
-	ck_assert_uint_eq(g.row[1].learn_iv[0], 1);
-	ck_assert_uint_eq(g.row[1].learn_iv[1], 200);
-	ck_assert_uint_eq(g.row[1].learn_iv[2], 70000);
-	ck_assert_uint_eq(g.row[1].learn_iv[3], 0);
+	ck_assert_uint_eq(g.row[1].learn, 0xfe);
+	ck_assert_uint_eq(g.row[1].learn_ms, UINT32_MAX);
 	ck_assert(!g.row[1].payload_kept);
 	ck_assert_ptr_null(g.row[2].payload);
 	ck_assert_uint_eq(g.row[2].payload_len, 0);
@@ -1390,6 +1363,8 @@ START_TEST(test_rows_round_trip)
 
 		ck_assert_int_eq(sqlite3_exec(db, "UPDATE rec SET learn = x'0380' "
 					      "WHERE topic = 'r/json'", NULL, NULL, NULL), SQLITE_OK);
+		ck_assert_int_eq(sqlite3_exec(db, "UPDATE rec SET learn = -1 "
+					      "WHERE topic = 'r/bin'", NULL, NULL, NULL), SQLITE_OK);
 		sqlite3_close(db);
 	}
 	/* Old tombstones are skipped; the callback's error stops the load. */
@@ -1397,7 +1372,9 @@ START_TEST(test_rows_round_trip)
 	ck_assert_msg(store_load(st, 101, collect, &g, &rev, err, sizeof(err)) == 0, "%s", err);
 	ck_assert_int_eq(g.n, 2);
 	ck_assert_int_eq(rev, 12);
-	ck_assert(!g.row[1].has_learn);
+	ck_assert_uint_eq(g.row[0].learn, 0); /* -1: not ours */
+	ck_assert_uint_eq(g.row[1].learn, 0); /* a blob: not ours */
+	ck_assert_uint_eq(g.row[1].learn_ms, 0);
 	memset(&g, 0, sizeof(g));
 	g.fail_at = 2;
 	ck_assert_int_eq(store_load(st, INT64_MIN, collect, &g, &rev, err, sizeof(err)), -ENOMEM);
@@ -1412,7 +1389,7 @@ START_TEST(test_rows_round_trip)
 
 		ck_assert_ptr_nonnull(r);
 		ck_assert_uint_eq(r->cadence_source, CADENCE_NONE);
-		ck_assert_ptr_null(index_learn(ix, r));
+		ck_assert_uint_eq(r->learn, 0);
 		ck_assert(r->flags & REC_IN_FILE);
 		ck_assert_uint_eq(r->flags & ~(unsigned)REC_IN_FILE, REC_IS_JSON | REC_STALE | REC_NO_STALE);
 		index_free(ix);

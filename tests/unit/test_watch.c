@@ -161,7 +161,7 @@ static void put_n(const char *topic, const void *payload, size_t len)
 	bool live = false;
 
 	index_wrlock(ix);
-	res = apply_message(ix, &m, now, &lim, &rev, &r, &live, &why);
+	res = apply_message(ix, &m, now, &lim, &rev, &r, &live, &why, NULL);
 	ck_assert(res == APPLY_APPLIED || res == APPLY_DELETED);
 	changes_append(cl, r, res == APPLY_DELETED ? CHANGE_DELETE : CHANGE_UPDATE);
 	index_unlock(ix);
