@@ -246,10 +246,10 @@ static int64_t mirror_msg_ms(const struct msg *m)
 }
 
 /* A status topic's message was applied (or confirmed): the producer it
- * names is offline (every key it covers stale at once: one walk of the
- * keys under the bound filter's literal prefix) or online (remembered;
- * keys turn fresh when heard from themselves). */
-static void mirror_status(struct mirror *c, int line, const struct msg *m, bool deleted)
+ * names is offline (remembered, and with walk every key it covers stale at
+ * once: one walk of the keys under the bound filter's literal prefix) or
+ * online (forgotten; keys turn fresh when heard from themselves). */
+static void mirror_status(struct mirror *c, int line, const struct msg *m, bool deleted, bool walk)
 {
 	char bound[AVAIL_BOUND_MAX];
 	enum avail_word w = deleted ? AVAIL_UNKNOWN : avail_word(c->avail, m->payload, m->payload_len);
@@ -272,6 +272,8 @@ static void mirror_status(struct mirror *c, int line, const struct msg *m, bool 
 	}
 	if (avail_set_offline(c->avail, bound, true, k.ts_ms) < 0)
 		log_warnx("liveness: out of memory, keys of %s first seen later not marked", bound);
+	if (!walk)
+		return;
 	k.glen = avail_producer_len(bound);
 	index_walk(c->d.ix, bound, topic_filter_prefix_len(bound), NULL, 0, mirror_status_visit, &k);
 	if (k.visited > MIRROR_DEAD_WALK_MAX)
@@ -297,7 +299,11 @@ static void mirror_liveness(struct mirror *c, const struct msg *m, struct rec *r
 		return;
 	line = avail_match(c->avail, m->topic, m->topic_len);
 	if (line >= 0) {
-		mirror_status(c, line, m, res == APPLY_DELETED);
+		/* The broker's replay of a status we hold already (a re-sync, a
+		 * restart: the keys' state is stored) only tells which producers
+		 * are offline; a new word, or one said live, judges the keys. */
+		mirror_status(c, line, m, res == APPLY_DELETED,
+			      res == APPLY_APPLIED || (res == APPLY_DUPLICATE && !m->retained));
 		return;
 	}
 	if (!live_seen && res != APPLY_DELETED && !(r->flags & REC_STICKY) &&
