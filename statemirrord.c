@@ -9,6 +9,8 @@
 #include <time.h>
 
 #include "api/http.h"
+#include "api/intents.h"
+#include "api/metrics.h"
 #include "api/watch.h"
 #include "common/clock.h"
 #include "common/conf.h"
@@ -19,9 +21,12 @@
 #include "mirror/mirror.h"
 #include "mirror/state/index.h"
 #include "mirror/ingest/mqtt.h"
+#include "mirror/ingest/sparkplug.h"
 #include "mirror/state/rejects.h"
+#include "mirror/state/intents.h"
 #include "mirror/state/rows.h"
 #include "mirror/liveness/stale.h"
+#include "store/outbox.h"
 #include "store/store.h"
 
 enum { EXIT_CONFIG = 1, EXIT_RUNTIME = 2 };
@@ -183,6 +188,17 @@ static void report_restart_needed(const struct conf *old, const struct conf *nc)
 		     old->future_skew_ms != nc->future_skew_ms || old->on_corrupt != nc->on_corrupt;
 	bool http = str_differs(old->http_listen, nc->http_listen) ||
 		    str_differs(old->token_file, nc->token_file);
+	bool sparkplug = old->sp_enabled != nc->sp_enabled || old->sp_rebirth != nc->sp_rebirth ||
+			 old->sp_reorder_window_ms != nc->sp_reorder_window_ms ||
+			 old->sp_rebirth_interval_ms != nc->sp_rebirth_interval_ms ||
+			 old->sp_max_nodes != nc->sp_max_nodes ||
+			 old->sp_max_devices != nc->sp_max_devices ||
+			 old->sp_max_node_metrics != nc->sp_max_node_metrics ||
+			 old->sp_max_metrics != nc->sp_max_metrics ||
+			 old->sp_max_message_metrics != nc->sp_max_message_metrics ||
+			 old->sp_max_value != nc->sp_max_value ||
+			 old->sp_max_decode_mem != nc->sp_max_decode_mem ||
+			 str_differs(old->sp_primary_host, nc->sp_primary_host);
 
 	for (size_t i = 0; !broker && i < nc->nurls; i++)
 		broker = str_differs(old->urls[i], nc->urls[i]);
@@ -190,10 +206,11 @@ static void report_restart_needed(const struct conf *old, const struct conf *nc)
 		subs = str_differs(old->filters[i], nc->filters[i]);
 	for (size_t i = 0; !subs && i < nc->nretained; i++)
 		subs = str_differs(old->retained[i], nc->retained[i]);
-	if (broker || subs || store || http)
-		log_warnx("reload: changes to%s%s%s%s take effect only after a restart",
+	if (broker || subs || store || http || sparkplug)
+		log_warnx("reload: changes to%s%s%s%s%s take effect only after a restart",
 			  broker ? " [broker]" : "", subs ? " [subscribe]" : "",
-			  store ? " [store]/[payload]" : "", http ? " [http]" : "");
+			  store ? " [store]/[payload]" : "", http ? " [http]" : "",
+			  sparkplug ? " [sparkplug]" : "");
 }
 
 static void stale_publish(void *ctx, const char *topic, const char *payload, size_t len)
@@ -306,6 +323,226 @@ static void ingest_link(void *ctx)
 	mirror_link_changed(ctx);
 }
 
+/* ---- the Sparkplug B host mode ------------------------------------------ */
+
+/*
+** The Sparkplug decoder (mirror/ingest/sparkplug.h) goes to the session
+** inside a thin decoder of ours that forwards every call and adds what the
+** decoder leaves to its host: deaths and a lost link turn keys stale
+** (mirror_keys_stale, grouped by edge node "spBv1.0/G/E"), rebirth
+** requests go out through the session, the counters reach /metrics.
+**
+** Locks: all of it runs on the session thread, inside the decoder's
+** decode(), tick() or link_lost(); the session holds no lock of ours
+** around them (mirror_ingest, the sink, takes the index lock per value and
+** releases it before returning), so mirror_keys_stale may take it.
+*/
+struct sp_host {
+	struct decoder base;      /* ops = sp_host_ops */
+	struct decoder *sp;       /* the Sparkplug decoder, ours */
+	struct mirror *core;
+	struct mqtt *mqtt;
+};
+
+/* One node's (or device's) keys for mirror_keys_stale. */
+struct sp_keys {
+	struct decoder *sp;
+	const char *group, *edge, *device;
+	int listed;               /* sparkplug_foreach_key's answer */
+};
+
+/* mirror_keys_fn: a session's keys (none when the decoder no longer holds it). */
+static void sp_keys_list(void *ectx, mirror_key_fn key, void *kctx)
+{
+	struct sp_keys *k = ectx;
+
+	k->listed = sparkplug_foreach_key(k->sp, k->group, k->edge, k->device, key, kctx);
+}
+
+static void sp_keys_stale(struct sp_host *h, const char *group, const char *edge,
+			  const char *device, enum stale_reason reason, int64_t ts_ms)
+{
+	struct sp_keys k = { h->sp, group, edge, device, 0 };
+	char producer[512];
+	size_t changed;
+
+	snprintf(producer, sizeof(producer), "spBv1.0/%s/%s", group, edge);
+	changed = mirror_keys_stale(h->core, producer, reason, sp_keys_list, &k, ts_ms);
+	if (k.listed < 0 && k.listed != -ENOENT)
+		log_warnx("sparkplug: cannot list the keys of %s%s%s: %s; they stay as they are",
+			  producer, device ? "/" : "", device ? device : "", strerror(-k.listed));
+	else
+		log_debug("sparkplug: %zu of %d key(s) of %s%s%s stale (%s)", changed,
+			  k.listed > 0 ? k.listed : 0, producer, device ? "/" : "",
+			  device ? device : "", reason == STALE_REASON_BROKER ? "broker" : "producer_offline");
+}
+
+static void sp_node_death(void *ctx, const char *group, const char *edge, int64_t ts_ms)
+{
+	log_info("sparkplug: edge node spBv1.0/%s/%s is offline (NDEATH)", group, edge);
+	sp_keys_stale(ctx, group, edge, NULL, STALE_REASON_PRODUCER_OFFLINE, ts_ms);
+}
+
+static void sp_device_death(void *ctx, const char *group, const char *edge, const char *device,
+			    int64_t ts_ms)
+{
+	log_info("sparkplug: device spBv1.0/%s/%s/%s is offline (DDEATH)", group, edge, device);
+	sp_keys_stale(ctx, group, edge, device, STALE_REASON_PRODUCER_OFFLINE, ts_ms);
+}
+
+static int sp_publish(void *ctx, const char *topic, const void *payload, size_t len, int qos,
+		      bool retain)
+{
+	struct sp_host *h = ctx;
+
+	return mqtt_decoder_publish(h->mqtt, topic, payload, len, qos, retain);
+}
+
+static void sp_sample(const struct sp_host *h)
+{
+	struct sparkplug_stats st;
+
+	sparkplug_get_stats(h->sp, &st);
+	metrics_set_sparkplug(&st);
+}
+
+static bool sp_host_claims(const struct decoder *d, const char *topic, size_t len)
+{
+	const struct sp_host *h = (const struct sp_host *)d;
+
+	return h->sp->ops->claims(h->sp, topic, len);
+}
+
+static size_t sp_host_decode(struct decoder *d, const struct decode_in *in,
+			     const struct decode_out *out)
+{
+	struct sp_host *h = (struct sp_host *)d;
+	size_t n = h->sp->ops->decode(h->sp, in, out);
+
+	sp_sample(h);
+	return n;
+}
+
+static void sp_host_tick(struct decoder *d, int64_t now_ns)
+{
+	struct sp_host *h = (struct sp_host *)d;
+
+	sparkplug_tick(h->sp, now_ns);
+	sp_sample(h);
+}
+
+struct sp_lost {
+	struct sp_host *h;
+	int64_t ts_ms;
+};
+
+static void sp_lost_node(void *ctx, const char *group, const char *edge)
+{
+	struct sp_lost *l = ctx;
+
+	sp_keys_stale(l->h, group, edge, NULL, STALE_REASON_BROKER, l->ts_ms);
+}
+
+/* The link is lost: every Sparkplug key is stale (broker) until its node
+ * is born again; the sessions are listed before the decoder ends them. */
+static void sp_host_link_lost(struct decoder *d)
+{
+	struct sp_host *h = (struct sp_host *)d;
+	struct sp_lost l = { h, clock_wall_ms() };
+
+	sparkplug_foreach_node(h->sp, sp_lost_node, &l);
+	sparkplug_link_lost(h->sp);
+	sp_sample(h);
+}
+
+static void sp_host_free(struct decoder *d)
+{
+	struct sp_host *h = (struct sp_host *)d;
+
+	if (!h)
+		return;
+	decoder_free(h->sp);
+	free(h);
+}
+
+static const struct decoder_ops sp_host_ops = {
+	.name = "sparkplug",
+	.claims = sp_host_claims,
+	.decode = sp_host_decode,
+	.tick = sp_host_tick,
+	.link_lost = sp_host_link_lost,
+	.free = sp_host_free,
+};
+
+/* Our STATE as a Sparkplug 3.0 primary host: {"online":B,"timestamp":MS}. */
+static int sp_state_payload(void *ctx, bool online, int64_t ts_ms, char *buf, size_t n)
+{
+	int w = snprintf(buf, n, "{\"online\":%s,\"timestamp\":%lld}", online ? "true" : "false",
+			 (long long)ts_ms);
+
+	(void)ctx;
+	return w < 0 ? -EINVAL : w;
+}
+
+/*
+** When [sparkplug] enabled: give the session the Sparkplug decoder (its
+** keys, deaths, rebirth requests) and, with primary_host, our own STATE
+** birth and will. Before mqtt_start, after mirror_start. Returns 0 or
+** -errno (logged).
+*/
+static int sparkplug_host_start(const struct conf *c, struct mirror *core, struct mqtt *mqtt)
+{
+	struct sparkplug_conf sc;
+	struct sp_host *h;
+	int rc;
+
+	if (!c->sp_enabled)
+		return 0;
+	sparkplug_conf_default(&sc);
+	sc.rebirth = c->sp_rebirth;
+	sc.reorder_window_ms = c->sp_reorder_window_ms;
+	sc.rebirth_interval_ms = c->sp_rebirth_interval_ms;
+	sc.max_nodes = (size_t)c->sp_max_nodes;
+	sc.max_devices = (size_t)c->sp_max_devices;
+	sc.max_node_metrics = (size_t)c->sp_max_node_metrics;
+	sc.max_metrics = (size_t)c->sp_max_metrics;
+	sc.max_message_metrics = (size_t)c->sp_max_message_metrics;
+	sc.max_value_len = (size_t)c->sp_max_value;
+	sc.max_decode_mem = (size_t)c->sp_max_decode_mem;
+	if (!(h = calloc(1, sizeof(*h))))
+		return -ENOMEM;
+	h->base.ops = &sp_host_ops;
+	h->core = core;
+	h->mqtt = mqtt;
+	struct sparkplug_hooks hooks = { .node_death = sp_node_death,
+					 .device_death = sp_device_death,
+					 .publish = sp_publish, .ctx = h };
+	if ((rc = sparkplug_new(&sc, &hooks, &h->sp)) < 0) {
+		free(h);
+		log_error("sparkplug: cannot start the decoder: %s", strerror(-rc));
+		return rc;
+	}
+	if ((rc = mqtt_add_decoder(mqtt, &h->base)) < 0) {
+		sp_host_free(&h->base);
+		log_error("sparkplug: cannot add the decoder: %s", strerror(-rc));
+		return rc;
+	}
+	sp_sample(h);
+	if (c->sp_primary_host) {
+		char topic[512];
+
+		snprintf(topic, sizeof(topic), "spBv1.0/STATE/%s", c->sp_primary_host);
+		if ((rc = mqtt_set_presence(mqtt, topic, sp_state_payload, NULL)) < 0) {
+			log_error("sparkplug: cannot set the STATE of %s: %s", topic, strerror(-rc));
+			return rc;
+		}
+	}
+	log_info("sparkplug: host mode on (rebirth %s%s%s)", c->sp_rebirth ? "on" : "off",
+		 c->sp_primary_host ? ", primary host " : "",
+		 c->sp_primary_host ? c->sp_primary_host : "");
+	return 0;
+}
+
 /* ---- the process in phases ---------------------------------------------- */
 
 /* The process: its options, its configuration and every module it runs.
@@ -323,6 +560,8 @@ struct daemon {
 	struct mirror *core;
 	struct api *api;
 	struct watch *watch;
+	struct outbox *outbox;    /* the intents' table ([intents] allow set) */
+	struct intents *intents;
 	sigset_t sigs;            /* taken by the main loop, blocked in every thread */
 	uint64_t wd_usec;         /* the systemd watchdog interval, 0 = none */
 };
@@ -349,15 +588,128 @@ static int daemon_config(struct daemon *d)
 	return 0;
 }
 
-/* Open the database (d->store). Returns 0 or -errno (logged). */
+/* A file store_open or store_load refuses as damaged or not ours: what
+ * [store] on_corrupt decides about (a newer schema, -ENOTSUP, is not). */
+static bool store_unusable(int rc)
+{
+	return rc == -EINVAL || rc == -ENODATA || rc == -EBADMSG || rc == -EMEDIUMTYPE;
+}
+
+/*
+** The answer to a database file that cannot be used (why: the reason, with
+** the path, as store_open words it):
+** with on_corrupt = rebuild it is moved aside, loudly, and counted, and
+** the caller starts over on an empty file; with fail the start ends here.
+** Returns 0 (moved aside) or -errno (logged).
+*/
+static int store_rebuild(const struct conf *conf, int rc, const char *why)
+{
+	char aside[4096], err[512];
+	int r;
+
+	if (conf->on_corrupt == CONF_ON_CORRUPT_FAIL) {
+		log_error("store: %s; refusing to start ([store] on_corrupt = fail)", why);
+		return rc;
+	}
+	if ((r = store_set_aside(conf->db_path, clock_wall_ms(), aside, sizeof(aside), err,
+				 sizeof(err))) < 0) {
+		log_error("store: %s, and it cannot be moved aside: %s", why, err);
+		return r;
+	}
+	STAT_INC(store_rebuilds);
+	log_error("store: %s; moved aside to %s, starting with an empty mirror that the "
+		  "broker fills again ([store] on_corrupt = rebuild)", why, aside);
+	return 0;
+}
+
+/* Open the database (d->store). A file from a newer release is refused
+ * whatever on_corrupt says: it is never replaced. Returns 0 or -errno
+ * (logged). */
 static int daemon_open_store(struct daemon *d)
 {
+	const char *path = d->conf.db_path;
+	char err[512];
+	int rc = store_open(path, &d->store, err, sizeof(err));
+
+	if (store_unusable(rc) && (rc = store_rebuild(&d->conf, rc, err)) == 0)
+		rc = store_open(path, &d->store, err, sizeof(err));
+	if (rc == -ENOTSUP)
+		log_error("store: %s; refusing to start: the file is left for the release that "
+			  "wrote it", err);
+	else if (rc < 0)
+		log_error("store: cannot open %s: %s", path, err);
+	return rc;
+}
+
+/* The index (with its payload read-back) and the staleness engine over it,
+ * loaded from the store: damage found only now (-EBADMSG, deeper in the
+ * file) is answered as at open, once, with a fresh index. */
+static int daemon_load(struct daemon *d, int64_t *ret_rev, int64_t *ret_purge_before_ns,
+		       int64_t ret_resume[2])
+{
+	const struct conf *conf = &d->conf;
+	char why[4200];
+	int rc;
+
+	snprintf(why, sizeof(why), "%s: damaged (the load error above)", conf->db_path);
+	for (int attempt = 0;; attempt++) {
+		d->ix = index_new();
+		if (!d->ix)
+			return -ENOMEM;
+		/* Payloads the index no longer holds are read back from the file. */
+		index_set_payload_source(d->ix, store_fetch_payload, store_scan, store_scan_end,
+					 d->store);
+		d->stale = stale_new(conf, d->ix, &(struct deliver_outlet){ .publish = stale_publish,
+									  .ctx = d->mqtt });
+		if (!d->stale)
+			return -ENOMEM;
+		rc = load_index(d->store, d->stale, d->ix, ret_rev, ret_purge_before_ns, ret_resume);
+		if (rc != -EBADMSG || attempt > 0)
+			return rc;
+		stale_free(d->stale);
+		index_free(d->ix);
+		store_close(d->store);
+		d->stale = NULL;
+		d->ix = NULL;
+		d->store = NULL;
+		if ((rc = store_rebuild(conf, rc, why)) < 0 ||
+		    (rc = daemon_open_store(d)) < 0)
+			return rc;
+	}
+}
+
+/* The intent outbox and its engine, when [intents] allow is set: the
+ * outbox's undecided intents are taken back (published again if still
+ * due). Returns 0 or -errno (logged). */
+static int daemon_open_intents(struct daemon *d)
+{
+	const struct conf *conf = &d->conf;
+	struct intents_limits lim = { .outbox_max = (size_t)conf->intent_outbox_max,
+				      .history = (size_t)conf->intent_history,
+				      .qos = conf->intent_qos };
 	char err[512];
 	int rc;
 
-	if ((rc = store_open(d->conf.db_path, &d->store, err, sizeof(err))) < 0) {
-		log_error("store: cannot open %s: %s", d->conf.db_path, err);
+	if (conf->nintent_allow == 0)
+		return 0;
+	if ((rc = outbox_open(conf->db_path, 5000, &d->outbox, err, sizeof(err))) < 0 ||
+	    (rc = intents_new(&lim, d->outbox, clock_wall_ms(), &d->intents, err, sizeof(err))) < 0) {
+		log_error("intents: cannot open the outbox: %s", err);
 		return rc;
+	}
+	/* Intent events go to watchers: the hub exists by now. */
+	intents_set_observer(d->intents, api_intent_event, d->watch);
+	if ((rc = intents_start(d->intents, clock_wall_ms, mqtt_kick, d->mqtt)) < 0) {
+		log_error("intents: cannot start: %s", strerror(-rc));
+		return rc;
+	}
+	mqtt_set_intents(d->mqtt, d->intents);
+	{
+		struct intents_stats st;
+
+		intents_stats(d->intents, &st);
+		log_info("intents: on for %zu filter(s); %zu undecided in the outbox",
+			 conf->nintent_allow, st.undecided);
 	}
 	return 0;
 }
@@ -384,21 +736,15 @@ static int daemon_start(struct daemon *d)
 	log_info("statemirrord %s starting", SM_VERSION);
 	if ((rc = daemon_open_store(d)) < 0)
 		return rc;
-	d->ix = index_new();
-	d->rejects = rejects_new((size_t)conf->max_rejects);
-	if (!d->ix || !d->rejects)
+	if (!(d->rejects = rejects_new((size_t)conf->max_rejects)))
 		goto nomem;
-	/* Payloads the index no longer holds are read back from the file. */
-	index_set_payload_source(d->ix, store_fetch_payload, store_scan, store_scan_end, d->store);
 	if ((rc = mqtt_new(conf, &d->mqtt, err, sizeof(err))) < 0) {
 		log_error("mqtt: %s", err);
 		return rc;
 	}
-	d->stale = stale_new(conf, d->ix,
-			     &(struct deliver_outlet){ .publish = stale_publish, .ctx = d->mqtt });
-	if (!d->stale)
+	if ((rc = daemon_load(d, &rev, &purge_before_ns, resume)) == -ENOMEM)
 		goto nomem;
-	if ((rc = load_index(d->store, d->stale, d->ix, &rev, &purge_before_ns, resume)) < 0)
+	if (rc < 0)
 		return rc;
 
 	if (!(d->changes = changes_new((size_t)conf->watch_log_size, rev)))
@@ -408,9 +754,11 @@ static int daemon_start(struct daemon *d)
 		return rc;
 	}
 	watch_set_resume(d->watch, resume[0], resume[1], rev);
+	if ((rc = daemon_open_intents(d)) < 0)
+		return rc;
 	struct mirror_deps cd = { .conf = conf, .ix = d->ix, .store = d->store,
 				  .stale = d->stale, .mqtt = d->mqtt, .rejects = d->rejects,
-				  .changes = d->changes, .rev = rev,
+				  .changes = d->changes, .intents = d->intents, .rev = rev,
 				  .purge_before_ns = purge_before_ns,
 				  .on_changes = watch_wake, .on_changes_ctx = d->watch };
 	if ((rc = mirror_start(&cd, &d->core)) < 0) {
@@ -418,11 +766,14 @@ static int daemon_start(struct daemon *d)
 		return rc;
 	}
 	struct api_deps ad = { .conf = conf, .ix = d->ix, .core = d->core,
-			       .rejects = d->rejects, .stale = d->stale, .watch = d->watch };
+			       .rejects = d->rejects, .stale = d->stale, .watch = d->watch,
+			       .intents = d->intents };
 	if ((rc = api_start(&ad, &d->api, err, sizeof(err))) < 0) {
 		log_error("http: %s", err);
 		return rc;
 	}
+	if ((rc = sparkplug_host_start(conf, d->core, d->mqtt)) < 0)
+		return rc;
 	/* The session thread applies what it reads, through the mirror. */
 	struct mqtt_sink sink = { .message = ingest_message, .flush = ingest_flush,
 				  .link = ingest_link, .ctx = d->core };
@@ -506,6 +857,8 @@ static void daemon_stop(struct daemon *d)
 	mqtt_stop(d->mqtt);
 	api_stop(d->api);
 	mirror_stop(d->core);
+	intents_free(d->intents); /* nobody submits, pumps or observes any more */
+	outbox_close(d->outbox);
 	watch_free(d->watch); /* after api_stop (no stream left) and mirror_stop (no wake) */
 	mqtt_free(d->mqtt);
 	stale_free(d->stale);

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* http.c: the HTTP server: listeners, connection fairness, bearer auth, the route table and the JSON endpoints. */
 #include "api/http.h"
+#include "api/intents.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -95,6 +96,11 @@ struct api {
 	char *unix_path;        /* unlinked at stop */
 	char *write_token;      /* AUTH_WRITE routes; NULL: none configured */
 	size_t write_token_len;
+	char *intent_token;     /* [intents] intent_token_file, owned; NULL: none */
+	struct api_intents ai;  /* the intent endpoints' settings */
+	size_t intent_body_max;
+	pthread_mutex_t waits_mu;
+	size_t nwaits;          /* requests suspended in ?wait= (waits_mu) */
 	size_t max_uri;
 	size_t body_max;        /* hard limit of one response body */
 	struct log_ratelimit rl;
@@ -121,7 +127,10 @@ static struct fair_conn *conn_of(struct MHD_Connection *c)
  * libmicrohttpd unescapes it (it turns '+' into ' ' in query values,
  * which would break the filter "a/+/b"). We decode it ourselves, once.
  * The rest is filled in at the first handler call, when the head is in. */
+struct iwait;
+
 struct req {
+	struct iwait *wait;     /* a POST /v1/intents/ waiting for its outcome */
 	const struct route *rt; /* NULL: no such path (404) */
 	struct body body;       /* the upload of a route that takes a body */
 	size_t dropped;         /* bytes of a body nobody asked for, dropped */
@@ -141,6 +150,7 @@ struct call {
 	char *query;            /* after '?', NUL-terminated, writable; NULL: none */
 	size_t query_len;
 	json_t *body;           /* a body route: the parsed body (borrowed) */
+	struct req *q;          /* a body route: the request (for ?wait=) */
 };
 
 static const char oom_body[] = "{\"error\":\"out of memory\"}";
@@ -612,12 +622,18 @@ static enum MHD_Result ep_metrics(struct call *k)
 {
 	struct api *a = k->a;
 	struct metrics_extra x = { 0 };
+	struct intents_stats ist;
 	char reason[64];
 	struct buf b;
 	int r;
 
 	if (a->d.core)
 		x.ready = mirror_ready(a->d.core, reason, sizeof(reason));
+	if (a->d.intents) {
+		intents_stats(a->d.intents, &ist);
+		x.intents = &ist;
+		x.now_ms = clock_wall_ms();
+	}
 	buf_init(&b, a->body_max);
 	if ((r = metrics_render(&b, &x)) < 0)
 		return send_render_error(k, &b, r);
@@ -691,6 +707,191 @@ static enum MHD_Result ep_status_css(struct call *k)
 	return status_asset(k, "/status.css");
 }
 
+/* ---- intents ---------------------------------------------------------- */
+
+/*
+** A POST /v1/intents/...?wait=D suspends its connection until the intent
+** is decided or D passes (the sync-over-async proxy of the articles). The
+** engine calls iwait_done under its mutex: it only flips `state` and, if
+** the connection is already suspended, resumes it; libmicrohttpd then
+** calls on_request again, which answers (ep_intent_resumed).
+*/
+enum { IW_REGISTERED, IW_SUSPENDED, IW_FIRED };
+
+static enum MHD_Result ep_intent_resumed(struct call *k, struct req *q);
+
+struct iwait {
+	struct intent_waiter w;
+	struct MHD_Connection *c;
+	_Atomic int state;
+	bool registered;        /* on the engine's list until fired or unwaited */
+};
+
+static void iwait_done(void *ctx)
+{
+	struct iwait *iw = ctx;
+
+	if (atomic_exchange(&iw->state, IW_FIRED) == IW_SUSPENDED)
+		MHD_resume_connection(iw->c);
+}
+
+/* The request is over (answered, or the connection closed): off the
+ * engine's list, and counted out. */
+static void iwait_end(struct api *a, struct req *q)
+{
+	if (q->wait->registered)
+		intents_unwait(a->d.intents, &q->wait->w);
+	free(q->wait);
+	q->wait = NULL;
+	pthread_mutex_lock(&a->waits_mu);
+	a->nwaits--;
+	pthread_mutex_unlock(&a->waits_mu);
+}
+
+/* api_stop: answer every waiting request before libmicrohttpd stops
+ * (it must not be stopped with suspended connections). */
+static void iwait_release_all(struct api *a)
+{
+	if (!a->d.intents)
+		return;
+	for (int i = 0; i < 200; i++) {
+		size_t n;
+
+		intents_release_waiters(a->d.intents);
+		pthread_mutex_lock(&a->waits_mu);
+		n = a->nwaits;
+		pthread_mutex_unlock(&a->waits_mu);
+		if (n == 0)
+			return;
+		usleep(10000); /* their threads answer: a bounded wait at shutdown */
+	}
+}
+
+static int64_t intent_id_of(const char *t, size_t n)
+{
+	uint64_t v;
+
+	if (pathdec_parse_uint(t, n, INT64_MAX, &v) < 0 || v == 0)
+		return -1;
+	return (int64_t)v;
+}
+
+static enum MHD_Result send_intent(struct call *k, unsigned code, struct buf *b, int64_t id)
+{
+	char loc[64];
+
+	if (code == 202) {
+		snprintf(loc, sizeof(loc), "/v1/intents/%lld", (long long)id);
+		return send_buf_hdr(k, code, b, CT_JSON, MHD_HTTP_HEADER_LOCATION, loc);
+	}
+	return send_buf(k, code, b, CT_JSON);
+}
+
+static enum MHD_Result ep_intent_post(struct call *k)
+{
+	struct api *a = k->a;
+	struct pathdec_param params[8];
+	const struct pathdec_param *p;
+	size_t np = 0, n;
+	int64_t id = 0, wait_ms = 0;
+	unsigned code;
+	struct buf b;
+	int r;
+
+	if (pathdec_decode(k->tail, k->tail_len, k->tail, &n) < 0)
+		return send_error(k, MHD_HTTP_BAD_REQUEST, "bad percent-encoding in the topic");
+	if (k->query && (r = pathdec_query(k->query, k->query_len, params, 8, &np)) < 0)
+		return send_error(k, MHD_HTTP_BAD_REQUEST, pathdec_query_reason(r));
+	p = NULL;
+	if (pathdec_str(params, np, "wait", &p) < 0 ||
+	    (p && (conf_parse_duration(p->val, &wait_ms) < 0 || wait_ms < 0)))
+		return send_error(k, MHD_HTTP_BAD_REQUEST, "invalid wait (a duration: 10s)");
+	if (wait_ms > API_INTENT_WAIT_MAX_MS)
+		wait_ms = API_INTENT_WAIT_MAX_MS;
+	buf_init(&b, a->body_max);
+	code = api_intent_post(&a->ai, k->tail, n, k->body, clock_wall_ms(), &b, &id);
+	if (code != 202 || wait_ms == 0 || !k->q)
+		return send_intent(k, code, &b, id);
+	buf_free(&b);
+	/* ?wait=: suspend until decided or wait_ms (iwait_done resumes). */
+	struct iwait *iw = calloc(1, sizeof(*iw));
+
+	if (!iw)
+		return send_oom(k);
+	iw->c = k->c;
+	iw->w = (struct intent_waiter){ .id = id, .deadline_ms = clock_wall_ms() + wait_ms,
+					.done = iwait_done, .ctx = iw };
+	atomic_init(&iw->state, IW_REGISTERED);
+	k->q->wait = iw;
+	pthread_mutex_lock(&a->waits_mu);
+	a->nwaits++;
+	pthread_mutex_unlock(&a->waits_mu);
+	if (intents_wait(a->d.intents, &iw->w) != 0)
+		return ep_intent_resumed(k, k->q); /* decided already: answer now */
+	iw->registered = true;
+	MHD_suspend_connection(k->c);
+	if (atomic_exchange(&iw->state, IW_SUSPENDED) == IW_FIRED) {
+		atomic_store(&iw->state, IW_FIRED);
+		MHD_resume_connection(k->c); /* decided while we were suspending */
+	}
+	return MHD_YES;
+}
+
+/* The waiting request again, after its resume: the decided record (200),
+ * or the pending one (202) when the wait ran out first. */
+static enum MHD_Result ep_intent_resumed(struct call *k, struct req *q)
+{
+	struct api *a = k->a;
+	int64_t id = q->wait->w.id;
+	bool decided = false;
+	unsigned code;
+	struct buf b;
+
+	iwait_end(a, q);
+	buf_init(&b, a->body_max);
+	code = api_intent_get(&a->ai, id, &b, &decided);
+	if (code == 200 && !decided)
+		code = 202;
+	return send_intent(k, code, &b, id);
+}
+
+static enum MHD_Result ep_intent_get(struct call *k)
+{
+	int64_t id = intent_id_of(k->tail, k->tail_len);
+	bool decided;
+	unsigned code;
+	struct buf b;
+
+	if (id < 0)
+		return send_error(k, MHD_HTTP_NOT_FOUND, "no such intent (ids are positive integers)");
+	buf_init(&b, k->a->body_max);
+	code = api_intent_get(&k->a->ai, id, &b, &decided);
+	return send_buf(k, code, &b, CT_JSON);
+}
+
+static enum MHD_Result ep_intents(struct call *k)
+{
+	struct pathdec_param params[8];
+	const struct pathdec_param *p;
+	enum intent_state only = INTENT_STATE_MAX;
+	uint64_t limit = 100;
+	size_t np = 0;
+	struct buf b;
+	int r;
+
+	if (k->query && (r = pathdec_query(k->query, k->query_len, params, 8, &np)) < 0)
+		return send_error(k, MHD_HTTP_BAD_REQUEST, pathdec_query_reason(r));
+	p = NULL;
+	if (pathdec_str(params, np, "state", &p) < 0 || (p && intent_state_parse(p->val, &only) < 0))
+		return send_error(k, MHD_HTTP_BAD_REQUEST,
+				  "invalid state (pending, published, confirmed, overridden, "
+				  "timed_out, expired)");
+	if (pathdec_uint(params, np, "limit", 1, API_INTENTS_LIST_MAX, &limit) < 0)
+		return send_error(k, MHD_HTTP_BAD_REQUEST, "invalid limit (1 to 1000)");
+	buf_init(&b, k->a->body_max);
+	return send_buf(k, api_intent_list(&k->a->ai, only, (size_t)limit, &b), &b, CT_JSON);
+}
+
 static enum MHD_Result ep_healthz(struct call *k)
 {
 	return send_literal(k, MHD_HTTP_OK, "{\"ok\":true}");
@@ -705,7 +906,11 @@ static enum MHD_Result ep_healthz(struct call *k)
 ** write route needs one (the configuration sets none: 403), a unix
 ** socket is guarded by its mode instead.
 */
-enum api_auth { AUTH_NONE, AUTH_READ, AUTH_WRITE, AUTH_MAX };
+/* AUTH_INTENT: the read token or the write token (a client given only the
+ * intent token can still follow its intents). */
+enum api_auth { AUTH_NONE, AUTH_READ, AUTH_WRITE, AUTH_INTENT, AUTH_MAX };
+/* A body limit read from the configuration ([intents] max_body). */
+#define BODY_MAX_INTENTS SIZE_MAX
 
 #define M_GET 0x1u      /* GET and HEAD (libmicrohttpd sends no body for HEAD) */
 #define M_POST 0x2u
@@ -753,7 +958,15 @@ static const struct route routes[] = {
 	{ "/v1/stale", false, M_GET, AUTH_READ, 0, NULL, ep_stale },
 	{ "/v1/watch", false, M_GET, AUTH_READ, 0, NULL, ep_watch },
 	{ "/v1/rejects", false, M_GET, AUTH_READ, 0, NULL, ep_rejects },
+	{ "/v1/intents", false, M_GET, AUTH_INTENT, 0, NULL, ep_intents },
+	{ "/v1/intents/", true, M_POST, AUTH_WRITE, BODY_MAX_INTENTS, CT_JSON, ep_intent_post },
+	{ "/v1/intents/", true, M_GET, AUTH_INTENT, 0, NULL, ep_intent_get },
 };
+
+static size_t route_body_max(const struct api *a, const struct route *rt)
+{
+	return rt->body_max == BODY_MAX_INTENTS ? a->intent_body_max : rt->body_max;
+}
 
 static unsigned method_bit(const char *method)
 {
@@ -830,6 +1043,10 @@ static bool auth_ok(struct call *k, enum api_auth auth, enum MHD_Result *ret_mhd
 
 	if (auth == AUTH_NONE)
 		return true;
+	if (auth == AUTH_INTENT && a->intent_token &&
+	    token_ok(a->intent_token, strlen(a->intent_token),
+		     MHD_lookup_connection_value(k->c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION)))
+		return true;
 	if (auth == AUTH_WRITE) {
 		tok = a->write_token;
 		tok_len = a->write_token_len;
@@ -889,13 +1106,14 @@ static enum MHD_Result on_head(struct call *k, struct req *q, const char *method
 		snprintf(why, sizeof(why), "the request body must be %s", rt->body_type);
 		return send_error(k, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE, why);
 	}
-	if (announced > rt->body_max) {
+	if (announced > route_body_max(k->a, rt)) {
 		char why[128];
 
-		snprintf(why, sizeof(why), "request body larger than %zu bytes", rt->body_max);
+		snprintf(why, sizeof(why), "request body larger than %zu bytes",
+			 route_body_max(k->a, rt));
 		return send_error(k, MHD_HTTP_CONTENT_TOO_LARGE, why);
 	}
-	body_init(&q->body, rt->body_max);
+	body_init(&q->body, route_body_max(k->a, rt));
 	q->rt = rt;
 	q->headers_done = true;
 	return MHD_YES;
@@ -968,6 +1186,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	** a body that arrives unannounced is dropped up to API_MAX_GET_BODY,
 	** then the connection is closed.
 	*/
+	if (q->wait)
+		return ep_intent_resumed(&k, q);
 	if (!q->headers_done) {
 		if (!fair_busy(a->fair, conn_of(c)))
 			return send_error_hdr(&k, MHD_HTTP_SERVICE_UNAVAILABLE,
@@ -998,6 +1218,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	if ((r = body_json(&q->body, &k.body, err, sizeof(err))) < 0)
 		return send_error(&k, r == -E2BIG ? MHD_HTTP_CONTENT_TOO_LARGE : MHD_HTTP_BAD_REQUEST, err);
 	body_free(&q->body);
+	k.q = q;
 	mr = q->rt->fn(&k);
 	json_decref(k.body);
 	return mr;
@@ -1036,8 +1257,11 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 	struct api *a = cls;
 	struct req *q = *con_cls;
 
-	if (q)
+	if (q) {
 		body_free(&q->body);
+		if (q->wait)
+			iwait_end(a, q);
+	}
 	free(q);
 	*con_cls = NULL;
 	/* Idle until the next head (or closed, if this one ended it). */
@@ -1133,13 +1357,7 @@ static void *reaper_main(void *arg)
 			wait = API_REAP_TICK_MS;
 		if (wait < 1)
 			wait = 1;
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		ts.tv_sec += wait / 1000;
-		ts.tv_nsec += (wait % 1000) * 1000000;
-		if (ts.tv_nsec >= 1000000000) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000;
-		}
+		clock_deadline(CLOCK_MONOTONIC, wait, &ts);
 		pthread_cond_timedwait(&a->reap_cv, &a->reap_mu, &ts);
 	}
 	pthread_mutex_unlock(&a->reap_mu);
@@ -1372,6 +1590,7 @@ int api_start(const struct api_deps *d, struct api **ret, char *err, size_t errl
 	a->rl_body = (struct log_ratelimit)LOG_RATELIMIT_INIT(10000, 5);
 	a->rl_fair = (struct log_ratelimit)LOG_RATELIMIT_INIT(10000, 5);
 	pthread_mutex_init(&a->reap_mu, NULL);
+	pthread_mutex_init(&a->waits_mu, NULL);
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&a->reap_cv, &ca);
@@ -1404,10 +1623,30 @@ int api_start(const struct api_deps *d, struct api **ret, char *err, size_t errl
 			r = -EINVAL;
 			goto fail;
 		}
-		/* One token for now: it also grants writes. */
+		/* Without an intent token, it also grants writes. */
 		a->write_token = a->token;
 		a->write_token_len = a->token_len;
 	}
+	if (conf->intent_token_file && conf->intent_token_file[0]) {
+		if ((r = conf_read_secret(conf->intent_token_file, &a->intent_token)) < 0) {
+			snprintf(err, errlen, "intent_token_file %s: %s", conf->intent_token_file,
+				 strerror(-r));
+			goto fail;
+		}
+		if (!a->intent_token[0]) {
+			snprintf(err, errlen, "intent_token_file %s: empty token", conf->intent_token_file);
+			r = -EINVAL;
+			goto fail;
+		}
+		a->write_token = a->intent_token;
+		a->write_token_len = strlen(a->intent_token);
+	}
+	a->intent_body_max = (size_t)conf->intent_max_body;
+	a->ai = (struct api_intents){
+		.in = d->intents, .ix = d->ix, .allow = conf->intent_allow,
+		.nallow = conf->nintent_allow, .expire_ms = conf->intent_expire_ms,
+		.timeout_ms = conf->intent_timeout_ms, .max_topic_len = (size_t)conf->max_topic_len,
+	};
 
 	if (strncmp(listen_spec, "unix:", 5) == 0) {
 		if (!(a->unix_path = strdup(listen_spec + 5))) {
@@ -1520,6 +1759,7 @@ void api_stop(struct api *a)
 	}
 	/* libmicrohttpd must not be stopped with suspended connections. */
 	watch_shutdown(a->d.watch);
+	iwait_release_all(a);
 	if (a->mhd)
 		MHD_stop_daemon(a->mhd);
 	/* Every connection is closed now (NOTIFY_CLOSED for each). */
@@ -1535,5 +1775,10 @@ void api_stop(struct api *a)
 		explicit_bzero(a->token, a->token_len);
 		free(a->token);
 	}
+	if (a->intent_token) {
+		explicit_bzero(a->intent_token, strlen(a->intent_token));
+		free(a->intent_token);
+	}
+	pthread_mutex_destroy(&a->waits_mu);
 	free(a);
 }

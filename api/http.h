@@ -10,6 +10,7 @@
 #include "mirror/state/index.h"
 #include "mirror/state/rejects.h"
 #include "mirror/liveness/stale.h"
+#include "mirror/state/intents.h"
 
 struct api;
 
@@ -26,6 +27,7 @@ struct api_deps {
 	struct rejects *rejects;
 	struct stale *stale;
 	struct watch *watch;      /* /v1/watch streams; NULL: answered 503 */
+	struct intents *intents;  /* the intent engine; NULL: intents are off (403) */
 };
 
 /*

@@ -3,6 +3,10 @@
 #include "api/metrics.h"
 
 #include <inttypes.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
 
 #include "common/stats.h"
 #include "mirror/state/apply.h"
@@ -28,6 +32,51 @@ static const char *const result_labels[APPLY_RESULT_MAX] = {
 	[APPLY_REJECTED] = "rejected",
 };
 
+/* The Sparkplug counters, in struct sparkplug_stats order: name, help. */
+#define SP_STAT(f, help) { #f, help, offsetof(struct sparkplug_stats, f) }
+static const struct {
+	const char *name, *help;
+	size_t off;
+} sp_rows[] = {
+	SP_STAT(messages, "Sparkplug messages decoded."),
+	SP_STAT(metrics, "Sparkplug metrics emitted as key updates."),
+	SP_STAT(births, "Sparkplug NBIRTH and DBIRTH accepted."),
+	SP_STAT(node_deaths, "Sparkplug NDEATH that ended a live session (its keys stale)."),
+	SP_STAT(deaths_ignored, "Sparkplug deaths of another bdSeq or of no live session, ignored."),
+	SP_STAT(device_deaths, "Sparkplug DDEATH that ended a device (its keys stale)."),
+	SP_STAT(commands_ignored, "Sparkplug NCMD and DCMD seen (commands, not state)."),
+	SP_STAT(undecodable, "Sparkplug messages refused whole (topic, protobuf, depth, memory)."),
+	SP_STAT(metrics_refused, "Sparkplug metrics refused alone (type, UTF-8, size, limits)."),
+	SP_STAT(no_birth, "Sparkplug data for a node or device without a live birth."),
+	SP_STAT(unknown_alias, "Sparkplug metrics naming no metric of the birth."),
+	SP_STAT(seq_gaps, "Sparkplug seq gaps not filled within reorder_window."),
+	SP_STAT(rebirth_sent, "Sparkplug rebirth requests (NCMD) sent."),
+	SP_STAT(rebirth_suppressed, "Sparkplug rebirth requests wanted but off or within rebirth_interval."),
+	SP_STAT(rebirth_failed, "Sparkplug rebirth requests that could not be published."),
+	SP_STAT(refused_nodes, "Sparkplug edge nodes refused: max_nodes reached."),
+	SP_STAT(refused_devices, "Sparkplug devices refused: max_devices reached."),
+	SP_STAT(refused_metrics, "Sparkplug metrics refused: max_node_metrics or max_metrics reached."),
+	SP_STAT(refused_messages, "Sparkplug messages refused: more than max_message_metrics."),
+	SP_STAT(evicted, "Sparkplug nodes and devices without a live session forgotten for room."),
+};
+#define SP_NROWS (sizeof(sp_rows) / sizeof(sp_rows[0]))
+_Static_assert(SP_NROWS == sizeof(struct sparkplug_stats) / sizeof(uint64_t),
+	       "a sparkplug_stats field has no metric");
+
+static _Atomic uint64_t sp_vals[SP_NROWS];
+static atomic_bool sp_on;
+
+void metrics_set_sparkplug(const struct sparkplug_stats *st)
+{
+	for (size_t i = 0; i < SP_NROWS; i++) {
+		uint64_t v;
+
+		memcpy(&v, (const char *)st + sp_rows[i].off, sizeof(v));
+		atomic_store_explicit(&sp_vals[i], v, memory_order_relaxed);
+	}
+	atomic_store_explicit(&sp_on, true, memory_order_release);
+}
+
 static int head(struct buf *b, const char *name, const char *type, const char *help)
 {
 	return buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
@@ -40,6 +89,36 @@ static int scalar(struct buf *b, const char *name, const char *type, const char 
 	if ((r = head(b, name, type, help)) < 0)
 		return r;
 	return buf_printf(b, "%s %" PRIu64 "\n", name, v);
+}
+
+/* The intent outbox: outcomes, depth, the oldest pending one, publish latency. */
+static int intents_metrics(struct buf *b, const struct intents_stats *st, int64_t now_ms)
+{
+	int r;
+
+	if ((r = head(b, "statemirror_intents_total", "counter",
+		      "Intents decided since start, by outcome.")) < 0)
+		return r;
+	for (int s = INTENT_PUBLISHED; s < INTENT_STATE_MAX; s++)
+		if ((r = buf_printf(b, "statemirror_intents_total{outcome=\"%s\"} %" PRIu64 "\n",
+				    intent_state_name((enum intent_state)s),
+				    s == INTENT_REJECTED ? STAT_GET(intents_rejected) : st->outcomes[s])) < 0)
+			return r;
+	if ((r = scalar(b, "statemirror_outbox_depth", "gauge",
+			"Intents waiting in the outbox to be published.", st->outbox_depth)) < 0 ||
+	    (r = scalar(b, "statemirror_intents_undecided", "gauge",
+			"Intents pending or published, without an outcome yet.", st->undecided)) < 0 ||
+	    (r = head(b, "statemirror_outbox_oldest_seconds", "gauge",
+		      "Age of the oldest intent waiting in the outbox (0: none).")) < 0 ||
+	    (r = buf_printf(b, "statemirror_outbox_oldest_seconds %.3f\n",
+			    st->oldest_pending_ms ? (double)(now_ms - st->oldest_pending_ms) / 1000 : 0.0)) < 0 ||
+	    (r = head(b, "statemirror_intent_publish_seconds", "summary",
+		      "Time from an intent's request to the broker's acknowledgement.")) < 0 ||
+	    (r = buf_printf(b, "statemirror_intent_publish_seconds_sum %.3f\n"
+			    "statemirror_intent_publish_seconds_count %" PRIu64 "\n",
+			    (double)st->publish_latency_sum_ms / 1000, st->published)) < 0)
+		return r;
+	return 0;
 }
 
 static int commit_histogram(struct buf *b)
@@ -171,10 +250,21 @@ int metrics_render(struct buf *b, const struct metrics_extra *x)
 			    STAT_GET(http_conns_closed[2]))) < 0)
 		return r;
 
+	for (size_t i = 0; atomic_load_explicit(&sp_on, memory_order_acquire) && i < SP_NROWS; i++) {
+		char name[96];
+
+		snprintf(name, sizeof(name), "statemirror_sparkplug_%s_total", sp_rows[i].name);
+		if ((r = scalar(b, name, "counter", sp_rows[i].help,
+				atomic_load_explicit(&sp_vals[i], memory_order_relaxed))) < 0)
+			return r;
+	}
+
 	if ((r = scalar(b, "statemirror_watchers", "gauge", "Open /v1/watch streams.",
 			STAT_GET(watchers))) < 0 ||
 	    (r = scalar(b, "statemirror_watchers_dropped_total", "counter",
 			"Watch streams cut off for being too slow.", STAT_GET(watchers_dropped))) < 0)
 		return r;
+	if (x->intents)
+		return intents_metrics(b, x->intents, x->now_ms);
 	return 0;
 }

@@ -8,6 +8,8 @@
 #include <stdint.h>
 
 #include "common/buf.h"
+#include "mirror/ingest/sparkplug.h"
+#include "mirror/state/intents.h"
 
 /*
 ** HTTP status codes are counted in g_stats.http_requests[STATS_HTTP_CODES]
@@ -22,7 +24,18 @@ size_t metrics_http_bucket(unsigned code);
 /* What /metrics needs that g_stats does not hold; sampled by the caller. */
 struct metrics_extra {
 	bool ready;              /* mirror_ready() */
+	const struct intents_stats *intents; /* NULL: intents are off */
+	int64_t now_ms;          /* for the oldest pending intent's age */
 };
+
+/*
+** The Sparkplug decoder's counters (sparkplug.h), rendered as
+** statemirror_sparkplug_<name>_total once this has been called (the
+** host mode is on). Copied field by field into relaxed atomics: a scrape
+** may see counters a few messages apart, never torn values. One writer
+** (the session thread); any thread may render.
+*/
+void metrics_set_sparkplug(const struct sparkplug_stats *st);
 
 /*
 ** Append the whole exposition (text/plain; version=0.0.4): HELP and TYPE

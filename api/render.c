@@ -2,6 +2,8 @@
 /* render.c: key records and rejected messages as JSON, without an intermediate tree. */
 #include "api/render.h"
 
+#include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/clock.h"
@@ -300,4 +302,54 @@ int render_rejects(struct buf *b, struct rejects *r)
 	    (rc = rejects_visit(r, reject_visit, &o)) < 0)
 		return rc;
 	return buf_puts(b, "]}");
+}
+
+static int put_json_value(struct buf *b, const json_t *v)
+{
+	char *s;
+	int ret;
+
+	if (!v)
+		return buf_puts(b, "null");
+	if (!(s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY)))
+		return -ENOMEM;
+	ret = buf_puts(b, s);
+	free(s);
+	return ret;
+}
+
+static int put_time_or_null(struct buf *b, const char *name, int64_t ms)
+{
+	char ts[32];
+
+	if (ms == 0)
+		return buf_printf(b, ",\"%s\":null", name);
+	return buf_printf(b, ",\"%s\":\"%s\"", name, clock_format_rfc3339(ms, ts));
+}
+
+int render_intent(struct buf *b, const struct intent_info *it)
+{
+	size_t mark = b->len;
+	int ret;
+
+	if ((ret = buf_printf(b, "{\"id\":%lld,\"topic\":", (long long)it->id)) < 0 ||
+	    (ret = buf_json_str(b, it->topic, strlen(it->topic))) < 0 ||
+	    (ret = buf_puts(b, ",\"correlation_id\":")) < 0 ||
+	    (ret = buf_json_str(b, it->correlation_id, strlen(it->correlation_id))) < 0 ||
+	    (ret = buf_printf(b, ",\"state\":\"%s\",\"requested\":",
+			      intent_state_name(it->state))) < 0 ||
+	    (ret = put_json_value(b, it->requested)) < 0 ||
+	    (ret = buf_puts(b, ",\"observed\":")) < 0 ||
+	    (ret = put_json_value(b, it->observed)) < 0 ||
+	    (ret = put_time_or_null(b, "created", it->created_ms)) < 0 ||
+	    (ret = put_time_or_null(b, "published", it->published_ms)) < 0 ||
+	    (ret = put_time_or_null(b, "decided", it->decided_ms)) < 0 ||
+	    (ret = buf_putc(b, '}')) < 0) {
+		if (b->data) {
+			b->len = mark;
+			b->data[mark] = '\0';
+		}
+		return ret;
+	}
+	return 0;
 }

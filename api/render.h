@@ -7,6 +7,7 @@
 
 #include "common/buf.h"
 #include "mirror/state/index.h"
+#include "mirror/state/intents.h"
 #include "mirror/state/rejects.h"
 
 /*
@@ -52,5 +53,14 @@ int render_rejects(struct buf *b, struct rejects *r);
 
 /* Append {"error":"<reason>"} (reason is escaped). Returns 0 or a buf error. */
 int render_error(struct buf *b, const char *reason);
+
+/*
+** An intent record, as every intent endpoint answers it:
+** {"id","topic","correlation_id","state","requested","observed","created",
+**  "published","decided"}, times RFC 3339 (null while not yet), observed
+** null until the confirm key said something. Returns 0 or a buf error
+** (-ENOMEM, -E2BIG); b is left as it was on error.
+*/
+int render_intent(struct buf *b, const struct intent_info *it);
 
 #endif

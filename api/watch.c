@@ -129,13 +129,18 @@ static const char heartbeat[] = ": heartbeat\n\n";
 
 /* Cheap first: most listeners' literal prefixes rule most topics out
  * with one memcmp; topic_matches() only runs on what is left. */
-static bool w_match(const struct watcher *w, const struct rec *r)
+static bool w_match_topic(const struct watcher *w, const char *topic, size_t len)
 {
-	if (r->topic_len < w->plen || memcmp(rec_topic(r), w->filter, w->plen) != 0)
+	if (len < w->plen || memcmp(topic, w->filter, w->plen) != 0)
 		return false;
 	if (w->literal)
-		return r->topic_len == w->plen;
-	return topic_matches(w->filter, rec_topic(r), r->topic_len);
+		return len == w->plen;
+	return topic_matches(w->filter, topic, len);
+}
+
+static bool w_match(const struct watcher *w, const struct rec *r)
+{
+	return w_match_topic(w, rec_topic(r), r->topic_len);
 }
 
 /* One change as an event, index read lock held. */
@@ -384,6 +389,23 @@ out:
 	pthread_mutex_unlock(&h->mu);
 	index_unlock(h->ix);
 	return n;
+}
+
+void watch_event(struct watch *h, const char *topic, size_t topic_len, const char *ev, size_t len)
+{
+	if (!h || atomic_load_explicit(&h->listening, memory_order_relaxed) == 0)
+		return;
+	pthread_mutex_lock(&h->mu);
+	for (struct watcher *w = h->head; w && !h->closing; w = w->next) {
+		if (w->phase != W_LIVE || w->dead || !w_match_topic(w, topic, topic_len))
+			continue;
+		/* Best effort, like a heartbeat: a listener whose buffer is
+		 * full misses it (GET /v1/intents has the state). */
+		if (w_push(w, ev, len, h->buffer) < 0)
+			continue;
+		w_unsuspend(h, w);
+	}
+	pthread_mutex_unlock(&h->mu);
 }
 
 static void hub_heartbeat(struct watch *h)

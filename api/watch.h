@@ -63,6 +63,15 @@ int watch_new(const struct conf *conf, struct index *ix, struct changes *cl,
 void watch_set_resume(struct watch *w, int64_t file_floor, int64_t file_max, int64_t run_base);
 
 /*
+** An event that is not a key's change (an intent's new state): ev (len
+** bytes, a whole "event: ...\ndata: ...\n\n" block) goes to every live
+** listener whose filter matches topic, now, without an id: it is not in
+** the change log and not replayed on resume. Best effort: a listener
+** whose buffer is full misses it. Any thread; takes the hub's mutex.
+*/
+void watch_event(struct watch *h, const char *topic, size_t topic_len, const char *ev, size_t len);
+
+/*
 ** The mirror's mirror_deps.on_changes (ctx = the struct watch *): new changes
 ** were appended. Called without locks from the thread that appended them:
 ** the MQTT session thread after each run of applied messages, the mirror

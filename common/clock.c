@@ -105,3 +105,16 @@ char *clock_format_rfc3339(int64_t ms, char buf[32])
 	*p = '\0';
 	return buf;
 }
+
+void clock_deadline(clockid_t id, int64_t ms, struct timespec *ret)
+{
+	if (ms < 0)
+		ms = 0;
+	clock_gettime(id, ret);
+	ret->tv_sec += (time_t)(ms / 1000);
+	ret->tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (ret->tv_nsec >= 1000000000L) {
+		ret->tv_sec++;
+		ret->tv_nsec -= 1000000000L;
+	}
+}

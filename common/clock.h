@@ -4,6 +4,7 @@
 #define SM_CLOCK_H
 
 #include <stdint.h>
+#include <time.h>
 
 /*
 ** The daemon's modules never read the clock themselves where a decision
@@ -14,6 +15,9 @@
 int64_t clock_wall_ms(void);  /* CLOCK_REALTIME, epoch ms */
 int64_t clock_wall_ns(void);  /* CLOCK_REALTIME, epoch ns */
 int64_t clock_mono_ms(void);  /* CLOCK_MONOTONIC, ms */
+/* The time on clock id (CLOCK_MONOTONIC for a condition variable made with
+ * that clock) ms from now, for pthread_cond_timedwait; ms < 0 counts as 0. */
+void clock_deadline(clockid_t id, int64_t ms, struct timespec *ret);
 
 /* Format epoch ms as RFC 3339 UTC with millisecond precision,
  * "2026-11-22T02:10:02.123Z". buf must hold 32 bytes. Returns buf. */

@@ -308,6 +308,7 @@ enum item_type {
 	T_SIZE,       /* int64 bytes, min..max */
 	T_DOUBLE,     /* double, > min, <= max */
 	T_ENUM,       /* int, one of names[] */
+	T_BOOL,       /* bool: true | false (yes | no, on | off) */
 	T_PROTOCOL,   /* "auto" | "5" | "3.1.1" -> 0 | 5 | 311 */
 	T_MODE,       /* octal file mode, min..max */
 	T_LOGLEVEL,   /* enum log_level */
@@ -512,7 +513,7 @@ static int integer_parse(const struct item *it, const char *v, int64_t *ret, cha
 static int parse_int(struct conf *c, const struct item *it, const char *v, char *why,
 		     size_t whylen)
 {
-	int64_t n;
+	int64_t n = 0;
 	int rc = integer_parse(it, v, &n, why, whylen);
 
 	if (rc == 0)
@@ -597,6 +598,20 @@ static int parse_enum(struct conf *c, const struct item *it, const char *v, char
 	}
 	return why_ret(why, whylen, -EINVAL, "'%s' is not one of %s%s%s", v, it->names[0],
 		       it->names[1] ? " | " : "", it->names[1] ? it->names[1] : "");
+}
+
+static int parse_bool(struct conf *c, const struct item *it, const char *v, char *why,
+		      size_t whylen)
+{
+	static const char *const yes[] = { "true", "yes", "on", "1" }, *const no[] = { "false", "no", "off", "0" };
+
+	for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
+		if (strcasecmp(v, yes[i]) == 0 || strcasecmp(v, no[i]) == 0) {
+			*(bool *)field(c, it) = strcasecmp(v, yes[i]) == 0;
+			return 0;
+		}
+	}
+	return why_ret(why, whylen, -EINVAL, "'%s' is not true or false", v);
 }
 
 static int parse_protocol(struct conf *c, const struct item *it, const char *v, char *why,
@@ -697,22 +712,44 @@ static void clear_urls(struct conf *c, const struct item *it)
 	strv_clear(c->urls, &c->nurls);
 }
 
+/* A filter list: CONF_MAX_FILTERS pointers at it->off, then their count. */
+_Static_assert(offsetof(struct conf, nfilters) ==
+	       offsetof(struct conf, filters) + sizeof(((struct conf *)0)->filters),
+	       "a filter list's count follows its array");
+_Static_assert(offsetof(struct conf, nintent_allow) ==
+	       offsetof(struct conf, intent_allow) + sizeof(((struct conf *)0)->intent_allow),
+	       "a filter list's count follows its array");
+
+static char **filter_list(struct conf *c, const struct item *it, size_t **ret_n)
+{
+	char **v = (char **)((char *)c + it->off);
+
+	*ret_n = (size_t *)(void *)(v + CONF_MAX_FILTERS);
+	return v;
+}
+
 static int parse_filter(struct conf *c, const struct item *it, const char *v, char *why,
 			size_t whylen)
 {
+	size_t *n;
+	char **list = filter_list(c, it, &n);
+
 	if (topic_filter_check(v) < 0)
 		return why_ret(why, whylen, -EINVAL, "'%s' is not a valid MQTT topic filter", v);
-	if (c->nfilters >= CONF_MAX_FILTERS)
+	if (*n >= CONF_MAX_FILTERS)
 		return why_ret(why, whylen, -EINVAL, "more than %d filters", CONF_MAX_FILTERS);
-	if (!(c->filters[c->nfilters] = strdup(v)))
+	if (!(list[*n] = strdup(v)))
 		return why_ret(why, whylen, -ENOMEM, "out of memory");
-	c->nfilters++;
+	(*n)++;
 	return 0;
 }
 
 static void clear_filters(struct conf *c, const struct item *it)
 {
-	strv_clear(c->filters, &c->nfilters);
+	size_t *n;
+	char **list = filter_list(c, it, &n);
+
+	strv_clear(list, n);
 }
 
 /* Add one exact topic name to c->retained (a duplicate is dropped). */
@@ -946,6 +983,7 @@ static const struct item_ops types[T_MAX] = {
 	[T_SIZE]        = { parse_size, NULL, false, false },
 	[T_DOUBLE]      = { parse_double, NULL, false, false },
 	[T_ENUM]        = { parse_enum, NULL, false, false },
+	[T_BOOL]        = { parse_bool, NULL, false, false },
 	[T_PROTOCOL]    = { parse_protocol, NULL, false, false },
 	[T_MODE]        = { parse_mode, NULL, false, false },
 	[T_LOGLEVEL]    = { parse_loglevel, NULL, false, false },
@@ -1032,6 +1070,29 @@ static const struct item items[] = {
 	{ "http", "watch_buffer", T_SIZE, "1MiB", KIB(4), MIB(1024), O(watch_buffer), NULL },
 	{ "http", "watch_log_size", T_INT64, "65536", 0, INT64_C(16777216), O(watch_log_size), NULL },
 
+	{ "intents", "allow", T_FILTERS, NULL, 0, 0, O(intent_allow), NULL },
+	{ "intents", "qos", T_INT, "1", 0, 1, O(intent_qos), NULL },
+	{ "intents", "expire", T_DURATION, "30s", SEC(1), HOUR(24), O(intent_expire_ms), NULL },
+	{ "intents", "timeout", T_DURATION, "10s", 100, HOUR(24), O(intent_timeout_ms), NULL },
+	{ "intents", "outbox_max", T_INT64, "10000", 1, 1000000, O(intent_outbox_max), NULL },
+	{ "intents", "max_body", T_SIZE, "64KiB", 256, MIB(16), O(intent_max_body), NULL },
+	{ "intents", "history", T_INT64, "1000", 1, 1000000, O(intent_history), NULL },
+	{ "intents", "intent_token_file", T_STR_OPT, NULL, 0, 0, O(intent_token_file), NULL },
+
+	/* Sparkplug B host mode (mirror/ingest/sparkplug.h); defaults as sparkplug_conf_default. */
+	{ "sparkplug", "enabled", T_BOOL, "false", 0, 0, O(sp_enabled), NULL },
+	{ "sparkplug", "rebirth", T_BOOL, "false", 0, 0, O(sp_rebirth), NULL },
+	{ "sparkplug", "reorder_window", T_DURATION, "2s", 0, MIN(10), O(sp_reorder_window_ms), NULL },
+	{ "sparkplug", "rebirth_interval", T_DURATION, "30s", 0, HOUR(24), O(sp_rebirth_interval_ms), NULL },
+	{ "sparkplug", "max_nodes", T_INT64, "10000", 1, INT64_C(1000000), O(sp_max_nodes), NULL },
+	{ "sparkplug", "max_devices", T_INT64, "1000", 1, INT64_C(1000000), O(sp_max_devices), NULL },
+	{ "sparkplug", "max_node_metrics", T_INT64, "100000", 1, INT64_C(100000000), O(sp_max_node_metrics), NULL },
+	{ "sparkplug", "max_metrics", T_INT64, "1000000", 1, INT64_C(1000000000), O(sp_max_metrics), NULL },
+	{ "sparkplug", "max_message_metrics", T_INT64, "10000", 1, INT64_C(10000000), O(sp_max_message_metrics), NULL },
+	{ "sparkplug", "max_value", T_SIZE, "64KiB", 64, MIB(256), O(sp_max_value), NULL },
+	{ "sparkplug", "max_decode_mem", T_SIZE, "32MiB", KIB(64), MIB(4096), O(sp_max_decode_mem), NULL },
+	{ "sparkplug", "primary_host", T_STR_OPT, NULL, 0, 0, O(sp_primary_host), NULL },
+
 	{ "log", "level", T_LOGLEVEL, "info", 0, 0, O(log_level), NULL },
 };
 
@@ -1039,7 +1100,8 @@ static const struct item items[] = {
 _Static_assert(sizeof(items) / sizeof(items[0]) <= CONF_NKEYS, "raise CONF_NKEYS");
 
 static const char *const sections[] = {
-	"broker", "subscribe", "store", "payload", "staleness", "liveness", "alerts", "http", "log",
+	"broker", "subscribe", "store", "payload", "staleness", "liveness", "alerts", "http",
+	"intents", "sparkplug", "log",
 };
 
 static int item_index(const char *name)
@@ -1452,6 +1514,11 @@ int conf_validate(const struct conf *c, char *err, size_t errlen)
 			     c->http_listen);
 	if (c->max_keys < 1 || c->max_payload < 1 || c->max_topic_len < 1)
 		return vfail(c, err, errlen, NULL, "store limits must be positive");
+	if (c->sp_primary_host && (!*c->sp_primary_host || strpbrk(c->sp_primary_host, "/+#") ||
+				   topic_name_check(c->sp_primary_host, strlen(c->sp_primary_host)) < 0))
+		return vfail(c, err, errlen, "primary_host",
+			     "[sparkplug] primary_host '%s' must be one topic level (no /, + or #)",
+			     c->sp_primary_host);
 	if ((rc = check_readable(c, "password_file", c->password_file, err, errlen)) < 0 ||
 	    (rc = check_readable(c, "tls_ca_file", c->tls_ca_file, err, errlen)) < 0 ||
 	    (rc = check_readable(c, "tls_cert_file", c->tls_cert_file, err, errlen)) < 0 ||

@@ -13,7 +13,7 @@
 #define CONF_MAX_FILTERS 256
 #define CONF_MAX_RULES 4096
 #define CONF_MAX_AVAIL 256
-#define CONF_NKEYS 64 /* table rows in conf.c (a static assertion checks) */
+#define CONF_NKEYS 80 /* table rows in conf.c (a static assertion checks) */
 
 enum conf_format { CONF_FORMAT_AUTO, CONF_FORMAT_JSON, CONF_FORMAT_MAX };
 enum conf_session { CONF_SESSION_CLEAN, CONF_SESSION_PERSISTENT, CONF_SESSION_MAX };
@@ -121,6 +121,32 @@ struct conf {
 	int64_t watch_buffer;         /* bytes buffered per watcher before it is cut off, default 1MiB */
 	int64_t watch_log_size;       /* changes kept for resume, default 65536 */
 
+	/* [intents] */
+	char *intent_allow[CONF_MAX_FILTERS]; /* topics intents may be published to; none: off */
+	size_t nintent_allow;         /* (follows intent_allow: conf.c's filter lists) */
+	int intent_qos;               /* 0 or 1, default 1 */
+	int64_t intent_expire_ms;     /* never published later than this, default 30s */
+	int64_t intent_timeout_ms;    /* wait for confirmation this long, default 10s */
+	int64_t intent_outbox_max;    /* undecided intents at most, default 10000 */
+	int64_t intent_max_body;      /* bytes of a POST body, default 64KiB */
+	int64_t intent_history;       /* decided intents kept for GET, default 1000 */
+	char *intent_token_file;      /* NULL: the [http] token grants intents */
+
+	/* [sparkplug]: the Sparkplug B host mode (mirror/ingest/sparkplug.h,
+	 * struct sparkplug_conf has the meaning of each limit) */
+	bool sp_enabled;              /* default false */
+	bool sp_rebirth;              /* send rebirth requests, default false */
+	int64_t sp_reorder_window_ms; /* default 2s */
+	int64_t sp_rebirth_interval_ms; /* default 30s */
+	int64_t sp_max_nodes;         /* default 10000 */
+	int64_t sp_max_devices;       /* per node, default 1000 */
+	int64_t sp_max_node_metrics;  /* default 100000 */
+	int64_t sp_max_metrics;       /* all nodes, default 1000000 */
+	int64_t sp_max_message_metrics; /* default 10000 */
+	int64_t sp_max_value;         /* JSON bytes per key, default 64KiB */
+	int64_t sp_max_decode_mem;    /* default 32MiB */
+	char *sp_primary_host;        /* host id of our own STATE; NULL = none */
+
 	/* [log] */
 	enum log_level log_level;
 
@@ -149,6 +175,9 @@ int conf_defaults(struct conf *c);
 **   [staleness] group_wait min_hold      [alerts] exec_timeout
 **   [http] max_connections per_ip_connections timeout threads
 **          watch_max_clients watch_buffer watch_log_size
+**   [sparkplug] enabled rebirth reorder_window rebirth_interval max_nodes
+**          max_devices max_node_metrics max_metrics max_message_metrics
+**          max_value max_decode_mem primary_host
 **   [log] level
 **   [liveness] availability (repeatable) online offline payload_member
 ** Values from the file replace defaults; a repeated key of a repeatable

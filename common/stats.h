@@ -51,6 +51,7 @@ struct stats {
 	_Atomic uint64_t http_conns_closed[3];
 	_Atomic uint64_t watchers;
 	_Atomic uint64_t watchers_dropped;
+	_Atomic uint64_t intents_rejected;             /* refused at the API (400/403) */
 	/* log (any thread) */
 	_Atomic uint64_t log_dropped;   /* lines stderr could not take at once */
 };

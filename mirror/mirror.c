@@ -11,9 +11,10 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/stats.h"
-#include "mirror/mirror.h"
 #include "common/topic.h"
+#include "mirror/mirror.h"
 #include "mirror/liveness/avail.h"
+#include "mirror/state/intents.h"
 #include "mirror/state/rows.h"
 
 /*
@@ -123,13 +124,7 @@ static void mirror_wake(struct mirror *c)
 /* The CLOCK_MONOTONIC time (real, as the condition variables wait) ms from now. */
 static void mirror_deadline(struct timespec *dl, int64_t ms)
 {
-	clock_gettime(CLOCK_MONOTONIC, dl);
-	dl->tv_sec += (time_t)(ms / 1000);
-	dl->tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (dl->tv_nsec >= 1000000000L) {
-		dl->tv_sec++;
-		dl->tv_nsec -= 1000000000L;
-	}
+	clock_deadline(CLOCK_MONOTONIC, ms, dl);
 }
 
 /* Sleep until woken or timeout_ms passed (0: just look); a turn begins.
@@ -336,6 +331,10 @@ static void mirror_apply_one(struct mirror *c, const struct msg *m, enum reject_
 		mirror_log_change(c, r, CHANGE_UPDATE);
 		stale_on_message(c->d.stale, r, live_seen, r->updates == 1, now_ms,
 				 mirror_on_transition, c);
+		/* The owners' state stream confirms (or not) what was asked. */
+		if (c->d.intents)
+			intents_observe(c->d.intents, m->topic, m->topic_len, m->payload,
+					m->payload_len, m->ts_ns);
 		break;
 	case APPLY_DELETED:
 		mirror_mark_dirty(c, r);

@@ -27,6 +27,7 @@ struct mirror_deps {
 	struct mqtt *mqtt;        /* may be NULL in tests */
 	struct rejects *rejects;
 	struct changes *changes;  /* may be NULL: no watch streams */
+	struct intents *intents;  /* told of every applied value (confirmations); NULL none */
 	/* Called without the lock after a run of messages or a keeper turn
 	 * that appended changes (wakes watch streams), from the thread that
 	 * made them. May be NULL. */

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* mqtt.c: the MQTT session thread: connect with backoff, subscribe, track the retained sync, hand messages to their decoder. */
 #include "mirror/ingest/mqtt.h"
+#include "mirror/state/intents.h"
 
 #include <errno.h>
 #include <mosquitto.h>
@@ -101,6 +102,8 @@ struct outmsg {
 enum link_state { LINK_IDLE, LINK_CONNECTING, LINK_UP };
 
 struct mqtt {
+	struct intents *intents;   /* the intent outbox, NULL none (session thread after start) */
+	bool drop_handle;          /* intents were in flight at a lost link: a fresh handle */
 	/* Configuration, copied: the caller's conf may be freed or reloaded. */
 	char *urls[CONF_MAX_URLS];
 	size_t nurls;
@@ -125,6 +128,11 @@ struct mqtt {
 	struct decoder *dec[MQTT_MAX_DECODERS + 1];
 	size_t ndec;
 	struct clock_src clk;      /* every reading of time below goes through it */
+	/* Our own retained presence (mqtt_set_presence): NULL topic = none. */
+	char *presence_topic;
+	mqtt_presence_fn presence;
+	void *presence_ctx;
+	int64_t presence_ts_ms;    /* wall time of the current connect attempt */
 	struct mqtt_sink sink;
 	struct decode_out dout;    /* the sink's message(), and publish back through us */
 	struct mosquitto *mosq;
@@ -647,6 +655,61 @@ static void sample_backlog(struct mqtt *m, int sock, int64_t now)
 		STAT_SET(ingest_queue_bytes, (uint64_t)n);
 }
 
+/* ---- the intent outbox ---- */
+
+/* A PUBACK (QoS 1), or a QoS 0 message written. The engine ignores mids
+ * it does not know (alerts, decoders' publications). */
+static void on_publish(struct mosquitto *mosq, void *obj, int mid, int rc,
+		       const mosquitto_property *props)
+{
+	struct mqtt *m = obj;
+
+	(void)mosq;
+	(void)props;
+	if (m->intents && rc < 0x80)
+		intents_acked(m->intents, mid, m->clk.wall_ns(m->clk.ctx) / 1000000);
+}
+
+static int intent_publish(void *ctx, const char *topic, const void *payload, size_t len, int qos,
+			  const char *corr, uint32_t expiry_s, int *ret_mid)
+{
+	struct mqtt *m = ctx;
+	mosquitto_property *props = NULL;
+	int rc;
+
+	if (m->link != LINK_UP || !m->mosq)
+		return -ENOTCONN;
+	if (m->protocol == 5 &&
+	    (mosquitto_property_add_binary(&props, MQTT_PROP_CORRELATION_DATA, corr,
+					   (uint16_t)strlen(corr)) != MOSQ_ERR_SUCCESS ||
+	     mosquitto_property_add_int32(&props, MQTT_PROP_MESSAGE_EXPIRY_INTERVAL,
+					  expiry_s) != MOSQ_ERR_SUCCESS)) {
+		mosquitto_property_free_all(&props);
+		return -ENOMEM;
+	}
+	errno = 0;
+	rc = mosquitto_publish_v5(m->mosq, ret_mid, topic, (int)len, payload, qos, false, props);
+	mosquitto_property_free_all(&props);
+	if (rc != MOSQ_ERR_SUCCESS) {
+		if (rc == MOSQ_ERR_INVAL || rc == MOSQ_ERR_PAYLOAD_SIZE ||
+		    rc == MOSQ_ERR_MALFORMED_UTF8 || rc == MOSQ_ERR_OVERSIZE_PACKET)
+			log_warnx("mqtt: cannot publish an intent to '%s': %s", topic,
+				  mosquitto_strerror(rc));
+		return mosq_errno(rc, errno);
+	}
+	return 0;
+}
+
+void mqtt_set_intents(struct mqtt *m, struct intents *in)
+{
+	m->intents = in;
+}
+
+void mqtt_kick(void *ctx)
+{
+	wake(ctx);
+}
+
 /* ---- session steps (session thread) ---- */
 
 static int ensure_handle(struct mqtt *m, bool tls)
@@ -654,6 +717,11 @@ static int ensure_handle(struct mqtt *m, bool tls)
 	struct mosquitto *mosq;
 	int rc;
 
+	if (m->mosq && m->drop_handle) {
+		mosquitto_destroy(m->mosq);
+		m->mosq = NULL;
+	}
+	m->drop_handle = false;
 	if (m->mosq && m->mosq_tls == tls)
 		return 0;
 	/* TLS cannot be switched off on a handle: make a fresh one. */
@@ -691,8 +759,36 @@ static int ensure_handle(struct mqtt *m, bool tls)
 	mosquitto_disconnect_v5_callback_set(mosq, on_disconnect);
 	mosquitto_subscribe_v5_callback_set(mosq, on_subscribe);
 	mosquitto_message_v5_callback_set(mosq, on_message);
+	mosquitto_publish_v5_callback_set(mosq, on_publish);
 	m->mosq = mosq;
 	m->mosq_tls = tls;
+	return 0;
+}
+
+/* Our presence for this connect (mqtt_set_presence): the will now, or
+ * the birth once connected. Returns 0 or -errno (m->why says why). */
+static int presence_send(struct mqtt *m, bool online)
+{
+	char buf[MQTT_PRESENCE_MAX];
+	int n, rc;
+
+	if (!m->presence_topic)
+		return 0;
+	if (!online)
+		m->presence_ts_ms = m->clk.wall_ns(m->clk.ctx) / 1000000;
+	n = m->presence(m->presence_ctx, online, m->presence_ts_ms, buf, sizeof(buf));
+	if (n < 0 || (size_t)n >= sizeof(buf)) {
+		snprintf(m->why, sizeof(m->why), "cannot build the presence message");
+		return n < 0 ? n : -EMSGSIZE;
+	}
+	if (online)
+		rc = mosquitto_publish_v5(m->mosq, NULL, m->presence_topic, n, buf, 1, true, NULL);
+	else
+		rc = mosquitto_will_set_v5(m->mosq, m->presence_topic, n, buf, 1, true, NULL);
+	if (rc != MOSQ_ERR_SUCCESS) {
+		mosq_reason(rc, errno, m->why, sizeof(m->why));
+		return mosq_errno(rc, errno);
+	}
 	return 0;
 }
 
@@ -758,6 +854,10 @@ static int session_connect(struct mqtt *m)
 			mosq_reason(rc, errno, m->why, sizeof(m->why));
 			return mosq_errno(rc, errno);
 		}
+	}
+	if ((rc = presence_send(m, false)) < 0) {
+		mosquitto_property_free_all(&props);
+		return rc;
 	}
 	m->refused = false;
 	m->refused_rc = 0;
@@ -906,6 +1006,9 @@ static void went_up(struct mqtt *m, int64_t now)
 	/* Resubscribe even when the broker resumed the session: the SUBACKs
 	 * and the retained messages after them are how we know we are synced. */
 	subscribe_all(m);
+	/* After the SUBSCRIBEs: a Sparkplug host subscribes, then says it is online. */
+	if (presence_send(m, true) < 0)
+		log_warnx("mqtt: cannot publish our presence on %s: %s", m->presence_topic, m->why);
 	m->status_dirty = true;
 }
 
@@ -929,6 +1032,8 @@ static void went_down(struct mqtt *m, int rc, int e, int64_t now)
 	STAT_SET(ingest_queue_bytes, 0);
 	link_changed(m);
 	decoders_link_lost(m);
+	if (m->intents && intents_link_down(m->intents) > 0)
+		m->drop_handle = true;
 	log_warnx("mqtt: connection to %s lost: %s; reconnecting", url, m->why);
 	snprintf(m->fail_logged, sizeof(m->fail_logged), "%s", m->why);
 	m->fail_logged_ms = now;
@@ -1172,6 +1277,8 @@ static void session_turn(struct mqtt *m)
 		pthread_mutex_unlock(&m->mu);
 		if (pending)
 			flush_outbox(m);
+		if (m->intents)
+			intents_pump(m->intents, m->clk.wall_ns(m->clk.ctx) / 1000000, intent_publish, m);
 	}
 	if (m->status_dirty)
 		update_status(m);
@@ -1401,6 +1508,23 @@ int mqtt_add_decoder(struct mqtt *m, struct decoder *d)
 	return 0;
 }
 
+int mqtt_set_presence(struct mqtt *m, const char *topic, mqtt_presence_fn payload, void *ctx)
+{
+	char *t;
+
+	if (!m || !topic || !payload || topic_name_check(topic, strlen(topic)) < 0)
+		return -EINVAL;
+	if (m->started)
+		return -EBUSY;
+	if (!(t = strdup(topic)))
+		return -ENOMEM;
+	free(m->presence_topic);
+	m->presence_topic = t;
+	m->presence = payload;
+	m->presence_ctx = ctx;
+	return 0;
+}
+
 int mqtt_set_clock(struct mqtt *m, const struct clock_src *clk)
 {
 	if (!m || !clk || !clk->mono_ms || !clk->wall_ns)
@@ -1499,6 +1623,7 @@ void mqtt_free(struct mqtt *m)
 	for (size_t i = 0; i < m->nurls; i++)
 		free(m->urls[i]);
 	free(m->client_id);
+	free(m->presence_topic);
 	free(m->username);
 	free(m->password_file);
 	free(m->tls_ca);

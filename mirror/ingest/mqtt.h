@@ -66,6 +66,22 @@ int mqtt_new(const struct conf *c, struct mqtt **ret, char *err, size_t errlen);
 int mqtt_add_decoder(struct mqtt *m, struct decoder *d);
 
 /*
+** The intent outbox (mirror/state/intents.h), before mqtt_start: at every
+** turn with the link up the session publishes what is due through
+** intents_pump (QoS as configured; with MQTT 5 the correlation id also as
+** correlation data, and the time left before `expire` as the message
+** expiry), reports each PUBACK (intents_acked) and a lost link
+** (intents_link_down). When intents were in flight at a lost link, the
+** session drops its libmosquitto handle before reconnecting, so that
+** libmosquitto cannot resend them itself after their expiry: the engine
+** publishes them again if they are still due. mqtt_kick (any thread) wakes
+** the session when intents were submitted.
+*/
+struct intents;
+void mqtt_set_intents(struct mqtt *m, struct intents *in);
+void mqtt_kick(void *m);
+
+/*
 ** Publish through the session's connection, for decoders: the same as
 ** decode_out.publish (decode.h: arguments, -ENOTCONN, -ENOBUFS, ...), for
 ** a decoder that publishes from its tick or from hooks of its own, with
@@ -75,6 +91,22 @@ int mqtt_add_decoder(struct mqtt *m, struct decoder *d);
 */
 int mqtt_decoder_publish(void *session, const char *topic, const void *payload, size_t len,
 			 int qos, bool retain);
+
+/*
+** Our own retained presence, for a Sparkplug primary host's STATE: on
+** every connect the will (set on the CONNECT, sent by the broker when the
+** session ends without a DISCONNECT) is payload(ctx, false, ts_ms, ...),
+** and once connected, after the SUBSCRIBEs, payload(ctx, true, ts_ms, ...)
+** is published; both QoS 1, retained, topic as given (copied). ts_ms is
+** the wall time (the session's clock) of that connect attempt, the same
+** for its will and its birth. payload writes at most n bytes into buf and
+** returns the length (< n), or -errno (the connect attempt fails, and is
+** retried). Called on the session thread. Before mqtt_start. Returns 0,
+** -EINVAL (not a topic name), -EBUSY (started) or -ENOMEM.
+*/
+#define MQTT_PRESENCE_MAX 512
+typedef int (*mqtt_presence_fn)(void *ctx, bool online, int64_t ts_ms, char *buf, size_t n);
+int mqtt_set_presence(struct mqtt *m, const char *topic, mqtt_presence_fn payload, void *ctx);
 
 /*
 ** Read time from clk (copied) instead of the system's clocks, before

@@ -1684,6 +1684,16 @@ void sparkplug_link_lost(struct decoder *d)
 	}
 }
 
+size_t sparkplug_foreach_node(struct decoder *d,
+			      void (*fn)(void *ctx, const char *group, const char *edge), void *ctx)
+{
+	struct sparkplug *sp = (struct sparkplug *)d;
+
+	for (size_t i = 0; i < sp->n_nodes; i++)
+		fn(ctx, sp->nodes[i]->group, sp->nodes[i]->edge);
+	return sp->n_nodes;
+}
+
 static int scope_keys(struct buf *key, size_t prefix, const struct sp_scope *s,
 		      void (*fn)(void *, const char *, size_t), void *ctx)
 {

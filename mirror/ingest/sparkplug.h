@@ -188,6 +188,17 @@ int sparkplug_foreach_key(struct decoder *d, const char *group, const char *edge
 			  const char *device, void (*fn)(void *ctx, const char *key, size_t len),
 			  void *ctx);
 
+/*
+** Call fn with the group and edge (borrowed for the call) of every edge
+** node session held, live or not (a node whose session ended keeps its
+** keys until it is forgotten for room). fn must not call back into d
+** except sparkplug_foreach_key. Session thread only; valid inside
+** link_lost before the decoder's own (its sessions are kept, only marked
+** dead). Returns how many nodes were listed.
+*/
+size_t sparkplug_foreach_node(struct decoder *d,
+			      void (*fn)(void *ctx, const char *group, const char *edge), void *ctx);
+
 /* The Sparkplug name of a datatype ("Int32"), "Unknown" when out of range. */
 const char *sparkplug_type_name(uint32_t datatype);
 

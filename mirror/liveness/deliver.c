@@ -519,13 +519,8 @@ static void *deliver_main(void *arg)
 				pthread_cond_wait(&d->cv, &d->mu);
 			} else {
 				struct timespec ts;
-				clock_gettime(CLOCK_MONOTONIC, &ts);
-				ts.tv_sec += wait_ms / 1000;
-				ts.tv_nsec += (wait_ms % 1000) * 1000000;
-				if (ts.tv_nsec >= 1000000000) {
-					ts.tv_sec++;
-					ts.tv_nsec -= 1000000000;
-				}
+
+				clock_deadline(CLOCK_MONOTONIC, wait_ms, &ts);
 				pthread_cond_timedwait(&d->cv, &d->mu, &ts);
 			}
 			wait_ms = 0; /* woken or timed out: pump once before waiting again */

@@ -7,7 +7,7 @@
 
 #include <jansson.h>
 
-#include "common/tsparse.h"
+#include "mirror/ingest/jscan.h"
 #include "mirror/ingest/sparkplug.h"
 #include "sparkplug_b.pb-c.h"
 
@@ -64,7 +64,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct sparkplug_conf c;
 	struct sparkplug_hooks h = { NULL, NULL, check_publish, NULL };
-	struct decode_out out = { check_value, NULL };
+	struct decode_out out = { .value = check_value };
 	struct decoder *d;
 	const char *last;
 	int64_t t = INT64_C(1795313402123) * 1000000;

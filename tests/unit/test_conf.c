@@ -142,6 +142,19 @@ static void assert_defaults(const struct conf *c)
 	ck_assert_int_eq(c->watch_max_clients, 512);
 	ck_assert_int_eq(c->watch_buffer, 1024 * 1024);
 	ck_assert_int_eq(c->watch_log_size, 65536);
+	/* [sparkplug]: as sparkplug_conf_default (mirror/ingest/sparkplug.c) */
+	ck_assert(!c->sp_enabled);
+	ck_assert(!c->sp_rebirth);
+	ck_assert_int_eq(c->sp_reorder_window_ms, 2000);
+	ck_assert_int_eq(c->sp_rebirth_interval_ms, 30000);
+	ck_assert_int_eq(c->sp_max_nodes, 10000);
+	ck_assert_int_eq(c->sp_max_devices, 1000);
+	ck_assert_int_eq(c->sp_max_node_metrics, 100000);
+	ck_assert_int_eq(c->sp_max_metrics, 1000000);
+	ck_assert_int_eq(c->sp_max_message_metrics, 10000);
+	ck_assert_int_eq(c->sp_max_value, 65536);
+	ck_assert_int_eq(c->sp_max_decode_mem, 32 << 20);
+	ck_assert_ptr_null(c->sp_primary_host);
 	ck_assert_int_eq(c->log_level, LOG_LEVEL_INFO);
 }
 
@@ -270,6 +283,44 @@ START_TEST(test_liveness_section)
 	ck_assert_msg(load(&c, "[subscribe]\nfilter = +/#\n"
 			       "[liveness]\navailability = $SYS/+/s x/+/#\n") == 0, "%s", err);
 	ck_assert_int_ne(conf_validate(&c, err, sizeof(err)), 0); /* '+' never takes '$' */
+	conf_free(&c);
+}
+END_TEST
+
+START_TEST(test_sparkplug_section)
+{
+	struct conf c;
+
+	ck_assert_msg(load(&c, "[sparkplug]\n"
+			       "enabled = yes\n"
+			       "rebirth = TRUE\n"
+			       "reorder_window = 0\n"
+			       "rebirth_interval = 1m\n"
+			       "max_nodes = 5\n"
+			       "max_value = 1KiB\n"
+			       "primary_host = scada-1\n") == 0,
+		      "%s", err);
+	ck_assert_msg(conf_validate(&c, err, sizeof(err)) == 0, "%s", err);
+	ck_assert(c.sp_enabled && c.sp_rebirth);
+	ck_assert_int_eq(c.sp_reorder_window_ms, 0);
+	ck_assert_int_eq(c.sp_rebirth_interval_ms, 60000);
+	ck_assert_int_eq(c.sp_max_nodes, 5);
+	ck_assert_int_eq(c.sp_max_value, 1024);
+	ck_assert_str_eq(c.sp_primary_host, "scada-1");
+	conf_free(&c);
+
+	ck_assert_int_eq(load(&c, "[sparkplug]\nenabled = maybe\n"), -EINVAL);
+	ck_assert_msg(strstr(err, ":2: [sparkplug] enabled: 'maybe' is not true or false"),
+		      "%s", err);
+	conf_free(&c);
+	ck_assert_int_eq(load(&c, "[sparkplug]\nmax_nodes = 0\n"), -EINVAL);
+	conf_free(&c);
+	/* A host id is one topic level: spBv1.0/STATE/HOST_ID. */
+	ck_assert_int_eq(load(&c, "[sparkplug]\nenabled = off\nprimary_host = a/b\n"), 0);
+	ck_assert(!c.sp_enabled);
+	ck_assert_int_eq(conf_validate(&c, err, sizeof(err)), -EINVAL);
+	ck_assert_msg(strstr(err, ":3: [sparkplug] primary_host 'a/b' must be one topic level"), "%s",
+		      err);
 	conf_free(&c);
 }
 END_TEST
@@ -917,6 +968,7 @@ static Suite *conf_suite(void)
 	tcase_add_test(tc, test_packaged_conf_matches_defaults);
 	tcase_add_test(tc, test_repeated_keys);
 	tcase_add_test(tc, test_liveness_section);
+	tcase_add_test(tc, test_sparkplug_section);
 	tcase_add_test(tc, test_comments_and_values);
 	tcase_add_test(tc, test_error_messages);
 	tcase_add_test(tc, test_file_errors);

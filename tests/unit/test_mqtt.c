@@ -541,6 +541,75 @@ START_TEST(test_broker_restart)
 }
 END_TEST
 
+/* mqtt_set_presence: per connect, the will built first, then the birth
+ * with the same timestamp, published retained after the SUBSCRIBEs. */
+struct presence_rec {
+	unsigned calls;
+	bool online[8];
+	int64_t ts[8];
+};
+
+static int presence_payload(void *ctx, bool online, int64_t ts_ms, char *buf, size_t n)
+{
+	struct presence_rec *r = ctx;
+
+	if (r->calls < 8) {
+		r->online[r->calls] = online;
+		r->ts[r->calls] = ts_ms;
+	}
+	r->calls++;
+	return snprintf(buf, n, "{\"online\":%s,\"ts\":%lld}", online ? "true" : "false",
+			(long long)ts_ms);
+}
+
+START_TEST(test_presence)
+{
+	struct broker b = { 0 };
+	struct presence_rec rec = { 0 };
+	struct conf c;
+	struct tsink *q = tsink_new();
+	struct tmsg *x;
+	struct mqtt *m;
+	char err[256], want[64];
+
+	broker_start(&b, NULL);
+	make_conf(&c, b.port);
+	ck_assert_int_eq(mqtt_new(&c, &m, err, sizeof(err)), 0);
+	conf_free(&c);
+	ck_assert_int_eq(mqtt_set_presence(m, "p/+/bad", presence_payload, &rec), -EINVAL);
+	ck_assert_int_eq(mqtt_set_presence(m, "p/STATE/h", presence_payload, &rec), 0);
+	ck_assert_int_eq(mqtt_start(m, &q->s), 0);
+	ck_assert_int_eq(mqtt_set_presence(m, "p/STATE/h", presence_payload, &rec), -EBUSY);
+	WAIT_FOR(synced_epoch(m, 1), DEADLINE_MS);
+	/* Subscribed to #, the session hears its own birth. */
+	WAIT_FOR(find(q, "p/STATE/h") != NULL, DEADLINE_MS);
+	mqtt_stop(m);
+	ck_assert_uint_eq(rec.calls, 2);
+	ck_assert(!rec.online[0] && rec.online[1]);
+	ck_assert_int_eq(rec.ts[0], rec.ts[1]);
+	x = find(q, "p/STATE/h");
+	snprintf(want, sizeof(want), "{\"online\":true,\"ts\":%lld}", (long long)rec.ts[1]);
+	ck_assert_str_eq((const char *)x->m.payload, want);
+	/* Retained: a later subscriber gets it from the broker. */
+	{
+		char cmd[256], out[128] = "";
+		FILE *p;
+
+		snprintf(cmd, sizeof(cmd), "mosquitto_sub -p %d -t p/STATE/h -C 1 -W 5 2>/dev/null",
+			 b.port);
+		p = popen(cmd, "r");
+		ck_assert_ptr_nonnull(p);
+		ck_assert_ptr_nonnull(fgets(out, sizeof(out), p));
+		pclose(p);
+		out[strcspn(out, "\n")] = '\0';
+		ck_assert_str_eq(out, want);
+	}
+	mqtt_free(m);
+	tsink_free(q);
+	broker_cleanup(&b);
+}
+END_TEST
+
 /* While disconnected, publications wait (latest value per topic wins). */
 START_TEST(test_publish_while_disconnected)
 {
@@ -1548,6 +1617,7 @@ static Suite *mqtt_suite(void)
 	tcase_add_test(tc, test_sync_and_decode);
 	tcase_add_test(tc, test_json_format_and_ts_fields);
 	tcase_add_test(tc, test_broker_restart);
+	tcase_add_test(tc, test_presence);
 	tcase_add_test(tc, test_publish_while_disconnected);
 	tcase_add_test(tc, test_refused_subscription);
 	tcase_add_test(tc, test_retry_log_rate_limited);

@@ -44,7 +44,7 @@ static struct upd upds[MAXU];
 static size_t n_upds;
 static struct death deaths[16];
 static size_t n_deaths;
-static struct pub pubs[16];
+static struct pub pubs[256];
 static size_t n_pubs;
 static struct decoder *dec;
 
@@ -105,7 +105,10 @@ static void hook_device_death(void *ctx, const char *g, const char *e, const cha
 
 static int hook_publish(void *ctx, const char *topic, const void *p, size_t len, int qos, bool retain)
 {
-	struct pub *u = &pubs[n_pubs++];
+	struct pub *u;
+
+	ck_assert_uint_lt(n_pubs, sizeof(pubs) / sizeof(pubs[0]));
+	u = &pubs[n_pubs++];
 
 	(void)ctx;
 	snprintf(u->topic, sizeof(u->topic), "%s", topic);
