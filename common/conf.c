@@ -318,6 +318,7 @@ enum item_type {
 	T_TOPICS_FILE,/* a path; its lines join retained[] */
 	T_RULES,      /* repeatable "FILTER CADENCE|never", into rules[] */
 	T_CADENCE,    /* learn | never | DURATION, min..max */
+	T_AVAIL,      /* repeatable "STATUS_FILTER KEYS_FILTER", into avail[] */
 	T_MAX
 };
 
@@ -910,6 +911,65 @@ static void clear_rules(struct conf *c, const struct item *it)
 	c->nrules = 0;
 }
 
+int conf_add_availability(struct conf *c, const char *status, const char *keys)
+{
+	char *a, *b;
+
+	if (c->navail >= CONF_MAX_AVAIL)
+		return -ENOSPC;
+	a = strdup(status);
+	b = strdup(keys);
+	if (!a || !b) {
+		free(a);
+		free(b);
+		return -ENOMEM;
+	}
+	c->avail[c->navail].status = a;
+	c->avail[c->navail++].keys = b;
+	return 0;
+}
+
+static int parse_avail(struct conf *c, const struct item *it, const char *v, char *why,
+		       size_t whylen)
+{
+	const char *sp = v, *k;
+	char *status;
+	int rc;
+
+	(void)it;
+	while (*sp && !isspace((unsigned char)*sp))
+		sp++;
+	k = sp;
+	while (isspace((unsigned char)*k))
+		k++;
+	if (sp == v || !*k || strpbrk(k, " \t"))
+		return why_ret(why, whylen, -EINVAL, "expected 'STATUS_FILTER KEYS_FILTER'");
+	if (!(status = strndup(v, (size_t)(sp - v))))
+		return why_ret(why, whylen, -ENOMEM, "out of memory");
+	if (topic_filter_check(status) < 0 || topic_filter_check(k) < 0) {
+		rc = why_ret(why, whylen, -EINVAL, "'%s' is not a valid MQTT topic filter",
+			     topic_filter_check(status) < 0 ? status : k);
+		free(status);
+		return rc;
+	}
+	rc = conf_add_availability(c, status, k);
+	free(status);
+	if (rc == -ENOSPC)
+		return why_ret(why, whylen, -EINVAL, "more than %d availability lines", CONF_MAX_AVAIL);
+	return rc < 0 ? why_ret(why, whylen, rc, "out of memory") : 0;
+}
+
+static void clear_avail(struct conf *c, const struct item *it)
+{
+	(void)it;
+	for (size_t i = 0; i < c->navail; i++) {
+		free(c->avail[i].status);
+		free(c->avail[i].keys);
+		c->avail[i].status = c->avail[i].keys = NULL;
+	}
+	c->navail = 0;
+}
+
 /* One row per type: parse, clear, list, hash_first. */
 static const struct item_ops types[T_MAX] = {
 	[T_STR]         = { parse_str, clear_str, false, false },
@@ -933,6 +993,7 @@ static const struct item_ops types[T_MAX] = {
 	[T_TOPICS_FILE] = { parse_retained_file, clear_str, false, false },
 	[T_RULES]       = { parse_rule, clear_rules, true, true },
 	[T_CADENCE]     = { parse_cadence, NULL, false, false },
+	[T_AVAIL]       = { parse_avail, clear_avail, true, false },
 };
 
 /* ---- the keys ----------------------------------------------------------- */
@@ -989,6 +1050,11 @@ static const struct item items[] = {
 	{ "staleness", "group_wait", T_DURATION, "2s", 0, MIN(10), O(group_wait_ms), NULL },
 	{ "staleness", "min_hold", T_DURATION, "0", 0, HOUR(1), O(min_hold_ms), NULL },
 
+	{ "liveness", "availability", T_AVAIL, NULL, 0, 0, O(avail), NULL },
+	{ "liveness", "online", T_STR, "online", 0, 0, O(avail_online), NULL },
+	{ "liveness", "offline", T_STR, "offline", 0, 0, O(avail_offline), NULL },
+	{ "liveness", "payload_member", T_STR_OPT, NULL, 0, 0, O(avail_member), NULL },
+
 	{ "alerts", "topic", T_TOPIC, "statemirror/alerts", 0, 0, O(alert_topic), NULL },
 	{ "alerts", "exec", T_STR_OPT, NULL, 0, 0, O(alert_exec), NULL },
 	{ "alerts", "exec_timeout", T_DURATION, "10s", 100, HOUR(1), O(alert_exec_timeout_ms), NULL },
@@ -1034,8 +1100,8 @@ static const struct item items[] = {
 _Static_assert(sizeof(items) / sizeof(items[0]) <= CONF_NKEYS, "raise CONF_NKEYS");
 
 static const char *const sections[] = {
-	"broker", "subscribe", "store", "payload", "staleness", "alerts", "http", "intents",
-	"sparkplug", "log",
+	"broker", "subscribe", "store", "payload", "staleness", "liveness", "alerts", "http",
+	"intents", "sparkplug", "log",
 };
 
 static int item_index(const char *name)
@@ -1300,6 +1366,32 @@ out:
 
 /* ---- validation --------------------------------------------------------- */
 
+/* Does subscription filter sub receive every topic filter f matches? */
+static bool filter_covers(const char *sub, const char *f)
+{
+	/* A first-level wildcard never receives '$' topics. */
+	if ((sub[0] == '+' || sub[0] == '#') && (f[0] == '$'))
+		return false;
+	for (;;) {
+		size_t ls = strcspn(sub, "/"), lf = strcspn(f, "/");
+
+		if (ls == 1 && sub[0] == '#')
+			return true;
+		if (lf == 1 && f[0] == '#')
+			return false; /* f goes deeper than sub does */
+		if (!(ls == 1 && sub[0] == '+') && (ls != lf || memcmp(sub, f, ls) != 0))
+			return false;
+		sub += ls;
+		f += lf;
+		if (!*f)
+			return !*sub || strcmp(sub, "/#") == 0;
+		if (!*sub)
+			return false;
+		sub++;
+		f++;
+	}
+}
+
 /* Writes "FILE:LINE: " for the key when the file set it, else nothing. */
 static int vfail(const struct conf *c, char *err, size_t errlen, const char *key,
 		 const char *fmt, ...) __attribute__((format(printf, 5, 6)));
@@ -1355,6 +1447,20 @@ int conf_validate(const struct conf *c, char *err, size_t errlen)
 		if (topic_filter_check(c->filters[i]) < 0)
 			return vfail(c, err, errlen, NULL, "invalid subscription filter '%s'",
 				     c->filters[i] ? c->filters[i] : "");
+	for (size_t i = 0; i < c->navail; i++) {
+		const struct conf_avail *a = &c->avail[i];
+		bool covered = false;
+
+		if (!a->status || !a->keys || topic_filter_check(a->status) < 0 ||
+		    topic_filter_check(a->keys) < 0)
+			return vfail(c, err, errlen, "availability", "invalid availability filters");
+		for (size_t j = 0; j < c->nfilters && !covered; j++)
+			covered = filter_covers(c->filters[j], a->status);
+		if (!covered)
+			return vfail(c, err, errlen, "availability",
+				     "availability status filter '%s' is not covered by any [subscribe] filter",
+				     a->status);
+	}
 	for (size_t i = 0; i < c->nrules; i++)
 		if (topic_filter_check(c->rules[i].filter) < 0 || c->rules[i].cadence_ms < 0)
 			return vfail(c, err, errlen, "rule", "invalid rule filter '%s'",

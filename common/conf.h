@@ -12,6 +12,7 @@
 #define CONF_MAX_URLS 16
 #define CONF_MAX_FILTERS 256
 #define CONF_MAX_RULES 4096
+#define CONF_MAX_AVAIL 256
 #define CONF_NKEYS 80 /* table rows in conf.c (a static assertion checks) */
 
 enum conf_format { CONF_FORMAT_AUTO, CONF_FORMAT_JSON, CONF_FORMAT_MAX };
@@ -31,6 +32,14 @@ enum conf_on_corrupt { CONF_ON_CORRUPT_REBUILD, CONF_ON_CORRUPT_FAIL, CONF_ON_CO
 struct conf_rule {
 	char *filter;
 	int64_t cadence_ms; /* 0 = never */
+};
+
+/* [liveness] availability = STATUS_FILTER KEYS_FILTER: the status topics
+ * of producers, and the keys each covers; the i-th '+' of status binds the
+ * i-th '+' of keys. */
+struct conf_avail {
+	char *status;
+	char *keys;
 };
 
 enum conf_default_cadence { CONF_DEFAULT_LEARN, CONF_DEFAULT_NEVER, CONF_DEFAULT_FIXED, CONF_DEFAULT_MAX };
@@ -87,6 +96,13 @@ struct conf {
 	int64_t group_wait_ms;        /* alert grouping window, default 2s */
 	int64_t min_hold_ms;          /* hysteresis: stale/fresh must hold this long
 	                                 before it is alerted, default 0 */
+
+	/* [liveness] */
+	struct conf_avail avail[CONF_MAX_AVAIL];
+	size_t navail;
+	char *avail_online;           /* the payload that says online, default "online" */
+	char *avail_offline;          /* default "offline" */
+	char *avail_member;           /* NULL: the payload itself; else a JSON member's string */
 
 	/* [alerts] */
 	char *alert_topic;            /* NULL or "" = off */
@@ -163,6 +179,7 @@ int conf_defaults(struct conf *c);
 **          max_devices max_node_metrics max_metrics max_message_metrics
 **          max_value max_decode_mem primary_host
 **   [log] level
+**   [liveness] availability (repeatable) online offline payload_member
 ** Values from the file replace defaults; a repeated key of a repeatable
 ** item (url list, filter, rule, retained) adds a value, and the first
 ** occurrence in the file replaces the default list.
@@ -197,6 +214,10 @@ int conf_validate(const struct conf *c, char *err, size_t errlen);
 int conf_set_str(char **field, const char *value);
 
 void conf_free(struct conf *c);
+
+/* Add an availability (copies both filters; not validated here, see
+ * conf_validate). Returns 0, -ENOSPC (CONF_MAX_AVAIL) or -ENOMEM. */
+int conf_add_availability(struct conf *c, const char *status, const char *keys);
 
 /* A parsed broker URL. */
 struct conf_url {

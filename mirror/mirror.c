@@ -11,7 +11,9 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/stats.h"
+#include "common/topic.h"
 #include "mirror/mirror.h"
+#include "mirror/liveness/avail.h"
 #include "mirror/state/intents.h"
 #include "mirror/state/rows.h"
 
@@ -52,10 +54,14 @@
  * written in back-to-back transactions of this size. */
 #define MIRROR_STAGE_ROWS 8192
 #define MIRROR_STAGE_BYTES (4u << 20)
+/* Records an offline status visits at most (its keys' walk, under the
+ * lock); the rest are left as they are, counted and logged. */
+#define MIRROR_DEAD_WALK_MAX 1000000
 
 struct mirror {
 	struct mirror_deps d;
 	struct apply_limits lim;
+	struct avail *avail;      /* [liveness] availability; under the index write lock */
 	pthread_t thread;
 	atomic_bool stop;
 	_Atomic int64_t heartbeat;
@@ -194,6 +200,113 @@ static void mirror_on_transition(struct rec *r, bool became_stale, void *ctx)
 	mirror_log_change(c, r, became_stale ? CHANGE_STALE : CHANGE_FRESH);
 }
 
+/* ---- availability topics (the apply path, write lock held) ---- */
+
+struct status_walk {
+	struct mirror *c;
+	const char *bound;
+	size_t glen;
+	int64_t ts_ms;
+	size_t visited, changed;
+};
+
+static void mirror_on_dead_status(struct rec *r, bool became_stale, void *ctx)
+{
+	struct status_walk *w = ctx;
+
+	w->changed++;
+	mirror_on_transition(r, became_stale, w->c);
+}
+
+static int mirror_status_visit(struct rec *r, void *ctx)
+{
+	struct status_walk *w = ctx;
+
+	if (++w->visited > MIRROR_DEAD_WALK_MAX)
+		return 1;
+	if ((r->flags & REC_DELETED) || !topic_matches(w->bound, r->data, r->topic_len) ||
+	    avail_match(w->c->avail, r->data, r->topic_len) >= 0)
+		return 0; /* not covered, or a status topic: never judged */
+	stale_mark_dead(w->c->d.stale, r, STALE_REASON_PRODUCER_OFFLINE, (uint32_t)w->glen,
+			w->ts_ms, mirror_on_dead_status, w);
+	return 0;
+}
+
+/* The time a status message speaks for: its own, else when we got it. */
+static int64_t mirror_msg_ms(const struct msg *m)
+{
+	int64_t ts = m->ts_from_payload ? m->ts_ns / 1000000 : m->recv_ms;
+
+	return ts > 0 && ts <= m->recv_ms ? ts : m->recv_ms;
+}
+
+/* A status topic's message was applied (or confirmed): the producer it
+ * names is offline (remembered, and with walk every key it covers stale at
+ * once: one walk of the keys under the bound filter's literal prefix) or
+ * online (forgotten; keys turn fresh when heard from themselves). */
+static void mirror_status(struct mirror *c, int line, const struct msg *m, bool deleted, bool walk)
+{
+	char bound[AVAIL_BOUND_MAX];
+	enum avail_word w = deleted ? AVAIL_UNKNOWN : avail_word(c->avail, m->payload, m->payload_len);
+	struct status_walk k = { .c = c, .bound = bound, .ts_ms = mirror_msg_ms(m) };
+	uint32_t dropped;
+	int n = avail_bind(c->avail, line, m->topic, m->topic_len, bound, sizeof(bound));
+
+	if (n < 0) {
+		static struct log_ratelimit rl = LOG_RATELIMIT_INIT(10000, 5);
+		if (log_ratelimit_ok(&rl, m->recv_ms, &dropped))
+			log_warnx("liveness: %.*s: the covered keys' filter is too long, ignored",
+				  (int)(m->topic_len > 200 ? 200 : m->topic_len), m->topic);
+		return;
+	}
+	if (w != AVAIL_OFFLINE) {
+		/* Online, unknown or gone: no longer offline. Keys stay as they
+		 * are: an online word is no value of theirs. */
+		avail_set_offline(c->avail, bound, false, k.ts_ms);
+		return;
+	}
+	if (avail_set_offline(c->avail, bound, true, k.ts_ms) < 0)
+		log_warnx("liveness: out of memory, keys of %s first seen later not marked", bound);
+	if (!walk)
+		return;
+	k.glen = avail_producer_len(bound);
+	index_walk(c->d.ix, bound, topic_filter_prefix_len(bound), NULL, 0, mirror_status_visit, &k);
+	if (k.visited > MIRROR_DEAD_WALK_MAX)
+		log_warnx("liveness: %s offline: more than %d keys under it, the rest left as they are",
+			  bound, MIRROR_DEAD_WALK_MAX);
+	if (k.changed)
+		log_info("liveness: %.*s offline (%.*s): %zu keys stale", (int)k.glen, bound,
+			 (int)(m->topic_len > 200 ? 200 : m->topic_len), m->topic, k.changed);
+}
+
+/* After a message was applied to r: a status topic speaks, or a key of a
+ * producer that is offline arrived other than live (a retained copy after
+ * the offline status): stale at once like its siblings. */
+static void mirror_liveness(struct mirror *c, const struct msg *m, struct rec *r,
+			    enum apply_result res, bool live_seen)
+{
+	const char *bound;
+	int64_t ts;
+	int line;
+
+	if (!avail_any(c->avail) || !r ||
+	    (res != APPLY_APPLIED && res != APPLY_DUPLICATE && res != APPLY_DELETED))
+		return;
+	line = avail_match(c->avail, m->topic, m->topic_len);
+	if (line >= 0) {
+		/* The broker's replay of a status we hold already (a re-sync, a
+		 * restart: the keys' state is stored) only tells which producers
+		 * are offline; a new word, or one said live, judges the keys. */
+		mirror_status(c, line, m, res == APPLY_DELETED,
+			      res == APPLY_APPLIED || (res == APPLY_DUPLICATE && !m->retained));
+		return;
+	}
+	if (!live_seen && res != APPLY_DELETED && !(r->flags & REC_STICKY) &&
+	    avail_offline_cover(c->avail, m->topic, m->topic_len, &bound, &ts))
+		stale_mark_dead(c->d.stale, r, STALE_REASON_PRODUCER_OFFLINE,
+				(uint32_t)avail_producer_len(bound), ts, mirror_on_transition, c);
+}
+
 static void mirror_apply_one(struct mirror *c, const struct msg *m, enum reject_reason why,
 			   size_t full_len)
 {
@@ -241,6 +354,7 @@ static void mirror_apply_one(struct mirror *c, const struct msg *m, enum reject_
 	case APPLY_RESULT_MAX:
 		break;
 	}
+	mirror_liveness(c, m, r, res, live_seen);
 	STAT_INC(messages[res]);
 }
 
@@ -607,6 +721,10 @@ int mirror_start(const struct mirror_deps *d, struct mirror **ret)
 	c->rev = d->rev;
 	c->lim.future_skew_ms = d->conf->future_skew_ms;
 	c->lim.max_keys = d->conf->max_keys;
+	if (!(c->avail = avail_new(d->conf))) {
+		free(c);
+		return -ENOMEM;
+	}
 	c->clk = d->clk ? *d->clk : clock_system;
 	c->last_checkpoint_ms = mirror_mono_ms(c);
 	atomic_store(&c->heartbeat, mirror_mono_ms(c));
@@ -639,6 +757,7 @@ int mirror_start(const struct mirror_deps *d, struct mirror **ret)
 		pthread_mutex_destroy(&c->wake_mu);
 		pthread_mutex_destroy(&c->status_lock);
 		free(c->dirty);
+		avail_free(c->avail);
 		free(c);
 		return -rc;
 	}
@@ -662,6 +781,7 @@ void mirror_stop(struct mirror *c)
 	pthread_mutex_destroy(&c->status_lock);
 	free(c->dirty);
 	free(c->wbatch);
+	avail_free(c->avail);
 	free(c);
 }
 
@@ -728,6 +848,8 @@ void mirror_reload(struct mirror *c, const struct conf *conf)
 	index_wrlock(c->d.ix);
 	if (stale_reconfigure(c->d.stale, conf, mirror_cadence_changed, c) < 0)
 		log_warnx("reload: out of memory, staleness settings unchanged");
+	if (avail_reconfigure(c->avail, conf) < 0)
+		log_warnx("reload: out of memory, [liveness] settings unchanged");
 	index_unlock(c->d.ix);
 	mirror_wake(c);
 }

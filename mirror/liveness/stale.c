@@ -828,6 +828,23 @@ static int copy_rules(const struct conf *c, struct rule **ret)
 	return 0;
 }
 
+/* The availability status filters: never judged by cadence. */
+static int copy_unjudged(const struct conf *c, struct rule **ret)
+{
+	struct rule *u = c->navail ? calloc(c->navail, sizeof(*u)) : NULL;
+
+	if (c->navail && !u)
+		return -ENOMEM;
+	for (size_t i = 0; i < c->navail; i++) {
+		if (!(u[i].filter = strdup(c->avail[i].status))) {
+			free_rules(u, i);
+			return -ENOMEM;
+		}
+	}
+	*ret = u;
+	return 0;
+}
+
 static void take_settings(struct stale *s, const struct conf *c, struct rule *rules)
 {
 	free_rules(s->rules, s->nrules);
@@ -851,6 +868,9 @@ struct stale *stale_new(const struct conf *c, struct index *ix, const struct del
 	if (copy_rules(c, &rules) < 0)
 		goto fail;
 	take_settings(s, c, rules);
+	if (copy_unjudged(c, &s->unjudged) < 0)
+		goto fail;
+	s->nunjudged = c->navail;
 	s->gmap = (struct hmap)HMAP_INIT(UINT32_MAX / 2);
 	s->pgrp = (struct hmap)HMAP_INIT(UINT32_MAX / 2);
 	s->alerts = alerts_new(c, out);
@@ -894,16 +914,20 @@ void stale_stop_delivery(struct stale *s)
 int stale_reconfigure(struct stale *s, const struct conf *c,
 		      void (*changed)(struct rec *r, void *ctx), void *ctx)
 {
-	struct rule *rules = NULL;
+	struct rule *rules = NULL, *unjudged = NULL;
 	int rc;
 
 	if ((rc = copy_rules(c, &rules)) < 0)
 		return rc;
-	if ((rc = alerts_reconfigure(s->alerts, c)) < 0) {
+	if ((rc = copy_unjudged(c, &unjudged)) < 0 || (rc = alerts_reconfigure(s->alerts, c)) < 0) {
 		free_rules(rules, c->nrules);
+		free_rules(unjudged, c->navail);
 		return rc;
 	}
 	take_settings(s, c, rules);
+	free_rules(s->unjudged, s->nunjudged);
+	s->unjudged = unjudged;
+	s->nunjudged = c->navail;
 	/* Re-key every tracked key in place, then restore the heap in O(n).
 	 * What turns stale or fresh by it is done by the next tick, with the
 	 * callback: fresh keys past their new deadline are due at once, and

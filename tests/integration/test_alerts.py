@@ -128,7 +128,8 @@ def test_many_keys_stop_few_alerts(env):
     p.close()
     wait_for(lambda: d.get_json('/v1/stale')['count'] == 1000, timeout=10, what='1000 stale')
     got = d.get_json('/v1/stale')
-    assert got['groups'] == [{'prefix': 'plant/gw7', 'count': 1000}], got['groups']
+    assert got['groups'] == [{'prefix': 'plant/gw7', 'producer': 'plant/gw7', 'reason': 'cadence',
+                              'count': 1000}], got['groups']
     wait_for(lambda: any(a['count'] == 1000 for _, a in col.alerts()), timeout=10,
              what='an alert for all 1000 keys')
     # Waits for nothing more to arrive: the assertion below is that no more

@@ -67,7 +67,8 @@ def test_rule_key_goes_stale_on_time_and_fresh_again(env):
     assert k['stale_since'] is not None and k['age_ms'] >= 2000
     got = d.get_json('/v1/stale')
     assert got['count'] == 1, got
-    assert got['groups'] == [{'prefix': 'it/rule', 'count': 1}], got
+    assert got['groups'] == [{'prefix': 'it/rule', 'producer': 'it/rule', 'reason': 'cadence',
+                             'count': 1}], got
     assert [i['topic'] for i in got['items']] == ['it/rule/a']
     assert d.metric('statemirror_stale_keys') == 1
     # Back to fresh with the next live message, at once.

@@ -228,11 +228,62 @@ START_TEST(test_packaged_conf_matches_defaults)
 	assert_defaults(&c);
 	ck_assert_int_eq(c.protocol, CONF_PROTOCOL_AUTO);
 	ck_assert_uint_eq(c.nrules, 2); /* proves the uncommenting took place */
+	ck_assert_uint_eq(c.navail, 1);
+	ck_assert_str_eq(c.avail[0].status, "dc1/+/agent/status");
+	ck_assert_str_eq(c.avail[0].keys, "dc1/+/#");
+	ck_assert_str_eq(c.avail_online, "online");
+	ck_assert_str_eq(c.avail_offline, "offline");
+	ck_assert_ptr_null(c.avail_member);
 	ck_assert_uint_eq(c.nretained, 1);
 	ck_assert_str_eq(c.retained[0], "bms/site1/meta");
 	ck_assert_str_eq(c.db_path, "/var/lib/statemirror/state.db");
 	conf_free(&c);
 	free(out);
+}
+END_TEST
+
+START_TEST(test_liveness_section)
+{
+	struct conf c;
+
+	ck_assert_msg(load(&c, "[subscribe]\n"
+			       "filter = dc1/#\n"
+			       "[liveness]\n"
+			       "availability = dc1/+/agent/status dc1/+/#\n"
+			       "availability = dc1/gw/+/state   dc1/gw/+/+\n"
+			       "offline = dead\n"
+			       "payload_member = state\n") == 0,
+		      "%s", err);
+	ck_assert_uint_eq(c.navail, 2);
+	ck_assert_str_eq(c.avail[1].status, "dc1/gw/+/state");
+	ck_assert_str_eq(c.avail[1].keys, "dc1/gw/+/+");
+	ck_assert_str_eq(c.avail_offline, "dead");
+	ck_assert_str_eq(c.avail_online, "online");
+	ck_assert_str_eq(c.avail_member, "state");
+	ck_assert_int_eq(conf_validate(&c, err, sizeof(err)), 0);
+	conf_free(&c);
+
+	/* One filter only, a bad filter: refused with the line. */
+	ck_assert_int_ne(load(&c, "[liveness]\navailability = dc1/+/agent/status\n"), 0);
+	ck_assert_ptr_nonnull(strstr(err, ":2:"));
+	conf_free(&c);
+	ck_assert_int_ne(load(&c, "[liveness]\navailability = dc1/#/x dc1/#\n"), 0);
+	conf_free(&c);
+	/* A status filter no subscription covers. */
+	ck_assert_msg(load(&c, "[subscribe]\nfilter = plant/#\n"
+			       "[liveness]\navailability = dc1/+/status dc1/+/#\n") == 0, "%s", err);
+	ck_assert_int_ne(conf_validate(&c, err, sizeof(err)), 0);
+	ck_assert_ptr_nonnull(strstr(err, "not covered"));
+	ck_assert_ptr_nonnull(strstr(err, ":4:"));
+	conf_free(&c);
+	ck_assert_msg(load(&c, "[subscribe]\nfilter = dc1/+/status\n"
+			       "[liveness]\navailability = dc1/+/status dc1/+/#\n") == 0, "%s", err);
+	ck_assert_int_eq(conf_validate(&c, err, sizeof(err)), 0);
+	conf_free(&c);
+	ck_assert_msg(load(&c, "[subscribe]\nfilter = +/#\n"
+			       "[liveness]\navailability = $SYS/+/s x/+/#\n") == 0, "%s", err);
+	ck_assert_int_ne(conf_validate(&c, err, sizeof(err)), 0); /* '+' never takes '$' */
+	conf_free(&c);
 }
 END_TEST
 
@@ -916,6 +967,7 @@ static Suite *conf_suite(void)
 	tcase_add_test(tc, test_contract_example);
 	tcase_add_test(tc, test_packaged_conf_matches_defaults);
 	tcase_add_test(tc, test_repeated_keys);
+	tcase_add_test(tc, test_liveness_section);
 	tcase_add_test(tc, test_sparkplug_section);
 	tcase_add_test(tc, test_comments_and_values);
 	tcase_add_test(tc, test_error_messages);

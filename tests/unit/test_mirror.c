@@ -497,6 +497,71 @@ START_TEST(dead_producer_keys_turn_stale_and_are_written)
 }
 END_TEST
 
+
+/* A message as the session hands it over, retained or live. */
+static void put_r(const char *topic, const char *payload, bool retained)
+{
+	int64_t now = wall_ms();
+	struct msg m = {
+		.topic = topic, .topic_len = strlen(topic),
+		.payload = payload, .payload_len = strlen(payload),
+		.ts_ns = now * 1000000 + ++seq, .recv_ms = now, .retained = retained,
+	};
+
+	mirror_ingest(mr, &m, REJECT_NONE, m.payload_len);
+}
+
+static int reason_of(const char *topic)
+{
+	int r;
+
+	index_rdlock(ix);
+	r = rec_stale_reason(index_get(ix, topic, strlen(topic)));
+	index_unlock(ix);
+	return r;
+}
+
+START_TEST(availability_status_on_the_apply_path)
+{
+	conf.rules[0].filter = strdup("dc1/#");
+	ck_assert_ptr_nonnull(conf.rules[0].filter);
+	conf.rules[0].cadence_ms = 60000;
+	conf.nrules = 1;
+	ck_assert_int_eq(conf_add_availability(&conf, "dc1/+/agent/status", "dc1/+/#"), 0);
+	start();
+	put_r("dc1/a/temp", "1", false);
+	put_r("dc1/a/x/y", "2", false);
+	put_r("dc1/b/temp", "3", false);
+	put_r("dc1/a/agent/status", "offline", false);
+	mirror_ingest_flush(mr);
+	ck_assert_int_eq(reason_of("dc1/a/temp"), STALE_REASON_PRODUCER_OFFLINE);
+	ck_assert_int_eq(reason_of("dc1/a/x/y"), STALE_REASON_PRODUCER_OFFLINE);
+	ck_assert_int_eq(reason_of("dc1/b/temp"), STALE_REASON_NONE);
+	ck_assert_int_eq(reason_of("dc1/a/agent/status"), STALE_REASON_NONE); /* never judged */
+	/* A key first seen after the status, retained: stale at once too;
+	 * one heard live: its producer is alive after all. */
+	put_r("dc1/a/late", "4", true);
+	put_r("dc1/a/live", "5", false);
+	mirror_ingest_flush(mr);
+	ck_assert_int_eq(reason_of("dc1/a/late"), STALE_REASON_PRODUCER_OFFLINE);
+	ck_assert_int_eq(reason_of("dc1/a/live"), STALE_REASON_NONE);
+	/* Online: nothing turns fresh by it; a key heard from does. */
+	put_r("dc1/a/agent/status", "online", false);
+	put_r("dc1/a/late", "6", true);   /* retained: still no sign of life */
+	mirror_ingest_flush(mr);
+	ck_assert_int_eq(reason_of("dc1/a/temp"), STALE_REASON_PRODUCER_OFFLINE);
+	ck_assert_int_eq(reason_of("dc1/a/late"), STALE_REASON_PRODUCER_OFFLINE);
+	put_r("dc1/a/temp", "7", false);
+	mirror_ingest_flush(mr);
+	ck_assert_int_eq(reason_of("dc1/a/temp"), STALE_REASON_NONE);
+	ck_assert_int_eq(reason_of("dc1/a/x/y"), STALE_REASON_PRODUCER_OFFLINE);
+	/* Online now: a later retained key is not marked. */
+	put_r("dc1/a/later", "8", true);
+	mirror_ingest_flush(mr);
+	ck_assert_int_eq(reason_of("dc1/a/later"), STALE_REASON_NONE);
+}
+END_TEST
+
 /* ---- readiness follows the broker link (a real mosquitto) ---- */
 
 static int free_port(void)
@@ -649,6 +714,7 @@ int main(void)
 	tcase_add_test(tc, disk_full_keeps_records_dirty_until_space_comes_back);
 	tcase_add_test(tc, deadline_turns_a_key_stale_on_the_keeper);
 	tcase_add_test(tc, dead_producer_keys_turn_stale_and_are_written);
+	tcase_add_test(tc, availability_status_on_the_apply_path);
 	tcase_add_test(tc, ready_follows_the_link);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);

@@ -8,7 +8,10 @@
 #include "common/conf.h"
 #include "common/stats.h"
 #include "common/topic.h"
+#include <errno.h>
+
 #include "mirror/liveness/alerts.h"
+#include "mirror/liveness/avail.h"
 #include "mirror/liveness/stale.h"
 #include "clock_fake.h"
 
@@ -1151,6 +1154,97 @@ START_TEST(dead_keys_stay_stale_across_load)
 END_TEST
 
 
+START_TEST(status_topics_never_judged)
+{
+	struct rec *s1 = mk("dc1/ag1/agent/status"), *k = mk("dc1/ag1/temp");
+
+	add_rule("dc1/#", 10 * SEC);
+	ck_assert_int_eq(conf_add_availability(&conf, "dc1/+/agent/status", "dc1/+/#"), 0);
+	start(true);
+	live(s1);
+	live(k);
+	ck_assert_uint_eq(s1->cadence_ms, 0);
+	ck_assert_uint_eq(k->cadence_ms, 10000);
+	run_until(T + 60 * SEC);
+	ck_assert(!(s1->flags & REC_STALE));
+	ck_assert(k->flags & REC_STALE);
+	stale_free(st);
+	st = NULL;
+}
+END_TEST
+
+/* The i-th '+' of the status filter binds the i-th '+' of the keys filter. */
+START_TEST(availability_binds_positionally)
+{
+	char out[256];
+	const char *t1 = "dc1/ag7/agent/status";
+
+	ck_assert_int_eq(avail_bind_filters("dc1/+/agent/status", "dc1/+/#", t1, strlen(t1), out,
+					    sizeof(out)), 9);
+	ck_assert_str_eq(out, "dc1/ag7/#");
+	ck_assert_uint_eq(avail_producer_len(out), 7); /* "dc1/ag7" */
+	/* Two bound levels, in order; an unbound '+' stays a wildcard. */
+	t1 = "status/h2/r9";
+	ck_assert_int_gt(avail_bind_filters("status/+/+", "plant/+/rack/+/+/temp", t1, strlen(t1),
+					    out, sizeof(out)), 0);
+	ck_assert_str_eq(out, "plant/h2/rack/r9/+/temp");
+	ck_assert_uint_eq(avail_producer_len(out), 16); /* "plant/h2/rack/r9" */
+	/* No wildcard in keys: that one topic, its parent the producer. */
+	t1 = "a/s";
+	ck_assert_int_gt(avail_bind_filters("a/s", "a/k/v", t1, 3, out, sizeof(out)), 0);
+	ck_assert_str_eq(out, "a/k/v");
+	ck_assert_uint_eq(avail_producer_len(out), 3);
+	/* An empty level binds as empty. */
+	t1 = "dc1//agent/status";
+	ck_assert_int_gt(avail_bind_filters("dc1/+/agent/status", "dc1/+/#", t1, strlen(t1), out,
+					    sizeof(out)), 0);
+	ck_assert_str_eq(out, "dc1//#");
+	/* Not a status topic; no room. */
+	ck_assert_int_eq(avail_bind_filters("dc1/+/agent/status", "dc1/+/#", "dc1/x", 5, out,
+					    sizeof(out)), -EINVAL);
+	t1 = "dc1/ag7/agent/status";
+	ck_assert_int_eq(avail_bind_filters("dc1/+/agent/status", "dc1/+/#", t1, strlen(t1), out, 5),
+			 -ENAMETOOLONG);
+}
+END_TEST
+
+START_TEST(availability_payload_words)
+{
+	struct avail *a;
+
+	a = avail_new(&conf);
+	ck_assert_ptr_nonnull(a);
+	ck_assert_int_eq(avail_word(a, "offline", 7), AVAIL_OFFLINE);
+	ck_assert_int_eq(avail_word(a, "online", 6), AVAIL_ONLINE);
+	ck_assert_int_eq(avail_word(a, "Offline", 7), AVAIL_UNKNOWN);
+	ck_assert_int_eq(avail_word(a, "", 0), AVAIL_UNKNOWN);
+	avail_free(a);
+	ck_assert_int_eq(conf_set_str(&conf.avail_member, "state"), 0);
+	ck_assert_int_eq(conf_set_str(&conf.avail_offline, "dead"), 0);
+	a = avail_new(&conf);
+	ck_assert_ptr_nonnull(a);
+	ck_assert_int_eq(avail_word(a, "{\"state\":\"dead\",\"ts\":1}", strlen("{\"state\":\"dead\",\"ts\":1}")), AVAIL_OFFLINE);
+	ck_assert_int_eq(avail_word(a, "{\"state\":\"online\"}", strlen("{\"state\":\"online\"}")), AVAIL_ONLINE);
+	ck_assert_int_eq(avail_word(a, "dead", 4), AVAIL_UNKNOWN);      /* not JSON */
+	ck_assert_int_eq(avail_word(a, "{\"state\":1}", strlen("{\"state\":1}")), AVAIL_UNKNOWN);
+	/* The producers offline: set, covered, cleared. */
+	{
+		const char *b;
+		int64_t ts;
+
+		ck_assert_int_eq(avail_set_offline(a, "dc1/ag7/#", true, 5), 0);
+		ck_assert_int_eq(avail_set_offline(a, "dc1/ag7/#", true, 9), 0);
+		ck_assert_uint_eq(avail_offline_count(a), 1);
+		ck_assert(avail_offline_cover(a, "dc1/ag7/x", 9, &b, &ts));
+		ck_assert_int_eq(ts, 5);
+		ck_assert(!avail_offline_cover(a, "dc1/ag8/x", 9, &b, &ts));
+		ck_assert_int_eq(avail_set_offline(a, "dc1/ag7/#", false, 10), 0);
+		ck_assert(!avail_offline_cover(a, "dc1/ag7/x", 9, &b, &ts));
+	}
+	avail_free(a);
+}
+END_TEST
+
 static Suite *suite(void)
 {
 	Suite *s = suite_create("stale");
@@ -1184,6 +1278,9 @@ static Suite *suite(void)
 	tcase_add_test(tc, dead_key_stale_already_takes_the_reason);
 	tcase_add_test(tc, broker_reason_while_not_synced);
 	tcase_add_test(tc, dead_keys_stay_stale_across_load);
+	tcase_add_test(tc, status_topics_never_judged);
+	tcase_add_test(tc, availability_binds_positionally);
+	tcase_add_test(tc, availability_payload_words);
 	suite_add_tcase(s, tc);
 	return s;
 }
