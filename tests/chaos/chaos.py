@@ -6,7 +6,7 @@ the end every key equals the publisher's last value, the file passes
 PRAGMA integrity_check, and no key ever moved backwards in a snapshot or a
 watch stream.
 
-    chaos.py                 the short run (~75 s, part of ./test)
+    chaos.py                 the short run (50 s of faults, ~90 s, in ./test)
     chaos.py --minutes N     a long run
     chaos.py --seed S        repeat one run's choices of faults
 
@@ -624,7 +624,7 @@ class Chaos:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--minutes', type=float, help='length of the fault phase (default: 60 s)')
+    ap.add_argument('--minutes', type=float, help='length of the fault phase in minutes (default: 50 s)')
     ap.add_argument('--seed', type=int, default=None)
     ap.add_argument('--no-republish', action='store_true',
                     help='skip the final republish (shows that the check can fail)')
@@ -633,7 +633,7 @@ def main():
     if args.watch:
         watcher_main(int(args.watch[0]), args.watch[1])
         return
-    args.seconds = args.minutes * 60 if args.minutes else 60
+    args.seconds = args.minutes * 60 if args.minutes else 50
     if args.seed is None:
         args.seed = random.randrange(1 << 31)
     ch = Chaos(args)
