@@ -519,8 +519,11 @@ class Chaos:
         self.probe.start()
         wait_for(lambda: self.pub.sent > 2 * NKEYS, timeout=READY_TIMEOUT, what='the load under way')
         end = time.monotonic() + self.args.seconds
+        bag = []
         while time.monotonic() < end:
-            kind = self.rnd.choice(kinds)
+            if not bag:  # every kind once per round, in a random order
+                bag = self.rnd.sample(kinds, len(kinds))
+            kind = bag.pop()
             dt = getattr(self, kind)()
             self.faults[kind] += 1
             log('%-14s back in %.2fs (sent %d, snapshots %d)', kind, dt, self.pub.sent,
