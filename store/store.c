@@ -99,6 +99,7 @@ struct ckpt {
 
 struct store {
 	sqlite3 *db;
+	int64_t forgotten_rev; /* the newest rev among the tombstones the last load forgot */
 	struct ckpt ck;
 	int wal_pages;        /* -wal size after the last commit, from the WAL hook */
 	sqlite3_stmt *begin;
@@ -842,6 +843,7 @@ int store_load(struct store *st, int64_t skip_before_ns, store_row_fn fn, void *
 	int64_t rev = 0, mark = 0;
 	int rc, ret;
 
+	st->forgotten_rev = 0;
 	ret = query_int(st->db, "SELECT coalesce((SELECT value FROM meta WHERE name = 'rev'), 0)",
 			&mark, err, errlen);
 	if (ret < 0)
@@ -865,8 +867,14 @@ int store_load(struct store *st, int64_t skip_before_ns, store_row_fn fn, void *
 			.flags = (uint16_t)sqlite3_column_int64(s, 9),
 			.ts_ns = sqlite3_column_int64(s, 1),
 		};
-		if ((row.flags & STORE_DELETED) && row.ts_ns < skip_before_ns)
-			continue; /* forgotten: store_purge_tombstones deletes it */
+		if ((row.flags & STORE_DELETED) && row.ts_ns < skip_before_ns) {
+			/* forgotten: store_purge_tombstones deletes it */
+			int64_t frev = sqlite3_column_int64(s, 4);
+
+			if (frev > st->forgotten_rev)
+				st->forgotten_rev = frev;
+			continue;
+		}
 		row.payload = sqlite3_column_blob(s, 11);
 		row.payload_len = (uint32_t)sqlite3_column_bytes(s, 11);
 		if ((row.flags & STORE_DELETED) || !row.payload) {
@@ -1190,29 +1198,19 @@ int store_schema_version(void)
 int store_resume_window(struct store *st, int64_t skip_before_ns, int64_t file_max,
 			int64_t *ret_floor, char *err, size_t errlen)
 {
-	int64_t base = -1, forgotten = 0;
-	sqlite3_stmt *s = NULL;
-	int rc, ret;
+	int64_t base = -1;
+	int ret;
 
+	/* The tombstones the load forgot are the ones before skip_before_ns:
+	 * the load noted the newest one's revision (no second scan). */
+	(void)skip_before_ns;
 	ret = query_int(st->db, "SELECT coalesce((SELECT value FROM meta WHERE name = 'run_base'), -1)",
 			&base, err, errlen);
 	if (ret < 0)
 		return ret;
-	rc = sqlite3_prepare_v2(st->db, "SELECT coalesce(max(rev), 0) FROM rec"
-				" WHERE (flags & ?1) != 0 AND ts_ns < ?2", -1, &s, NULL);
-	if (rc != SQLITE_OK)
-		return store_sql_fail(st->db, rc, "resume window", err, errlen);
-	sqlite3_bind_int64(s, 1, STORE_DELETED);
-	sqlite3_bind_int64(s, 2, skip_before_ns);
-	rc = sqlite3_step(s);
-	if (rc == SQLITE_ROW)
-		forgotten = sqlite3_column_int64(s, 0);
-	sqlite3_finalize(s);
-	if (rc != SQLITE_ROW)
-		return store_sql_fail(st->db, rc, "resume window", err, errlen);
 	if (base < 0)
 		base = file_max + 1; /* no mark: nothing is known to be complete */
-	*ret_floor = forgotten >= base ? forgotten : base;
+	*ret_floor = st->forgotten_rev >= base ? st->forgotten_rev : base;
 	return 0;
 }
 

@@ -205,9 +205,9 @@ int store_set_aside(const char *path, int64_t now_ms, char *ret_path, size_t ret
 ** store_resume_window() reads the previous run's first revision and
 ** returns the range of its revisions a watcher may resume from by a
 ** replay of the records: [*ret_floor, file_max] (file_max is what
-** store_load returned), raised above the newest tombstone that the load
-** forgot (deleted before skip_before_ns), since its delete can no longer
-** be replayed; *ret_floor > file_max when there is none (a file without
+** store_load returned), raised above the newest tombstone that the last
+** store_load forgot (deleted before its skip_before_ns, which is what to
+** pass here), since its delete can no longer be replayed; *ret_floor > file_max when there is none (a file without
 ** the mark, from an older daemon). store_mark_run() then records
 ** run_base as this run's first revision. Both run before the keeper
 ** thread owns the store. Return 0 or -errno with err.
