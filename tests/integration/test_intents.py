@@ -335,6 +335,35 @@ def test_outbox_full_and_refusals(env):
     assert d.metric('statemirror_intents_total', {'outcome': 'rejected'}) == 7
 
 
+def test_intent_token_apart_from_reads(env):
+    rtok = os.path.join(env.dir, 'read-token')
+    itok = os.path.join(env.dir, 'intent-token')
+    with open(rtok, 'w') as f:
+        f.write(TOKEN + '\n')
+    with open(itok, 'w') as f:
+        f.write('publisher-only\n')
+    d = authed(env.daemon(config='[http]\ntoken_file = %s\n[intents]\nallow = bms/+/setpoint/set\n'
+                                 'intent_token_file = %s\n' % (rtok, itok)))
+    d.wait_ready()
+    # The read token does not grant intents any more...
+    st, _, err = post(d, 'bms/a/setpoint/set', {'value': 1})
+    assert st == 401, (st, err)
+    # ... the intent token does, and lets its holder follow them...
+    st, _, rec = post(d, 'bms/a/setpoint/set', {'value': 1}, token='publisher-only')
+    assert st == 202, (st, rec)
+    plain = http.client.HTTPConnection('127.0.0.1', d.port, timeout=10)
+    plain.request('GET', '/v1/intents/%d' % rec['id'],
+                  headers={'Authorization': 'Bearer publisher-only'})
+    r = plain.getresponse()
+    assert r.status == 200 and json.loads(r.read())['id'] == rec['id']
+    # ... but not the keys: reads need the read token.
+    plain.request('GET', '/v1/keys', headers={'Authorization': 'Bearer publisher-only'})
+    r = plain.getresponse()
+    r.read()
+    assert r.status == 401, r.status
+    plain.close()
+
+
 def test_off_without_allow(env):
     tok = os.path.join(env.dir, 'token')
     with open(tok, 'w') as f:
@@ -348,4 +377,5 @@ def test_off_without_allow(env):
 if __name__ == '__main__':
     run([test_confirmed_clamped_ignored, test_wait_many_concurrent, test_watchers_get_intent_events,
          test_broker_down_then_back_in_order, test_kill9_before_publishing,
-         test_expired_never_published, test_outbox_full_and_refusals, test_off_without_allow])
+         test_expired_never_published, test_outbox_full_and_refusals,
+         test_intent_token_apart_from_reads, test_off_without_allow])
