@@ -466,6 +466,9 @@ def test_intent(env):
         assert rec['requested'] == 'on' and rec['state'] in ('pending', 'published'), rec
         wait_for(lambda: any(r[0] == 'own/t2/set' and r[1]['value'] == 'on' for r in owner.requests),
                  what='the string value at the owner')
+        # --wait without --confirm: the outcome is the publication.
+        out, _ = must(d, 'intent', 'own/t1/set', '21', '--wait', '10s', env=good)
+        assert 'published' in out and 'requested 21' in out, out
         # No token: 4; a topic [intents] allow does not name: 6 with the daemon's reason.
         _, err = must(d, 'intent', 'own/t1/set', '21', rc=UNAUTHORISED)
         assert 'unauthorised' in err, err
