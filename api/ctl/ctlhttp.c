@@ -199,17 +199,32 @@ static size_t on_header(char *p, size_t size, size_t n, void *ctx)
 	return len;
 }
 
-int ctl_get(struct ctl_conn *c, const char *path, struct ctl_reply *ret)
+/* One GET, or a POST of json when it is not NULL. */
+static int request(struct ctl_conn *c, const char *path, const char *json, struct ctl_reply *ret)
 {
 	struct ctl_reply rep = { .synced = -1 };
 	struct collect k = { .rep = &rep };
+	struct curl_slist *hdrs = NULL, *more;
 	CURLcode cc;
 	int r;
 
 	buf_init(&rep.body, CTL_MAX_BODY);
 	c->fail = CTL_FAIL_NONE;
-	if ((r = setup(c, path, false, 0, NULL)) < 0)
+	if (json) {
+		/* "Expect:" keeps curl from waiting for a 100 Continue the daemon need not send. */
+		if (!(hdrs = curl_slist_append(NULL, "Content-Type: application/json")) ||
+		    !(more = curl_slist_append(hdrs, "Expect:")) ||
+		    (c->auth && !(more = curl_slist_append(hdrs, c->auth->data)))) {
+			r = -ENOMEM;
+			goto fail;
+		}
+	}
+	if ((r = setup(c, path, false, 0, hdrs)) < 0)
 		goto fail;
+	if (json) {
+		curl_easy_setopt(c->h, CURLOPT_POSTFIELDS, json);
+		curl_easy_setopt(c->h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(json));
+	}
 	curl_easy_setopt(c->h, CURLOPT_WRITEFUNCTION, on_body);
 	curl_easy_setopt(c->h, CURLOPT_WRITEDATA, &k);
 	curl_easy_setopt(c->h, CURLOPT_HEADERFUNCTION, on_header);
@@ -235,11 +250,23 @@ int ctl_get(struct ctl_conn *c, const char *path, struct ctl_reply *ret)
 		goto fail;
 	}
 	curl_easy_getinfo(c->h, CURLINFO_RESPONSE_CODE, &rep.status);
+	curl_slist_free_all(hdrs);
 	*ret = rep;
 	return 0;
 fail:
+	curl_slist_free_all(hdrs);
 	buf_free(&rep.body);
 	return r;
+}
+
+int ctl_get(struct ctl_conn *c, const char *path, struct ctl_reply *ret)
+{
+	return request(c, path, NULL, ret);
+}
+
+int ctl_post_json(struct ctl_conn *c, const char *path, const char *json, struct ctl_reply *ret)
+{
+	return request(c, path, json, ret);
 }
 
 void ctl_reply_free(struct ctl_reply *r)

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* ctlhttp.h: statemirrorctl's side of the HTTP API: GETs and the /v1/watch event stream, over libcurl. */
+/* ctlhttp.h: statemirrorctl's side of the HTTP API: GETs, the intent POST and the /v1/watch event stream, over libcurl. */
 #ifndef SM_CTLHTTP_H
 #define SM_CTLHTTP_H
 
@@ -56,6 +56,12 @@ enum ctl_fail ctl_conn_fail(const struct ctl_conn *c);
 */
 int ctl_get(struct ctl_conn *c, const char *path, struct ctl_reply *ret);
 void ctl_reply_free(struct ctl_reply *r);
+
+/*
+** POST json (NUL-terminated, sent as Content-Type: application/json, with
+** the bearer token when there is one) to path. Returns as ctl_get does.
+*/
+int ctl_post_json(struct ctl_conn *c, const char *path, const char *json, struct ctl_reply *ret);
 
 /* One server-sent event. data is NUL-terminated (data_len bytes; several
  * data: lines are joined with '\n'); event is "message" when absent; id is

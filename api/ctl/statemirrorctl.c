@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* statemirrorctl.c: the operator's command line for statemirrord: status, get, ls, stale, rejects, watch. */
+/* statemirrorctl.c: the operator's command line for statemirrord: status, get, ls, stale, rejects, watch, intent. */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -17,6 +17,7 @@
 
 #include "api/ctl/ctlhttp.h"
 #include "common/buf.h"
+#include "common/conf.h"
 
 /* Exit codes, as statemirrorctl(1) documents them. */
 enum ctl_exit {
@@ -27,6 +28,8 @@ enum ctl_exit {
 	EXIT_UNAUTHORISED = 4,  /* 401: no token, or the wrong one */
 	EXIT_NOT_FOUND = 5,     /* 404: no such key */
 	EXIT_HTTP = 6,          /* any other HTTP error or unusable answer */
+	EXIT_NOT_DONE = 7,      /* intent --wait: overridden, timed_out or expired */
+	EXIT_UNDECIDED = 8,     /* intent --wait: no outcome before the wait ran out */
 	EXIT_MAX
 };
 
@@ -49,6 +52,12 @@ struct ctl {
 	const char *since;      /* watch */
 	int stale_only;         /* ls: -1 all, 1 stale, 0 fresh */
 	bool said_unsynced;
+	const char *wait;       /* intent: ?wait=, or NULL */
+	const char *confirm;    /* intent: the confirm topic, or NULL */
+	const char *member;     /* intent: the confirm member, or NULL */
+	const char *corr_id;    /* intent */
+	const char *expire;     /* intent */
+	const char *confirm_timeout; /* intent: the body's "timeout" */
 };
 
 static const char *prog = "statemirrorctl";
@@ -1185,6 +1194,102 @@ static int cmd_watch(struct ctl *x, const char *filter)
 	return rc;
 }
 
+/* ---- intent ----------------------------------------------------------- */
+
+/* The value as the command line gives it: JSON when it parses as JSON
+ * (21.5, true, "x", {"a":1}), else the text as a JSON string. */
+static json_t *intent_value(const char *arg)
+{
+	json_t *v = json_loads(arg, JSON_DECODE_ANY, NULL);
+
+	return v ? v : json_string(arg);
+}
+
+static int cmd_intent(struct ctl *x, const char *topic, const char *value)
+{
+	struct ctl_reply rep = { 0 };
+	const char *state;
+	json_t *body, *val, *rec = NULL;
+	struct buf path;
+	char *text = NULL, *req = NULL, *obs = NULL;
+	int rc, r;
+
+	if (!(val = intent_value(value))) {
+		errmsg("the value is not valid UTF-8 text: %s", value);
+		return EXIT_USAGE;
+	}
+	body = json_pack("{s:o}", "value", val);
+	if (body && x->confirm) {
+		json_t *cf = json_pack("{s:s}", "topic", x->confirm);
+
+		if (cf && x->member)
+			json_object_set_new(cf, "member", json_string(x->member));
+		json_object_set_new(body, "confirm", cf);
+	}
+	if (body && x->corr_id)
+		json_object_set_new(body, "correlation_id", json_string(x->corr_id));
+	if (body && x->expire)
+		json_object_set_new(body, "expire", json_string(x->expire));
+	if (body && x->confirm_timeout)
+		json_object_set_new(body, "timeout", json_string(x->confirm_timeout));
+	buf_init(&path, 0);
+	if (!body || !(text = json_dumps(body, JSON_COMPACT)) || buf_puts(&path, "/v1/intents/") < 0 ||
+	    ctl_pct_encode(&path, topic, true) < 0 || (x->wait && add_param(&path, "wait", x->wait) < 0)) {
+		errmsg("out of memory");
+		rc = EXIT_HTTP;
+		goto out;
+	}
+	r = ctl_post_json(x->conn, path.data, text, &rep);
+	if (r == -ENOMEM) {
+		errmsg("%s: out of memory", path.data);
+		rc = EXIT_HTTP;
+		goto out;
+	}
+	if (r < 0) {
+		rc = transport_failure(x, path.data);
+		goto out;
+	}
+	if (rep.status != 200 && rep.status != 202) {
+		rc = http_failure(x, path.data, &rep);
+		goto out;
+	}
+	if (!(rec = json_loadb(rep.body.data, rep.body.len, 0, NULL)) || !(state = jstr(rec, "state"))) {
+		errmsg("%s: the answer is not an intent record", path.data);
+		rc = EXIT_HTTP;
+		goto out;
+	}
+	if (x->json) {
+		print_json(rec);
+	} else {
+		bool good = !strcmp(state, "confirmed") || !strcmp(state, "published");
+		const json_t *o = json_object_get(rec, "observed");
+
+		req = json_dumps(json_object_get(rec, "requested"), JSON_COMPACT | JSON_ENCODE_ANY);
+		obs = o && !json_is_null(o) ? json_dumps(o, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+		printf("intent %" JSON_INTEGER_FORMAT "  %s%s%s  requested %s  observed %s\n",
+		       jint(rec, "id"), col(x, good ? C_GREEN : x->wait ? C_RED : C_YELLOW), state,
+		       col(x, C_RESET), req ? req : "?", obs ? obs : "-");
+	}
+	rc = EXIT_OK;
+	if (x->wait && rep.status == 202) {
+		if (!x->json)
+			fprintf(stderr, "%s: no outcome within --wait %s (ask GET /v1/intents/%"
+				JSON_INTEGER_FORMAT " later)\n", prog, x->wait, jint(rec, "id"));
+		rc = EXIT_UNDECIDED;
+	} else if (x->wait && strcmp(state, "confirmed") != 0 && strcmp(state, "published") != 0) {
+		rc = EXIT_NOT_DONE;
+	}
+out:
+	free(req);
+	free(obs);
+	free(text);
+	json_decref(rec);
+	json_decref(body);
+	buf_free(&path);
+	ctl_reply_free(&rep);
+	return rc;
+}
+
 /* ---- arguments -------------------------------------------------------- */
 
 static void usage(FILE *f)
@@ -1199,6 +1304,7 @@ static void usage(FILE *f)
 		"  stale [FILTER]    stale keys, by group\n"
 		"  rejects           the most recent rejected messages\n"
 		"  watch [FILTER]    follow changes live; resumes after a daemon restart\n"
+		"  intent TOPIC VALUE  ask the owner of TOPIC for VALUE (JSON, else a string)\n"
 		"\n"
 		"Options:\n"
 		"  -u, --url URL         the daemon's address (default http://127.0.0.1:8080)\n"
@@ -1212,11 +1318,16 @@ static void usage(FILE *f)
 		"      --interval MS     status: time between the two samples of the ingest rate (default 1000; 0: none)\n"
 		"      --snapshot        watch: first every matching key, then the changes\n"
 		"      --since REV       watch: the changes after revision REV\n"
+		"      --wait D          intent: wait up to D (10s, 1m) for the outcome\n"
+		"      --confirm TOPIC   intent: the state topic that shows the outcome\n"
+		"      --member NAME     intent: the member of its payload to compare (default value)\n"
+		"      --correlation-id ID, --expire D, --confirm-timeout D   intent: as the API takes them\n"
 		"  -h, --help            this text\n"
 		"  -V, --version\n"
 		"\n"
 		"Exit codes: 0 ok, 1 usage, 2 daemon unreachable, 3 not ready, 4 unauthorised,\n"
-		"5 not found, 6 other HTTP error. See statemirrorctl(1).\n",
+		"5 not found, 6 other HTTP error; intent --wait: 7 overridden, timed out or expired,\n"
+		"8 no outcome within the wait. See statemirrorctl(1).\n",
 		prog);
 }
 
@@ -1261,7 +1372,21 @@ static int read_token(const char *path, char **ret)
 }
 
 enum { OPT_COLOR = 256, OPT_TIMEOUT, OPT_PAGE, OPT_STALE, OPT_FRESH, OPT_INTERVAL, OPT_SNAPSHOT,
-       OPT_SINCE };
+       OPT_SINCE, OPT_WAIT, OPT_CONFIRM, OPT_MEMBER, OPT_CORR, OPT_EXPIRE, OPT_CONFIRM_TIMEOUT };
+
+/* A duration option: what the daemon parses, checked here first. */
+static bool check_duration(const char *opt, const char *s, int64_t *ret_ms)
+{
+	int64_t ms;
+
+	if (conf_parse_duration(s, &ms) < 0 || ms < 0) {
+		errmsg("%s wants a duration (250ms, 10s, 5m): %s", opt, s);
+		return false;
+	}
+	if (ret_ms)
+		*ret_ms = ms;
+	return true;
+}
 
 int main(int argc, char **argv)
 {
@@ -1279,6 +1404,12 @@ int main(int argc, char **argv)
 		{ "interval", required_argument, NULL, OPT_INTERVAL },
 		{ "snapshot", no_argument, NULL, OPT_SNAPSHOT },
 		{ "since", required_argument, NULL, OPT_SINCE },
+		{ "wait", required_argument, NULL, OPT_WAIT },
+		{ "confirm", required_argument, NULL, OPT_CONFIRM },
+		{ "member", required_argument, NULL, OPT_MEMBER },
+		{ "correlation-id", required_argument, NULL, OPT_CORR },
+		{ "expire", required_argument, NULL, OPT_EXPIRE },
+		{ "confirm-timeout", required_argument, NULL, OPT_CONFIRM_TIMEOUT },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{ NULL, 0, NULL, 0 },
@@ -1288,6 +1419,7 @@ int main(int argc, char **argv)
 	const char *token_file = NULL, *color = "auto", *cmd, *env;
 	char *token = NULL, err[256];
 	long timeout_s = 10;
+	int64_t wait_ms = 0;
 	int opt, rc, nargs;
 
 	while ((opt = getopt_long(argc, argv, "u:s:t:jhV", lo, NULL)) != -1) {
@@ -1319,6 +1451,24 @@ int main(int argc, char **argv)
 			break;
 		case OPT_SNAPSHOT: x.snapshot = true; break;
 		case OPT_SINCE: x.since = optarg; break;
+		case OPT_WAIT:
+			if (!check_duration("--wait", optarg, &wait_ms))
+				return EXIT_USAGE;
+			x.wait = optarg;
+			break;
+		case OPT_CONFIRM: x.confirm = optarg; break;
+		case OPT_MEMBER: x.member = optarg; break;
+		case OPT_CORR: x.corr_id = optarg; break;
+		case OPT_EXPIRE:
+			if (!check_duration("--expire", optarg, NULL))
+				return EXIT_USAGE;
+			x.expire = optarg;
+			break;
+		case OPT_CONFIRM_TIMEOUT:
+			if (!check_duration("--confirm-timeout", optarg, NULL))
+				return EXIT_USAGE;
+			x.confirm_timeout = optarg;
+			break;
 		case 'h': usage(stdout); return EXIT_OK;
 		case 'V': printf("statemirrorctl %s\n", SM_VERSION); return EXIT_OK;
 		default: usage(stderr); return EXIT_USAGE;
@@ -1351,7 +1501,7 @@ int main(int argc, char **argv)
 	{
 		static const struct { const char *name; int min, max; } cmds[] = {
 			{ "status", 0, 0 }, { "get", 1, 1 }, { "ls", 0, 1 }, { "stale", 0, 1 },
-			{ "rejects", 0, 0 }, { "watch", 0, 1 },
+			{ "rejects", 0, 0 }, { "watch", 0, 1 }, { "intent", 2, 2 },
 		};
 		size_t i;
 
@@ -1359,11 +1509,12 @@ int main(int argc, char **argv)
 			if (!strcmp(cmd, cmds[i].name))
 				break;
 		if (i == sizeof(cmds) / sizeof(cmds[0])) {
-			errmsg("unknown command '%s' (status, get, ls, stale, rejects, watch)", cmd);
+			errmsg("unknown command '%s' (status, get, ls, stale, rejects, watch, intent)", cmd);
 			return EXIT_USAGE;
 		}
 		if (nargs < cmds[i].min || nargs > cmds[i].max) {
 			errmsg("%s takes %s", cmd, cmds[i].max == 0 ? "no argument"
+					    : cmds[i].min == 2 ? "two arguments (TOPIC VALUE)"
 					    : cmds[i].min ? "one argument" : "at most one argument");
 			return EXIT_USAGE;
 		}
@@ -1376,7 +1527,13 @@ int main(int argc, char **argv)
 			return EXIT_HTTP;
 	}
 	co.token = token;
-	co.timeout_ms = timeout_s * 1000;
+	/* A POST that waits for its outcome takes the wait on top (the daemon caps it at 5 min). */
+	co.timeout_ms = timeout_s * 1000 + (wait_ms < 300000 ? (long)wait_ms : 300000);
+	if (x.member && !x.confirm) {
+		errmsg("--member needs --confirm");
+		free(token);
+		return EXIT_USAGE;
+	}
 	if (ctl_conn_new(&co, &x.conn, err, sizeof(err)) < 0) {
 		errmsg("%s", err);
 		free(token);
@@ -1394,6 +1551,8 @@ int main(int argc, char **argv)
 		rc = cmd_stale(&x, nargs ? argv[optind + 1] : NULL);
 	else if (!strcmp(cmd, "rejects"))
 		rc = cmd_rejects(&x);
+	else if (!strcmp(cmd, "intent"))
+		rc = cmd_intent(&x, argv[optind + 1], argv[optind + 2]);
 	else
 		rc = cmd_watch(&x, nargs ? argv[optind + 1] : NULL);
 	if (fflush(stdout) != 0 && rc == EXIT_OK) {

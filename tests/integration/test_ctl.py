@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: MIT
 """statemirrorctl against the real daemon and a real mosquitto: every
 command, its --json output and its exit code, tokens, the unix socket, a
-daemon that is down, and watch resuming across a daemon restart."""
+daemon that is down, watch resuming across a daemon restart, and intent
+against a fake state owner."""
 import json
 import os
 import pty
@@ -18,6 +19,7 @@ CTL = os.environ.get('SM_CTL', 'build/api/ctl/statemirrorctl')
 
 # Exit codes, as statemirrorctl(1) documents them.
 OK, USAGE, UNREACHABLE, NOT_READY, UNAUTHORISED, NOT_FOUND = 0, 1, 2, 3, 4, 5
+HTTP_ERROR, NOT_DONE = 6, 7
 
 
 def ctl(d, *args, env=None, url=None, timeout=30):
@@ -394,6 +396,91 @@ def test_watch_snapshot(env):
         p.wait(10)
 
 
+class Owner:
+    """A fake state owner (a thermostat): it answers a request on own/U/set by
+    publishing its setpoint, clamped to 15..28, on own/U/state."""
+
+    def __init__(self, env):
+        self.c = env.broker.client()
+        self.c.subscribe('own/+/set', 1)
+        self.sp = {'t1': 20.0}
+        self.requests = []
+        self.stopping = False
+        self.publish('t1')
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def publish(self, u):
+        self.c.publish('own/%s/state' % u, json.dumps({'value': self.sp[u], 'ts': ts_ms()}), qos=1)
+
+    def _run(self):
+        while not self.stopping:
+            m = self.c.read_message(0.05)
+            if not m:
+                continue
+            u = m.topic.split('/')[1]
+            req = json.loads(m.payload)
+            self.requests.append((m.topic, req))
+            if u in self.sp:
+                self.sp[u] = max(15, min(28, req['value']))
+                self.publish(u)
+
+    def stop(self):
+        self.stopping = True
+        self._t.join(5)
+        self.c.close()
+
+
+def test_intent(env):
+    tokf = os.path.join(env.dir, 'token')
+    with open(tokf, 'w') as f:
+        f.write('s3cret-token\n')
+    d = env.daemon(config='[http]\ntoken_file = %s\n[intents]\nallow = own/+/set\ntimeout = 3s\n'
+                   % tokf)
+    good = {'STATEMIRROR_TOKEN': 's3cret-token'}
+    wait_for(lambda: ctl(d, 'status', '--interval', '0', env=good)[0] == OK, what='ready')
+    owner = Owner(env)
+    try:
+        wait_for(lambda: ctl(d, 'get', 'own/t1/state', env=good)[0] == OK,
+                 what='the owner state in the mirror')
+        # Confirmed: the owner takes 22.
+        out, _ = must(d, 'intent', 'own/t1/set', '22', '--wait', '10s', '--confirm', 'own/t1/state',
+                      '--correlation-id', 'job-1', env=good)
+        assert 'confirmed' in out and 'requested 22' in out and 'observed 22' in out, out
+        topic, req = next(r for r in owner.requests if r[1].get('correlation_id') == 'job-1')
+        assert topic == 'own/t1/set' and req['value'] == 22, req
+        # Overridden: 40 is clamped to 28; exit 7 and the observed value shown.
+        out, _ = must(d, 'intent', 'own/t1/set', '40', '--wait', '10s', '--confirm', 'own/t1/state',
+                      env=good, rc=NOT_DONE)
+        assert 'overridden' in out and 'requested 40' in out and 'observed 28' in out, out
+        # --json: the record as the daemon gives it; a non-JSON value travels as a string.
+        out, _ = must(d, '--json', 'intent', 'own/t1/set', '25', '--wait', '10s',
+                      '--confirm', 'own/t1/state', '--member', 'value', '--expire', '30s',
+                      '--confirm-timeout', '5s', env=good)
+        rec = json.loads(out)
+        assert rec['state'] == 'confirmed' and rec['requested'] == 25 and rec['observed'] == 25, rec
+        assert rec['topic'] == 'own/t1/set' and rec['id'] and rec['decided'], rec
+        # Without --wait: 202, pending (or already published), exit 0.
+        out, _ = must(d, '--json', 'intent', 'own/t2/set', 'on', env=good)
+        rec = json.loads(out)
+        assert rec['requested'] == 'on' and rec['state'] in ('pending', 'published'), rec
+        wait_for(lambda: any(r[0] == 'own/t2/set' and r[1]['value'] == 'on' for r in owner.requests),
+                 what='the string value at the owner')
+        # --wait without --confirm: the outcome is the publication.
+        out, _ = must(d, 'intent', 'own/t1/set', '21', '--wait', '10s', env=good)
+        assert 'published' in out and 'requested 21' in out, out
+        # No token: 4; a topic [intents] allow does not name: 6 with the daemon's reason.
+        _, err = must(d, 'intent', 'own/t1/set', '21', rc=UNAUTHORISED)
+        assert 'unauthorised' in err, err
+        _, err = must(d, 'intent', 'other/x/set', '1', env=good, rc=HTTP_ERROR)
+        assert 'HTTP 403' in err and 'no reason given' not in err, err
+        # Bad usage: one argument, a bad duration.
+        must(d, 'intent', 'own/t1/set', env=good, rc=USAGE)
+        must(d, 'intent', 'own/t1/set', '1', '--wait', 'soon', env=good, rc=USAGE)
+    finally:
+        owner.stop()
+
+
 if __name__ == '__main__':
     if not os.path.exists(CTL):
         print('statemirrorctl not built at %s' % CTL)
@@ -401,4 +488,4 @@ if __name__ == '__main__':
     run([test_status_ready, test_colour_only_on_a_terminal, test_status_not_ready, test_get, test_ls_pages, test_stale,
          test_rejects, test_token, test_unix_socket, test_daemon_down,
          test_watch_resumes_across_restart, test_watch_since, test_watch_snapshot,
-         test_watch_shows_stale_and_fresh])
+         test_watch_shows_stale_and_fresh, test_intent])
