@@ -285,9 +285,11 @@ def sock_fds(d):
 
 
 def fin_acked(s):
-    """Our FIN reached the peer's kernel: FIN_WAIT2 (or later), from TCP_INFO."""
+    """Our FIN reached the peer's kernel: FIN_WAIT2 (or later), from TCP_INFO.
+    A connection the daemon closed first (its head deadline, on a loaded
+    machine, can pass before the stop) is done too: LAST_ACK or CLOSE."""
     state = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
-    return state in (5, 6)  # TCP_FIN_WAIT2, TCP_TIME_WAIT
+    return state in (5, 6, 7, 9)  # FIN_WAIT2, TIME_WAIT, CLOSE, LAST_ACK
 
 
 def accepted(d, state=None):
@@ -631,7 +633,7 @@ def test_burst_of_closes(env):
                 s.shutdown(socket.SHUT_WR)
             # Every FIN delivered while it is stopped (the kernel answers
             # for it), then the clients go.
-            wait_for(lambda: all(fin_acked(s) for s in socks), timeout=3, what='256 FINs delivered')
+            wait_for(lambda: all(fin_acked(s) for s in socks), timeout=10, what='256 FINs delivered')
             for s in socks:
                 s.close()
         finally:
