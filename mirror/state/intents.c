@@ -712,8 +712,10 @@ void intents_observe(struct intents *in, const char *topic, size_t topic_len, co
 		if (strlen(it->confirm_topic) != topic_len ||
 		    memcmp(it->confirm_topic, topic, topic_len) != 0)
 			continue;
-		/* The owner cannot have answered what it was not sent. */
-		if (it->state != INTENT_PUBLISHED || ts_ns / 1000000 <= it->created_ms)
+		/* The owner cannot have answered what it was not sent; an answer
+		 * in the request's own millisecond counts (a fast owner on a
+		 * fast bus: the request's time has millisecond precision). */
+		if (it->state != INTENT_PUBLISHED || ts_ns / 1000000 < it->created_ms)
 			continue;
 		if (!parsed) {
 			doc = json_loadb(payload, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
