@@ -414,14 +414,17 @@ class Env:
             print('test files kept in', self.dir)
 
 
-def run(tests):
-    """Run test functions (each takes an Env); print a line per test; exit 1 on failure."""
+def run(tests, make_env=None, on_fail=None, exit=True):
+    """Run test functions (each takes an Env, or what make_env() returns);
+    print a line per test; on a failure the daemons' logs, and on_fail(env)
+    if given. Exits 1 on failure, 0 otherwise; with exit=False returns the
+    number of failures instead."""
     failed = 0
     only = sys.argv[1:]
     for t in tests:
         if only and t.__name__ not in only:
             continue
-        env = Env()
+        env = (make_env or Env)()
         ok = False
         t0 = time.monotonic()
         try:
@@ -436,8 +439,12 @@ def run(tests):
             for d in env.daemons:
                 print('--- daemon log (%s), last lines:' % d.logpath)
                 print(d.log_text()[-4000:])
+            if on_fail:
+                on_fail(env)
         finally:
             env.close(ok)
+    if not exit:
+        return failed
     sys.exit(1 if failed else 0)
 
 

@@ -11,7 +11,6 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 
 import rabbit
 import smtest
@@ -284,38 +283,22 @@ def run(tests):
     if smtest.paho is None:
         print('paho-mqtt is missing for %s: tests/install-deps test' % sys.executable)
         sys.exit(1)
-    only = sys.argv[1:]
     t0 = time.monotonic()
     node = rabbit.Rabbit('core')
     print('RabbitMQ %s up in %.1fs' % (node.nodename, time.monotonic() - t0))
-    failed = 0
+
+    def make_env():
+        if node.proc is None:  # a test stopped it: the next one gets it back
+            node.start()
+        return RabbitEnv(node)
+
+    failed = 1
     try:
-        for t in tests:
-            if only and t.__name__ not in only:
-                continue
-            env = RabbitEnv(node)
-            ok = False
-            t1 = time.monotonic()
-            try:
-                if node.proc is None:
-                    node.start()
-                t(env)
-                ok = True
-                print('ok   %s (%.1fs)' % (t.__name__, time.monotonic() - t1))
-            except Exception:
-                failed += 1
-                traceback.print_exc()
-                print('FAIL %s' % t.__name__)
-                for d in env.daemons:
-                    print('--- daemon log (%s), last lines:' % d.logpath)
-                    print(d.log_text()[-4000:])
-                print(node.log_tail(1500))
-            finally:
-                env.close(ok)
+        failed = smtest.run(tests, make_env=make_env,
+                            on_fail=lambda env: print(node.log_tail(1500)), exit=False)
     finally:
         node.close(keep=bool(failed))
     sys.exit(1 if failed else 0)
-
 
 if __name__ == '__main__':
     run(TESTS)
