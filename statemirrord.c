@@ -246,10 +246,10 @@ static int load_visit(struct rec *r, void *ctx)
 {
 	struct load_ctx *lc = ctx;
 
-	/* A cadence that changed with the rules is written back (the mirror
-	 * picks up records loaded dirty). */
+	/* A cadence that changed with the rules is written back, when the
+	 * keeper has room (the mirror picks up records loaded dirty). */
 	if (!(r->flags & REC_DELETED) && stale_on_load(lc->stale, r, lc->now_ms))
-		r->flags |= REC_DIRTY;
+		r->flags |= REC_DIRTY | REC_REDERIVE;
 	return 0;
 }
 

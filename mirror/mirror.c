@@ -58,6 +58,42 @@
  * lock); the rest are left as they are, counted and logged. */
 #define MIRROR_DEAD_WALK_MAX 1000000
 
+/*
+** The records a write is to take, oldest first from head on: appended by
+** the apply path, taken a chunk at a time by the keeper. A chunk moves head
+** (never the entries behind it), so a backlog of millions (every key after
+** a restart that changed the rules) costs each write its chunk only.
+*/
+struct dlist {
+	struct rec **v;
+	size_t head, n, cap;
+};
+
+static size_t dlist_pending(const struct dlist *l)
+{
+	return l->n - l->head;
+}
+
+static int dlist_push(struct dlist *l, struct rec *r)
+{
+	if (l->n == l->cap && l->head) {
+		memmove(l->v, l->v + l->head, (l->n - l->head) * sizeof(*l->v));
+		l->n -= l->head;
+		l->head = 0;
+	}
+	if (l->n == l->cap) {
+		size_t ncap = l->cap ? l->cap * 2 : 4096;
+		struct rec **nv = realloc(l->v, ncap * sizeof(*nv));
+
+		if (!nv)
+			return -ENOMEM;
+		l->v = nv;
+		l->cap = ncap;
+	}
+	l->v[l->n++] = r;
+	return 0;
+}
+
 struct mirror {
 	struct mirror_deps d;
 	struct apply_limits lim;
@@ -80,8 +116,8 @@ struct mirror {
 
 	/* Under the index write lock (either thread). */
 	int64_t rev;
-	struct rec **dirty;       /* records changed since the last commit (may repeat) */
-	size_t ndirty, capdirty;
+	struct dlist dirty;       /* records changed since the last commit (may repeat) */
+	struct dlist rederive;    /* records whose derived fields only changed (REC_REDERIVE) */
 	int64_t first_dirty_ms;   /* mono time of the oldest unwritten change, 0 none */
 	bool link_synced;         /* what the staleness engine was last told */
 	uint64_t link_epoch;
@@ -92,11 +128,12 @@ struct mirror {
 	bool in_run;              /* a run of messages began (mirror_ingest_flush ends it) */
 
 	/* The keeper thread only. */
-	struct rec **wbatch;      /* the records staged for the write in progress */
-	size_t capwbatch;
+	struct rec **wbatch;      /* the records staged for the write in progress (MIRROR_STAGE_ROWS) */
 	int64_t retry_at_ms;      /* mono time of the next write attempt after a failure */
 	int64_t retry_delay_ms;
 	int64_t last_checkpoint_ms;
+	int64_t rederive_at_ms;   /* mono time the next chunk of re-derived rows may go */
+	int64_t last_commit_ms;   /* how long the last write took */
 	bool store_failed;
 
 	pthread_mutex_t status_lock; /* guards reason */
@@ -160,25 +197,36 @@ static void mirror_mark_dirty(struct mirror *c, struct rec *r)
 {
 	/* Set first, whatever happens to the list: a dirty record keeps its
 	 * payload in memory (a commit only drops clean ones). */
-	r->flags |= REC_DIRTY;
-	if (c->ndirty == c->capdirty) {
-		size_t ncap = c->capdirty ? c->capdirty * 2 : 4096;
-		struct rec **nd = realloc(c->dirty, ncap * sizeof(*nd));
-		if (!nd) {
-			log_warnx("keeper: cannot grow the dirty list, change of %s written later",
-				  rec_topic(r));
-			return;
-		}
-		c->dirty = nd;
-		c->capdirty = ncap;
+	r->flags = (uint16_t)((r->flags | REC_DIRTY) & ~REC_REDERIVE);
+	if (dlist_push(&c->dirty, r) < 0) {
+		log_warnx("keeper: cannot grow the dirty list, change of %s written later",
+			  rec_topic(r));
+		return;
 	}
-	c->dirty[c->ndirty++] = r;
 	if (c->first_dirty_ms == 0) {
 		c->first_dirty_ms = mirror_mono_ms(c);
 		c->wake_keeper = true; /* the commit timer starts now */
-	} else if (c->ndirty == MIRROR_FLUSH_ROWS) {
+	} else if (dlist_pending(&c->dirty) == MIRROR_FLUSH_ROWS) {
 		c->wake_keeper = true; /* commit early */
 	}
+}
+
+/* Remember r for a write when the keeper has room (write lock held): only
+ * what the rules derive changed, which a stop does not wait for. A record
+ * dirty already is written whole with its change. */
+static void mirror_mark_rederive(struct mirror *c, struct rec *r)
+{
+	if (r->flags & REC_DIRTY)
+		return;
+	r->flags |= REC_DIRTY | REC_REDERIVE;
+	if (dlist_push(&c->rederive, r) < 0) {
+		/* Not on a list: written with its next change, or derived
+		 * again at the next start. */
+		log_warnx("keeper: cannot grow the list of re-derived keys, %s written later",
+			  rec_topic(r));
+		return;
+	}
+	c->wake_keeper = true;
 }
 
 static void mirror_log_change(struct mirror *c, struct rec *r, enum change_type t)
@@ -493,50 +541,68 @@ void mirror_link_changed(struct mirror *c)
 /* ---- the keeper thread ---- */
 
 /*
+** Move records from l's head into the write being staged, up to the chunk's
+** limits; with `rederive`, only those still waiting for that alone (a change
+** since moved them to the dirty list). A record the staging buffer cannot
+** take (out of memory) stays at the head for the next write.
+*/
+static size_t mirror_stage_list(struct mirror *c, struct dlist *l, bool rederive, size_t n,
+				size_t *bytes)
+{
+	size_t i = l->head;
+
+	for (; i < l->n; i++) {
+		struct rec *r = l->v[i];
+
+		if (!(r->flags & REC_DIRTY) || (rederive && !(r->flags & REC_REDERIVE)))
+			continue; /* a repeat, or staged already */
+		if (n == MIRROR_STAGE_ROWS || *bytes >= MIRROR_STAGE_BYTES ||
+		    rows_stage(c->d.store, c->d.ix, r) < 0)
+			break;
+		r->flags &= (uint16_t)~(REC_DIRTY | REC_REDERIVE);
+		if (!(r->flags & REC_IN_FILE))
+			*bytes += r->payload_len; /* else written without it */
+		c->wbatch[n++] = r;
+	}
+	l->head = i;
+	if (l->head == l->n)
+		l->head = l->n = 0;
+	return n;
+}
+
+/*
 ** Stage the dirty records for a write when one is due (write lock held):
 ** copy each into the store's staging buffer and clear its REC_DIRTY, so
-** that a change made while the write runs marks it dirty again. Returns
-** the number staged (0: nothing due).
+** that a change made while the write runs marks it dirty again. Changes go
+** first; re-derived records fill what is left of a chunk, at most every
+** other commit's time, and never while stopping. Returns the number staged
+** (0: nothing due).
 */
-static size_t mirror_stage(struct mirror *c, bool force, int64_t mono)
+static size_t mirror_stage(struct mirror *c, bool force, bool stopping, int64_t mono)
 {
-	size_t n = 0, kept = 0, bytes = 0;
+	size_t n = 0, bytes = 0, pending = dlist_pending(&c->dirty);
+	bool values = pending && (force || mono - c->first_dirty_ms >= c->d.conf->commit_interval_ms ||
+				  pending >= MIRROR_FLUSH_ROWS);
+	bool rederive = !stopping && dlist_pending(&c->rederive) && mono >= c->rederive_at_ms;
 
-	if (c->ndirty == 0)
-		return 0;
-	if (!force && mono - c->first_dirty_ms < c->d.conf->commit_interval_ms &&
-	    c->ndirty < MIRROR_FLUSH_ROWS)
+	if (!values && !rederive)
 		return 0;
 	if (!force && c->retry_at_ms && mono < c->retry_at_ms)
 		return 0;
-	if (c->capwbatch < c->ndirty) {
-		struct rec **nb = realloc(c->wbatch, c->ndirty * sizeof(*nb));
-		if (!nb) {
+	if (!c->wbatch) {
+		if (!(c->wbatch = malloc(MIRROR_STAGE_ROWS * sizeof(*c->wbatch)))) {
 			log_warnx("keeper: out of memory for a store write, retrying");
 			return 0;
 		}
-		c->wbatch = nb;
-		c->capwbatch = c->ndirty;
 	}
-	for (size_t i = 0; i < c->ndirty; i++) {
-		struct rec *r = c->dirty[i];
-
-		if (!(r->flags & REC_DIRTY))
-			continue; /* a repeat: staged already */
-		if (n == MIRROR_STAGE_ROWS || bytes >= MIRROR_STAGE_BYTES ||
-		    rows_stage(c->d.store, c->d.ix, r) < 0) {
-			c->dirty[kept++] = r; /* stays dirty: the next write takes it */
-			continue;
-		}
-		r->flags &= (uint16_t)~REC_DIRTY;
-		if (!(r->flags & REC_IN_FILE))
-			bytes += r->payload_len; /* else written without it */
-		c->wbatch[n++] = r;
+	if (values) {
+		n = mirror_stage_list(c, &c->dirty, false, n, &bytes);
+		/* What is left is due already: first_dirty_ms stays. */
+		if (!dlist_pending(&c->dirty))
+			c->first_dirty_ms = 0;
 	}
-	/* What is left is due already: first_dirty_ms stays. */
-	c->ndirty = kept;
-	if (!kept)
-		c->first_dirty_ms = 0;
+	if (rederive)
+		n = mirror_stage_list(c, &c->rederive, true, n, &bytes);
 	return n;
 }
 
@@ -550,6 +616,7 @@ static void mirror_commit(struct mirror *c, size_t n)
 	t0 = mirror_mono_ms(c);
 	rc = store_commit(c->d.store, err, sizeof(err));
 	t1 = mirror_mono_ms(c);
+	c->last_commit_ms = t1 - t0;
 	if (rc == 0) {
 		/* The file has these values now: their payloads leave memory,
 		 * unless a record changed again meanwhile (dirty: its new value
@@ -653,7 +720,7 @@ static void *mirror_main(void *arg)
 		bool stopping = atomic_load(&c->stop);
 		bool changed, synced, again = false;
 		int64_t now, mono;
-		size_t staged, left, keys;
+		size_t staged, left, rleft, keys;
 
 		if (!stopping)
 			mirror_sleep(c, wait_ms);
@@ -671,8 +738,9 @@ static void *mirror_main(void *arg)
 		c->changed = false;
 		c->wake_keeper = false;
 		staged = mirror_stage(c, stopping || (c->store_failed && c->retry_at_ms &&
-						    mono >= c->retry_at_ms), mono);
-		left = c->ndirty;
+						    mono >= c->retry_at_ms), stopping, mono);
+		left = dlist_pending(&c->dirty);
+		rleft = dlist_pending(&c->rederive);
 		if (left) {
 			int64_t due = c->first_dirty_ms + c->d.conf->commit_interval_ms - mono;
 
@@ -689,6 +757,19 @@ static void *mirror_main(void *arg)
 		if (staged)
 			mirror_commit(c, staged);
 		mirror_update_ready(c, synced, keys);
+		if (rleft && !stopping) {
+			/* Re-derived rows take at most half the keeper's time:
+			 * the next chunk waits as long as this one's write took. */
+			int64_t t = mirror_mono_ms(c), due;
+
+			if (staged)
+				c->rederive_at_ms = t + (c->last_commit_ms > 0 ? c->last_commit_ms : 1);
+			due = c->rederive_at_ms - t;
+			if (due < 1)
+				due = 1;
+			if (wait_ms <= 0 || due < wait_ms)
+				wait_ms = due;
+		}
 
 		if (wait_ms <= 0 || wait_ms > MIRROR_TICK_MAX_MS)
 			wait_ms = MIRROR_TICK_MAX_MS;
@@ -704,7 +785,14 @@ static void *mirror_main(void *arg)
 
 static int mirror_seed_dirty(struct rec *r, void *ctx)
 {
-	if (r->flags & REC_DIRTY)
+	uint16_t f = r->flags;
+
+	if (!(f & REC_DIRTY))
+		return 0;
+	r->flags &= (uint16_t)~(REC_DIRTY | REC_REDERIVE);
+	if (f & REC_REDERIVE)
+		mirror_mark_rederive(ctx, r);
+	else
 		mirror_mark_dirty(ctx, r);
 	return 0;
 }
@@ -756,7 +844,8 @@ int mirror_start(const struct mirror_deps *d, struct mirror **ret)
 		pthread_cond_destroy(&c->wake_cv);
 		pthread_mutex_destroy(&c->wake_mu);
 		pthread_mutex_destroy(&c->status_lock);
-		free(c->dirty);
+		free(c->dirty.v);
+		free(c->rederive.v);
 		avail_free(c->avail);
 		free(c);
 		return -rc;
@@ -773,13 +862,18 @@ void mirror_stop(struct mirror *c)
 	mirror_wake(c);
 	pthread_join(c->thread, NULL);
 	stale_stop_delivery(c->d.stale); /* before the MQTT session it publishes to is freed */
-	if (c->ndirty)
-		log_warnx("store: %zu changes could not be written at shutdown", c->ndirty);
+	if (dlist_pending(&c->dirty))
+		log_warnx("store: %zu changes could not be written at shutdown",
+			  dlist_pending(&c->dirty));
+	if (dlist_pending(&c->rederive))
+		log_info("store: %zu keys' re-derived cadence not written; the next start derives it again",
+			 dlist_pending(&c->rederive));
 	pthread_cond_destroy(&c->turn_cv);
 	pthread_cond_destroy(&c->wake_cv);
 	pthread_mutex_destroy(&c->wake_mu);
 	pthread_mutex_destroy(&c->status_lock);
-	free(c->dirty);
+	free(c->dirty.v);
+	free(c->rederive.v);
 	free(c->wbatch);
 	avail_free(c->avail);
 	free(c);
@@ -837,8 +931,7 @@ int mirror_wait_turn(struct mirror *c, int timeout_ms)
 
 static void mirror_cadence_changed(struct rec *r, void *ctx)
 {
-	if (!(r->flags & REC_DIRTY))
-		mirror_mark_dirty(ctx, r);
+	mirror_mark_rederive(ctx, r);
 }
 
 void mirror_reload(struct mirror *c, const struct conf *conf)

@@ -135,7 +135,7 @@ static void set_value(struct rec *r, bool was_live, const struct msg *m, int64_t
 	/* The staleness engine's bits and the mirror's (REC_DIRTY: marking a
 	 * change for the store is the caller's) are not the apply's. */
 	uint16_t keep = r->flags & (REC_STALE | REC_REASON_MASK | REC_STICKY | REC_NO_STALE |
-				      REC_DIRTY);
+				      REC_DIRTY | REC_REDERIVE);
 
 	r->ts_ns = m->ts_ns;
 	r->received_ms = now_ms;

@@ -16,7 +16,10 @@ enum rec_flags {
 	REC_DIRTY      = 1u << 5, /* changed since the store last wrote it */
 	REC_NO_STALE   = 1u << 6, /* never judged (our own alert topics) */
 	REC_IN_FILE    = 1u << 7, /* the payload is in the store only: payload_hash holds its hash */
-	/* Bit 8 is free (it was the learning state's side map). */
+	/* Dirty only because a derived field (the cadence a rule or the
+	 * learner gives) changed at load or reload: written when the keeper
+	 * has room, not waited for at stop (the next start derives it again). */
+	REC_REDERIVE   = 1u << 8,
 	/* Bits 9-10: why a stale key is stale (enum stale_reason; 0 while
 	 * fresh), rec_stale_reason(). Stored with the other flags. */
 	REC_REASON_0   = 1u << 9,

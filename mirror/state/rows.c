@@ -10,7 +10,7 @@ _Static_assert((unsigned)STORE_DELETED == (unsigned)REC_DELETED, "the tombstone 
 _Static_assert((unsigned)STORE_IS_JSON == (unsigned)REC_IS_JSON, "the JSON bit");
 
 /* Bits of rec.flags that describe the record rather than our bookkeeping. */
-#define PERSISTED_FLAGS ((uint16_t)~(REC_DIRTY | REC_IN_FILE))
+#define PERSISTED_FLAGS ((uint16_t)~(REC_DIRTY | REC_IN_FILE | REC_REDERIVE))
 
 void rows_from_rec(const struct index *ix, const struct rec *r, struct store_row *ret_row)
 {

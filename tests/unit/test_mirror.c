@@ -308,6 +308,62 @@ START_TEST(stop_writes_the_backlog)
 }
 END_TEST
 
+/*
+** A reload (or a restart) that changes the cadence of many keys rewrites
+** them all, but behind the changes: a chunk at a time, and a stop does not
+** wait for them (the next start derives them again).
+*/
+START_TEST(rederived_rows_yield_to_changes_and_do_not_hold_a_stop)
+{
+	char name[32], buf[64];
+	int64_t done, before;
+
+	conf.rules[0].filter = strdup("r/#");
+	ck_assert_ptr_nonnull(conf.rules[0].filter);
+	conf.rules[0].cadence_ms = 1000;
+	conf.nrules = 1;
+	conf.grace = 1000;
+	start();
+	for (int i = 0; i < 20000; i++) {
+		snprintf(name, sizeof(name), "r/%05d", i);
+		put(name, "{}");
+	}
+	mirror_ingest_flush(mr);
+	for (int i = 0; i < 5; i++)
+		advance(mr, conf.commit_interval_ms);
+	ck_assert_int_eq(file_int("SELECT count(*) FROM keys WHERE cadence_ms = 1000"), 20000);
+
+	conf.rules[0].cadence_ms = 2000;
+	mirror_reload(mr, &conf);
+	ck_assert_int_eq(mirror_wait_turn(mr, TURN_MS), 0);
+	done = file_int("SELECT count(*) FROM keys WHERE cadence_ms = 2000");
+	ck_assert_int_gt(done, 0);
+	ck_assert_int_le(done, 8192); /* one chunk a turn */
+	ck_assert(flags_of("r/19999") & REC_REDERIVE);
+
+	/* A change made now is written at its commit_interval, whatever the backlog. */
+	put("v/x", "{\"v\":1}");
+	mirror_ingest_flush(mr);
+	advance(mr, conf.commit_interval_ms);
+	ck_assert_str_eq(file_payload("v/x", buf, sizeof(buf)), "{\"v\":1}");
+
+	/* A change to a key waiting for its rewrite takes it along, as a change. */
+	before = file_int("SELECT count(*) FROM keys WHERE cadence_ms = 2000");
+	ck_assert_int_lt(before, 20000);
+	put("r/19999", "{\"v\":2}");
+	put("v/y", "{\"v\":3}");
+	mirror_ingest_flush(mr);
+	ck_assert(!(flags_of("r/19999") & REC_REDERIVE));
+	mirror_stop(mr);
+	mr = NULL;
+	/* The stop wrote the changes, not the rest of the backlog. */
+	ck_assert_str_eq(file_payload("v/y", buf, sizeof(buf)), "{\"v\":3}");
+	ck_assert_str_eq(file_payload("r/19999", buf, sizeof(buf)), "{\"v\":2}");
+	ck_assert_int_eq(file_int("SELECT cadence_ms FROM keys WHERE topic = 'r/19999'"), 2000);
+	ck_assert_int_lt(file_int("SELECT count(*) FROM keys WHERE cadence_ms = 2000"), 20000);
+}
+END_TEST
+
 START_TEST(locked_file_keeps_records_dirty_and_retries)
 {
 	char buf[256];
@@ -710,6 +766,7 @@ int main(void)
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, writes_once_per_commit_interval);
 	tcase_add_test(tc, stop_writes_the_backlog);
+	tcase_add_test(tc, rederived_rows_yield_to_changes_and_do_not_hold_a_stop);
 	tcase_add_test(tc, locked_file_keeps_records_dirty_and_retries);
 	tcase_add_test(tc, disk_full_keeps_records_dirty_until_space_comes_back);
 	tcase_add_test(tc, deadline_turns_a_key_stale_on_the_keeper);
