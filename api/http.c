@@ -9,6 +9,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +34,7 @@
 #include "api/pathdec.h"
 #include "api/render.h"
 #include "api/status/status.h"
+#include "mirror/state/rows.h"
 #include "api/watch.h"
 
 /*
@@ -90,7 +92,8 @@
 
 struct api {
 	struct MHD_Daemon *mhd;
-	struct api_deps d;
+	struct api_deps d;      /* all but conf, ix and loading_from: api_attach */
+	atomic_bool loading;    /* until api_attach: d holds conf, ix, loading_from */
 	char *token;            /* NULL: no auth */
 	size_t token_len;
 	char *unix_path;        /* unlinked at stop */
@@ -143,6 +146,7 @@ struct req {
 struct call {
 	struct api *a;
 	struct MHD_Connection *c;
+	bool loading;           /* the index is loading: api_deps.loading_from */
 	bool v1;                /* add Statemirror-Synced */
 	bool synced;
 	char *tail;             /* a prefix route: the path after the prefix, */
@@ -442,6 +446,31 @@ static void walk_done(struct walk *w)
 
 /* ---- endpoints -------------------------------------------------------- */
 
+/*
+** A point read while the index loads: the stored row, as rows_get gives it
+** (the value and state written at the last stop; keys whose deadline passed
+** meanwhile are judged once loaded). Synced is false: nothing is.
+*/
+static enum MHD_Result key_from_file(struct call *k, const char *t, size_t n, struct buf *b,
+				     int64_t now_ms)
+{
+	struct rec *r;
+	int ret = rows_get(k->a->d.loading_from, t, n, &r);
+
+	if (ret == 0 && (r->flags & REC_DELETED))
+		ret = -ENOENT;
+	if (ret == 0)
+		ret = render_record(b, NULL, r, now_ms);
+	rec_free(r);
+	if (ret == -ENOENT) {
+		buf_free(b);
+		return send_error(k, MHD_HTTP_NOT_FOUND, "no such key");
+	}
+	if (ret < 0)
+		return send_render_error(k, b, ret);
+	return send_buf(k, MHD_HTTP_OK, b, CT_JSON);
+}
+
 static enum MHD_Result ep_key(struct call *k)
 {
 	char *t = k->tail;
@@ -462,6 +491,8 @@ static enum MHD_Result ep_key(struct call *k)
 		return send_error(k, MHD_HTTP_BAD_REQUEST, "topic contains a NUL byte");
 	buf_init(&b, a->body_max);
 	now_ms = clock_wall_ms();
+	if (k->loading)
+		return key_from_file(k, t, n, &b, now_ms);
 	index_rdlock(a->d.ix);
 	r = index_get(a->d.ix, t, n);
 	if (r && !(r->flags & REC_DELETED)) {
@@ -598,7 +629,9 @@ static enum MHD_Result ep_readyz(struct call *k)
 	bool ready = false;
 	int r;
 
-	if (k->a->d.core)
+	if (k->loading)
+		snprintf(reason, sizeof(reason), "loading the stored keys");
+	else if (k->a->d.core)
 		ready = mirror_ready(k->a->d.core, reason, sizeof(reason));
 	buf_init(&b, 4096);
 	if (ready) {
@@ -627,9 +660,10 @@ static enum MHD_Result ep_metrics(struct call *k)
 	struct buf b;
 	int r;
 
-	if (a->d.core)
+	/* While loading: the counters only (not ready, no intents yet). */
+	if (!k->loading && a->d.core)
 		x.ready = mirror_ready(a->d.core, reason, sizeof(reason));
-	if (a->d.intents) {
+	if (!k->loading && a->d.intents) {
 		intents_stats(a->d.intents, &ist);
 		x.intents = &ist;
 		x.now_ms = clock_wall_ms();
@@ -942,25 +976,26 @@ struct route {
 	size_t body_max;        /* 0: the request takes no body */
 	const char *body_type;  /* the Content-Type a body must have */
 	enum MHD_Result (*fn)(struct call *k);
+	bool while_loading;     /* served before api_attach (point reads from the file) */
 };
 
 static const struct route routes[] = {
-	{ "/healthz", false, M_GET, AUTH_NONE, 0, NULL, ep_healthz },
+	{ "/healthz", false, M_GET, AUTH_NONE, 0, NULL, ep_healthz, true },
 	/* The status page's files hold no data: served without the token (the
 	 * page asks for it when the API answers 401). */
-	{ "/", false, M_GET, AUTH_NONE, 0, NULL, ep_status_page },
-	{ "/status.js", false, M_GET, AUTH_NONE, 0, NULL, ep_status_js },
-	{ "/status.css", false, M_GET, AUTH_NONE, 0, NULL, ep_status_css },
-	{ "/readyz", false, M_GET, AUTH_READ, 0, NULL, ep_readyz },
-	{ "/metrics", false, M_GET, AUTH_READ, 0, NULL, ep_metrics },
-	{ "/v1/keys", false, M_GET, AUTH_READ, 0, NULL, ep_keys },
-	{ "/v1/keys/", true, M_GET, AUTH_READ, 0, NULL, ep_key },
-	{ "/v1/stale", false, M_GET, AUTH_READ, 0, NULL, ep_stale },
-	{ "/v1/watch", false, M_GET, AUTH_READ, 0, NULL, ep_watch },
-	{ "/v1/rejects", false, M_GET, AUTH_READ, 0, NULL, ep_rejects },
-	{ "/v1/intents", false, M_GET, AUTH_INTENT, 0, NULL, ep_intents },
-	{ "/v1/intents/", true, M_POST, AUTH_WRITE, BODY_MAX_INTENTS, CT_JSON, ep_intent_post },
-	{ "/v1/intents/", true, M_GET, AUTH_INTENT, 0, NULL, ep_intent_get },
+	{ "/", false, M_GET, AUTH_NONE, 0, NULL, ep_status_page, true },
+	{ "/status.js", false, M_GET, AUTH_NONE, 0, NULL, ep_status_js, true },
+	{ "/status.css", false, M_GET, AUTH_NONE, 0, NULL, ep_status_css, true },
+	{ "/readyz", false, M_GET, AUTH_READ, 0, NULL, ep_readyz, true },
+	{ "/metrics", false, M_GET, AUTH_READ, 0, NULL, ep_metrics, true },
+	{ "/v1/keys", false, M_GET, AUTH_READ, 0, NULL, ep_keys, false },
+	{ "/v1/keys/", true, M_GET, AUTH_READ, 0, NULL, ep_key, true },
+	{ "/v1/stale", false, M_GET, AUTH_READ, 0, NULL, ep_stale, false },
+	{ "/v1/watch", false, M_GET, AUTH_READ, 0, NULL, ep_watch, false },
+	{ "/v1/rejects", false, M_GET, AUTH_READ, 0, NULL, ep_rejects, false },
+	{ "/v1/intents", false, M_GET, AUTH_INTENT, 0, NULL, ep_intents, false },
+	{ "/v1/intents/", true, M_POST, AUTH_WRITE, BODY_MAX_INTENTS, CT_JSON, ep_intent_post, false },
+	{ "/v1/intents/", true, M_GET, AUTH_INTENT, 0, NULL, ep_intent_get, false },
 };
 
 static size_t route_body_max(const struct api *a, const struct route *rt)
@@ -1152,7 +1187,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 {
 	struct api *a = cls;
 	struct req *q = *con_cls;
-	struct call k = { .a = a, .c = c };
+	/* Acquire: once it reads false, everything api_attach set is seen. */
+	struct call k = { .a = a, .c = c,
+			  .loading = atomic_load_explicit(&a->loading, memory_order_acquire) };
 	char *path, *qm, err[256];
 	size_t path_len;
 	enum MHD_Result mr;
@@ -1163,7 +1200,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	if (q->len == SIZE_MAX) {
 		k.v1 = memcmp(q->uri, "/v1", 3) == 0 && (q->uri[3] == '/' || q->uri[3] == '?');
 		if (k.v1)
-			k.synced = a->d.core ? mirror_synced(a->d.core) : false;
+			k.synced = !k.loading && a->d.core ? mirror_synced(a->d.core) : false;
 		return send_error(&k, MHD_HTTP_URI_TOO_LONG, "request URI too long");
 	}
 	path = q->uri;
@@ -1175,7 +1212,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	}
 	k.v1 = path_len >= 3 && memcmp(path, "/v1", 3) == 0 && (path_len == 3 || path[3] == '/');
 	if (k.v1)
-		k.synced = a->d.core ? mirror_synced(a->d.core) : false;
+		k.synced = !k.loading && a->d.core ? mirror_synced(a->d.core) : false;
 
 	/*
 	** libmicrohttpd 0.9.75 closes the connection after a response queued
@@ -1208,6 +1245,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 		k.tail = path + strlen(q->rt->path);
 		k.tail_len = path_len - strlen(q->rt->path);
 	}
+	if (k.loading && !q->rt->while_loading)
+		return send_error_hdr(&k, MHD_HTTP_SERVICE_UNAVAILABLE,
+				      "loading the stored keys: only point reads are served yet",
+				      MHD_HTTP_HEADER_RETRY_AFTER, "1");
 	if (q->rt->body_max == 0) {
 		if (q->dropped)
 			return send_error(&k, MHD_HTTP_CONTENT_TOO_LARGE, "this request takes no body");
@@ -1586,6 +1627,7 @@ int api_start(const struct api_deps *d, struct api **ret, char *err, size_t errl
 		return -ENOMEM;
 	}
 	a->d = *d;
+	atomic_init(&a->loading, d->loading_from != NULL);
 	a->rl = (struct log_ratelimit)LOG_RATELIMIT_INIT(10000, 20);
 	a->rl_body = (struct log_ratelimit)LOG_RATELIMIT_INIT(10000, 5);
 	a->rl_fair = (struct log_ratelimit)LOG_RATELIMIT_INIT(10000, 5);
@@ -1744,6 +1786,21 @@ fail:
 	}
 	api_stop(a);
 	return r;
+}
+
+void api_attach(struct api *a, const struct api_deps *d)
+{
+	a->d.ix = d->ix;
+	a->ai.ix = d->ix;
+	a->d.core = d->core;
+	a->d.rejects = d->rejects;
+	a->d.stale = d->stale;
+	a->d.watch = d->watch;
+	a->d.intents = d->intents;
+	a->ai.in = d->intents;
+	/* Release: a handler that reads false sees the fields above. */
+	atomic_store_explicit(&a->loading, false, memory_order_release);
+	log_info("http: serving from the loaded index");
 }
 
 void api_stop(struct api *a)

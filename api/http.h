@@ -28,6 +28,10 @@ struct api_deps {
 	struct stale *stale;
 	struct watch *watch;      /* /v1/watch streams; NULL: answered 503 */
 	struct intents *intents;  /* the intent engine; NULL: intents are off (403) */
+	/* Set: the API starts "loading" (api_start while rows_load fills ix):
+	 * until api_attach() it reads no dependency but conf and, for point
+	 * reads, this store (rows_get); the rest answers 503 with Retry-After. */
+	struct store *loading_from;
 };
 
 /*
@@ -57,6 +61,13 @@ struct api_deps {
 ** Call from one thread; the handlers run on libmicrohttpd's threads.
 */
 int api_start(const struct api_deps *d, struct api **ret, char *err, size_t errlen);
+/*
+** End the loading phase of an API started with d->loading_from: ix is
+** loaded and the others in d (core, rejects, stale, watch, intents) are
+** running; from here every endpoint serves from them. Call once, from the
+** thread that called api_start.
+*/
+void api_attach(struct api *a, const struct api_deps *d);
 /* Stop serving, close connections, remove a unix socket. Accepts NULL. */
 void api_stop(struct api *a);
 

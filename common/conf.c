@@ -1038,6 +1038,8 @@ static const struct item items[] = {
 	{ "store", "commit_interval", T_DURATION, "500ms", 1, SEC(1), O(commit_interval_ms), NULL },
 	{ "store", "max_rejects", T_INT64, "100", 0, 100000, O(max_rejects), NULL },
 	{ "store", "on_corrupt", T_ENUM, "rebuild", 0, 0, O(on_corrupt), on_corrupt_names },
+	{ "store", "serve_while_loading_above", T_SIZE, "64MiB", 0, INT64_C(1) << 50,
+	  O(serve_while_loading_above), NULL },
 
 	{ "payload", "format", T_ENUM, "auto", 0, 0, O(format), format_names },
 	{ "payload", "timestamp_field", T_STR, "ts", 0, 0, O(timestamp_field), NULL },

@@ -81,6 +81,8 @@ struct conf {
 	int64_t commit_interval_ms;   /* default 250ms; never above 1000 */
 	int64_t max_rejects;          /* entries kept for /v1/rejects, default 100 */
 	enum conf_on_corrupt on_corrupt; /* default rebuild */
+	int64_t serve_while_loading_above; /* bytes of file: point reads are served from
+	                                      it while its index loads, default 64 MiB */
 
 	/* [payload] */
 	enum conf_format format;
@@ -172,6 +174,7 @@ int conf_defaults(struct conf *c);
 **   [broker] session_expiry reconnect_min reconnect_max sync_quiet
 **   [subscribe] retained retained_file
 **   [store] max_topic_len commit_interval max_rejects on_corrupt
+**          serve_while_loading_above
 **   [staleness] group_wait min_hold      [alerts] exec_timeout
 **   [http] max_connections per_ip_connections timeout threads
 **          watch_max_clients watch_buffer watch_log_size

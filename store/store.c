@@ -72,10 +72,12 @@ static const char sql_rev_mark[] =
 	" ON CONFLICT(name) DO UPDATE SET value = excluded.value"
 	" WHERE excluded.value > value";
 
-static const char sql_load[] =
-	"SELECT topic, ts_ns, received_ms, last_seen_ms, rev, stale_since_ms,"
-	" updates, cadence_ms, cadence_source, flags, learn, payload"
-	" FROM rec";
+#define SQL_ROW_COLUMNS \
+	"SELECT topic, ts_ns, received_ms, last_seen_ms, rev, stale_since_ms," \
+	" updates, cadence_ms, cadence_source, flags, learn, payload FROM rec"
+static const char sql_load[] = SQL_ROW_COLUMNS;
+/* One row by topic, for store_get_row. */
+static const char sql_row[] = SQL_ROW_COLUMNS " WHERE topic = ?1";
 
 /*
 ** Checkpoints copy the WAL back into the database and fsync it; on a busy
@@ -144,6 +146,7 @@ struct reader {
 	sqlite3 *db;
 	sqlite3_stmt *get;
 	sqlite3_stmt *scan;     /* store_scan: stepped by store_fetch_payload */
+	sqlite3_stmt *row;      /* store_get_row, prepared at its first use */
 	bool scanning;          /* between store_scan and store_scan_end */
 	bool have_row;          /* scan's current row is not consumed yet */
 	char *buf;              /* the last payload read: valid until the next */
@@ -158,6 +161,7 @@ static void reader_free(void *p)
 		return;
 	sqlite3_finalize(rd->get);
 	sqlite3_finalize(rd->scan);
+	sqlite3_finalize(rd->row);
 	sqlite3_close(rd->db);
 	free(rd->buf);
 	free(rd);
@@ -836,6 +840,43 @@ int store_write(struct store *st, const struct store_row *rows, size_t n, char *
 	return store_commit(st, err, errlen);
 }
 
+/* A row of sql_load's columns, in two steps (store_load skips forgotten
+ * tombstones after the first): the topic, flags and ts, false when the
+ * topic is not one a record can have... */
+static bool row_head(sqlite3_stmt *s, struct store_row *row)
+{
+	const char *topic = (const char *)sqlite3_column_text(s, 0);
+	size_t tlen = (size_t)sqlite3_column_bytes(s, 0);
+
+	if (!topic || tlen == 0 || tlen > UINT16_MAX || memchr(topic, '\0', tlen))
+		return false;
+	*row = (struct store_row){
+		.topic = topic, .topic_len = (uint16_t)tlen,
+		.flags = (uint16_t)sqlite3_column_int64(s, 9),
+		.ts_ns = sqlite3_column_int64(s, 1),
+	};
+	return true;
+}
+
+/* ... then the rest. */
+static void row_rest(sqlite3_stmt *s, struct store_row *row)
+{
+	row->payload = sqlite3_column_blob(s, 11);
+	row->payload_len = (uint32_t)sqlite3_column_bytes(s, 11);
+	if ((row->flags & STORE_DELETED) || !row->payload) {
+		row->payload = NULL;
+		row->payload_len = 0;
+	}
+	row->received_ms = sqlite3_column_int64(s, 2);
+	row->last_seen_ms = sqlite3_column_int64(s, 3);
+	row->rev = sqlite3_column_int64(s, 4);
+	row->stale_since_ms = sqlite3_column_int64(s, 5);
+	row->updates = (uint32_t)sqlite3_column_int64(s, 6);
+	row->cadence_ms = (uint32_t)sqlite3_column_int64(s, 7);
+	row->cadence_source = sqlite3_column_int64(s, 8);
+	learn_decode(row, s, 10);
+}
+
 int store_load(struct store *st, int64_t skip_before_ns, store_row_fn fn, void *ctx,
 	       int64_t *ret_rev, char *err, size_t errlen)
 {
@@ -852,21 +893,14 @@ int store_load(struct store *st, int64_t skip_before_ns, store_row_fn fn, void *
 	if (rc != SQLITE_OK)
 		goto fail_sql;
 	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-		const char *topic = (const char *)sqlite3_column_text(s, 0);
-		size_t tlen = (size_t)sqlite3_column_bytes(s, 0);
 		struct store_row row;
 
-		if (!topic || tlen == 0 || tlen > UINT16_MAX || memchr(topic, '\0', tlen)) {
+		if (!row_head(s, &row)) {
 			seterr(err, errlen, "load: a stored topic is empty, too long or "
 			       "holds a NUL byte, refusing the file");
 			ret = -EIO;
 			goto fail;
 		}
-		row = (struct store_row){
-			.topic = topic, .topic_len = (uint16_t)tlen,
-			.flags = (uint16_t)sqlite3_column_int64(s, 9),
-			.ts_ns = sqlite3_column_int64(s, 1),
-		};
 		if ((row.flags & STORE_DELETED) && row.ts_ns < skip_before_ns) {
 			/* forgotten: store_purge_tombstones deletes it */
 			int64_t frev = sqlite3_column_int64(s, 4);
@@ -875,26 +909,14 @@ int store_load(struct store *st, int64_t skip_before_ns, store_row_fn fn, void *
 				st->forgotten_rev = frev;
 			continue;
 		}
-		row.payload = sqlite3_column_blob(s, 11);
-		row.payload_len = (uint32_t)sqlite3_column_bytes(s, 11);
-		if ((row.flags & STORE_DELETED) || !row.payload) {
-			row.payload = NULL;
-			row.payload_len = 0;
-		}
-		row.received_ms = sqlite3_column_int64(s, 2);
-		row.last_seen_ms = sqlite3_column_int64(s, 3);
-		row.rev = sqlite3_column_int64(s, 4);
-		row.stale_since_ms = sqlite3_column_int64(s, 5);
-		row.updates = (uint32_t)sqlite3_column_int64(s, 6);
-		row.cadence_ms = (uint32_t)sqlite3_column_int64(s, 7);
-		row.cadence_source = sqlite3_column_int64(s, 8);
-		learn_decode(&row, s, 10);
+		row_rest(s, &row);
 		ret = fn(ctx, &row);
 		if (ret < 0) {
 			if (ret == -ENOMEM)
 				seterr(err, errlen, "load: out of memory");
 			else
-				seterr(err, errlen, "load: %s: %s", topic, strerror(-ret));
+				seterr(err, errlen, "load: %.*s: %s", (int)row.topic_len, row.topic,
+				       strerror(-ret));
 			goto fail;
 		}
 		if (row.rev > rev)
@@ -1024,6 +1046,34 @@ int store_fetch_payload(void *ctx, const char *topic, size_t len, const void **p
 		ret = rc == SQLITE_DONE ? -ENOENT : store_sql_errno(rc);
 	sqlite3_reset(rd->get);
 	sqlite3_clear_bindings(rd->get);
+	return ret;
+}
+
+int store_get_row(struct store *st, const char *topic, size_t len, store_row_fn fn, void *ctx)
+{
+	struct reader *rd = reader_get(st);
+	struct store_row row;
+	int rc, ret;
+
+	if (!rd)
+		return -EIO;
+	if (!rd->row && sqlite3_prepare_v3(rd->db, sql_row, -1, SQLITE_PREPARE_PERSISTENT,
+					   &rd->row, NULL) != SQLITE_OK)
+		return -EIO;
+	sqlite3_bind_text(rd->row, 1, topic, (int)len, SQLITE_STATIC);
+	rc = sqlite3_step(rd->row);
+	if (rc == SQLITE_ROW) {
+		if (row_head(rd->row, &row)) {
+			row_rest(rd->row, &row);
+			ret = fn(ctx, &row);
+		} else {
+			ret = -EIO;
+		}
+	} else {
+		ret = rc == SQLITE_DONE ? -ENOENT : store_sql_errno(rc);
+	}
+	sqlite3_reset(rd->row);
+	sqlite3_clear_bindings(rd->row);
 	return ret;
 }
 

@@ -174,6 +174,14 @@ int store_checkpoint(struct store *st);
 */
 int store_fetch_payload(void *ctx, const char *topic, size_t len, const void **p, size_t *n);
 
+/*
+** The stored row of one topic, handed to fn (its pointers valid during the
+** call), read on the calling thread's read-only connection like
+** store_fetch_payload: a reader never waits for the writer. Returns fn's
+** result, -ENOENT when the file has no such row, -EIO or -errno.
+*/
+int store_get_row(struct store *st, const char *topic, size_t len, store_row_fn fn, void *ctx);
+
 /* Around a run of store_fetch_payload calls in topic order from `from`
  * (len bytes; NULL: the first topic), on one thread: its payloads come
  * from one range scan of this thread's reader, which holds its read

@@ -49,20 +49,9 @@ int rows_stage(struct store *st, const struct index *ix, const struct rec *r)
 	return store_stage(st, &row);
 }
 
-/* A store_row_fn: one stored row becomes a record of ix (the ctx). */
-static int rows_add(void *ctx, const struct store_row *row)
+/* A stored row's fields into r (its topic and payload are the caller's). */
+static void rec_fill(struct rec *r, const struct store_row *row)
 {
-	struct index *ix = ctx;
-	uint16_t flags = row->flags & PERSISTED_FLAGS;
-	struct rec *r;
-
-	/* The payload stays in the file: the index keeps its hash. */
-	r = index_add(ix, row->topic, row->topic_len, NULL, 0, flags);
-	if (!r)
-		return -errno;
-	if (row->payload_len)
-		rec_set_payload_in_file(r, row->payload_len,
-					rec_payload_hash(row->payload, row->payload_len));
 	r->ts_ns = row->ts_ns;
 	r->received_ms = row->received_ms;
 	r->last_seen_ms = row->last_seen_ms;
@@ -78,7 +67,49 @@ static int rows_add(void *ctx, const struct store_row *row)
 		r->learn = row->learn;
 		r->cadence_ms = row->learn_ms;
 	}
+}
+
+/* A store_row_fn: one stored row becomes a record of ix (the ctx). */
+static int rows_add(void *ctx, const struct store_row *row)
+{
+	struct index *ix = ctx;
+	uint16_t flags = row->flags & PERSISTED_FLAGS;
+	struct rec *r;
+
+	/* The payload stays in the file: the index keeps its hash. */
+	r = index_add(ix, row->topic, row->topic_len, NULL, 0, flags);
+	if (!r)
+		return -errno;
+	if (row->payload_len)
+		rec_set_payload_in_file(r, row->payload_len,
+					rec_payload_hash(row->payload, row->payload_len));
+	rec_fill(r, row);
 	return 0;
+}
+
+/* A store_row_fn: the row as a record of its own, in *(struct rec **)ctx. */
+static int rows_copy(void *ctx, const struct store_row *row)
+{
+	struct rec *r = rec_new(row->topic, row->topic_len);
+
+	if (!r)
+		return -errno;
+	if (rec_set_payload(r, row->payload, row->payload_len) < 0) {
+		rec_free(r);
+		return -ENOMEM;
+	}
+	r->flags = (uint16_t)((row->flags & PERSISTED_FLAGS) & ~REC_IN_FILE);
+	rec_fill(r, row);
+	*(struct rec **)ctx = r;
+	return 0;
+}
+
+int rows_get(struct store *st, const char *topic, size_t len, struct rec **ret)
+{
+	*ret = NULL;
+	if (len > UINT16_MAX)
+		return -ENOENT;
+	return store_get_row(st, topic, len, rows_copy, ret);
 }
 
 int rows_load(struct store *st, struct index *ix, int64_t skip_before_ns, int64_t *ret_rev,

@@ -39,4 +39,14 @@ int rows_stage(struct store *st, const struct index *ix, const struct rec *r);
 int rows_load(struct store *st, struct index *ix, int64_t skip_before_ns, int64_t *ret_rev,
 	      char *err, size_t errlen);
 
+/*
+** The stored row of one topic as a record outside any index (rec_new: the
+** caller rec_free()s *ret), its payload in memory, its state as last
+** written: what the index will hold for it once loaded, before the
+** staleness engine judges it again. A tombstone comes back as one
+** (REC_DELETED). For serving point reads while rows_load runs; any
+** thread (store_get_row). Returns 0, -ENOENT (no such row), -ENOMEM, -EIO.
+*/
+int rows_get(struct store *st, const char *topic, size_t len, struct rec **ret);
+
 #endif

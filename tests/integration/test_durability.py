@@ -221,8 +221,69 @@ def test_full_disk_recovers(env):
         subprocess.run(['umount', '-l', mnt])
 
 
+def test_serves_point_reads_while_loading(env):
+    """A restart over a big file listens before its index is loaded: point
+    reads are answered from the file (the stored record), listings get 503
+    with Retry-After, /readyz says why; then everything is served."""
+    conf = '[store]\nserve_while_loading_above = 0\n'
+    d = env.daemon(config=conf)
+    d.wait_ready()
+    c = env.broker.client()
+    t = ts_ms()
+    c.publish('ld/k0', json.dumps({'v': 0, 'ts': t}), qos=1)
+    c.publish('ld/gone', json.dumps({'v': 1, 'ts': t}), qos=1)
+    wait_for(lambda: d.key('ld/gone'), what='ld/gone')
+    c.publish('ld/gone', b'', qos=1)  # a delete: a tombstone in the file
+    wait_for(lambda: d.key('ld/gone') is None, what='ld/gone deleted')
+    want = d.key('ld/k0')
+    assert d.stop() == 0
+    # Enough rows that the load takes a while: copies of ld/k0's row.
+    db = sqlite3.connect(d.db)
+    cols = [r[1] for r in db.execute('pragma table_info(rec)')]
+    row = dict(zip(cols, db.execute('select * from rec where topic = ?', ('ld/k0',)).fetchone()))
+    n = 300000
+    names = ','.join(cols)
+    marks = ','.join('?' * len(cols))
+    db.executemany('insert into rec (%s) values (%s)' % (names, marks),
+                   ([('ld/f%06d' % i) if k == 'topic' else row[k] for k in cols] for i in range(n)))
+    db.commit()
+    db.close()
+    d.start()
+    log = d.log_text(since_start=True)
+    # HTTP listens before the load ends (the log says so, in that order).
+    assert 'served from the file meanwhile' in log, log
+    seen_loading = False
+    while True:
+        st, hdrs, body = d.get('/readyz')
+        loading = st == 503 and b'loading' in body
+        assert (d.key('ld/k0') or {}).get('payload') == want['payload']
+        rec = d.key('ld/f%06d' % (n - 1))
+        assert rec and rec['payload'] == want['payload'] and rec['ts'] == want['ts'], rec
+        assert d.key('ld/gone') is None
+        assert d.key('ld/never') is None
+        st2, hdrs2, body2 = d.get('/v1/keys?filter=ld/%23&limit=5')
+        if st2 == 503:
+            assert hdrs2.get('retry-after') == '1', hdrs2
+            assert b'loading' in body2, body2
+        else:
+            assert st2 == 200 and len(json.loads(body2)['items']) == 5, body2
+        # Still loading after all of those: they were answered from the file.
+        st, _, body = d.get('/readyz')
+        if loading and st == 503 and b'loading' in body:
+            seen_loading = True
+        if not (st == 503 and b'loading' in body):
+            break
+    assert seen_loading, 'the load ended before one round of reads: make the file bigger'
+    log = d.log_text(since_start=True)
+    assert log.index('http listening') < log.index('keys loaded') < log.index('serving from the loaded index'), log
+    d.wait_ready()
+    assert d.get_json('/v1/keys?filter=ld/%23&limit=5')['items'][0]['topic'] == 'ld/f000000'
+    assert d.stop() == 0
+
+
 if __name__ == '__main__':
-    run([test_restart_over_existing_file, test_kill9_during_heavy_ingest,
+    run([test_restart_over_existing_file, test_serves_point_reads_while_loading,
+         test_kill9_during_heavy_ingest,
          test_backlog_larger_than_one_write,
          test_reload_writes_changed_cadences, test_locked_database_recovers,
          test_full_disk_recovers])
