@@ -490,6 +490,7 @@ static enum MHD_Result ep_key(struct call *k)
 	if (memchr(t, '\0', n))
 		return send_error(k, MHD_HTTP_BAD_REQUEST, "topic contains a NUL byte");
 	buf_init(&b, a->body_max);
+	buf_reserve(&b, 1024); /* a record with a small payload; it grows if need be */
 	now_ms = clock_wall_ms();
 	if (k->loading)
 		return key_from_file(k, t, n, &b, now_ms);
@@ -520,6 +521,8 @@ static enum MHD_Result ep_keys(struct call *k)
 	if (list_args_parse(k, true, &la, &mr) < 0)
 		return mr;
 	buf_init(&b, k->a->body_max);
+	/* Some 400 bytes a record of a small payload: room at once, not by doublings. */
+	buf_reserve(&b, la.limit < (1u << 20) / 400 ? la.limit * 400 + 256 : 1u << 20);
 	walk_init(&w, &b, &la);
 	if ((r = buf_puts(&b, "{\"items\":[")) < 0 ||
 	    (r = walk_run(k->a, &w, la.after, la.after_len)) < 0 ||

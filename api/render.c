@@ -51,13 +51,8 @@ static void put_i64(struct out *o, int64_t v)
 
 static void put_time(struct out *o, int64_t ms)
 {
-	char tmp[32];
-	size_t n;
-
-	clock_format_rfc3339(ms, tmp);
-	n = strlen(tmp);
 	*o->p++ = '"';
-	put_lit(o, tmp, n);
+	o->p += clock_put_rfc3339(ms, o->p);
 	*o->p++ = '"';
 }
 

@@ -35,8 +35,7 @@ void buf_reset(struct buf *b)
 		b->data[0] = '\0';
 }
 
-/* Makes room for n more bytes plus the terminating NUL. */
-static int buf_reserve(struct buf *b, size_t n)
+int buf_reserve(struct buf *b, size_t n)
 {
 	size_t max = b->max ? b->max : SIZE_MAX - 1;
 	size_t need, cap;

@@ -19,6 +19,9 @@ void buf_init(struct buf *b, size_t max);
 void buf_free(struct buf *b);        /* accepts a zeroed struct */
 void buf_reset(struct buf *b);       /* len = 0, keeps memory */
 /* Each returns 0, -ENOMEM or -E2BIG (the limit); on error b is unchanged. */
+/* Room for n more bytes (and the NUL) at once: a writer that knows about
+ * how much it will write saves the doublings. 0, -E2BIG or -ENOMEM. */
+int buf_reserve(struct buf *b, size_t n);
 int buf_append(struct buf *b, const void *p, size_t n);
 int buf_puts(struct buf *b, const char *s);
 int buf_putc(struct buf *b, char c);

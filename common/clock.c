@@ -2,6 +2,8 @@
 /* clock.c: wall and monotonic clocks, the injectable clock's real source, RFC 3339 formatting of epoch ms. */
 #include "common/clock.h"
 
+#include <stdbool.h>
+#include <string.h>
 #include <time.h>
 
 static int64_t read_ns(clockid_t id)
@@ -71,11 +73,29 @@ static char *put_num(char *p, unsigned v, int width)
 #define RFC3339_MIN_MS (-62167219200000LL)  /* 0000-01-01T00:00:00.000Z */
 #define RFC3339_MAX_MS (253402300799999LL)  /* 9999-12-31T23:59:59.999Z */
 
-char *clock_format_rfc3339(int64_t ms, char buf[32])
+static const char digits2[201] =
+	"00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+	"40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+	"8081828384858687888990919293949596979899";
+
+static inline char *put2(char *p, unsigned v)
 {
-	int64_t days, rem, y;
-	unsigned mon, day;
-	char *p = buf;
+	memcpy(p, digits2 + 2 * v, 2);
+	return p + 2;
+}
+
+/* The last day formatted on this thread: a listing renders four times a
+ * record, nearly all on the same day, so the date is made once a day. */
+static _Thread_local struct {
+	int64_t day;
+	char date[11];          /* "YYYY-MM-DDT" */
+	bool set;
+} day_cache;
+
+size_t clock_put_rfc3339(int64_t ms, char *p)
+{
+	int64_t days, rem;
+	unsigned r;
 
 	if (ms < RFC3339_MIN_MS)
 		ms = RFC3339_MIN_MS;
@@ -87,22 +107,39 @@ char *clock_format_rfc3339(int64_t ms, char buf[32])
 		rem += 86400000;
 		days--;
 	}
-	civil_from_days(days, &y, &mon, &day);
-	p = put_num(p, (unsigned)y, 4);
-	*p++ = '-';
-	p = put_num(p, mon, 2);
-	*p++ = '-';
-	p = put_num(p, day, 2);
-	*p++ = 'T';
-	p = put_num(p, (unsigned)(rem / 3600000), 2);
+	if (!day_cache.set || day_cache.day != days) {
+		int64_t y;
+		unsigned mon, day;
+		char *d = day_cache.date;
+
+		civil_from_days(days, &y, &mon, &day);
+		d = put_num(d, (unsigned)y, 4);
+		*d++ = '-';
+		d = put2(d, mon);
+		*d++ = '-';
+		d = put2(d, day);
+		*d = 'T';
+		day_cache.day = days;
+		day_cache.set = true;
+	}
+	memcpy(p, day_cache.date, 11);
+	r = (unsigned)rem;
+	p = put2(p + 11, r / 3600000);
 	*p++ = ':';
-	p = put_num(p, (unsigned)(rem / 60000 % 60), 2);
+	p = put2(p, r / 60000 % 60);
 	*p++ = ':';
-	p = put_num(p, (unsigned)(rem / 1000 % 60), 2);
+	p = put2(p, r / 1000 % 60);
 	*p++ = '.';
-	p = put_num(p, (unsigned)(rem % 1000), 3);
-	*p++ = 'Z';
-	*p = '\0';
+	r %= 1000;
+	*p++ = (char)('0' + r / 100);
+	p = put2(p, r % 100);
+	*p = 'Z';
+	return CLOCK_RFC3339_LEN;
+}
+
+char *clock_format_rfc3339(int64_t ms, char buf[32])
+{
+	buf[clock_put_rfc3339(ms, buf)] = '\0';
 	return buf;
 }
 

@@ -3,6 +3,7 @@
 #ifndef SM_CLOCK_H
 #define SM_CLOCK_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -22,6 +23,9 @@ void clock_deadline(clockid_t id, int64_t ms, struct timespec *ret);
 /* Format epoch ms as RFC 3339 UTC with millisecond precision,
  * "2026-11-22T02:10:02.123Z". buf must hold 32 bytes. Returns buf. */
 char *clock_format_rfc3339(int64_t ms, char buf[32]);
+/* The same 24 characters at p, without the NUL: for renderers. */
+#define CLOCK_RFC3339_LEN 24
+size_t clock_put_rfc3339(int64_t ms, char *p);
 
 /*
 ** A clock a thread reads through, for the threads at the edges that must

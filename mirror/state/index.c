@@ -3,6 +3,8 @@
 #include <errno.h>
 #include <malloc.h>
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -60,6 +62,7 @@ struct block_at {
 };
 
 struct index {
+	uint64_t gen;                /* unique in the process: names it in read caches */
 	/* Where payloads in the file come from (index_set_payload_source). */
 	rec_fetch_fn fetch;
 	rec_scan_fn scan;
@@ -237,8 +240,120 @@ void rec_payload_scan_end(const struct index *ix)
 		ix->scan_end(ix->source_ctx);
 }
 
+/*
+** Each thread that reads payloads from the file keeps the last ones it read
+** (a point read polled again and again, the pages of a listing): a slot
+** per record, direct-mapped by the record's address, valid while the record
+** has the revision it had when read. A revision names one value of a key
+** for ever (a new value is a new revision; a restart continues above every
+** old one), so a hit is that value, byte for byte, with no SQLite read
+** transaction (two fcntl locks and a global mutex) behind it. Bounded per
+** thread: PCACHE_SLOTS slots, payloads up to PCACHE_MAX_PAYLOAD bytes,
+** PCACHE_BUDGET bytes in all; freed when the thread ends.
+*/
+#define PCACHE_SLOTS 4096u
+#define PCACHE_MAX_PAYLOAD 4096u
+#define PCACHE_BUDGET (1u << 20)
+
+struct pc_slot {
+	const struct rec *r;
+	uint64_t gen;           /* r's index (index.gen): addresses are reused */
+	int64_t rev;
+	uint32_t len, cap;
+	char *data;
+};
+
+struct pcache {
+	struct pc_slot slot[PCACHE_SLOTS];
+	size_t bytes;           /* capacity of every slot's data */
+	uint64_t hits, misses;
+};
+
+static pthread_key_t pcache_key;
+static pthread_once_t pcache_once = PTHREAD_ONCE_INIT;
+static bool pcache_ok;
+static _Atomic uint64_t index_gens;
+
+static void pcache_free(void *p)
+{
+	struct pcache *pc = p;
+
+	if (!pc)
+		return;
+	for (size_t i = 0; i < PCACHE_SLOTS; i++)
+		free(pc->slot[i].data);
+	free(pc);
+}
+
+static void pcache_init(void)
+{
+	pcache_ok = pthread_key_create(&pcache_key, pcache_free) == 0;
+}
+
+/* This thread's cache, made at its first use; NULL: none (no memory). */
+static struct pcache *pcache_get(void)
+{
+	struct pcache *pc;
+
+	pthread_once(&pcache_once, pcache_init);
+	if (!pcache_ok)
+		return NULL;
+	if ((pc = pthread_getspecific(pcache_key)))
+		return pc;
+	if (!(pc = calloc(1, sizeof(*pc))))
+		return NULL;
+	if (pthread_setspecific(pcache_key, pc) != 0) {
+		free(pc);
+		return NULL;
+	}
+	return pc;
+}
+
+static struct pc_slot *pcache_slot(struct pcache *pc, const struct rec *r)
+{
+	/* Records are 8-aligned and at least 80 bytes apart. */
+	uintptr_t a = (uintptr_t)r >> 3;
+
+	return &pc->slot[(a ^ (a >> 12)) & (PCACHE_SLOTS - 1)];
+}
+
+/* Keep what the file gave for r (best effort: within the budget). */
+static void pcache_put(struct pcache *pc, const struct index *ix, const struct rec *r,
+		       const void *p, size_t n)
+{
+	struct pc_slot *s = pcache_slot(pc, r);
+
+	if (n > PCACHE_MAX_PAYLOAD)
+		return;
+	if (s->cap < n || !s->data) {
+		size_t cap = n < 64 ? 64 : n;
+		char *d;
+
+		if (pc->bytes - s->cap + cap > PCACHE_BUDGET || !(d = realloc(s->data, cap)))
+			return;
+		pc->bytes = pc->bytes - s->cap + cap;
+		s->data = d;
+		s->cap = (uint32_t)cap;
+	}
+	if (n)
+		memcpy(s->data, p, n);
+	s->r = r;
+	s->gen = ix->gen;
+	s->rev = r->rev;
+	s->len = (uint32_t)n;
+}
+
+void rec_payload_cache_stats(uint64_t *ret_hits, uint64_t *ret_misses)
+{
+	struct pcache *pc = pcache_ok ? pthread_getspecific(pcache_key) : NULL;
+
+	*ret_hits = pc ? pc->hits : 0;
+	*ret_misses = pc ? pc->misses : 0;
+}
+
 int rec_payload(const struct index *ix, const struct rec *r, const void **p, size_t *n)
 {
+	struct pcache *pc;
 	int rc;
 
 	if (!(r->flags & REC_IN_FILE)) {
@@ -250,12 +365,25 @@ int rec_payload(const struct index *ix, const struct rec *r, const void **p, siz
 	*n = 0;
 	if (!ix || !ix->fetch)
 		return -ENOENT;
+	if ((pc = pcache_get())) {
+		const struct pc_slot *s = pcache_slot(pc, r);
+
+		if (s->r == r && s->gen == ix->gen && s->rev == r->rev && s->len == r->payload_len) {
+			pc->hits++;
+			*p = s->data;
+			*n = s->len;
+			return 0;
+		}
+		pc->misses++;
+	}
 	rc = ix->fetch(ix->source_ctx, rec_topic(r), r->topic_len, p, n);
 	if (rc == 0 && *n != r->payload_len)
 		rc = -EIO;
 	if (rc < 0) {
 		*p = NULL;
 		*n = 0;
+	} else if (pc) {
+		pcache_put(pc, ix, r, *p, *n);
 	}
 	return rc;
 }
@@ -318,6 +446,7 @@ struct index *index_new(void)
 	if (!ix)
 		return NULL;
 	ix->root = CB_NONE;
+	ix->gen = ++index_gens;
 	if (pthread_rwlockattr_init(&attr) != 0)
 		goto fail;
 	pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);

@@ -175,8 +175,13 @@ void index_set_payload_source(struct index *ix, rec_fetch_fn fetch, rec_scan_fn 
  * source (ix NULL: none, for a record outside any index): 0 with *p, *n
  * set (*p NULL and *n 0 when empty), or -errno; -EIO also when the file
  * holds bytes of another length than r says (a file changed behind our
- * back: never served as r's value). Hold a lock on the index. */
+ * back: never served as r's value). Hold a lock on the index. *p stays
+ * valid until this thread's next rec_payload. A thread keeps the payloads
+ * it read from the file last, for as long as their record keeps its
+ * revision (index.c: at most 1 MiB a thread). */
 int rec_payload(const struct index *ix, const struct rec *r, const void **p, size_t *n);
+/* This thread's payload cache: reads it answered, reads that went to the file. */
+void rec_payload_cache_stats(uint64_t *ret_hits, uint64_t *ret_misses);
 
 /*
 ** A hint around a walk of ix in topic order (index_walk, one hold of the

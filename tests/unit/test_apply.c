@@ -291,12 +291,14 @@ START_TEST(tie_against_payload_in_file)
 	ck_assert_int_eq(put("k", "abd", T, false, now, &o), APPLY_APPLIED);
 	ck_assert(!(get("k")->flags & REC_IN_FILE));
 	ck_assert_str_eq(get("k")->payload, "abd");
-	ck_assert_int_eq(fetches, 3);
+	/* The failed read, then one: the second tie at the same revision is
+	 * answered by this thread's read cache (index.c). */
+	ck_assert_int_eq(fetches, 2);
 	/* A newer timestamp never needs the old bytes. */
 	rec_drop_payload(get("k"));
 	fetch_fails = true;
 	ck_assert_int_eq(put("k", "a", T + 1, false, now, &o), APPLY_APPLIED);
-	ck_assert_int_eq(fetches, 3);
+	ck_assert_int_eq(fetches, 2);
 	index_set_payload_source(ix, NULL, NULL, NULL, NULL);
 }
 END_TEST

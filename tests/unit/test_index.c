@@ -317,11 +317,19 @@ START_TEST(payload_in_file)
 		ck_assert_int_eq(fake_fetches, 1);
 		index_free(other);
 	}
+	/* Read again at the same revision: this thread's cache answers. */
+	ck_assert_int_eq(rec_payload(ix, r, &p, &n), 0);
+	ck_assert_int_eq(fake_fetches, 1);
+	ck_assert_uint_eq(n, strlen(v1));
+	ck_assert_int_eq(memcmp(p, v1, n), 0);
+	/* Another revision is another value: read from the file. */
+	r->rev++;
 	ck_assert_int_eq(rec_payload(ix, r, &p, &n), 0);
 	ck_assert_int_eq(fake_fetches, 2);
 	/* Bytes of another length than the record says: a file changed
 	 * behind our back, never served as this value. */
 	fake_stored = "{\"v\":2}";
+	r->rev++;
 	ck_assert_int_eq(rec_payload(ix, r, &p, &n), -EIO);
 	ck_assert_ptr_null(p);
 	ck_assert_uint_eq(n, 0);
@@ -361,6 +369,41 @@ START_TEST(payload_in_file)
 	ck_assert_int_eq(fake_scan_ends, 1);
 	fake_stored = NULL;
 	index_free(ix);
+}
+END_TEST
+
+/* The read cache names a record by its index too: a new index that reuses
+ * the freed one's memory, at the same revision, reads its own file. */
+START_TEST(payload_cache_is_per_index)
+{
+	const char *v1 = "{\"v\":1}", *v2 = "{\"v\":2}";
+	uint64_t hits, misses, hits0, misses0;
+	const void *p;
+	size_t n;
+
+	rec_payload_cache_stats(&hits0, &misses0);
+	for (int round = 0; round < 2; round++) {
+		struct index *ix = index_new();
+		struct rec *r = index_add(ix, "k", 1, NULL, 0, 0);
+
+		ck_assert_ptr_nonnull(r);
+		rec_set_payload_in_file(r, 7, rec_payload_hash(round ? v2 : v1, 7));
+		r->rev = 5;
+		index_set_payload_source(ix, fake_fetch, NULL, NULL, NULL);
+		fake_stored = round ? v2 : v1;
+		fake_fetches = 0;
+		for (int i = 0; i < 3; i++) {
+			ck_assert_int_eq(rec_payload(ix, r, &p, &n), 0);
+			ck_assert_uint_eq(n, 7);
+			ck_assert_int_eq(memcmp(p, fake_stored, 7), 0);
+		}
+		ck_assert_int_eq(fake_fetches, 1);
+		index_free(ix);
+	}
+	rec_payload_cache_stats(&hits, &misses);
+	ck_assert_uint_eq(hits - hits0, 4);
+	ck_assert_uint_eq(misses - misses0, 2);
+	fake_stored = NULL;
 }
 END_TEST
 
@@ -659,6 +702,7 @@ static Suite *index_suite(void)
 	tcase_add_test(tc, insert_get_order);
 	tcase_add_test(tc, insert_duplicate_and_nul);
 	tcase_add_test(tc, payload_in_file);
+	tcase_add_test(tc, payload_cache_is_per_index);
 	tcase_add_test(tc, payload_hash);
 	tcase_add_test(tc, walk_after);
 	tcase_add_test(tc, walk_prefix);
