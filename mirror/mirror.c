@@ -54,6 +54,10 @@
  * written in back-to-back transactions of this size. */
 #define MIRROR_STAGE_ROWS 8192
 #define MIRROR_STAGE_BYTES (4u << 20)
+/* ... copied under the lock this many rows at a time (some 100 us): a
+ * point read never waits behind a whole chunk. The same goes for the
+ * payloads a write lets go of. */
+#define MIRROR_STAGE_SLICE 1024
 /* Records an offline status visits at most (its keys' walk, under the
  * lock); the rest are left as they are, counted and logged. */
 #define MIRROR_DEAD_WALK_MAX 1000000
@@ -547,7 +551,7 @@ void mirror_link_changed(struct mirror *c)
 ** take (out of memory) stays at the head for the next write.
 */
 static size_t mirror_stage_list(struct mirror *c, struct dlist *l, bool rederive, size_t n,
-				size_t *bytes)
+				size_t *bytes, size_t limit)
 {
 	size_t i = l->head;
 
@@ -556,7 +560,7 @@ static size_t mirror_stage_list(struct mirror *c, struct dlist *l, bool rederive
 
 		if (!(r->flags & REC_DIRTY) || (rederive && !(r->flags & REC_REDERIVE)))
 			continue; /* a repeat, or staged already */
-		if (n == MIRROR_STAGE_ROWS || *bytes >= MIRROR_STAGE_BYTES ||
+		if (n >= limit || *bytes >= MIRROR_STAGE_BYTES ||
 		    rows_stage(c->d.store, c->d.ix, r) < 0)
 			break;
 		r->flags &= (uint16_t)~(REC_DIRTY | REC_REDERIVE);
@@ -575,34 +579,36 @@ static size_t mirror_stage_list(struct mirror *c, struct dlist *l, bool rederive
 ** copy each into the store's staging buffer and clear its REC_DIRTY, so
 ** that a change made while the write runs marks it dirty again. Changes go
 ** first; re-derived records fill what is left of a chunk, at most every
-** other commit's time, and never while stopping. Returns the number staged
-** (0: nothing due).
+** other commit's time, and never while stopping. n rows (*bytes of
+** payload) are staged already; up to `limit` in all. Returns the number
+** staged (n: nothing more due).
 */
-static size_t mirror_stage(struct mirror *c, bool force, bool stopping, int64_t mono)
+static size_t mirror_stage(struct mirror *c, bool force, bool stopping, int64_t mono, size_t n,
+			   size_t *bytes, size_t limit)
 {
-	size_t n = 0, bytes = 0, pending = dlist_pending(&c->dirty);
+	size_t pending = dlist_pending(&c->dirty);
 	bool values = pending && (force || mono - c->first_dirty_ms >= c->d.conf->commit_interval_ms ||
 				  pending >= MIRROR_FLUSH_ROWS);
 	bool rederive = !stopping && dlist_pending(&c->rederive) && mono >= c->rederive_at_ms;
 
 	if (!values && !rederive)
-		return 0;
+		return n;
 	if (!force && c->retry_at_ms && mono < c->retry_at_ms)
-		return 0;
+		return n;
 	if (!c->wbatch) {
 		if (!(c->wbatch = malloc(MIRROR_STAGE_ROWS * sizeof(*c->wbatch)))) {
 			log_warnx("keeper: out of memory for a store write, retrying");
-			return 0;
+			return n;
 		}
 	}
 	if (values) {
-		n = mirror_stage_list(c, &c->dirty, false, n, &bytes);
+		n = mirror_stage_list(c, &c->dirty, false, n, bytes, limit);
 		/* What is left is due already: first_dirty_ms stays. */
 		if (!dlist_pending(&c->dirty))
 			c->first_dirty_ms = 0;
 	}
 	if (rederive)
-		n = mirror_stage_list(c, &c->rederive, true, n, &bytes);
+		n = mirror_stage_list(c, &c->rederive, true, n, bytes, limit);
 	return n;
 }
 
@@ -621,11 +627,15 @@ static void mirror_commit(struct mirror *c, size_t n)
 		/* The file has these values now: their payloads leave memory,
 		 * unless a record changed again meanwhile (dirty: its new value
 		 * waits for the next write). */
-		index_wrlock(c->d.ix);
-		for (size_t i = 0; i < n; i++)
-			if (!(c->wbatch[i]->flags & REC_DIRTY))
-				rec_drop_payload(c->wbatch[i]);
-		index_unlock(c->d.ix);
+		for (size_t i = 0; i < n; i += MIRROR_STAGE_SLICE) {
+			size_t end = n - i > MIRROR_STAGE_SLICE ? i + MIRROR_STAGE_SLICE : n;
+
+			index_wrlock(c->d.ix);
+			for (size_t j = i; j < end; j++)
+				if (!(c->wbatch[j]->flags & REC_DIRTY))
+					rec_drop_payload(c->wbatch[j]);
+			index_unlock(c->d.ix);
+		}
 		stats_commit_observe((uint64_t)(t1 - t0) * 1000);
 		STAT_INC(commits);
 		STAT_ADD(rows_written, n);
@@ -718,9 +728,9 @@ static void *mirror_main(void *arg)
 
 	for (;;) {
 		bool stopping = atomic_load(&c->stop);
-		bool changed, synced, again = false;
+		bool changed, synced, again = false, force;
 		int64_t now, mono;
-		size_t staged, left, rleft, keys;
+		size_t staged, left, rleft, keys, bytes = 0;
 
 		if (!stopping)
 			mirror_sleep(c, wait_ms);
@@ -737,8 +747,8 @@ static void *mirror_main(void *arg)
 		changed = c->changed;
 		c->changed = false;
 		c->wake_keeper = false;
-		staged = mirror_stage(c, stopping || (c->store_failed && c->retry_at_ms &&
-						    mono >= c->retry_at_ms), stopping, mono);
+		force = stopping || (c->store_failed && c->retry_at_ms && mono >= c->retry_at_ms);
+		staged = mirror_stage(c, force, stopping, mono, 0, &bytes, MIRROR_STAGE_SLICE);
 		left = dlist_pending(&c->dirty);
 		rleft = dlist_pending(&c->rederive);
 		if (left) {
@@ -752,6 +762,18 @@ static void *mirror_main(void *arg)
 				wait_ms = due;
 		}
 		index_unlock(c->d.ix);
+		/* The rest of the chunk, a slice a lock hold. */
+		while (staged && staged < MIRROR_STAGE_ROWS) {
+			size_t more;
+
+			index_wrlock(c->d.ix);
+			more = mirror_stage(c, force, stopping, mono, staged, &bytes,
+					    staged + MIRROR_STAGE_SLICE);
+			index_unlock(c->d.ix);
+			if (more == staged)
+				break;
+			staged = more;
+		}
 		if (changed && c->d.on_changes)
 			c->d.on_changes(c->d.on_changes_ctx);
 		if (staged)
