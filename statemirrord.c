@@ -336,8 +336,8 @@ static void ingest_link(void *ctx)
 **
 ** Locks: all of it runs on the session thread, inside the decoder's
 ** decode(), tick() or link_lost(); the session holds no lock of ours
-** around them (mirror_ingest, the sink, takes the index lock per value and
-** releases it before returning), so mirror_keys_stale may take it.
+** around them (mirror_ingest, the sink, may keep the index lock over a
+** few values; mirror_keys_stale lets that hold go before taking it).
 */
 struct sp_host {
 	struct decoder base;      /* ops = sp_host_ops */

@@ -50,8 +50,11 @@ void mirror_stop(struct mirror *c);
 
 /*
 ** Ingest: apply one message now, on the caller's thread (the MQTT session's:
-** one thread only), under the index write lock. mirror_ingest_flush() ends a
-** run of messages: it wakes watch streams when something changed and the
+** one thread only), under the index write lock, which stays held for the
+** next few messages of the run (mirror.c, MIRROR_INGEST_HOLD): between two
+** calls the caller takes no index lock and does not wait; only
+** mirror_keys_stale may be called there. mirror_ingest_flush() ends a
+** run of messages and releases the lock: it wakes watch streams when something changed and the
 ** keeper thread when a write becomes due. Rejected messages (why != REJECT_NONE) are counted and listed.
 ** These three are the session's mqtt_sink.
 */
