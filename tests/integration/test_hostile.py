@@ -594,6 +594,12 @@ def test_refused_when_every_slot_is_busy(env):
         s.sendall(b'GET /v1/keys?filter=big/%23&limit=100 HTTP/1.1\r\nHost: x\r\n\r\n')
         stuck.append(s)
     # Both answers are stuck in full socket buffers: neither is reclaimable.
+    # Once its first bytes are here the daemon is answering it; before that,
+    # on a loaded machine, one may still wait for its request to be read and
+    # is rightly reclaimed for the probe instead. So the probes start then.
+    for s in stuck:
+        s.settimeout(60)
+        assert s.recv(1, socket.MSG_PEEK) == b'H', 'the answer begun on a stuck connection'
     wait_for(lambda: d.get('/healthz')[0] == 503, what='a probe refused while both slots are busy')
     status, hdrs, body = raw(d, b'GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n')
     assert status == 503 and 'too many connections' in json.loads(body)['error'], (status, body)

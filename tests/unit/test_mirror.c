@@ -554,6 +554,47 @@ START_TEST(dead_producer_keys_turn_stale_and_are_written)
 END_TEST
 
 
+static void *read_once(void *arg)
+{
+	(void)arg;
+	index_rdlock(ix);
+	index_unlock(ix);
+	return NULL;
+}
+
+/* A run of messages may keep the write lock from one message to the next;
+ * a death in the middle of the run (mirror_keys_stale on the session
+ * thread) lets it go first instead of waiting for itself, and the run's
+ * flush releases it: a reader started mid-run gets in. A lock kept too
+ * long hangs here, and check's timeout fails the test. */
+START_TEST(a_run_releases_the_lock_at_a_death_and_at_its_flush)
+{
+	pthread_t reader;
+	char topic[32];
+
+	conf.rules[0].filter = strdup("e/#");
+	ck_assert_ptr_nonnull(conf.rules[0].filter);
+	conf.rules[0].cadence_ms = 60000;
+	conf.nrules = 1;
+	start();
+	put("e/n1/a", "1");
+	put("e/n1/b", "2");
+	ck_assert_uint_eq(mirror_keys_stale(mr, "e/n1", STALE_REASON_PRODUCER_OFFLINE, enum_n1, NULL,
+					    wall_ms()), 2);
+	/* More than one hold's worth, then a reader waits for the flush. */
+	for (int i = 0; i < 37; i++) {
+		snprintf(topic, sizeof(topic), "e/n2/k%02d", i);
+		put(topic, "3");
+	}
+	ck_assert_int_eq(pthread_create(&reader, NULL, read_once, NULL), 0);
+	mirror_ingest_flush(mr);
+	ck_assert_int_eq(pthread_join(reader, NULL), 0);
+	ck_assert(flags_of("e/n1/a") & REC_STALE);
+	ck_assert(!(flags_of("e/n2/k36") & REC_STALE));
+	ck_assert_int_eq(mirror_wait_turn(mr, TURN_MS), 0);
+}
+END_TEST
+
 /* A message as the session hands it over, retained or live. */
 static void put_r(const char *topic, const char *payload, bool retained)
 {
@@ -771,6 +812,7 @@ int main(void)
 	tcase_add_test(tc, disk_full_keeps_records_dirty_until_space_comes_back);
 	tcase_add_test(tc, deadline_turns_a_key_stale_on_the_keeper);
 	tcase_add_test(tc, dead_producer_keys_turn_stale_and_are_written);
+	tcase_add_test(tc, a_run_releases_the_lock_at_a_death_and_at_its_flush);
 	tcase_add_test(tc, availability_status_on_the_apply_path);
 	tcase_add_test(tc, ready_follows_the_link);
 	suite_add_tcase(s, tc);
