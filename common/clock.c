@@ -2,7 +2,6 @@
 /* clock.c: wall and monotonic clocks, the injectable clock's real source, RFC 3339 formatting of epoch ms. */
 #include "common/clock.h"
 
-#include <stdbool.h>
 #include <string.h>
 #include <time.h>
 
@@ -87,10 +86,9 @@ static inline char *put2(char *p, unsigned v)
 /* The last day formatted on this thread: a listing renders four times a
  * record, nearly all on the same day, so the date is made once a day. */
 static _Thread_local struct {
-	int64_t day;
+	int64_t day;            /* INT64_MIN: none yet (no day is that far back) */
 	char date[11];          /* "YYYY-MM-DDT" */
-	bool set;
-} day_cache;
+} day_cache = { .day = INT64_MIN };
 
 size_t clock_put_rfc3339(int64_t ms, char *p)
 {
@@ -107,7 +105,7 @@ size_t clock_put_rfc3339(int64_t ms, char *p)
 		rem += 86400000;
 		days--;
 	}
-	if (!day_cache.set || day_cache.day != days) {
+	if (day_cache.day != days) {
 		int64_t y;
 		unsigned mon, day;
 		char *d = day_cache.date;
@@ -120,7 +118,6 @@ size_t clock_put_rfc3339(int64_t ms, char *p)
 		d = put2(d, day);
 		*d = 'T';
 		day_cache.day = days;
-		day_cache.set = true;
 	}
 	memcpy(p, day_cache.date, 11);
 	r = (unsigned)rem;

@@ -253,7 +253,8 @@ def test_serves_point_reads_while_loading(env):
     # HTTP listens before the load ends (the log says so, in that order).
     assert 'served from the file meanwhile' in log, log
     seen_loading = False
-    while True:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
         st, hdrs, body = d.get('/readyz')
         loading = st == 503 and b'loading' in body
         assert (d.key('ld/k0') or {}).get('payload') == want['payload']
@@ -273,6 +274,8 @@ def test_serves_point_reads_while_loading(env):
             seen_loading = True
         if not (st == 503 and b'loading' in body):
             break
+    else:
+        raise AssertionError('still loading 60 s after the start')
     assert seen_loading, 'the load ended before one round of reads: make the file bigger'
     log = d.log_text(since_start=True)
     assert log.index('http listening') < log.index('keys loaded') < log.index('serving from the loaded index'), log

@@ -251,9 +251,15 @@ def test_broker_down_then_back_in_order(env):
         assert st == 202 and rec['state'] == 'pending', (st, rec)
         ids.append(rec['id'])
     assert d.metric('statemirror_outbox_depth') == 3
-    env.broker.start()
-    sub = env.broker.client()
-    sub.subscribe('bms/ahu3/setpoint/set', 1)
+    # The daemon waits (stopped) until the subscriber is in: else, on a
+    # loaded machine, it may reconnect and publish before the subscription.
+    os.kill(d.proc.pid, signal.SIGSTOP)
+    try:
+        env.broker.start()
+        sub = env.broker.client()
+        sub.subscribe('bms/ahu3/setpoint/set', 1)
+    finally:
+        os.kill(d.proc.pid, signal.SIGCONT)
     got = []
     deadline = time.monotonic() + 15
     while len(got) < 3 and time.monotonic() < deadline:

@@ -142,6 +142,15 @@ static void start(void)
 	start_with(&fake_clock);
 }
 
+/* The configuration's only staleness rule: filter, cadence. */
+static void one_rule(const char *filter, int64_t cadence_ms)
+{
+	conf.rules[0].filter = strdup(filter);
+	ck_assert_ptr_nonnull(conf.rules[0].filter);
+	conf.rules[0].cadence_ms = cadence_ms;
+	conf.nrules = 1;
+}
+
 /* One live message at the fake wall time, as the session hands it over. */
 static void put(const char *topic, const char *payload)
 {
@@ -318,10 +327,7 @@ START_TEST(rederived_rows_yield_to_changes_and_do_not_hold_a_stop)
 	char name[32], buf[64];
 	int64_t done, before;
 
-	conf.rules[0].filter = strdup("r/#");
-	ck_assert_ptr_nonnull(conf.rules[0].filter);
-	conf.rules[0].cadence_ms = 1000;
-	conf.nrules = 1;
+	one_rule("r/#", 1000);
 	conf.grace = 1000;
 	start();
 	for (int i = 0; i < 20000; i++) {
@@ -457,10 +463,7 @@ START_TEST(deadline_turns_a_key_stale_on_the_keeper)
 	int64_t rev, heard = wall_ms();
 	unsigned before;
 
-	conf.rules[0].filter = strdup("s/#");
-	ck_assert_ptr_nonnull(conf.rules[0].filter);
-	conf.rules[0].cadence_ms = 1000;
-	conf.nrules = 1;
+	one_rule("s/#", 1000);
 	conf.grace = 2;
 	start();
 	put("s/k", "{\"v\":1}");
@@ -512,10 +515,7 @@ START_TEST(dead_producer_keys_turn_stale_and_are_written)
 	int64_t rev, ts;
 	unsigned before;
 
-	conf.rules[0].filter = strdup("e/#");
-	ck_assert_ptr_nonnull(conf.rules[0].filter);
-	conf.rules[0].cadence_ms = 60000;
-	conf.nrules = 1;
+	one_rule("e/#", 60000);
 	start();
 	put("e/n1/a", "1");
 	put("e/n1/b", "2");
@@ -572,10 +572,7 @@ START_TEST(a_run_releases_the_lock_at_a_death_and_at_its_flush)
 	pthread_t reader;
 	char topic[32];
 
-	conf.rules[0].filter = strdup("e/#");
-	ck_assert_ptr_nonnull(conf.rules[0].filter);
-	conf.rules[0].cadence_ms = 60000;
-	conf.nrules = 1;
+	one_rule("e/#", 60000);
 	start();
 	put("e/n1/a", "1");
 	put("e/n1/b", "2");
@@ -620,10 +617,7 @@ static int reason_of(const char *topic)
 
 START_TEST(availability_status_on_the_apply_path)
 {
-	conf.rules[0].filter = strdup("dc1/#");
-	ck_assert_ptr_nonnull(conf.rules[0].filter);
-	conf.rules[0].cadence_ms = 60000;
-	conf.nrules = 1;
+	one_rule("dc1/#", 60000);
 	ck_assert_int_eq(conf_add_availability(&conf, "dc1/+/agent/status", "dc1/+/#"), 0);
 	start();
 	put_r("dc1/a/temp", "1", false);
