@@ -1143,6 +1143,8 @@ static void check_sync(struct mqtt *m, int64_t now)
 		return;
 	m->local_synced = true;
 	m->fail_round = 0;
+	/* The status first: whoever sees synced reads the status that says so. */
+	update_status(m);
 	atomic_fetch_add(&m->epoch, 1);
 	atomic_store(&m->synced, true);
 	STAT_SET(synced, 1);
@@ -1158,7 +1160,6 @@ static void check_sync(struct mqtt *m, int64_t now)
 			  "the wildcard ones that match them: it does not deliver retained messages "
 			  "to wildcard subscriptions (RabbitMQ does not); only the topics under "
 			  "[subscribe] retained are bootstrapped", m->urls[m->url_idx]);
-	m->status_dirty = true;
 }
 
 /* Raise or restore the socket's low-water mark (see "Wake-ups" above). A
