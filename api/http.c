@@ -476,12 +476,14 @@ static enum MHD_Result ep_key(struct call *k)
 	char *t = k->tail;
 	size_t tlen = k->tail_len;
 	struct api *a = k->a;
-	struct buf b;
-	struct rec *r;
-	size_t n;
+	const struct rec *cr;
+	struct rec snap, *r;
+	const void *pv;
+	size_t n, plen;
 	int64_t now_ms;
 	bool found = false;
-	int ret = 0;
+	int ret = 0, rc;
+	struct buf b;
 
 	if (pathdec_decode(t, tlen, t, &n) < 0)
 		return send_error(k, MHD_HTTP_BAD_REQUEST, "bad percent-encoding in the topic");
@@ -494,13 +496,23 @@ static enum MHD_Result ep_key(struct call *k)
 	now_ms = clock_wall_ms();
 	if (k->loading)
 		return key_from_file(k, t, n, &b, now_ms);
-	index_rdlock(a->d.ix);
-	r = index_get(a->d.ix, t, n);
-	if (r && !(r->flags & REC_DELETED)) {
+	/* Without the lock when this thread has the value's revision at hand
+	 * (index.h: point reads without the lock), else under it. */
+	if ((rc = index_peek(a->d.ix, t, n, &snap, &cr)) == 1 && (snap.flags & REC_DELETED))
+		rc = 0;
+	if (rc == 1 && rec_payload_peek(a->d.ix, cr, &snap, &pv, &plen) == 0) {
 		found = true;
-		ret = render_record(&b, a->d.ix, r, now_ms);
+		ret = render_record_value(&b, &snap, t, pv, plen, now_ms);
+	} else if (rc != 0) {
+		index_rdlock(a->d.ix);
+		r = index_get(a->d.ix, t, n);
+		if (r && !(r->flags & REC_DELETED)) {
+			found = true;
+			if ((ret = rec_payload_keep(a->d.ix, r, &pv, &plen)) == 0)
+				ret = render_record_value(&b, r, rec_topic(r), pv, plen, now_ms);
+		}
+		index_unlock(a->d.ix);
 	}
-	index_unlock(a->d.ix);
 	if (!found) {
 		buf_free(&b);
 		return send_error(k, MHD_HTTP_NOT_FOUND, "no such key");

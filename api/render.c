@@ -113,12 +113,6 @@ static int put_json_payload(struct buf *b, const char *p, size_t n)
 
 int render_record(struct buf *b, const struct index *ix, const struct rec *r, int64_t now_ms)
 {
-	/* The tail: fixed keys plus 4 times (< 32 each) and 5 numbers (<= 20). */
-	char tail[512];
-	struct out o = { tail };
-	const char *cs = r->cadence_source < CADENCE_SOURCE_MAX ? cadence_names[r->cadence_source] : NULL;
-	int64_t age = now_ms - r->last_seen_ms;
-	const char *payload;
 	const void *pv;
 	size_t plen;
 	int ret;
@@ -126,11 +120,23 @@ int render_record(struct buf *b, const struct index *ix, const struct rec *r, in
 	/* From memory, or from the file (a committed value: index.h). */
 	if ((ret = rec_payload(ix, r, &pv, &plen)) < 0)
 		return ret;
-	payload = pv ? pv : "";
+	return render_record_value(b, r, rec_topic(r), pv, plen, now_ms);
+}
+
+int render_record_value(struct buf *b, const struct rec *r, const char *topic, const void *pv,
+			size_t plen, int64_t now_ms)
+{
+	/* The tail: fixed keys plus 4 times (< 32 each) and 5 numbers (<= 20). */
+	char tail[512];
+	struct out o = { tail };
+	const char *cs = r->cadence_source < CADENCE_SOURCE_MAX ? cadence_names[r->cadence_source] : NULL;
+	int64_t age = now_ms - r->last_seen_ms;
+	const char *payload = pv ? pv : "";
+	int ret;
 
 	if ((ret = buf_append(b, "{\"topic\":", 9)) < 0)
 		return ret;
-	if ((ret = buf_json_str(b, rec_topic(r), r->topic_len)) < 0)
+	if ((ret = buf_json_str(b, topic, r->topic_len)) < 0)
 		return ret;
 	if ((r->flags & REC_IS_JSON) && plen) {
 		if ((ret = buf_append(b, ",\"payload\":", 11)) < 0)

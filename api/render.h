@@ -33,6 +33,11 @@
 */
 int render_record(struct buf *b, const struct index *ix, const struct rec *r, int64_t now_ms);
 
+/* The same from parts: r's fields (it may be index_peek's copy, which has
+ * no topic), its topic (r->topic_len bytes) and its payload. Needs no lock. */
+int render_record_value(struct buf *b, const struct rec *r, const char *topic, const void *pv,
+			size_t plen, int64_t now_ms);
+
 /* For a tombstone: {"topic":...,"deleted":true,"ts":...,"rev":N}.
  * Same locking and return codes as render_record(). */
 int render_tombstone(struct buf *b, const struct rec *r);

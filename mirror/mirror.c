@@ -440,7 +440,9 @@ static void mirror_check_link(struct mirror *c, int64_t now_ms)
 ** message, at 20k msg/s the lock changed hands 20,000 times a second, and
 ** with writers preferred every hand-over stalled each HTTP thread
 ** mid-listing: 2-4x fewer listings and a longer tail of point reads. A
-** hold stays some tens of microseconds; the run's end releases it.
+** hold stays some tens of microseconds; the run's end releases it. Between
+** two messages the records are settled (index_settled): point reads
+** (index_peek) go on without the lock meanwhile.
 */
 #define MIRROR_INGEST_HOLD 16
 
@@ -463,6 +465,8 @@ void mirror_ingest(struct mirror *c, const struct msg *m, enum reject_reason why
 	if (!c->held) {
 		index_wrlock(c->d.ix);
 		holding = c;
+	} else {
+		index_changing(c->d.ix);
 	}
 	if (!c->in_run) {
 		c->in_run = true;
@@ -471,6 +475,8 @@ void mirror_ingest(struct mirror *c, const struct msg *m, enum reject_reason why
 	mirror_apply_one(c, m, why, full_len);
 	if (++c->held >= MIRROR_INGEST_HOLD)
 		mirror_hold_end(c);
+	else
+		index_settled(c->d.ix);
 }
 
 void mirror_ingest_flush(struct mirror *c)
@@ -481,6 +487,8 @@ void mirror_ingest_flush(struct mirror *c)
 		return;
 	if (!c->held)
 		index_wrlock(c->d.ix);
+	else
+		index_changing(c->d.ix);
 	holding = NULL;
 	c->held = 0;
 	STAT_SET(keys, index_live(c->d.ix));

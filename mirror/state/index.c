@@ -61,6 +61,8 @@ struct block_at {
 	uint32_t num;
 };
 
+#define RETIRED_MAX 32 /* chunk and block tables outgrown: 15 + 10 doublings at most */
+
 struct index {
 	uint64_t gen;                /* unique in the process: names it in read caches */
 	/* Where payloads in the file come from (index_set_payload_source). */
@@ -76,22 +78,63 @@ struct index {
 	struct block_at *by_addr;    /* the blocks sorted by address, for index_ref() */
 	size_t block_used;
 	size_t nrec, nlive;
+	/* Tables outgrown, kept until index_free(): a lock-free reader may
+	 * still be looking through the old one (index_peek). */
+	void *retired[RETIRED_MAX];
+	uint32_t nretired;
 	pthread_rwlock_t lock;
+	/* The records' sequence (index_peek): odd while a writer changes them. */
+	_Alignas(64) _Atomic uint64_t seq;
 };
 
 static inline bool is_node(cb_ref p) { return p & 1; }
 
+/*
+** Links are stored with release and read with acquire: a new node or
+** record is written in full before the one link that makes it reachable,
+** and a reader without the lock (index_peek) that sees the link sees what
+** it leads to. Nodes and records never move and are never freed before
+** index_free(); the chunk and block tables that name them are replaced,
+** not reallocated, when they grow (the old ones are retired). On x86 both
+** are plain moves.
+*/
+static inline cb_ref load_ref(const cb_ref *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void store_ref(cb_ref *p, cb_ref v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+
 static inline struct cb_node *to_node(const struct index *ix, cb_ref p)
 {
+	struct cb_node **chunks = __atomic_load_n(&ix->chunks, __ATOMIC_ACQUIRE);
 	uint32_t n = p >> 1;
 
-	return &ix->chunks[n >> NODE_CHUNK_SHIFT][n & (NODE_CHUNK - 1)];
+	return &chunks[n >> NODE_CHUNK_SHIFT][n & (NODE_CHUNK - 1)];
 }
 
 static inline struct rec *to_rec(const struct index *ix, cb_ref p)
 {
-	return (struct rec *)(ix->blocks[p >> (REC_SLOT_BITS + 1)] +
+	char **blocks = __atomic_load_n(&ix->blocks, __ATOMIC_ACQUIRE);
+
+	return (struct rec *)(blocks[p >> (REC_SLOT_BITS + 1)] +
 			      ((size_t)((p >> 1) & ((1u << REC_SLOT_BITS) - 1)) << 3));
+}
+
+/*
+** A table (chunks, blocks) grown to ncap entries of `size` bytes, the n in
+** use copied: the old one is retired, not freed (see load_ref). Publish
+** the result with __atomic_store_n(..., __ATOMIC_RELEASE). NULL on ENOMEM.
+*/
+static void *table_grow(struct index *ix, void *old, size_t n, size_t ncap, size_t size)
+{
+	void *t;
+
+	if (old && ix->nretired == RETIRED_MAX)
+		return NULL;
+	if (!(t = malloc(ncap * size)))
+		return NULL;
+	if (n)
+		memcpy(t, old, n * size);
+	if (old)
+		ix->retired[ix->nretired++] = old;
+	return t;
 }
 
 static inline uint8_t key_byte(const char *k, size_t len, uint32_t i)
@@ -325,6 +368,8 @@ static void pcache_put(struct pcache *pc, const struct index *ix, const struct r
 
 	if (n > PCACHE_MAX_PAYLOAD)
 		return;
+	if (s->r == r && s->gen == ix->gen && s->rev == r->rev && s->len == n)
+		return; /* kept already */
 	if (s->cap < n || !s->data) {
 		size_t cap = n < 64 ? 64 : n;
 		char *d;
@@ -388,6 +433,38 @@ int rec_payload(const struct index *ix, const struct rec *r, const void **p, siz
 	return rc;
 }
 
+int rec_payload_keep(const struct index *ix, const struct rec *r, const void **p, size_t *n)
+{
+	struct pcache *pc;
+	int rc = rec_payload(ix, r, p, n);
+
+	/* From the file, rec_payload kept it already. */
+	if (rc == 0 && *n && !(r->flags & REC_IN_FILE) && ix && (pc = pcache_get()))
+		pcache_put(pc, ix, r, *p, *n);
+	return rc;
+}
+
+int rec_payload_peek(const struct index *ix, const struct rec *r, const struct rec *snap,
+		     const void **p, size_t *n)
+{
+	struct pcache *pc;
+	const struct pc_slot *s;
+
+	*p = NULL;
+	*n = 0;
+	if (snap->payload_len == 0)
+		return 0;
+	if (!pcache_ok || !(pc = pthread_getspecific(pcache_key)))
+		return -EAGAIN;
+	s = pcache_slot(pc, r);
+	if (s->r != r || s->gen != ix->gen || s->rev != snap->rev || s->len != snap->payload_len)
+		return -EAGAIN;
+	pc->hits++;
+	*p = s->data;
+	*n = s->len;
+	return 0;
+}
+
 /* The slot size of a record with this topic (8-aligned). */
 static size_t rec_slot_size(size_t topic_len)
 {
@@ -412,15 +489,16 @@ static struct rec *rec_slot(struct index *ix, size_t size, cb_ref *ref)
 
 		if (ix->nblocks == ix->capblocks) {
 			uint32_t ncap = ix->capblocks ? 2 * ix->capblocks : 16;
-			char **nb = realloc(ix->blocks, ncap * sizeof(*nb));
 			struct block_at *na;
+			char **nb;
 
-			if (!nb)
-				return NULL;
-			ix->blocks = nb;
+			/* by_addr first: it is the writer's alone (realloc'd). */
 			if (!(na = realloc(ix->by_addr, ncap * sizeof(*na))))
 				return NULL;
 			ix->by_addr = na;
+			if (!(nb = table_grow(ix, ix->blocks, ix->nblocks, ncap, sizeof(*nb))))
+				return NULL;
+			__atomic_store_n(&ix->blocks, nb, __ATOMIC_RELEASE);
 			ix->capblocks = ncap;
 		}
 		if (!(b = malloc(REC_BLOCK_SIZE)))
@@ -481,6 +559,8 @@ void index_free(struct index *ix)
 	free(ix->chunks);
 	free(ix->blocks);
 	free(ix->by_addr);
+	for (uint32_t i = 0; i < ix->nretired; i++)
+		free(ix->retired[i]);
 	pthread_rwlock_destroy(&ix->lock);
 	free(ix);
 }
@@ -522,18 +602,19 @@ static struct rec *best_leaf(const struct index *ix, cb_ref p, const char *k, si
 	while (is_node(p)) {
 		const struct cb_node *n = to_node(ix, p);
 
-		p = n->child[direction(n, k, len)];
+		p = load_ref(&n->child[direction(n, k, len)]);
 	}
 	return to_rec(ix, p);
 }
 
 struct rec *index_get(const struct index *ix, const char *topic, size_t len)
 {
+	cb_ref root = load_ref(&ix->root);
 	struct rec *r;
 
-	if (ix->root == CB_NONE)
+	if (root == CB_NONE)
 		return NULL;
-	r = best_leaf(ix, ix->root, topic, len);
+	r = best_leaf(ix, root, topic, len);
 	if (r->topic_len != len || memcmp(r->data, topic, len) != 0)
 		return NULL;
 	return r;
@@ -551,11 +632,11 @@ static struct cb_node *node_alloc(struct index *ix, uint32_t *num)
 
 		if (c == ix->capchunks) {
 			uint32_t ncap = ix->capchunks ? 2 * ix->capchunks : 16;
-			struct cb_node **nc = realloc(ix->chunks, ncap * sizeof(*nc));
+			struct cb_node **nc = table_grow(ix, ix->chunks, c, ncap, sizeof(*nc));
 
 			if (!nc)
 				return NULL;
-			ix->chunks = nc;
+			__atomic_store_n(&ix->chunks, nc, __ATOMIC_RELEASE);
 			ix->capchunks = ncap;
 		}
 		if (!(ix->chunks[c] = malloc(NODE_CHUNK * sizeof(struct cb_node))))
@@ -646,7 +727,7 @@ struct rec *index_add(struct index *ix, const char *k, size_t len,
 	r->flags = flags;
 
 	if (!nn) {
-		ix->root = rref;
+		store_ref(&ix->root, rref);
 		goto done;
 	}
 	dir = (1 + (nother | key_byte(k, len, nbyte))) >> 8;
@@ -663,7 +744,7 @@ struct rec *index_add(struct index *ix, const char *k, size_t len,
 		where = &cn->child[direction(cn, k, len)];
 	}
 	nn->child[1 - dir] = *where;
-	*where = nnum << 1 | 1;
+	store_ref(where, nnum << 1 | 1); /* nn and r complete: now reachable */
 done:
 	ix->nrec++;
 	if (!(flags & REC_DELETED))
@@ -676,9 +757,110 @@ nomem:
 	return NULL;
 }
 
+/*
+** The sequence is a seqlock over the records and the tree, for index_peek:
+** a writer makes it odd before it changes anything (index_wrlock,
+** index_changing) and even again when the index is consistent
+** (index_settled, index_unlock). Only the holder of the write lock moves
+** it; the thread-local says which index this thread holds for writing.
+** Fences, not atomics on every field: a reader copies a record with
+** memcpy and trusts the copy only if the sequence did not move (the usual
+** seqlock; the fences order the copy between the two reads of seq).
+*/
+static _Thread_local const struct index *writing;
+
+static void seq_odd(struct index *ix)
+{
+	uint64_t s = atomic_load_explicit(&ix->seq, memory_order_relaxed);
+
+	if (s & 1)
+		return;
+	atomic_store_explicit(&ix->seq, s + 1, memory_order_relaxed);
+	atomic_thread_fence(memory_order_release);
+}
+
+static void seq_even(struct index *ix)
+{
+	uint64_t s = atomic_load_explicit(&ix->seq, memory_order_relaxed);
+
+	if (s & 1)
+		atomic_store_explicit(&ix->seq, s + 1, memory_order_release);
+}
+
 void index_rdlock(struct index *ix) { pthread_rwlock_rdlock(&ix->lock); }
-void index_wrlock(struct index *ix) { pthread_rwlock_wrlock(&ix->lock); }
-void index_unlock(struct index *ix) { pthread_rwlock_unlock(&ix->lock); }
+
+void index_wrlock(struct index *ix)
+{
+	pthread_rwlock_wrlock(&ix->lock);
+	writing = ix;
+	seq_odd(ix);
+}
+
+void index_unlock(struct index *ix)
+{
+	if (writing == ix) {
+		seq_even(ix);
+		writing = NULL;
+	}
+	pthread_rwlock_unlock(&ix->lock);
+}
+
+void index_settled(struct index *ix)
+{
+	if (writing == ix)
+		seq_even(ix);
+}
+
+void index_changing(struct index *ix)
+{
+	if (writing == ix)
+		seq_odd(ix);
+}
+
+/* A spin's worth of waiting for a writer's change (an applied message
+ * takes a few microseconds; a pause some 30 ns here): past about 10 us a
+ * try, the writer is in a long hold or preempted, and a spinning reader
+ * would only take its core: the caller takes the lock. */
+#define PEEK_SPINS 256
+#define PEEK_TRIES 4
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#elif defined(__aarch64__)
+	__asm__ __volatile__("yield" ::: "memory");
+#endif
+}
+
+int index_peek(const struct index *ix, const char *topic, size_t len, struct rec *out,
+	       const struct rec **ret_rec)
+{
+	for (int t = 0; t < PEEK_TRIES; t++) {
+		uint64_t s1 = atomic_load_explicit(&ix->seq, memory_order_acquire);
+		const struct rec *r;
+
+		for (int i = 0; (s1 & 1) && i < PEEK_SPINS; i++) {
+			cpu_relax();
+			s1 = atomic_load_explicit(&ix->seq, memory_order_acquire);
+		}
+		if (s1 & 1)
+			return -EAGAIN;
+		/* Safe whatever a writer does meanwhile (see load_ref); only
+		 * the copy's consistency needs the check below. */
+		r = index_get(ix, topic, len);
+		if (r)
+			memcpy(out, r, offsetof(struct rec, data));
+		atomic_thread_fence(memory_order_acquire);
+		if (atomic_load_explicit(&ix->seq, memory_order_relaxed) != s1)
+			continue;
+		if (!r)
+			return 0;
+		*ret_rec = r;
+		return 1;
+	}
+	return -EAGAIN;
+}
 
 /*
 ** The walk's stack of subtrees still to visit, top = next in order. Its

@@ -180,6 +180,18 @@ void index_set_payload_source(struct index *ix, rec_fetch_fn fetch, rec_scan_fn 
  * it read from the file last, for as long as their record keeps its
  * revision (index.c: at most 1 MiB a thread). */
 int rec_payload(const struct index *ix, const struct rec *r, const void **p, size_t *n);
+/* rec_payload, and a payload that is in memory is kept in this thread's
+ * cache too (as one read from the file is): for point reads, whose next
+ * read of the same revision can then be a rec_payload_peek. */
+int rec_payload_keep(const struct index *ix, const struct rec *r, const void **p, size_t *n);
+/*
+** Without a lock: the payload of snap (index_peek's copy of r) from this
+** thread's cache only: 0 with *p, *n set (valid until this thread's next
+** rec_payload*), or -EAGAIN when the cache does not hold snap's revision
+** (read it under the lock instead).
+*/
+int rec_payload_peek(const struct index *ix, const struct rec *r, const struct rec *snap,
+		     const void **p, size_t *n);
 /* This thread's payload cache: reads it answered, reads that went to the file. */
 void rec_payload_cache_stats(uint64_t *ret_hits, uint64_t *ret_misses);
 
@@ -241,6 +253,27 @@ struct rec *index_rec(const struct index *ix, uint32_t ref);
 void index_rdlock(struct index *ix);
 void index_wrlock(struct index *ix);
 void index_unlock(struct index *ix);
+
+/*
+** Point reads without the lock (a seqlock beside it). A reader waiting on
+** the rwlock waits for the whole of a writer's hold, and on a busy host
+** for as long as the holder is preempted: milliseconds at the tail. So the
+** writer says when the records are consistent: index_wrlock makes them
+** "changing", index_settled (write lock held) says they are consistent
+** until index_changing (before the writer changes anything again) or
+** index_unlock. The session thread settles between the messages of one
+** hold; other writers stay changing for their whole hold.
+**
+** index_peek copies the fields of topic's record (not its topic: the caller
+** has it) into *out when no writer changed anything meanwhile: returns 1
+** with *ret_rec the record (for rec_payload_peek), 0 when there is no such
+** record, -EAGAIN when writers kept changing the index: take the read lock
+** then. It spins a few microseconds at most. Never touches a payload.
+*/
+void index_settled(struct index *ix);
+void index_changing(struct index *ix);
+int index_peek(const struct index *ix, const char *topic, size_t len, struct rec *out,
+	       const struct rec **ret_rec);
 
 /*
 ** Ordered iteration: calls fn for each record whose topic is strictly

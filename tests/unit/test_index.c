@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <malloc.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -693,6 +694,203 @@ START_TEST(rwlock_readers_and_writer)
 }
 END_TEST
 
+/* index_peek answers while the records are settled, and only then. */
+START_TEST(peek_follows_the_writer)
+{
+	struct index *ix = sample();
+	const struct rec *r = NULL;
+	struct rec snap;
+	struct rec *w = index_get(ix, "a/b", 3);
+
+	w->rev = 41;
+	w->ts_ns = 7;
+	ck_assert_int_eq(index_peek(ix, "a/b", 3, &snap, &r), 1);
+	ck_assert_ptr_eq(r, w);
+	ck_assert_int_eq(snap.rev, 41);
+	ck_assert_int_eq(snap.ts_ns, 7);
+	ck_assert_uint_eq(snap.topic_len, 3);
+	ck_assert_int_eq(index_peek(ix, "a/bb", 4, &snap, &r), 0);
+	ck_assert_int_eq(index_peek(ix, "", 0, &snap, &r), 1);
+
+	/* A writer holding the lock is changing the records until it settles. */
+	index_wrlock(ix);
+	ck_assert_int_eq(index_peek(ix, "a/b", 3, &snap, &r), -EAGAIN);
+	w->rev = 42;
+	index_settled(ix);
+	ck_assert_int_eq(index_peek(ix, "a/b", 3, &snap, &r), 1);
+	ck_assert_int_eq(snap.rev, 42);
+	index_changing(ix);
+	ck_assert_int_eq(index_peek(ix, "a/b", 3, &snap, &r), -EAGAIN);
+	add(ix, "a/b/e");
+	index_unlock(ix);
+	ck_assert_int_eq(index_peek(ix, "a/b/e", 5, &snap, &r), 1);
+	/* A reader's lock does not make the records change. */
+	index_rdlock(ix);
+	index_settled(ix);
+	index_changing(ix);
+	ck_assert_int_eq(index_peek(ix, "a/b", 3, &snap, &r), 1);
+	index_unlock(ix);
+	index_free(ix);
+}
+END_TEST
+
+/* A point read keeps the payload it read; a new revision is not in the cache. */
+START_TEST(payload_peek_needs_the_revision)
+{
+	struct index *ix = index_new();
+	struct rec *w = index_add(ix, "t/1", 3, "abc", 3, 0);
+	const struct rec *r = NULL;
+	struct rec snap;
+	const void *p;
+	size_t n;
+
+	ck_assert_ptr_nonnull(w);
+	w->rev = 5;
+	ck_assert_int_eq(index_peek(ix, "t/1", 3, &snap, &r), 1);
+	ck_assert_int_eq(rec_payload_peek(ix, r, &snap, &p, &n), -EAGAIN);
+	index_rdlock(ix);
+	ck_assert_int_eq(rec_payload_keep(ix, w, &p, &n), 0);
+	ck_assert_ptr_eq(p, w->payload); /* from memory, and a copy kept */
+	index_unlock(ix);
+	ck_assert_int_eq(rec_payload_peek(ix, r, &snap, &p, &n), 0);
+	ck_assert_uint_eq(n, 3);
+	ck_assert_mem_eq(p, "abc", 3);
+	ck_assert_ptr_ne(p, w->payload);
+
+	index_wrlock(ix);
+	ck_assert_int_eq(rec_set_payload(w, "abd", 3), 0);
+	w->rev = 6;
+	index_unlock(ix);
+	ck_assert_int_eq(index_peek(ix, "t/1", 3, &snap, &r), 1);
+	ck_assert_int_eq(rec_payload_peek(ix, r, &snap, &p, &n), -EAGAIN);
+	/* An empty payload needs no cache. */
+	index_wrlock(ix);
+	ck_assert_int_eq(rec_set_payload(w, NULL, 0), 0);
+	w->rev = 7;
+	index_unlock(ix);
+	ck_assert_int_eq(index_peek(ix, "t/1", 3, &snap, &r), 1);
+	ck_assert_int_eq(rec_payload_peek(ix, r, &snap, &p, &n), 0);
+	ck_assert_uint_eq(n, 0);
+	index_free(ix);
+}
+END_TEST
+
+#define PEEK_KEYS 60000
+
+struct peek_ctx {
+	struct index *ix;
+	_Atomic int inserted;   /* keys p/0 .. p/inserted-1 are in */
+	_Atomic int done;
+	_Atomic long ok, again;
+	_Atomic int bad;        /* a torn copy, or an inserted key not found */
+};
+
+/* A few hundred cycles between two writes: room for a reader to land. */
+static void peek_dawdle(void)
+{
+	for (volatile int k = 0; k < 32; k++)
+		;
+}
+
+/* Every field written on its own, so that a copy taken mid-change is torn. */
+static void peek_set(struct rec *r, int64_t v)
+{
+	volatile struct rec *vr = r;
+
+	vr->ts_ns = v;
+	peek_dawdle();
+	vr->received_ms = 3 * v;
+	peek_dawdle();
+	vr->last_seen_ms = 5 * v;
+	vr->updates = (uint32_t)v;
+	peek_dawdle();
+	vr->rev = v;
+}
+
+static bool peek_consistent(const struct rec *s)
+{
+	return s->received_ms == 3 * s->ts_ns && s->last_seen_ms == 5 * s->ts_ns &&
+	       s->rev == s->ts_ns && s->updates == (uint32_t)s->ts_ns;
+}
+
+static void *peeker(void *arg)
+{
+	struct peek_ctx *c = arg;
+	unsigned seed = 12345;
+	char t[32];
+
+	while (!c->done) {
+		int have = atomic_load(&c->inserted), i, len, rc;
+		const struct rec *r;
+		struct rec snap;
+
+		if (have == 0)
+			continue;
+		i = (int)(rand_r(&seed) % (unsigned)have);
+		len = snprintf(t, sizeof(t), "p/%d", i);
+		rc = index_peek(c->ix, t, (size_t)len, &snap, &r);
+		if (rc == 1) {
+			if (!peek_consistent(&snap) || snap.topic_len != len || memcmp(rec_topic(r), t, (size_t)len))
+				c->bad = 1;
+			c->ok++;
+		} else if (rc == -EAGAIN) {
+			c->again++;
+		} else {
+			c->bad = 2;
+		}
+	}
+	return NULL;
+}
+
+/*
+** Readers peek without the lock while the writer inserts (the tree and its
+** tables grow) and rewrites records field by field in holds of 16 changes,
+** settled between them as the session thread does: every copy a reader
+** trusts is whole, and no key once in is ever missed.
+*/
+START_TEST(peek_while_writing)
+{
+	struct peek_ctx c = { .ix = index_new() };
+	unsigned seed = 99;
+	pthread_t th[2];
+	char t[32];
+	int next = 0;
+
+	for (int i = 0; i < 2; i++)
+		ck_assert_int_eq(pthread_create(&th[i], NULL, peeker, &c), 0);
+	for (int64_t v = 1; next < PEEK_KEYS || v < 4 * PEEK_KEYS; v++) {
+		if (v % 16 == 1)
+			index_wrlock(c.ix);
+		else
+			index_changing(c.ix);
+		if (next < PEEK_KEYS && (v & 1)) {
+			int len = snprintf(t, sizeof(t), "p/%d", next);
+			struct rec *r = index_add(c.ix, t, (size_t)len, NULL, 0, 0);
+
+			ck_assert_ptr_nonnull(r);
+			peek_set(r, v);
+			atomic_store(&c.inserted, ++next);
+		} else if (next > 0) {
+			int len = snprintf(t, sizeof(t), "p/%d", (int)(rand_r(&seed) % (unsigned)next));
+
+			peek_set(index_get(c.ix, t, (size_t)len), v);
+		}
+		if (v % 16 == 0)
+			index_unlock(c.ix);
+		else
+			index_settled(c.ix);
+	}
+	index_unlock(c.ix);
+	c.done = 1;
+	for (int i = 0; i < 2; i++)
+		ck_assert_int_eq(pthread_join(th[i], NULL), 0);
+	ck_assert_msg(c.bad == 0, "a reader trusted a torn copy or missed a key (%d)", c.bad);
+	ck_assert_msg(c.ok > 0, "no peek succeeded beside the writer (%ld retried)", (long)c.again);
+	ck_assert_uint_eq(index_size(c.ix), PEEK_KEYS);
+	index_free(c.ix);
+}
+END_TEST
+
 static Suite *index_suite(void)
 {
 	Suite *s = suite_create("index");
@@ -714,6 +912,9 @@ static Suite *index_suite(void)
 	tcase_add_loop_test(tc, random_vs_qsort, 0, 2);
 	tcase_add_test(tc, deep_tree);
 	tcase_add_test(tc, rwlock_readers_and_writer);
+	tcase_add_test(tc, peek_follows_the_writer);
+	tcase_add_test(tc, payload_peek_needs_the_revision);
+	tcase_add_test(tc, peek_while_writing);
 	suite_add_tcase(s, tc);
 	return s;
 }
