@@ -68,8 +68,8 @@ enum cadence_source {
 ** with the index write lock held: on the MQTT session thread, which applies
 ** each message as it reads it (mirror_ingest), on the keeper thread (staleness
 ** deadlines, store writes) and at a reload (SIGHUP). Readers (HTTP
-** handlers, the watch hub) hold
-** the read lock while they look.  A deleted key stays as a tombstone
+** handlers, the watch hub) hold the read lock while they look, except
+** point reads, which copy a record without it (index_peek).  A deleted key stays as a tombstone
 ** (REC_DELETED, payload NULL, payload_len 0) so that an older message can
 ** never bring it back; tombstones are not counted as keys and are not
 ** served.  Fields are ordered widest first: no padding.
