@@ -877,11 +877,204 @@ static void row_rest(sqlite3_stmt *s, struct store_row *row)
 	learn_decode(row, s, 10);
 }
 
+/*
+** The load is a pipeline of two threads: a reader thread steps SQLite
+** through the table and copies rows into batches, while the caller's thread
+** hands them to fn (which builds the index). SQLite's decoding was a third
+** of a load; on a second core it overlaps the inserts. The rows reach fn in
+** the table's order, one batch after another; a batch holds at most
+** LOAD_BATCH_ROWS rows or about LOAD_BATCH_BYTES of topics and payloads
+** (more only for a single row larger than that), and LOAD_BATCHES of them
+** exist: the memory is bounded whatever the file.
+*/
+#define LOAD_BATCH_ROWS 2048
+#define LOAD_BATCH_BYTES (1u << 20)
+#define LOAD_BATCHES 3
+
+struct load_batch {
+	struct store_row row[LOAD_BATCH_ROWS];
+	size_t n;
+	char *bytes;            /* the rows' topics and payloads */
+	size_t used, cap;
+};
+
+struct loader {
+	struct store *st;
+	sqlite3_stmt *s;
+	int64_t skip_before_ns;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct load_batch b[LOAD_BATCHES];
+	unsigned filled, taken;  /* batches handed over and taken: filled - taken <= LOAD_BATCHES */
+	bool done;               /* the reader thread has finished (ret says how) */
+	bool stop;               /* the caller wants no more */
+	bool eof;                /* SQLite said SQLITE_DONE (a step after it would start over) */
+	int ret;                 /* the reader's outcome: 0, or -errno with err */
+	char err[256];
+	int64_t forgotten_rev;
+};
+
+/* Copy n bytes into b's arena: their offset, or SIZE_MAX on ENOMEM. */
+static size_t batch_copy(struct load_batch *b, const void *p, size_t n)
+{
+	size_t off = b->used;
+
+	if (b->cap - b->used < n) {
+		size_t ncap = b->cap ? b->cap : LOAD_BATCH_BYTES;
+		char *nb;
+
+		while (ncap - b->used < n)
+			ncap *= 2;
+		if (!(nb = realloc(b->bytes, ncap)))
+			return SIZE_MAX;
+		b->bytes = nb;
+		b->cap = ncap;
+	}
+	if (n)
+		memcpy(b->bytes + off, p, n);
+	b->used += n;
+	return off;
+}
+
+/* Fill b with the next rows. Returns 1 when b holds rows and there may be
+ * more, 0 at the table's end, or -errno (with ld->err). Pointers in b's
+ * rows are offsets into b->bytes until batch_fix(). */
+static int batch_fill(struct loader *ld, struct load_batch *b)
+{
+	int rc;
+
+	b->n = 0;
+	b->used = 0;
+	while (!ld->eof && b->n < LOAD_BATCH_ROWS && b->used < LOAD_BATCH_BYTES) {
+		struct store_row *row = &b->row[b->n];
+		size_t toff, poff = 0;
+
+		if ((rc = sqlite3_step(ld->s)) != SQLITE_ROW) {
+			if (rc != SQLITE_DONE)
+				return store_sql_fail(ld->st->db, rc, "load", ld->err, sizeof(ld->err));
+			ld->eof = true;
+			break;
+		}
+		if (!row_head(ld->s, row)) {
+			seterr(ld->err, sizeof(ld->err), "load: a stored topic is empty, too long or "
+			       "holds a NUL byte, refusing the file");
+			return -EIO;
+		}
+		if ((row->flags & STORE_DELETED) && row->ts_ns < ld->skip_before_ns) {
+			/* forgotten: store_purge_tombstones deletes it */
+			int64_t frev = sqlite3_column_int64(ld->s, 4);
+
+			if (frev > ld->forgotten_rev)
+				ld->forgotten_rev = frev;
+			continue;
+		}
+		row_rest(ld->s, row);
+		if ((toff = batch_copy(b, row->topic, row->topic_len)) == SIZE_MAX ||
+		    (row->payload && (poff = batch_copy(b, row->payload, row->payload_len)) == SIZE_MAX)) {
+			seterr(ld->err, sizeof(ld->err), "load: out of memory");
+			return -ENOMEM;
+		}
+		row->topic = (const char *)(uintptr_t)toff;
+		if (row->payload)
+			row->payload = (const void *)(uintptr_t)poff;
+		b->n++;
+	}
+	return b->n > 0;
+}
+
+/* Offsets into b->bytes become pointers (once b->bytes stops moving). */
+static void batch_fix(struct load_batch *b)
+{
+	for (size_t i = 0; i < b->n; i++) {
+		b->row[i].topic = b->bytes + (uintptr_t)b->row[i].topic;
+		if (b->row[i].payload)
+			b->row[i].payload = b->bytes + (uintptr_t)b->row[i].payload;
+	}
+}
+
+static void *loader_main(void *arg)
+{
+	struct loader *ld = arg;
+	int rc = 1;
+
+	while (rc > 0) {
+		struct load_batch *b;
+
+		pthread_mutex_lock(&ld->mu);
+		while (!ld->stop && ld->filled - ld->taken == LOAD_BATCHES)
+			pthread_cond_wait(&ld->cv, &ld->mu);
+		if (ld->stop) {
+			pthread_mutex_unlock(&ld->mu);
+			break;
+		}
+		b = &ld->b[ld->filled % LOAD_BATCHES];
+		pthread_mutex_unlock(&ld->mu);
+
+		if ((rc = batch_fill(ld, b)) > 0) {
+			batch_fix(b);
+			pthread_mutex_lock(&ld->mu);
+			ld->filled++;
+			pthread_cond_broadcast(&ld->cv);
+			pthread_mutex_unlock(&ld->mu);
+		}
+	}
+	pthread_mutex_lock(&ld->mu);
+	ld->ret = rc < 0 ? rc : 0;
+	ld->done = true;
+	pthread_cond_broadcast(&ld->cv);
+	pthread_mutex_unlock(&ld->mu);
+	return NULL;
+}
+
+/* Hand the batches to fn as they come. Returns 0 when the reader finished
+ * (its outcome in ld->ret) or fn's error (the reader is told to stop). */
+static int loader_drain(struct loader *ld, store_row_fn fn, void *ctx, int64_t *rev,
+			char *err, size_t errlen)
+{
+	for (;;) {
+		struct load_batch *b;
+		int ret = 0;
+
+		pthread_mutex_lock(&ld->mu);
+		while (ld->filled == ld->taken && !ld->done)
+			pthread_cond_wait(&ld->cv, &ld->mu);
+		if (ld->filled == ld->taken) { /* done, and nothing left */
+			pthread_mutex_unlock(&ld->mu);
+			return 0;
+		}
+		b = &ld->b[ld->taken % LOAD_BATCHES];
+		pthread_mutex_unlock(&ld->mu);
+
+		for (size_t i = 0; i < b->n && ret == 0; i++) {
+			const struct store_row *row = &b->row[i];
+
+			if ((ret = fn(ctx, row)) < 0) {
+				if (ret == -ENOMEM)
+					seterr(err, errlen, "load: out of memory");
+				else
+					seterr(err, errlen, "load: %.*s: %s", (int)row->topic_len,
+					       row->topic, strerror(-ret));
+			} else if (row->rev > *rev) {
+				*rev = row->rev;
+			}
+		}
+		pthread_mutex_lock(&ld->mu);
+		ld->taken++;
+		if (ret < 0)
+			ld->stop = true;
+		pthread_cond_broadcast(&ld->cv);
+		pthread_mutex_unlock(&ld->mu);
+		if (ret < 0)
+			return ret;
+	}
+}
+
 int store_load(struct store *st, int64_t skip_before_ns, store_row_fn fn, void *ctx,
 	       int64_t *ret_rev, char *err, size_t errlen)
 {
-	sqlite3_stmt *s = NULL;
+	struct loader *ld;
 	int64_t rev = 0, mark = 0;
+	pthread_t th;
 	int rc, ret;
 
 	st->forgotten_rev = 0;
@@ -889,50 +1082,46 @@ int store_load(struct store *st, int64_t skip_before_ns, store_row_fn fn, void *
 			&mark, err, errlen);
 	if (ret < 0)
 		return ret;
-	rc = sqlite3_prepare_v2(st->db, sql_load, -1, &s, NULL);
-	if (rc != SQLITE_OK)
-		goto fail_sql;
-	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-		struct store_row row;
-
-		if (!row_head(s, &row)) {
-			seterr(err, errlen, "load: a stored topic is empty, too long or "
-			       "holds a NUL byte, refusing the file");
-			ret = -EIO;
-			goto fail;
-		}
-		if ((row.flags & STORE_DELETED) && row.ts_ns < skip_before_ns) {
-			/* forgotten: store_purge_tombstones deletes it */
-			int64_t frev = sqlite3_column_int64(s, 4);
-
-			if (frev > st->forgotten_rev)
-				st->forgotten_rev = frev;
-			continue;
-		}
-		row_rest(s, &row);
-		ret = fn(ctx, &row);
-		if (ret < 0) {
-			if (ret == -ENOMEM)
-				seterr(err, errlen, "load: out of memory");
-			else
-				seterr(err, errlen, "load: %.*s: %s", (int)row.topic_len, row.topic,
-				       strerror(-ret));
-			goto fail;
-		}
-		if (row.rev > rev)
-			rev = row.rev;
+	if (!(ld = calloc(1, sizeof(*ld)))) {
+		seterr(err, errlen, "load: out of memory");
+		return -ENOMEM;
 	}
-	if (rc != SQLITE_DONE)
-		goto fail_sql;
-	sqlite3_finalize(s);
-	st->rev_written = rev > mark ? rev : mark;
-	*ret_rev = st->rev_written;
-	return 0;
-
-fail_sql:
-	ret = store_sql_fail(st->db, rc, "load", err, errlen);
-fail:
-	sqlite3_finalize(s);
+	ld->st = st;
+	ld->skip_before_ns = skip_before_ns;
+	rc = sqlite3_prepare_v2(st->db, sql_load, -1, &ld->s, NULL);
+	if (rc != SQLITE_OK) {
+		free(ld);
+		return store_sql_fail(st->db, rc, "load", err, errlen);
+	}
+	pthread_mutex_init(&ld->mu, NULL);
+	pthread_cond_init(&ld->cv, NULL);
+	if (pthread_create(&th, NULL, loader_main, ld) != 0) {
+		/* No second thread: the same batches, filled and drained here. */
+		ld->done = true;
+		while (ret == 0 && (rc = batch_fill(ld, &ld->b[0])) > 0) {
+			batch_fix(&ld->b[0]);
+			ld->filled = 1;
+			ld->taken = 0;
+			ret = loader_drain(ld, fn, ctx, &rev, err, errlen);
+		}
+		ld->ret = rc < 0 ? rc : 0;
+	} else {
+		ret = loader_drain(ld, fn, ctx, &rev, err, errlen);
+		pthread_join(th, NULL);
+	}
+	if (ret == 0 && (ret = ld->ret) < 0)
+		seterr(err, errlen, "%s", ld->err);
+	if (ret == 0) {
+		st->forgotten_rev = ld->forgotten_rev;
+		st->rev_written = rev > mark ? rev : mark;
+		*ret_rev = st->rev_written;
+	}
+	sqlite3_finalize(ld->s);
+	for (int i = 0; i < LOAD_BATCHES; i++)
+		free(ld->b[i].bytes);
+	pthread_cond_destroy(&ld->cv);
+	pthread_mutex_destroy(&ld->mu);
+	free(ld);
 	return ret;
 }
 

@@ -1411,6 +1411,101 @@ START_TEST(test_rows_round_trip)
 }
 END_TEST
 
+/* What a large load handed over, checked as it comes. */
+struct order {
+	int n, fail_at;
+	char prev[32];
+	size_t big;          /* the length of the big payload seen, 0 none */
+	bool bad;
+};
+
+static int in_order(void *ctx, const struct store_row *row)
+{
+	struct order *o = ctx;
+	char want[48];
+
+	if (o->fail_at && o->n + 1 == o->fail_at)
+		return -EIO;
+	if (row->topic_len >= sizeof(o->prev) ||
+	    (o->n && memcmp(row->topic, o->prev, row->topic_len) <= 0))
+		o->bad = true;
+	memcpy(o->prev, row->topic, row->topic_len);
+	o->prev[row->topic_len] = '\0';
+	if (row->payload_len > 4096) {
+		for (size_t i = 0; i < row->payload_len; i++)
+			if (((const unsigned char *)row->payload)[i] != (unsigned char)(i * 7))
+				o->bad = true;
+		o->big = row->payload_len;
+	} else {
+		snprintf(want, sizeof(want), "v=%s", o->prev);
+		if (row->payload_len != strlen(want) || memcmp(row->payload, want, row->payload_len))
+			o->bad = true;
+	}
+	o->n++;
+	return 0;
+}
+
+/*
+** The load comes in batches from a reader thread: thousands of rows (more
+** batches than are ever in flight) and one payload bigger than a batch
+** arrive whole and in topic order, old tombstones are skipped, and the
+** callback's error stops the reader at any point (no thread left waiting).
+*/
+START_TEST(test_load_in_batches)
+{
+	enum { N = 7000, BIG = 3 << 20 };
+	struct store_row *w = calloc(N + 1, sizeof(*w));
+	char (*topic)[24] = calloc(N + 1, sizeof(*topic));
+	char (*payload)[32] = calloc(N + 1, sizeof(*payload));
+	unsigned char *big = malloc(BIG);
+	struct store *st = open_store();
+	struct order o = { 0 };
+	char err[256] = "";
+	int64_t rev = 0;
+
+	ck_assert(w && topic && payload && big);
+	for (size_t i = 0; i < BIG; i++)
+		big[i] = (unsigned char)(i * 7);
+	for (int i = 0; i <= N; i++) {
+		snprintf(topic[i], sizeof(topic[i]), "b/%06d", i);
+		snprintf(payload[i], sizeof(payload[i]), "v=%s", topic[i]);
+		w[i] = (struct store_row){ .topic = topic[i], .topic_len = (uint16_t)strlen(topic[i]),
+					   .payload = payload[i],
+					   .payload_len = (uint32_t)strlen(payload[i]),
+					   .rev = i + 1, .ts_ns = 1000 };
+		if (i % 1000 == 999) /* an old tombstone: forgotten */
+			w[i].flags = STORE_DELETED, w[i].ts_ns = 10;
+	}
+	w[N / 2].payload = big;
+	w[N / 2].payload_len = BIG;
+	ck_assert_msg(store_write(st, w, N + 1, err, sizeof(err)) == 0, "%s", err);
+
+	ck_assert_msg(store_load(st, 100, in_order, &o, &rev, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_int_eq(o.n, N + 1 - 7);
+	ck_assert(!o.bad);
+	ck_assert_uint_eq(o.big, BIG);
+	ck_assert_str_eq(o.prev, "b/007000");
+	ck_assert_int_eq(rev, N + 1);
+
+	/* A failure early, in the middle and at the very last row. */
+	for (int k = 0; k < 3; k++) {
+		int at = k == 0 ? 1 : k == 1 ? 4500 : N + 1 - 7;
+
+		memset(&o, 0, sizeof(o));
+		o.fail_at = at;
+		err[0] = '\0';
+		ck_assert_int_eq(store_load(st, 100, in_order, &o, &rev, err, sizeof(err)), -EIO);
+		ck_assert_int_eq(o.n, at - 1);
+		ck_assert_msg(strstr(err, "load: b/") != NULL, "err: %s", err);
+	}
+	store_close(st);
+	free(w);
+	free(topic);
+	free(payload);
+	free(big);
+}
+END_TEST
+
 static Suite *store_suite(void)
 {
 	Suite *s = suite_create("store");
@@ -1418,6 +1513,7 @@ static Suite *store_suite(void)
 
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_create_migrates);
+	tcase_add_test(tc, test_load_in_batches);
 	tcase_add_test(tc, test_round_trip);
 	tcase_add_test(tc, test_rows_round_trip);
 	tcase_add_test(tc, test_stage_is_a_snapshot);
