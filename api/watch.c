@@ -871,12 +871,6 @@ int watch_open(struct watch *h, struct MHD_Connection *c, char *query, size_t qu
 		w->cursor = since;
 	} else if (snapshot) {
 		w->phase = W_SNAPSHOT;
-	} else {
-		w->phase = W_CATCHUP;
-		index_rdlock(h->ix);
-		w->cursor = changes_head(h->cl);
-		index_unlock(h->ix);
-		atomic_store(&w->need_rev, w->cursor);
 	}
 
 	/* The index lock keeps the log still while the first listener moves
@@ -894,6 +888,16 @@ int watch_open(struct watch *h, struct MHD_Connection *c, char *query, size_t qu
 		free(w->filter);
 		free(w);
 		return -EBUSY;
+	}
+	if (since < 0 && !snapshot) {
+		/* From now: live at once, before the response goes out, so
+		 * that nothing (an intent event, which is not in the change
+		 * log) made after the client has the headers is missed. The
+		 * hub hands it what comes after max(pos, head): pos <= head,
+		 * and skip_to leaves out the rest. */
+		w->phase = W_LIVE;
+		w->cursor = w->skip_to = changes_head(h->cl);
+		h->nlive++;
 	}
 	w->serial = ++h->serial_next;
 	w->next = h->head;
