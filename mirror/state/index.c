@@ -61,7 +61,7 @@ struct block_at {
 	uint32_t num;
 };
 
-#define RETIRED_MAX 32 /* chunk and block tables outgrown: 15 + 10 doublings at most */
+#define RETIRED_MAX 32 /* chunk and block tables outgrown: 14 + 10 doublings at most */
 
 struct index {
 	uint64_t gen;                /* unique in the process: names it in read caches */
@@ -454,6 +454,7 @@ int rec_payload_peek(const struct index *ix, const struct rec *r, const struct r
 	*n = 0;
 	if (snap->payload_len == 0)
 		return 0;
+	pthread_once(&pcache_once, pcache_init); /* what pcache_key is, seen from this thread */
 	if (!pcache_ok || !(pc = pthread_getspecific(pcache_key)))
 		return -EAGAIN;
 	s = pcache_slot(pc, r);
@@ -518,11 +519,13 @@ static struct rec *rec_slot(struct index *ix, size_t size, cb_ref *ref)
 
 struct index *index_new(void)
 {
-	struct index *ix = calloc(1, sizeof(*ix));
 	pthread_rwlockattr_t attr;
+	struct index *ix;
 
-	if (!ix)
+	/* seq's cache line of its own needs the alignment calloc does not give. */
+	if (posix_memalign((void **)&ix, _Alignof(struct index), sizeof(*ix)) != 0)
 		return NULL;
+	memset(ix, 0, sizeof(*ix));
 	ix->root = CB_NONE;
 	ix->gen = ++index_gens;
 	if (pthread_rwlockattr_init(&attr) != 0)
@@ -818,11 +821,20 @@ void index_changing(struct index *ix)
 }
 
 /* A spin's worth of waiting for a writer's change (an applied message
- * takes a few microseconds; a pause some 30 ns here): past about 10 us a
- * try, the writer is in a long hold or preempted, and a spinning reader
- * would only take its core: the caller takes the lock. */
-#define PEEK_SPINS 256
+ * takes a few microseconds): past PEEK_SPIN_NS a try, the writer is in a
+ * long hold or preempted, and a spinning reader would only take its core:
+ * the caller takes the lock. Time-bounded, since what a pause costs
+ * varies from one CPU to the next (30 ns here, next to nothing on arm64). */
+#define PEEK_SPIN_NS 10000
 #define PEEK_TRIES 4
+
+static int64_t mono_ns(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
 
 static inline void cpu_relax(void)
 {
@@ -840,9 +852,15 @@ int index_peek(const struct index *ix, const char *topic, size_t len, struct rec
 		uint64_t s1 = atomic_load_explicit(&ix->seq, memory_order_acquire);
 		const struct rec *r;
 
-		for (int i = 0; (s1 & 1) && i < PEEK_SPINS; i++) {
-			cpu_relax();
-			s1 = atomic_load_explicit(&ix->seq, memory_order_acquire);
+		if (s1 & 1) {
+			int64_t until = mono_ns() + PEEK_SPIN_NS;
+
+			for (unsigned i = 1; s1 & 1; i++) {
+				cpu_relax();
+				s1 = atomic_load_explicit(&ix->seq, memory_order_acquire);
+				if ((i & 31) == 0 && mono_ns() > until)
+					break;
+			}
 		}
 		if (s1 & 1)
 			return -EAGAIN;
