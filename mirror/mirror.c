@@ -748,13 +748,14 @@ static void mirror_update_ready(struct mirror *c, bool synced, size_t keys)
 }
 
 /* The old tombstones store_load skipped leave the file before the first
- * write (a full scan: off the startup path, on this thread). */
+ * write (a full scan: off the startup path, on this thread; skipped when
+ * the load skipped none, since it holds up the keeper's first turn). */
 static void mirror_purge(struct mirror *c)
 {
 	int64_t purged = 0;
 	char err[256];
 
-	if (!c->d.purge_before_ns)
+	if (!c->d.purge_before_ns || !store_forgotten(c->d.store))
 		return;
 	if (store_purge_tombstones(c->d.store, c->d.purge_before_ns, &purged, err, sizeof(err)) < 0)
 		log_warnx("store: old tombstones not purged: %s", err);

@@ -102,6 +102,7 @@ struct ckpt {
 struct store {
 	sqlite3 *db;
 	int64_t forgotten_rev; /* the newest rev among the tombstones the last load forgot */
+	uint64_t forgotten;    /* how many it forgot */
 	struct ckpt ck;
 	int wal_pages;        /* -wal size after the last commit, from the WAL hook */
 	sqlite3_stmt *begin;
@@ -912,6 +913,7 @@ struct loader {
 	int ret;                 /* the reader's outcome: 0, or -errno with err */
 	char err[256];
 	int64_t forgotten_rev;
+	uint64_t forgotten;
 };
 
 /* Copy n bytes into b's arena: their offset, or SIZE_MAX on ENOMEM. */
@@ -966,6 +968,7 @@ static int batch_fill(struct loader *ld, struct load_batch *b)
 
 			if (frev > ld->forgotten_rev)
 				ld->forgotten_rev = frev;
+			ld->forgotten++;
 			continue;
 		}
 		row_rest(ld->s, row);
@@ -1078,6 +1081,7 @@ int store_load(struct store *st, int64_t skip_before_ns, store_row_fn fn, void *
 	int rc, ret;
 
 	st->forgotten_rev = 0;
+	st->forgotten = 0;
 	ret = query_int(st->db, "SELECT coalesce((SELECT value FROM meta WHERE name = 'rev'), 0)",
 			&mark, err, errlen);
 	if (ret < 0)
@@ -1113,6 +1117,7 @@ int store_load(struct store *st, int64_t skip_before_ns, store_row_fn fn, void *
 		seterr(err, errlen, "%s", ld->err);
 	if (ret == 0) {
 		st->forgotten_rev = ld->forgotten_rev;
+		st->forgotten = ld->forgotten;
 		st->rev_written = rev > mark ? rev : mark;
 		*ret_rev = st->rev_written;
 	}
@@ -1288,6 +1293,11 @@ void store_scan_end(void *ctx)
 	sqlite3_clear_bindings(rd->scan);
 	rd->scanning = false;
 	rd->have_row = false;
+}
+
+uint64_t store_forgotten(const struct store *st)
+{
+	return st->forgotten;
 }
 
 int store_purge_tombstones(struct store *st, int64_t before_ns, int64_t *ret_n, char *err,

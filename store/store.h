@@ -116,6 +116,11 @@ int store_load(struct store *st, int64_t skip_before_ns, store_row_fn fn, void *
 int store_purge_tombstones(struct store *st, int64_t before_ns, int64_t *ret_n, char *err,
 			   size_t errlen);
 
+/* How many tombstones the last store_load forgot: when none, there is
+ * nothing for store_purge_tombstones to delete, and its full scan (some
+ * seconds at ten million keys) can be skipped. */
+uint64_t store_forgotten(const struct store *st);
+
 /*
 ** Write n rows in one transaction (upsert, or the tombstone for a deleted
 ** key) and commit: store_stage() each, then store_commit(). Returns what

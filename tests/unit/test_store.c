@@ -1056,6 +1056,17 @@ START_TEST(test_purge_tombstones)
 		ck_assert_ptr_nonnull(index_get(ix, "old/live", 8));
 		ck_assert_uint_eq(index_size(ix), 2);
 		ck_assert_int_eq(rev, 3);
+		ck_assert_uint_eq(store_forgotten(st), 1);
+		/* A load that keeps every tombstone forgets none: no purge due. */
+		index_free(ix);
+		ix = index_new();
+		ck_assert_msg(rows_load(st, ix, INT64_MIN, &rev, err, sizeof(err)) == 0, "%s", err);
+		ck_assert_uint_eq(store_forgotten(st), 0);
+		index_free(ix);
+		ix = index_new();
+		ck_assert_msg(rows_load(st, ix, v[0]->ts_ns + 10, &rev, err, sizeof(err)) == 0,
+			      "%s", err);
+		ck_assert_uint_eq(store_forgotten(st), 1);
 		index_free(ix);
 	}
 	/* ... with the same bound. */
