@@ -29,6 +29,11 @@ int64_t clock_mono_ms(void)
 	return read_ns(CLOCK_MONOTONIC) / 1000000;
 }
 
+int64_t clock_mono_ns(void)
+{
+	return read_ns(CLOCK_MONOTONIC);
+}
+
 static int64_t system_mono_ms(void *ctx)
 {
 	(void)ctx;

@@ -16,6 +16,7 @@
 int64_t clock_wall_ms(void);  /* CLOCK_REALTIME, epoch ms */
 int64_t clock_wall_ns(void);  /* CLOCK_REALTIME, epoch ns */
 int64_t clock_mono_ms(void);  /* CLOCK_MONOTONIC, ms */
+int64_t clock_mono_ns(void);  /* CLOCK_MONOTONIC, ns */
 /* The time on clock id (CLOCK_MONOTONIC for a condition variable made with
  * that clock) ms from now, for pthread_cond_timedwait; ms < 0 counts as 0. */
 void clock_deadline(clockid_t id, int64_t ms, struct timespec *ret);

@@ -938,9 +938,9 @@ static size_t batch_copy(struct load_batch *b, const void *p, size_t n)
 	return off;
 }
 
-/* Fill b with the next rows. Returns 1 when b holds rows and there may be
- * more, 0 at the table's end, or -errno (with ld->err). Pointers in b's
- * rows are offsets into b->bytes until batch_fix(). */
+/* Fill b with the next rows. Returns 1 when b holds rows, 0 when the table
+ * has no more, or -errno (with ld->err). Pointers in b's rows are offsets
+ * into b->bytes until batch_fix(). */
 static int batch_fill(struct loader *ld, struct load_batch *b)
 {
 	int rc;
@@ -1099,16 +1099,10 @@ int store_load(struct store *st, int64_t skip_before_ns, store_row_fn fn, void *
 	}
 	pthread_mutex_init(&ld->mu, NULL);
 	pthread_cond_init(&ld->cv, NULL);
-	if (pthread_create(&th, NULL, loader_main, ld) != 0) {
-		/* No second thread: the same batches, filled and drained here. */
-		ld->done = true;
-		while (ret == 0 && (rc = batch_fill(ld, &ld->b[0])) > 0) {
-			batch_fix(&ld->b[0]);
-			ld->filled = 1;
-			ld->taken = 0;
-			ret = loader_drain(ld, fn, ctx, &rev, err, errlen);
-		}
-		ld->ret = rc < 0 ? rc : 0;
+	if ((rc = pthread_create(&th, NULL, loader_main, ld)) != 0) {
+		/* A process that cannot start this thread cannot start its others. */
+		seterr(err, errlen, "load: cannot start the reader thread: %s", strerror(rc));
+		ret = -rc;
 	} else {
 		ret = loader_drain(ld, fn, ctx, &rev, err, errlen);
 		pthread_join(th, NULL);

@@ -97,10 +97,12 @@ void store_close(struct store *st);
 ** on, or a negative errno to stop: store_load returns it, with
 ** "load: <topic>: <reason>" in err. *ret_rev receives the highest rev ever
 ** written (the greatest of the rows fn took and the file's high-water
-** mark; 0 for a new file). Returns 0, fn's error, -ENOMEM, -EBADMSG (a
-** corrupt page: the file is damaged), or -EIO (with err; also for a
-** stored topic that is empty, longer than 65535 bytes or holds a NUL,
-** before fn sees it). The keeper thread's store, at startup.
+** mark; 0 for a new file). Returns 0, fn's error, -ENOMEM, -EAGAIN (no
+** thread could be started), -EBADMSG (a corrupt page: the file is
+** damaged), or -EIO (with err; also for a stored topic that is empty,
+** longer than 65535 bytes or holds a NUL, before fn sees it). The keeper
+** thread's store, at startup; SQLite is read on a thread of its own
+** meanwhile (fn runs on the caller's).
 */
 typedef int (*store_row_fn)(void *ctx, const struct store_row *row);
 int store_load(struct store *st, int64_t skip_before_ns, store_row_fn fn, void *ctx,

@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/hash.h"
 #include "mirror/state/index.h"
 
@@ -828,14 +829,6 @@ void index_changing(struct index *ix)
 #define PEEK_SPIN_NS 10000
 #define PEEK_TRIES 4
 
-static int64_t mono_ns(void)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
-}
-
 static inline void cpu_relax(void)
 {
 #if defined(__x86_64__) || defined(__i386__)
@@ -853,12 +846,12 @@ int index_peek(const struct index *ix, const char *topic, size_t len, struct rec
 		const struct rec *r;
 
 		if (s1 & 1) {
-			int64_t until = mono_ns() + PEEK_SPIN_NS;
+			int64_t until = clock_mono_ns() + PEEK_SPIN_NS;
 
 			for (unsigned i = 1; s1 & 1; i++) {
 				cpu_relax();
 				s1 = atomic_load_explicit(&ix->seq, memory_order_acquire);
-				if ((i & 31) == 0 && mono_ns() > until)
+				if ((i & 31) == 0 && clock_mono_ns() > until)
 					break;
 			}
 		}
