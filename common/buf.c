@@ -35,7 +35,7 @@ void buf_reset(struct buf *b)
 		b->data[0] = '\0';
 }
 
-int buf_reserve(struct buf *b, size_t n)
+int buf_grow(struct buf *b, size_t n)
 {
 	size_t max = b->max ? b->max : SIZE_MAX - 1;
 	size_t need, cap;
@@ -59,27 +59,9 @@ int buf_reserve(struct buf *b, size_t n)
 	return 0;
 }
 
-int buf_append(struct buf *b, const void *p, size_t n)
-{
-	int r = buf_reserve(b, n);
-
-	if (r < 0)
-		return r;
-	if (n)
-		memcpy(b->data + b->len, p, n);
-	b->len += n;
-	b->data[b->len] = '\0';
-	return 0;
-}
-
 int buf_puts(struct buf *b, const char *s)
 {
 	return buf_append(b, s, strlen(s));
-}
-
-int buf_putc(struct buf *b, char c)
-{
-	return buf_append(b, &c, 1);
 }
 
 int buf_printf(struct buf *b, const char *fmt, ...)
@@ -120,10 +102,23 @@ fail_fmt:
 	return -EINVAL;
 }
 
-/* Bytes that need attention in a JSON string: controls, '"', '\\', non-ASCII. */
+/* Bytes that need attention in a JSON string: controls, '"', '\\', DEL and
+ * non-ASCII (checked as UTF-8). A table: topics are scanned a byte at a time. */
+#define R16(v) v, v, v, v, v, v, v, v, v, v, v, v, v, v, v, v
+static const unsigned char json_special_tab[256] = {
+	R16(1), R16(1),                                   /* 0x00-0x1f */
+	0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,   /* 0x20-0x2f: '"' */
+	R16(0), R16(0),                                   /* 0x30-0x4f */
+	0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0,   /* 0x50-0x5f: '\\' */
+	R16(0),                                           /* 0x60-0x6f */
+	0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,   /* 0x70-0x7f: DEL */
+	R16(1), R16(1), R16(1), R16(1), R16(1), R16(1), R16(1), R16(1),
+};
+#undef R16
+
 static inline int json_special(unsigned char c)
 {
-	return c < 0x20 || c == '"' || c == '\\' || c >= 0x7f;
+	return json_special_tab[c];
 }
 
 int buf_json_str(struct buf *b, const char *s, size_t n)

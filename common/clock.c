@@ -88,55 +88,62 @@ static inline char *put2(char *p, unsigned v)
 	return p + 2;
 }
 
-/* The last day formatted on this thread: a listing renders four times a
- * record, nearly all on the same day, so the date is made once a day. */
+/*
+** The last second formatted on this thread: a listing renders three or
+** four times a record, nearly all within the same second or two, so the
+** "YYYY-MM-DDTHH:MM:SS" part is made about once a second; only the
+** milliseconds are written each time.
+*/
 static _Thread_local struct {
-	int64_t day;            /* INT64_MIN: none yet (no day is that far back) */
-	char date[11];          /* "YYYY-MM-DDT" */
-} day_cache = { .day = INT64_MIN };
+	int64_t sec;            /* INT64_MIN: none yet (no second is that far back) */
+	char text[19];          /* "YYYY-MM-DDTHH:MM:SS" */
+} sec_cache = { .sec = INT64_MIN };
 
 size_t clock_put_rfc3339(int64_t ms, char *p)
 {
-	int64_t days, rem;
+	int64_t sec;
 	unsigned r;
 
 	if (ms < RFC3339_MIN_MS)
 		ms = RFC3339_MIN_MS;
 	if (ms > RFC3339_MAX_MS)
 		ms = RFC3339_MAX_MS;
-	days = ms / 86400000;
-	rem = ms % 86400000;
-	if (rem < 0) {
-		rem += 86400000;
-		days--;
+	sec = ms / 1000;
+	r = (unsigned)(ms % 1000);
+	if (ms % 1000 < 0) {
+		sec--;
+		r = (unsigned)(ms % 1000 + 1000);
 	}
-	if (day_cache.day != days) {
-		int64_t y;
-		unsigned mon, day;
-		char *d = day_cache.date;
+	if (sec_cache.sec != sec) {
+		int64_t days = sec / 86400, rem = sec % 86400, y;
+		unsigned mon, day, t;
+		char *d = sec_cache.text;
 
+		if (rem < 0) {
+			rem += 86400;
+			days--;
+		}
 		civil_from_days(days, &y, &mon, &day);
 		d = put_num(d, (unsigned)y, 4);
 		*d++ = '-';
 		d = put2(d, mon);
 		*d++ = '-';
 		d = put2(d, day);
-		*d = 'T';
-		day_cache.day = days;
+		*d++ = 'T';
+		t = (unsigned)rem;
+		d = put2(d, t / 3600);
+		*d++ = ':';
+		d = put2(d, t / 60 % 60);
+		*d++ = ':';
+		put2(d, t % 60);
+		sec_cache.sec = sec;
 	}
-	memcpy(p, day_cache.date, 11);
-	r = (unsigned)rem;
-	p = put2(p + 11, r / 3600000);
-	*p++ = ':';
-	p = put2(p, r / 60000 % 60);
-	*p++ = ':';
-	p = put2(p, r / 1000 % 60);
-	*p++ = '.';
-	r %= 1000;
-	*p++ = (char)('0' + r / 100);
-	p = put2(p, r % 100);
-	*p = 'Z';
-	return CLOCK_RFC3339_LEN;
+	memcpy(p, sec_cache.text, 19);
+	p[19] = '.';
+	p[20] = (char)('0' + r / 100);
+	put2(p + 21, r % 100);
+	p[23] = 'Z';
+	return 24;
 }
 
 char *clock_format_rfc3339(int64_t ms, char buf[32])

@@ -3,6 +3,7 @@
 #include <check.h>
 #include <errno.h>
 #include <jansson.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -137,6 +138,68 @@ START_TEST(test_json_str_always_valid)
 }
 END_TEST
 
+/* Every single byte: printable ASCII as itself, the rest escaped (or
+ * U+FFFD for a byte that is no UTF-8 on its own). */
+START_TEST(test_json_str_each_byte)
+{
+	for (int c = 0; c < 256; c++) {
+		struct buf b;
+		char in = (char)c, want[16];
+
+		if (c == '"' || c == '\\')
+			snprintf(want, sizeof(want), "\"\\%c\"", c);
+		else if (c == '\n')
+			snprintf(want, sizeof(want), "\"\\n\"");
+		else if (c == '\t')
+			snprintf(want, sizeof(want), "\"\\t\"");
+		else if (c == '\r')
+			snprintf(want, sizeof(want), "\"\\r\"");
+		else if (c == '\b')
+			snprintf(want, sizeof(want), "\"\\b\"");
+		else if (c == '\f')
+			snprintf(want, sizeof(want), "\"\\f\"");
+		else if (c < 0x20 || c == 0x7f)
+			snprintf(want, sizeof(want), "\"\\u%04x\"", c);
+		else if (c < 0x7f)
+			snprintf(want, sizeof(want), "\"%c\"", c);
+		else
+			snprintf(want, sizeof(want), "\"\xef\xbf\xbd\"");
+		buf_init(&b, 0);
+		ck_assert_int_eq(buf_json_str(&b, &in, 1), 0);
+		ck_assert_msg(strcmp(b.data, want) == 0, "byte 0x%02x: got %s, want %s", c, b.data, want);
+		buf_free(&b);
+	}
+}
+END_TEST
+
+/* Filling the buffer to the last byte of its capacity, then one more. */
+START_TEST(test_append_at_capacity)
+{
+	struct buf b;
+
+	buf_init(&b, 0);
+	ck_assert_int_eq(buf_putc(&b, 'a'), 0);
+	ck_assert_uint_gt(b.cap, 1);
+	while (b.len + 1 < b.cap)
+		ck_assert_int_eq(buf_putc(&b, 'a'), 0);
+	ck_assert_uint_eq(b.len + 1, b.cap);  /* full: only the NUL fits */
+	ck_assert_int_eq(buf_append(&b, "bc", 2), 0);
+	ck_assert_uint_ge(b.cap, b.len + 1);
+	ck_assert_uint_eq(strlen(b.data), b.len);
+	ck_assert_int_eq(b.data[b.len - 1], 'c');
+	buf_free(&b);
+	/* A limit of exactly the length: the last byte fits, the next does not. */
+	buf_init(&b, 3);
+	ck_assert_int_eq(buf_append(&b, "ab", 2), 0);
+	ck_assert_int_eq(buf_putc(&b, 'c'), 0);
+	ck_assert_int_eq(buf_putc(&b, 'd'), -E2BIG);
+	ck_assert_int_eq(buf_reserve(&b, 0), 0);
+	ck_assert_int_eq(buf_reserve(&b, 1), -E2BIG);
+	ck_assert_str_eq(b.data, "abc");
+	buf_free(&b);
+}
+END_TEST
+
 START_TEST(test_json_str_limit_unchanged)
 {
 	struct buf b;
@@ -210,6 +273,8 @@ static Suite *buf_suite(void)
 	tcase_add_test(tc, test_printf);
 	tcase_add_test(tc, test_json_str);
 	tcase_add_test(tc, test_json_str_always_valid);
+	tcase_add_test(tc, test_json_str_each_byte);
+	tcase_add_test(tc, test_append_at_capacity);
 	tcase_add_test(tc, test_json_str_limit_unchanged);
 	tcase_add_test(tc, test_base64);
 	tcase_add_test(tc, test_steal);

@@ -207,6 +207,13 @@ START_TEST(test_rfc3339_roundtrip)
 	ck_assert_str_eq(clock_format_rfc3339(951868799999, buf), "2000-02-29T23:59:59.999Z");
 	ck_assert_str_eq(clock_format_rfc3339(951868800000, buf), "2000-03-01T00:00:00.000Z");
 	ck_assert_str_eq(clock_format_rfc3339(951782400042, buf), "2000-02-29T00:00:00.042Z");
+	/* And the second: same second, the next one, and back within a second of 1970. */
+	ck_assert_str_eq(clock_format_rfc3339(951782400999, buf), "2000-02-29T00:00:00.999Z");
+	ck_assert_str_eq(clock_format_rfc3339(951782401000, buf), "2000-02-29T00:00:01.000Z");
+	ck_assert_str_eq(clock_format_rfc3339(-999, buf), "1969-12-31T23:59:59.001Z");
+	ck_assert_str_eq(clock_format_rfc3339(-1000, buf), "1969-12-31T23:59:59.000Z");
+	ck_assert_str_eq(clock_format_rfc3339(-1001, buf), "1969-12-31T23:59:58.999Z");
+	ck_assert_str_eq(clock_format_rfc3339(0, buf), "1970-01-01T00:00:00.000Z");
 	ck_assert_str_eq(clock_format_rfc3339(INT64_MAX, buf), "9999-12-31T23:59:59.999Z");
 	ck_assert_str_eq(clock_format_rfc3339(INT64_MIN, buf), "0000-01-01T00:00:00.000Z");
 }
