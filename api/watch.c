@@ -117,8 +117,14 @@ struct watch {
 	bool thread_started;
 
 	struct buf ev;                  /* the hub's render buffer */
-	struct MHD_Connection **resume; /* the hub's list of connections to resume */
-	size_t nresume, capresume;
+	/* Connections to resume: queued under mu by whoever wakes a listener
+	 * (the hub, or watch_event on an HTTP or MQTT thread), taken and
+	 * resumed by hub_flush_resumes under resume_mu, with the spare list
+	 * (resume_mu) swapped in so that mu is not held while resuming. */
+	struct MHD_Connection **resume; /* mu */
+	size_t nresume, capresume;      /* mu */
+	struct MHD_Connection **spare;  /* resume_mu */
+	size_t capspare;                /* resume_mu */
 	struct log_ratelimit rl;
 };
 
@@ -228,7 +234,8 @@ static void log_drop(struct watch *h, const struct watcher *w, const char *why)
 		log_warnx("watch: listener on %s disconnected: %s", w->filter, why);
 }
 
-/* Queue c to be resumed once mu is dropped (hub thread only). */
+/* Queue c to be resumed once mu is dropped (mu held, any thread: the
+ * next hub_flush_resumes resumes it). */
 static void hub_queue_resume(struct watch *h, struct MHD_Connection *c)
 {
 	if (h->nresume == h->capresume) {
@@ -248,11 +255,24 @@ static void hub_queue_resume(struct watch *h, struct MHD_Connection *c)
 	h->resume[h->nresume++] = c;
 }
 
+/* Resume what was queued (resume_mu held, mu not held). */
 static void hub_flush_resumes(struct watch *h)
 {
-	for (size_t i = 0; i < h->nresume; i++)
-		MHD_resume_connection(h->resume[i]);
+	struct MHD_Connection **v;
+	size_t n, cap;
+
+	pthread_mutex_lock(&h->mu);
+	v = h->resume;
+	n = h->nresume;
+	cap = h->capresume;
+	h->resume = h->spare;
+	h->capresume = h->capspare;
 	h->nresume = 0;
+	pthread_mutex_unlock(&h->mu);
+	for (size_t i = 0; i < n; i++)
+		MHD_resume_connection(v[i]);
+	h->spare = v;
+	h->capspare = cap;
 }
 
 /* Wake a listener suspended by its reader (mu held, hub thread or
@@ -393,6 +413,8 @@ out:
 
 void watch_event(struct watch *h, const char *topic, size_t topic_len, const char *ev, size_t len)
 {
+	bool queued;
+
 	if (!h || atomic_load_explicit(&h->listening, memory_order_relaxed) == 0)
 		return;
 	pthread_mutex_lock(&h->mu);
@@ -405,7 +427,12 @@ void watch_event(struct watch *h, const char *topic, size_t topic_len, const cha
 			continue;
 		w_unsuspend(h, w);
 	}
+	queued = h->nresume > 0;
 	pthread_mutex_unlock(&h->mu);
+	/* The hub resumes them: this thread may hold the index or the
+	 * intents' lock, which the hub takes after resume_mu. */
+	if (queued)
+		watch_wake(h);
 }
 
 static void hub_heartbeat(struct watch *h)
@@ -1016,5 +1043,6 @@ void watch_free(struct watch *h)
 	pthread_mutex_destroy(&h->resume_mu);
 	buf_free(&h->ev);
 	free(h->resume);
+	free(h->spare);
 	free(h);
 }
