@@ -773,9 +773,9 @@ END_TEST
 
 /* --------------------------------------------------------- at scale */
 
-/* A million keys; a tenth of that under ASan, which checks the same
- * heap code for memory errors at four times the cost per key. */
-#if defined(__SANITIZE_ADDRESS__)
+/* A million keys; a tenth of that under ASan or TSan, which check the
+ * same heap code at four to six times the cost per key. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define SCALE_KEYS 100000
 #else
 #define SCALE_KEYS 1000000
