@@ -311,10 +311,12 @@ def rss_mb(d):
 
 
 def sanitized(d):
-    """An ASan build: its allocator keeps redzones and a quarantine, so
-    RSS says nothing about our bounds there (printed, not asserted)."""
+    """An ASan or TSan build: ASan's allocator keeps redzones and a
+    quarantine, TSan maps shadow memory for every byte touched, so RSS
+    says nothing about our bounds there (printed, not asserted)."""
     with open('/proc/%d/maps' % d.proc.pid) as f:
-        return 'libasan' in f.read()
+        maps = f.read()
+    return 'libasan' in maps or 'libtsan' in maps
 
 
 def closed_metric(d, reason):
