@@ -275,8 +275,8 @@ static void hub_flush_resumes(struct watch *h)
 	h->capspare = cap;
 }
 
-/* Wake a listener suspended by its reader (mu held, hub thread or
-** watch_shutdown with resume_mu held). */
+/* Wake a listener suspended by its reader (mu held: the hub, watch_event
+** on an HTTP or MQTT thread, or watch_shutdown). */
 static void w_unsuspend(struct watch *h, struct watcher *w)
 {
 	if (!w->suspended)
@@ -429,8 +429,8 @@ void watch_event(struct watch *h, const char *topic, size_t topic_len, const cha
 	}
 	queued = h->nresume > 0;
 	pthread_mutex_unlock(&h->mu);
-	/* The hub resumes them: this thread may hold the index or the
-	 * intents' lock, which the hub takes after resume_mu. */
+	/* The hub resumes them: this thread may hold the index lock, which
+	 * the hub takes after resume_mu, so it must not take resume_mu. */
 	if (queued)
 		watch_wake(h);
 }

@@ -414,6 +414,32 @@ class Env:
             print('test files kept in', self.dir)
 
 
+# What ASan, UBSan and TSan print: in the sanitizer builds a report makes
+# the test fail even when it came at shutdown, after the test's checks, or
+# from a daemon whose exit status the test did not look at.
+SANITIZER_REPORT = re.compile(r'WARNING: ThreadSanitizer|ERROR: AddressSanitizer|'
+                              r'ERROR: LeakSanitizer|: runtime error: ')
+
+
+def sanitizer_reports(env):
+    """Stop env's daemons; the first sanitizer report line of each log that has one."""
+    found = []
+    for d in env.daemons:
+        if d.proc:
+            d.stop()
+    for path in sorted({d.logpath for d in env.daemons}):
+        try:
+            with open(path, 'rb') as f:
+                text = f.read().decode('utf-8', 'replace')
+        except FileNotFoundError:
+            continue
+        m = SANITIZER_REPORT.search(text)
+        if m:
+            line = text[text.rfind('\n', 0, m.start()) + 1:].split('\n', 1)[0]
+            found.append('%s: %s' % (path, line))
+    return found
+
+
 def run(tests, make_env=None, on_fail=None, exit=True):
     """Run test functions (each takes an Env, or what make_env() returns);
     print a line per test; on a failure the daemons' logs, and on_fail(env)
@@ -429,6 +455,8 @@ def run(tests, make_env=None, on_fail=None, exit=True):
         t0 = time.monotonic()
         try:
             t(env)
+            bad = sanitizer_reports(env)
+            assert not bad, 'sanitizer report: ' + '; '.join(bad)
             ok = True
             print('ok   %s (%.1fs)' % (t.__name__, time.monotonic() - t0))
         except Exception:
