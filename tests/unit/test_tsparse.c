@@ -203,7 +203,8 @@ START_TEST(test_rfc3339_roundtrip)
 	ck_assert_str_eq(clock_format_rfc3339(fake_now_ms, buf), "2026-11-22T02:10:02.123Z");
 	ck_assert_str_eq(clock_format_rfc3339(-1, buf), "1969-12-31T23:59:59.999Z");
 	ck_assert_str_eq(clock_format_rfc3339(951782400000, buf), "2000-02-29T00:00:00.000Z");
-	/* The date is kept from one call to the next on the same day. */
+	/* The formatted second is kept from one call to the next (per thread):
+	 * across a day's end, and back to an earlier second. */
 	ck_assert_str_eq(clock_format_rfc3339(951868799999, buf), "2000-02-29T23:59:59.999Z");
 	ck_assert_str_eq(clock_format_rfc3339(951868800000, buf), "2000-03-01T00:00:00.000Z");
 	ck_assert_str_eq(clock_format_rfc3339(951782400042, buf), "2000-02-29T00:00:00.042Z");
