@@ -266,6 +266,8 @@ struct walk {
 	struct buf *b;
 	const struct index *ix; /* the walked index (payloads in the file, walk_run) */
 	const char *filter;
+	size_t plen;            /* the filter's literal prefix (topic_filter_prefix_len) */
+	bool subtree;           /* filter is prefix + "/#": see walk_visit */
 	int stale;              /* -1 any, 0 fresh only, 1 stale only */
 	size_t limit, n;
 	size_t chunk_left;      /* records still to render under this lock hold */
@@ -300,7 +302,10 @@ static int walk_visit(struct rec *r, void *ctx)
 		return 0;
 	if (w->stale >= 0 && ((r->flags & REC_STALE) != 0) != (w->stale != 0))
 		return 0;
-	if (!topic_matches(w->filter, rec_topic(r), r->topic_len))
+	/* The walk gives topics that start with the prefix: under "P/#" such a
+	 * topic matches when it is P or goes on with a '/' (not "Px/..."). */
+	if (w->subtree ? r->topic_len != w->plen && rec_topic(r)[w->plen] != '/'
+		       : !topic_matches(w->filter, rec_topic(r), r->topic_len))
 		return 0;
 	if (w->n == w->limit || (w->n && w->b->len >= API_SOFT_BODY)) {
 		w->more = true;
@@ -309,7 +314,7 @@ static int walk_visit(struct rec *r, void *ctx)
 	mark = w->b->len;
 	ret = w->n ? buf_putc(w->b, ',') : 0;
 	if (ret == 0)
-		ret = render_record(w->b, w->ix, r, w->now_ms);
+		ret = render_record_cached(w->b, w->ix, r, w->now_ms);
 	if (ret < 0) {
 		w->b->len = mark;
 		w->b->data[mark] = '\0';
@@ -343,6 +348,10 @@ static int walk_run(struct api *a, struct walk *w, const char *after, size_t aft
 	size_t cur_len = after_len;
 
 	w->ix = a->d.ix;
+	w->plen = plen;
+	/* "#" alone is no subtree: it leaves out the topics that start with '$'. */
+	w->subtree = plen > 0 && w->filter[plen] == '/' && w->filter[plen + 1] == '#' &&
+		     w->filter[plen + 2] == '\0';
 	do {
 		w->paused = false;
 		w->chunk_left = API_CHUNK_RECORDS;

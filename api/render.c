@@ -3,6 +3,8 @@
 #include "api/render.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -111,6 +113,9 @@ static int put_json_payload(struct buf *b, const char *p, size_t n)
 	return 0;
 }
 
+static int render_value(struct buf *b, const struct rec *r, const char *topic, const void *pv,
+			size_t plen, int64_t now_ms, size_t *age_at);
+
 int render_record(struct buf *b, const struct index *ix, const struct rec *r, int64_t now_ms)
 {
 	const void *pv;
@@ -120,11 +125,13 @@ int render_record(struct buf *b, const struct index *ix, const struct rec *r, in
 	/* From memory, or from the file (a committed value: index.h). */
 	if ((ret = rec_payload(ix, r, &pv, &plen)) < 0)
 		return ret;
-	return render_record_value(b, r, rec_topic(r), pv, plen, now_ms);
+	return render_value(b, r, rec_topic(r), pv, plen, now_ms, NULL);
 }
 
-int render_record_value(struct buf *b, const struct rec *r, const char *topic, const void *pv,
-			size_t plen, int64_t now_ms)
+/* render_record_value; *age_at (when not NULL) is where age_ms's digits
+ * start in b. */
+static int render_value(struct buf *b, const struct rec *r, const char *topic, const void *pv,
+			size_t plen, int64_t now_ms, size_t *age_at)
 {
 	/* The tail: fixed keys plus 4 times (< 32 each) and 5 numbers (<= 20). */
 	char tail[512];
@@ -166,6 +173,8 @@ int render_record_value(struct buf *b, const struct rec *r, const char *topic, c
 	PUT(&o, ",\"last_seen\":");
 	put_time(&o, r->last_seen_ms);
 	PUT(&o, ",\"age_ms\":");
+	if (age_at)
+		*age_at = b->len + (size_t)(o.p - tail);
 	put_i64(&o, age > 0 ? age : 0);
 	PUT(&o, ",\"retained\":");
 	put_bool(&o, r->flags & REC_RETAINED);
@@ -203,6 +212,194 @@ int render_record_value(struct buf *b, const struct rec *r, const char *topic, c
 	put_i64(&o, r->rev);
 	*o.p++ = '}';
 	return buf_append(b, tail, (size_t)(o.p - tail));
+}
+
+int render_record_value(struct buf *b, const struct rec *r, const char *topic, const void *pv,
+			size_t plen, int64_t now_ms)
+{
+	return render_value(b, r, topic, pv, plen, now_ms, NULL);
+}
+
+/*
+** Listings render the same records again and again: a page of 1,000 keys
+** polled by a dashboard, most of them unchanged since the last poll. So
+** each thread that lists keeps the JSON it rendered: a slot per record,
+** direct-mapped by the record's address (as index.c's payload cache), valid
+** while every field the JSON shows is what it was then. The revision names
+** the value (topic, payload, ts, received, retained, updates: a revision is
+** never given twice in an index's life, and a restart continues above the
+** old ones); a confirmation, a staleness change or a new cadence change the
+** rest without a new revision, so those fields are compared too. age_ms is
+** the one part that moves with the clock: its digits are cut out of the
+** kept bytes and written at each use. Bounded per thread: RCACHE_SLOTS
+** slots, records up to RCACHE_MAX_RECORD bytes, RCACHE_BUDGET bytes in all;
+** freed when the thread ends.
+*/
+#define RCACHE_SLOTS 4096u
+#define RCACHE_MAX_RECORD 2048u
+#define RCACHE_BUDGET (2u << 20)
+/* The flags render_value shows. */
+#define RCACHE_FLAGS ((uint16_t)(REC_IS_JSON | REC_TS_PAYLOAD | REC_RETAINED | REC_STALE | \
+				 REC_REASON_MASK))
+
+/* What a slot's bytes were rendered from. */
+struct rc_key {
+	const struct rec *r;
+	uint64_t gen;           /* r's index (index_gen) */
+	int64_t rev, ts_ns, received_ms, last_seen_ms, stale_since_ms;
+	uint32_t updates, cadence_ms, payload_len;
+	uint16_t flags;         /* & RCACHE_FLAGS */
+	uint8_t cadence_source;
+};
+
+struct rc_slot {
+	struct rc_key k;
+	uint32_t len, cap;      /* the kept bytes (age_ms's digits cut out), their room */
+	uint32_t age_at;        /* where the digits go */
+	char *data;
+};
+
+struct rcache {
+	struct rc_slot slot[RCACHE_SLOTS];
+	size_t bytes;           /* capacity of every slot's data */
+	uint64_t hits, misses;
+};
+
+static pthread_key_t rcache_key;
+static pthread_once_t rcache_once = PTHREAD_ONCE_INIT;
+static bool rcache_ok;
+
+static void rcache_free(void *p)
+{
+	struct rcache *rc = p;
+
+	if (!rc)
+		return;
+	for (size_t i = 0; i < RCACHE_SLOTS; i++)
+		free(rc->slot[i].data);
+	free(rc);
+}
+
+static void rcache_init(void)
+{
+	rcache_ok = pthread_key_create(&rcache_key, rcache_free) == 0;
+}
+
+/* This thread's cache, made at its first use; NULL: none (no memory). */
+static struct rcache *rcache_get(void)
+{
+	struct rcache *rc;
+
+	pthread_once(&rcache_once, rcache_init);
+	if (!rcache_ok)
+		return NULL;
+	if ((rc = pthread_getspecific(rcache_key)))
+		return rc;
+	if (!(rc = calloc(1, sizeof(*rc))))
+		return NULL;
+	if (pthread_setspecific(rcache_key, rc) != 0) {
+		free(rc);
+		return NULL;
+	}
+	return rc;
+}
+
+static struct rc_slot *rcache_slot(struct rcache *rc, const struct rec *r)
+{
+	/* Records are 8-aligned and at least 80 bytes apart. */
+	uintptr_t a = (uintptr_t)r >> 3;
+
+	return &rc->slot[(a ^ (a >> 12)) & (RCACHE_SLOTS - 1)];
+}
+
+static bool rc_key_is(const struct rc_key *k, const struct rec *r, uint64_t gen)
+{
+	return k->r == r && k->gen == gen && k->rev == r->rev && k->last_seen_ms == r->last_seen_ms &&
+	       k->stale_since_ms == r->stale_since_ms && k->ts_ns == r->ts_ns &&
+	       k->received_ms == r->received_ms && k->updates == r->updates &&
+	       k->cadence_ms == r->cadence_ms && k->payload_len == r->payload_len &&
+	       k->flags == (r->flags & RCACHE_FLAGS) && k->cadence_source == r->cadence_source;
+}
+
+/* Keep the n bytes at p (age_ms's digits at age_at, nd of them) for r;
+ * best effort: within the budget. */
+static void rcache_keep(struct rcache *rc, struct rc_slot *s, const struct rec *r, uint64_t gen,
+			const char *p, size_t n, size_t age_at, size_t nd)
+{
+	size_t len = n - nd;
+
+	s->k.r = NULL; /* empty until it holds r's bytes */
+	if (n > RCACHE_MAX_RECORD)
+		return;
+	if (s->cap < len || !s->data) {
+		size_t cap = len < 256 ? 256 : len;
+		char *d;
+
+		if (rc->bytes - s->cap + cap > RCACHE_BUDGET || !(d = realloc(s->data, cap)))
+			return;
+		rc->bytes = rc->bytes - s->cap + cap;
+		s->data = d;
+		s->cap = (uint32_t)cap;
+	}
+	memcpy(s->data, p, age_at);
+	memcpy(s->data + age_at, p + age_at + nd, n - age_at - nd);
+	s->len = (uint32_t)len;
+	s->age_at = (uint32_t)age_at;
+	s->k = (struct rc_key){
+		.r = r, .gen = gen, .rev = r->rev, .ts_ns = r->ts_ns, .received_ms = r->received_ms,
+		.last_seen_ms = r->last_seen_ms, .stale_since_ms = r->stale_since_ms,
+		.updates = r->updates, .cadence_ms = r->cadence_ms, .payload_len = r->payload_len,
+		.flags = (uint16_t)(r->flags & RCACHE_FLAGS), .cadence_source = r->cadence_source,
+	};
+}
+
+int render_record_cached(struct buf *b, const struct index *ix, const struct rec *r, int64_t now_ms)
+{
+	struct rcache *rc = ix ? rcache_get() : NULL;
+	struct rc_slot *s;
+	uint64_t gen;
+	const void *pv;
+	size_t plen, mark = b->len, age_at;
+	int64_t age = now_ms - r->last_seen_ms;
+	char digits[24];
+	struct out o = { digits };
+	int ret;
+
+	if (!rc)
+		return render_record(b, ix, r, now_ms);
+	gen = index_gen(ix);
+	s = rcache_slot(rc, r);
+	if (rc_key_is(&s->k, r, gen)) {
+		rc->hits++;
+		put_i64(&o, age > 0 ? age : 0);
+		if ((ret = buf_reserve(b, s->len + (size_t)(o.p - digits))) < 0)
+			return ret;
+		memcpy(b->data + b->len, s->data, s->age_at);
+		b->len += s->age_at;
+		memcpy(b->data + b->len, digits, (size_t)(o.p - digits));
+		b->len += (size_t)(o.p - digits);
+		memcpy(b->data + b->len, s->data + s->age_at, s->len - s->age_at);
+		b->len += s->len - s->age_at;
+		b->data[b->len] = '\0';
+		return 0;
+	}
+	rc->misses++;
+	if ((ret = rec_payload(ix, r, &pv, &plen)) < 0)
+		return ret;
+	if ((ret = render_value(b, r, rec_topic(r), pv, plen, now_ms, &age_at)) < 0)
+		return ret;
+	put_i64(&o, age > 0 ? age : 0);
+	rcache_keep(rc, s, r, gen, b->data + mark, b->len - mark, age_at - mark,
+		    (size_t)(o.p - digits));
+	return 0;
+}
+
+void render_cache_stats(uint64_t *ret_hits, uint64_t *ret_misses)
+{
+	struct rcache *rc = rcache_ok ? pthread_getspecific(rcache_key) : NULL;
+
+	*ret_hits = rc ? rc->hits : 0;
+	*ret_misses = rc ? rc->misses : 0;
 }
 
 int render_tombstone(struct buf *b, const struct rec *r)

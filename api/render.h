@@ -33,6 +33,18 @@
 */
 int render_record(struct buf *b, const struct index *ix, const struct rec *r, int64_t now_ms);
 
+/*
+** render_record, from this thread's cache of what it rendered when r shows
+** what it showed then (only age_ms is written anew): for listings, which
+** render the same records page after page. The same bytes, locking and
+** return codes as render_record; ix NULL renders without the cache. At
+** most 2 MiB a thread (render.c).
+*/
+int render_record_cached(struct buf *b, const struct index *ix, const struct rec *r,
+			 int64_t now_ms);
+/* This thread's record cache: records it answered, records it rendered. */
+void render_cache_stats(uint64_t *ret_hits, uint64_t *ret_misses);
+
 /* The same from parts: r's fields (it may be index_peek's copy, which has
  * no topic), its topic (r->topic_len bytes) and its payload. Needs no lock. */
 int render_record_value(struct buf *b, const struct rec *r, const char *topic, const void *pv,

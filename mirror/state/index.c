@@ -397,6 +397,11 @@ void rec_payload_cache_stats(uint64_t *ret_hits, uint64_t *ret_misses)
 	*ret_misses = pc ? pc->misses : 0;
 }
 
+uint64_t index_gen(const struct index *ix)
+{
+	return ix->gen;
+}
+
 int rec_payload(const struct index *ix, const struct rec *r, const void **p, size_t *n)
 {
 	struct pcache *pc;

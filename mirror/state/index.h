@@ -194,6 +194,10 @@ int rec_payload_peek(const struct index *ix, const struct rec *r, const struct r
 		     const void **p, size_t *n);
 /* This thread's payload cache: reads it answered, reads that went to the file. */
 void rec_payload_cache_stats(uint64_t *ret_hits, uint64_t *ret_misses);
+/* ix's number, unique in the process (never 0): a per-thread cache keyed by
+ * record addresses keys them by it too, since another index (a reload, a
+ * test) may reuse an address. */
+uint64_t index_gen(const struct index *ix);
 
 /*
 ** A hint around a walk of ix in topic order (index_walk, one hold of the

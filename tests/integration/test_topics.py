@@ -45,6 +45,14 @@ def test_odd_topics_roundtrip(env):
     items = d.get_json('/v1/keys?filter=' + urllib.parse.quote('odd/+', safe=''))['items']
     got = {i['topic'] for i in items}
     assert 'odd/with space' in got and 'odd/100%' in got and 'odd//empty/level' not in got, got
+    # "P/#" is P itself and everything under it, never a sibling that only
+    # starts with P's bytes (the listing's subtree shortcut, api/http.c).
+    for t in ('odd', 'oddity/x', 'odd/x/deeper'):
+        c.publish(t, '{}', qos=1)
+    wait_for(lambda: d.key('odd') and d.key('oddity/x') and d.key('odd/x/deeper'), what='odd and oddity')
+    items = d.get_json('/v1/keys?limit=1000&filter=' + urllib.parse.quote('odd/#', safe=''))['items']
+    want = sorted(t.encode() for t in names + ['odd', 'odd/x/deeper'] if t == 'odd' or t.startswith('odd/'))
+    assert [i['topic'].encode() for i in items] == want, [i['topic'] for i in items]
 
 
 def test_pagination_never_loses_or_repeats(env):
