@@ -223,47 +223,59 @@ int render_record_value(struct buf *b, const struct rec *r, const char *topic, c
 /*
 ** Listings render the same records again and again: a page of 1,000 keys
 ** polled by a dashboard, most of them unchanged since the last poll. So
-** each thread that lists keeps the JSON it rendered: a slot per record,
-** direct-mapped by the record's address (as index.c's payload cache), valid
+** each thread that lists keeps the JSON it rendered, per record, valid
 ** while every field the JSON shows is what it was then. The revision names
 ** the value (topic, payload, ts, received, retained, updates: a revision is
 ** never given twice in an index's life, and a restart continues above the
 ** old ones); a confirmation, a staleness change or a new cadence change the
 ** rest without a new revision, so those fields are compared too. age_ms is
 ** the one part that moves with the clock: its digits are cut out of the
-** kept bytes and written at each use. Bounded per thread: RCACHE_SLOTS
-** slots, records up to RCACHE_MAX_RECORD bytes, RCACHE_BUDGET bytes in all;
-** freed when the thread ends.
+** kept bytes and written at each use.
+**
+** Records are found by address in sets of RCACHE_WAYS: a direct-mapped
+** table of 4,096 slots left some 200 of a 1,000-key page colliding in
+** pairs, each pair evicting the other on every listing. Bounded per
+** thread: RCACHE_SLOTS slots, records up to RCACHE_MAX_RECORD bytes,
+** RCACHE_BUDGET bytes in all; freed when the thread ends.
 */
 #define RCACHE_SLOTS 4096u
+#define RCACHE_WAYS 4u
+#define RCACHE_SET_BITS 10 /* RCACHE_SLOTS / RCACHE_WAYS sets */
 #define RCACHE_MAX_RECORD 2048u
 #define RCACHE_BUDGET (2u << 20)
 /* The flags render_value shows. */
 #define RCACHE_FLAGS ((uint16_t)(REC_IS_JSON | REC_TS_PAYLOAD | REC_RETAINED | REC_STALE | \
 				 REC_REASON_MASK))
 
-/* What a slot's bytes were rendered from. */
+/* What a way's bytes were rendered from (besides the record: its tag). */
 struct rc_key {
-	const struct rec *r;
-	uint64_t gen;           /* r's index (index_gen) */
+	uint64_t gen;           /* the record's index (index_gen) */
 	int64_t rev, ts_ns, received_ms, last_seen_ms, stale_since_ms;
 	uint32_t updates, cadence_ms, payload_len;
 	uint16_t flags;         /* & RCACHE_FLAGS */
 	uint8_t cadence_source;
 };
 
-struct rc_slot {
+struct rc_way {
 	struct rc_key k;
 	uint32_t len, cap;      /* the kept bytes (age_ms's digits cut out), their room */
 	uint32_t age_at;        /* where the digits go */
 	char *data;
 };
 
-struct rcache {
-	struct rc_slot slot[RCACHE_SLOTS];
-	size_t bytes;           /* capacity of every slot's data */
-	uint64_t hits, misses;
+struct rc_set {
+	const struct rec *tag[RCACHE_WAYS]; /* each way's record, NULL when empty: one cache line */
+	struct rc_way way[RCACHE_WAYS];
 };
+
+struct rcache {
+	struct rc_set set[1u << RCACHE_SET_BITS];
+	size_t bytes;           /* capacity of every way's data */
+	uint64_t hits, misses;
+	unsigned turn;          /* the next victim's way in a full set */
+};
+
+_Static_assert(RCACHE_WAYS << RCACHE_SET_BITS == RCACHE_SLOTS, "sets x ways = slots");
 
 static pthread_key_t rcache_key;
 static pthread_once_t rcache_once = PTHREAD_ONCE_INIT;
@@ -275,8 +287,9 @@ static void rcache_free(void *p)
 
 	if (!rc)
 		return;
-	for (size_t i = 0; i < RCACHE_SLOTS; i++)
-		free(rc->slot[i].data);
+	for (size_t i = 0; i < (1u << RCACHE_SET_BITS); i++)
+		for (size_t w = 0; w < RCACHE_WAYS; w++)
+			free(rc->set[i].way[w].data);
 	free(rc);
 }
 
@@ -304,31 +317,32 @@ static struct rcache *rcache_get(void)
 	return rc;
 }
 
-static struct rc_slot *rcache_slot(struct rcache *rc, const struct rec *r)
+static struct rc_set *rcache_set(struct rcache *rc, const struct rec *r)
 {
-	/* Records are 8-aligned and at least 80 bytes apart. */
-	uintptr_t a = (uintptr_t)r >> 3;
+	/* Fibonacci hashing: the top bits of the address times 2^64 / phi. */
+	uint64_t h = (uint64_t)(uintptr_t)r * UINT64_C(0x9E3779B97F4A7C15);
 
-	return &rc->slot[(a ^ (a >> 12)) & (RCACHE_SLOTS - 1)];
+	return &rc->set[h >> (64 - RCACHE_SET_BITS)];
 }
 
 static bool rc_key_is(const struct rc_key *k, const struct rec *r, uint64_t gen)
 {
-	return k->r == r && k->gen == gen && k->rev == r->rev && k->last_seen_ms == r->last_seen_ms &&
+	return k->gen == gen && k->rev == r->rev && k->last_seen_ms == r->last_seen_ms &&
 	       k->stale_since_ms == r->stale_since_ms && k->ts_ns == r->ts_ns &&
 	       k->received_ms == r->received_ms && k->updates == r->updates &&
 	       k->cadence_ms == r->cadence_ms && k->payload_len == r->payload_len &&
 	       k->flags == (r->flags & RCACHE_FLAGS) && k->cadence_source == r->cadence_source;
 }
 
-/* Keep the n bytes at p (age_ms's digits at age_at, nd of them) for r;
- * best effort: within the budget. */
-static void rcache_keep(struct rcache *rc, struct rc_slot *s, const struct rec *r, uint64_t gen,
-			const char *p, size_t n, size_t age_at, size_t nd)
+/* Keep the n bytes at p (age_ms's digits at age_at, nd of them) for r in
+ * way w of set; best effort: within the budget. */
+static void rcache_keep(struct rcache *rc, struct rc_set *set, unsigned w, const struct rec *r,
+			uint64_t gen, const char *p, size_t n, size_t age_at, size_t nd)
 {
+	struct rc_way *s = &set->way[w];
 	size_t len = n - nd;
 
-	s->k.r = NULL; /* empty until it holds r's bytes */
+	set->tag[w] = NULL; /* empty until it holds r's bytes */
 	if (n > RCACHE_MAX_RECORD)
 		return;
 	if (s->cap < len || !s->data) {
@@ -346,30 +360,36 @@ static void rcache_keep(struct rcache *rc, struct rc_slot *s, const struct rec *
 	s->len = (uint32_t)len;
 	s->age_at = (uint32_t)age_at;
 	s->k = (struct rc_key){
-		.r = r, .gen = gen, .rev = r->rev, .ts_ns = r->ts_ns, .received_ms = r->received_ms,
+		.gen = gen, .rev = r->rev, .ts_ns = r->ts_ns, .received_ms = r->received_ms,
 		.last_seen_ms = r->last_seen_ms, .stale_since_ms = r->stale_since_ms,
 		.updates = r->updates, .cadence_ms = r->cadence_ms, .payload_len = r->payload_len,
 		.flags = (uint16_t)(r->flags & RCACHE_FLAGS), .cadence_source = r->cadence_source,
 	};
+	set->tag[w] = r;
 }
 
 int render_record_cached(struct buf *b, const struct index *ix, const struct rec *r, int64_t now_ms)
 {
 	struct rcache *rc = ix ? rcache_get() : NULL;
-	struct rc_slot *s;
+	struct rc_set *set;
+	struct rc_way *s;
 	uint64_t gen;
 	const void *pv;
 	size_t plen, mark = b->len, age_at;
 	int64_t age = now_ms - r->last_seen_ms;
 	char digits[24];
 	struct out o = { digits };
+	unsigned w;
 	int ret;
 
 	if (!rc)
 		return render_record(b, ix, r, now_ms);
 	gen = index_gen(ix);
-	s = rcache_slot(rc, r);
-	if (rc_key_is(&s->k, r, gen)) {
+	set = rcache_set(rc, r);
+	for (w = 0; w < RCACHE_WAYS && set->tag[w] != r; w++)
+		;
+	if (w < RCACHE_WAYS && rc_key_is(&set->way[w].k, r, gen)) {
+		s = &set->way[w];
 		rc->hits++;
 		put_i64(&o, age > 0 ? age : 0);
 		if ((ret = buf_reserve(b, s->len + (size_t)(o.p - digits))) < 0)
@@ -389,7 +409,13 @@ int render_record_cached(struct buf *b, const struct index *ix, const struct rec
 	if ((ret = render_value(b, r, rec_topic(r), pv, plen, now_ms, &age_at)) < 0)
 		return ret;
 	put_i64(&o, age > 0 ? age : 0);
-	rcache_keep(rc, s, r, gen, b->data + mark, b->len - mark, age_at - mark,
+	if (w == RCACHE_WAYS) { /* not here yet: an empty way, else the next in turn */
+		for (w = 0; w < RCACHE_WAYS && set->tag[w]; w++)
+			;
+		if (w == RCACHE_WAYS)
+			w = rc->turn++ % RCACHE_WAYS;
+	}
+	rcache_keep(rc, set, w, r, gen, b->data + mark, b->len - mark, age_at - mark,
 		    (size_t)(o.p - digits));
 	return 0;
 }

@@ -149,6 +149,7 @@ struct reader {
 	sqlite3_stmt *scan;     /* store_scan: stepped by store_fetch_payload */
 	sqlite3_stmt *row;      /* store_get_row, prepared at its first use */
 	bool scanning;          /* between store_scan and store_scan_end */
+	bool seeked;            /* the scan was positioned since store_scan */
 	bool have_row;          /* scan's current row is not consumed yet */
 	char *buf;              /* the last payload read: valid until the next */
 	size_t cap;
@@ -1187,6 +1188,12 @@ static void scan_seek(struct reader *rd, const char *t, size_t tl)
 static int scan_fetch(struct reader *rd, const char *topic, size_t len, const void **p,
 		      size_t *n)
 {
+	if (!rd->seeked) {
+		/* The first read of the hold: from there, not from where the
+		 * walk started (what came before was in memory or cached). */
+		scan_seek(rd, topic, len);
+		rd->seeked = true;
+	}
 	for (int i = 0; i < SCAN_SKIP_MAX; i++) {
 		const char *t;
 		size_t tl, m;
@@ -1271,8 +1278,13 @@ void store_scan(void *ctx, const char *from, size_t len)
 
 	if (!rd)
 		return;
-	scan_seek(rd, from ? from : "", from ? len : 0);
+	/* Positioned at the first read (scan_fetch): a walk whose records are
+	 * all in memory or in the caches never touches SQLite. */
+	(void)from;
+	(void)len;
 	rd->scanning = true;
+	rd->seeked = false;
+	rd->have_row = false;
 }
 
 void store_scan_end(void *ctx)
@@ -1281,6 +1293,9 @@ void store_scan_end(void *ctx)
 	struct reader *rd = pthread_getspecific(st->rkey);
 
 	if (!rd || !rd->scanning)
+		return;
+	rd->scanning = false;
+	if (!rd->seeked)
 		return;
 	/* Ends the read transaction: the next read sees every commit. */
 	sqlite3_reset(rd->scan);

@@ -191,8 +191,9 @@ int store_get_row(struct store *st, const char *topic, size_t len, store_row_fn 
 
 /* Around a run of store_fetch_payload calls in topic order from `from`
  * (len bytes; NULL: the first topic), on one thread: its payloads come
- * from one range scan of this thread's reader, which holds its read
- * snapshot until store_scan_end (a no-op without a scan). */
+ * from one range scan of this thread's reader, started at the first
+ * fetch's topic (none at all when nothing is fetched), which holds its
+ * read snapshot until store_scan_end (a no-op without a scan). */
 void store_scan(void *ctx, const char *from, size_t len);
 void store_scan_end(void *ctx);
 

@@ -560,6 +560,50 @@ START_TEST(cached_is_rendered)
 }
 END_TEST
 
+/* More records than the cache has ways for: full sets give up a way in
+ * turn, and every record still renders as render_record has it. */
+START_TEST(cache_eviction)
+{
+	enum { N = 6000 };
+	static struct rec *recs[N];
+	struct buf a, b;
+	uint64_t h0, m0, h1, m1;
+	char t[32], v[32];
+
+	ix = index_new();
+	ck_assert_ptr_nonnull(ix);
+	for (int i = 0; i < N; i++) {
+		int tl = snprintf(t, sizeof(t), "e/%05d", i);
+		int vl = snprintf(v, sizeof(v), "{\"v\":%d}", i * 7);
+
+		recs[i] = index_add(ix, t, (size_t)tl, v, (size_t)vl, REC_IS_JSON);
+		ck_assert_ptr_nonnull(recs[i]);
+		recs[i]->rev = 10 + i;
+	}
+	buf_init(&a, 0);
+	buf_init(&b, 0);
+	render_cache_stats(&h0, &m0);
+	for (int pass = 0; pass < 3; pass++)
+		for (int i = 0; i < N; i++) {
+			buf_reset(&a);
+			buf_reset(&b);
+			ck_assert_int_eq(render_record(&a, ix, recs[i], fake_now_ms + pass), 0);
+			ck_assert_int_eq(render_record_cached(&b, ix, recs[i], fake_now_ms + pass), 0);
+			ck_assert_uint_eq(a.len, b.len);
+			ck_assert_msg(memcmp(a.data, b.data, a.len) == 0, "%s\n%s", a.data, b.data);
+		}
+	render_cache_stats(&h1, &m1);
+	/* 4,096 ways for 6,000 records: some stay, most are replaced. */
+	ck_assert_uint_eq(h1 - h0 + m1 - m0, 3 * N);
+	ck_assert_uint_gt(h1 - h0, 1000);
+	ck_assert_uint_gt(m1 - m0, N + 1000);
+	buf_free(&a);
+	buf_free(&b);
+	index_free(ix);
+	ix = NULL;
+}
+END_TEST
+
 /* The cache names a record by its index too: a new index that reuses the
  * freed one's memory, at the same revision, shows its own record. */
 START_TEST(cache_is_per_index)
@@ -797,6 +841,7 @@ static Suite *render_suite(void)
 	tcase_add_test(tc, payload_from_source);
 	tcase_add_test(tc, cached_is_rendered);
 	tcase_add_test(tc, cache_limits);
+	tcase_add_test(tc, cache_eviction);
 	tcase_add_test(tc, cache_is_per_index);
 	tcase_add_test(tc, rejects_empty);
 	tcase_add_test(tc, rejects_fields_newest_first);
