@@ -278,7 +278,8 @@ struct walk {
 	bool more;              /* a further match exists: `next` is set */
 	bool paused;            /* budget spent: drop the lock, resume after `resume` */
 	const struct rec *prev; /* the last record fully dealt with (lock held) */
-	struct buf cursor;      /* topic of the last record rendered */
+	const struct rec *last; /* the last record rendered in this hold (lock held) */
+	struct buf cursor;      /* its topic, copied before the lock is dropped */
 	struct buf resume;      /* topic to resume after */
 };
 
@@ -324,11 +325,7 @@ static int walk_visit(struct rec *r, void *ctx)
 			w->err = ret;
 		return 1;
 	}
-	buf_reset(&w->cursor);
-	if ((ret = buf_append(&w->cursor, rec_topic(r), r->topic_len)) < 0) {
-		w->err = ret;
-		return 1;
-	}
+	w->last = r;
 	w->n++;
 	w->chunk_left--;
 	return 0;
@@ -346,6 +343,7 @@ static int walk_run(struct api *a, struct walk *w, const char *after, size_t aft
 	size_t plen = topic_filter_prefix_len(w->filter);
 	const char *cur = after;
 	size_t cur_len = after_len;
+	int r;
 
 	w->ix = a->d.ix;
 	w->plen = plen;
@@ -361,7 +359,13 @@ static int walk_run(struct api *a, struct walk *w, const char *after, size_t aft
 		index_rdlock(a->d.ix);
 		/* Payloads in the file come from one range scan per hold. */
 		rec_payload_scan(a->d.ix, cur ? cur : w->filter, cur ? cur_len : plen);
+		w->last = NULL;
 		index_walk(a->d.ix, w->filter, plen, cur, cur_len, walk_visit, w);
+		if (w->last && !w->err) {
+			buf_reset(&w->cursor);
+			if ((r = buf_append(&w->cursor, rec_topic(w->last), w->last->topic_len)) < 0)
+				w->err = r;
+		}
 		rec_payload_scan_end(a->d.ix);
 		index_unlock(a->d.ix);
 		cur = w->resume.data;

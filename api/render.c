@@ -28,17 +28,34 @@ static void put_lit(struct out *o, const char *s, size_t n)
 }
 #define PUT(o, lit) put_lit((o), (lit), sizeof(lit) - 1)
 
+static const char digit_pairs[201] =
+	"00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+	"40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+	"8081828384858687888990919293949596979899";
+
+/* Right to left, two digits at a time (a record holds five numbers). */
 static void put_u64(struct out *o, uint64_t v)
 {
 	char tmp[20];
-	size_t n = 0;
+	char *t = tmp + sizeof(tmp);
+	size_t n;
 
-	do {
-		tmp[n++] = (char)('0' + v % 10);
-		v /= 10;
-	} while (v);
-	while (n)
-		*o->p++ = tmp[--n];
+	while (v >= 100) {
+		unsigned d = (unsigned)(v % 100);
+
+		v /= 100;
+		t -= 2;
+		memcpy(t, digit_pairs + 2 * d, 2);
+	}
+	if (v >= 10) {
+		t -= 2;
+		memcpy(t, digit_pairs + 2 * v, 2);
+	} else {
+		*--t = (char)('0' + v);
+	}
+	n = (size_t)(tmp + sizeof(tmp) - t);
+	memcpy(o->p, t, n);
+	o->p += n;
 }
 
 static void put_i64(struct out *o, int64_t v)
@@ -277,9 +294,10 @@ struct rcache {
 
 _Static_assert(RCACHE_WAYS << RCACHE_SET_BITS == RCACHE_SLOTS, "sets x ways = slots");
 
-static pthread_key_t rcache_key;
+static pthread_key_t rcache_key; /* frees a thread's cache when it ends */
 static pthread_once_t rcache_once = PTHREAD_ONCE_INIT;
 static bool rcache_ok;
+static _Thread_local struct rcache *rcache_mine;
 
 static void rcache_free(void *p)
 {
@@ -303,18 +321,16 @@ static struct rcache *rcache_get(void)
 {
 	struct rcache *rc;
 
+	if (rcache_mine)
+		return rcache_mine;
 	pthread_once(&rcache_once, rcache_init);
-	if (!rcache_ok)
-		return NULL;
-	if ((rc = pthread_getspecific(rcache_key)))
-		return rc;
-	if (!(rc = calloc(1, sizeof(*rc))))
+	if (!rcache_ok || !(rc = calloc(1, sizeof(*rc))))
 		return NULL;
 	if (pthread_setspecific(rcache_key, rc) != 0) {
 		free(rc);
 		return NULL;
 	}
-	return rc;
+	return rcache_mine = rc;
 }
 
 static struct rc_set *rcache_set(struct rcache *rc, const struct rec *r)
@@ -391,16 +407,18 @@ int render_record_cached(struct buf *b, const struct index *ix, const struct rec
 	if (w < RCACHE_WAYS && rc_key_is(&set->way[w].k, r, gen)) {
 		s = &set->way[w];
 		rc->hits++;
+		/* Room for the kept bytes and the longest age (20 digits); near
+		 * the buffer's limit, render_record finds out what fits. */
+		if (buf_reserve(b, s->len + 20) < 0)
+			return render_record(b, ix, r, now_ms);
+		o.p = b->data + b->len;
+		memcpy(o.p, s->data, s->age_at);
+		o.p += s->age_at;
 		put_i64(&o, age > 0 ? age : 0);
-		if ((ret = buf_reserve(b, s->len + (size_t)(o.p - digits))) < 0)
-			return ret;
-		memcpy(b->data + b->len, s->data, s->age_at);
-		b->len += s->age_at;
-		memcpy(b->data + b->len, digits, (size_t)(o.p - digits));
-		b->len += (size_t)(o.p - digits);
-		memcpy(b->data + b->len, s->data + s->age_at, s->len - s->age_at);
-		b->len += s->len - s->age_at;
-		b->data[b->len] = '\0';
+		memcpy(o.p, s->data + s->age_at, s->len - s->age_at);
+		o.p += s->len - s->age_at;
+		*o.p = '\0';
+		b->len = (size_t)(o.p - b->data);
 		return 0;
 	}
 	rc->misses++;
@@ -422,7 +440,7 @@ int render_record_cached(struct buf *b, const struct index *ix, const struct rec
 
 void render_cache_stats(uint64_t *ret_hits, uint64_t *ret_misses)
 {
-	struct rcache *rc = rcache_ok ? pthread_getspecific(rcache_key) : NULL;
+	struct rcache *rc = rcache_mine;
 
 	*ret_hits = rc ? rc->hits : 0;
 	*ret_misses = rc ? rc->misses : 0;

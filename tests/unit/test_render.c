@@ -389,6 +389,32 @@ START_TEST(payload_from_source)
 }
 END_TEST
 
+/* Numbers of every width, written two digits at a time. */
+START_TEST(numbers_every_width)
+{
+	int64_t p10 = 1;
+
+	/* 10^k - 1, 10^k and 10^k + 1 for k = 0..18, then INT64_MAX. */
+	for (int i = 0; i < 58; i++) {
+		struct rec *r = mk("k", "1", 1, REC_IS_JSON);
+		int64_t v = i == 57 ? INT64_MAX : p10 - 1 + i % 3;
+		json_t *j;
+
+		if (i % 3 == 2 && i < 54)
+			p10 *= 10;
+		r->rev = v;
+		r->updates = (uint32_t)(v % 4294967296);
+		r->last_seen_ms = fake_now_ms - v % 100000000;
+		j = render(r, fake_now_ms, NULL);
+		ck_assert_int_eq(num(j, "rev"), v);
+		ck_assert_int_eq(num(j, "updates"), v % 4294967296);
+		ck_assert_int_eq(num(j, "age_ms"), v % 100000000);
+		json_decref(j);
+		rec_free(r);
+	}
+}
+END_TEST
+
 /* ---- the listings' record cache ---------------------------------------- */
 
 #define NREC 48
@@ -651,6 +677,7 @@ START_TEST(cache_limits)
 	struct rec *r = mk("k", "{\"v\":1}", 7, REC_IS_JSON);
 	uint64_t h0, m0, h1, m1;
 	struct buf b;
+	size_t len;
 
 	render_cache_stats(&h0, &m0);
 	buf_init(&b, 0);
@@ -668,12 +695,18 @@ START_TEST(cache_limits)
 	r->rev = 3;
 	buf_init(&b, 0);
 	ck_assert_int_eq(render_record_cached(&b, ix, r, fake_now_ms), 0);
+	len = b.len;
 	buf_free(&b);
 	buf_init(&b, 40);
 	ck_assert_int_eq(render_record_cached(&b, ix, r, fake_now_ms), -E2BIG);
 	buf_free(&b);
+	/* A buffer with room for the record and no byte more takes it. */
+	buf_init(&b, len);
+	ck_assert_int_eq(render_record_cached(&b, ix, r, fake_now_ms), 0);
+	ck_assert_uint_eq(b.len, len);
+	buf_free(&b);
 	render_cache_stats(&h1, &m1);
-	ck_assert_uint_eq(h1 - h0, 1);
+	ck_assert_uint_eq(h1 - h0, 2);
 	ck_assert_uint_eq(m1 - m0, 1);
 	index_free(ix);
 	ix = NULL;
@@ -839,6 +872,7 @@ static Suite *render_suite(void)
 	tcase_add_test(tc, error_body);
 	tcase_add_test(tc, buffer_limit);
 	tcase_add_test(tc, payload_from_source);
+	tcase_add_test(tc, numbers_every_width);
 	tcase_add_test(tc, cached_is_rendered);
 	tcase_add_test(tc, cache_limits);
 	tcase_add_test(tc, cache_eviction);
