@@ -513,16 +513,21 @@ static enum MHD_Result ep_key(struct call *k)
 	 * (index.h: point reads without the lock), else under it. */
 	if ((rc = index_peek(a->d.ix, t, n, &snap, &cr)) == 1 && (snap.flags & REC_DELETED))
 		rc = 0;
-	if (rc == 1 && rec_payload_peek(a->d.ix, cr, &snap, &pv, &plen) == 0) {
+	/* The record as rendered last, else its payload, from this thread's
+	 * caches; else the lock. */
+	if (rc == 1 && (ret = render_cached(&b, a->d.ix, cr, &snap, now_ms)) != -EAGAIN) {
 		found = true;
-		ret = render_record_value(&b, &snap, t, pv, plen, now_ms);
+	} else if (rc == 1 && rec_payload_peek(a->d.ix, cr, &snap, &pv, &plen) == 0) {
+		found = true;
+		ret = render_record_keep(&b, a->d.ix, cr, &snap, t, pv, plen, now_ms);
 	} else if (rc != 0) {
 		index_rdlock(a->d.ix);
 		r = index_get(a->d.ix, t, n);
 		if (r && !(r->flags & REC_DELETED)) {
 			found = true;
 			if ((ret = rec_payload_keep(a->d.ix, r, &pv, &plen)) == 0)
-				ret = render_record_value(&b, r, rec_topic(r), pv, plen, now_ms);
+				ret = render_record_keep(&b, a->d.ix, r, r, rec_topic(r), pv, plen,
+							 now_ms);
 		}
 		index_unlock(a->d.ix);
 	}

@@ -350,10 +350,12 @@ static bool rc_key_is(const struct rc_key *k, const struct rec *r, uint64_t gen)
 	       k->flags == (r->flags & RCACHE_FLAGS) && k->cadence_source == r->cadence_source;
 }
 
-/* Keep the n bytes at p (age_ms's digits at age_at, nd of them) for r in
- * way w of set; best effort: within the budget. */
-static void rcache_keep(struct rcache *rc, struct rc_set *set, unsigned w, const struct rec *r,
-			uint64_t gen, const char *p, size_t n, size_t age_at, size_t nd)
+/* Keep the n bytes at p (age_ms's digits at age_at, nd of them), rendered
+ * from r's fields (tag's, or index_peek's copy of them), for tag in way w
+ * of set; best effort: within the budget. */
+static void rcache_keep(struct rcache *rc, struct rc_set *set, unsigned w, const struct rec *tag,
+			const struct rec *r, uint64_t gen, const char *p, size_t n, size_t age_at,
+			size_t nd)
 {
 	struct rc_way *s = &set->way[w];
 	size_t len = n - nd;
@@ -381,61 +383,90 @@ static void rcache_keep(struct rcache *rc, struct rc_set *set, unsigned w, const
 		.updates = r->updates, .cadence_ms = r->cadence_ms, .payload_len = r->payload_len,
 		.flags = (uint16_t)(r->flags & RCACHE_FLAGS), .cadence_source = r->cadence_source,
 	};
-	set->tag[w] = r;
+	set->tag[w] = tag;
+}
+
+int render_cached(struct buf *b, const struct index *ix, const struct rec *r,
+		  const struct rec *snap, int64_t now_ms)
+{
+	struct rcache *rc = ix ? rcache_get() : NULL;
+	int64_t age = now_ms - snap->last_seen_ms;
+	const struct rc_way *s;
+	struct rc_set *set;
+	struct out o;
+	unsigned w;
+
+	if (!rc)
+		return -EAGAIN;
+	set = rcache_set(rc, r);
+	for (w = 0; w < RCACHE_WAYS && set->tag[w] != r; w++)
+		;
+	if (w == RCACHE_WAYS || !rc_key_is(&set->way[w].k, snap, index_gen(ix))) {
+		rc->misses++;
+		return -EAGAIN;
+	}
+	s = &set->way[w];
+	/* Room for the kept bytes and the longest age (20 digits); near the
+	 * buffer's limit, rendering finds out what fits. */
+	if (buf_reserve(b, s->len + 20) < 0) {
+		rc->misses++;
+		return -EAGAIN;
+	}
+	rc->hits++;
+	o.p = b->data + b->len;
+	memcpy(o.p, s->data, s->age_at);
+	o.p += s->age_at;
+	put_i64(&o, age > 0 ? age : 0);
+	memcpy(o.p, s->data + s->age_at, s->len - s->age_at);
+	o.p += s->len - s->age_at;
+	*o.p = '\0';
+	b->len = (size_t)(o.p - b->data);
+	return 0;
+}
+
+int render_record_keep(struct buf *b, const struct index *ix, const struct rec *r,
+		       const struct rec *snap, const char *topic, const void *pv, size_t plen,
+		       int64_t now_ms)
+{
+	struct rcache *rc = ix ? rcache_get() : NULL;
+	size_t mark = b->len, age_at;
+	int64_t age = now_ms - snap->last_seen_ms;
+	char digits[24];
+	struct out o = { digits };
+	struct rc_set *set;
+	unsigned w;
+	int ret;
+
+	if ((ret = render_value(b, snap, topic, pv, plen, now_ms, &age_at)) < 0 || !rc)
+		return ret;
+	put_i64(&o, age > 0 ? age : 0);
+	set = rcache_set(rc, r);
+	/* Where r was, else an empty way, else the next in turn. */
+	for (w = 0; w < RCACHE_WAYS && set->tag[w] != r; w++)
+		;
+	if (w == RCACHE_WAYS)
+		for (w = 0; w < RCACHE_WAYS && set->tag[w]; w++)
+			;
+	if (w == RCACHE_WAYS)
+		w = rc->turn++ % RCACHE_WAYS;
+	rcache_keep(rc, set, w, r, snap, index_gen(ix), b->data + mark, b->len - mark,
+		    age_at - mark, (size_t)(o.p - digits));
+	return 0;
 }
 
 int render_record_cached(struct buf *b, const struct index *ix, const struct rec *r, int64_t now_ms)
 {
-	struct rcache *rc = ix ? rcache_get() : NULL;
-	struct rc_set *set;
-	struct rc_way *s;
-	uint64_t gen;
 	const void *pv;
-	size_t plen, mark = b->len, age_at;
-	int64_t age = now_ms - r->last_seen_ms;
-	char digits[24];
-	struct out o = { digits };
-	unsigned w;
+	size_t plen;
 	int ret;
 
-	if (!rc)
+	if (!ix)
 		return render_record(b, ix, r, now_ms);
-	gen = index_gen(ix);
-	set = rcache_set(rc, r);
-	for (w = 0; w < RCACHE_WAYS && set->tag[w] != r; w++)
-		;
-	if (w < RCACHE_WAYS && rc_key_is(&set->way[w].k, r, gen)) {
-		s = &set->way[w];
-		rc->hits++;
-		/* Room for the kept bytes and the longest age (20 digits); near
-		 * the buffer's limit, render_record finds out what fits. */
-		if (buf_reserve(b, s->len + 20) < 0)
-			return render_record(b, ix, r, now_ms);
-		o.p = b->data + b->len;
-		memcpy(o.p, s->data, s->age_at);
-		o.p += s->age_at;
-		put_i64(&o, age > 0 ? age : 0);
-		memcpy(o.p, s->data + s->age_at, s->len - s->age_at);
-		o.p += s->len - s->age_at;
-		*o.p = '\0';
-		b->len = (size_t)(o.p - b->data);
-		return 0;
-	}
-	rc->misses++;
+	if ((ret = render_cached(b, ix, r, r, now_ms)) != -EAGAIN)
+		return ret;
 	if ((ret = rec_payload(ix, r, &pv, &plen)) < 0)
 		return ret;
-	if ((ret = render_value(b, r, rec_topic(r), pv, plen, now_ms, &age_at)) < 0)
-		return ret;
-	put_i64(&o, age > 0 ? age : 0);
-	if (w == RCACHE_WAYS) { /* not here yet: an empty way, else the next in turn */
-		for (w = 0; w < RCACHE_WAYS && set->tag[w]; w++)
-			;
-		if (w == RCACHE_WAYS)
-			w = rc->turn++ % RCACHE_WAYS;
-	}
-	rcache_keep(rc, set, w, r, gen, b->data + mark, b->len - mark, age_at - mark,
-		    (size_t)(o.p - digits));
-	return 0;
+	return render_record_keep(b, ix, r, r, rec_topic(r), pv, plen, now_ms);
 }
 
 void render_cache_stats(uint64_t *ret_hits, uint64_t *ret_misses)

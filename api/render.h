@@ -42,6 +42,19 @@ int render_record(struct buf *b, const struct index *ix, const struct rec *r, in
 */
 int render_record_cached(struct buf *b, const struct index *ix, const struct rec *r,
 			 int64_t now_ms);
+/*
+** Its parts, for a point read without the lock: snap is r's fields (r
+** itself, or index_peek's copy). render_cached appends r as snap shows it
+** from this thread's cache and returns 0, or -EAGAIN when the cache does
+** not hold it (b untouched). render_record_keep renders snap with its topic
+** and payload (render_record_value) and keeps the result for r. Neither
+** reads r itself, only its address: no lock needed.
+*/
+int render_cached(struct buf *b, const struct index *ix, const struct rec *r,
+		  const struct rec *snap, int64_t now_ms);
+int render_record_keep(struct buf *b, const struct index *ix, const struct rec *r,
+		       const struct rec *snap, const char *topic, const void *pv, size_t plen,
+		       int64_t now_ms);
 /* This thread's record cache: records it answered, records it rendered. */
 void render_cache_stats(uint64_t *ret_hits, uint64_t *ret_misses);
 
