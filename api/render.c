@@ -386,18 +386,16 @@ static void rcache_keep(struct rcache *rc, struct rc_set *set, unsigned w, const
 	set->tag[w] = tag;
 }
 
-int render_cached(struct buf *b, const struct index *ix, const struct rec *r,
-		  const struct rec *snap, int64_t now_ms)
+/* render_cached's work, in both its callers: a listing pays no call for it. */
+static inline int rcache_render(struct rcache *rc, struct buf *b, const struct index *ix,
+				const struct rec *r, const struct rec *snap, int64_t now_ms)
 {
-	struct rcache *rc = ix ? rcache_get() : NULL;
 	int64_t age = now_ms - snap->last_seen_ms;
 	const struct rc_way *s;
 	struct rc_set *set;
 	struct out o;
 	unsigned w;
 
-	if (!rc)
-		return -EAGAIN;
 	set = rcache_set(rc, r);
 	for (w = 0; w < RCACHE_WAYS && set->tag[w] != r; w++)
 		;
@@ -422,6 +420,14 @@ int render_cached(struct buf *b, const struct index *ix, const struct rec *r,
 	*o.p = '\0';
 	b->len = (size_t)(o.p - b->data);
 	return 0;
+}
+
+int render_cached(struct buf *b, const struct index *ix, const struct rec *r,
+		  const struct rec *snap, int64_t now_ms)
+{
+	struct rcache *rc = ix ? rcache_get() : NULL;
+
+	return rc ? rcache_render(rc, b, ix, r, snap, now_ms) : -EAGAIN;
 }
 
 int render_record_keep(struct buf *b, const struct index *ix, const struct rec *r,
@@ -456,13 +462,14 @@ int render_record_keep(struct buf *b, const struct index *ix, const struct rec *
 
 int render_record_cached(struct buf *b, const struct index *ix, const struct rec *r, int64_t now_ms)
 {
+	struct rcache *rc;
 	const void *pv;
 	size_t plen;
 	int ret;
 
-	if (!ix)
+	if (!ix || !(rc = rcache_get()))
 		return render_record(b, ix, r, now_ms);
-	if ((ret = render_cached(b, ix, r, r, now_ms)) != -EAGAIN)
+	if ((ret = rcache_render(rc, b, ix, r, r, now_ms)) != -EAGAIN)
 		return ret;
 	if ((ret = rec_payload(ix, r, &pv, &plen)) < 0)
 		return ret;
