@@ -305,6 +305,7 @@ static void rcache_free(void *p)
 
 	if (!rc)
 		return;
+	rcache_mine = NULL; /* run on the thread itself: no later use finds it */
 	for (size_t i = 0; i < (1u << RCACHE_SET_BITS); i++)
 		for (size_t w = 0; w < RCACHE_WAYS; w++)
 			free(rc->set[i].way[w].data);

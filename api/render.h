@@ -38,7 +38,7 @@ int render_record(struct buf *b, const struct index *ix, const struct rec *r, in
 ** what it showed then (only age_ms is written anew): for listings, which
 ** render the same records page after page. The same bytes, locking and
 ** return codes as render_record; ix NULL renders without the cache. At
-** most 2 MiB a thread (render.c).
+** most 2 MiB of JSON a thread, beside a table of 384 KiB (render.c).
 */
 int render_record_cached(struct buf *b, const struct index *ix, const struct rec *r,
 			 int64_t now_ms);

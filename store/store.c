@@ -1282,6 +1282,8 @@ void store_scan(void *ctx, const char *from, size_t len)
 	 * all in memory or in the caches never touches SQLite. */
 	(void)from;
 	(void)len;
+	if (rd->seeked) /* a scan never ended: end its read transaction now */
+		sqlite3_reset(rd->scan);
 	rd->scanning = true;
 	rd->seeked = false;
 	rd->have_row = false;
@@ -1300,7 +1302,7 @@ void store_scan_end(void *ctx)
 	/* Ends the read transaction: the next read sees every commit. */
 	sqlite3_reset(rd->scan);
 	sqlite3_clear_bindings(rd->scan);
-	rd->scanning = false;
+	rd->seeked = false;
 	rd->have_row = false;
 }
 

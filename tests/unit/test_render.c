@@ -512,7 +512,7 @@ START_TEST(cached_is_rendered)
 		int i = (int)(rnd() % NREC);
 		struct rec *r = recs[i];
 
-		switch (rnd() % 13) {
+		switch (rnd() % 14) {
 		case 0:
 			new_value(r, i, &rev, now);
 			break;
@@ -562,6 +562,39 @@ START_TEST(cached_is_rendered)
 				r->stale_since_ms -= 1 + (int64_t)(rnd() % 1000);
 			else if (r->flags & REC_STALE)
 				rec_set_stale_reason(r, (enum stale_reason)(1 + (rec_stale_reason(r) % 3)));
+			break;
+		case 9: /* one shown field alone, rev unchanged: the key must hold each */
+			switch (rnd() % 8) {
+			case 0:
+				r->ts_ns += 1000000;
+				break;
+			case 1:
+				r->received_ms += 1;
+				break;
+			case 2:
+				r->updates += 1;
+				break;
+			case 3: /* a shorter payload under the same rev */
+				if (store_rows[i].len > 1 && !(r->flags & REC_IN_FILE)) {
+					store_rows[i].len--;
+					ck_assert_int_eq(rec_set_payload(r, store_rows[i].payload,
+									 store_rows[i].len), 0);
+					r->flags &= (uint16_t)~REC_IS_JSON;
+				}
+				break;
+			case 4: /* JSON shown as text */
+				r->flags &= (uint16_t)~REC_IS_JSON;
+				break;
+			case 5:
+				r->flags ^= REC_TS_PAYLOAD;
+				break;
+			case 6:
+				r->flags ^= REC_RETAINED;
+				break;
+			default: /* the stale flag alone, reason and since unchanged */
+				r->flags ^= REC_STALE;
+				break;
+			}
 			break;
 		default:
 			break;

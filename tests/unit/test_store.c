@@ -1297,6 +1297,25 @@ START_TEST(test_scan_reads_in_order)
 		ck_assert_int_eq(memcmp(p, pl, 3), 0);
 	}
 	store_scan_end(st);
+	/* The end let go of the scan's read transaction: a read outside any
+	 * scan sees the next commit. */
+	ck_assert_int_eq(rec_set_payload(v[21], "w-v!", 4), 0);
+	ck_assert_int_eq(rows_stage(st, tix, v[21]), 0);
+	ck_assert_msg(store_commit(st, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_int_eq(store_fetch_payload(st, rec_topic(v[21]), v[21]->topic_len, &p, &n), 0);
+	ck_assert_uint_eq(n, 4);
+	ck_assert_int_eq(memcmp(p, "w-v!", 4), 0);
+	/* A scan left without its end is ended by the next one. */
+	store_scan(st, "s/", 2);
+	ck_assert_int_eq(store_fetch_payload(st, rec_topic(v[22]), v[22]->topic_len, &p, &n), 0);
+	store_scan(st, "s/", 2);
+	store_scan_end(st);
+	ck_assert_int_eq(rec_set_payload(v[22], "w-w!", 4), 0);
+	ck_assert_int_eq(rows_stage(st, tix, v[22]), 0);
+	ck_assert_msg(store_commit(st, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_int_eq(store_fetch_payload(st, rec_topic(v[22]), v[22]->topic_len, &p, &n), 0);
+	ck_assert_uint_eq(n, 4);
+	ck_assert_int_eq(memcmp(p, "w-w!", 4), 0);
 	store_close(st);
 }
 END_TEST
