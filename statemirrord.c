@@ -274,8 +274,8 @@ static int load_visit(struct rec *r, void *ctx)
 /* Load the stored keys and schedule every deadline; keys whose deadline
  * passed while we were down turn stale now (without an alert: startup
  * counts as not synced, see stale_on_broker). */
-static int load_index(struct store *st, struct stale *stale, struct index *ix, int64_t *ret_rev,
-		      int64_t *ret_purge_before_ns, int64_t ret_resume[2])
+static int load_index(const char *path, struct store *st, struct stale *stale, struct index *ix,
+		      int64_t *ret_rev, int64_t *ret_purge_before_ns, int64_t ret_resume[2])
 {
 	struct load_ctx lc = { stale, clock_wall_ms() };
 	int64_t t0 = clock_mono_ms();
@@ -304,7 +304,7 @@ static int load_index(struct store *st, struct stale *stale, struct index *ix, i
 	index_wrlock(ix);
 	index_walk(ix, NULL, 0, NULL, 0, load_visit, &lc);
 	index_unlock(ix);
-	log_info("store: %zu keys loaded in %lld ms (rev %lld)", index_live(ix),
+	log_info("store: %s: %zu keys loaded in %lld ms (rev %lld)", path, index_live(ix),
 		 (long long)(clock_mono_ms() - t0), (long long)*ret_rev);
 	return 0;
 }
@@ -665,7 +665,7 @@ static int daemon_load(struct daemon *d, int64_t *ret_rev, int64_t *ret_purge_be
 									  .ctx = d->mqtt });
 		if (!d->stale)
 			return -ENOMEM;
-		rc = load_index(d->store, d->stale, d->ix, ret_rev, ret_purge_before_ns, ret_resume);
+		rc = load_index(conf->db_path, d->store, d->stale, d->ix, ret_rev, ret_purge_before_ns, ret_resume);
 		if (rc != -EBADMSG || attempt > 0)
 			return rc;
 		/* The API serving from this file while it loaded goes first. */
