@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "common/clock.h"
+#include "common/jsondump.h"
 #include "common/utf8.h"
 #include "mirror/liveness/stale.h"
 
@@ -592,7 +593,7 @@ static int put_json_value(struct buf *b, const json_t *v)
 
 	if (!v)
 		return buf_puts(b, "null");
-	if (!(s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY)))
+	if (!(s = json_dumps_exact(v, JSON_COMPACT | JSON_ENCODE_ANY)))
 		return -ENOMEM;
 	ret = buf_puts(b, s);
 	free(s);

@@ -17,6 +17,7 @@
 
 #include "api/ctl/ctlhttp.h"
 #include "common/buf.h"
+#include "common/jsondump.h"
 #include "common/conf.h"
 
 /* Exit codes, as statemirrorctl(1) documents them. */
@@ -184,7 +185,7 @@ static char *value_text(const json_t *rec)
 	struct buf b;
 
 	if (p)
-		return json_dumps(p, JSON_COMPACT | JSON_ENCODE_ANY);
+		return json_dumps_exact(p, JSON_COMPACT | JSON_ENCODE_ANY);
 	buf_init(&b, 0);
 	if ((s = jstr(rec, "payload_text"))) {
 		for (; *s; s++)
@@ -202,7 +203,7 @@ oom:
 
 static void print_json(const json_t *j)
 {
-	char *s = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY);
+	char *s = json_dumps_exact(j, JSON_COMPACT | JSON_ENCODE_ANY);
 
 	if (s) {
 		puts(s);
@@ -839,7 +840,7 @@ static int json_page(struct ctl *x, json_t *page, bool first, void *ctx)
 			return EXIT_HTTP;
 		json_object_del(top, "items");
 		json_object_del(top, "next");
-		s = json_dumps(top, JSON_COMPACT | JSON_PRESERVE_ORDER);
+		s = json_dumps_exact(top, JSON_COMPACT | JSON_PRESERVE_ORDER);
 		json_decref(top);
 		if (!s)
 			return EXIT_HTTP;
@@ -850,7 +851,7 @@ static int json_page(struct ctl *x, json_t *page, bool first, void *ctx)
 		free(s);
 	}
 	json_array_foreach(json_object_get(page, "items"), i, rec) {
-		char *s = json_dumps(rec, JSON_COMPACT | JSON_PRESERVE_ORDER);
+		char *s = json_dumps_exact(rec, JSON_COMPACT | JSON_PRESERVE_ORDER);
 
 		if (!s)
 			return EXIT_HTTP;
@@ -1233,7 +1234,7 @@ static int cmd_intent(struct ctl *x, const char *topic, const char *value)
 	if (body && x->confirm_timeout)
 		json_object_set_new(body, "timeout", json_string(x->confirm_timeout));
 	buf_init(&path, 0);
-	if (!body || !(text = json_dumps(body, JSON_COMPACT)) || buf_puts(&path, "/v1/intents/") < 0 ||
+	if (!body || !(text = json_dumps_exact(body, JSON_COMPACT)) || buf_puts(&path, "/v1/intents/") < 0 ||
 	    ctl_pct_encode(&path, topic, true) < 0 || (x->wait && add_param(&path, "wait", x->wait) < 0)) {
 		errmsg("out of memory");
 		rc = EXIT_HTTP;
@@ -1264,8 +1265,8 @@ static int cmd_intent(struct ctl *x, const char *topic, const char *value)
 		bool good = !strcmp(state, "confirmed") || !strcmp(state, "published");
 		const json_t *o = json_object_get(rec, "observed");
 
-		req = json_dumps(json_object_get(rec, "requested"), JSON_COMPACT | JSON_ENCODE_ANY);
-		obs = o && !json_is_null(o) ? json_dumps(o, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+		req = json_dumps_exact(json_object_get(rec, "requested"), JSON_COMPACT | JSON_ENCODE_ANY);
+		obs = o && !json_is_null(o) ? json_dumps_exact(o, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
 		printf("intent %" JSON_INTEGER_FORMAT "  %s%s%s  requested %s  observed %s\n",
 		       jint(rec, "id"), col(x, good ? C_GREEN : x->wait ? C_RED : C_YELLOW), state,
 		       col(x, C_RESET), req ? req : "?", obs ? obs : "-");

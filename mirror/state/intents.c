@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "common/clock.h"
+#include "common/jsondump.h"
 #include "mirror/state/intents.h"
 
 /*
@@ -192,8 +193,8 @@ static void queue_write(struct intents *in, const struct intent *it)
 	w = &in->writes[in->nwrites++];
 	*w = (struct write){ .id = it->id, .state = (int)it->state,
 			     .published_ms = it->published_ms, .decided_ms = it->decided_ms,
-			     .observed = it->observed ? json_dumps(it->observed, JSON_COMPACT |
-								  JSON_ENCODE_ANY) : NULL };
+			     .observed = it->observed ? json_dumps_exact(it->observed, JSON_COMPACT |
+										JSON_ENCODE_ANY) : NULL };
 	in->kick = true;
 	pthread_cond_signal(&in->cv);
 }
@@ -426,7 +427,7 @@ int intents_submit(struct intents *in, const struct intent_request *req, int64_t
 		make_corr(corrbuf);
 		corr = corrbuf;
 	}
-	if (!(vtext = json_dumps(req->value, JSON_COMPACT | JSON_ENCODE_ANY)))
+	if (!(vtext = json_dumps_exact(req->value, JSON_COMPACT | JSON_ENCODE_ANY)))
 		return -ENOMEM;
 	if (!(it = calloc(1, sizeof(*it))) || dup_str(&it->topic, req->topic) < 0 ||
 	    dup_str(&it->corr, corr) < 0 || dup_str(&it->confirm_topic, req->confirm_topic) < 0 ||
@@ -647,7 +648,7 @@ void intents_pump(struct intents *in, int64_t now_ms, intent_publish_fn publish,
 		}
 		msg = json_pack("{s:O,s:I,s:s}", "value", it->value, "ts", (json_int_t)it->created_ms,
 				"correlation_id", it->corr);
-		payload = msg ? json_dumps(msg, JSON_COMPACT) : NULL;
+		payload = msg ? json_dumps_exact(msg, JSON_COMPACT) : NULL;
 		json_decref(msg);
 		if (!payload)
 			break; /* out of memory: the next turn tries again */

@@ -118,13 +118,19 @@ def test_get(env):
     topic = 'get/with space/%/ü/a?b&c'
     pub(c, topic, 42)
     c.publish('get/text', 'plain words', qos=1)
-    wait_for(lambda: d.key('get/text'), what='keys in')
+    c.publish('get/real', '{"v":21.9,"w":[22.6]}', qos=1)
+    wait_for(lambda: d.key('get/text') and d.key('get/real'), what='keys in')
     out, _ = must(d, 'get', topic)
     assert 'topic       ' + topic in out, out
     assert '"v":42' in out and 'stale       no' in out, out
     out, _ = must(d, '--json', 'get', topic)
     rec = json.loads(out)
     assert rec['topic'] == topic and rec['payload']['v'] == 42, rec
+    # numbers as the producer wrote them, not 21.899999999999999
+    out, _ = must(d, 'get', 'get/real')
+    assert '{"v":21.9,"w":[22.6]}' in out, out
+    out, _ = must(d, '--json', 'get', 'get/real')
+    assert '"payload":{"v":21.9,"w":[22.6]}' in out, out
     out, _ = must(d, 'get', 'get/text')
     assert 'plain words' in out, out
     out, err = must(d, 'get', 'get/nothing/here', rc=NOT_FOUND)
@@ -467,8 +473,8 @@ def test_intent(env):
         wait_for(lambda: any(r[0] == 'own/t2/set' and r[1]['value'] == 'on' for r in owner.requests),
                  what='the string value at the owner')
         # --wait without --confirm: the outcome is the publication.
-        out, _ = must(d, 'intent', 'own/t1/set', '21', '--wait', '10s', env=good)
-        assert 'published' in out and 'requested 21' in out, out
+        out, _ = must(d, 'intent', 'own/t1/set', '21.9', '--wait', '10s', env=good)
+        assert 'published' in out and 'requested 21.9' in out and '21.899' not in out, out
         # No token: 4; a topic [intents] allow does not name: 6 with the daemon's reason.
         _, err = must(d, 'intent', 'own/t1/set', '21', rc=UNAUTHORISED)
         assert 'unauthorised' in err, err

@@ -141,9 +141,15 @@ START_TEST(publishes_in_order_with_request_time_and_correlation)
 		json_decref(m);
 	}
 	ck_assert_str_ne(sent[0].corr, sent[1].corr);
+	/* the value as the user wrote it, not 21.899999999999999 */
+	submit(in, "bms/ahu3/setpoint/set", json_real(21.9), NULL, NULL, T0 + 1);
+	intents_pump(in, T0 + 2, rec_publish, NULL);
+	ck_assert_int_eq(nsent, 3);
+	ck_assert_msg(strstr(sent[2].payload, "{\"value\":21.9,") == sent[2].payload, "%s",
+		      sent[2].payload);
 	/* in flight: not sent twice */
 	intents_pump(in, T0 + 3, rec_publish, NULL);
-	ck_assert_int_eq(nsent, 2);
+	ck_assert_int_eq(nsent, 3);
 	ck_assert_int_eq(state_of(in, a), INTENT_PENDING);
 	/* PUBACK: published; no confirm key, so that is final */
 	intents_acked(in, sent[0].mid, T0 + 50);
@@ -153,7 +159,7 @@ START_TEST(publishes_in_order_with_request_time_and_correlation)
 		struct intents_stats st;
 
 		intents_stats(in, &st);
-		ck_assert_uint_eq(st.outbox_depth, 1);
+		ck_assert_uint_eq(st.outbox_depth, 2);
 		ck_assert_uint_eq(st.outcomes[INTENT_PUBLISHED], 1);
 		ck_assert_uint_eq(st.publish_latency_sum_ms, 50);
 	}
