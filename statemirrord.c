@@ -121,12 +121,15 @@ static int parse_args(int argc, char **argv, struct options *o)
 static int load_config(const struct options *o, struct conf *c, char *err, size_t errlen)
 {
 	int rc = conf_defaults(c);
+	size_t used;
 
 	if (rc < 0) {
 		snprintf(err, errlen, "out of memory");
 		return rc;
 	}
-	if (o->config && (rc = conf_load_file(c, o->config, err, errlen)) < 0)
+	/* Bad lines leave their keys as they were: the whole file is still
+	 * judged, so that one run of --check-config lists every mistake. */
+	if (o->config && (rc = conf_load_file(c, o->config, err, errlen)) < 0 && rc != -EINVAL)
 		return rc;
 	if (o->broker) {
 		for (size_t i = 0; i < c->nurls; i++) {
@@ -159,7 +162,14 @@ static int load_config(const struct options *o, struct conf *c, char *err, size_
 			 o->log_level);
 		return -EINVAL;
 	}
-	return conf_validate(c, err, errlen);
+	if (rc == 0)
+		return conf_validate(c, err, errlen);
+	/* After the file's own errors, on lines of their own. */
+	used = strlen(err);
+	if (used + 2 < errlen && conf_validate(c, err + used + 1, errlen - used - 1) < 0 &&
+	    err[used + 1])
+		err[used] = '\n';
+	return rc;
 nomem:
 	snprintf(err, errlen, "out of memory");
 	return -ENOMEM;

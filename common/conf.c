@@ -1237,6 +1237,7 @@ int conf_load_file(struct conf *c, const char *path, char *err, size_t errlen)
 		goto out;
 	}
 	memset(c->src_line, 0, sizeof(c->src_line));
+	memset(c->src_bad, 0, sizeof(c->src_bad));
 
 	while ((n = getline(&line, &cap, fp)) >= 0) {
 		char *s, *eq, *key, *val;
@@ -1334,6 +1335,7 @@ int conf_load_file(struct conf *c, const char *path, char *err, size_t errlen)
 		if (!seen[idx])
 			seen[idx] = lineno;
 		c->src_line[idx] = lineno;
+		c->src_bad[idx] = false;
 		{
 			int r = item_set(c, it, val, why, WHY_MAX);
 			if (r == -ENOMEM) {
@@ -1341,6 +1343,7 @@ int conf_load_file(struct conf *c, const char *path, char *err, size_t errlen)
 				goto out;
 			}
 			if (r < 0) {
+				c->src_bad[idx] = true;
 				rc = fail_at(err, errlen, path, lineno, r, "[%s] %s: %s", section, key, why);
 				goto next;
 			}
@@ -1407,7 +1410,21 @@ static int vfail(const struct conf *c, char *err, size_t errlen, const char *key
 
 	if (!err || !errlen)
 		return -EINVAL;
-	err[0] = '\0';
+	/* What follows from a line the file's parse refused (an emptied
+	 * list, say) was said there already. */
+	if (idx >= 0 && c->src_bad[idx])
+		return -EINVAL;
+	/* conf_validate reports every failure, each on a line of its own. */
+	if (err[0]) {
+		size_t used = strlen(err);
+
+		if (used + 2 >= errlen)
+			return -EINVAL;
+		err[used++] = '\n';
+		err[used] = '\0';
+		err += used;
+		errlen -= used;
+	}
 	if (idx >= 0 && c->src_path && c->src_line[idx]) {
 		w = snprintf(err, errlen, "%s:%u: ", c->src_path, (unsigned)c->src_line[idx]);
 		if (w > 0)
@@ -1431,103 +1448,113 @@ int conf_validate(const struct conf *c, char *err, size_t errlen)
 {
 	const char *reason;
 	struct conf_url u;
-	int rc;
+	int rc = 0;
+	const struct {
+		const char *key;
+		char *const *path;
+	} secrets[] = {
+		{ "password_file", &c->password_file }, { "tls_ca_file", &c->tls_ca_file },
+		{ "tls_cert_file", &c->tls_cert_file }, { "tls_key_file", &c->tls_key_file },
+		{ "token_file", &c->token_file },
+	};
+
+	if (err && errlen)
+		err[0] = '\0';
 
 	if (c->nurls == 0)
-		return vfail(c, err, errlen, "url", "no broker URL");
+		rc = vfail(c, err, errlen, "url", "no broker URL");
 	for (size_t i = 0; i < c->nurls; i++) {
 		char shown[256];
 
 		if (!c->urls[i] || (reason = url_parse(c->urls[i], &u)))
-			return vfail(c, err, errlen, NULL, "invalid broker URL '%s': %s",
-				     c->urls[i] ? url_shown(c->urls[i], shown, sizeof(shown)) : "",
-				     c->urls[i] ? reason : "missing");
+			rc = vfail(c, err, errlen, NULL, "invalid broker URL '%s': %s",
+				   c->urls[i] ? url_shown(c->urls[i], shown, sizeof(shown)) : "",
+				   c->urls[i] ? reason : "missing");
 	}
 	if (c->nfilters == 0)
-		return vfail(c, err, errlen, "filter", "no subscription filter");
+		rc = vfail(c, err, errlen, "filter", "no subscription filter");
 	for (size_t i = 0; i < c->nfilters; i++)
 		if (topic_filter_check(c->filters[i]) < 0)
-			return vfail(c, err, errlen, NULL, "invalid subscription filter '%s'",
-				     c->filters[i] ? c->filters[i] : "");
+			rc = vfail(c, err, errlen, NULL, "invalid subscription filter '%s'",
+				   c->filters[i] ? c->filters[i] : "");
 	for (size_t i = 0; i < c->navail; i++) {
 		const struct conf_avail *a = &c->avail[i];
 		bool covered = false;
 
 		if (!a->status || !a->keys || topic_filter_check(a->status) < 0 ||
-		    topic_filter_check(a->keys) < 0)
-			return vfail(c, err, errlen, "availability", "invalid availability filters");
+		    topic_filter_check(a->keys) < 0) {
+			rc = vfail(c, err, errlen, "availability", "invalid availability filters");
+			continue;
+		}
 		for (size_t j = 0; j < c->nfilters && !covered; j++)
 			covered = filter_covers(c->filters[j], a->status);
 		if (!covered)
-			return vfail(c, err, errlen, "availability",
-				     "availability status filter '%s' is not covered by any [subscribe] filter",
-				     a->status);
+			rc = vfail(c, err, errlen, "availability",
+				   "availability status filter '%s' is not covered by any [subscribe] filter",
+				   a->status);
 	}
 	for (size_t i = 0; i < c->nrules; i++)
 		if (topic_filter_check(c->rules[i].filter) < 0 || c->rules[i].cadence_ms < 0)
-			return vfail(c, err, errlen, "rule", "invalid rule filter '%s'",
-				     c->rules[i].filter ? c->rules[i].filter : "");
+			rc = vfail(c, err, errlen, "rule", "invalid rule filter '%s'",
+				   c->rules[i].filter ? c->rules[i].filter : "");
 	for (size_t i = 0; i < c->nretained; i++)
 		if (!c->retained[i] || topic_name_check(c->retained[i], strlen(c->retained[i])) < 0)
-			return vfail(c, err, errlen, NULL, "invalid retained topic '%s'",
-				     c->retained[i] ? c->retained[i] : "");
+			rc = vfail(c, err, errlen, NULL, "invalid retained topic '%s'",
+				   c->retained[i] ? c->retained[i] : "");
 	if (c->protocol != CONF_PROTOCOL_AUTO && c->protocol != 5 && c->protocol != 311)
-		return vfail(c, err, errlen, "protocol", "protocol must be auto, 5 or 3.1.1");
+		rc = vfail(c, err, errlen, "protocol", "protocol must be auto, 5 or 3.1.1");
 	if (c->qos != 0 && c->qos != 1)
-		return vfail(c, err, errlen, "qos", "qos must be 0 or 1");
+		rc = vfail(c, err, errlen, "qos", "qos must be 0 or 1");
 	if (c->session == CONF_SESSION_PERSISTENT && (!c->client_id || !*c->client_id))
-		return vfail(c, err, errlen, "session",
-			     "a persistent session needs a client_id");
+		rc = vfail(c, err, errlen, "session",
+			   "a persistent session needs a client_id");
 	if (c->client_id && strlen(c->client_id) > 65535)
-		return vfail(c, err, errlen, "client_id", "client_id is longer than 65535 bytes");
+		rc = vfail(c, err, errlen, "client_id", "client_id is longer than 65535 bytes");
 	if (c->password_file && !c->username && c->protocol == 311)
-		return vfail(c, err, errlen, "password_file",
-			     "password_file needs a username with protocol 3.1.1");
+		rc = vfail(c, err, errlen, "password_file",
+			   "password_file needs a username with protocol 3.1.1");
 	if (!c->tls_cert_file != !c->tls_key_file)
-		return vfail(c, err, errlen, c->tls_cert_file ? "tls_cert_file" : "tls_key_file",
-			     "tls_cert_file and tls_key_file go together");
+		rc = vfail(c, err, errlen, c->tls_cert_file ? "tls_cert_file" : "tls_key_file",
+			   "tls_cert_file and tls_key_file go together");
 	if (c->reconnect_min_ms > c->reconnect_max_ms)
-		return vfail(c, err, errlen, "reconnect_min",
-			     "reconnect_min is above reconnect_max");
+		rc = vfail(c, err, errlen, "reconnect_min",
+			   "reconnect_min is above reconnect_max");
 	if (c->commit_interval_ms <= 0 || c->commit_interval_ms > 1000)
-		return vfail(c, err, errlen, "commit_interval",
-			     "commit_interval must be above 0 and at most 1s (the durability bound)");
+		rc = vfail(c, err, errlen, "commit_interval",
+			   "commit_interval must be above 0 and at most 1s (the durability bound)");
 	if (!(c->grace > 0))
-		return vfail(c, err, errlen, "grace", "grace must be above 0");
+		rc = vfail(c, err, errlen, "grace", "grace must be above 0");
 	if (!c->db_path || !*c->db_path)
-		return vfail(c, err, errlen, "path", "no database path");
+		rc = vfail(c, err, errlen, "path", "no database path");
 	if (!c->timestamp_field || !*c->timestamp_field)
-		return vfail(c, err, errlen, "timestamp_field", "timestamp_field must not be empty");
+		rc = vfail(c, err, errlen, "timestamp_field", "timestamp_field must not be empty");
 	if (c->default_kind == CONF_DEFAULT_FIXED && c->default_cadence_ms <= 0)
-		return vfail(c, err, errlen, "default", "default cadence must be above 0");
+		rc = vfail(c, err, errlen, "default", "default cadence must be above 0");
 	if (c->alert_topic && *c->alert_topic &&
 	    topic_name_check(c->alert_topic, strlen(c->alert_topic)) < 0)
-		return vfail(c, err, errlen, "topic", "alert topic '%s' is not a valid topic name",
-			     c->alert_topic);
+		rc = vfail(c, err, errlen, "topic", "alert topic '%s' is not a valid topic name",
+			   c->alert_topic);
 	if (!c->http_listen || (reason = listen_check(c->http_listen)))
-		return vfail(c, err, errlen, NULL, "invalid http listen address '%s': %s",
-			     c->http_listen ? c->http_listen : "", c->http_listen ? reason : "missing");
+		rc = vfail(c, err, errlen, NULL, "invalid http listen address '%s': %s",
+			   c->http_listen ? c->http_listen : "", c->http_listen ? reason : "missing");
 	/* Anyone who can reach a non-loopback listener could read the whole
 	 * mirror: such a listener needs a token. */
-	if (strncmp(c->http_listen, "unix:", 5) != 0 && !listen_is_loopback(c->http_listen) &&
+	else if (strncmp(c->http_listen, "unix:", 5) != 0 && !listen_is_loopback(c->http_listen) &&
 	    !(c->token_file && *c->token_file))
-		return vfail(c, err, errlen, "listen",
-			     "listening on '%s', beyond loopback, needs [http] token_file",
-			     c->http_listen);
+		rc = vfail(c, err, errlen, "listen",
+			   "listening on '%s', beyond loopback, needs [http] token_file",
+			   c->http_listen);
 	if (c->max_keys < 1 || c->max_payload < 1 || c->max_topic_len < 1)
-		return vfail(c, err, errlen, NULL, "store limits must be positive");
+		rc = vfail(c, err, errlen, NULL, "store limits must be positive");
 	if (c->sp_primary_host && (!*c->sp_primary_host || strpbrk(c->sp_primary_host, "/+#") ||
 				   topic_name_check(c->sp_primary_host, strlen(c->sp_primary_host)) < 0))
-		return vfail(c, err, errlen, "primary_host",
-			     "[sparkplug] primary_host '%s' must be one topic level (no /, + or #)",
-			     c->sp_primary_host);
-	if ((rc = check_readable(c, "password_file", c->password_file, err, errlen)) < 0 ||
-	    (rc = check_readable(c, "tls_ca_file", c->tls_ca_file, err, errlen)) < 0 ||
-	    (rc = check_readable(c, "tls_cert_file", c->tls_cert_file, err, errlen)) < 0 ||
-	    (rc = check_readable(c, "tls_key_file", c->tls_key_file, err, errlen)) < 0 ||
-	    (rc = check_readable(c, "token_file", c->token_file, err, errlen)) < 0)
-		return rc;
-	return 0;
+		rc = vfail(c, err, errlen, "primary_host",
+			   "[sparkplug] primary_host '%s' must be one topic level (no /, + or #)",
+			   c->sp_primary_host);
+	for (size_t i = 0; i < sizeof(secrets) / sizeof(secrets[0]); i++)
+		if (check_readable(c, secrets[i].key, *secrets[i].path, err, errlen) < 0)
+			rc = -EINVAL;
+	return rc;
 }
 
 /* ---- secrets ------------------------------------------------------------ */

@@ -156,6 +156,7 @@ struct conf {
 	 * say "FILE:LINE: reason"; conf.c's business only. */
 	char *src_path;
 	uint32_t src_line[CONF_NKEYS];
+	bool src_bad[CONF_NKEYS];     /* its last line was refused, and said so */
 };
 
 /* Fills c with every default (including the contract's "#" filter and URL).

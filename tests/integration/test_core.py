@@ -10,7 +10,7 @@ import subprocess
 import threading
 import time
 
-from smtest import run, ts_ms, wait_for
+from smtest import DAEMON, run, ts_ms, wait_for
 
 
 def test_retained_bootstrap_before_ready(env):
@@ -226,9 +226,29 @@ def test_restart_binds_the_same_port_at_once(env):
     assert p.returncode == 2, (p.returncode, p.stderr[-500:])
 
 
+def test_check_config_lists_every_mistake(env):
+    # Bad lines and what only the whole file shows (a listener beyond
+    # loopback without a token, a filter that is no filter), in one run.
+    path = env.dir + '/mistakes.conf'
+    with open(path, 'w') as f:
+        f.write('[http]\nlisten = 0.0.0.0:9\nbogus = 1\n[staleness]\ngrace = x\n'
+                '[subscribe]\nfilter = a/#/b\n')
+    p = subprocess.run([DAEMON, '--check-config', '-c', path], capture_output=True, text=True,
+                       timeout=20)
+    assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
+    lines = p.stderr.splitlines()
+    for want in ("%s:3: unknown key 'bogus' in [http]" % path,
+                 "%s:5: [staleness] grace: 'x' is not a number" % path,
+                 "%s:7: [subscribe] filter: 'a/#/b' is not a valid MQTT topic filter" % path,
+                 "%s:2: listening on '0.0.0.0:9', beyond loopback, needs [http] token_file" % path):
+        assert want in lines, (want, p.stderr)
+    assert len(lines) == 4, p.stderr
+
+
 if __name__ == '__main__':
     run([test_retained_bootstrap_before_ready, test_newer_wins_older_ignored,
          test_equal_timestamp_tie_break, test_delete_with_tombstone,
          test_payload_forms_and_ts_sources, test_rejects_counted_and_listed,
          test_health_and_errors, test_ready_holds_under_live_traffic,
-         test_shutdown_while_serving, test_restart_binds_the_same_port_at_once])
+         test_shutdown_while_serving, test_restart_binds_the_same_port_at_once,
+         test_check_config_lists_every_mistake])

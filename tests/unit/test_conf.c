@@ -685,11 +685,23 @@ END_TEST
 START_TEST(test_validate)
 {
 	struct conf c;
-	char want[512];
+	char want[2048];
 
 	ck_assert_int_eq(load(&c, "[broker]\nreconnect_min = 10s\n\nreconnect_max = 1s\n"), 0);
 	ck_assert_int_eq(conf_validate(&c, err, sizeof(err)), -EINVAL);
 	snprintf(want, sizeof(want), "%s:2: reconnect_min is above reconnect_max", cpath);
+	ck_assert_str_eq(err, want);
+	conf_free(&c);
+
+	/* every failure, each on its own line, not just the first */
+	ck_assert_int_eq(load(&c, "[broker]\nreconnect_min = 10s\nreconnect_max = 1s\n"
+				  "tls_cert_file = /etc/hostname\n[http]\nlisten = 0.0.0.0:9\n"), 0);
+	ck_assert_int_eq(conf_validate(&c, err, sizeof(err)), -EINVAL);
+	snprintf(want, sizeof(want),
+		 "%s:4: tls_cert_file and tls_key_file go together\n"
+		 "%s:2: reconnect_min is above reconnect_max\n"
+		 "%s:6: listening on '0.0.0.0:9', beyond loopback, needs [http] token_file",
+		 cpath, cpath, cpath);
 	ck_assert_str_eq(err, want);
 	conf_free(&c);
 
