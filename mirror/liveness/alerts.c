@@ -440,8 +440,18 @@ static void work_add(struct alerts *a, struct incident *inc)
 	inc->listed = true;
 }
 
+/* An alert is as old as the first of its keys to go stale: the group wait
+ * and the roll-up come after that. (0: the key holds no stale time.) */
+static void incident_since(struct incident *inc, int64_t stale_since_ms)
+{
+	if (stale_since_ms > 0 && stale_since_ms < inc->since_ms)
+		inc->since_ms = stale_since_ms;
+}
+
 static void incident_join(struct alerts *a, struct incident *inc, struct rec *r)
 {
+	if (!inc->published)
+		incident_since(inc, r->stale_since_ms);
 	inc->count++;
 	inc->added++;
 	inc->adopted = false;
@@ -471,6 +481,7 @@ struct ng {
 	uint32_t count;
 	struct rec *ex[EXAMPLES_KEPT];
 	unsigned nex;
+	int64_t since;  /* the earliest stale time of its keys (INT64_MAX: none) */
 	size_t into;    /* merged into this group's index; itself while active */
 };
 
@@ -510,7 +521,7 @@ static size_t ngset_get(struct ngset *g, const char *p, size_t len, bool create)
 	}
 	if (hmap_put(&g->map, key, g->n) < 0)
 		return SIZE_MAX;
-	g->v[g->n] = (struct ng){ .p = p, .len = len, .into = g->n };
+	g->v[g->n] = (struct ng){ .p = p, .len = len, .since = INT64_MAX, .into = g->n };
 	return g->n++;
 }
 
@@ -527,6 +538,8 @@ static void ng_merge(struct ng *v, size_t from, size_t to)
 	if (from == to)
 		return;
 	v[to].count += v[from].count;
+	if (v[from].since < v[to].since)
+		v[to].since = v[from].since;
 	for (unsigned k = 0; k < v[from].nex && v[to].nex < EXAMPLES_KEPT; k++)
 		v[to].ex[v[to].nex++] = v[from].ex[k];
 	v[from].count = 0;
@@ -607,6 +620,8 @@ static void open_new(struct alerts *a, struct rec **keys, size_t n, int64_t now_
 		if (gi == SIZE_MAX)
 			goto fallback;
 		g.v[gi].count++;
+		if (r->stale_since_ms > 0 && r->stale_since_ms < g.v[gi].since)
+			g.v[gi].since = r->stale_since_ms;
 		if (g.v[gi].nex < EXAMPLES_KEPT)
 			g.v[gi].ex[g.v[gi].nex++] = r;
 	}
@@ -626,6 +641,8 @@ static void open_new(struct alerts *a, struct rec **keys, size_t n, int64_t now_
 				  x->count, (int)x->len, x->p);
 			continue;
 		}
+		if (!inc->published)
+			incident_since(inc, x->since);
 		inc->count += x->count;
 		inc->added += x->count;
 		inc->adopted = false;

@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/conf.h"
 #include "common/stats.h"
 #include "mirror/liveness/alerts.h"
@@ -220,6 +221,18 @@ START_TEST(thousand_keys_one_alert)
 	ck_assert_int_eq(jint(o, "count"), 1000);
 	ck_assert_uint_eq(json_array_size(json_object_get(o, "examples")), ALERTS_EXAMPLES);
 	ck_assert_ptr_nonnull(strstr(jstr(o, "summary"), "1000 keys stale under plant/gw7"));
+	{
+		/* as old as its first stale key, not the group wait later */
+		int64_t first = INT64_MAX;
+		char want[32];
+
+		for (int i = 0; i < 1000; i++)
+			if (keys[i]->stale_since_ms < first)
+				first = keys[i]->stale_since_ms;
+		ck_assert_int_gt(first, 0);
+		ck_assert_str_eq(jstr(o, "since"), clock_format_rfc3339(first, want));
+		ck_assert_str_lt(jstr(o, "since"), jstr(o, "time"));
+	}
 	json_decref(o);
 	ck_assert_uint_eq(STAT_GET(alerts_sent), 1);
 
