@@ -13,6 +13,7 @@
 #include "common/log.h"
 #include "common/stats.h"
 #include "common/topic.h"
+#include "common/tsparse.h"
 #include "mirror/liveness/alerts.h"
 
 #define NEVER INT64_MAX
@@ -39,7 +40,8 @@ struct incident {
 	int64_t since_ms, last_pub_ms;
 	bool published;         /* its state is out (or adopted from a retained copy) */
 	bool listed;            /* in the work list */
-	bool adopted;           /* from an earlier run: resolve if still empty after settling */
+	bool adopted;           /* from an earlier run: decided once its keys had time to rejoin */
+	uint32_t adopted_count; /* the count its retained copy said */
 	bool mqtt_only;         /* republish under a new topic without running exec */
 	bool producer;          /* a producer's: its keys joined by name (alerts_key_changed_in) */
 	size_t len;
@@ -454,7 +456,6 @@ static void incident_join(struct alerts *a, struct incident *inc, struct rec *r)
 		incident_since(inc, r->stale_since_ms);
 	inc->count++;
 	inc->added++;
-	inc->adopted = false;
 	if (inc->nex < EXAMPLES_KEPT)
 		inc->ex[inc->nex++] = r;
 	work_add(a, inc);
@@ -645,7 +646,6 @@ static void open_new(struct alerts *a, struct rec **keys, size_t n, int64_t now_
 			incident_since(inc, x->since);
 		inc->count += x->count;
 		inc->added += x->count;
-		inc->adopted = false;
 		for (unsigned k = 0; k < x->nex && inc->nex < EXAMPLES_KEPT; k++)
 			inc->ex[inc->nex++] = x->ex[k];
 		work_add(a, inc);
@@ -970,6 +970,16 @@ void alerts_adopt(struct alerts *a, const struct index *ix, const struct rec *r,
 
 		if (expect && strcmp(expect, r->data) == 0 && !incident_get(a, p, len) &&
 		    (inc = incident_new(a, p, len, now_ms))) {
+			json_t *count = json_object_get(o, "count");
+			const char *since = json_string_value(json_object_get(o, "since"));
+			int64_t ns;
+
+			if (json_is_integer(count) && json_integer_value(count) > 0 &&
+			    json_integer_value(count) <= UINT32_MAX)
+				inc->adopted_count = (uint32_t)json_integer_value(count);
+			if (since && ts_parse_rfc3339(since, strlen(since), &ns) == 0 && ns > 0 &&
+			    ns / 1000000 < now_ms)
+				inc->since_ms = ns / 1000000;
 			inc->published = true;
 			inc->adopted = true;
 			inc->last_pub_ms = now_ms;
@@ -979,6 +989,20 @@ void alerts_adopt(struct alerts *a, const struct index *ix, const struct rec *r,
 		free(expect);
 	}
 	json_decref(o);
+}
+
+/* Is a key under inc's prefix waiting for the group wait? */
+static bool pending_under(const struct alerts *a, const struct incident *inc)
+{
+	for (size_t i = 0; i < a->npend; i++) {
+		const struct rec *r = a->pend[i].r;
+
+		if (inc->len == 0 ||
+		    (r->topic_len >= inc->len && memcmp(r->data, inc->prefix, inc->len) == 0 &&
+		     (r->topic_len == inc->len || r->data[inc->len] == '/')))
+			return true;
+	}
+	return false;
 }
 
 int64_t alerts_tick(struct alerts *a, int64_t now_ms, int64_t settle_ms,
@@ -1008,10 +1032,25 @@ int64_t alerts_tick(struct alerts *a, int64_t now_ms, int64_t settle_ms,
 		struct incident *inc = a->work[i];
 		int64_t due;
 
-		if (inc->adopted && inc->count == 0) {
-			due = a->synced ? a->synced_since_ms + settle_ms : NEVER;
+		if (inc->adopted) {
+			/* Its keys still stale rejoin it once their windows are
+			 * over (settle_ms at most) and the group wait after
+			 * that; keys of it still waiting hold the decision. */
+			due = a->synced ? a->synced_since_ms + settle_ms + a->min_hold_ms +
+						  a->group_wait_ms
+					: NEVER;
+			if (a->synced && now_ms >= due && pending_under(a, inc))
+				due = a->window_due > now_ms ? a->window_due : now_ms + 1;
+			if (a->synced && now_ms >= due) {
+				inc->adopted = false;
+				if (inc->count && inc->count == inc->adopted_count) {
+					/* What the earlier run said still holds. */
+					inc->added = inc->recovered = 0;
+					inc->listed = false;
+					continue;
+				}
+			}
 		} else {
-			inc->adopted = false;
 			due = inc->published ? inc->last_pub_ms + group_interval(a) : now_ms;
 		}
 		if (!a->synced || now_ms < due) {

@@ -698,6 +698,77 @@ START_TEST(adopts_alerts_of_an_earlier_run)
 }
 END_TEST
 
+/* A restart over open alerts: the keys still stale after their windows
+ * rejoin the adopted alerts. Same count: nothing is sent (no false
+ * "resolved", no second page); another count: one update, still stale. */
+START_TEST(restart_over_open_alerts_pages_nobody)
+{
+	const char *p1 = "{\"alert\":\"stale\",\"group\":\"gone1\",\"state\":\"stale\",\"count\":10}";
+	const char *p2 = "{\"alert\":\"stale\",\"group\":\"gone2\",\"state\":\"stale\",\"count\":5}";
+	struct rec *r;
+	unsigned n2 = 0;
+
+	r = mk("statemirror/alerts/group/gone1");
+	ck_assert_int_eq(rec_set_payload(r, p1, strlen(p1)), 0);
+	r = mk("statemirror/alerts/group/gone2");
+	ck_assert_int_eq(rec_set_payload(r, p2, strlen(p2)), 0);
+	start();
+	stale_on_load(st, keys[0], T);
+	stale_on_load(st, keys[1], T);
+	for (int i = 0; i < 13; i++) {
+		r = mk("gone%d/k%d", i < 10 ? 1 : 2, i);
+		r->last_seen_ms = T - 600 * SEC;
+		r->updates = 5;
+		ck_assert(stale_on_load(st, r, T));
+	}
+	ck_assert_uint_eq(alerts_open_incidents(A), 2);
+	run_until(T + 2 * SEC);
+	stale_on_broker(st, true, T);
+	run_until(T + 120 * SEC);
+	ck_assert_uint_eq(STAT_GET(stale_keys), 13);
+	for (unsigned i = 0; i < nmsgs; i++) {
+		json_t *o;
+
+		ck_assert_msg(strcmp(msgs[i].topic, "statemirror/alerts/group/gone1") != 0,
+			      "gone1 did not change, yet: %s", msgs[i].payload);
+		if (strcmp(msgs[i].topic, "statemirror/alerts/group/gone2") != 0)
+			continue;
+		o = msg_json(i);
+		ck_assert_str_eq(jstr(o, "state"), "stale");
+		ck_assert_int_eq(jint(o, "count"), 3);
+		json_decref(o);
+		n2++;
+	}
+	ck_assert_uint_eq(n2, 1);
+	ck_assert_uint_eq(alerts_open_incidents(A), 2);
+	/* and they still resolve when their keys come back */
+	clear_msgs();
+	keep_alive(2, 15, T + 30 * SEC);
+	ck_assert_uint_eq(alerts_open_incidents(A), 0);
+	ck_assert_uint_eq(STAT_GET(stale_keys), 0);
+}
+END_TEST
+
+/* A broker blip while an alert is open: it stays open, silently. */
+START_TEST(blip_keeps_open_alert)
+{
+	start_synced();
+	for (int i = 0; i < 10; i++)
+		live(mk("held/gw/k%d", i));
+	keep_alive(0, 10, T + 5 * SEC);
+	run_until(T + 10 * SEC);
+	ck_assert_uint_eq(alerts_under("statemirror/alerts/group/held"), 1);
+	clear_msgs();
+	stale_on_broker(st, false, T);
+	run_until(T + 10 * SEC);
+	stale_on_broker(st, true, T);
+	run_until(T + 120 * SEC);
+	ck_assert_uint_eq(STAT_GET(stale_keys), 10);
+	ck_assert_msg(nmsgs == 0, "%u messages, the first %s: %s", nmsgs, nmsgs ? msgs[0].topic : "",
+		      nmsgs ? msgs[0].payload : "");
+}
+END_TEST
+
 /* ------------------------------------------------------------- exec */
 
 static char dir[64];
@@ -896,6 +967,8 @@ static Suite *suite(void)
 	tcase_add_test(tc, restart_holds_back);
 	tcase_add_test(tc, slow_startup_raises_mirror_alert);
 	tcase_add_test(tc, adopts_alerts_of_an_earlier_run);
+	tcase_add_test(tc, restart_over_open_alerts_pages_nobody);
+	tcase_add_test(tc, blip_keeps_open_alert);
 	suite_add_tcase(s, tc);
 
 	tcase_add_checked_fixture(te, exec_setup, exec_teardown);
