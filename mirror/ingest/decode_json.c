@@ -36,7 +36,12 @@ static size_t json_decode(struct decoder *d, const struct decode_in *in,
 
 	if (in->payload_len > 0) {
 		jscan_payload(in->payload, in->payload_len, j->ts_names, j->nts_names, &js);
-		if (js.ts_bad)
+		/* Too deep to scan: whether it is JSON, and its timestamp,
+		 * are not known, and applying it by its receive time could
+		 * move the key back. */
+		if (js.too_deep)
+			why = REJECT_TOO_DEEP;
+		else if (js.ts_bad)
 			why = REJECT_BAD_TS;
 		else if (j->format_json && !js.is_json)
 			why = REJECT_NOT_JSON;

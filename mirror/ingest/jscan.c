@@ -238,7 +238,8 @@ void jscan_payload(const char *payload, size_t len, const char *const *names, si
 	size_t nlen[JSCAN_NAMES_CACHED];
 	size_t best = nnames, pending = nnames;
 	enum jval pending_kind = JV_NONE, best_kind = JV_NONE;
-	uint64_t is_obj = 0; /* bit d-1: the container at depth d is an object */
+	/* bit d-1: the container at depth d is an object */
+	uint64_t is_obj[JSCAN_MAX_DEPTH / 64] = { 0 };
 	unsigned depth = 0;
 	bool esc;
 
@@ -256,8 +257,8 @@ value:
 	switch (*p) {
 	case '{':
 		if (depth >= JSCAN_MAX_DEPTH)
-			return;
-		is_obj |= UINT64_C(1) << depth;
+			goto too_deep;
+		is_obj[depth / 64] |= UINT64_C(1) << (depth % 64);
 		depth++;
 		pending_kind = JV_OTHER;
 		p = skip_ws(p + 1, end);
@@ -269,8 +270,8 @@ value:
 		goto member;
 	case '[':
 		if (depth >= JSCAN_MAX_DEPTH)
-			return;
-		is_obj &= ~(UINT64_C(1) << depth);
+			goto too_deep;
+		is_obj[depth / 64] &= ~(UINT64_C(1) << (depth % 64));
 		depth++;
 		pending_kind = JV_OTHER;
 		p = skip_ws(p + 1, end);
@@ -345,7 +346,7 @@ after_value:
 	/* A member value of the top-level object just ended: [vstart, p) unless
 	 * it was a container, whose start we only need to know it is not a
 	 * timestamp. A null is no timestamp at all: try the next name. */
-	if (depth == 1 && pending < best && (is_obj & 1)) {
+	if (depth == 1 && pending < best && (is_obj[0] & 1)) {
 		if (pending_kind != JV_NULL) {
 			best = pending;
 			best_kind = pending_kind;
@@ -365,11 +366,11 @@ after_value:
 		return;
 	if (*p == ',') {
 		p = skip_ws(p + 1, end);
-		if (is_obj & (UINT64_C(1) << (depth - 1)))
+		if (is_obj[(depth - 1) / 64] & (UINT64_C(1) << ((depth - 1) % 64)))
 			goto member;
 		goto value;
 	}
-	if (*p == (is_obj & (UINT64_C(1) << (depth - 1)) ? '}' : ']')) {
+	if (*p == (is_obj[(depth - 1) / 64] & (UINT64_C(1) << ((depth - 1) % 64)) ? '}' : ']')) {
 		p++;
 		depth--;
 		pending_kind = JV_OTHER;
@@ -401,4 +402,8 @@ done:
 	ret->ts_found = false;
 	ret->ts_bad = true;
 	ret->ts_ns = 0;
+	return;
+too_deep:
+	memset(ret, 0, sizeof(*ret));
+	ret->too_deep = true;
 }

@@ -25,13 +25,17 @@
 ** Strings are checked as jansson does: valid UTF-8, no lone surrogate
 ** escapes; "\u0000" is valid JSON (load with JSON_ALLOW_NUL). is_json does
 ** not promise that every number fits an int64 or a double.
-** Never allocates; depth of nesting is limited to JSCAN_MAX_DEPTH (deeper
-** is treated as not JSON). Safe on any bytes (fuzzed).
+**   too_deep  : the scan stopped at nesting deeper than JSCAN_MAX_DEPTH
+**               (is_json and the rest false: not known)
+** Never allocates. Safe on any bytes (fuzzed). JSCAN_MAX_DEPTH is a
+** multiple of 64, below jansson's own limit (2048), so that what jscan
+** calls JSON, jansson loads.
 */
-#define JSCAN_MAX_DEPTH 64
+#define JSCAN_MAX_DEPTH 512
 
 struct jscan_result {
 	bool is_json;
+	bool too_deep;
 	bool ts_found;
 	bool ts_bad;
 	int64_t ts_ns;

@@ -30,6 +30,7 @@ static const char *const reason_names[REJECT_REASON_MAX] = {
 	[REJECT_STORE_READ] = "store_read_error",
 	[REJECT_UNDECODABLE] = "undecodable",
 	[REJECT_NO_BIRTH] = "no_birth",
+	[REJECT_TOO_DEEP] = "too_deep",
 };
 
 const char *apply_result_name(enum apply_result r)

@@ -56,6 +56,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	/* Valid JSON is what jansson loads, except where jscan documents a
 	 * difference: nesting deeper than JSCAN_MAX_DEPTH, numbers jansson
 	 * cannot hold, and member names holding \u0000. */
+	/* too_deep: said only of nesting beyond the limit, and nothing else known */
+	assert(!r.too_deep || (!r.is_json && !r.ts_found && !r.ts_bad &&
+			       max_depth(s, size) > JSCAN_MAX_DEPTH));
 	if (max_depth(s, size) > JSCAN_MAX_DEPTH)
 		return 0;
 	/* A raw NUL byte is never JSON (jansson takes "0\0" for 0). */

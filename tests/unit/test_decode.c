@@ -9,6 +9,8 @@
 
 #include "common/conf.h"
 #include "mirror/ingest/decode_json.h"
+#include "mirror/ingest/jscan.h"
+#include "mirror/state/apply.h"
 #include "mirror/state/rejects.h"
 
 #define RECV_NS (INT64_C(1795313402123) * 1000000 + 456) /* 2026-11-22T02:10:02.123000456Z */
@@ -192,6 +194,49 @@ START_TEST(test_format_json)
 }
 END_TEST
 
+/* Deep nesting: 100 levels is JSON with its timestamp; beyond the scanner's
+ * depth the message is refused as too_deep, in either format, rather than
+ * taken as text at its receive time (which could move the key back). */
+START_TEST(test_too_deep)
+{
+	struct decoder *d = json_new(CONF_FORMAT_AUTO, NULL);
+	size_t cap = 16 * JSCAN_MAX_DEPTH + 64, n;
+	char *p = malloc(cap);
+	struct got g;
+
+	ck_assert_ptr_nonnull(p);
+	for (unsigned depth = 100; depth <= JSCAN_MAX_DEPTH + 1; depth += JSCAN_MAX_DEPTH + 1 - 100) {
+		n = (size_t)snprintf(p, cap, "{\"ts\":1795313402123,\"a\":");
+		for (unsigned i = 1; i < depth; i++)
+			p[n++] = '[';
+		p[n++] = '1';
+		for (unsigned i = 1; i < depth; i++)
+			p[n++] = ']';
+		p[n++] = '}';
+		p[n] = '\0';
+		if (depth <= JSCAN_MAX_DEPTH) {
+			decoder_free(d);
+			d = json_new(CONF_FORMAT_JSON, NULL);
+			g = decode(d, "a", p, false);
+			ck_assert_int_eq(g.why, REJECT_NONE);
+			ck_assert(g.m.is_json && g.m.ts_from_payload);
+			ck_assert_int_eq(g.m.ts_ns, 1795313402123LL * 1000000);
+		} else {
+			g = decode(d, "a", p, false);
+			ck_assert_int_eq(g.why, REJECT_TOO_DEEP);
+			ck_assert_uint_eq(g.m.payload_len, REJECTS_KEEP_BYTES);
+			decoder_free(d);
+			d = json_new(CONF_FORMAT_AUTO, NULL);
+			g = decode(d, "a", p, false);
+			ck_assert_int_eq(g.why, REJECT_TOO_DEEP);
+		}
+	}
+	ck_assert_str_eq(reject_reason_name(REJECT_TOO_DEEP), "too_deep");
+	free(p);
+	decoder_free(d);
+}
+END_TEST
+
 static Suite *decode_suite(void)
 {
 	Suite *s = suite_create("decode");
@@ -201,6 +246,7 @@ static Suite *decode_suite(void)
 	tcase_add_test(tc, test_ts_fields);
 	tcase_add_test(tc, test_bad_ts);
 	tcase_add_test(tc, test_format_json);
+	tcase_add_test(tc, test_too_deep);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -90,7 +90,7 @@ START_TEST(test_jscan_depth)
 	for (size_t i = 0; i < JSCAN_MAX_DEPTH; i++)
 		buf[n++] = ']';
 	jscan_payload(buf, n, ts_names, 3, &r);
-	ck_assert(r.is_json);
+	ck_assert(r.is_json && !r.too_deep);
 
 	n = 0;
 	for (size_t i = 0; i <= JSCAN_MAX_DEPTH; i++)
@@ -98,7 +98,7 @@ START_TEST(test_jscan_depth)
 	for (size_t i = 0; i <= JSCAN_MAX_DEPTH; i++)
 		buf[n++] = ']';
 	jscan_payload(buf, n, ts_names, 3, &r);
-	ck_assert(!r.is_json);
+	ck_assert(!r.is_json && r.too_deep);
 
 	/* Objects count as well: {"a":{"a":...}} */
 	char obj[8 * (JSCAN_MAX_DEPTH + 1) + 8];
