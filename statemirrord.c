@@ -1,13 +1,16 @@
 /* SPDX-License-Identifier: MIT */
 /* statemirrord.c: the process in phases: arguments, config, start, reload, stop. */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "api/http.h"
 #include "api/intents.h"
@@ -574,6 +577,7 @@ struct daemon {
 	struct watch *watch;
 	struct outbox *outbox;    /* the intents' table ([intents] allow set) */
 	struct intents *intents;
+	int lock_fd;              /* flock()ed DB.lock: one daemon per file; -1 = none */
 	sigset_t sigs;            /* taken by the main loop, blocked in every thread */
 	uint64_t wd_usec;         /* the systemd watchdog interval, 0 = none */
 };
@@ -631,6 +635,42 @@ static int store_rebuild(const struct conf *conf, int rc, const char *why)
 	STAT_INC(store_rebuilds);
 	log_error("store: %s; moved aside to %s, starting with an empty mirror that the "
 		  "broker fills again ([store] on_corrupt = rebuild)", why, aside);
+	return 0;
+}
+
+/*
+** One daemon per database: a second one on the same file would interleave
+** its revisions with ours and fight over the broker session. The lock is
+** flock() on a file of its own beside the database (DB.lock), not on the
+** database: closing any descriptor of the database would drop SQLite's
+** own fcntl() locks, and a rebuild renames the database away. Kept until
+** the process ends. Returns 0 or -errno (logged).
+*/
+static int daemon_lock_store(struct daemon *d)
+{
+	const char *db = d->conf.db_path;
+	size_t n = strlen(db) + sizeof(".lock");
+	char *path = malloc(n);
+	int fd, e;
+
+	if (!path)
+		return -ENOMEM;
+	snprintf(path, n, "%s.lock", db);
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		e = errno;
+		if (fd >= 0 && e == EWOULDBLOCK)
+			log_error("store: %s is in use by another statemirrord (it holds %s): one "
+				  "daemon per database", db, path);
+		else
+			log_error("store: cannot lock %s: %s", path, strerror(e));
+		if (fd >= 0)
+			close(fd);
+		free(path);
+		return -e;
+	}
+	free(path);
+	d->lock_fd = fd;
 	return 0;
 }
 
@@ -773,7 +813,7 @@ static int daemon_start(struct daemon *d)
 	signal(SIGPIPE, SIG_IGN);
 
 	log_info("statemirrord %s starting", SM_VERSION);
-	if ((rc = daemon_open_store(d)) < 0)
+	if ((rc = daemon_lock_store(d)) < 0 || (rc = daemon_open_store(d)) < 0)
 		return rc;
 	if (!(d->rejects = rejects_new((size_t)conf->max_rejects)))
 		goto nomem;
@@ -909,6 +949,8 @@ static void daemon_stop(struct daemon *d)
 	changes_free(d->changes);
 	index_free(d->ix);
 	store_close(d->store);
+	if (d->lock_fd >= 0)
+		close(d->lock_fd); /* after every connection to the database is closed */
 	if (d->reloaded) {
 		conf_free(d->reloaded);
 		free(d->reloaded);
@@ -919,7 +961,7 @@ static void daemon_stop(struct daemon *d)
 
 int main(int argc, char **argv)
 {
-	static struct daemon d; /* struct conf is large: not on the stack */
+	static struct daemon d = { .lock_fd = -1 }; /* struct conf is large: not on the stack */
 	int status;
 
 	if (daemon_args(&d, argc, argv) < 0)

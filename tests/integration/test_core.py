@@ -224,6 +224,12 @@ def test_restart_binds_the_same_port_at_once(env):
     p = subprocess.run([d.args[0], '--http', '127.0.0.1:%d' % port, '--db', d.db + '.2',
                         '--broker', env.broker.url], capture_output=True, timeout=20)
     assert p.returncode == 2, (p.returncode, p.stderr[-500:])
+    # ... and so is a second daemon on the same database, on another port.
+    p = subprocess.run([d.args[0], '--http', '127.0.0.1:0', '--db', d.db,
+                        '--broker', env.broker.url], capture_output=True, timeout=20)
+    assert p.returncode == 2 and b'in use by another statemirrord' in p.stderr, \
+        (p.returncode, p.stderr[-500:])
+    assert d.get('/healthz')[0] == 200
 
 
 def test_check_config_lists_every_mistake(env):

@@ -28,7 +28,8 @@ def siblings(db):
     """Files next to db whose name starts with db's (the aside copies)."""
     d, base = os.path.split(db)
     return sorted(os.path.join(d, n) for n in os.listdir(d)
-                  if n.startswith(base) and n not in (base, base + '-wal', base + '-shm'))
+                  if n.startswith(base) and n not in (base, base + '-wal', base + '-shm',
+                                                      base + '.lock'))
 
 
 def user_version(db):
