@@ -172,6 +172,7 @@ struct mqtt {
 	size_t subs_pending;
 	int64_t attempt_ms;        /* monotonic: start of the current attempt */
 	int64_t up_ms;             /* monotonic: CONNACK received */
+	unsigned quick_drops;      /* links in a row lost within QUICK_DROP_MS of the CONNACK */
 	int64_t quiet_since_ms;    /* monotonic: last SUBACK or retained message */
 	int64_t next_attempt_ms;
 	uint64_t retained_burst;
@@ -1012,6 +1013,26 @@ static void went_up(struct mqtt *m, int64_t now)
 	m->status_dirty = true;
 }
 
+/*
+** A broker closes the older of two connections with one client id, and
+** mosquitto 2.0 does so without a DISCONNECT saying why: all we see is
+** "connection lost", again and again, soon after each connect. After a
+** few such links in a row we say what it most likely is.
+*/
+#define QUICK_DROP_MS 5000
+#define QUICK_DROPS_HINT 3
+
+static void quick_drop_hint(struct mqtt *m, int64_t now)
+{
+	m->quick_drops = now - m->up_ms < QUICK_DROP_MS ? m->quick_drops + 1 : 0;
+	if (m->quick_drops == QUICK_DROPS_HINT || (m->quick_drops > QUICK_DROPS_HINT &&
+						  m->quick_drops % 50 == 0))
+		log_warnx("mqtt: the broker closed our connection %u times in a row within %d s of "
+			  "connecting; brokers do that when another client connects with the same "
+			  "client id ('%s'): each mirror needs its own [broker] client_id",
+			  m->quick_drops, QUICK_DROP_MS / 1000, m->client_id ? m->client_id : "");
+}
+
 static void went_down(struct mqtt *m, int rc, int e, int64_t now)
 {
 	const char *url = m->urls[m->url_idx];
@@ -1035,6 +1056,8 @@ static void went_down(struct mqtt *m, int rc, int e, int64_t now)
 	if (m->intents && intents_link_down(m->intents) > 0)
 		m->drop_handle = true;
 	log_warnx("mqtt: connection to %s lost: %s; reconnecting", url, m->why);
+	if (!(m->protocol == 5 && m->disconnect_rc >= 0x80))
+		quick_drop_hint(m, now);
 	snprintf(m->fail_logged, sizeof(m->fail_logged), "%s", m->why);
 	m->fail_logged_ms = now;
 	/* A link that held (synced, or up a while) restarts the backoff; one

@@ -130,6 +130,20 @@ def test_retained_exact_subscriptions(env):
     wait_for(lambda: d.key('meta/c'), what='a live message on an exact topic')
 
 
+def test_client_id_clash_named(env):
+    """Two mirrors with one client id take the broker session from each
+    other; the log says what it most likely is, not only "connection lost"."""
+    conf = '[broker]\nclient_id = clash-%d\n' % os.getpid()
+    a = env.daemon(config=conf, name='a')
+    b = env.daemon(config=conf, name='b')
+    hint = 'another client connects with the same client id (\'clash-%d\')' % os.getpid()
+    wait_for(lambda: hint in a.log_text() or hint in b.log_text(), timeout=30,
+             what='the client id hint in a log')
+    b.stop()
+    a.wait_ready()
+
+
 if __name__ == '__main__':
     run([test_broker_restart_while_running, test_broker_down_at_start, test_refused_login_named,
+         test_client_id_clash_named,
          test_retained_exact_subscriptions])
