@@ -284,9 +284,39 @@ def test_serves_point_reads_while_loading(env):
     assert d.stop() == 0
 
 
+def test_file_moved_away_and_back(env):
+    """The database moved away while open: writes would go to a file nobody
+    reads again, so they are held (served from memory, /readyz says why)
+    and written once the file is back."""
+    d = env.daemon(config='[store]\ncommit_interval = 50ms\n')
+    d.wait_ready()
+    c = env.broker.client()
+    t = ts_ms()
+    c.publish('mv/a', json.dumps({'v': 1, 'ts': t}), qos=1)
+    wait_for(lambda: file_value(d.db, "select count(*) from keys where topic = 'mv/a'") == 1,
+             what='mv/a in the file')
+    aside = d.db + '.moved'
+    for suffix in ('', '-wal', '-shm'):
+        if os.path.exists(d.db + suffix):
+            os.rename(d.db + suffix, aside + suffix)
+    c.publish('mv/a', json.dumps({'v': 2, 'ts': t + 1}), qos=1)
+    status, _, body = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(d.get('/readyz')),
+                               what='not ready with the file gone')
+    assert 'was removed while open' in json.loads(body)['reason'], body
+    assert d.key('mv/a')['payload']['v'] == 2
+    assert d.metric('statemirror_store_commit_errors_total') >= 1
+    for suffix in ('', '-wal', '-shm'):
+        if os.path.exists(aside + suffix):
+            os.rename(aside + suffix, d.db + suffix)
+    d.wait_ready(timeout=20)
+    wait_for(lambda: file_value(d.db, "select json_extract(payload, '$.v') from keys "
+                                      "where topic = 'mv/a'") == 2,
+             what='the held value written once the file is back')
+
+
 if __name__ == '__main__':
     run([test_restart_over_existing_file, test_serves_point_reads_while_loading,
          test_kill9_during_heavy_ingest,
          test_backlog_larger_than_one_write,
          test_reload_writes_changed_cadences, test_locked_database_recovers,
-         test_full_disk_recovers])
+         test_full_disk_recovers, test_file_moved_away_and_back])
