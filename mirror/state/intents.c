@@ -707,6 +707,7 @@ void intents_observe(struct intents *in, const char *topic, size_t topic_len, co
 	pthread_mutex_lock(&in->mu);
 	for (it = in->confirm[bucket_of(topic, topic_len)]; it; it = next) {
 		const json_t *got, *corr;
+		int64_t at_ms;
 		bool ours;
 
 		next = it->cnext;
@@ -728,10 +729,13 @@ void intents_observe(struct intents *in, const char *topic, size_t topic_len, co
 		ours = json_is_string(corr) && strcmp(json_string_value(corr), it->corr) == 0;
 		json_decref(it->observed);
 		it->observed = json_deep_copy(got);
+		/* Decided when the owner's state says so (its timestamp, its
+		 * clock), but never shown before our own clock saw the PUBACK. */
+		at_ms = ts_ns / 1000000 > it->published_ms ? ts_ns / 1000000 : it->published_ms;
 		if (json_equal(got, it->value))
-			decide(in, it, INTENT_CONFIRMED, ts_ns / 1000000);
+			decide(in, it, INTENT_CONFIRMED, at_ms);
 		else if (ours || !it->before || !json_equal(got, it->before))
-			decide(in, it, INTENT_OVERRIDDEN, ts_ns / 1000000);
+			decide(in, it, INTENT_OVERRIDDEN, at_ms);
 		/* else: still the value from before the request: the owner has
 		 * not acted (yet); the timeout decides. */
 	}

@@ -90,6 +90,15 @@ static int grab(const struct intent_info *it, void *ctx)
 	return 0;
 }
 
+static int64_t decided_of(struct intents *in, int64_t id)
+{
+	struct intent_info it;
+
+	ck_assert_int_eq(intents_get(in, id, grab, &it), 0);
+	ck_assert_int_ge(it.decided_ms, it.published_ms);
+	return it.decided_ms;
+}
+
 static enum intent_state state_of(struct intents *in, int64_t id)
 {
 	struct intent_info it;
@@ -256,10 +265,13 @@ START_TEST(outcomes_from_the_state_stream)
 	observe_at(in, "bms/a", "{\"value\":22,\"ts\":1}", T0);
 	ck_assert_int_eq(state_of(in, ok), INTENT_CONFIRMED);
 	ck_assert_int_eq(observed_of(in, ok), 22);
+	/* ... decided then by the owner's clock, shown no earlier than the PUBACK */
+	ck_assert_int_eq(decided_of(in, ok), T0 + 2);
 	/* clamped to 30: overridden, with what the owner chose */
 	observe_at(in, "bms/b", "{\"value\":30}", T0 + 20);
 	ck_assert_int_eq(state_of(in, clamp), INTENT_OVERRIDDEN);
 	ck_assert_int_eq(observed_of(in, clamp), 30);
+	ck_assert_int_eq(decided_of(in, clamp), T0 + 20);
 	/* ignored: the old value again, then the timeout */
 	observe_at(in, "bms/c", "{\"value\":20}", T0 + 20);
 	observe_at(in, "bms/c", "not json", T0 + 21);
