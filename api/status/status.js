@@ -114,32 +114,38 @@
   function renderStale(s) {
     const n = s.count || 0;
     setState($('stale-count'), String(n), n ? 'bad' : 'ok');
-    const byGroup = new Map();
+    // Each listed key goes to the longest group prefix that holds it (its
+    // producer's, else its parent's), as the daemon counted it, so a group's
+    // examples are its own keys, never those of a group below it.
+    const groups = s.groups || [];
+    const mine = new Map(groups.map((g) => [g.prefix, { topics: [], reasons: new Set() }]));
     for (const it of s.items || []) {
-      const g = it.topic.includes('/') ? it.topic.slice(0, it.topic.lastIndexOf('/')) : it.topic;
-      if (!byGroup.has(g)) byGroup.set(g, { topics: [], reasons: new Set() });
-      byGroup.get(g).topics.push(it.topic);
-      if (it.stale_reason) byGroup.get(g).reasons.add(it.stale_reason);
+      let best = null;
+      for (const g of groups) {
+        const p = g.prefix;
+        // a key of one level: in the group named by it, or the top's ("")
+        const holds = it.topic.startsWith(p + '/') ||
+          (!it.topic.includes('/') && (it.topic === p || p === ''));
+        if (holds &&
+            (best === null || p.length > best.length)) best = p;
+      }
+      if (best === null) continue;
+      mine.get(best).topics.push(it.topic);
+      if (it.stale_reason) mine.get(best).reasons.add(it.stale_reason);
     }
     const body = $('stale-groups').tBodies[0];
     body.replaceChildren();
-    for (const g of s.groups || []) {
+    for (const g of groups) {
       const tr = document.createElement('tr');
       tr.className = 'group';
       tr.dataset.prefix = g.prefix;
       cell(tr, g.prefix, 'mono');
       cell(tr, String(g.count), 'num');
       // The group's reason when the daemon gives one, else its keys' reasons.
-      let why = g.reason || '';
-      const mine = [];
-      for (const [p, v] of byGroup) {
-        if (p === g.prefix || p.startsWith(g.prefix + '/')) {
-          mine.push(...v.topics);
-          if (!why) why = [...v.reasons].join(', ');
-        }
-      }
+      const own = mine.get(g.prefix);
+      const why = g.reason || [...own.reasons].join(', ');
       cell(tr, why || '–', 'reason');
-      const ex = mine.slice(0, 3).map((t) => t.slice(g.prefix.length + 1) || t);
+      const ex = own.topics.slice(0, 3).map((t) => t.slice(g.prefix.length + 1) || t);
       cell(tr, ex.join(', ') + (g.count > ex.length ? ', …' : ''), 'mono quiet');
       body.appendChild(tr);
     }

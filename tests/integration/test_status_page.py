@@ -223,14 +223,15 @@ def test_stale_group_appears_without_reload(env):
         pc = env.broker.client()
         i = 0
         while not stop.is_set():
-            for k in ('a', 'b', 'c'):
+            for k in ('a', 'a/deep', 'b', 'c'):
                 pub(pc, 'pg/gw7/' + k, i)
             i += 1
             stop.wait(0.25)
     t = threading.Thread(target=producer, daemon=True)
     t.start()
     pub(c, 'ok/x')
-    wait_for(lambda: d.key('pg/gw7/c') and d.key('ok/x'), what='keys in')
+    wait_for(lambda: d.key('pg/gw7/c') and d.key('pg/gw7/a/deep') and d.key('ok/x'),
+             what='keys in')
     b = Browser(env.dir)
     try:
         b.goto('http://127.0.0.1:%d/' % d.port)
@@ -249,9 +250,12 @@ def test_stale_group_appears_without_reload(env):
         # The producer stopped: within grace x cadence the group goes stale, and the page shows it.
         wait_for(lambda: visible(b, 'tr.group[data-prefix="pg/gw7"]'), timeout=15,
                  what='the stale group on the page')
+        wait_for(lambda: text(b, '#stale-count') == '4', timeout=5, what='stale count 4')
         row = text(b, 'tr.group[data-prefix="pg/gw7"]')
         assert 'pg/gw7' in row and '3' in row, row
-        wait_for(lambda: text(b, '#stale-count') == '3', timeout=5, what='stale count 3')
+        # its examples are its own keys, not those of the group below it
+        assert 'a, b, c' in row and 'deep' not in row, row
+        assert 'deep' in text(b, 'tr.group[data-prefix="pg/gw7/a"]')
         assert not visible(b, '#stale-none')
         assert b.eval('performance.getEntriesByType("navigation").length') == loads
         assert b.eval('location.href') == 'http://127.0.0.1:%d/' % d.port, 'never reloaded'
