@@ -1120,7 +1120,12 @@ static bool auth_ok(struct call *k, enum api_auth auth, enum MHD_Result *ret_mhd
 		tok_len = a->write_token_len;
 		if (!tok && !a->unix_path) {
 			*ret_mhd = send_error(k, MHD_HTTP_FORBIDDEN,
-					      "writes over TCP need a bearer token: set [http] token_file");
+					      a->ai.nallow == 0
+						      ? "intents are off: set [intents] allow (the topics "
+							"they may go to) and, since writes over TCP need "
+							"a bearer token, [http] token_file"
+						      : "writes over TCP need a bearer token: set [http] "
+							"token_file");
 			return false;
 		}
 	}

@@ -385,6 +385,12 @@ def test_off_without_allow(env):
     d.wait_ready()
     st, _, err = post(d, 'bms/a/setpoint/set', {'value': 1})
     assert st == 403 and 'intents are off' in err['error'], (st, err)
+    # Without a token either (the demo's case), the answer names both settings.
+    plain = env.daemon(name='plain')
+    plain.wait_ready()
+    st, _, err = post(plain, 'bms/a/setpoint/set', {'value': 1})
+    assert st == 403 and '[intents] allow' in err['error'] and 'token_file' in err['error'], \
+        (st, err)
 
 
 if __name__ == '__main__':
