@@ -1486,6 +1486,23 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 		log_debug("http: %s", line);
 		return;
 	}
+	/* What libmicrohttpd answers itself, before any handler of ours sees
+	 * the request (431 headers too large, 414 while the request line is
+	 * read, 400 for a malformed head): counted with the other answers,
+	 * and logged by code and reason, without the HTML body it sent. */
+	{
+		const char *at = strstr(line, "HTTP response code is ");
+		unsigned code;
+
+		if (at && sscanf(at + 22, "%3u", &code) == 1 && code >= 400 && code <= 599) {
+			count_code(code);
+			snprintf(line, sizeof(line), "answered %u to a request refused while its head "
+				 "was read (%s); connection closed", code,
+				 code == 431 ? "headers too large" : code == 414 ? "request line too long"
+				 : code == 505 ? "HTTP version not supported" : "malformed");
+			n = strlen(line);
+		}
+	}
 	if (!log_ratelimit_ok(&a->rl, clock_mono_ms(), &suppressed))
 		return;
 	if (suppressed)

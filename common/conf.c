@@ -1446,7 +1446,7 @@ static int check_readable(const struct conf *c, const char *key, const char *pat
 
 int conf_validate(const struct conf *c, char *err, size_t errlen)
 {
-	const char *reason;
+	const char *reason = NULL;
 	struct conf_url u;
 	int rc = 0;
 	const struct {
