@@ -161,13 +161,17 @@ static int load_config(const struct options *o, struct conf *c, char *err, size_
 	if (o->http && conf_set_str(&c->http_listen, o->http) < 0)
 		goto nomem;
 	if (o->log_level && log_level_parse(o->log_level, &c->log_level) < 0) {
-		snprintf(err, errlen, "--log-level: unknown level '%s' (error, warn, info, debug)",
-			 o->log_level);
+		used = rc < 0 ? strlen(err) : 0;
+		snprintf(err + used, errlen - used, "%s--log-level: unknown level '%s' (error, warn, "
+			 "info, debug)", used ? "\n" : "", o->log_level);
 		return -EINVAL;
 	}
 	if (rc == 0)
 		return conf_validate(c, err, errlen);
-	/* After the file's own errors, on lines of their own. */
+	/* After the file's own errors, on lines of their own; not when the
+	 * file was read only in part (what is unread could answer them). */
+	if (c->src_partial)
+		return rc;
 	used = strlen(err);
 	if (used + 2 < errlen && conf_validate(c, err + used + 1, errlen - used - 1) < 0 &&
 	    err[used + 1])
@@ -646,16 +650,44 @@ static int store_rebuild(const struct conf *conf, int rc, const char *why)
 ** own fcntl() locks, and a rebuild renames the database away. Kept until
 ** the process ends. Returns 0 or -errno (logged).
 */
+/* DB.lock for the database's real path (a symlink or a second name of its
+ * directory finds the same lock); malloc'd, NULL on ENOMEM. */
+static char *lock_path(const char *db)
+{
+	const char *slash = strrchr(db, '/');
+	char *real = realpath(db, NULL), *dir = NULL, *path;
+	size_t n;
+
+	if (!real) { /* not there yet: its directory's real path, then its name */
+		char *d = slash ? strndup(db, slash == db ? 1 : (size_t)(slash - db)) : strdup(".");
+
+		dir = d ? realpath(d, NULL) : NULL;
+		free(d);
+	}
+	n = (real ? strlen(real) : dir ? strlen(dir) + 1 + strlen(slash ? slash + 1 : db)
+		      : strlen(db)) + sizeof(".lock");
+	if ((path = malloc(n))) {
+		if (real)
+			snprintf(path, n, "%s.lock", real);
+		else if (dir)
+			snprintf(path, n, "%s/%s.lock", strcmp(dir, "/") ? dir : "",
+				 slash ? slash + 1 : db);
+		else
+			snprintf(path, n, "%s.lock", db);
+	}
+	free(real);
+	free(dir);
+	return path;
+}
+
 static int daemon_lock_store(struct daemon *d)
 {
 	const char *db = d->conf.db_path;
-	size_t n = strlen(db) + sizeof(".lock");
-	char *path = malloc(n);
+	char *path = lock_path(db);
 	int fd, e;
 
 	if (!path)
 		return -ENOMEM;
-	snprintf(path, n, "%s.lock", db);
 	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) < 0) {
 		e = errno;

@@ -1496,8 +1496,8 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 
 		if (at && sscanf(at + 22, "%3u", &code) == 1 && code >= 400 && code <= 599) {
 			count_code(code);
-			snprintf(line, sizeof(line), "answered %u to a request refused while its head "
-				 "was read (%s); connection closed", code,
+			snprintf(line, sizeof(line), "libmicrohttpd answered %u itself (%s); "
+				 "connection closed", code,
 				 code == 431 ? "headers too large" : code == 414 ? "request line too long"
 				 : code == 505 ? "HTTP version not supported" : "malformed");
 			n = strlen(line);

@@ -1238,6 +1238,7 @@ int conf_load_file(struct conf *c, const char *path, char *err, size_t errlen)
 	}
 	memset(c->src_line, 0, sizeof(c->src_line));
 	memset(c->src_bad, 0, sizeof(c->src_bad));
+	c->src_partial = false;
 
 	while ((n = getline(&line, &cap, fp)) >= 0) {
 		char *s, *eq, *key, *val;
@@ -1352,8 +1353,10 @@ int conf_load_file(struct conf *c, const char *path, char *err, size_t errlen)
 next:
 		/* Report every bad line of the file (up to a point), not just
 		 * the first, so an operator fixes them in one go. */
-		if (++nerr >= CONF_MAX_ERRORS)
+		if (++nerr >= CONF_MAX_ERRORS) {
+			c->src_partial = true;
 			goto out;
+		}
 	}
 	if (ferror(fp)) {
 		rc = fail_at(err, errlen, path, lineno, -EIO, "read error");

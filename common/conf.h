@@ -157,6 +157,7 @@ struct conf {
 	char *src_path;
 	uint32_t src_line[CONF_NKEYS];
 	bool src_bad[CONF_NKEYS];     /* its last line was refused, and said so */
+	bool src_partial;             /* the file was read only up to CONF_MAX_ERRORS errors */
 };
 
 /* Fills c with every default (including the contract's "#" filter and URL).

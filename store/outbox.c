@@ -25,6 +25,8 @@ struct outbox {
 	pthread_mutex_t mu;
 	sqlite3 *db;
 	sqlite3_stmt *ins, *upd;
+	char *path;
+	struct file_id id;  /* fileid.h: no intent goes to a file removed or replaced */
 };
 
 static const char sql_insert[] =
@@ -46,7 +48,12 @@ int outbox_open(const char *path, int busy_ms, struct outbox **ret, char *err, s
 	if (!ob)
 		return -ENOMEM;
 	pthread_mutex_init(&ob->mu, NULL);
+	if (!(ob->path = strdup(path))) {
+		outbox_close(ob);
+		return -ENOMEM;
+	}
 	rc = sqlite3_open_v2(path, &ob->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+	file_id_take(path, &ob->id);
 	if (rc != SQLITE_OK)
 		goto fail;
 	sqlite3_busy_timeout(ob->db, busy_ms);
@@ -74,6 +81,7 @@ void outbox_close(struct outbox *ob)
 	sqlite3_finalize(ob->upd);
 	sqlite3_close(ob->db);
 	pthread_mutex_destroy(&ob->mu);
+	free(ob->path);
 	free(ob);
 }
 
@@ -92,6 +100,10 @@ int outbox_insert(struct outbox *ob, const struct outbox_row *r, int64_t *ret_id
 	int rc;
 
 	pthread_mutex_lock(&ob->mu);
+	if ((rc = file_id_check(ob->path, &ob->id, err, errlen)) < 0) {
+		pthread_mutex_unlock(&ob->mu);
+		return rc;
+	}
 	bind_text(s, 1, r->topic);
 	bind_text(s, 2, r->correlation_id);
 	bind_text(s, 3, r->value);

@@ -17,6 +17,7 @@
 
 #include <sqlite3.h>
 
+#include "store/fileid.h"
 #include "store/sqlerr.h"
 #include "store/store.h"
 
@@ -112,8 +113,7 @@ struct store {
 	sqlite3_stmt *update;
 	sqlite3_stmt *rev_mark;
 	char *path;
-	dev_t dev;            /* the file path named at open (see same_file) */
-	ino_t ino;
+	struct file_id id;    /* the file path named at open (fileid.h) */
 	pthread_key_t rkey;   /* each thread's struct reader */
 	bool rkey_ok;
 	int64_t rev_written;  /* the greatest rev committed, to skip rev_mark */
@@ -549,14 +549,7 @@ int store_open(const char *path, struct store **ret_st, char *err, size_t errlen
 		goto fail;
 	}
 	sqlite3_extended_result_codes(st->db, 1);
-	{
-		struct stat sb;
-
-		if (stat(path, &sb) == 0) {
-			st->dev = sb.st_dev;
-			st->ino = sb.st_ino;
-		}
-	}
+	file_id_take(path, &st->id);
 	/* The keeper thread must never wait long: a lock held by a foreign
 	 * writer makes store_write fail with -EBUSY, and the caller retries. */
 	sqlite3_busy_timeout(st->db, 100);
@@ -774,29 +767,6 @@ static int step_done(sqlite3_stmt *s)
 	return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
-/*
-** Does path still name the file we opened? An operator who deletes it, or
-** moves another file (a backup) over it, leaves SQLite writing to a file
-** nobody will read again: every later commit would be lost at the next
-** start. Such a commit is refused instead, so the records stay dirty and
-** served from memory, /readyz says why, and writing resumes by itself if
-** the file is put back (or a restart takes the new one). One stat() a
-** commit.
-*/
-static int same_file(const struct store *st, char *err, size_t errlen)
-{
-	struct stat sb;
-
-	if (!st->ino)
-		return 0; /* unknown at open: nothing to compare */
-	if (stat(st->path, &sb) == 0 && sb.st_dev == st->dev && sb.st_ino == st->ino)
-		return 0;
-	seterr(err, errlen, "%s was %s while open, so writes would be lost; put it back or "
-	       "restart statemirrord", st->path,
-	       stat(st->path, &sb) < 0 && errno == ENOENT ? "removed" : "replaced");
-	return -ESTALE;
-}
-
 int store_commit(struct store *st, char *err, size_t errlen)
 {
 	size_t n = st->nrows;
@@ -806,7 +776,9 @@ int store_commit(struct store *st, char *err, size_t errlen)
 
 	if (n == 0)
 		return 0;
-	if ((rc = same_file(st, err, errlen)) < 0) {
+	/* Refused, the records stay dirty and served from memory; /readyz
+	 * says why, and writing resumes when the file is back. */
+	if ((rc = file_id_check(st->path, &st->id, err, errlen)) < 0) {
 		sqlite3_clear_bindings(st->upsert);
 		sqlite3_clear_bindings(st->update);
 		st->nrows = st->nbytes = 0;

@@ -36,10 +36,10 @@ static size_t json_decode(struct decoder *d, const struct decode_in *in,
 
 	if (in->payload_len > 0) {
 		jscan_payload(in->payload, in->payload_len, j->ts_names, j->nts_names, &js);
-		/* Too deep to scan: whether it is JSON, and its timestamp,
-		 * are not known, and applying it by its receive time could
-		 * move the key back. */
-		if (js.too_deep)
+		/* Deeper than jansson loads: not JSON, as the contract has it
+		 * (format = auto mirrors it as text at its receive time);
+		 * format = json says why it refuses it. */
+		if (js.too_deep && j->format_json)
 			why = REJECT_TOO_DEEP;
 		else if (js.ts_bad)
 			why = REJECT_BAD_TS;

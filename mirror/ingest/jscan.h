@@ -26,12 +26,12 @@
 ** escapes; "\u0000" is valid JSON (load with JSON_ALLOW_NUL). is_json does
 ** not promise that every number fits an int64 or a double.
 **   too_deep  : the scan stopped at nesting deeper than JSCAN_MAX_DEPTH
-**               (is_json and the rest false: not known)
-** Never allocates. Safe on any bytes (fuzzed). JSCAN_MAX_DEPTH is a
-** multiple of 64, below jansson's own limit (2048), so that what jscan
-** calls JSON, jansson loads.
+**               (is_json and the rest false)
+** Never allocates. Safe on any bytes (fuzzed). JSCAN_MAX_DEPTH is
+** jansson's own limit (JSON_PARSER_MAX_DEPTH in 2.14), so that what jscan
+** calls JSON is what jansson loads, at any depth.
 */
-#define JSCAN_MAX_DEPTH 512
+#define JSCAN_MAX_DEPTH 2048
 
 struct jscan_result {
 	bool is_json;

@@ -897,7 +897,9 @@ int alerts_reconfigure(struct alerts *a, const struct conf *c)
 	if (moved) {
 		for (uint32_t i = 0; i < a->ninc; i++) {
 			struct incident *p = a->inc[i];
-			if (p->published && !p->adopted) {
+			/* Adopted ones too: the silent decision below then
+			 * publishes them under the new topic after all. */
+			if (p->published) {
 				p->mqtt_only = true;
 				p->last_pub_ms = 0;
 				work_add(a, p);
@@ -1043,7 +1045,7 @@ int64_t alerts_tick(struct alerts *a, int64_t now_ms, int64_t settle_ms,
 				due = a->window_due > now_ms ? a->window_due : now_ms + 1;
 			if (a->synced && now_ms >= due) {
 				inc->adopted = false;
-				if (inc->count && inc->count == inc->adopted_count) {
+				if (inc->count && inc->count == inc->adopted_count && !inc->mqtt_only) {
 					/* What the earlier run said still holds. */
 					inc->added = inc->recovered = 0;
 					inc->listed = false;

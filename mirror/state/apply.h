@@ -30,7 +30,7 @@ enum reject_reason {
 	REJECT_STORE_READ,  /* a tie with a value only the file holds, which could not be read */
 	REJECT_UNDECODABLE, /* a decoder could not read the payload (Sparkplug: protobuf, topic, type) */
 	REJECT_NO_BIRTH,    /* Sparkplug data of no live birth, or of an alias the birth did not define */
-	REJECT_TOO_DEEP,    /* JSON nested deeper than JSCAN_MAX_DEPTH: its timestamp is not known */
+	REJECT_TOO_DEEP,    /* format = json, nested deeper than JSCAN_MAX_DEPTH (jansson's limit) */
 	REJECT_REASON_MAX
 };
 

@@ -249,6 +249,12 @@ def test_check_config_lists_every_mistake(env):
                  "%s:2: listening on '0.0.0.0:9', beyond loopback, needs [http] token_file" % path):
         assert want in lines, (want, p.stderr)
     assert len(lines) == 4, p.stderr
+    # a bad flag as well: said after the file's lines, not instead of them
+    p = subprocess.run([DAEMON, '--check-config', '-c', path, '--log-level', 'loud'],
+                       capture_output=True, text=True, timeout=20)
+    assert p.returncode == 1, (p.returncode, p.stderr)
+    assert "%s:3: unknown key 'bogus' in [http]" % path in p.stderr, p.stderr
+    assert "--log-level: unknown level 'loud'" in p.stderr, p.stderr
 
 
 if __name__ == '__main__':

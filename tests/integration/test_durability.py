@@ -3,6 +3,7 @@
 """Durability: restart over an existing file, kill -9 during heavy ingest
 (integrity_check, no key moves backwards, at most the last second lost),
 and the public SQLite views read by a foreign read-only connection."""
+import http.client
 import json
 import os
 import shutil
@@ -288,8 +289,23 @@ def test_file_moved_away_and_back(env):
     """The database moved away while open: writes would go to a file nobody
     reads again, so they are held (served from memory, /readyz says why)
     and written once the file is back."""
-    d = env.daemon(config='[store]\ncommit_interval = 50ms\n')
+    tok = os.path.join(env.dir, 'token')
+    with open(tok, 'w') as f:
+        f.write('mv-token\n')
+    d = env.daemon(config='[store]\ncommit_interval = 50ms\n[http]\ntoken_file = %s\n'
+                          '[intents]\nallow = mv/+/set\n' % tok)
     d.wait_ready()
+
+    def intent():
+        conn = http.client.HTTPConnection('127.0.0.1', d.port, timeout=10)
+        try:
+            conn.request('POST', '/v1/intents/mv/x/set', body=json.dumps({'value': 1}),
+                         headers={'Content-Type': 'application/json',
+                                  'Authorization': 'Bearer mv-token'})
+            r = conn.getresponse()
+            return r.status, json.loads(r.read() or b'null')
+        finally:
+            conn.close()
     c = env.broker.client()
     t = ts_ms()
     c.publish('mv/a', json.dumps({'v': 1, 'ts': t}), qos=1)
@@ -305,6 +321,9 @@ def test_file_moved_away_and_back(env):
     assert 'was removed while open' in json.loads(body)['reason'], body
     assert d.key('mv/a')['payload']['v'] == 2
     assert d.metric('statemirror_store_commit_errors_total') >= 1
+    # an intent is not accepted into a file nobody will read: 503, with why
+    st, body = intent()
+    assert st == 503 and 'removed while open' in body['error'], (st, body)
     for suffix in ('', '-wal', '-shm'):
         if os.path.exists(aside + suffix):
             os.rename(aside + suffix, d.db + suffix)
@@ -312,6 +331,8 @@ def test_file_moved_away_and_back(env):
     wait_for(lambda: file_value(d.db, "select json_extract(payload, '$.v') from keys "
                                       "where topic = 'mv/a'") == 2,
              what='the held value written once the file is back')
+    st, body = intent()
+    assert st == 202, (st, body)
 
 
 if __name__ == '__main__':

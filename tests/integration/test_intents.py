@@ -386,7 +386,7 @@ def test_off_without_allow(env):
     st, _, err = post(d, 'bms/a/setpoint/set', {'value': 1})
     assert st == 403 and 'intents are off' in err['error'], (st, err)
     # Without a token either (the demo's case), the answer names both settings.
-    plain = env.daemon(name='plain')
+    plain = env.daemon(name='plain', config='[broker]\nclient_id = plain-%d\n' % os.getpid())
     plain.wait_ready()
     st, _, err = post(plain, 'bms/a/setpoint/set', {'value': 1})
     assert st == 403 and '[intents] allow' in err['error'] and 'token_file' in err['error'], \

@@ -9,6 +9,9 @@
 
 #include "mirror/ingest/jscan.h"
 
+/* What jscan calls JSON is what jansson loads, at every depth. */
+_Static_assert(JSCAN_MAX_DEPTH == JSON_PARSER_MAX_DEPTH, "jscan's depth is jansson's");
+
 #define NOW_NS (INT64_C(1795313402123) * 1000000) /* 2026-11-22T02:10:02.123Z */
 
 /* ---- jscan_payload ------------------------------------------------------ */
@@ -91,6 +94,12 @@ START_TEST(test_jscan_depth)
 		buf[n++] = ']';
 	jscan_payload(buf, n, ts_names, 3, &r);
 	ck_assert(r.is_json && !r.too_deep);
+	{
+		json_t *j = json_loadb(buf, n, 0, NULL);
+
+		ck_assert_ptr_nonnull(j);
+		json_decref(j);
+	}
 
 	n = 0;
 	for (size_t i = 0; i <= JSCAN_MAX_DEPTH; i++)
@@ -99,6 +108,7 @@ START_TEST(test_jscan_depth)
 		buf[n++] = ']';
 	jscan_payload(buf, n, ts_names, 3, &r);
 	ck_assert(!r.is_json && r.too_deep);
+	ck_assert_ptr_null(json_loadb(buf, n, 0, NULL));
 
 	/* Objects count as well: {"a":{"a":...}} */
 	char obj[8 * (JSCAN_MAX_DEPTH + 1) + 8];
