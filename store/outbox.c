@@ -9,6 +9,7 @@
 
 #include <sqlite3.h>
 
+#include "store/fileid.h"
 #include "store/outbox.h"
 #include "store/sqlerr.h"
 

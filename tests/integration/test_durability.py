@@ -292,8 +292,8 @@ def test_file_moved_away_and_back(env):
     tok = os.path.join(env.dir, 'token')
     with open(tok, 'w') as f:
         f.write('mv-token\n')
-    d = env.daemon(config='[store]\ncommit_interval = 50ms\n[http]\ntoken_file = %s\n'
-                          '[intents]\nallow = mv/+/set\n' % tok)
+    d = env.daemon(config='[store]\ncommit_interval = 50ms\n'
+                          '[intents]\nallow = mv/+/set\nintent_token_file = %s\n' % tok)
     d.wait_ready()
 
     def intent():
