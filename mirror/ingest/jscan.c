@@ -239,7 +239,9 @@ void jscan_payload(const char *payload, size_t len, const char *const *names, si
 	size_t best = nnames, pending = nnames;
 	enum jval pending_kind = JV_NONE, best_kind = JV_NONE;
 	/* bit d-1: the container at depth d is an object */
-	uint64_t is_obj[JSCAN_MAX_DEPTH / 64] = { 0 };
+	/* A word is cleared when the scan first reaches its depths (64 at a
+	 * time), not up front: most payloads never leave the first. */
+	uint64_t is_obj[JSCAN_MAX_DEPTH / 64];
 	unsigned depth = 0;
 	bool esc;
 
@@ -258,6 +260,8 @@ value:
 	case '{':
 		if (depth >= JSCAN_MAX_DEPTH)
 			goto too_deep;
+		if (depth % 64 == 0)
+			is_obj[depth / 64] = 0;
 		is_obj[depth / 64] |= UINT64_C(1) << (depth % 64);
 		depth++;
 		pending_kind = JV_OTHER;
@@ -271,6 +275,8 @@ value:
 	case '[':
 		if (depth >= JSCAN_MAX_DEPTH)
 			goto too_deep;
+		if (depth % 64 == 0)
+			is_obj[depth / 64] = 0;
 		is_obj[depth / 64] &= ~(UINT64_C(1) << (depth % 64));
 		depth++;
 		pending_kind = JV_OTHER;
