@@ -49,6 +49,7 @@
 #define MIRROR_RETRY_MAX_MS 5000
 #define MIRROR_CHECKPOINT_MS 10000
 #define MIRROR_TICK_MAX_MS 100
+#define MIRROR_FILE_CHECK_MS 1000  /* is the database file still there, when idle */
 /* One write stages at most this many rows or payload bytes: the copy made
  * under the lock stays short, and so does the memory it holds. A larger
  * backlog (a retained burst into an empty file, a disk full a while) is
@@ -140,7 +141,9 @@ struct mirror {
 	int64_t last_checkpoint_ms;
 	int64_t rederive_at_ms;   /* mono time the next chunk of re-derived rows may go */
 	int64_t last_commit_ms;   /* how long the last write took */
+	int64_t file_checked_ms;  /* mono time of the last idle store_check_file */
 	bool store_failed;
+	bool file_gone;           /* store_failed by store_check_file, not by a write */
 
 	pthread_mutex_t status_lock; /* guards reason */
 	char reason[256];         /* why not ready, "" when ready */
@@ -686,7 +689,7 @@ static void mirror_commit(struct mirror *c, size_t n)
 		c->retry_delay_ms = 0;
 		if (c->store_failed) {
 			log_info("store: writing again, %zu records caught up", n);
-			c->store_failed = false;
+			c->store_failed = c->file_gone = false;
 		}
 		if (t1 - c->last_checkpoint_ms >= MIRROR_CHECKPOINT_MS) {
 			store_checkpoint(c->d.store);
@@ -712,6 +715,36 @@ static void mirror_commit(struct mirror *c, size_t n)
 		log_error("store: %s; serving from memory, retrying with backoff up to %d s",
 			  err, MIRROR_RETRY_MAX_MS / 1000);
 	c->store_failed = true;
+	snprintf(reason, sizeof(reason), "store: %.200s", err);
+	mirror_set_reason(c, reason);
+}
+
+/*
+** With nothing to write, the keeper still looks about once a second whether
+** the database file is where it was opened (removed, or another moved over
+** it), so /readyz says so at once rather than at the next write. Back in
+** place, and nothing held, it is ready again here; with records held, the
+** next write's success says so.
+*/
+static void mirror_check_file(struct mirror *c, int64_t mono)
+{
+	char err[512], reason[sizeof(c->reason)];
+
+	if (mono - c->file_checked_ms < MIRROR_FILE_CHECK_MS)
+		return;
+	c->file_checked_ms = mono;
+	if (store_check_file(c->d.store, err, sizeof(err)) == 0) {
+		if (c->file_gone && !dlist_pending(&c->dirty)) {
+			log_info("store: the database file is back");
+			c->store_failed = c->file_gone = false;
+			c->retry_at_ms = c->retry_delay_ms = 0;
+		}
+		return;
+	}
+	if (c->store_failed)
+		return;
+	log_error("store: %s; serving from memory", err);
+	c->store_failed = c->file_gone = true;
 	snprintf(reason, sizeof(reason), "store: %.200s", err);
 	mirror_set_reason(c, reason);
 }
@@ -822,6 +855,8 @@ static void *mirror_main(void *arg)
 			c->d.on_changes(c->d.on_changes_ctx);
 		if (staged)
 			mirror_commit(c, staged);
+		else if (!stopping && c->d.store)
+			mirror_check_file(c, mono);
 		mirror_update_ready(c, synced, keys);
 		if (rleft && !stopping) {
 			/* Re-derived rows take at most half the keeper's time:

@@ -767,6 +767,11 @@ static int step_done(sqlite3_stmt *s)
 	return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
+int store_check_file(struct store *st, char *err, size_t errlen)
+{
+	return file_id_check(st->path, &st->id, err, errlen);
+}
+
 int store_commit(struct store *st, char *err, size_t errlen)
 {
 	size_t n = st->nrows;

@@ -159,6 +159,11 @@ size_t store_staged(const struct store *st);
 */
 int store_commit(struct store *st, char *err, size_t errlen);
 
+/* Does the path still name the file opened (store/fileid.h)? 0, or
+ * -ESTALE with the reason in err. One stat(); the keeper asks about once
+ * a second when it has nothing to write, so an idle mirror notices too. */
+int store_check_file(struct store *st, char *err, size_t errlen);
+
 /*
 ** Ask for a WAL checkpoint (PASSIVE: never waits for readers) and return at
 ** once. Checkpoints (which fsync) run on the store's own thread with its

@@ -315,12 +315,15 @@ def test_file_moved_away_and_back(env):
     for suffix in ('', '-wal', '-shm'):
         if os.path.exists(d.db + suffix):
             os.rename(d.db + suffix, aside + suffix)
-    c.publish('mv/a', json.dumps({'v': 2, 'ts': t + 1}), qos=1)
+    # noticed with nothing to write, too
     status, _, body = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(d.get('/readyz')),
-                               what='not ready with the file gone')
+                               what='not ready with the file gone, before any write')
     assert 'was removed while open' in json.loads(body)['reason'], body
+    c.publish('mv/a', json.dumps({'v': 2, 'ts': t + 1}), qos=1)
+    wait_for(lambda: d.key('mv/a')['payload']['v'] == 2, what='the new value served')
     assert d.key('mv/a')['payload']['v'] == 2
-    assert d.metric('statemirror_store_commit_errors_total') >= 1
+    wait_for(lambda: d.metric('statemirror_store_commit_errors_total') >= 1,
+             what='the refused write counted')
     # an intent is not accepted into a file nobody will read: 503, with why
     st, body = intent()
     assert st == 503 and 'removed while open' in body['error'], (st, body)
@@ -333,6 +336,19 @@ def test_file_moved_away_and_back(env):
              what='the held value written once the file is back')
     st, body = intent()
     assert st == 202, (st, body)
+    # (the mirror applies its own intent too: wait until that is written)
+    wait_for(lambda: file_value(d.db, "select count(*) from keys where topic = 'mv/x/set'") == 1,
+             what='the intent as a key in the file')
+    # gone and back with nothing held: ready again by itself
+    for suffix in ('', '-wal', '-shm'):
+        if os.path.exists(d.db + suffix):
+            os.rename(d.db + suffix, aside + suffix)
+    wait_for(lambda: d.get('/readyz')[0] == 503, what='not ready, the file gone again')
+    for suffix in ('', '-wal', '-shm'):
+        if os.path.exists(aside + suffix):
+            os.rename(aside + suffix, d.db + suffix)
+    d.wait_ready(timeout=10)
+    assert 'the database file is back' in d.log_text(), d.log_text()[-2000:]
 
 
 if __name__ == '__main__':
