@@ -658,10 +658,23 @@ static size_t mirror_stage(struct mirror *c, bool force, bool stopping, int64_t 
 	return n;
 }
 
+/* The file cannot take writes (why: err): logged once, not ready, and said
+ * so by /readyz, until a write succeeds or the file is back. */
+static void mirror_store_down(struct mirror *c, const char *err, const char *then)
+{
+	char reason[sizeof(c->reason)];
+
+	if (!c->store_failed)
+		log_error("store: %s; serving from memory%s", err, then);
+	c->store_failed = true;
+	snprintf(reason, sizeof(reason), "store: %.200s", err);
+	mirror_set_reason(c, reason);
+}
+
 /* Write what mirror_stage staged, without the lock. */
 static void mirror_commit(struct mirror *c, size_t n)
 {
-	char err[256], reason[sizeof(c->reason)];
+	char err[256], then[64];
 	int64_t t0, t1;
 	int rc;
 
@@ -711,12 +724,9 @@ static void mirror_commit(struct mirror *c, size_t n)
 	if (c->retry_delay_ms > MIRROR_RETRY_MAX_MS)
 		c->retry_delay_ms = MIRROR_RETRY_MAX_MS;
 	c->retry_at_ms = t1 + c->retry_delay_ms;
-	if (!c->store_failed)
-		log_error("store: %s; serving from memory, retrying with backoff up to %d s",
-			  err, MIRROR_RETRY_MAX_MS / 1000);
-	c->store_failed = true;
-	snprintf(reason, sizeof(reason), "store: %.200s", err);
-	mirror_set_reason(c, reason);
+	snprintf(then, sizeof(then), ", retrying with backoff up to %d s",
+		 MIRROR_RETRY_MAX_MS / 1000);
+	mirror_store_down(c, err, then);
 }
 
 /*
@@ -728,7 +738,7 @@ static void mirror_commit(struct mirror *c, size_t n)
 */
 static void mirror_check_file(struct mirror *c, int64_t mono)
 {
-	char err[512], reason[sizeof(c->reason)];
+	char err[512];
 
 	if (mono - c->file_checked_ms < MIRROR_FILE_CHECK_MS)
 		return;
@@ -743,10 +753,8 @@ static void mirror_check_file(struct mirror *c, int64_t mono)
 	}
 	if (c->store_failed)
 		return;
-	log_error("store: %s; serving from memory", err);
-	c->store_failed = c->file_gone = true;
-	snprintf(reason, sizeof(reason), "store: %.200s", err);
-	mirror_set_reason(c, reason);
+	c->file_gone = true;
+	mirror_store_down(c, err, "");
 }
 
 static void mirror_update_ready(struct mirror *c, bool synced, size_t keys)

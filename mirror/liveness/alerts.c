@@ -993,15 +993,17 @@ void alerts_adopt(struct alerts *a, const struct index *ix, const struct rec *r,
 	json_decref(o);
 }
 
-/* Is a key under inc's prefix waiting for the group wait? */
+/* Is a key waiting for the group wait that would join inc when flushed
+ * (its producer's incident, else the deepest open one holding it)? */
 static bool pending_under(const struct alerts *a, const struct incident *inc)
 {
 	for (size_t i = 0; i < a->npend; i++) {
-		const struct rec *r = a->pend[i].r;
+		const struct pend *p = &a->pend[i];
+		const struct incident *to = p->glen != ALERTS_NO_GROUP
+						    ? incident_get(a, p->r->data, p->glen)
+						    : incident_find(a, p->r->data, p->r->topic_len);
 
-		if (inc->len == 0 ||
-		    (r->topic_len >= inc->len && memcmp(r->data, inc->prefix, inc->len) == 0 &&
-		     (r->topic_len == inc->len || r->data[inc->len] == '/')))
+		if (to == inc)
 			return true;
 	}
 	return false;
